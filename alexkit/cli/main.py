@@ -1,0 +1,60 @@
+"""The `alexkit` command: a typer app whose commands turn flags into a frozen config and call one stage.
+
+Heavy imports (torch, ffcv, DALI) happen inside the commands, so `alexkit --help` stays instant.
+Every AlexkitError becomes one line on stderr and exit code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from alexkit.errors import AlexkitError
+
+app = typer.Typer(
+    name="alexkit",
+    help="AlexNet (Krizhevsky et al. 2012) on ImageNet: prepare -> train -> eval --tta.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+bench_app = typer.Typer(help="Benchmarks that print images/s side by side with baselines.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+# --- command registration: one line per command, each module defines `command` ---
+from alexkit.cli import doctor as _doctor  # noqa: E402
+from alexkit.cli import sample as _sample  # noqa: E402
+
+app.command("doctor")(_doctor.command)
+app.command("sample")(_sample.command)
+# --- end of command registration ---
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script: usage errors exit 2 (click's rule), AlexkitError one line + exit 2."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, prog_name="alexkit")  # standalone: always ends with SystemExit
+    except AlexkitError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"error: {exc.__class__.__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,381 @@
+"""Find the images and labels of a dataset in any of the layouts ImageNet comes in.
+
+`find_dataset(src)` looks at `src`, picks the layout, lists every image (no decoding) and labels
+it with the rank of its class name in sorted order (for ImageNet: 0 = n01440764). Layouts:
+
+  kaggle              src/ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/ (flat)}, src/LOC_val_solution.csv,
+                      src/LOC_synset_mapping.txt
+  class-folders       src/train/<class>/*, optional src/val/<class>/* (torchvision's ImageFolder
+                      layout; any classes, not only ImageNet's)
+  official-extracted  src/train/<wnid>/*, flat src/val/ILSVRC2012_val_*.JPEG and the devkit (folder
+                      ILSVRC2012_devkit_t12 anywhere under src, or ILSVRC2012_devkit_t12.tar.gz in src)
+  official-tars       src/ILSVRC2012_img_train.tar (a tar of per-class tars), optional
+                      src/ILSVRC2012_img_val.tar + the devkit; read in place, never extracted
+
+Classes are the folders (or per-class tars) of the train split; val images of other classes are
+left out with a warning. Train samples are ordered by (label, name), val samples by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from alexkit.datasets import devkit as dk
+from alexkit.errors import AlexkitError
+
+LAYOUTS = ("class-folders", "official-extracted", "official-tars", "kaggle")
+IMAGE_EXTENSIONS = frozenset(
+    ".jpeg .jpg .jpe .jfif .png .bmp .webp .gif .tif .tiff .ppm .pgm .pbm .pnm".split()
+)
+TRAIN_TAR = "ILSVRC2012_img_train.tar"
+VAL_TAR = "ILSVRC2012_img_val.tar"
+KAGGLE_DATA = "ILSVRC/Data/CLS-LOC"
+FULL_IMAGENET = {"classes": 1000, "train": 1_281_167, "val": 50_000}
+
+_SUPPORTED = (
+    "supported layouts: class-folders (SRC/train/<class>/*, optional SRC/val/<class>/*); "
+    "official-extracted (SRC/train/<wnid>/*, flat SRC/val/ILSVRC2012_val_*.JPEG, ILSVRC2012_devkit_t12 "
+    "folder or .tar.gz); official-tars (SRC/ILSVRC2012_img_train.tar, optional ILSVRC2012_img_val.tar + "
+    "ILSVRC2012_devkit_t12.tar.gz); kaggle (SRC/ILSVRC/Data/CLS-LOC/{train,val}, SRC/LOC_val_solution.csv, "
+    "SRC/LOC_synset_mapping.txt)"
+)
+_WNID = re.compile(r"^n\d{8}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Where one image's encoded bytes are: a whole file, or `size` bytes at `offset` inside a tar."""
+
+    path: str  # the file on disk, or the outer tar that holds the image
+    label: int  # rank of the class name in sorted order
+    offset: int = 0  # byte offset of the image inside `path` (tars); 0 for plain files
+    size: int = -1  # bytes to read; -1 = the whole file
+    name: str = ""  # readable, for messages: "train/n01440764/n01440764_10026.JPEG"
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    index: int
+    wnid: str  # the class folder / per-class tar name (a wnid for ImageNet)
+    name: str  # from meta.mat or LOC_synset_mapping.txt, else the wnid
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    layout: str  # one of LAYOUTS
+    classes: tuple[ClassInfo, ...]
+    splits: dict[str, tuple[Sample, ...]]  # "train", and "val" when present
+    warnings: tuple[str, ...]  # things a person should read before spending hours on prepare
+
+
+def read_sample_bytes(sample: Sample) -> bytes:
+    """The image's encoded bytes: one open, seek and read (safe in any worker process)."""
+    with open(sample.path, "rb") as f:
+        if sample.size < 0:
+            return f.read()
+        f.seek(sample.offset)
+        data = f.read(sample.size)
+    if len(data) != sample.size:
+        raise AlexkitError(
+            f"{sample.name or sample.path}: expected {sample.size} bytes at offset {sample.offset} of "
+            f"{sample.path}, got {len(data)}; the file is truncated, download it again"
+        )
+    return data
+
+
+def find_dataset(src: Path) -> Dataset:
+    """Detect the layout of `src` and list its images, labels and classes."""
+    src = Path(src).expanduser().absolute()
+    if not src.exists():
+        raise AlexkitError(
+            f"{src} does not exist; pass the folder that holds your ImageNet (or run `alexkit sample DIR`)"
+        )
+    if not src.is_dir():
+        hint = f"; pass its folder {src.parent}" if src.name in (TRAIN_TAR, VAL_TAR) else ""
+        raise AlexkitError(f"{src} is not a folder{hint}; {_SUPPORTED}")
+    found = _visible(src)
+    if not found:
+        raise AlexkitError(f"{src} is empty; put a dataset there (or run `alexkit sample {src}`); {_SUPPORTED}")
+    if (src / KAGGLE_DATA / "train").is_dir():
+        return _kaggle(src)
+    if (src / "train").is_dir():
+        return _folders(src)
+    if (src / TRAIN_TAR).is_file():
+        return _tars(src)
+    shown = ", ".join(n + "/" if (src / n).is_dir() else n for n in found[:8])
+    more = f" and {len(found) - 8} more" if len(found) > 8 else ""
+    raise AlexkitError(
+        f"no known dataset layout in {src} (it holds: {shown}{more}); if these are class folders, "
+        f"move them into {src}/train/; {_SUPPORTED}"
+    )
+
+
+# --- layouts ---
+
+
+def _folders(src: Path) -> Dataset:
+    """class-folders (val/<class>/) or official-extracted (flat val/ + devkit)."""
+    notes: list[str] = []
+    wnids, train = _class_folder_split(src, "train", notes)
+    val_dir = src / "val"
+    flat, subdirs = _scan_top(val_dir) if val_dir.is_dir() else ([], [])
+    kit = dk.find_devkit(src)
+    layout = "official-extracted" if flat else "class-folders"
+    splits = {"train": train}
+    if flat:
+        if kit is None:
+            raise AlexkitError(
+                f"{val_dir} holds {len(flat)} images but no ground truth: put {dk.DEVKIT_NAME}/ (with data/"
+                f"{dk.META_FILE} and data/{dk.GROUND_TRUTH_FILE}) or {dk.DEVKIT_TARS[0]} in {src} (for Kaggle's "
+                f"download, pass the folder that holds {dk.KAGGLE_SOLUTION})"
+            )
+        rows = [("val/" + f, kit.val_wnid(f)) for f in flat]
+        splits["val"] = _labelled(src, rows, wnids, f"{val_dir} (labels from {kit.source})", notes)
+        _compare_with_devkit(wnids, kit, notes)
+    elif subdirs:
+        splits["val"] = _class_folder_split(src, "val", notes, expected=wnids)[1]
+    elif val_dir.is_dir():
+        notes.append(f"{val_dir} holds no images: no val split")
+    names = kit.names() if kit is not None else _kaggle_names(src)
+    return _dataset(src, layout, wnids, names, splits, notes)
+
+
+def _kaggle(src: Path) -> Dataset:
+    notes: list[str] = []
+    wnids, train = _class_folder_split(src, KAGGLE_DATA + "/train", notes)
+    splits = {"train": train}
+    val_dir = src / KAGGLE_DATA / "val"
+    flat = _scan_top(val_dir)[0] if val_dir.is_dir() else []
+    if flat:
+        csv_path = src / dk.KAGGLE_SOLUTION
+        if not csv_path.is_file():
+            raise AlexkitError(
+                f"{val_dir} holds {len(flat)} images but {csv_path} is missing; download it from the Kaggle competition"
+            )
+        solution = dk.read_kaggle_solution(csv_path)
+        rows = []
+        for f in flat:
+            wnid = solution.get(os.path.splitext(f)[0])
+            if wnid is None:
+                raise AlexkitError(f"{val_dir / f} has no row in {csv_path}; download {dk.KAGGLE_SOLUTION} again")
+            rows.append((f"{KAGGLE_DATA}/val/{f}", wnid))
+        splits["val"] = _labelled(src, rows, wnids, f"{val_dir} (labels from {csv_path})", notes)
+    return _dataset(src, "kaggle", wnids, _kaggle_names(src), splits, notes)
+
+
+def _tars(src: Path) -> Dataset:
+    """The official tars, indexed in place: each image is (tar path, byte offset, size)."""
+    notes: list[str] = []
+    per_class = _index_train_tar(src / TRAIN_TAR, notes)
+    wnids = sorted(per_class)
+    path = str(src / TRAIN_TAR)
+    train = []
+    for label, wnid in enumerate(wnids):
+        for name, offset, size in sorted(per_class.pop(wnid)):
+            train.append(Sample(path, label, offset, size, f"{TRAIN_TAR}/{wnid}.tar/{name}"))
+    _warn_empty_classes(wnids, train, f"{src / TRAIN_TAR}", notes)
+    splits = {"train": tuple(train)}
+    kit = dk.find_devkit(src)
+    if (src / VAL_TAR).is_file():
+        if kit is None:
+            raise AlexkitError(
+                f"{src / VAL_TAR} has no ground truth: put {dk.DEVKIT_TARS[0]} (or the extracted "
+                f"{dk.DEVKIT_NAME}/ folder) in {src}"
+            )
+        path = str(src / VAL_TAR)
+        members = _index_tar(src / VAL_TAR)
+        rows = [(f"{VAL_TAR}/{name}", kit.val_wnid(name), path, offset, size) for name, offset, size in members]
+        splits["val"] = _labelled(src, rows, wnids, f"{src / VAL_TAR} (labels from {kit.source})", notes)
+        _compare_with_devkit(wnids, kit, notes)
+    return _dataset(src, "official-tars", wnids, kit.names() if kit else {}, splits, notes)
+
+
+# --- listing ---
+
+
+def _class_folder_split(src: Path, split: str, notes: list[str], expected: list[str] | None = None):
+    """(class names, samples) of src/<split>/<class>/**; with `expected`, classes come from train."""
+    top = src / split
+    wnids = sorted(_scan_top(top)[1])
+    if expected is None and not wnids:
+        tars = sorted(top.glob("*.tar"))
+        fix = (
+            f"extract each per-class tar into {top}/<wnid>/, or put {TRAIN_TAR} itself in {src}"
+            if tars else f"put each class's images in {top}/<class>/"
+        )
+        raise AlexkitError(f"{top} holds no class folders; {fix}")
+    classes = expected if expected is not None else wnids
+    index = {wnid: label for label, wnid in enumerate(classes)}
+    samples, skipped, others = [], 0, []
+    for wnid in wnids:
+        names = _list_images(top / wnid, f"{split}/{wnid}", others)
+        if wnid not in index:
+            skipped += len(names)
+            continue
+        label = index[wnid]  # one int object shared by the class's samples
+        samples += [Sample(os.path.join(src, n), label, name=n) for n in names]
+    if expected is not None:
+        samples.sort(key=lambda s: s.name)
+        if skipped:
+            notes.append(f"{skipped} images in {top} belong to classes with no train/ folder; left out")
+    else:
+        _warn_empty_classes(classes, samples, str(top), notes)
+    if others:
+        notes.append(f"{len(others)} files in {top} are not images by extension and were ignored (e.g. {others[0]})")
+    return classes, tuple(samples)
+
+
+def _list_images(folder: Path, prefix: str, others: list[str]) -> list[str]:
+    """Sorted names "<prefix>/<file>" of the image files under `folder` (recursive, hidden skipped)."""
+    found = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                found += _list_images(Path(e.path), f"{prefix}/{e.name}", others)
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(f"{prefix}/{e.name}")
+            else:
+                others.append(f"{prefix}/{e.name}")
+    found.sort()
+    return found
+
+
+def _scan_top(folder: Path) -> tuple[list[str], list[str]]:
+    """(sorted image file names, sorted sub-folder names) directly in `folder`, hidden skipped."""
+    files, dirs = [], []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                dirs.append(e.name)
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                files.append(e.name)
+    return sorted(files), sorted(dirs)
+
+
+def _index_train_tar(path: Path, notes: list[str]) -> dict[str, list[tuple[str, int, int]]]:
+    """wnid -> [(member name, absolute offset, size)] for the per-class tars inside the train tar."""
+    per_class: dict[str, list[tuple[str, int, int]]] = {}
+    ignored = 0
+    try:
+        with tarfile.open(path, "r:") as outer, open(path, "rb") as raw:
+            for member in outer:  # per-class tars, in no particular order
+                stem, ext = os.path.splitext(os.path.basename(member.name))
+                if not member.isfile() or ext.lower() != ".tar":
+                    ignored += member.isfile()
+                    continue
+                # An inner TarFile over the raw file, started at the inner tar's first byte, reports
+                # offsets from the start of the raw file: outer offset_data + offset inside the inner tar.
+                raw.seek(member.offset_data)
+                end = member.offset_data + member.size
+                entries = per_class.setdefault(stem, [])
+                with tarfile.open(fileobj=raw, mode="r:") as inner:
+                    for m in inner:
+                        if m.offset_data + m.size > end:
+                            raise AlexkitError(f"{path}: {member.name} overruns its member; download {TRAIN_TAR} again")
+                        if m.isfile() and _is_image(m.name):
+                            entries.append((os.path.basename(m.name), m.offset_data, m.size))
+    except (tarfile.TarError, EOFError) as exc:
+        raise _damaged_tar(path, exc) from exc
+    if not per_class:
+        raise AlexkitError(f"{path} holds no per-class tars (<wnid>.tar); use the official {TRAIN_TAR}")
+    if ignored:
+        notes.append(f"{ignored} members of {path} are not per-class .tar files and were ignored")
+    return per_class
+
+
+def _index_tar(path: Path) -> list[tuple[str, int, int]]:
+    """Sorted [(member base name, offset, size)] of the images in a flat tar."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            found = [(os.path.basename(m.name), m.offset_data, m.size) for m in tar if m.isfile() and _is_image(m.name)]
+    except (tarfile.TarError, EOFError) as exc:
+        raise _damaged_tar(path, exc) from exc
+    return sorted(found)
+
+
+# --- labels, names, checks ---
+
+
+def _labelled(src: Path, rows, wnids: list[str], where: str, notes: list[str]) -> tuple[Sample, ...]:
+    """Val samples from (name, wnid) file rows or (name, wnid, path, offset, size) tar rows, by name."""
+    index = {wnid: label for label, wnid in enumerate(wnids)}
+    samples, skipped = [], 0
+    for row in rows:
+        label = index.get(row[1])
+        if label is None:
+            skipped += 1
+        elif len(row) == 2:
+            samples.append(Sample(os.path.join(src, row[0]), label, name=row[0]))
+        else:
+            samples.append(Sample(row[2], label, row[3], row[4], row[0]))
+    if skipped:
+        notes.append(f"{skipped} val images in {where} belong to classes absent from train; left out")
+    samples.sort(key=lambda s: s.name)
+    return tuple(samples)
+
+
+def _dataset(src, layout, wnids, names, splits, notes) -> Dataset:
+    classes = tuple(ClassInfo(i, w, names.get(w, w)) for i, w in enumerate(wnids))
+    notes += _full_imagenet_checks(wnids, splits)
+    return Dataset(src, layout, classes, splits, tuple(notes))
+
+
+def _kaggle_names(src: Path) -> dict[str, str]:
+    path = src / dk.KAGGLE_SYNSETS
+    return dk.read_synset_mapping(path) if path.is_file() else {}
+
+
+def _compare_with_devkit(wnids: list[str], kit: dk.Devkit, notes: list[str]) -> None:
+    leaves = {wnid for wnid, _ in kit.leaves.values()}
+    if set(wnids) != leaves:
+        notes.append(
+            f"train has {len(wnids)} classes, the devkit ({kit.source}) lists {len(leaves)} "
+            f"({len(leaves - set(wnids))} absent from train, {len(set(wnids) - leaves)} unknown to it): labels are "
+            f"ranks among the {len(wnids)} train classes, not the standard {len(leaves)}-way indices"
+        )
+
+
+def _warn_empty_classes(classes: list[str], samples: list[Sample], where: str, notes: list[str]) -> None:
+    counts = [0] * len(classes)
+    for s in samples:
+        counts[s.label] += 1
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        notes.append(f"{len(empty)} classes in {where} have no images (e.g. {empty[0]}); they keep their label")
+
+
+def _full_imagenet_checks(wnids: list[str], splits: dict[str, tuple[Sample, ...]]) -> list[str]:
+    """Loud warnings when a 1000-wnid dataset does not have ILSVRC-2012's image counts."""
+    if len(wnids) != FULL_IMAGENET["classes"] or not all(_WNID.match(w) for w in wnids):
+        return []
+    notes = []
+    for split in ("train", "val"):
+        got, want = len(splits.get(split, ())), FULL_IMAGENET[split]
+        if got != want:
+            notes.append(
+                f"WARNING: this looks like full ImageNet (1000 wnid classes) but {split} has {got:,} images, "
+                f"not {want:,}: an incomplete download or extraction? Results will not match the paper's"
+            )
+    return notes
+
+
+def _damaged_tar(path: Path, exc: Exception) -> AlexkitError:
+    return AlexkitError(f"{path}: cannot read the tar ({exc}); the download is incomplete or damaged, fetch it again")
+
+
+def _is_image(name: str) -> bool:
+    base = os.path.basename(name)
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _visible(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))

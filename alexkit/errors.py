@@ -1,0 +1,21 @@
+"""The one error type users see: a problem and its fix, printed on one line, exit code 2."""
+
+
+class AlexkitError(Exception):
+    """Bad usage or bad input. The message names the file or value and says how to fix it."""
+
+    exit_code = 2
+
+
+class MissingDependency(AlexkitError):
+    """An optional native piece (FFCV, DALI, CUDA) is not importable."""
+
+
+def require(module: str, *, fix: str):
+    """Import `module` or raise a one-line error naming it and the fix."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a native library failing to load
+        raise MissingDependency(f"cannot import {module} ({exc.__class__.__name__}: {exc}); {fix}") from exc

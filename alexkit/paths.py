@@ -1,0 +1,17 @@
+"""Default locations, chosen so that `prepare` -> `train` -> `eval` chain with no flags.
+
+All are relative to the current directory: run the three commands from the same place.
+"""
+
+from pathlib import Path
+
+DEFAULT_STORE = Path("alexkit-store")  # written by `alexkit prepare`, read by train/eval
+DEFAULT_RUNS = Path("alexkit-runs")  # one sub-directory per `alexkit train` run
+
+
+def latest_run(runs: Path = DEFAULT_RUNS) -> Path | None:
+    """The most recently created run directory under `runs` (names sort by creation time)."""
+    if not runs.is_dir():
+        return None
+    candidates = sorted(p for p in runs.iterdir() if p.is_dir() and (p / "config.json").exists())
+    return candidates[-1] if candidates else None

@@ -1,0 +1,10 @@
+"""Numbers of the paper's preprocessing, in 0-255 pixel units."""
+
+STORE_SIZE = 256  # shorter side resized to 256, then a centre 256x256 crop
+LIGHTING_STD = 0.1  # alpha_i ~ N(0, 0.1) per principal component, per image, per use
+STORE_FORMAT_VERSION = 1  # bump when the store's files or their meaning change
+
+
+def crop_size(size: int) -> int:
+    """The network's input side for a store of `size`: 7/8 of it (256 -> 224, 64 -> 56)."""
+    return size * 7 // 8

@@ -1,0 +1,70 @@
+"""A prepared store: DIR/{train,val}.beton, stats.npz, classes.json, manifest.json (see prepare.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from alexkit.errors import AlexkitError
+from alexkit.pipeline.beton import BetonReader
+from alexkit.pipeline.constants import crop_size
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Training-set statistics in 0-255 units.
+
+    mean_image: (H, W, 3) float32, the per-pixel mean of the stored training images.
+    eigval: (3,) variances of the RGB pixel distribution along its principal axes, descending.
+    eigvec: (3, 3) columns are the matching unit eigenvectors.
+    PCA lighting adds eigvec @ (alpha * sqrt(eigval)) with alpha ~ N(0, 0.1): see lighting_offsets.
+    """
+
+    mean_image: np.ndarray
+    eigval: np.ndarray
+    eigvec: np.ndarray
+
+    @classmethod
+    def load(cls, path: Path) -> "Stats":
+        with np.load(path) as z:
+            return cls(z["mean_image"].astype(np.float32), z["eigval"].astype(np.float64), z["eigvec"].astype(np.float64))
+
+
+class Store:
+    """Read-only view of a store directory written by `alexkit prepare`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        missing = [n for n in ("stats.npz", "classes.json", "manifest.json") if not (self.path / n).is_file()]
+        if not self.path.is_dir() or missing:
+            what = "does not exist" if not self.path.is_dir() else f"has no {', '.join(missing)}"
+            raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {self.path}` first")
+        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        self.size = int(self.manifest["settings"]["size"])
+        self.crop = crop_size(self.size)
+
+    @cached_property
+    def stats(self) -> Stats:
+        return Stats.load(self.path / "stats.npz")
+
+    @cached_property
+    def classes(self) -> list[dict]:
+        """[{"index": 0, "wnid": "n01440764", "name": "tench, Tinca tinca"}, ...]"""
+        return json.loads((self.path / "classes.json").read_text())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def has_split(self, name: str) -> bool:
+        return (self.path / f"{name}.beton").is_file()
+
+    def split(self, name: str) -> BetonReader:
+        path = self.path / f"{name}.beton"
+        if not path.is_file():
+            raise AlexkitError(f"store {self.path} has no {name}.beton; run `alexkit prepare` on a source with a {name} split")
+        return BetonReader(path)

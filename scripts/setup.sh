@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Idempotent set-up: system libraries for FFCV, .venv, torch (CPU build when no NVIDIA GPU), alexkit.
+# A second run with everything in place only checks and returns in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# 1. System libraries FFCV compiles against (Debian/Ubuntu names).
+missing=()
+for pkg in pkg-config libturbojpeg0-dev libopencv-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    say "installing ${missing[*]} with apt-get"
+    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. The virtual environment.
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+fi
+PIP=(.venv/bin/python -m pip install -q)
+
+# 3. torch: a CPU build unless an NVIDIA GPU is present (never a multi-GB CUDA build on CPU machines).
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        say "NVIDIA GPU found: installing torch with CUDA"
+        "${PIP[@]}" "torch>=2.11"
+    else
+        say "no NVIDIA GPU: installing a CPU build of torch"
+        # 2.13.0+cpu is the CPU wheel of the release we test; the fallback is PyTorch's CPU index.
+        "${PIP[@]}" "torch==2.13.0" 2>/dev/null && .venv/bin/python -c "import torch; assert not torch.version.cuda" \
+            || "${PIP[@]}" "torch>=2.11" --index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+
+# 4. alexkit itself (editable) with its test extras; FFCV builds from source here (~1 min, once).
+stamp=.venv/.alexkit-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "import alexkit, ffcv, nvidia.dali" >/dev/null 2>&1; then
+    say "installing alexkit and its dependencies (FFCV builds from source the first time)"
+    "${PIP[@]}" -e ".[test]"
+    touch "$stamp"
+fi
+.venv/bin/python -c "import ffcv.libffcv" >/dev/null || { echo "[setup] FFCV's native library does not load: see 'alexkit doctor'" >&2; exit 1; }
+say "ready: .venv/bin/alexkit ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,105 @@
+"""The .beton writer/reader against FFCV's own reader and loader."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexkit.pipeline import beton
+from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, BetonReader, BetonWriter
+
+
+def _image(i: int, side: int = 24) -> np.ndarray:
+    """A flat image whose colour encodes its index (survives JPEG within a few levels)."""
+    return np.full((side, side, 3), (10 * i % 250, 255 - 10 * i % 250, 128), np.uint8)
+
+
+def _jpeg(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _write(path, n, capacity=None):
+    w = BetonWriter(path, capacity or n)
+    for i in range(n):
+        a = _image(i)
+        if i % 2:
+            w.add(a, i % 5, mode=MODE_RAW, width=24, height=24)
+        else:
+            w.add(_jpeg(a), i % 5, mode=MODE_JPG, width=24, height=24)
+    return w
+
+
+def test_metadata_layout_matches_ffcv():
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.types import HeaderType, get_metadata_type
+
+    theirs = get_metadata_type([RGBImageField(), IntField()])
+    assert theirs.itemsize == beton.METADATA.itemsize
+    assert [f[1] for f in theirs.fields.values()] == [f[1] for f in beton.METADATA.fields.values()]
+    assert HeaderType.itemsize == beton.HEADER.itemsize
+
+
+def test_round_trip_with_fewer_samples_than_capacity(tmp_path):
+    path = tmp_path / "s.beton"
+    w = _write(path, 7, capacity=10)
+    assert not path.exists(), "the final name appears only when complete"
+    assert w.close() == 7
+    assert path.exists() and not w.tmp_path.exists()
+    r = BetonReader(path)
+    assert len(r) == 7
+    assert r.labels.tolist() == [i % 5 for i in range(7)]
+    assert r.modes.tolist() == [0, 1, 0, 1, 0, 1, 0]
+    for i in range(7):
+        diff = np.abs(r.pixels(i).astype(int) - _image(i)).max()
+        assert diff <= (0 if i % 2 else 3), (i, diff)  # raw is exact, q95 JPEG of a flat image within 3
+
+
+def test_plain_ffcv_reader_and_loader_read_it(tmp_path):
+    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
+
+    path = tmp_path / "s.beton"
+    _write(path, 9).close()
+    reader = Reader(str(path))
+    assert reader.num_samples == 9
+    loader = Loader(str(path), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+    seen = []
+    for images, labels in loader:
+        for img, lab in zip(images, labels.ravel()):
+            i = len(seen)
+            assert lab == i % 5
+            assert np.abs(img.astype(int) - _image(i)).max() <= 3
+            seen.append(i)
+    assert seen == list(range(9))
+
+
+def test_samples_never_straddle_pages(tmp_path, monkeypatch):
+    monkeypatch.setattr(beton, "PAGE_SIZE", 4096)
+    path = tmp_path / "p.beton"
+    w = BetonWriter(path, 6)
+    for i in range(6):  # 1,728 bytes each: two per 4 KiB page, the third starts a new page
+        w.add(_image(i), i, mode=MODE_RAW, width=24, height=24)
+    w.close()
+    r = BetonReader(path)
+    starts = r.ptr - (r.ptr.min() // 4096) * 4096
+    assert all((s % 4096) + n <= 4096 for s, n in zip(starts, r.size))
+    assert all((r.pixels(i) == _image(i)).all() for i in range(6))
+
+
+def test_abort_leaves_nothing(tmp_path):
+    path = tmp_path / "a.beton"
+    w = _write(path, 3)
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_too_many_samples_is_an_error(tmp_path):
+    w = _write(tmp_path / "x.beton", 2)
+    with pytest.raises(ValueError):
+        w.add(_image(0), 0, mode=MODE_RAW, width=24, height=24)
+    w.abort()

@@ -1,0 +1,343 @@
+"""find_dataset on small trees and tars of every layout: labels, class order, names, val mapping, bytes."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from alexkit.datasets import LAYOUTS, find_dataset, read_sample_bytes
+from alexkit.errors import AlexkitError
+
+# Leaf classes by ILSVRC2012_ID: the ID order (1, 2, 3) is not the sorted-wnid order.
+LEAVES = [(1, "n03000003", "gamma thing"), (2, "n01000001", "alpha thing"), (3, "n02000002", "beta thing")]
+SORTED_WNIDS = ["n01000001", "n02000002", "n03000003"]
+NAMES = {wnid: words for _, wnid, words in LEAVES}
+# Val image i (1-based) has class VAL_IDS[i - 1]; as wnids: gamma, alpha, beta, alpha, gamma.
+VAL_IDS = [1, 2, 3, 2, 1]
+VAL_LABELS = [2, 0, 1, 0, 2]
+
+
+def content(name: str) -> bytes:
+    """Stand-in image bytes that say which file they are (layouts never decode)."""
+    return f"bytes of {name}".encode()
+
+
+def write(path: Path, data: bytes | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content(path.name) if data is None else data)
+
+
+def meta_mat_bytes(leaves=LEAVES) -> bytes:
+    """meta.mat with the leaves plus a non-leaf row (num_children > 0), shaped like the real one."""
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+              "num_train_images"]
+    rows = [(i, w, words, "gloss", 0, np.zeros(0), 0, 10) for i, w, words in leaves]
+    parent_id, children = len(leaves) + 1, np.arange(1, len(leaves) + 1)
+    rows.append((parent_id, "n09999999", "parent thing", "gloss", len(leaves), children, 1, 30))
+    synsets = np.empty((len(rows), 1), dtype=[(f, object) for f in fields])
+    for k, row in enumerate(rows):
+        synsets[k, 0] = row
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"synsets": synsets})
+    return buffer.getvalue()
+
+
+def ground_truth(ids=VAL_IDS) -> bytes:
+    return "".join(f"{i}\n" for i in ids).encode()
+
+
+def write_devkit_folder(data_dir: Path, ids=VAL_IDS) -> None:
+    write(data_dir / "meta.mat", meta_mat_bytes())
+    write(data_dir / "ILSVRC2012_validation_ground_truth.txt", ground_truth(ids))
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_devkit_tar(path: Path) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        add_member(tar, "ILSVRC2012_devkit_t12/data/meta.mat", meta_mat_bytes())
+        add_member(tar, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", ground_truth())
+        add_member(tar, "ILSVRC2012_devkit_t12/COPYING", b"text")
+
+
+def val_name(i: int) -> str:
+    return f"ILSVRC2012_val_{i:08d}.JPEG"
+
+
+def write_official_extracted(src: Path) -> None:
+    for wnid in SORTED_WNIDS[::-1]:
+        for n in (3, 1, 2):
+            write(src / "train" / wnid / f"{wnid}_{n}.JPEG")
+    for i in range(len(VAL_IDS), 0, -1):
+        write(src / "val" / val_name(i))
+
+
+def assert_official_labels(ds) -> None:
+    assert [c.wnid for c in ds.classes] == SORTED_WNIDS
+    assert [c.name for c in ds.classes] == [NAMES[w] for w in SORTED_WNIDS]
+    assert [c.index for c in ds.classes] == [0, 1, 2]
+    assert [s.label for s in ds.splits["train"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [s.name.rsplit("/", 1)[-1] for s in ds.splits["val"]] == [val_name(i) for i in range(1, 6)]
+    assert [s.label for s in ds.splits["val"]] == VAL_LABELS
+
+
+# --- class folders ---
+
+
+def test_class_folders_valprep(tmp_path):
+    for wnid in ["n02000002", "n01000001"]:
+        for n in (2, 10, 1):
+            write(tmp_path / "train" / wnid / f"{wnid}_{n}.JPEG")
+        write(tmp_path / "val" / wnid / f"ILSVRC2012_val_0000000{n}_{wnid}.JPEG")
+    write(tmp_path / "train" / "n01000001" / ".hidden.JPEG")
+    write(tmp_path / "train" / "n01000001" / "notes.txt")
+    write(tmp_path / "train" / "n01000001" / "upper.JpG")
+    write(tmp_path / "train" / "n01000001" / "sub" / "deeper.png")
+
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "class-folders"
+    assert ds.root == tmp_path
+    classes = [(c.index, c.wnid, c.name) for c in ds.classes]
+    assert classes == [(0, "n01000001", "n01000001"), (1, "n02000002", "n02000002")]
+    train = ds.splits["train"]
+    assert [(s.label, s.name) for s in train] == [
+        (0, "train/n01000001/n01000001_1.JPEG"),
+        (0, "train/n01000001/n01000001_10.JPEG"),
+        (0, "train/n01000001/n01000001_2.JPEG"),
+        (0, "train/n01000001/sub/deeper.png"),
+        (0, "train/n01000001/upper.JpG"),
+        (1, "train/n02000002/n02000002_1.JPEG"),
+        (1, "train/n02000002/n02000002_10.JPEG"),
+        (1, "train/n02000002/n02000002_2.JPEG"),
+    ]
+    assert [s.label for s in ds.splits["val"]] == [0, 1]
+    for s in train + ds.splits["val"]:
+        assert Path(s.path) == tmp_path / s.name and s.offset == 0 and s.size == -1
+        assert read_sample_bytes(s) == content(Path(s.name).name)
+    assert any("notes.txt" in w for w in ds.warnings)
+
+
+def test_custom_class_folders_train_only(tmp_path):
+    for cls, count in [("zebra", 1), ("cat", 2), ("dog", 3)]:
+        for n in range(count):
+            write(tmp_path / "train" / cls / f"{cls}{n}.webp")
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "class-folders"
+    assert list(ds.splits) == ["train"]
+    assert [(c.wnid, c.name) for c in ds.classes] == [("cat", "cat"), ("dog", "dog"), ("zebra", "zebra")]
+    assert [s.label for s in ds.splits["train"]] == [0, 0, 1, 1, 1, 2]
+    assert ds.warnings == ()
+
+
+def test_val_classes_missing_from_train_are_left_out_with_a_warning(tmp_path):
+    write(tmp_path / "train" / "a" / "1.jpg")
+    write(tmp_path / "train" / "c" / "1.jpg")
+    write(tmp_path / "val" / "b" / "2.jpg")
+    write(tmp_path / "val" / "c" / "3.jpg")
+    ds = find_dataset(tmp_path)
+    assert [(s.name, s.label) for s in ds.splits["val"]] == [("val/c/3.jpg", 1)]
+    assert any("1 images" in w and "left out" in w for w in ds.warnings)
+
+
+# --- official extracted ---
+
+
+def test_official_extracted_with_devkit_folder(tmp_path):
+    write_official_extracted(tmp_path)
+    write_devkit_folder(tmp_path / "downloads" / "ILSVRC2012_devkit_t12" / "data")
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "official-extracted"
+    assert_official_labels(ds)
+    assert ds.warnings == ()
+    for s in ds.splits["val"]:
+        assert read_sample_bytes(s) == content(Path(s.name).name)
+
+
+def test_official_extracted_with_devkit_tar(tmp_path):
+    write_official_extracted(tmp_path)
+    write_devkit_tar(tmp_path / "ILSVRC2012_devkit_t12.tar.gz")
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "official-extracted"
+    assert_official_labels(ds)
+
+
+def test_subset_of_devkit_classes_warns_that_labels_are_not_standard(tmp_path):
+    write_official_extracted(tmp_path)
+    for f in (tmp_path / "train" / "n03000003").iterdir():
+        f.unlink()
+    (tmp_path / "train" / "n03000003").rmdir()
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data")
+    ds = find_dataset(tmp_path)
+    assert [c.wnid for c in ds.classes] == SORTED_WNIDS[:2]
+    assert [s.label for s in ds.splits["val"]] == [0, 1, 0]  # the two gamma images are left out
+    assert any("not the standard 3-way" in w for w in ds.warnings)
+    assert any("2 val images" in w for w in ds.warnings)
+
+
+def test_flat_val_without_ground_truth_is_an_error(tmp_path):
+    write_official_extracted(tmp_path)
+    with pytest.raises(AlexkitError, match="no ground truth.*ILSVRC2012_devkit_t12") as info:
+        find_dataset(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_ground_truth_id_not_in_meta_is_an_error(tmp_path):
+    write_official_extracted(tmp_path)
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data", ids=[1, 2, 3, 4, 1])  # 4 is the non-leaf
+    with pytest.raises(AlexkitError, match=r"ILSVRC2012_validation_ground_truth.txt line 4: ILSVRC2012_ID 4"):
+        find_dataset(tmp_path)
+
+
+def test_val_file_beyond_ground_truth_is_an_error(tmp_path):
+    write_official_extracted(tmp_path)
+    write(tmp_path / "val" / val_name(6))
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data")
+    with pytest.raises(AlexkitError, match="ILSVRC2012_val_00000006.JPEG: no line 6"):
+        find_dataset(tmp_path)
+
+
+# --- official tars ---
+
+
+def write_official_tars(src: Path) -> dict[str, bytes]:
+    """The three tars, members deliberately unsorted; returns every image's expected bytes by name."""
+    expected = {}
+    src.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(src / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid in ["n02000002", "n03000003", "n01000001"]:
+            inner_bytes = io.BytesIO()
+            with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
+                for n in (5, 12, 1):
+                    name = f"{wnid}_{n}.JPEG"
+                    data = content(name) * (n + 100)  # sizes that are not multiples of 512
+                    add_member(inner, name, data)
+                    expected[f"ILSVRC2012_img_train.tar/{wnid}.tar/{name}"] = data
+                add_member(inner, "README.txt", b"not an image")
+            add_member(outer, f"{wnid}.tar", inner_bytes.getvalue())
+    with tarfile.open(src / "ILSVRC2012_img_val.tar", "w") as tar:
+        for i in (3, 1, 5, 2, 4):
+            data = content(val_name(i)) * 7
+            add_member(tar, val_name(i), data)
+            expected[f"ILSVRC2012_img_val.tar/{val_name(i)}"] = data
+    write_devkit_tar(src / "ILSVRC2012_devkit_t12.tar.gz")
+    with tarfile.open(src / "ILSVRC2012_img_train_t3.tar", "w") as tar:  # the dogs subset: ignored
+        add_member(tar, "n09999999.tar", b"")
+    return expected
+
+
+def test_official_tars_read_in_place(tmp_path):
+    expected = write_official_tars(tmp_path)
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "official-tars"
+    assert_official_labels(ds)
+    train = ds.splits["train"]
+    assert [s.name for s in train[:3]] == [
+        "ILSVRC2012_img_train.tar/n01000001.tar/n01000001_1.JPEG",
+        "ILSVRC2012_img_train.tar/n01000001.tar/n01000001_12.JPEG",
+        "ILSVRC2012_img_train.tar/n01000001.tar/n01000001_5.JPEG",
+    ]
+    assert {s.path for s in train} == {str(tmp_path / "ILSVRC2012_img_train.tar")}
+    assert {s.path for s in ds.splits["val"]} == {str(tmp_path / "ILSVRC2012_img_val.tar")}
+    assert len(train) + len(ds.splits["val"]) == len(expected)
+    raw = (tmp_path / "ILSVRC2012_img_train.tar").read_bytes()
+    for s in train + ds.splits["val"]:
+        assert s.size == len(expected[s.name])
+        assert read_sample_bytes(s) == expected[s.name]
+    assert raw[train[0].offset : train[0].offset + train[0].size] == expected[train[0].name]
+
+
+def test_official_train_tar_without_val(tmp_path):
+    write_official_tars(tmp_path)
+    (tmp_path / "ILSVRC2012_img_val.tar").unlink()
+    (tmp_path / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    ds = find_dataset(tmp_path)
+    assert list(ds.splits) == ["train"]
+    assert [c.name for c in ds.classes] == SORTED_WNIDS  # no devkit: names are the wnids
+
+
+def test_truncated_tar_read_is_an_error(tmp_path):
+    write_official_tars(tmp_path)
+    ds = find_dataset(tmp_path)
+    last = max(ds.splits["train"], key=lambda s: s.offset)
+    with open(last.path, "r+b") as f:
+        f.truncate(last.offset + 3)
+    with pytest.raises(AlexkitError, match="truncated"):
+        read_sample_bytes(last)
+
+
+# --- kaggle ---
+
+
+def test_kaggle_layout(tmp_path):
+    data = tmp_path / "ILSVRC" / "Data" / "CLS-LOC"
+    for wnid in SORTED_WNIDS:
+        for n in (2, 1, 3):
+            write(data / "train" / wnid / f"{wnid}_{n}.JPEG")
+    for i in range(1, 6):
+        write(data / "val" / val_name(i))
+    wnid_of = {i: w for i, w, _ in LEAVES}
+    wnid_of_val = {i: wnid_of[VAL_IDS[i - 1]] for i in range(1, 6)}
+    rows = [f"{val_name(i)[:-5]},{wnid_of_val[i]} 10 20 30 40 {wnid_of_val[i]} 1 2 3 4" for i in (4, 2, 5, 1, 3)]
+    (tmp_path / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    (tmp_path / "LOC_synset_mapping.txt").write_text("".join(f"{w} {NAMES[w]}\n" for w in SORTED_WNIDS[::-1]))
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "kaggle"
+    assert_official_labels(ds)
+    assert ds.splits["val"][0].name == "ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000001.JPEG"
+
+
+def test_kaggle_val_image_without_csv_row_is_an_error(tmp_path):
+    data = tmp_path / "ILSVRC" / "Data" / "CLS-LOC"
+    write(data / "train" / "n01000001" / "a.JPEG")
+    write(data / "val" / val_name(1))
+    write(data / "val" / val_name(2))
+    (tmp_path / "LOC_val_solution.csv").write_text(f"ImageId,PredictionString\n{val_name(1)[:-5]},n01000001 1 2 3 4\n")
+    with pytest.raises(AlexkitError, match="ILSVRC2012_val_00000002.JPEG has no row in .*LOC_val_solution.csv"):
+        find_dataset(tmp_path)
+
+
+# --- errors and checks ---
+
+
+def test_missing_and_empty_src(tmp_path):
+    with pytest.raises(AlexkitError, match="does not exist"):
+        find_dataset(tmp_path / "nope")
+    with pytest.raises(AlexkitError, match="is empty") as info:
+        find_dataset(tmp_path)
+    assert all(layout in str(info.value) for layout in LAYOUTS)
+
+
+def test_nonsense_layout_lists_what_was_found_and_the_supported_layouts(tmp_path):
+    write(tmp_path / "cats" / "1.jpg")
+    write(tmp_path / "readme.md")
+    with pytest.raises(AlexkitError) as info:
+        find_dataset(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "cats/, readme.md" in message
+    assert all(layout in message for layout in LAYOUTS)
+
+
+def test_train_folder_of_unextracted_class_tars_says_how_to_fix(tmp_path):
+    write(tmp_path / "train" / "n01000001.tar")
+    with pytest.raises(AlexkitError, match="holds no class folders; extract each per-class tar"):
+        find_dataset(tmp_path)
+
+
+def test_full_imagenet_count_mismatch_warns(tmp_path):
+    wnids = [f"n{k:08d}" for k in range(1000)]
+    for w in wnids:
+        write(tmp_path / "train" / w / "x.JPEG")
+    ds = find_dataset(tmp_path)
+    assert len(ds.classes) == 1000
+    assert any("WARNING" in w and "train has 1,000 images, not 1,281,167" in w for w in ds.warnings)
+    assert any("val has 0 images, not 50,000" in w for w in ds.warnings)

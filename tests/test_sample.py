@@ -1,0 +1,127 @@
+"""The built-in sample dataset: official layout, determinism, odd files, and that it reads as ImageNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from alexkit.cli.main import main
+from alexkit.datasets import find_dataset, write_sample_dataset
+from alexkit.datasets.sample import COLOURS, class_specs
+from alexkit.errors import AlexkitError
+
+# 4 classes x 30 train covers every train oddity position (g = 1, 2, 3, 5, 7, 11); 4 x 5 val.
+ARGS = dict(num_classes=4, train_per_class=30, val_per_class=5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    return write_sample_dataset(tmp_path_factory.mktemp("s") / "sample", **ARGS)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_official_extracted_layout(sample):
+    wnids = ["n99000001", "n99000002", "n99000003", "n99000004"]
+    assert sorted(p.name for p in sample.iterdir()) == ["ILSVRC2012_devkit_t12", "train", "val"]
+    assert sorted(p.name for p in (sample / "train").iterdir()) == wnids
+    in_class = sorted(p.name for p in (sample / "train" / "n99000002").iterdir())
+    assert in_class == sorted(f"n99000002_{n}.JPEG" for n in range(1, 31))
+    assert sorted(p.name for p in (sample / "val").iterdir()) == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 21)]
+    data = sample / "ILSVRC2012_devkit_t12" / "data"
+    assert len((data / "ILSVRC2012_validation_ground_truth.txt").read_text().split()) == 20
+
+    synsets = scipy.io.loadmat(data / "meta.mat", squeeze_me=True)["synsets"]
+    assert set(synsets.dtype.names) == {
+        "ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height", "num_train_images",
+    }
+    leaves = [(int(r["ILSVRC2012_ID"]), str(r["WNID"])) for r in synsets if int(r["num_children"]) == 0]
+    assert sorted(w for _, w in leaves) == wnids
+    assert [w for _, w in sorted(leaves)] != wnids  # ID order differs from sorted-wnid order
+    assert sum(int(r["num_children"]) > 0 for r in synsets) >= 2
+
+
+def test_reads_as_official_imagenet_with_labels_the_pixels_agree_with(sample):
+    ds = find_dataset(sample)
+    assert ds.layout == "official-extracted"
+    assert ds.warnings == ()
+    assert [c.name for c in ds.classes] == ["red disc", "blue striped square", "green triangle", "yellow ring"]
+    assert [s.label for s in ds.splits["train"]] == [k for k in range(4) for _ in range(30)]
+    assert all(s.name.startswith(f"train/n9900000{s.label + 1}/") for s in ds.splits["train"])
+    val = ds.splits["val"]
+    assert np.bincount([s.label for s in val]).tolist() == [5, 5, 5, 5]
+    # The val label from meta.mat + ground truth names the colour painted in the image.
+    palette = np.array([COLOURS[colour] for colour, _, _ in class_specs(4)], dtype=np.float32)  # (4, 3)
+    for s in val:
+        image = Image.open(s.path)
+        if image.mode != "RGB":
+            continue
+        pixels = np.asarray(image, dtype=np.float32).reshape(-1, 3)
+        vivid = pixels[np.ptp(pixels, axis=1) > 100]  # saturated pixels: the object, not the greyish background
+        nearest = np.linalg.norm(vivid[:, None, :] - palette, axis=2).argmin(axis=1)
+        votes = np.bincount(nearest, minlength=4)
+        assert votes.argmax() == s.label and votes[s.label] > 0.9 * votes.sum(), (s.name, votes)
+
+
+def test_same_arguments_give_the_same_bytes(sample, tmp_path):
+    again = write_sample_dataset(tmp_path / "again", **ARGS)
+    assert files(again) == files(sample)
+    other = write_sample_dataset(tmp_path / "other", **{**ARGS, "seed": 4, "train_per_class": 2, "val_per_class": 1})
+    assert files(other)["train/n99000001/n99000001_1.JPEG"] != files(sample)["train/n99000001/n99000001_1.JPEG"]
+
+
+def test_real_world_oddities_are_present(sample):
+    seen = {"L": 0, "CMYK": 0, "PNG": 0, "progressive": 0, "huge": 0, "small": 0}
+    for path in sorted((sample / "train").rglob("*.JPEG")) + sorted((sample / "val").glob("*.JPEG")):
+        with Image.open(path) as image:
+            seen["L"] += image.mode == "L"
+            seen["CMYK"] += image.mode == "CMYK"
+            seen["PNG"] += image.format == "PNG"
+            seen["progressive"] += bool(image.info.get("progressive"))
+            seen["huge"] += max(image.size) > 1000
+            seen["small"] += min(image.size) < 256
+            image.convert("RGB").load()  # every file decodes
+    assert seen["L"] >= 2 and seen["CMYK"] >= 1 and seen["PNG"] == 1 and seen["progressive"] >= 2
+    assert seen["huge"] >= 1 and seen["small"] >= 10
+
+
+def test_bad_arguments_and_destinations(tmp_path):
+    with pytest.raises(AlexkitError, match="--classes 0"):
+        write_sample_dataset(tmp_path / "a", num_classes=0)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(AlexkitError, match="not empty"):
+        write_sample_dataset(tmp_path / "mine", num_classes=1, train_per_class=1, val_per_class=0)
+    with pytest.raises(AlexkitError, match="other than a sample dataset"):
+        write_sample_dataset(tmp_path / "mine", num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def run_cli(args: list[str]) -> int:
+    """Exit status of `alexkit ARGS` run in this process."""
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["sample", str(out), "--classes", "2", "--train-per-class", "3", "--val-per-class", "2", "--seed", "1"]
+    assert run_cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 6 train + 4 val images of 2 classes" in printed and str(out) in printed
+    ds = find_dataset(out)
+    assert (ds.layout, len(ds.splits["train"]), len(ds.splits["val"])) == ("official-extracted", 6, 4)
+
+    assert run_cli(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert run_cli(args + ["--overwrite", "--classes", "3"]) == 0
+    assert len(find_dataset(out).classes) == 3
