@@ -26,9 +26,11 @@ if [ ! -x .venv/bin/python ]; then
     .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 fi
 PIP=(.venv/bin/python -m pip install -q)
+# Cheap presence checks (find_spec, no heavy imports), so a second run takes a couple of seconds.
+have() { .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" "$@" 2>/dev/null; }
 
 # 3. torch: a CPU build unless an NVIDIA GPU is present (never a multi-GB CUDA build on CPU machines).
-if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+if ! have torch; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         say "NVIDIA GPU found: installing torch with CUDA"
         "${PIP[@]}" "torch>=2.11"
@@ -42,10 +44,12 @@ fi
 
 # 4. alexkit itself (editable) with its test extras; FFCV builds from source here (~1 min, once).
 stamp=.venv/.alexkit-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "import alexkit, ffcv, nvidia.dali" >/dev/null 2>&1; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! have alexkit ffcv nvidia.dali typer rich PIL scipy pytest; then
     say "installing alexkit and its dependencies (FFCV builds from source the first time)"
     "${PIP[@]}" -e ".[test]"
     touch "$stamp"
 fi
-.venv/bin/python -c "import ffcv.libffcv" >/dev/null || { echo "[setup] FFCV's native library does not load: see 'alexkit doctor'" >&2; exit 1; }
-say "ready: .venv/bin/alexkit ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
+# FFCV's compiled extension must link against the system libraries (dlopen it, without importing ffcv).
+.venv/bin/python -c "import ctypes, glob, importlib.util as u; [d] = u.find_spec('ffcv').submodule_search_locations; [so] = glob.glob(d + '/_libffcv*.so'); ctypes.CDLL(so)" \
+    || { echo "[setup] FFCV's native library does not load: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then rm .venv/.alexkit-installed and run make setup again" >&2; exit 1; }
+say "ready: .venv/bin/alexkit (torch $(.venv/bin/python -c 'from importlib.metadata import version; print(version("torch"))'))"
