@@ -54,7 +54,7 @@ class BetonWriter:
         self.tmp_path = self.path.with_name(self.path.name + ".partial")
         self.capacity = capacity
         self.metadata = np.zeros(capacity, dtype=METADATA)
-        self.allocs: list[tuple[int, int, int]] = []
+        self.allocs = np.zeros(capacity, dtype=ALLOC)  # 24 bytes a sample (tuples would take ~160)
         self.count = 0
         self.file = open(self.tmp_path, "wb")
         fields = np.zeros(2, dtype=FIELD_DESC)
@@ -87,7 +87,7 @@ class BetonWriter:
         record["image"]["mode"], record["image"]["width"], record["image"]["height"] = mode, width, height
         record["image"]["data_ptr"] = self.pos
         record["label"] = label
-        self.allocs.append((self.count, self.pos, size))
+        self.allocs[self.count] = (self.count, self.pos, size)
         self.pos += size
         self.count += 1
 
@@ -98,7 +98,7 @@ class BetonWriter:
             self.file.write(b"\0" * (PAGE_SIZE - used))
             self.pos += PAGE_SIZE - used
         alloc_ptr = self.pos
-        self.file.write(np.array(self.allocs, dtype=ALLOC).tobytes())
+        self.file.write(self.allocs[: self.count].tobytes())
         self.file.seek(self.metadata_start)
         self.file.write(self.metadata[: self.count].tobytes())
         header = np.zeros(1, dtype=HEADER)

@@ -1,0 +1,298 @@
+"""Prepare speed: images/s of `alexkit prepare` beside two baselines, on the same images and cores.
+
+  (a) one process, PIL: open, convert to RGB, resize the shorter side (same filter), centre crop,
+      encode JPEG, write a file; the straightforward converter.
+  (b) FFCV's own route: an indexed dataset returning the same preprocessed PIL images, written by
+      `ffcv.writer.DatasetWriter` with RGBImageField(write_mode="jpg") and IntField, all workers.
+  (c) `alexkit prepare`: the whole command (scan, convert, write, training statistics).
+
+Each route runs `repeats` times, interleaved (a, b, c, a, b, c, ...) so a busy neighbour hurts
+them alike; the table gives the median images/s with the range, and the CPU time per image
+summed over all processes (insensitive to other load; lower is better). Without SRC, photo-like
+JPEGs of ImageNet-like sizes are generated first (see `write_photo_like`).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alexkit.errors import AlexkitError
+
+# ImageNet-like (width, height) and how often each occurs: mostly Flickr's 500 px on the long
+# side, some larger photos, a few small ones. Mean ~500 x 420 pixels.
+PHOTO_SIZES = (
+    ((500, 375), 0.36), ((375, 500), 0.15), ((500, 333), 0.15), ((333, 500), 0.05), ((500, 500), 0.04),
+    ((400, 300), 0.07), ((640, 480), 0.07), ((800, 600), 0.04), ((1024, 768), 0.02), ((1600, 1200), 0.005),
+    ((250, 188), 0.025),
+)  # fmt: skip
+
+
+def _all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class BenchPrepareConfig:
+    src: Path | None = None  # a dataset (any layout); None: generate photo-like JPEGs
+    images: int = 1000
+    workers: int = field(default_factory=_all_cores)
+    size: int = 256
+    quality: int = 90
+    repeats: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.images < 1 or self.workers < 1 or self.repeats < 1:
+            raise AlexkitError("--images, --workers and --repeats must be at least 1")
+        if not 16 <= self.size <= 1024 or not 1 <= self.quality <= 100:
+            raise AlexkitError(f"--size {self.size} / --quality {self.quality}: size 16-1024, quality 1-100")
+
+
+def bench_prepare(cfg: BenchPrepareConfig) -> dict:
+    """Print the table and return {"images", "workers", "routes": {name: [images/s per repeat]}, ...}."""
+    with tempfile.TemporaryDirectory(prefix="alexkit-bench-prepare-") as tmp:
+        tmp = Path(tmp)
+        images = tmp / "images"
+        started = time.perf_counter()
+        if cfg.src is None:
+            files = write_photo_like(images, cfg.images, seed=cfg.seed, workers=cfg.workers)
+            what = "generated photo-like JPEGs (1/f noise, colour, edges, grain; quality 90, 4:2:0)"
+        else:
+            files = _copy_from(cfg.src, images, cfg.images)
+            what = f"images taken evenly across the train split of {cfg.src}"
+        sizes = [os.path.getsize(f) for f in files]
+        dims = [_dims(f) for f in files[:200]]
+        print(
+            f"{len(files)} {what}: mean {np.mean([d[0] for d in dims]):.0f} x {np.mean([d[1] for d in dims]):.0f} px, "
+            f"mean {np.mean(sizes) / 1e3:.0f} KB ({time.perf_counter() - started:.1f} s to make)",
+            flush=True,
+        )
+        for f in files:  # warm the page cache, so no route pays for the first read
+            f.read_bytes()
+
+        routes = {
+            "(a) one process, PIL": lambda k: _route_pil(files, tmp / f"a{k}", cfg),
+            "(b) FFCV DatasetWriter": lambda k: _route_ffcv(files, tmp / f"b{k}.beton", cfg),
+            "(c) alexkit prepare": lambda k: _route_alexkit(images, tmp / f"c{k}", cfg),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in routes}
+        cpu_ms: dict[str, list[float]] = {name: [] for name in routes}
+        for k in range(cfg.repeats):
+            for name, run in routes.items():
+                _reap_children()
+                cpu = _cpu_seconds()
+                seconds = run(k)
+                _reap_children()  # FFCV never joins its workers: count their time here, not later
+                rates[name].append(len(files) / seconds)
+                cpu_ms[name].append(1e3 * (_cpu_seconds() - cpu) / len(files))
+                print(f"  round {k + 1}/{cfg.repeats}: {name}: {rates[name][-1]:,.0f} images/s, "
+                      f"{cpu_ms[name][-1]:.2f} CPU ms/image", flush=True)  # fmt: skip
+        check = _agreement(files[:20], tmp / "a0", tmp / "c0" / "train.beton")
+
+    result = {
+        "images": len(files),
+        "mean_kb": float(np.mean(sizes) / 1e3),
+        "workers": cfg.workers,
+        "size": cfg.size,
+        "quality": cfg.quality,
+        "cpu": _cpu_name(),
+        "routes": rates,
+        "cpu_ms_per_image": cpu_ms,
+        "agreement_mean_abs": check,
+    }
+    _print_table(result)
+    return result
+
+
+# --- the three routes; each returns wall seconds ---
+
+
+def _preprocess_pil(path: Path, size: int):
+    """The plain way: full decode, convert, resize the whole image, crop the centre."""
+    from PIL import Image
+
+    from alexkit.pipeline.imageops import FILTER, crop_origin, resized_size
+
+    img = Image.open(path).convert("RGB")
+    rw, rh = resized_size(*img.size, size)
+    x0, y0 = crop_origin((rw, rh), size)
+    return img.resize((rw, rh), FILTER).crop((x0, y0, x0 + size, y0 + size))
+
+
+def _route_pil(files: list[Path], out: Path, cfg: BenchPrepareConfig) -> float:
+    out.mkdir()
+    started = time.perf_counter()
+    for i, f in enumerate(files):
+        _preprocess_pil(f, cfg.size).save(out / f"{i:06d}.jpg", "JPEG", quality=cfg.quality)
+    return time.perf_counter() - started
+
+
+class _PilDataset:
+    """What an FFCV user writes: __getitem__ -> (PIL image, label), preprocessing inside."""
+
+    def __init__(self, files: list[Path], size: int):
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return _preprocess_pil(self.files[i], self.size), int(self.files[i].parent.name[1:]) % 1000
+
+
+def _route_ffcv(files: list[Path], out: Path, cfg: BenchPrepareConfig) -> float:
+    import contextlib
+
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    started = time.perf_counter()
+    fields = {"image": RGBImageField(write_mode="jpg", jpeg_quality=cfg.quality), "label": IntField()}
+    with contextlib.redirect_stderr(io.StringIO()):  # FFCV's own progress bar
+        DatasetWriter(str(out), fields, num_workers=cfg.workers).from_indexed_dataset(_PilDataset(files, cfg.size))
+    return time.perf_counter() - started
+
+
+def _route_alexkit(src: Path, out: Path, cfg: BenchPrepareConfig) -> float:
+    import contextlib
+
+    from alexkit.pipeline.prepare import PrepareConfig, prepare
+
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        prepare(PrepareConfig(src=src, out=out, size=cfg.size, quality=cfg.quality, workers=cfg.workers))
+    return time.perf_counter() - started
+
+
+def _agreement(files: list[Path], pil_out: Path, beton: Path) -> float:
+    """Mean |(a) - (c)| in grey levels over a few images: both routes make the same pictures."""
+    from PIL import Image
+
+    from alexkit.pipeline.beton import BetonReader
+
+    reader = BetonReader(beton)
+    diffs = [
+        np.abs(np.asarray(Image.open(pil_out / f"{i:06d}.jpg"), float) - reader.pixels(i)).mean() for i in range(len(files))
+    ]
+    return float(np.mean(diffs))
+
+
+# --- inputs ---
+
+
+def write_photo_like(out: Path, n: int, *, seed: int = 0, workers: int = 1) -> list[Path]:
+    """n JPEGs (quality 90) in class folders out/train/c000../ with PHOTO_SIZES and ImageNet-like
+    bytes per pixel (~110 KB at 500 x 375): 1/f noise in luminance and colour, a few hard-edged
+    shapes, fine grain. Returns the files in the order prepare lists them."""
+    jobs = [(out, i, seed) for i in range(n)]
+    with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
+        files = pool.map(_write_one_photo, jobs, chunksize=8)
+    return sorted(files, key=lambda p: (p.parent.name, p.name))
+
+
+def _write_one_photo(job: tuple[Path, int, int]) -> Path:
+    from PIL import Image
+
+    out, i, seed = job
+    rng = np.random.default_rng([seed, i])
+    sizes, weights = zip(*PHOTO_SIZES)
+    w, h = sizes[rng.choice(len(sizes), p=np.array(weights) / sum(weights))]
+    folder = out / "train" / f"c{i % 10:03d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"img_{i:06d}.JPEG"
+    Image.fromarray(photo_like(rng, w, h)).save(path, "JPEG", quality=90)
+    return path
+
+
+def photo_like(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """(h, w, 3) uint8: natural-image-like spectrum (amplitude ~ 1/f), correlated colour, edges, grain."""
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
+    f = np.hypot(fx, fy)
+    f[0, 0] = 1.0
+    noise = rng.standard_normal((3, h, w // 2 + 1)) + 1j * rng.standard_normal((3, h, w // 2 + 1))
+    fields = np.fft.irfft2(noise * np.stack([f**-1.05, f**-1.4, f**-1.4]), s=(h, w))
+    fields /= fields.std(axis=(1, 2), keepdims=True)
+    lum, c1, c2 = fields
+    img = rng.uniform(90, 160) + 45 * lum[..., None] + np.stack([22 * c1, 12 * c2, -18 * c1 - 10 * c2], axis=-1)
+    y, x = np.mgrid[0:h, 0:w]
+    for _ in range(rng.integers(2, 6)):  # objects: discs with hard edges
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.3) * min(w, h)
+        inside = (x - cx) ** 2 + (y - cy) ** 2 < r * r
+        img[inside] = img[inside] * 0.6 + rng.uniform(0, 255, 3) * 0.4
+    img += rng.normal(0, 4.0, (h, w, 1)) + rng.normal(0, 1.5, (h, w, 3))  # sensor grain
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _copy_from(src: Path, out: Path, n: int) -> list[Path]:
+    """n train images of a real dataset, evenly spread over it, copied as class folders."""
+    from alexkit.datasets import find_dataset, read_sample_bytes
+
+    samples = find_dataset(src).splits["train"]
+    picked = samples[:: max(1, len(samples) // n)][:n]
+    files = []
+    for i, s in enumerate(picked):
+        folder = out / "train" / f"c{s.label:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"img_{i:06d}{Path(s.name or s.path).suffix or '.JPEG'}"
+        path.write_bytes(read_sample_bytes(s))
+        files.append(path)
+    return sorted(files, key=lambda p: (p.parent.name, p.name))
+
+
+def _reap_children(timeout: float = 30.0) -> None:
+    """Wait for every child process this process started to end, and reap it."""
+    deadline = time.monotonic() + timeout
+    while mp.active_children() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _cpu_seconds() -> float:
+    """User + system time of this process and of its finished (joined) children."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _dims(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _print_table(r: dict) -> None:
+    med = {name: statistics.median(v) for name, v in r["routes"].items()}
+    a, b = med["(a) one process, PIL"], med["(b) FFCV DatasetWriter"]
+    print(f"\nprepare, {r['images']} images ({r['mean_kb']:.0f} KB mean) -> {r['size']} px JPEG q{r['quality']}, "
+          f"{r['workers']} workers, {r['cpu']}")  # fmt: skip
+    print(f"{'route':24s} {'images/s (median)':>18s} {'range':>13s} {'vs (a)':>7s} {'vs (b)':>7s} {'CPU ms/image':>13s}")
+    for name, v in r["routes"].items():
+        cpu = statistics.median(r["cpu_ms_per_image"][name])
+        ratios = f"{med[name] / a:6.2f}x {med[name] / b:6.2f}x"
+        print(f"{name:24s} {med[name]:18,.0f} {min(v):6,.0f}-{max(v):<6,.0f} {ratios} {cpu:13.2f}")
+    print(f"(c) includes the scan and the training statistics (an extra decode per image); "
+          f"(a) vs (c) pixels: mean |diff| {r['agreement_mean_abs']:.2f} grey levels")

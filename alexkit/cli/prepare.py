@@ -1,0 +1,38 @@
+"""`alexkit prepare SRC`: raw ImageNet (any layout) -> FFCV store + training statistics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from alexkit.paths import DEFAULT_STORE
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def command(
+    src: Path = typer.Argument(
+        ..., help="Dataset folder: class folders, the official tars or extracted tree + devkit, or Kaggle's download."
+    ),
+    out: Path = typer.Option(DEFAULT_STORE, "--out", "-o", help="Store folder to write (train/eval read it)."),
+    size: int = typer.Option(256, "--size", help="Stored side: shorter side resized to it, centre crop (256: the paper)."),
+    format: str = typer.Option("jpg", "--format", help="jpg (~22 GB for ImageNet at 256) or raw (~250 GB, no decoding)."),
+    quality: int = typer.Option(90, "--quality", help="JPEG quality, 1-100."),
+    workers: int = typer.Option(_cores(), "--workers", "-j", help="Worker processes (default: all cores)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild a finished store."),
+) -> None:
+    """Write DIR/{train,val}.beton, stats.npz (mean image, RGB eigen-decomposition), classes.json, manifest.json.
+
+    Undecodable files are skipped and listed in manifest.json.
+    An interrupted run resumes (finished splits are kept); a finished store is left alone unless --force.
+    """
+    from alexkit.pipeline.prepare import PrepareConfig, prepare
+
+    prepare(PrepareConfig(src=src, out=out, size=size, format=format, quality=quality, workers=workers, force=force))

@@ -1,0 +1,585 @@
+"""`alexkit prepare SRC`: raw images -> an FFCV store plus the training set's statistics.
+
+What DIR holds when it is finished (read through alexkit.pipeline.store.Store):
+  train.beton, val.beton  fields `image` (RGBImageField, size x size, JPEG or raw RGB) and `label`
+                          (IntField), in the order find_dataset lists the split (train by class
+                          then file name, val by file name); a plain `ffcv.loader.Loader` reads them
+  stats.npz               over the training images as stored: mean_image (size, size, 3) float32,
+                          mean_rgb (3,), cov (3, 3), eigval (3,) descending, eigvec (3, 3) whose
+                          columns are the eigenvectors, images, pixels; all in 0-255 units
+  classes.json            [{"index", "wnid", "name"}], index = rank of the wnid in sorted order
+  manifest.json           format version, source, settings, counts per split and per class,
+                          every skipped file with its reason, timings; written LAST
+  <split>.done.json       per-split completion record (settings + a digest of the sample list)
+
+The store keeps the mean image; the loader subtracts it (stored pixels stay uint8 and JPEG-able).
+
+Never a broken store: files are written under temporary names and renamed when complete, and
+manifest.json, the mark of a finished store, is written last and removed first. An interrupted
+run (Ctrl-C, kill -9, a full disk) leaves no manifest.json; running again keeps each split whose
+done-record matches the settings and sources, and redoes the rest. A finished store is left as
+it is unless `force`. A file that cannot be decoded is skipped and listed with its reason;
+a worker process that dies (a crash in a native decoder) costs only the file that killed it.
+
+Speed: the per-image work (imageops.convert) runs in a pool of processes over chunks of samples,
+a bounded number of chunks in flight, results taken in order and written by the main process;
+memory stays flat whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from alexkit.datasets import Dataset, Sample, find_dataset, read_sample_bytes
+from alexkit.errors import AlexkitError
+from alexkit.paths import DEFAULT_STORE
+from alexkit.pipeline import imageops
+from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
+from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
+
+FORMATS = ("jpg", "raw")
+MIN_SIZE, MAX_SIZE = 16, 1024  # 1024 px raw (3 MiB) still fits a .beton page
+MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
+SPLITS = ("train", "val")
+CHUNK = 64  # samples per task: large enough to amortise the hand-over, small enough to balance
+JPEG_BYTES_PER_PIXEL = 0.35  # q90 at 256 px: ~23 KB per image; only for the free-space warning
+
+
+def _all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    src: Path
+    out: Path = DEFAULT_STORE
+    size: int = STORE_SIZE  # stored images are size x size
+    format: Literal["jpg", "raw"] = "jpg"
+    quality: int = 90  # JPEG quality, 1-100 (ignored for raw)
+    workers: int = field(default_factory=_all_cores)
+    force: bool = False  # rebuild a finished store
+
+    def __post_init__(self):
+        object.__setattr__(self, "src", Path(self.src).expanduser())
+        object.__setattr__(self, "out", Path(self.out).expanduser())
+        if self.format not in FORMATS:
+            raise AlexkitError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise AlexkitError(f"--size {self.size}: choose {MIN_SIZE} to {MAX_SIZE} ({STORE_SIZE} is the paper's)")
+        if not 1 <= self.quality <= 100:
+            raise AlexkitError(f"--quality {self.quality}: choose 1 to 100 (90 or more keeps JPEG artefacts negligible)")
+        if self.workers < 1:
+            raise AlexkitError(f"--workers {self.workers}: need at least 1")
+
+    def settings(self) -> dict:
+        """What the stored pixels depend on; a split is reused only if these are equal."""
+        return {
+            "size": self.size,
+            "format": self.format,
+            "quality": self.quality if self.format == "jpg" else None,
+            "filter": imageops.FILTER_NAME,
+            "crop": "centre",
+            "format_version": STORE_FORMAT_VERSION,
+        }
+
+
+def prepare(cfg: PrepareConfig) -> Path:
+    """Write the store for cfg.src into cfg.out (see the module docstring); return cfg.out."""
+    src, out = _check_paths(cfg)
+    settings = cfg.settings()
+    finished = _read_json(out / MANIFEST)
+    if finished is not None and not cfg.force:
+        if finished.get("settings") == settings and finished.get("source", {}).get("path") == str(src):
+            print(f"{out} already holds a finished store of {src} with these settings; nothing to do (--force rebuilds it)")
+            return out
+        raise AlexkitError(
+            f"{out} holds a finished store of {finished.get('source', {}).get('path')} made with "
+            f"{_describe(finished.get('settings', {}))} (asked: {src}, {_describe(settings)}); "
+            f"pass --force to replace it, or choose another --out"
+        )
+    started = time.perf_counter()
+    print(f"scanning {src} ...", flush=True)
+    ds = find_dataset(src)
+    scan_s = time.perf_counter() - started
+    for warning in ds.warnings:
+        _warn(warning)
+    counts = {name: len(samples) for name, samples in ds.splits.items()}
+    listed = ", ".join(f"{n} {c:,} images" for n, c in counts.items())
+    print(f"{ds.layout}: {len(ds.classes):,} classes, {listed}", flush=True)
+    _check_free_space(out, sum(counts.values()), cfg)
+
+    _remove(out / MANIFEST)  # from here on the store is incomplete until manifest.json is back
+    _clear(out, keep=() if cfg.force else tuple(ds.splits))
+
+    records = {}
+    with _Workers(cfg.workers) as workers:
+        for name in [n for n in SPLITS if n in ds.splits]:
+            fingerprint = _fingerprint(name, ds, settings)
+            record = _completed_split(out, name, fingerprint)
+            if record is not None:
+                print(f"{name}: kept from an earlier run ({record['images']:,} images)", flush=True)
+            else:
+                record = _write_split(out, name, ds, cfg, fingerprint, workers)
+            records[name] = record
+
+    _write_json(out / CLASSES, [{"index": c.index, "wnid": c.wnid, "name": c.name} for c in ds.classes])
+    manifest = _manifest(src, ds, settings, records, scan_s, time.perf_counter() - started)
+    _write_json(out / MANIFEST, manifest)  # last: the store is now complete
+    _summary(out, manifest)
+    return out
+
+
+# --- one split ---
+
+
+def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerprint: dict, workers: "_Workers") -> dict:
+    """Convert and write one split; its .beton, (for train) stats.npz, then its done-record."""
+    samples = ds.splits[name]
+    beton, done = out / f"{name}.beton", out / f"{name}.done.json"
+    with_stats = name == "train"
+    _remove(done)  # first: an old record must never vouch for the file written now
+    _remove(beton)
+    if with_stats:
+        _remove(out / STATS)
+    mode = MODE_JPG if cfg.format == "jpg" else MODE_RAW
+    sums = imageops.PixelSums(cfg.size)
+    per_class = [0] * len(ds.classes)
+    skipped: list[dict] = []
+    started = time.perf_counter()
+    writer = None
+    try:
+        writer = BetonWriter(beton, capacity=len(samples))
+        with _Progress(name, len(samples)) as progress:
+            job = (cfg.size, cfg.format, cfg.quality, with_stats)
+            for results, chunk_sums in workers.run(_chunks(samples, cfg.workers), job):
+                for index, payload, reason in results:
+                    sample = samples[index]
+                    if payload is None:
+                        skipped.append({"split": name, "file": sample.name or sample.path, "reason": reason})
+                        continue
+                    writer.add(payload, sample.label, mode=mode, width=cfg.size, height=cfg.size)
+                    per_class[sample.label] += 1
+                if chunk_sums is not None:
+                    sums.merge(chunk_sums)
+                progress.advance(len(results), len(skipped))
+        if with_stats and sums.images == 0:
+            first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
+            raise AlexkitError(f"no image of the train split of {ds.root} could be decoded{first}; check the source files")
+        count = writer.close()
+    except BaseException as exc:  # Ctrl-C included: leave no partial file behind
+        if writer is not None:
+            writer.abort()
+        beton.with_name(beton.name + ".partial").unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise AlexkitError(
+                f"cannot write {beton}: {exc.strerror or exc}; free space or fix permissions on {out} and run "
+                f"again (finished splits are kept)"
+            ) from exc
+        raise
+    seconds = time.perf_counter() - started
+    if with_stats:
+        _write_stats(out / STATS, sums)
+    record = {
+        **fingerprint,
+        "images": count,
+        "skipped": skipped,
+        "per_class": per_class,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(samples) / max(seconds, 1e-9), 1),
+        "bytes": beton.stat().st_size,
+    }
+    _write_json(done, record)
+    rate = record["images_per_s"]
+    print(f"{name}: {count:,} images written to {beton} in {seconds:.1f} s ({rate:,.0f} images/s), {len(skipped)} skipped", flush=True)
+    return record
+
+
+def _chunks(samples: tuple[Sample, ...], workers: int) -> Iterator[list[tuple[int, Sample]]]:
+    """[(index, sample)] lists; smaller than CHUNK for small splits, so every worker gets work."""
+    step = max(1, min(CHUNK, len(samples) // (4 * workers)))
+    for start in range(0, len(samples), step):
+        yield list(enumerate(samples[start : start + step], start))
+
+
+def _convert_chunk(chunk: list[tuple[int, Sample]], size: int, fmt: str, quality: int, with_stats: bool):
+    """In a worker: convert each sample; a failure of one file is caught and becomes its skip reason.
+
+    Returns ([(index, stored bytes or RGB array, None) or (index, None, reason)], PixelSums or None).
+    """
+    sums = imageops.PixelSums(size) if with_stats else None
+    results = []
+    for index, sample in chunk:
+        data = None
+        try:
+            data = read_sample_bytes(sample)
+            stored, bgr = imageops.convert(data, size, fmt, quality, stored_pixels=with_stats)
+        except Exception as exc:  # anything one file can do: bad bytes, decoder errors, memory
+            results.append((index, None, imageops.skip_reason(exc, data)))
+            continue
+        if bgr is not None:
+            sums.add(bgr)
+        results.append((index, stored, None))
+    return results, sums
+
+
+def _completed_split(out: Path, name: str, fingerprint: dict) -> dict | None:
+    """The done-record of a split finished earlier with the same settings and samples, else None."""
+    record = _read_json(out / f"{name}.done.json")
+    if record is None or not (out / f"{name}.beton").is_file():
+        return None
+    if name == "train" and not (out / STATS).is_file():
+        return None
+    if any(record.get(k) != v for k, v in fingerprint.items()):
+        return None
+    return record
+
+
+def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
+    """What a finished split depends on: settings, source, and a digest of its sample list."""
+    digest = hashlib.sha256()
+    for s in ds.splits[name]:
+        digest.update(f"{s.name or s.path}\t{s.label}\t{s.size}\n".encode("utf-8", "surrogateescape"))
+    return {
+        "split": name,
+        "settings": settings,
+        "source": str(ds.root),
+        "layout": ds.layout,
+        "samples": len(ds.splits[name]),
+        "digest": digest.hexdigest(),
+    }
+
+
+# --- statistics ---
+
+
+def _write_stats(path: Path, sums: imageops.PixelSums) -> None:
+    """stats.npz: mean image, RGB covariance and its eigen-decomposition (Stats' convention)."""
+    mean_image, mean_rgb, cov = sums.moments()
+    eigval, eigvec = eigen(cov)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            mean_image=mean_image.astype(np.float32),
+            mean_rgb=mean_rgb,
+            cov=cov,
+            eigval=eigval,
+            eigvec=eigvec,
+            images=np.int64(sums.images),
+            pixels=np.int64(sums.images * sums.size * sums.size),
+        )
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(eigenvalues descending, eigenvectors as columns) of a 3x3 covariance, each column's largest
+    component made positive so the result does not depend on the solver's sign choice."""
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(3)])
+    return np.maximum(eigval, 0.0), eigvec * signs
+
+
+# --- worker processes ---
+
+
+def _init_worker(parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _start until now
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:  # die with the parent, even on kill -9 (PR_SET_PDEATHSIG = 1)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    imageops.quiet_worker()
+
+
+class _Workers:
+    """Worker processes converting chunks of samples, results handed back in order.
+
+    At most 2 x workers + 1 chunks are in flight, so memory does not grow with the dataset. If a
+    worker dies (a native decoder crash, the OOM killer), the pool is restarted and the chunk
+    it held is redone one file at a time in fresh processes, so only the culprit is skipped.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        # fork: workers start in milliseconds and inherit the imported modules.
+        self.context = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # Workers are born with Ctrl-C blocked, so none dies of it before _init_worker ignores it.
+        blocked = hasattr(signal, "pthread_sigmask")
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pool = ProcessPoolExecutor(
+                self.workers, mp_context=self.context, initializer=_init_worker, initargs=(os.getpid(),)
+            )
+            pool.submit(int).result()  # start every worker now, before a progress thread exists
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        return pool
+
+    def _restart(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = self._start()
+
+    def __enter__(self) -> "_Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, chunks: Iterator[list], job: tuple) -> Iterator[tuple[list, imageops.PixelSums | None]]:
+        """Yield `_convert_chunk(chunk, *job)` for every chunk, in order."""
+        pending: deque = deque()
+        while True:
+            while len(pending) < 2 * self.workers + 1 and (chunk := next(chunks, None)) is not None:
+                pending.append((chunk, self.pool.submit(_convert_chunk, chunk, *job)))
+            if not pending:
+                return
+            chunk, future = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                self._restart()
+                result = self._one_by_one(chunk, job)
+                pending = deque((c, self.pool.submit(_convert_chunk, c, *job)) for c, _ in pending)
+            yield result
+
+    def _one_by_one(self, chunk: list, job: tuple) -> tuple[list, imageops.PixelSums | None]:
+        results, sums = [], imageops.PixelSums(job[0]) if job[3] else None
+        for item in chunk:
+            try:
+                part, part_sums = self.pool.submit(_convert_chunk, [item], *job).result()
+            except BrokenProcessPool:
+                self._restart()
+                part, part_sums = [(item[0], None, "the decoder crashed its worker process")], None
+            results += part
+            if sums is not None and part_sums is not None:
+                sums.merge(part_sums)
+        return results, sums
+
+
+# --- progress and reporting ---
+
+
+class _Progress:
+    """images/s, ETA and skipped files: a rich bar on a terminal, else a plain line every 10 s."""
+
+    PLAIN_EVERY_S = 10.0
+
+    def __init__(self, split: str, total: int):
+        self.split, self.total, self.done, self.skipped = split, total, 0, 0
+        self.started = self.last_line = time.perf_counter()
+        self.bar = None
+        if sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn(f"{split:5s}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>6.0f} images/s"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[skipped]} skipped"),
+                transient=True,
+            )
+            self.task = self.bar.add_task(split, total=total, rate=0.0, skipped=0)
+
+    def __enter__(self) -> "_Progress":
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def advance(self, n: int, skipped: int) -> None:
+        self.done += n
+        self.skipped = skipped
+        now = time.perf_counter()
+        rate = self.done / max(now - self.started, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, rate=rate, skipped=skipped)
+        elif now - self.last_line >= self.PLAIN_EVERY_S:
+            self.last_line = now
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            print(
+                f"{self.split}: {self.done:,}/{self.total:,} ({100 * self.done / max(self.total, 1):.1f}%) "
+                f"{rate:,.0f} images/s, ETA {_duration(eta)}, {skipped} skipped",
+                flush=True,
+            )
+
+
+def _manifest(src: Path, ds: Dataset, settings: dict, records: dict, scan_s: float, total_s: float) -> dict:
+    splits = {
+        name: {
+            "file": f"{name}.beton",
+            "sources": r["samples"],
+            "images": r["images"],
+            "skipped": len(r["skipped"]),
+            "per_class": r["per_class"],
+            "bytes": r["bytes"],
+            "seconds": r["seconds"],
+            "images_per_s": r["images_per_s"],
+        }
+        for name, r in records.items()
+    }
+    return {
+        "format_version": STORE_FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": str(src), "layout": ds.layout},
+        "settings": settings,
+        "classes": len(ds.classes),
+        "splits": splits,
+        "skipped": [item for r in records.values() for item in r["skipped"]],
+        "warnings": list(ds.warnings),
+        "timings": {
+            "scan_s": round(scan_s, 2),
+            **{f"{name}_s": r["seconds"] for name, r in records.items()},
+            "total_s": round(total_s, 2),
+        },
+    }
+
+
+def _summary(out: Path, manifest: dict) -> None:
+    parts = [f"{name} {s['images']:,} images" for name, s in manifest["splits"].items()]
+    skipped = len(manifest["skipped"])
+    files = "file" if skipped == 1 else "files"
+    note = f"; {skipped} {files} skipped, listed with their reasons in {out / MANIFEST}" if skipped else "; no file skipped"
+    print(f"store ready: {out} ({', '.join(parts)}{note}; {_duration(manifest['timings']['total_s'])} in all)")
+
+
+def _warn(text: str) -> None:
+    line = text if text.upper().startswith("WARNING") else f"warning: {text}"
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold yellow]{line}[/]", markup=True, highlight=False)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k} {settings.get(k)}" for k in ("size", "format", "quality"))
+
+
+# --- files ---
+
+
+def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path]:
+    """(absolute src, out) after the checks that need no scan; AlexkitError on unusable paths."""
+    src, out = cfg.src.absolute(), cfg.out
+    if not src.exists():
+        raise AlexkitError(
+            f"{src} does not exist; pass the folder that holds your ImageNet (or run `alexkit sample DIR` for a small demo set)"
+        )
+    if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
+        elsewhere = src.resolve().parent / "alexkit-store"
+        raise AlexkitError(f"--out {out} is inside the source {src}; write the store elsewhere, e.g. --out {elsewhere}")
+    if out.exists() and not out.is_dir():
+        raise AlexkitError(f"--out {out} is a file; choose a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".alexkit-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise AlexkitError(f"cannot write to {out} ({why}); choose an --out folder you can write to") from exc
+    return src, out
+
+
+def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
+    per_image = cfg.size * cfg.size * (3 if cfg.format == "raw" else JPEG_BYTES_PER_PIXEL)
+    need = images * per_image * 1.05 + 2 * PAGE_SIZE
+    free = shutil.disk_usage(out).free
+    if free < need:
+        _warn(
+            f"{out} has {free / 1e9:.1f} GB free, the store needs about {need / 1e9:.1f} GB; "
+            f"the run may stop on a full disk (rerun resumes)"
+        )
+
+
+def _read_json(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write atomically: temporary file, fsync, rename, fsync the folder."""
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w") as f:
+        f.write(_dumps(obj))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dumps(obj) -> str:
+    """Indented JSON, with lists of numbers (per-class counts) kept on one line."""
+    text = json.dumps(obj, indent=1)
+    return re.sub(r"\[[-+.\deE,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text) + "\n"
+
+
+def _clear(out: Path, keep: tuple[str, ...]) -> None:
+    """Remove the files of every split not in `keep` (and the statistics, unless train is kept)."""
+    for name in SPLITS:
+        if name not in keep:
+            _remove(out / f"{name}.done.json")
+            _remove(out / f"{name}.beton")
+    if "train" not in keep:
+        _remove(out / STATS)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".partial").unlink(missing_ok=True)

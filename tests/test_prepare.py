@@ -1,0 +1,542 @@
+"""`alexkit prepare`: every layout end to end, pixels against PIL references, statistics against
+NumPy, odd and broken files, interruption and resume, a plain FFCV Loader, CLI errors.
+
+Images are tiny (20-60 px sources, stores of 32 px). Layout tests use flat-colour images whose
+colour encodes a per-file id, so order and labels are checked exactly after the round trip.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexkit.datasets import find_dataset, write_sample_dataset
+from alexkit.errors import AlexkitError
+from alexkit.pipeline import imageops
+from alexkit.pipeline.beton import BetonReader
+from alexkit.pipeline.prepare import PrepareConfig, prepare
+from alexkit.pipeline.store import Store
+
+SIZE = 32
+WNIDS = ["n01440764", "n01443537", "n01484850"]  # sorted: labels 0, 1, 2
+
+
+# --- images ---
+
+
+def _coded(file_id: int, w: int, h: int) -> bytes:
+    """A flat-colour JPEG whose colour spells file_id (two base-16 digits, 8 levels of margin)."""
+    colour = (file_id % 16 * 16 + 8, file_id // 16 % 16 * 16 + 8, 128)
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), colour).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _decode_id(pixels: np.ndarray) -> int:
+    r, g, _ = pixels.reshape(-1, 3).mean(axis=0)
+    return int(r // 16) + 16 * int(g // 16)
+
+
+def _photo(rng: np.random.Generator, w: int, h: int, noise: float = 25) -> np.ndarray:
+    """Smooth gradients plus noise: enough structure that resizing and JPEG matter."""
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    base = np.stack([200 * x, 180 * y, 120 + 60 * np.sin(9 * x * y)], axis=-1)
+    return np.clip(base + rng.normal(0, noise, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _jpeg(pixels: np.ndarray, quality=90, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=quality, **kw)
+    return buf.getvalue()
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _reference(img: Image.Image, size: int) -> np.ndarray:
+    """The definition: convert to RGB, resize the whole image (shorter side = size), centre crop."""
+    img = img.convert("RGB")
+    rw, rh = imageops.resized_size(*img.size, size)
+    x0, y0 = imageops.crop_origin((rw, rh), size)
+    return np.asarray(img.resize((rw, rh), imageops.FILTER).crop((x0, y0, x0 + size, y0 + size)))
+
+
+# --- dataset trees ---
+
+
+def _class_folder_tree(root: Path, train_per_class=4, val_per_class=2) -> dict[str, int]:
+    """root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG; returns file base name -> id."""
+    ids, n = {}, 0
+    for split, per in (("train", train_per_class), ("val", val_per_class)):
+        for wnid in reversed(WNIDS):  # created out of order on purpose
+            (root / split / wnid).mkdir(parents=True)
+            for k in range(per):
+                name = f"{wnid}_{split}_{k}.JPEG"
+                (root / split / wnid / name).write_bytes(_coded(n, 20 + 7 * n % 41, 20 + 11 * n % 37))
+                ids[name], n = n, n + 1
+    return ids
+
+
+def _recode(root: Path) -> dict[str, int]:
+    """Overwrite every image under root with a coded one (keeps names); returns base name -> id."""
+    ids = {}
+    for n, path in enumerate(sorted(p for p in root.rglob("*.JPEG"))):
+        path.write_bytes(_coded(n, 24 + n % 30, 20 + 3 * n % 40))
+        ids[path.name] = n
+    return ids
+
+
+def _official_extracted(root: Path) -> dict[str, int]:
+    write_sample_dataset(root, num_classes=3, train_per_class=4, val_per_class=2)
+    return _recode(root)
+
+
+def _official_tars(root: Path, tmp: Path) -> dict[str, int]:
+    """ILSVRC2012_img_train.tar (a tar of per-class tars), ILSVRC2012_img_val.tar, devkit folder."""
+    tree = tmp / "extracted"
+    ids = _official_extracted(tree)
+    root.mkdir()
+    with tarfile.open(root / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid_dir in sorted((tree / "train").iterdir(), reverse=True):
+            inner = tmp / f"{wnid_dir.name}.tar"
+            with tarfile.open(inner, "w") as t:
+                for f in sorted(wnid_dir.iterdir()):
+                    t.add(f, arcname=f.name)
+            outer.add(inner, arcname=inner.name)
+    with tarfile.open(root / "ILSVRC2012_img_val.tar", "w") as t:
+        for f in sorted((tree / "val").iterdir()):
+            t.add(f, arcname=f.name)
+    shutil.copytree(tree / "ILSVRC2012_devkit_t12", root / "ILSVRC2012_devkit_t12")
+    return ids
+
+
+def _kaggle(root: Path) -> dict[str, int]:
+    ids, n = {}, 0
+    data = root / "ILSVRC/Data/CLS-LOC"
+    for wnid in WNIDS:
+        (data / "train" / wnid).mkdir(parents=True)
+        for k in range(3):
+            name = f"{wnid}_{k}.JPEG"
+            (data / "train" / wnid / name).write_bytes(_coded(n, 30, 40))
+            ids[name], n = n, n + 1
+    (data / "val").mkdir()
+    rows = ["ImageId,PredictionString"]
+    for k, wnid in enumerate([WNIDS[2], WNIDS[0], WNIDS[1], WNIDS[0]], start=1):
+        name = f"ILSVRC2012_val_{k:08d}"
+        (data / "val" / f"{name}.JPEG").write_bytes(_coded(n, 40, 30))
+        ids[f"{name}.JPEG"], n = n, n + 1
+        rows.append(f"{name},{wnid} 10 10 20 20")
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows[:1] + rows[:0:-1]) + "\n")  # unsorted rows
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} name of {w}, other\n" for w in WNIDS))
+    return ids
+
+
+def _run(src: Path, out: Path, **kw) -> Path:
+    return prepare(PrepareConfig(src=src, out=out, size=kw.pop("size", SIZE), workers=kw.pop("workers", 2), **kw))
+
+
+# --- layouts end to end ---
+
+
+@pytest.mark.parametrize("layout", ["class-folders", "official-extracted", "official-tars", "kaggle"])
+def test_every_layout_round_trip(tmp_path, layout):
+    src = tmp_path / "src"
+    if layout == "class-folders":
+        ids = _class_folder_tree(src)
+    elif layout == "official-extracted":
+        ids = _official_extracted(src)
+    elif layout == "official-tars":
+        ids = _official_tars(src, tmp_path)
+    else:
+        ids = _kaggle(src)
+    ds = find_dataset(src)
+    assert ds.layout == layout
+    store = Store(_run(src, tmp_path / "store"))
+
+    assert store.manifest["source"]["layout"] == layout
+    assert [c["wnid"] for c in store.classes] == sorted(c["wnid"] for c in store.classes)
+    assert [c["index"] for c in store.classes] == list(range(len(store.classes)))
+    if layout == "kaggle":
+        assert store.classes[1]["name"] == "name of n01443537, other"
+    for split, samples in ds.splits.items():
+        reader = store.split(split)
+        assert len(reader) == len(samples) == store.manifest["splits"][split]["images"]
+        for i, sample in enumerate(samples):
+            pixels = reader.pixels(i)
+            assert pixels.shape == (SIZE, SIZE, 3)
+            assert _decode_id(pixels) == ids[Path(sample.name).name], (split, i, sample.name)
+            assert reader.labels[i] == sample.label
+        per_class = np.bincount(reader.labels, minlength=len(store.classes)).tolist()
+        assert per_class == store.manifest["splits"][split]["per_class"]
+    # train labels are the rank of the wnid (the class folder / per-class tar) in sorted order
+    wnids = [c["wnid"] for c in store.classes]
+    for i, sample in enumerate(ds.splits["train"]):
+        wnid = next(w for w in wnids if w in sample.name)
+        assert store.split("train").labels[i] == wnids.index(wnid)
+    assert not list((tmp_path / "store").glob("*.partial"))
+
+
+# --- pixels ---
+
+
+@pytest.mark.parametrize(
+    "w,h,size", [(60, 40, 32), (40, 60, 32), (37, 37, 32), (20, 58, 32), (21, 30, 48), (300, 97, 64), (33, 32, 32)]
+)
+def test_resize_and_crop_match_pil_reference(w, h, size):
+    """The crop-box resample equals "resize the whole image, then crop" (same kernel positions).
+    Tolerance: 1 grey level, because PIL may run its two separable passes in the other order
+    when given a box, which rounds the intermediate differently; on average far below that."""
+    img = Image.fromarray(_photo(np.random.default_rng(w * h), w, h))
+    ours = np.asarray(imageops.decode_resized(_png(img), size), dtype=int)
+    assert ours.shape == (size, size, 3)
+    diff = np.abs(ours - _reference(img, size))
+    assert diff.max() <= 1 and diff.mean() < 0.5
+
+
+def test_raw_store_holds_the_reference_pixels(tmp_path):
+    rng = np.random.default_rng(3)
+    src = tmp_path / "src"
+    refs = []
+    for k, (w, h) in enumerate([(50, 40), (30, 60), (20, 20), (45, 33)]):
+        (src / "train" / "a").mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(_photo(rng, w, h))
+        (src / "train" / "a" / f"{k}.png").write_bytes(_png(img))
+        refs.append(_reference(img, SIZE))
+    reader = Store(_run(src, tmp_path / "store", format="raw")).split("train")
+    for i, ref in enumerate(refs):  # raw: no loss beyond the resize's own rounding (see above)
+        assert np.abs(reader.pixels(i).astype(int) - ref).max() <= 1
+
+
+def test_jpeg_store_is_close_to_the_reference(tmp_path):
+    """JPEG q90 (4:2:0 chroma, as FFCV stores) of the reference pixels: mean absolute error below
+    3 grey levels on photo-like images (pure noise would lose more to chroma subsampling)."""
+    rng = np.random.default_rng(4)
+    src = tmp_path / "src"
+    (src / "train" / "a").mkdir(parents=True)
+    refs = []
+    for k in range(4):
+        img = Image.fromarray(_photo(rng, 40 + 5 * k, 56 - 3 * k, noise=6))
+        (src / "train" / "a" / f"{k}.png").write_bytes(_png(img))
+        refs.append(_reference(img, SIZE).astype(float))
+    store = Store(_run(src, tmp_path / "store", quality=90))
+    for i, ref in enumerate(refs):
+        assert np.abs(store.split("train").pixels(i) - ref).mean() < 3.0
+
+
+def test_draft_decode_stays_close_to_full_decode():
+    """A JPEG 4-16x larger than needed is decoded by libjpeg at reduced scale (keeping 2x the
+    resized size). Tolerance against the full decode: mean absolute difference below 1 grey
+    level, 99th percentile below 4."""
+    rng = np.random.default_rng(5)
+    for w, h, size, scale in [(700, 520, 64, 4), (260, 400, 64, 2), (1100, 900, 128, 2)]:
+        y, x = np.mgrid[0:h, 0:w] / max(w, h)
+        smooth = np.stack([255 * x, 255 * y, 128 + 100 * np.sin(20 * x) * np.cos(15 * y)], -1)
+        data = _jpeg(np.clip(smooth + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8))
+        drafted = Image.open(io.BytesIO(data)).draft("RGB", imageops.draft_size(w, h, size))
+        assert drafted[1][2] == w / scale  # the shortcut is taken, at this scale
+        ours = np.asarray(imageops.decode_resized(data, size), float)
+        diff = np.abs(ours - _reference(Image.open(io.BytesIO(data)), size))
+        assert diff.mean() < 1.0 and np.percentile(diff, 99) < 4, (w, h, diff.mean(), np.percentile(diff, 99))
+
+
+def test_odd_files_decode_like_pil_convert_rgb():
+    """CMYK, grayscale, progressive JPEG; PNG named .JPEG; palette with transparency; RGBA; LA."""
+    rng = np.random.default_rng(6)
+    rgb = _photo(rng, 48, 36)
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, "JPEG", quality=95)
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 3
+    files = {
+        "cmyk": cmyk.getvalue(),
+        "grey": _jpeg(rgb[:, :, 0]),
+        "progressive": _jpeg(rgb, progressive=True),
+        "png named .JPEG": _png(Image.fromarray(rgb)),
+        "palette+transparency": _png(palette),
+        "rgba": _png(Image.fromarray(rgb).convert("RGBA")),
+        "la": _png(Image.fromarray(rgb).convert("LA")),
+    }
+    for what, data in files.items():
+        got = np.asarray(imageops.decode_resized(data, SIZE), dtype=int)
+        want = _reference(Image.open(io.BytesIO(data)), SIZE)
+        assert np.abs(got - want).max() <= 1, what
+    assert Image.open(io.BytesIO(files["cmyk"])).mode == "CMYK"
+    cmyk_pixels = np.asarray(imageops.decode_resized(files["cmyk"], SIZE), float)
+    assert np.abs(cmyk_pixels - _reference(Image.fromarray(rgb), SIZE)).mean() < 3  # colours survive CMYK
+
+
+def test_bad_files_are_skipped_and_listed(tmp_path):
+    src = tmp_path / "src"
+    ids = _class_folder_tree(src, train_per_class=3, val_per_class=1)
+    bad = {
+        "empty.JPEG": b"",
+        "truncated.JPEG": _jpeg(_photo(np.random.default_rng(0), 60, 50))[:700],
+        "text.JPEG": b"this is not an image\n" * 20,
+        "header-only.png": _png(Image.new("RGB", (40, 40)))[:40],
+    }
+    for name, data in bad.items():
+        (src / "train" / WNIDS[1] / name).write_bytes(data)
+    store = Store(_run(src, tmp_path / "store"))
+    skipped = {Path(s["file"]).name: s for s in store.manifest["skipped"]}
+    assert set(skipped) == set(bad)
+    assert skipped["empty.JPEG"]["reason"] == "empty file"
+    assert "not an image" in skipped["text.JPEG"]["reason"]
+    assert "truncated" in skipped["truncated.JPEG"]["reason"]
+    assert all(s["split"] == "train" and "\n" not in s["reason"] for s in skipped.values())
+    train = store.split("train")
+    assert len(train) == 9 and store.manifest["splits"]["train"]["skipped"] == 4
+    assert sorted(_decode_id(train.pixels(i)) for i in range(len(train))) == sorted(
+        v for k, v in ids.items() if "_train_" in k
+    )
+
+
+def test_a_crashing_decoder_costs_only_its_file(tmp_path, monkeypatch):
+    """A worker that dies (a native decoder crash) is replaced; only the culprit is skipped."""
+    real = imageops.convert
+
+    def crash_on_marker(data, *args, **kw):
+        if data.startswith(b"CRASH"):
+            os._exit(11)  # what a segfault in a native decoder looks like to the pool
+        return real(data, *args, **kw)
+
+    monkeypatch.setattr(imageops, "convert", crash_on_marker)  # inherited by the forked workers
+    src = tmp_path / "src"
+    _class_folder_tree(src, train_per_class=4, val_per_class=1)
+    (src / "train" / WNIDS[0] / "boom.JPEG").write_bytes(b"CRASH")
+    store = Store(_run(src, tmp_path / "store"))
+    assert [Path(s["file"]).name for s in store.manifest["skipped"]] == ["boom.JPEG"]
+    assert "crashed" in store.manifest["skipped"][0]["reason"]
+    assert len(store.split("train")) == 12
+
+
+# --- statistics ---
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "raw"])
+def test_stats_match_numpy_over_the_stored_pixels(tmp_path, fmt):
+    rng = np.random.default_rng(7)
+    src = tmp_path / "src"
+    for k in range(12):
+        d = src / "train" / WNIDS[k % 3]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{k}.JPEG").write_bytes(_jpeg(_photo(rng, 30 + 2 * k, 50 - k)))
+        (src / "val" / WNIDS[k % 3]).mkdir(parents=True, exist_ok=True)
+        (src / "val" / WNIDS[k % 3] / f"v{k}.JPEG").write_bytes(_jpeg(np.full((30, 30, 3), 255, np.uint8)))
+    store = Store(_run(src, tmp_path / "store", format=fmt))
+    train = store.split("train")
+    pixels = np.stack([train.pixels(i) for i in range(len(train))]).astype(np.float64)  # (N, S, S, 3)
+    flat = pixels.reshape(-1, 3)
+    cov = np.cov(flat, rowvar=False, bias=True)
+    eigval, eigvec = np.linalg.eigh(cov)
+    with np.load(tmp_path / "store" / "stats.npz") as z:
+        assert z["mean_image"].shape == (SIZE, SIZE, 3)
+        np.testing.assert_allclose(z["mean_image"], pixels.mean(axis=0), atol=1e-4)  # float32
+        np.testing.assert_allclose(z["mean_rgb"], flat.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(z["cov"], cov, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(z["eigval"], eigval[::-1], rtol=1e-9)
+        assert np.all(np.diff(z["eigval"]) <= 0)  # descending
+        for j in range(3):  # columns are eigenvectors, up to sign
+            col = z["eigvec"][:, j]
+            np.testing.assert_allclose(cov @ col, z["eigval"][j] * col, rtol=1e-8, atol=1e-6)
+            assert abs(abs(col @ eigvec[:, 2 - j]) - 1) < 1e-9
+        assert int(z["images"]) == len(train)
+    # the val split (all white) must not leak into the statistics
+    assert store.stats.mean_image.max() < 250
+    assert store.stats.eigval[0] > store.stats.eigval[2] > 0
+
+
+# --- crash safety, resume, --force ---
+
+
+def _sample_tree(root: Path, per_class: int) -> Path:
+    return write_sample_dataset(root, num_classes=3, train_per_class=per_class, val_per_class=4)
+
+
+def test_resume_keeps_a_finished_split(tmp_path):
+    src, out = _sample_tree(tmp_path / "src", 6), tmp_path / "store"
+    _run(src, out)
+    train_stat = (out / "train.beton").stat()
+    # as if killed while writing val: no manifest, no val, a partial file left behind
+    (out / "manifest.json").unlink()
+    (out / "val.beton").unlink()
+    (out / "val.done.json").unlink()
+    (out / "val.beton.partial").write_bytes(b"half a file")
+    assert pytest.raises(AlexkitError, Store, out)
+    _run(src, out)
+    assert (out / "train.beton").stat().st_mtime_ns == train_stat.st_mtime_ns  # kept, not rebuilt
+    assert len(Store(out).split("val")) == 12
+    assert not (out / "val.beton.partial").exists()
+
+
+def test_a_split_with_other_settings_is_redone(tmp_path):
+    src, out = _sample_tree(tmp_path / "src", 4), tmp_path / "store"
+    _run(src, out)
+    (out / "manifest.json").unlink()  # an unfinished store whose train split has size 32
+    _run(src, out, size=48)
+    store = Store(out)
+    assert store.size == 48 and store.split("train").pixels(0).shape == (48, 48, 3)
+    assert store.stats.mean_image.shape == (48, 48, 3)
+
+
+def test_finished_store_is_kept_unless_force(tmp_path, capsys):
+    src, out = _sample_tree(tmp_path / "src", 4), tmp_path / "store"
+    _run(src, out)
+    before = (out / "manifest.json").stat().st_mtime_ns
+    _run(src, out)
+    assert "nothing to do" in capsys.readouterr().out
+    assert (out / "manifest.json").stat().st_mtime_ns == before
+    with pytest.raises(AlexkitError, match="--force"):
+        _run(src, out, size=48)
+    _run(src, out, size=48, force=True)
+    assert Store(out).size == 48
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_kill_9_mid_run_leaves_no_complete_store_and_rerun_succeeds(tmp_path):
+    src, out = _sample_tree(tmp_path / "src", 60), tmp_path / "store"  # 180 train images
+    cmd = [sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", "32", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (out / "train.beton.partial").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "prepare finished before it could be killed: " + proc.stderr.read().decode()
+    workers = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    assert pytest.raises(AlexkitError, Store, out)
+    if (out / "train.beton").exists():  # only if the split had finished: then its record says so
+        assert (out / "train.done.json").exists()
+    time.sleep(0.5)
+    assert all(not Path(f"/proc/{w}").exists() or "zombie" in Path(f"/proc/{w}/status").read_text() for w in workers)
+
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    store = Store(out)
+    assert len(store.split("train")) == 180 and len(store.split("val")) == 12
+    assert not list(out.glob("*.partial"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_ctrl_c_stops_cleanly(tmp_path):
+    src, out = _sample_tree(tmp_path / "src", 60), tmp_path / "store"
+    cmd = [sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", "32", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "train.beton.partial").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130, proc.stderr.read()
+    assert not list(out.glob("*.partial")) and not (out / "manifest.json").exists()
+    assert all(not Path(f"/proc/{w}").exists() for w in workers)  # joined, not orphaned
+
+
+# --- FFCV reads it with no alexkit code ---
+
+
+def test_plain_ffcv_loader_reads_the_store(tmp_path):
+    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    src = tmp_path / "src"
+    ids = _class_folder_tree(src, train_per_class=3, val_per_class=1)
+    out = _run(src, tmp_path / "store")
+    ours = BetonReader(out / "train.beton")
+    loader = Loader(str(out / "train.beton"), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+    i = 0
+    for images, labels in loader:
+        for img, label in zip(images, labels.ravel()):
+            assert img.shape == (SIZE, SIZE, 3)
+            assert label == ours.labels[i]
+            assert np.abs(img.astype(int) - ours.pixels(i)).max() <= 3  # FFCV decodes with its own libjpeg-turbo settings
+            assert _decode_id(img) in ids.values()
+            i += 1
+    assert i == len(ours) == 9
+
+
+# --- arguments and the command line ---
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    for kw in ({"format": "png"}, {"size": 8}, {"quality": 0}, {"workers": 0}):
+        with pytest.raises(AlexkitError) as info:
+            PrepareConfig(src=tmp_path, **kw)
+        assert "\n" not in str(info.value)
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    cmd = [sys.executable, "-m", "alexkit", "prepare", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "src" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "src" / "train" / "a" / "x.JPEG").write_bytes(_coded(1, 30, 30))
+    cases = {
+        "missing": [str(tmp_path / "nope")],
+        "empty": [str(tmp_path / "empty")],
+        "out inside src": [str(tmp_path / "src"), "--out", str(tmp_path / "src" / "store")],
+        "out is src": [str(tmp_path / "src"), "--out", str(tmp_path / "src")],
+        "bad format": [str(tmp_path / "src"), "--format", "png"],
+    }
+    for what, args in cases.items():
+        r = _cli(*args, "--out", str(tmp_path / "o")) if "--out" not in args else _cli(*args)
+        assert r.returncode == 2, (what, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (what, r.stderr)
+    assert not (tmp_path / "src" / "store").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_cli_unwritable_out_exits_2(tmp_path):
+    (tmp_path / "src" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "src" / "train" / "a" / "x.JPEG").write_bytes(_coded(1, 30, 30))
+    (tmp_path / "locked").mkdir(mode=0o555)
+    r = _cli(str(tmp_path / "src"), "--out", str(tmp_path / "locked" / "store"))
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot write")
+
+
+def test_cli_end_to_end_and_summary(tmp_path):
+    src = _sample_tree(tmp_path / "src", 3)
+    r = _cli(str(src), "--out", str(tmp_path / "store"), "--size", "32", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "store ready" in r.stdout and "no file skipped" in r.stdout
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["settings"]["size"] == 32 and manifest["settings"]["format"] == "jpg"
+    assert manifest["splits"]["train"]["images"] == 9 and manifest["splits"]["val"]["images"] == 12
+    assert set(manifest["timings"]) >= {"scan_s", "train_s", "val_s", "total_s"}
+    # the sample set's odd files (a CMYK JPEG, a PNG named .JPEG) went in like the others
+    train = BetonReader(tmp_path / "store" / "train.beton")
+    for i, name in enumerate(["n99000001_1.JPEG", "n99000001_2.JPEG", "n99000001_3.JPEG"]):
+        with Image.open(src / "train" / "n99000001" / name) as source:
+            kind = source.format, source.mode
+            want = _reference(source, SIZE)
+        want = np.asarray(Image.open(io.BytesIO(_jpeg(want))), float)  # the same JPEG q90 loss
+        assert np.abs(train.pixels(i) - want).mean() < 2, (name, kind)
+    assert kind == ("PNG", "RGB")
