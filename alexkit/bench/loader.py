@@ -1,0 +1,351 @@
+"""Input pipeline speed: alexkit's DALI graphs beside two baselines, in one run, on the same images.
+
+  alexkit  store -> DALI (CPU operators here) -> torch: crop, flip, PCA lighting (train) and
+           per-pixel mean subtraction, float32 NCHW output. A JPEG q90 store and a raw store.
+  (a)      torchvision-style: PIL decodes each source JPEG, resizes the shorter side to 256, cuts
+           the centre 256 square, then the same crop / flip / mean subtraction in NumPy + torch,
+           in a torch DataLoader with one worker process per core (no lighting).
+  (b)      FFCV's own Loader over the same store: its numba-compiled pipeline decodes with
+           libjpeg-turbo and crops; train = RandomResizedCrop decoder pinned to a CxC window at
+           scale (C/S)^2, ratio 1 (that is, a random crop) + RandomHorizontalFlip; eval = its
+           centre-crop decoder. Output uint8 NHWC: no float conversion, no lighting, no mean.
+The pipelines of one mode take turns, one whole epoch each, so that other processes on the
+machine slow them alike. The first epoch is a warm-up (graph build, numba compilation, worker
+start); the median of the others is printed with their min-max, and the CPU time per image (all
+threads and worker processes), the steadier figure on a shared machine. Memory: alexkit's train
+loader runs alone first, and the process's anonymous and file-backed RSS is printed after each
+epoch. Without --store, photo-like JPEGs of ImageNet-like sizes (about 500x375, q90) are made and
+run through `alexkit prepare` into a JPEG q90 store and a raw store.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from alexkit.errors import AlexkitError, require
+from alexkit.pipeline.loader import default_threads
+
+SOURCE_SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (400, 500), (640, 480))  # (width, height)
+CLASSES = 10
+_KEEP: list = []
+LEGEND = """  alexkit DALI: decode, crop, flip, PCA lighting (train), per-pixel mean subtraction -> float32 NCHW
+  (a) PIL + DataLoader: decode the source JPEG, resize, centre 256, crop, flip, mean subtraction -> float32
+  (b) FFCV Loader: decode + crop (+ flip for train) -> uint8 NHWC; no lighting, no mean, no float"""
+
+
+@dataclass(frozen=True)
+class BenchLoaderConfig:
+    store: Path | None = None  # an existing store; None: synthetic inputs in `work`
+    source: Path | None = None  # JPEG files for baseline (a) when a store is given
+    work: Path | None = None  # where synthetic inputs are kept (reused next time); None: a temporary folder
+    images: int = 1000  # synthetic images to make
+    batch_size: int = 128
+    epochs: int = 5  # per row, the first one not timed
+    threads: int | None = None  # DALI threads, FFCV and DataLoader workers; None: all cores
+    prefetch: int = 2
+    baselines: bool = True
+
+    def __post_init__(self):
+        if self.images < 1 or self.batch_size < 1 or self.epochs < 2 or self.prefetch < 1 or (self.threads or 1) < 1:
+            raise AlexkitError("--images, --batch-size, --prefetch and --threads must be at least 1 and --epochs at least 2")
+        if self.store is not None and not (Path(self.store) / "manifest.json").is_file():
+            raise AlexkitError(f"--store {self.store} is not a finished store (no manifest.json); run `alexkit prepare` first")
+
+
+def bench_loader(cfg: BenchLoaderConfig) -> dict:
+    """Measure, print and return {"settings", "rows": [...], "memory": {...}}.
+
+    The pipelines of one mode run side by side, one epoch each in turn, so that other processes
+    on the machine slow them alike.
+    """
+    from alexkit.pipeline.store import Store
+
+    threads = cfg.threads or default_threads()
+    with tempfile.TemporaryDirectory(prefix="alexkit-bench-") as tmp:
+        work = Path(cfg.work or tmp)
+        if cfg.store is None:
+            sources = make_sources(work / "src", cfg.images, threads)
+            stores = {fmt: Store(make_store(work / "src", work / f"store-{fmt}", fmt, threads)) for fmt in ("jpg", "raw")}
+        else:
+            store = Store(cfg.store)
+            stores = {"jpg" if (store.split("train").modes == 0).all() else "raw": store}
+            sources = sorted(p for p in Path(cfg.source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")) if cfg.source else []
+        settings = _settings(cfg, threads, stores)
+        print(settings["line"], flush=True)
+        print(LEGEND, flush=True)
+        memory = {fmt: memory_per_epoch(store, cfg, threads) for fmt, store in stores.items()}  # first: a clean process
+        rows = []
+        for mode in ("train", "center", "tencrop"):
+            runners = [alexkit_runner(store, fmt, mode, cfg, threads) for fmt, store in stores.items()]
+            if cfg.baselines and mode != "tencrop":
+                runners += [torchvision_style_runner(sources, stores, mode, cfg, threads)] if sources else []
+                runners += [ffcv_runner(store, fmt, mode, cfg, threads) for fmt, store in stores.items()]
+            rows += [_row(r) for r in interleaved(runners, cfg.epochs)]
+            del runners  # stops DataLoader workers, frees DALI pipelines
+        _print_summary(rows, memory)
+    return {"settings": settings, "rows": rows, "memory": memory}
+
+
+# --- inputs ---
+
+
+def photo_like(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """An (H, W, 3) uint8 image with a photo's 1/f^beta spectrum and correlated colour channels.
+
+    Natural images have amplitude spectra falling roughly as 1/f; beta in [1.1, 1.5] gives JPEG q90
+    files of about 85 KB at 500x375 and 25 KB at 256x256, near ImageNet's averages, so decoding costs
+    about what it costs on real photos.
+    """
+    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
+    f = np.hypot(fx, fy)
+    f[0, 0] = 1.0
+    amplitude = f ** -rng.uniform(1.1, 1.5)
+    noise = rng.normal(size=(3, *f.shape)) + 1j * rng.normal(size=(3, *f.shape))
+    planes = np.fft.irfft2(noise * amplitude, s=(height, width)).transpose(1, 2, 0)  # (H, W, 3)
+    mix = 0.4 * np.eye(3) + 0.6 * rng.uniform(0.2, 1.0, (3, 3))
+    img = planes @ mix
+    img = (img - img.mean()) / (img.std() + 1e-9) * 55 + rng.uniform(80, 170, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _write_source(task: tuple[Path, int]) -> None:
+    from PIL import Image
+
+    path, i = task
+    rng = np.random.default_rng([2012, i])
+    width, height = SOURCE_SIZES[i % len(SOURCE_SIZES)]
+    Image.fromarray(photo_like(rng, width, height)).save(path, "JPEG", quality=90)
+
+
+def make_sources(src: Path, n: int, workers: int) -> list[Path]:
+    """n photo-like JPEGs in src/train/<class>/ (the class-folders layout prepare reads); kept if present."""
+    import multiprocessing
+
+    paths = [src / "train" / f"c{i % CLASSES:03d}" / f"img_{i:06d}.JPEG" for i in range(n)]
+    todo = [(p, i) for i, p in enumerate(paths) if not p.exists()]
+    if todo:
+        print(f"making {len(todo)} photo-like source JPEGs in {src} ...", flush=True)
+        for d in {p.parent for p, _ in todo}:
+            d.mkdir(parents=True, exist_ok=True)
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pool.map(_write_source, todo, chunksize=16)
+    return paths
+
+
+def make_store(src: Path, out: Path, fmt: str, workers: int) -> Path:
+    """`alexkit prepare` the sources into a 256 store (JPEG q90 or raw); a finished one is reused."""
+    from alexkit.pipeline.prepare import PrepareConfig, prepare
+
+    return prepare(PrepareConfig(src=src, out=out, format=fmt, quality=90, workers=workers))
+
+
+# --- the three pipelines, each as a runner of whole epochs ---
+
+
+@dataclass
+class Runner:
+    """One pipeline on one store: `epoch(e)` returns an iterable over that epoch's batches."""
+
+    pipeline: str
+    store: str
+    mode: str
+    epoch: Callable[[int], Iterable]
+    rates: list[float] = field(default_factory=list)  # images/s per epoch (wall clock)
+    cpu: list[float] = field(default_factory=list)  # CPU seconds per image, all threads and worker processes
+
+
+def interleaved(runners: list[Runner], epochs: int) -> list[Runner]:
+    """Run every runner for `epochs` epochs, one epoch each in turn."""
+    for e in range(epochs):
+        for r in runners:
+            start, start_cpu, count = time.perf_counter(), _cpu_seconds(), 0
+            for batch in r.epoch(e):
+                count += len(batch[0])
+            r.rates.append(count / (time.perf_counter() - start))
+            r.cpu.append((_cpu_seconds() - start_cpu) / count)
+    return runners
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its live child processes (DataLoader workers)."""
+    import multiprocessing
+
+    ticks = 0
+    for child in multiprocessing.active_children():
+        try:
+            with open(f"/proc/{child.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _eval_split(store) -> str:
+    return "val" if store.has_split("val") else "train"
+
+
+def alexkit_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
+    """alexkit's loader on the CPU."""
+    from alexkit.pipeline.loader import make_loader
+
+    loader = make_loader(store, "train" if mode == "train" else _eval_split(store), mode=mode, batch_size=cfg.batch_size,
+                         num_threads=threads, prefetch=cfg.prefetch, drop_last=mode == "train", seed=0)  # fmt: skip
+
+    def epoch(e: int):
+        loader.set_epoch(e)
+        return loader
+
+    return Runner("alexkit DALI", fmt, mode, epoch)
+
+
+def torchvision_style_runner(sources: list[Path], stores: dict, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
+    """Baseline (a): PIL decode + resize + centre 256 + crop/flip/mean in a DataLoader."""
+    import torch
+
+    store = next(iter(stores.values()))
+    data = _PilImages(sources, store.stats.mean_image, store.size, store.crop, train=mode == "train")
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=mode == "train", num_workers=threads,
+                                         persistent_workers=True, drop_last=mode == "train")  # fmt: skip
+    return Runner("(a) PIL + DataLoader", "source JPEGs", mode, lambda e: loader)
+
+
+class _PilImages:
+    """A torchvision-style Dataset written with PIL + NumPy + torch (no torchvision here)."""
+
+    def __init__(self, files: list[Path], mean_image: np.ndarray, size: int, crop: int, train: bool):
+        self.files, self.mean, self.size, self.crop, self.train = files, mean_image, size, crop, train
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        import torch
+        from PIL import Image
+
+        S, C = self.size, self.crop
+        img = Image.open(self.files[i]).convert("RGB")
+        scale = S / min(img.size)
+        img = img.resize((max(S, round(img.width * scale)), max(S, round(img.height * scale))), Image.Resampling.BILINEAR)
+        left, top = (img.width - S) // 2, (img.height - S) // 2
+        pixels = np.asarray(img.crop((left, top, left + S, top + S)))  # (S, S, 3) uint8
+        if self.train:
+            x, y = np.random.randint(0, S - C + 1, 2)
+            flip = np.random.rand() < 0.5
+        else:
+            x = y = (S - C) // 2
+            flip = False
+        view, mean = pixels[y : y + C, x : x + C], self.mean[y : y + C, x : x + C]
+        if flip:
+            view, mean = view[:, ::-1], mean[:, ::-1]
+        image = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))).float()  # (3, C, C)
+        return image - torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1))), i % CLASSES
+
+
+def ffcv_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
+    """Baseline (b): FFCV's Loader decoding and cropping the same .beton on the CPU."""
+    require("ffcv", fix="install FFCV 1.0.2 (see the README), or pass --no-baselines")
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import RandomHorizontalFlip, ToTensor
+
+    S, C = store.size, store.crop
+    if mode == "train":
+        area = (C / S) ** 2  # RandomResizedCrop pinned to a CxC window: a plain random crop
+        image = [RandomResizedCropRGBImageDecoder((C, C), scale=(area, area), ratio=(1.0, 1.0)), RandomHorizontalFlip(), ToTensor()]
+    else:
+        image = [CenterCropRGBImageDecoder((C, C), ratio=C / S), ToTensor()]
+    split = "train" if mode == "train" else _eval_split(store)
+    loader = Loader(str(store.path / f"{split}.beton"), batch_size=cfg.batch_size, num_workers=threads, os_cache=True,
+                    order=OrderOption.RANDOM if mode == "train" else OrderOption.SEQUENTIAL, drop_last=mode == "train",
+                    pipelines={"image": image, "label": [IntDecoder(), ToTensor()]}, seed=0)  # fmt: skip
+    _KEEP.append(loader)  # FFCV's numba finalisers print spurious errors when a Loader is collected early
+    return Runner("(b) FFCV Loader", fmt, mode, lambda e: loader)
+
+
+def memory_per_epoch(store, cfg: BenchLoaderConfig, threads: int) -> list[dict]:
+    """The process's memory after each of max(epochs, 10) training epochs of alexkit's loader alone."""
+    from alexkit.pipeline.loader import make_loader
+
+    gc.collect()
+    loader = make_loader(store, "train", batch_size=cfg.batch_size, num_threads=threads, prefetch=cfg.prefetch, seed=0)
+    after = []
+    for e in range(max(cfg.epochs, 10)):
+        loader.set_epoch(e)
+        for _ in loader:
+            pass
+        after.append(memory_mib())
+    return after
+
+
+# --- reporting ---
+
+
+def memory_mib() -> dict:
+    """This process's resident memory (MiB): anonymous, file-backed (mapped .beton pages), and the peak."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) / 1024
+    return {"rss": fields.get("VmRSS"), "anon": fields.get("RssAnon"), "file": fields.get("RssFile"), "peak": fields.get("VmHWM")}
+
+
+def _row(r: Runner) -> dict:
+    timed, cpu_ms = r.rates[1:], statistics.median(r.cpu[1:]) * 1e3
+    row = dict(pipeline=r.pipeline, store=r.store, mode=r.mode, images_per_s=statistics.median(timed), min=min(timed),
+               max=max(timed), cpu_ms_per_image=cpu_ms)  # fmt: skip
+    print(f"  {r.pipeline:22s} {r.store:13s} {r.mode:8s} {row['images_per_s']:8,.0f} images/s ({row['min']:,.0f}-{row['max']:,.0f})"
+          f"  {cpu_ms:6.2f} CPU ms/image", flush=True)  # fmt: skip
+    return row
+
+
+def _settings(cfg: BenchLoaderConfig, threads: int, stores: dict) -> dict:
+    import nvidia.dali
+
+    n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
+    size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}
+    line = (f"alexkit bench loader: {', '.join(f'{fmt} store {n[fmt]} images ({size[fmt] / 2**20:,.0f} MiB)' for fmt in stores)}; "
+            f"batch {cfg.batch_size}, {threads} threads on {os.cpu_count()} CPUs ({_cpu_name()}), "
+            f"DALI {nvidia.dali.__version__} CPU operators, prefetch {cfg.prefetch}; {cfg.epochs} epochs per row, "
+            f"median (min-max) of the last {cfg.epochs - 1}")  # fmt: skip
+    return {"line": line, "threads": threads, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "images": n}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
+def _print_summary(rows: list[dict], memory: dict) -> None:
+    """alexkit vs the baselines on the same inputs: by wall-clock images/s, and by CPU time per image
+    (the steadier figure when other processes share the cores)."""
+    by = {(r["pipeline"][:3], r["store"], r["mode"]): r for r in rows}
+    for fmt in ("jpg", "raw"):
+        for mode in ("train", "center"):
+            ours = by.get(("ale", fmt, mode))
+            others = [(name, by.get(key)) for name, key in [("(a)", ("(a)", "source JPEGs", mode)), ("(b)", ("(b)", fmt, mode))]]
+            parts = [f"{name} {ours['images_per_s'] / o['images_per_s']:.2f}x by images/s, "
+                     f"{o['cpu_ms_per_image'] / ours['cpu_ms_per_image']:.2f}x by CPU time"
+                     for name, o in others if ours and o]  # fmt: skip
+            if parts:
+                print(f"  alexkit {fmt} {mode} vs " + "; ".join(parts))
+    print("  memory after each training epoch of alexkit's loader, run alone first (MiB; file-backed = mapped .beton pages):")
+    for fmt, per_epoch in memory.items():
+        anon = ", ".join(f"{m['anon']:.0f}" for m in per_epoch)
+        last = per_epoch[-1]
+        print(f"    {fmt} store: anonymous {anon}; file-backed {last['file']:.0f}; process peak RSS so far {last['peak']:.0f}")

@@ -1,0 +1,30 @@
+"""`alexkit bench loader`: input pipeline images/s, alexkit's DALI graphs beside PIL and FFCV baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def command(
+    store: Optional[Path] = typer.Option(None, "--store", help="A (small) store to read whole epochs of. Default: make photo-like JPEGs, prepare JPEG and raw stores."),
+    source: Optional[Path] = typer.Option(None, "--source", help="With --store: a folder of the source JPEGs, for baseline (a)."),
+    work: Optional[Path] = typer.Option(None, "--work", help="Keep the made inputs here, reused next time (default: a temporary folder)."),
+    images: int = typer.Option(1000, "--images", help="How many source images to make."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    epochs: int = typer.Option(5, "--epochs", help="Epochs per row; the first is a warm-up."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="DALI threads and baseline workers (default: all cores)."),
+    prefetch: int = typer.Option(2, "--prefetch", help="Batches DALI prepares ahead."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also time (a) PIL + DataLoader and (b) FFCV's loader."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Print images/s of the train, center and tencrop graphs, side by side with the baselines, and memory per epoch."""
+    from alexkit.bench.loader import BenchLoaderConfig, bench_loader
+
+    result = bench_loader(BenchLoaderConfig(store=store, source=source, work=work, images=images, batch_size=batch_size,
+                                            epochs=epochs, threads=threads, prefetch=prefetch, baselines=baselines))  # fmt: skip
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=1))

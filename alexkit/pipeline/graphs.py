@@ -1,0 +1,226 @@
+"""The DALI graphs: a stored image (JPEG bytes or raw pixels) -> mean-subtracted float views.
+
+One graph per mode, the same on CPU and GPU (only the operators' device changes):
+  train    crop CxC at a drawn corner, mirror with p = 0.5, add the PCA lighting shift,
+           subtract the mean image cropped and mirrored identically   -> (N, 3, C, C)
+  center   the centre CxC window minus the mean image's centre window  -> (N, 3, C, C)
+  tencrop  the four corners and the centre, then the same five windows
+           mirrored (augment.TEN_VIEWS), each minus its mean window     -> (N, 10, 3, C, C)
+With channels_last the channel axis comes last instead: (N, C, C, 3) and (N, 10, C, C, 3).
+
+The graphs draw no random numbers. Their inputs come from one `fn.external_source` per batch:
+the stored bytes, and for train the crop corners, flips and lighting offsets drawn in
+augment.train_params (see train_inputs / eval_inputs). The batch's sample indices ride along
+as a second output, so images and indices cannot get out of step.
+
+Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit bench loader):
+- Everything after decoding touches only the CxC window, never the whole SxS image: converting
+  the full image to float and subtracting the mean before cropping is about 2x slower.
+- The CPU decoder decodes only the window (decoders.image_crop: libjpeg-turbo skips the rest;
+  the pixels equal a full decode's, tested), about 8% less decoding. The GPU ("mixed") decoder
+  decodes whole images: a decode with a crop can take the hardware JPEG engines out of play.
+- crop_mirror_normalize cuts the window, mirrors it and lays it out (HWC -> CHW) in one pass,
+  and pixels stay uint8 until the one float operation, the subtraction: for tencrop at batch 128
+  that is 2.4 GB of buffers instead of 4 GB when each view is made float first.
+- The per-pixel mean image is a graph constant (made once, then shared, never copied per
+  batch). For train its window moves with the image's, so a second crop_mirror_normalize cuts the
+  same window from the constant and, on the way, subtracts the lighting shift (its per-channel
+  `mean` argument): views = pixels - (mean - offset). For center and tencrop the windows are
+  fixed, so the cut mean windows themselves are the constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+
+from alexkit.errors import AlexkitError, require
+from alexkit.pipeline.augment import center_corner, ten_view_windows
+
+Mode = Literal["train", "center", "tencrop"]
+MODES = ("train", "center", "tencrop")
+DALI_FIX = "install it with `pip install nvidia-dali-cuda130==2.4.*` (it also runs without a GPU)"
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """What one DALI pipeline computes and how it runs.
+
+    encoded: the stored samples are JPEG bytes (decoded by `decoder`) rather than raw pixels.
+    device_id: the CUDA device that runs the operators, or None for CPU operators only.
+    decoder: "cpu" (libjpeg-turbo in DALI's threads) or "mixed" (nvJPEG and the hardware JPEG
+      engines where present; needs device_id).
+    prefetch: batches DALI prepares ahead of the one being consumed.
+    """
+
+    mode: Mode
+    size: int
+    crop: int
+    encoded: bool
+    decoder: Literal["cpu", "mixed"] = "cpu"
+    device_id: int | None = None
+    channels_last: bool = False
+    batch_size: int = 128
+    num_threads: int = 2
+    prefetch: int = 2
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise AlexkitError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if not 0 < self.crop <= self.size:
+            raise AlexkitError(f"crop {self.crop} must be between 1 and the stored size {self.size}")
+        if self.decoder not in ("cpu", "mixed"):
+            raise AlexkitError(f"decoder {self.decoder!r} is not one of cpu, mixed")
+        if self.decoder == "mixed" and self.device_id is None:
+            raise AlexkitError("decoder 'mixed' decodes on a GPU; pass a CUDA device or use decoder 'cpu'")
+        for name in ("batch_size", "num_threads", "prefetch"):
+            if getattr(self, name) < 1:
+                raise AlexkitError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def _positions(corner, size: int, crop: int) -> np.ndarray:
+    """Pixel corners -> crop_mirror_normalize's normalised positions corner / (size - crop).
+
+    The operator multiplies back and rounds to the nearest integer, which recovers the exact
+    corner: the float32 error is far below half a pixel for any realistic image side.
+    """
+    corner = np.asarray(corner, dtype=np.float64)
+    return (corner / (size - crop) if size > crop else np.zeros_like(corner)).astype(np.float32)
+
+
+def train_inputs(data: list, index, x, y, flip, offset, *, size: int, crop: int) -> tuple:
+    """One batch for the train graph: stored samples, indices (n,), corners x, y (n,), flips (n,),
+    lighting offsets (n, 3). Returns the tuple the graph's external_source expects."""
+    return (
+        data,
+        _positions(x, size, crop),
+        _positions(y, size, crop),
+        np.ascontiguousarray(flip, dtype=np.int32),
+        np.ascontiguousarray(offset, dtype=np.float32),
+        np.ascontiguousarray(index, dtype=np.int64),
+    )
+
+
+def eval_inputs(data: list, index) -> tuple:
+    """One batch for the center / tencrop graphs: stored samples and their indices."""
+    return data, np.ascontiguousarray(index, dtype=np.int64)
+
+
+def build_graph(cfg: GraphConfig, mean_image: np.ndarray, source: Callable[[], tuple], *, no_copy: bool = False):
+    """A DALI Pipeline whose outputs are (views, indices); `source()` returns the next batch
+    (train_inputs / eval_inputs) or raises StopIteration at the end of an epoch.
+
+    no_copy: DALI reads the batch's arrays in place instead of copying them first (for raw pixels
+    that copy is a tenth of the work); the caller then keeps each batch alive until the pipeline
+    has consumed it (prefetch + 1 batches later).
+    """
+    require("nvidia.dali", fix=DALI_FIX)
+    from nvidia.dali import Pipeline
+
+    S = cfg.size
+    if mean_image.shape != (S, S, 3):
+        raise AlexkitError(f"the mean image is {mean_image.shape}, expected ({S}, {S}, 3): the store's stats.npz "
+                           f"does not match its images; re-run `alexkit prepare`")  # fmt: skip
+    # exec_dynamic: outputs stay valid while referenced, so torch can take them over by DLPack.
+    pipe = Pipeline(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=cfg.device_id,
+                    prefetch_queue_depth=cfg.prefetch, exec_dynamic=True, seed=0)  # fmt: skip
+    with pipe:
+        graph = _Graph(cfg, mean_image)
+        data, *params, index = graph.inputs(source, no_copy)
+        views = {"train": graph.train_views, "center": graph.center_views, "tencrop": graph.ten_views}[cfg.mode](data, *params)
+        pipe.set_outputs(views, index)
+    return pipe
+
+
+class _Graph:
+    """The operators of build_graph, one method per step, on the device the config names."""
+
+    def __init__(self, cfg: GraphConfig, mean_image: np.ndarray):
+        import nvidia.dali.fn as fn
+        import nvidia.dali.types as types
+
+        self.fn, self.types, self.cfg, self.mean_image = fn, types, cfg, mean_image
+        self.device = "cpu" if cfg.device_id is None else "gpu"
+        self.layout = "HWC" if cfg.channels_last else "CHW"  # of each output view
+
+    def inputs(self, source, no_copy: bool):
+        """(data, [crop_x, crop_y, mirror, offset,] index) from the per-batch source."""
+        t, cfg = self.types, self.cfg
+        data = dict(dtype=t.UINT8, ndim=1 if cfg.encoded else 3, layout="" if cfg.encoded else "HWC")
+        specs = [data, dict(dtype=t.INT64, ndim=0)]
+        if cfg.mode == "train":  # crop_x, crop_y, mirror, offset (see train_inputs)
+            scalar = dict(ndim=0)
+            specs[1:1] = [dict(scalar, dtype=t.FLOAT), dict(scalar, dtype=t.FLOAT), dict(scalar, dtype=t.INT32), dict(dtype=t.FLOAT, ndim=1)]
+        return self.fn.external_source(source=source, num_outputs=len(specs), batch=True, no_copy=no_copy,
+                                       dtype=[s["dtype"] for s in specs], ndim=[s["ndim"] for s in specs],
+                                       layout=[s.get("layout", "") for s in specs])  # fmt: skip
+
+    def stored_image(self, data):
+        """The stored SxS image as uint8 HWC on the operators' device: decoded, or raw pixels as they are."""
+        fn, cfg = self.fn, self.cfg
+        if not cfg.encoded:
+            image = data
+        elif cfg.decoder == "mixed":
+            # Fancy upsampling makes nvJPEG's chroma match libjpeg-turbo (the CPU decoder, and PIL).
+            return fn.decoders.image(data, device="mixed", output_type=self.types.RGB, adjust_orientation=False,
+                                     jpeg_fancy_upsampling=True, preallocate_width_hint=cfg.size,
+                                     preallocate_height_hint=cfg.size)  # fmt: skip
+        else:
+            image = fn.decoders.image(data, device="cpu", output_type=self.types.RGB, adjust_orientation=False)
+        return image.gpu() if self.device == "gpu" else image
+
+    def stored_window(self, data, pos_x, pos_y, mirror):
+        """The CxC window of each stored image at normalised positions, mirrored if asked: uint8 in
+        the output layout. The CPU decoder decodes only the window (libjpeg-turbo skips the rest;
+        the pixels equal those of a full decode, tested), about 8% less decoding. The GPU decoder
+        decodes whole images, which keeps the hardware JPEG engines in play."""
+        cfg, t = self.cfg, self.types
+        if not (cfg.encoded and cfg.decoder == "cpu"):
+            return self.window(self.stored_image(data), pos_x, pos_y, mirror)
+        part = self.fn.decoders.image_crop(data, crop=(cfg.crop, cfg.crop), crop_pos_x=pos_x, crop_pos_y=pos_y, device="cpu",
+                                           output_type=t.RGB, adjust_orientation=False)  # fmt: skip
+        part = part.gpu() if self.device == "gpu" else part
+        return self.fn.crop_mirror_normalize(part, mirror=mirror, dtype=t.UINT8, output_layout=self.layout)
+
+    def constant(self, array: np.ndarray, layout: str):
+        """A graph constant: made once, then shared by every sample of every batch."""
+        return self.types.Constant(np.ascontiguousarray(array, dtype=np.float32), layout=layout, device=self.device)
+
+    def window(self, image, pos_x, pos_y, mirror, **kw):
+        """The CxC window at normalised positions (see _positions), mirrored if asked, in the output
+        layout; uint8 unless kw gives another dtype."""
+        C = self.cfg.crop
+        kw.setdefault("dtype", self.types.UINT8)
+        return self.fn.crop_mirror_normalize(image, crop=(C, C), crop_pos_x=pos_x, crop_pos_y=pos_y, mirror=mirror,
+                                             output_layout=self.layout, **kw)  # fmt: skip
+
+    def fixed(self, x: int, y: int, flip: bool) -> tuple[float, float, int]:
+        """Window arguments for the top-left corner at pixel (x, y), the same for every sample."""
+        S, C = self.cfg.size, self.cfg.crop
+        return float(_positions(x, S, C)), float(_positions(y, S, C)), int(flip)
+
+    def mean_windows(self, windows) -> np.ndarray:
+        """The mean image's fixed windows [(x, y, flip), ...], cut in NumPy, in the output layout."""
+        C = self.cfg.crop
+        cut = [self.mean_image[y : y + C, x : x + C][:, ::-1 if f else 1] for x, y, f in windows]
+        return np.stack([w if self.cfg.channels_last else w.transpose(2, 0, 1) for w in cut])
+
+    def train_views(self, data, crop_x, crop_y, mirror, offset):
+        pixels = self.stored_window(data, crop_x, crop_y, mirror)  # (3, C, C) uint8
+        # The mean image's identical window minus the lighting shift (the operator subtracts its
+        # per-channel `mean` argument): pixels - (mean - offset) = pixels + offset - mean.
+        mean_less_light = self.window(self.constant(self.mean_image, "HWC"), crop_x, crop_y, mirror, mean=offset, dtype=self.types.FLOAT)
+        return pixels - mean_less_light  # (3, C, C) float
+
+    def center_views(self, data):
+        m = center_corner(self.cfg.size, self.cfg.crop)
+        pixels = self.stored_window(data, *self.fixed(m, m, False))  # (3, C, C) uint8
+        return pixels - self.constant(self.mean_windows([(m, m, False)])[0], self.layout)  # float
+
+    def ten_views(self, data):
+        image = self.stored_image(data)  # decoded once, whole: ten windows cover all of it
+        windows = ten_view_windows(self.cfg.size, self.cfg.crop)
+        views = self.fn.stack(*[self.window(image, *self.fixed(x, y, f)) for x, y, f in windows])  # (10, 3, C, C) uint8
+        return views - self.constant(self.mean_windows(windows), "F" + self.layout)  # float

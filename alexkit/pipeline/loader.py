@@ -1,0 +1,296 @@
+"""Store -> DALI -> torch: which samples each rank reads, in which order, and how they get there.
+
+    loader = make_loader(store, "train", mode="train", batch_size=128, device=device,
+                         rank=rank, world_size=world_size, seed=0)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, labels, indices in loader:   # (N, 3, C, C) float on device, (N,) int64, (N,) int64
+            ...
+
+How the bytes travel. A .beton (FFCV's format) holds each sample's stored bytes (JPEG, or raw
+H*W*3 pixels) contiguously inside one page. BetonReader maps the file with np.memmap, so a sample
+is a slice `mm[ptr:ptr + size]`: no read call, no copy, no decode, about 5 us, served from the OS
+page cache (shared by every process on the machine that reads the same file). A batch of those
+slices goes to DALI's external_source, which reads them in place (no_copy; the loader keeps each
+batch alive until DALI is done with it), and DALI decodes them: on the GPU with nvJPEG and the
+hardware JPEG engines ("mixed"), or with libjpeg-turbo in its CPU threads.
+Why not FFCV's own loader: it decodes every JPEG on the CPU (its numba-compiled pipeline calls
+libjpeg-turbo) before anything else sees the image, and its BytesDecoder, the only way to get
+the encoded bytes out, pads them to the largest sample and drops the lengths. We want the encoded
+bytes, so that the GPU can decode them and the same DALI graph serves the CPU and the GPU.
+Memory: pages of the memmap that have been read count in the process's RSS as file-backed,
+shared, reclaimable page cache (at most the .beton's size). Anonymous memory holds DALI's
+buffers for the batches in flight (prefetch + 1) and levels off after the first epochs
+(`alexkit bench loader` prints both, epoch by epoch).
+
+Sharding (torchrun): by the global RANK and WORLD_SIZE, never by LOCAL_RANK.
+- train: all ranks draw the same permutation of the split from (seed, epoch); rank r takes every
+  world_size-th sample of it. With drop_last (the default for train) the permutation is first cut
+  to a whole number of global batches (world_size * batch_size), so every rank runs the same
+  number of full steps (what DDP needs) and fewer than world_size * batch_size samples, different
+  ones each epoch, sit out. Without drop_last every sample is used once, but ranks may differ by
+  one sample and one batch, and the last batch is partial: fine for one process, not for DDP.
+- center / tencrop: the split in stored order, rank r taking positions r, r + W, r + 2W, ...;
+  nothing dropped, nothing padded: every image is seen exactly once across ranks, and a rank may
+  get one batch fewer than another (an evaluator must not run a collective per batch).
+Augmentation randomness: crop corners, flips and lighting alphas come from a NumPy Generator
+seeded by (seed, epoch, rank), drawn batch after batch; so an epoch is reproducible, and differs
+from the next epoch. set_epoch works like DistributedSampler's: iterate again without it and the
+epoch repeats exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+
+from alexkit.errors import AlexkitError
+from alexkit.pipeline.augment import lighting_offsets, train_params
+from alexkit.pipeline.beton import MODE_JPG, MODE_RAW
+from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_inputs, train_inputs
+from alexkit.pipeline.store import Store
+
+STREAM_ORDER, STREAM_AUGMENT = 0, 1  # independent random streams drawn from (seed, epoch, ...)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Which split, which graph, and how it is sharded and run.
+
+    drop_last: None means True for train and False for center / tencrop; evaluation modes never
+      drop (every image once across ranks), so drop_last=True with them is an error.
+    num_threads: DALI's CPU threads; None: this process's cores divided by LOCAL_WORLD_SIZE.
+    """
+
+    split: str
+    mode: Mode = "train"
+    batch_size: int = 128
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    drop_last: bool | None = None
+    decoder: Literal["auto", "cpu", "mixed"] = "auto"
+    channels_last: bool = False
+    num_threads: int | None = None
+    prefetch: int = 2
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise AlexkitError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.decoder not in ("auto", "cpu", "mixed"):
+            raise AlexkitError(f"decoder {self.decoder!r} is not one of auto, cpu, mixed")
+        if self.batch_size < 1 or self.prefetch < 1 or (self.num_threads is not None and self.num_threads < 1):
+            raise AlexkitError(f"batch_size ({self.batch_size}), prefetch ({self.prefetch}) and num_threads "
+                               f"({self.num_threads}) must be at least 1")  # fmt: skip
+        if not 0 <= self.rank < self.world_size:
+            raise AlexkitError(f"rank {self.rank} is not in [0, world_size={self.world_size}); "
+                               f"pass the global RANK and WORLD_SIZE that torchrun sets")  # fmt: skip
+        if self.seed < 0:
+            raise AlexkitError(f"seed must be >= 0, got {self.seed}")
+        if self.mode != "train" and self.drop_last:
+            raise AlexkitError(f"drop_last=True with mode {self.mode!r}: evaluation must see every image once; leave drop_last unset")
+
+    @property
+    def shuffle(self) -> bool:
+        return self.mode == "train"
+
+    @property
+    def drops_last(self) -> bool:
+        return self.shuffle if self.drop_last is None else self.drop_last
+
+
+def epoch_rng(seed: int, epoch: int, stream: int, rank: int = 0) -> np.random.Generator:
+    """An independent Generator for one (seed, epoch, stream, rank)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, stream, rank]))
+
+
+def shard_positions(n: int, cfg: LoaderConfig, epoch: int) -> np.ndarray:
+    """The positions in the split that rank cfg.rank reads in this epoch, in reading order."""
+    W, B = cfg.world_size, cfg.batch_size
+    order = epoch_rng(cfg.seed, epoch, STREAM_ORDER).permutation(n) if cfg.shuffle else np.arange(n)
+    if cfg.drops_last:
+        order = order[: n // (W * B) * (W * B)]  # whole global batches only
+    return np.ascontiguousarray(order[cfg.rank :: W])
+
+
+def default_threads() -> int:
+    """DALI CPU threads for this process: its cores shared among the node's ranks."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+class Loader:
+    """Batches of (images, labels, indices) from one split of a store; see the module docstring."""
+
+    def __init__(self, store: Store, cfg: LoaderConfig, *, device: torch.device | str, dtype: torch.dtype):
+        self.store, self.cfg = store, cfg
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.reader = store.split(cfg.split)
+        self.epoch = 0
+        self.encoded = _check_images(self.reader, store, cfg.split)
+        self.decoder = _pick_decoder(cfg.decoder, self.encoded, self.device)
+        self._pipe = None
+        self._feed = _Feed(cfg.prefetch)
+        self._open = False  # the pipeline has batches of an unfinished epoch in flight
+        self._run = 0  # counts __iter__ calls, so a stale iterator can tell it was superseded
+        if cfg.shuffle and cfg.drops_last and len(self) == 0:
+            raise AlexkitError(f"{self.reader.path} has {len(self.reader)} images, fewer than one batch of {cfg.batch_size} per rank "
+                               f"for {cfg.world_size} rank(s); lower the batch size")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch of the next iteration: its order (train) and augmentation randomness."""
+        if epoch < 0:
+            raise AlexkitError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def positions(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's positions in the split for an epoch (default: the current one), in order."""
+        return shard_positions(len(self.reader), self.cfg, self.epoch if epoch is None else epoch)
+
+    def __len__(self) -> int:
+        n, B = len(self.positions()), self.cfg.batch_size
+        return n // B if self.cfg.drops_last else -(-n // B)
+
+    def __iter__(self):
+        positions, B = self.positions(), self.cfg.batch_size
+        batches = [positions[i : i + B] for i in range(0, len(self) * B, B)]
+        if not batches:
+            return
+        pipe = self._pipeline()
+        self._finish()  # a previous iteration left early: drop its batches in flight
+        self._run += 1
+        run = self._run
+        rng = epoch_rng(self.cfg.seed, self.epoch, STREAM_AUGMENT, self.cfg.rank)
+        self._feed.batches = graph_inputs(self.reader, batches, self.store, self.encoded, rng if self.cfg.mode == "train" else None)
+        self._open = True
+        for _ in batches:
+            if run != self._run:
+                raise RuntimeError("this loader was iterated again while an older iteration was still being consumed")
+            views, index = pipe.run()
+            yield self._to_torch(views, index)
+        self._finish()
+
+    def _finish(self) -> None:
+        """End the pipeline's epoch: stop feeding, collect what is in flight, reset for the next one."""
+        if not self._open:
+            return
+        self._feed.batches = None
+        while True:
+            try:
+                self._pipe.run()
+            except StopIteration:
+                break
+        self._pipe.reset()
+        self._feed.alive.clear()
+        self._open = False
+
+    def _pipeline(self):
+        if self._pipe is None:
+            cfg = self.cfg
+            graph = GraphConfig(
+                mode=cfg.mode, size=self.store.size, crop=self.store.crop, encoded=self.encoded, decoder=self.decoder,
+                device_id=self._device_id(), channels_last=cfg.channels_last, batch_size=cfg.batch_size,
+                num_threads=cfg.num_threads or default_threads(), prefetch=cfg.prefetch,
+            )
+            self._pipe = build_graph(graph, self.store.stats.mean_image, self._feed, no_copy=True)
+            self._pipe.build()
+        return self._pipe
+
+    def _device_id(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    def _to_torch(self, views, index):
+        """DALI outputs -> torch without copies: DLPack hands over DALI's buffers (kept alive by
+        the executor's reference counting), on the GPU as on the CPU."""
+        with torch.device(self.device):
+            images = torch.from_dlpack(views.as_tensor())  # (N, 3, C, C) float32, or (N, C, C, 3)
+        indices = torch.from_dlpack(index.as_tensor()).clone()  # (N,) int64, CPU; ours, not the fed array
+        if self.cfg.channels_last:
+            images = images.movedim(-1, -3)  # a view: NCHW shape, channels-last strides
+        if images.dtype != self.dtype:
+            images = images.to(self.dtype)  # keeps the channels-last strides
+        labels = torch.from_numpy(self.reader.labels[indices.numpy()]).to(self.device, non_blocking=True)
+        return images, labels, indices
+
+
+def graph_inputs(reader, batches: list[np.ndarray], store: Store, encoded: bool, rng: np.random.Generator | None) -> Iterator[tuple]:
+    """Graph inputs batch by batch: the stored bytes sliced from the memmap, and for train (rng
+    given) the crop corners, flips and lighting offsets drawn for them, batch after batch."""
+    S, C, stats = store.size, store.crop, store.stats
+    for idx in batches:
+        data = [reader.raw_bytes(i) if encoded else reader.raw_bytes(i).reshape(S, S, 3) for i in idx]
+        if rng is None:
+            yield eval_inputs(data, idx)
+            continue
+        x, y, flip, alpha = train_params(rng, len(idx), S, C)
+        yield train_inputs(data, idx, x, y, flip, lighting_offsets(alpha, stats.eigval, stats.eigvec), size=S, crop=C)
+
+
+class _Feed:
+    """DALI's external_source callback: the next batch of graph inputs, or StopIteration when the
+    epoch is over (batches is None or exhausted). The pipeline reads the fed arrays in place
+    (no_copy), so the last prefetch + 2 batches are kept alive here until DALI is done with them.
+    A separate object, so that the pipeline holds no reference back to its Loader."""
+
+    def __init__(self, prefetch: int):
+        self.batches: Iterator[tuple] | None = None
+        self.alive: deque[tuple] = deque(maxlen=prefetch + 2)
+
+    def __call__(self) -> tuple:
+        if self.batches is None:
+            raise StopIteration
+        batch = next(self.batches)
+        self.alive.append(batch)
+        return batch
+
+
+def _check_images(reader, store: Store, split: str) -> bool:
+    """Whether the split stores JPEG (True) or raw pixels (False); every image must be size x size."""
+    S = store.size
+    if len(reader) and not ((reader.heights == S).all() and (reader.widths == S).all()):
+        raise AlexkitError(f"{reader.path}: images are not all {S}x{S} as manifest.json says; re-run `alexkit prepare`")
+    modes = set(np.unique(reader.modes).tolist())
+    if not modes <= {MODE_JPG, MODE_RAW} or len(modes) > 1:
+        raise AlexkitError(f"{reader.path} mixes JPEG and raw images (FFCV 'smart' mode?); re-run `alexkit prepare` with one format")
+    return modes != {MODE_RAW}
+
+
+def _pick_decoder(decoder: str, encoded: bool, device) -> Literal["cpu", "mixed"]:
+    if decoder == "mixed" and device.type != "cuda":
+        raise AlexkitError(f"decoder 'mixed' decodes on a GPU but the device is {device}; use decoder 'cpu' or 'auto'")
+    if not encoded:
+        return "cpu"  # raw pixels: nothing to decode
+    if decoder == "auto":
+        return "mixed" if device.type == "cuda" else "cpu"
+    return decoder
+
+
+def make_loader(store: Store | str | Path, split: str, *, mode: Mode = "train", batch_size: int = 128,
+                device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, seed: int = 0,
+                dtype: torch.dtype = torch.float32, channels_last: bool = False, drop_last: bool | None = None,
+                decoder: Literal["auto", "cpu", "mixed"] = "auto", num_threads: int | None = None,
+                prefetch: int = 2) -> Loader:  # fmt: skip
+    """A Loader over `split` of `store` (a Store or its directory); see the module docstring.
+
+    images come as (N, 3, C, C) (tencrop: (N, 10, 3, C, C)) in `dtype` on `device`, channels-last
+    strides if asked; labels (N,) int64 on `device`; indices (N,) int64 positions in the split, on
+    the CPU. decoder "auto" decodes JPEG on the GPU ("mixed") when device is CUDA, else on the CPU.
+    """
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise AlexkitError(f"dtype {dtype} is not one of torch.{', torch.'.join(DTYPES)}")
+    if not isinstance(store, Store):
+        store = Store(Path(store))
+    cfg = LoaderConfig(split=split, mode=mode, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
+                       drop_last=drop_last, decoder=decoder, channels_last=channels_last, num_threads=num_threads,
+                       prefetch=prefetch)  # fmt: skip
+    return Loader(store, cfg, device=device, dtype=dtype)

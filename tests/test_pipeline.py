@@ -1,0 +1,223 @@
+"""The DALI graphs against the NumPy references in augment.py, with pinned crops, flips and lighting.
+
+Raw pixels are compared exactly (the graph and the reference do the same float32 arithmetic;
+tolerance 1e-4 to be safe); JPEG input is compared with PIL's decode of the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from alexkit.pipeline.augment import (
+    TEN_VIEWS,
+    center_corner,
+    lighting_offsets,
+    reference_center,
+    reference_tencrop,
+    reference_train,
+    ten_view_windows,
+    train_params,
+)
+from alexkit.pipeline.constants import LIGHTING_STD, crop_size
+from alexkit.pipeline.graphs import GraphConfig, build_graph, eval_inputs, train_inputs
+
+EXACT = 1e-4
+
+
+def random_images(rng, n: int, size: int) -> list[np.ndarray]:
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def smooth_images(rng, n: int, size: int) -> list[np.ndarray]:
+    """Photo-like images (smooth gradients plus mild noise) that JPEG reproduces closely."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        a, b, c = rng.uniform(40, 200, (3, 3))
+        img = a + b * 0.5 * xx[..., None] + c * 0.3 * yy[..., None] + rng.normal(0, 4, (size, size, 3))
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
+def jpeg(image: np.ndarray, quality: int = 90) -> np.ndarray:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def pil_decode(data: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data.tobytes())).convert("RGB"))
+
+
+def run_graph(cfg: GraphConfig, mean_image: np.ndarray, batch: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Run one batch through a graph; views come back as NCHW (N, [10,] 3, C, C) float32 arrays."""
+    pipe = build_graph(cfg, mean_image, lambda: batch)
+    pipe.build()
+    views, index = pipe.run()
+    views, index = np.asarray(views.as_cpu().as_array()), np.asarray(index.as_array())
+    if cfg.channels_last:
+        views = np.moveaxis(views, -1, -3)
+    return views, index
+
+
+@pytest.mark.parametrize("size,channels_last", [(32, False), (37, True), (16, False)])
+def test_train_graph_equals_reference_on_raw_pixels(size, channels_last):
+    rng = np.random.default_rng(size)
+    C, n = crop_size(size), 12
+    images = random_images(rng, n, size)
+    mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    x, y, flip, _ = train_params(rng, n, size, C)
+    x[:4], y[:4], flip[:4] = [0, size - C, 0, size - C], [0, 0, size - C, size - C], [False, True, True, False]  # every corner
+    offset = rng.normal(0, 8, (n, 3)).astype(np.float32)
+    cfg = GraphConfig("train", size, C, encoded=False, channels_last=channels_last, batch_size=16)
+    views, index = run_graph(cfg, mean, train_inputs(images, np.arange(n) + 100, x, y, flip, offset, size=size, crop=C))
+    ref = np.stack([reference_train(images[i], mean, x[i], y[i], flip[i], offset[i]) for i in range(n)])
+    assert views.shape == (n, 3, C, C) and views.dtype == np.float32
+    np.testing.assert_allclose(views, ref, atol=EXACT, rtol=0)
+    assert index.tolist() == list(range(100, 100 + n))
+
+
+def test_train_graph_on_jpeg_matches_reference_of_decoded_bytes():
+    """The CPU graph decodes only the window; DALI's decoder and PIL (both libjpeg-turbo, accurate
+    IDCT, fancy upsampling) give identical pixels here; one level of slack is allowed for other builds."""
+    size, n = 48, 8
+    C, rng = crop_size(size), np.random.default_rng(1)
+    data = [jpeg(im) for im in smooth_images(rng, n, size)]
+    mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    x, y, flip, _ = train_params(rng, n, size, C)
+    x[:4], y[:4] = [0, size - C, 0, size - C], [0, 0, size - C, size - C]  # the decoder's window at every corner
+    offset = rng.normal(0, 5, (n, 3)).astype(np.float32)
+    views, _ = run_graph(GraphConfig("train", size, C, encoded=True, batch_size=n), mean,
+                         train_inputs(data, np.arange(n), x, y, flip, offset, size=size, crop=C))
+    ref = np.stack([reference_train(pil_decode(d), mean, x[i], y[i], flip[i], offset[i]) for i, d in enumerate(data)])
+    diff = np.abs(views - ref)
+    assert diff.max() <= 1.0 + EXACT and diff.mean() < 0.05, (diff.max(), diff.mean())  # identical here (both libjpeg-turbo)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_center_and_ten_crops_equal_numpy_crops(channels_last):
+    size, n = 35, 5  # 35 -> 30: an odd margin, so the centre window rounds down to corner 2
+    C, rng = crop_size(size), np.random.default_rng(2)
+    images = random_images(rng, n, size)
+    mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    batch = eval_inputs(images, np.arange(n))
+    center, _ = run_graph(GraphConfig("center", size, C, encoded=False, channels_last=channels_last, batch_size=n), mean, batch)
+    ten, index = run_graph(GraphConfig("tencrop", size, C, encoded=False, channels_last=channels_last, batch_size=n), mean, batch)
+    assert center.shape == (n, 3, C, C) and ten.shape == (n, 10, 3, C, C)
+    np.testing.assert_allclose(center, np.stack([reference_center(im, mean) for im in images]), atol=EXACT, rtol=0)
+    np.testing.assert_allclose(ten, np.stack([reference_tencrop(im, mean) for im in images]), atol=EXACT, rtol=0)
+    # The reference itself against plain slicing: view k is window k of ten_view_windows.
+    m = center_corner(size, C)
+    assert m == 2 and ten_view_windows(size, C)[4] == (m, m, False)
+    for k, (x, y, f) in enumerate(ten_view_windows(size, C)):
+        crop = images[0][y : y + C, x : x + C].astype(np.float32) - mean[y : y + C, x : x + C]
+        np.testing.assert_allclose(ten[0, k], (crop[:, ::-1] if f else crop).transpose(2, 0, 1), atol=EXACT, rtol=0)
+    assert index.tolist() == list(range(n))
+
+
+def test_ten_views_are_in_the_documented_order():
+    """Pixels encode their own coordinates (R = column, G = row): each view's corners show where it sits."""
+    size = 40
+    C = crop_size(size)
+    rows, cols = np.mgrid[0:size, 0:size]
+    image = np.stack([cols, rows, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    zero = np.zeros((size, size, 3), np.float32)
+    ten, _ = run_graph(GraphConfig("tencrop", size, C, encoded=False, batch_size=1), zero, eval_inputs([image], [0]))
+    far, mid = size - C, center_corner(size, C)
+    expected_left_top = {"top-left": (0, 0), "top-right": (far, 0), "bottom-left": (0, far), "bottom-right": (far, far),
+                         "centre": (mid, mid)}  # fmt: skip
+    for view, (where, mirrored) in zip(ten[0], TEN_VIEWS):
+        col, row = view[0], view[1]  # (C, C) each
+        left, top = expected_left_top[where]
+        assert row[0, 0] == top and row[-1, 0] == top + C - 1
+        # Unmirrored: the first output column is the window's left edge; mirrored: its right edge.
+        assert col[0, 0] == (left + C - 1 if mirrored else left)
+        assert col[0, -1] == (left if mirrored else left + C - 1)
+
+
+def test_mean_window_moves_with_the_crop_and_flip():
+    """With the mean image equal to the image itself, every view is exactly zero, whatever the
+    corner and flip: the mean is cut from the same window and mirrored the same way."""
+    size, n = 24, 16
+    C, rng = crop_size(size), np.random.default_rng(3)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    mean = image.astype(np.float32)
+    x, y, flip, _ = train_params(rng, n, size, C)
+    for mode in ("train", "center", "tencrop"):
+        batch = (train_inputs([image] * n, np.arange(n), x, y, flip, np.zeros((n, 3)), size=size, crop=C)
+                 if mode == "train" else eval_inputs([image] * n, np.arange(n)))
+        views, _ = run_graph(GraphConfig(mode, size, C, encoded=False, batch_size=n), mean, batch)
+        assert np.abs(views).max() == 0.0, mode
+
+
+def test_lighting_adds_one_rgb_shift_per_image():
+    size, n = 16, 6
+    C, rng = crop_size(size), np.random.default_rng(4)
+    images = random_images(rng, n, size)
+    mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    x, y, flip, _ = train_params(rng, n, size, C)
+    offset = rng.normal(0, 10, (n, 3)).astype(np.float32)
+    cfg = GraphConfig("train", size, C, encoded=False, batch_size=n)
+    lit, _ = run_graph(cfg, mean, train_inputs(images, np.arange(n), x, y, flip, offset, size=size, crop=C))
+    dark, _ = run_graph(cfg, mean, train_inputs(images, np.arange(n), x, y, flip, np.zeros((n, 3)), size=size, crop=C))
+    shift = lit - dark  # (n, 3, C, C): constant over each image's pixels, per channel
+    np.testing.assert_allclose(shift, np.broadcast_to(offset[:, :, None, None], shift.shape), atol=1e-3)
+
+
+def test_train_params_ranges_and_determinism():
+    size, n = 256, 20000
+    C = crop_size(size)
+    x, y, flip, alpha = train_params(np.random.default_rng(7), n, size, C)
+    assert x.min() == 0 and x.max() == size - C and y.min() == 0 and y.max() == size - C  # both ends reachable
+    assert abs(flip.mean() - 0.5) < 0.02
+    assert abs(alpha.std() - LIGHTING_STD) < 0.005 and alpha.shape == (n, 3)
+    again = train_params(np.random.default_rng(7), n, size, C)
+    assert all(np.array_equal(a, b) for a, b in zip((x, y, flip, alpha), again))
+
+
+def test_lighting_offsets_follow_the_stored_eigendecomposition():
+    """Covariance of the shifts ~ eigvec diag(0.01 * eigval) eigvec^T, in 0-255 units."""
+    rng = np.random.default_rng(5)
+    eigvec, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    eigval = np.array([4200.0, 250.0, 40.0])  # variances, like ImageNet's RGB spread (std ~65, 16, 6)
+    _, _, _, alpha = train_params(rng, 200_000, 256, 224)
+    offsets = lighting_offsets(alpha, eigval, eigvec).astype(np.float64)
+    expected = eigvec @ np.diag(LIGHTING_STD**2 * eigval) @ eigvec.T
+    np.testing.assert_allclose(np.cov(offsets.T), expected, atol=0.02 * expected.max())
+    # Along each principal axis the shift's standard deviation is a tenth of the pixels' own.
+    np.testing.assert_allclose((offsets @ eigvec).std(axis=0), LIGHTING_STD * np.sqrt(eigval), rtol=0.02)
+    # Magnitude: a few levels of 255, never absurd.
+    assert 3 < np.abs(offsets).max(axis=1).mean() < 15
+
+
+@pytest.mark.gpu
+def test_gpu_graph_agrees_with_cpu_graph():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with CUDA")
+    size, n = 64, 8
+    C, rng = crop_size(size), np.random.default_rng(6)
+    raw = random_images(rng, n, size)
+    encoded = [jpeg(im) for im in smooth_images(rng, n, size)]
+    mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    x, y, flip, _ = train_params(rng, n, size, C)
+    offset = rng.normal(0, 5, (n, 3)).astype(np.float32)
+    for mode in ("train", "center", "tencrop"):
+        for data, decoder in [(raw, "cpu"), (encoded, "cpu"), (encoded, "mixed")]:
+            is_jpeg = data is encoded
+            batch = (train_inputs(data, np.arange(n), x, y, flip, offset, size=size, crop=C)
+                     if mode == "train" else eval_inputs(data, np.arange(n)))
+            on_cpu, _ = run_graph(GraphConfig(mode, size, C, encoded=is_jpeg, batch_size=n), mean, batch)
+            on_gpu, _ = run_graph(GraphConfig(mode, size, C, encoded=is_jpeg, decoder=decoder, device_id=0, batch_size=n), mean, batch)
+            diff = np.abs(on_gpu - on_cpu)
+            if decoder == "mixed":  # nvJPEG vs libjpeg-turbo: different IDCTs, a few levels apart at most
+                assert diff.mean() < 1.0 and diff.max() <= 16, (mode, diff.mean(), diff.max())
+            else:
+                assert diff.max() <= EXACT, (mode, decoder, diff.max())
