@@ -36,12 +36,16 @@ from alexkit.cli import doctor as _doctor  # noqa: E402
 from alexkit.cli import sample as _sample  # noqa: E402
 from alexkit.cli import prepare as _prepare  # noqa: E402
 from alexkit.cli import bench_prepare as _bench_prepare  # noqa: E402
+from alexkit.cli import train as _train  # noqa: E402
+from alexkit.cli import bench_train as _bench_train  # noqa: E402
 from alexkit.cli import bench_loader as _bench_loader  # noqa: E402
 
 app.command("doctor")(_doctor.command)
 app.command("sample")(_sample.command)
 app.command("prepare")(_prepare.command)
 bench_app.command("prepare")(_bench_prepare.command)
+app.command("train")(_train.command)
+bench_app.command("train")(_bench_train.command)
 bench_app.command("loader")(_bench_loader.command)
 # --- end of command registration ---
 

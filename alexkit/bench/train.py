@@ -1,0 +1,125 @@
+"""Training speed: images/s with synthetic on-device input and with the real pipeline, side by side.
+
+AlexNet is input-bound on modern GPUs; the gap between the two rows is what the loader costs.
+Each row is the median of `repeats` timed windows of `steps` steps (after `warmup` steps), with
+the slowest and fastest window beside it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alexkit.errors import AlexkitError
+from alexkit.paths import DEFAULT_STORE
+from alexkit.train import Auto, TrainConfig, fast_cuda, make_optimizer, train_step
+
+
+@dataclass(frozen=True)
+class BenchTrainConfig:
+    data: Path = DEFAULT_STORE  # without a store, only the synthetic row (224 input, 1000 classes)
+    batch_size: int = 128
+    steps: int = 50  # per timed window
+    repeats: int = 3
+    warmup: int = 10
+    device: str = "auto"
+    amp: Auto = "auto"
+    channels_last: Auto = "auto"
+    compile: Auto = "auto"
+    width: float = 1.0
+    fc_features: int = 4096
+
+    def __post_init__(self):
+        if min(self.batch_size, self.steps, self.repeats) < 1 or self.warmup < 0:
+            raise AlexkitError("--batch-size, --steps and --repeats must be at least 1, --warmup at least 0")
+        TrainConfig(device=self.device, amp=self.amp, channels_last=self.channels_last, compile=self.compile,
+                    width=self.width, fc_features=self.fc_features)  # fmt: skip  # validates the shared fields
+
+
+def bench_train(cfg: BenchTrainConfig) -> dict:
+    """Print and return {"device", "settings", "rows": [{"input", "images_per_s", "min", "max"}, ...]}."""
+    from alexkit.model import AlexNet
+    from alexkit.pipeline.store import Store
+
+    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise AlexkitError(f"--device {cfg.device}: CUDA is not available here; use --device cpu")
+    dev = torch.device(cfg.device if cfg.device.startswith("cuda") else "cuda" if want_cuda else "cpu")
+    on = lambda v: want_cuda if v == "auto" else v == "on"  # noqa: E731
+    amp, channels_last, compiled = on(cfg.amp), on(cfg.channels_last), on(cfg.compile)
+    if dev.type == "cuda":
+        fast_cuda()
+    store = Store(cfg.data) if (Path(cfg.data) / "manifest.json").is_file() else None
+    size, classes = (store.crop, store.num_classes) if store else (224, 1000)
+
+    torch.manual_seed(0)
+    model = AlexNet(classes, width=cfg.width, fc_features=cfg.fc_features, input_size=size).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, TrainConfig(), lr=0.01)
+    net = torch.compile(model) if compiled else model
+    dtype = torch.bfloat16 if amp else torch.float32
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def synthetic():
+        images = (torch.randn(cfg.batch_size, 3, size, size, device=dev) * 60).to(dtype=dtype, memory_format=memory_format)
+        labels = torch.randint(0, classes, (cfg.batch_size,), device=dev)
+        while True:
+            yield images, labels
+
+    def real():
+        from alexkit.pipeline.loader import make_loader
+
+        loader = make_loader(store, "train", mode="train", batch_size=cfg.batch_size, device=dev, seed=0,
+                             dtype=dtype, channels_last=channels_last, drop_last=True)  # fmt: skip
+        if len(loader) == 0:
+            raise AlexkitError(f"store {cfg.data} has fewer training images than --batch-size {cfg.batch_size}")
+        epoch = 0
+        while True:
+            loader.set_epoch(epoch)
+            for images, labels, _ in loader:
+                yield images, labels.to(dev, non_blocking=True)
+            epoch += 1
+
+    rows = []
+    for name, batches in [("synthetic on-device", synthetic), ("real pipeline", real)][: 2 if store else 1]:
+        rates = _timed_windows(net, optimizer, batches(), cfg, amp, dev)
+        rows.append(dict(input=name, images_per_s=statistics.median(rates), min=min(rates), max=max(rates)))
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    settings = (f"batch {cfg.batch_size}, {size}x{size}, width {cfg.width}, {'bf16 autocast' if amp else 'fp32'}"
+                f"{', channels-last' if channels_last else ''}{', compiled' if compiled else ''}; "
+                f"median of {cfg.repeats} x {cfg.steps} steps after {cfg.warmup} warm-up")  # fmt: skip
+    _print(device_name, settings, rows, None if store else f"no store at {cfg.data}: real pipeline not measured")
+    return dict(device=device_name, settings=settings, rows=rows)
+
+
+def _timed_windows(net, optimizer, batches, cfg: BenchTrainConfig, amp: bool, dev: torch.device) -> list[float]:
+    """images/s of each timed window; the clock stops only after the device has finished."""
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    net.train()
+    for _ in range(cfg.warmup):
+        train_step(net, optimizer, *next(batches), amp)
+    rates = []
+    for _ in range(cfg.repeats):
+        sync()
+        start = time.perf_counter()
+        for _ in range(cfg.steps):
+            train_step(net, optimizer, *next(batches), amp)
+        sync()
+        rates.append(cfg.steps * cfg.batch_size / (time.perf_counter() - start))
+    return rates
+
+
+def _print(device_name: str, settings: str, rows: list[dict], note: str | None) -> None:
+    print(f"train speed on {device_name}: {settings}")
+    print(f"{'input':<22}{'images/s':>10}{'min-max':>18}{'vs synthetic':>14}")
+    for row in rows:
+        ratio = row["images_per_s"] / rows[0]["images_per_s"]
+        spread = f"{row['min']:,.0f}-{row['max']:,.0f}"
+        print(f"{row['input']:<22}{row['images_per_s']:>10,.0f}{spread:>18}{ratio:>14.0%}")
+    if note:
+        print(note)

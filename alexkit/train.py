@@ -1,0 +1,445 @@
+"""Training: the paper's recipe on one device, two columns, or DDP over torchrun processes.
+
+    SGD, global batch 128, momentum 0.9, weight decay 5e-4 on weights only (as the authors' code),
+    lr 0.01 divided by 10 when validation top-1 error stops improving for `patience` epochs, at most
+    3 times, then stop; at most 90 epochs. Optional linear lr scaling (lr * batch / 128) with warm-up.
+
+A run directory holds config.json, metrics.jsonl (one line per epoch), last.pt and best.pt
+(atomic writes, loadable with torch.load(..., weights_only=True)), and the store's stats.npz and
+classes.json. Resuming is exact at epoch boundaries: the loader's order and augmentation depend only
+on (seed, epoch), and each epoch reseeds dropout from (seed, rank, epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from alexkit.errors import AlexkitError
+from alexkit.model import AlexNet
+from alexkit.model.alexnet import Init
+from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, place, setup, teardown
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE
+
+CHECKPOINT_FORMAT = 1
+PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
+Auto = Literal["auto", "on", "off"]
+# Fields a resumed run may change; any other flag given with --resume must match the run's own.
+RESUME_MAY_CHANGE = ("resume", "epochs", "data", "device", "parallel", "progress")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path = DEFAULT_STORE  # a store written by `alexkit prepare`
+    out: Path | None = None  # run directory; None: DEFAULT_RUNS/<YYYYmmdd-HHMMSS>
+    resume: Path | None = None  # a run directory (its last.pt) or a checkpoint file
+    epochs: int = 90
+    batch_size: int = 128  # global: split evenly over the DDP processes
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    decay_biases: bool = False  # the authors did not decay biases; torchvision does
+    lr_scaling: Literal["none", "linear"] = "none"  # linear: lr * batch_size / 128
+    warmup_epochs: int = 0  # lr ramps up linearly per step over these epochs
+    patience: int = 5  # epochs without a better val top-1 error before lr / 10
+    max_lr_drops: int = 3  # the paper's three; the next plateau ends training
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA if present), cpu, cuda, cuda:N
+    parallel: Parallel = "none"
+    amp: Auto = "auto"  # bf16 autocast; auto: on for CUDA, off on CPU
+    channels_last: Auto = "auto"  # auto: on for CUDA
+    compile: Auto = "auto"  # torch.compile; auto: on for CUDA
+    width: float = 1.0  # network size (see AlexNet); the defaults are the paper's net
+    fc_features: int = 4096
+    dropout: float = 0.5
+    init: Init = "paper"
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+
+    def __post_init__(self):
+        for name in ("data", "out", "resume"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
+        checks = {
+            "--epochs": self.epochs >= 1, "--batch-size": self.batch_size >= 1, "--lr": self.lr > 0,
+            "--momentum": 0 <= self.momentum < 1, "--weight-decay": self.weight_decay >= 0,
+            "--warmup-epochs": self.warmup_epochs >= 0, "--patience": self.patience >= 1,
+            "--max-lr-drops": self.max_lr_drops >= 0, "--width": self.width > 0,
+            "--fc-features": self.fc_features >= 2, "--dropout": 0 <= self.dropout < 1,
+        }  # fmt: skip
+        for flag, ok in checks.items():
+            if not ok:
+                raise AlexkitError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))} is out of range; see `alexkit train --help`")
+        choices = {"lr_scaling": ("none", "linear"), "amp": ("auto", "on", "off"), "channels_last": ("auto", "on", "off"),
+                   "compile": ("auto", "on", "off"), "init": ("paper", "sturdy"),
+                   "parallel": ("none", "columns", "ddp", "ddp-columns"), "progress": ("auto", "rich", "plain", "none")}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise AlexkitError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise AlexkitError(f"--device {self.device!r} is not auto, cpu, cuda or cuda:N")
+
+
+class PlateauSchedule:
+    """lr / 10 after `patience` epochs without a lower val top-1 error; after `max_drops` drops, stop."""
+
+    def __init__(self, lr: float, patience: int, max_drops: int):
+        self.lr, self.patience, self.max_drops = lr, patience, max_drops
+        self.best, self.bad_epochs, self.drops, self.stopped = math.inf, 0, 0, False
+
+    def step(self, val_error: float) -> None:
+        if val_error < self.best:
+            self.best, self.bad_epochs = val_error, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            if self.drops == self.max_drops:
+                self.stopped = True
+            else:
+                self.lr, self.drops, self.bad_epochs = self.lr / 10, self.drops + 1, 0
+
+    def state_dict(self) -> dict:
+        return dict(lr=self.lr, best=self.best, bad_epochs=self.bad_epochs, drops=self.drops, stopped=self.stopped)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
+        self.drops, self.stopped = state["drops"], state["stopped"]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.SGD:
+    """SGD with weight decay on weights (conv kernels, fc matrices) and, if asked, on biases."""
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    biases = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [dict(params=weights, weight_decay=cfg.weight_decay),
+              dict(params=biases, weight_decay=cfg.weight_decay if cfg.decay_biases else 0.0)]  # fmt: skip
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               amp: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One SGD step on a batch; returns the loss and the logits, detached."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = net(images)  # (N, num_classes)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def fast_cuda() -> None:
+    """cuDNN picks the fastest kernels for AlexNet's fixed shapes; fp32 matmuls (outside autocast) use TF32."""
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train AlexNet as `cfg` says; returns the run directory."""
+    ckpt = _load_checkpoint(cfg.resume) if cfg.resume else None
+    if ckpt is not None:
+        cfg = _resumed_config(cfg, ckpt["config"])
+    placement = setup(cfg.parallel, cfg.device)
+    try:
+        return _train(cfg, ckpt, placement)
+    finally:
+        teardown()
+
+
+def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
+    from alexkit.pipeline.loader import make_loader
+    from alexkit.pipeline.store import Store
+
+    store = Store(cfg.data)
+    run_dir = _run_dir(cfg, placement)
+    world, dev = placement.world_size, placement.device
+    if cfg.batch_size % world:
+        raise AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
+    on_cuda = dev.type == "cuda"
+    amp, channels_last, compiled = (_resolve(v, on_cuda) for v in (cfg.amp, cfg.channels_last, cfg.compile))
+    base_lr = cfg.lr * (cfg.batch_size / PAPER_BATCH if cfg.lr_scaling == "linear" else 1.0)
+    if on_cuda:
+        fast_cuda()
+
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    model = AlexNet(store.num_classes, width=cfg.width, fc_features=cfg.fc_features, input_size=store.crop,
+                    dropout=cfg.dropout, init=cfg.init)  # fmt: skip
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    net = place(model, placement, channels_last)
+    optimizer = make_optimizer(net, cfg, base_lr)
+    schedule = PlateauSchedule(base_lr, cfg.patience, cfg.max_lr_drops)
+    metrics: list[dict] = []
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["scheduler"])
+        metrics = ckpt["metrics"]
+        _set_rng_state(ckpt["rng"])
+    step_net = torch.compile(net) if compiled else net
+
+    per_rank = cfg.batch_size // world
+    common = dict(device=dev, rank=placement.rank, world_size=world, seed=cfg.seed,
+                  dtype=torch.bfloat16 if amp else torch.float32, channels_last=channels_last)  # fmt: skip
+    train_loader = make_loader(store, "train", mode="train", batch_size=per_rank, drop_last=True, **common)
+    val_loader = make_loader(store, "val", mode="center", batch_size=per_rank, drop_last=False, **common)
+    if placement.is_main:
+        _write_run_files(run_dir, cfg, store, model.args, dict(amp=amp, channels_last=channels_last, compile=compiled,
+                         world_size=world, base_lr=base_lr, devices=[str(d) for d in placement.devices]), metrics)  # fmt: skip
+    progress = _Progress(cfg.progress if placement.is_main else "none")
+    steps = len(train_loader)
+    if schedule.stopped:
+        progress.line(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)")
+    elif len(metrics) >= cfg.epochs:
+        progress.line(f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")
+
+    for epoch in range(len(metrics), cfg.epochs):
+        if schedule.stopped:
+            break
+        train_loader.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + placement.rank)  # dropout: per epoch and rank
+        net.train()
+        sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
+        started = time.perf_counter()
+        progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps)
+        for step, (images, labels, _) in enumerate(train_loader):
+            lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            labels = labels.to(dev, non_blocking=True)
+            loss, logits = train_step(step_net, optimizer, images, labels, amp)
+            seen += labels.numel()
+            sums += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) == labels).sum().double()])
+            progress.update(step + 1, loss, lr, (step + 1) * per_rank * world / (time.perf_counter() - started))
+        train_seconds = time.perf_counter() - started
+        progress.stop()
+        totals = torch.cat([sums, torch.tensor([seen], dtype=torch.float64, device=dev)])
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        loss_sum, correct, seen_all = totals.tolist()
+        train_loss, train_err = loss_sum / seen_all, 1.0 - correct / seen_all
+        if not math.isfinite(train_loss):
+            raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr or use --init sturdy")
+        val_top1, val_top5 = validate(step_net, val_loader, amp, dev)
+        schedule.step(val_top1)
+        row = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_top1_err=train_err, val_top1_err=val_top1,
+                   val_top5_err=val_top5, images_per_s=seen_all / train_seconds,
+                   seconds=time.perf_counter() - started)  # fmt: skip
+        metrics.append(row)
+        if placement.is_main:
+            progress.line(_summary(row))
+            is_best = val_top1 <= min(m["val_top1_err"] for m in metrics)
+            _save_checkpoint(run_dir, dict(
+                format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
+                optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
+                config=_config_dict(cfg), metrics=metrics, rng=_rng_state()), is_best)  # fmt: skip
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+    if schedule.stopped and placement.is_main:
+        progress.line(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
+    return run_dir
+
+
+@torch.no_grad()
+def validate(net: nn.Module, loader, amp: bool, device: torch.device) -> tuple[float, float]:
+    """Top-1 and top-5 error (fractions) over the loader's split, every image counted once across ranks."""
+    net.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # correct top-1, correct top-5, images
+    for images, labels, _ in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(images)  # (N, num_classes)
+        labels = labels.to(device)
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]  # (N, 5)
+        counts += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(labels.numel(), device=device)])
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    top1, top5, n = counts.tolist()
+    if n == 0:
+        raise AlexkitError("the validation split is empty; run `alexkit prepare` on a source with validation images")
+    return 1.0 - top1 / n, 1.0 - top5 / n
+
+
+def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> float:
+    """Linear ramp from 1/(warmup steps) to 1 over the first `warmup_epochs` epochs."""
+    total = warmup_epochs * steps
+    done = epoch * steps + step + 1
+    return min(1.0, done / total) if total else 1.0
+
+
+def _resolve(value: str, on_cuda: bool) -> bool:
+    return on_cuda if value == "auto" else value == "on"
+
+
+def _summary(row: dict) -> str:
+    return (f"epoch {row['epoch']}: lr {row['lr']:.2g} train loss {row['train_loss']:.3f} "
+            f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%} "
+            f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:.0f} images/s, {row['seconds']:.0f} s")  # fmt: skip
+
+
+# --- run directory, checkpoints, resume ---
+
+
+def _run_dir(cfg: TrainConfig, placement: Placement) -> Path:
+    """The resumed run's directory, --out, or a new DEFAULT_RUNS/<YYYYmmdd-HHMMSS>; the same in every process."""
+    if cfg.resume is not None:
+        return cfg.resume if cfg.resume.is_dir() else cfg.resume.parent
+    name = [str(cfg.out) if cfg.out else ""]
+    if placement.is_main and not cfg.out:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path, n = DEFAULT_RUNS / stamp, 1
+        while path.exists():  # two runs within a second: -2, -3, ... sort after the first
+            n += 1
+            path = DEFAULT_RUNS / f"{stamp}-{n}"
+        name = [str(path)]
+    if dist.is_initialized():
+        dist.broadcast_object_list(name, src=0)
+    run_dir = Path(name[0])
+    if placement.is_main and (run_dir / "last.pt").exists():
+        raise AlexkitError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+    return run_dir
+
+
+def _config_dict(cfg: TrainConfig) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+
+
+def _write_run_files(run_dir: Path, cfg: TrainConfig, store, model_args: dict, resolved: dict, metrics: list) -> None:
+    """config.json, the store's stats and classes, and metrics.jsonl as of the checkpoint resumed from."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    versions = {}
+    for package in ("alexkit", "torch", "numpy", "ffcv", "nvidia-dali-cuda130"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    config = dict(config=_config_dict(cfg), resolved=resolved, model_args=model_args, versions=versions,
+                  python=sys.version.split()[0], git_commit=_git_commit(), argv=sys.argv)  # fmt: skip
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in ("stats.npz", "classes.json"):
+        shutil.copyfile(store.path / name, run_dir / name)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _save_checkpoint(run_dir: Path, ckpt: dict, is_best: bool) -> None:
+    """last.pt (and best.pt when is_best), each written to a temporary name and renamed into place."""
+    tmp = run_dir / "last.pt.tmp"
+    torch.save(ckpt, tmp)
+    if is_best:
+        shutil.copyfile(tmp, run_dir / "best.pt.tmp")
+        os.replace(run_dir / "best.pt.tmp", run_dir / "best.pt")
+    os.replace(tmp, run_dir / "last.pt")
+
+
+def _load_checkpoint(path: Path) -> dict:
+    file = path / "last.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise AlexkitError(f"--resume {path}: no checkpoint at {file}; pass a run directory holding last.pt")
+    ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    if ckpt.get("format_version") != CHECKPOINT_FORMAT:
+        raise AlexkitError(f"{file} has checkpoint format {ckpt.get('format_version')}, this alexkit reads {CHECKPOINT_FORMAT}")
+    return ckpt
+
+
+def _resumed_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
+    """The resumed run's config, with the flags given to `cfg` (those not at their default) on top.
+
+    Only RESUME_MAY_CHANGE fields may differ from the run's own; any other flag that differs is an
+    error, not silently ignored.
+    """
+    defaults, merged = TrainConfig(), {}
+    for f in fields(TrainConfig):
+        mine, theirs = getattr(cfg, f.name), saved[f.name]
+        theirs = Path(theirs) if f.name in ("data", "out", "resume") and theirs is not None else theirs
+        if mine == getattr(defaults, f.name) or mine == theirs:
+            merged[f.name] = theirs
+        elif f.name in RESUME_MAY_CHANGE:
+            merged[f.name] = mine
+        else:
+            flag = "--" + f.name.replace("_", "-")
+            raise AlexkitError(f"{flag} {mine} differs from the resumed run's {theirs}; drop {flag} or start a new run")
+    if merged["parallel"].endswith("columns") != saved["parallel"].endswith("columns"):
+        raise AlexkitError(f"--parallel {merged['parallel']}: the run was trained with --parallel {saved['parallel']}, "
+                           "whose optimizer state is laid out differently; resume with or without columns as it was")  # fmt: skip
+    return TrainConfig(**merged)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=[np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                python=random.getstate())  # fmt: skip
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# --- progress on rank 0 ---
+
+
+class _Progress:
+    """A rich bar (loss, lr, images/s, ETA) on a terminal; a plain line every ~10% otherwise."""
+
+    def __init__(self, mode: str):
+        if mode == "auto":
+            mode = "rich" if sys.stdout.isatty() else "plain"
+        self.mode, self.bar, self.task, self.total, self.next_plain = mode, None, None, 0, 0
+
+    def start(self, title: str, total: int) -> None:
+        self.title, self.total, self.next_plain = title, total, 0
+        if self.mode == "rich":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[rate]}"),
+                                TimeRemainingColumn(), transient=True)  # fmt: skip
+            self.task = self.bar.add_task(title, total=total, loss="-", lr="-", rate="")
+            self.bar.start()
+
+    def update(self, done: int, loss: torch.Tensor, lr: float, rate: float) -> None:
+        if self.mode == "rich":
+            fields_now = dict(lr=f"{lr:.2g}", rate=f"{rate:.0f} images/s")
+            if done % 10 == 1 or done == self.total:  # .item() waits for the GPU: not every step
+                fields_now["loss"] = f"{loss.item():.3f}"
+            self.bar.update(self.task, completed=done, **fields_now)
+        elif self.mode == "plain" and (done >= self.next_plain or done == self.total):
+            self.next_plain = done + max(1, self.total // 10)
+            print(f"{self.title} step {done}/{self.total} loss {loss.item():.3f} lr {lr:.2g} {rate:.0f} images/s",
+                  flush=True)  # fmt: skip
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def line(self, text: str) -> None:
+        if self.mode != "none":
+            print(text, flush=True)

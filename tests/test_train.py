@@ -1,0 +1,167 @@
+"""The trainer on a tiny prepared sample store: learning, exact resume, checkpoints, schedule, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alexkit.errors import AlexkitError
+from alexkit.model import AlexNet, build_from_checkpoint
+from alexkit.train import PlateauSchedule, TrainConfig, _warmup_factor, make_optimizer, train
+
+NUM_CLASSES = 4
+# The CPU demo's net at the store's 56 px crops: fast, and it learns the sample classes in seconds.
+TINY = dict(batch_size=16, width=0.25, fc_features=128, init="sturdy", progress="none", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    from alexkit.datasets.sample import write_sample_dataset
+    from alexkit.pipeline.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("train-store")
+    write_sample_dataset(root / "src", num_classes=NUM_CLASSES, train_per_class=48, val_per_class=16, seed=0)
+    return prepare(PrepareConfig(src=root / "src", out=root / "store", size=64, workers=1))
+
+
+@pytest.fixture(scope="session")
+def learned_run(store, tmp_path_factory):
+    """Six epochs on 192 training images: 72 steps (no dropout: it learns the same in fewer steps)."""
+    return train(TrainConfig(data=store, out=tmp_path_factory.mktemp("runs") / "learn", epochs=6, dropout=0.0, **TINY))
+
+
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_accuracy_beats_chance(learned_run):
+    rows = _metrics(learned_run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err",
+                            "images_per_s", "seconds"}  # fmt: skip
+    assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
+    chance = 1 - 1 / NUM_CLASSES
+    best = min(r["val_top1_err"] for r in rows)
+    assert best < chance - 0.35, f"val top-1 error {best:.2f}, chance {chance:.2f}"
+    assert all(r["val_top5_err"] == 0.0 for r in rows)  # 4 classes: the top 5 always hold the label
+
+
+def test_run_directory_and_checkpoints(learned_run, store):
+    names = {p.name for p in learned_run.iterdir()}
+    assert names == {"config.json", "metrics.jsonl", "last.pt", "best.pt", "stats.npz", "classes.json"}
+    assert (learned_run / "classes.json").read_bytes() == (store / "classes.json").read_bytes()
+    config = json.loads((learned_run / "config.json").read_text())
+    assert config["config"]["epochs"] == 6 and config["model_args"]["input_size"] == 56
+    assert config["versions"]["torch"] == torch.__version__
+    last = torch.load(learned_run / "last.pt", weights_only=True)
+    assert {"format_version", "model", "model_args", "optimizer", "scheduler", "epoch", "config", "metrics", "rng"} <= set(last)
+    assert last["epoch"] == 6 and last["metrics"] == _metrics(learned_run)
+    best = torch.load(learned_run / "best.pt", weights_only=True)
+    best_row = min(last["metrics"], key=lambda r: (r["val_top1_err"], -r["epoch"]))
+    assert best["epoch"] == best_row["epoch"]
+    model = build_from_checkpoint(last).eval()
+    assert isinstance(model, AlexNet) and model.args == last["model_args"]
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in last["model"])
+
+
+def test_resume_continues_exactly(store, tmp_path):
+    whole = train(TrainConfig(data=store, out=tmp_path / "whole", epochs=2, **TINY))
+    part = train(TrainConfig(data=store, out=tmp_path / "part", epochs=1, **TINY))
+    assert len(_metrics(part)) == 1
+    resumed = train(TrainConfig(resume=part, epochs=2))  # everything else comes from the run itself
+    assert resumed == part
+
+    def timeless(rows):
+        return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in rows]
+
+    assert timeless(_metrics(resumed)) == timeless(_metrics(whole))
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (whole, resumed))
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(state_a["momentum_buffer"], state_b["momentum_buffer"])
+
+
+def test_resume_refuses_a_changed_recipe(store, tmp_path):
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    with pytest.raises(AlexkitError, match="--lr 0.5 differs"):
+        train(TrainConfig(resume=run, epochs=2, lr=0.5))
+    with pytest.raises(AlexkitError, match="already holds a run"):
+        train(TrainConfig(data=store, out=run, epochs=1, **TINY))
+
+
+def test_plateau_schedule_drops_three_times_then_stops():
+    schedule = PlateauSchedule(0.01, patience=2, max_drops=3)
+    lrs = []
+    for err in [0.9, 0.8, 0.8, 0.8, 0.7, 0.75, 0.71, 0.7, 0.7, 0.7, 0.7, 0.7]:
+        schedule.step(err)
+        lrs.append(schedule.lr)
+        if schedule.stopped:
+            break
+    assert schedule.drops == 3 and schedule.stopped
+    assert [round(lr, 6) for lr in lrs] == [0.01, 0.01, 0.01, 0.001, 0.001, 0.001, 0.0001, 0.0001, 0.00001, 0.00001, 0.00001]
+    restored = PlateauSchedule(1.0, 1, 0)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.state_dict() == schedule.state_dict()
+
+
+def test_warmup_is_linear_per_step():
+    assert [_warmup_factor(0, s, 4, 2) for s in range(4)] == [1 / 8, 2 / 8, 3 / 8, 4 / 8]
+    assert _warmup_factor(1, 3, 4, 2) == 1.0 and _warmup_factor(5, 0, 4, 2) == 1.0
+    assert _warmup_factor(0, 0, 4, 0) == 1.0
+
+
+def test_weight_decay_skips_biases_unless_asked():
+    model = AlexNet(10, width=0.25, fc_features=32, input_size=56)
+    for decay_biases, bias_decay in [(False, 0.0), (True, 5e-4)]:
+        weights, biases = make_optimizer(model, TrainConfig(decay_biases=decay_biases), lr=0.01).param_groups
+        assert len(weights["params"]) == 8 and all(p.ndim == 4 or p.ndim == 2 for p in weights["params"])
+        assert weights["weight_decay"] == 5e-4 and biases["weight_decay"] == bias_decay
+        assert len(biases["params"]) == 8 and all(p.ndim == 1 for p in biases["params"])
+        assert weights["momentum"] == 0.9 and weights["lr"] == 0.01
+
+
+def test_bad_values_are_one_line_errors():
+    with pytest.raises(AlexkitError, match="--batch-size 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(AlexkitError, match="--parallel 'model'"):
+        TrainConfig(parallel="model")
+    with pytest.raises(AlexkitError, match="--device"):
+        TrainConfig(device="tpu")
+
+
+def test_cli_trains_and_resumes(store, tmp_path, capsys):
+    from alexkit.cli.main import main
+
+    out = tmp_path / "cli-run"
+    args = ["train", "--data", str(store), "--out", str(out), "--epochs", "1", "--batch-size", "32", "--width", "0.25",
+            "--fc-features", "64", "--init", "sturdy", "--progress", "plain", "--device", "cpu"]  # fmt: skip
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1: lr 0.01 train loss" in printed and f"run: {out}" in printed
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--resume", str(out), "--epochs", "2", "--progress", "none"])
+    assert done.value.code == 0
+    assert [r["epoch"] for r in _metrics(out)] == [1, 2]
+    assert math.isfinite(_metrics(out)[-1]["train_loss"])
+    assert np.load(out / "stats.npz")["mean_image"].shape == (64, 64, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_defaults_train_and_checkpoints_load_on_cpu(store, tmp_path):
+    """On CUDA the defaults turn on bf16 autocast, channels-last and torch.compile."""
+    run = train(TrainConfig(data=store, out=tmp_path / "gpu", epochs=4, dropout=0.0,
+                            **{**TINY, "device": "cuda"}))  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["amp"] and config["resolved"]["channels_last"] and config["resolved"]["compile"]
+    rows = _metrics(run)
+    assert all(math.isfinite(r["train_loss"]) for r in rows) and rows[-1]["train_loss"] < rows[0]["train_loss"]
+    model = build_from_checkpoint(torch.load(run / "last.pt", map_location="cpu", weights_only=True))
+    assert all(p.device.type == "cpu" for p in model.parameters())
