@@ -32,6 +32,10 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 # --- command registration: one line per command, each module defines `command` ---
+from alexkit.cli import eval as _eval  # noqa: E402
+from alexkit.cli import plot as _plot  # noqa: E402
+from alexkit.cli import predict as _predict  # noqa: E402
+from alexkit.cli import show_batch as _show_batch  # noqa: E402
 from alexkit.cli import doctor as _doctor  # noqa: E402
 from alexkit.cli import sample as _sample  # noqa: E402
 from alexkit.cli import prepare as _prepare  # noqa: E402
@@ -44,6 +48,10 @@ app.command("doctor")(_doctor.command)
 app.command("sample")(_sample.command)
 app.command("prepare")(_prepare.command)
 bench_app.command("prepare")(_bench_prepare.command)
+app.command("eval")(_eval.command)
+app.command("predict")(_predict.command)
+app.command("show-batch")(_show_batch.command)
+app.command("plot")(_plot.command)
 app.command("train")(_train.command)
 bench_app.command("train")(_bench_train.command)
 bench_app.command("loader")(_bench_loader.command)

@@ -1,0 +1,24 @@
+"""`alexkit eval`: top-1/top-5 error of a checkpoint on the val split, centre crop or ten views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def command(
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="A .pt file or a run directory (its best.pt).", show_default="the latest run's best.pt"),
+    data: Path = typer.Option(None, "--data", help="Store to evaluate on.", show_default="the checkpoint's store, else alexkit-store"),
+    tta: bool = typer.Option(False, "--tta", help="The paper's ten views (4 corners + centre, each mirrored), softmax averaged."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per batch (ten-crop feeds 10 views each)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)."),
+    json_path: Path = typer.Option(None, "--json", metavar="PATH", help="Write the results with per-class figures as JSON."),
+    predictions: Path = typer.Option(None, "--predictions", metavar="PATH", help="Write a CSV: index, label, top1..top5, p1..p5 per val image."),
+) -> None:
+    """Evaluate a checkpoint on the store's val split; every image counts once, also under torchrun."""
+    from alexkit.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(checkpoint=checkpoint, data=data, tta=tta, batch_size=batch_size, device=device,
+                     json_path=json_path, predictions_path=predictions)  # fmt: skip
+    evaluate(cfg)

@@ -1,0 +1,22 @@
+"""`alexkit show-batch`: PNGs of what the network is fed (training crops, the ten test views)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from alexkit.paths import DEFAULT_STORE
+
+
+def command(
+    data: Path = typer.Option(DEFAULT_STORE, "--data", help="Store written by `alexkit prepare`."),
+    out: Path = typer.Option(Path("alexkit-pictures"), "--out", help="Folder for train-batch.png and val-views.png."),
+    count: int = typer.Option(16, "--count", help="Training crops in the grid."),
+    val_index: int = typer.Option(0, "--val-index", help="Position in val.beton of the image whose ten views are drawn."),
+    seed: int = typer.Option(0, "--seed", help="Loader seed: the same seed draws the same crops, flips and lighting."),
+) -> None:
+    """Draw augmented training crops with class names, and the ten views of one val image."""
+    from alexkit.pictures import ShowBatchConfig, show_batch
+
+    show_batch(ShowBatchConfig(data=data, out=out, count=count, val_index=val_index, seed=seed))

@@ -1,0 +1,307 @@
+"""Evaluation on the store's val split: the centre crop, or the paper's ten views (`tta=True`).
+
+    checkpoint -> AlexNet -> val loader (mode "center" or "tencrop") -> predict_probs per batch
+    -> per-image top-5 on each rank -> gathered on rank 0 -> errors, per-class table, CSV/JSON
+
+Ten-crop (Krizhevsky et al. 2012, section 4.1): the four corner crops and the centre crop of the
+mean-subtracted stored image, each with its mirror; the softmax outputs of the ten are averaged.
+Test-time augmentation is `predict_probs`, a function outside the model's forward.
+
+Under torchrun each rank reads a disjoint shard of val.beton; the per-image results are gathered to
+rank 0, which checks that every image was seen exactly once before counting anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alexkit.errors import AlexkitError
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, latest_run
+
+TOP_K = 5
+LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    checkpoint: Path | None = None  # a .pt file or a run directory; None: the latest run's best.pt
+    data: Path | None = None  # the store; None: the one the checkpoint's config names, else DEFAULT_STORE
+    tta: bool = False  # average the softmax over the paper's ten views instead of the centre crop
+    batch_size: int = 128  # images per batch (a ten-crop batch feeds 10x as many views)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    json_path: Path | None = None  # write the results (with per-class figures) here
+    predictions_path: Path | None = None  # write one CSV row per val image here
+    show_classes: int = 5  # how many best and worst classes to print
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise AlexkitError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda") and not (
+            self.device.startswith("cuda:") and self.device[5:].isdigit()
+        ):
+            raise AlexkitError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.show_classes < 0:
+            raise AlexkitError(f"show_classes {self.show_classes}: must be 0 or more")
+
+
+def predict_probs(model, images):
+    """Class probabilities, the softmax averaged over views; `model` in eval mode, no grad needed.
+
+    images: (N, 3, C, C) one view per image, or (N, V, 3, C, C) V views per image (ten-crop: V = 10).
+    Returns (N, K) float32.
+    """
+    import torch
+
+    if images.dim() == 4:
+        return torch.softmax(model(images).float(), dim=1)  # (N, K)
+    n, v = images.shape[:2]
+    logits = model(images.flatten(0, 1)).float()  # (N*V, K), image i's views at rows i*V .. i*V+V-1
+    return torch.softmax(logits, dim=1).view(n, v, -1).mean(dim=1)  # (N, K)
+
+
+def find_checkpoint(path: Path | None) -> Path:
+    """The checkpoint file: `path` itself, a run directory's best.pt (else last.pt), or the latest run's."""
+    if path is None:
+        run = latest_run()
+        if run is None:
+            raise AlexkitError(f"no run found under {DEFAULT_RUNS}/; train one with `alexkit train` or pass --checkpoint PATH")
+        path = run
+    path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in ("best.pt", "last.pt") if (path / n).is_file()]
+        if not found:
+            raise AlexkitError(f"run directory {path} has no best.pt or last.pt; pass --checkpoint FILE.pt")
+        path = found[0]
+    if not path.is_file():
+        raise AlexkitError(f"checkpoint {path} does not exist; pass --checkpoint RUN_DIR or FILE.pt")
+    return path
+
+
+def load_checkpoint(path: Path):
+    """(model in eval mode on CPU, checkpoint dict) from a file written by `alexkit train`."""
+    import torch
+
+    from alexkit.model import build_from_checkpoint
+
+    from alexkit.train import CHECKPOINT_FORMAT
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AlexkitError(f"cannot load checkpoint {path} ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); "
+                           "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT or "model_args" not in ckpt:
+        found = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise AlexkitError(f"{path} is not an alexkit checkpoint of format {CHECKPOINT_FORMAT} (found {found}); "
+                           "pass a best.pt/last.pt written by `alexkit train`")  # fmt: skip
+    return build_from_checkpoint(ckpt).eval(), ckpt
+
+
+def store_of(ckpt: dict, data: Path | None) -> Path:
+    """`data` if given, else the store named by the checkpoint's training config, else DEFAULT_STORE."""
+    if data is not None:
+        return Path(data)
+    named = (ckpt.get("config") or {}).get("data")
+    return Path(named) if named else DEFAULT_STORE
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Evaluate a checkpoint on the val split; print a summary on rank 0 and return the results.
+
+    Returns (on every rank) {"top1_err", "top5_err", "top1_acc", "top5_acc", "n", "tta", "checkpoint",
+    "store", "epoch", "seconds", "images_per_s", "per_class": [...]}; rank 0 also writes
+    cfg.json_path and cfg.predictions_path.
+    """
+    import torch.distributed as dist
+
+    from alexkit.model.placement import setup, teardown
+
+    ckpt_path = find_checkpoint(cfg.checkpoint)
+    model, ckpt = load_checkpoint(ckpt_path)
+    joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
+    placement = setup("ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none", cfg.device)
+    try:
+        return _evaluate(cfg, model, ckpt, ckpt_path, placement)
+    finally:
+        if not joined:
+            teardown()
+
+
+def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) -> dict:
+    import torch
+
+    from alexkit.pipeline.loader import make_loader
+    from alexkit.pipeline.store import Store
+
+    store = Store(store_of(ckpt, cfg.data))
+    check_compatible(model, store, ckpt_path)
+    model = model.to(placement.device)
+    loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=cfg.batch_size, device=placement.device,
+                         rank=placement.rank, world_size=placement.world_size, drop_last=False)  # fmt: skip
+    total = len(store.split("val"))
+    parts: list[dict] = []
+    start = time.perf_counter()
+    with torch.inference_mode(), _progress(total, placement.is_main) as advance:
+        for images, labels, indices in loader:
+            probs = predict_probs(model, images.to(placement.device))  # (N, K)
+            p, top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)  # (N, 5) each, best first
+            parts.append({"index": indices.cpu().numpy(), "label": labels.cpu().numpy(),
+                          "top": top.cpu().numpy(), "p": p.cpu().numpy()})  # fmt: skip
+            advance(len(indices) * placement.world_size)  # an estimate of all ranks' progress
+    seconds = time.perf_counter() - start
+    rows = _gather(_concat(parts), placement.world_size)
+    _check_each_once(rows["index"], total, store)
+    results = summarize(rows, store.classes)
+    results.update(tta=cfg.tta, checkpoint=str(ckpt_path), store=str(store.path), epoch=ckpt.get("epoch"),
+                   seconds=seconds, images_per_s=results["n"] / seconds, processes=placement.world_size,
+                   device=str(placement.device))  # fmt: skip
+    if placement.is_main:
+        if cfg.predictions_path is not None:
+            write_predictions(cfg.predictions_path, rows)
+        if cfg.json_path is not None:
+            _write_atomic(cfg.json_path, json.dumps(results, indent=1) + "\n")
+        print("\n".join(report(results, cfg.show_classes)))
+    return results
+
+
+def check_compatible(model, store, ckpt_path: Path) -> None:
+    """The store's crop and class count must be those the checkpoint was trained for."""
+    args = model.args
+    if args["input_size"] != store.crop:
+        raise AlexkitError(f"checkpoint {ckpt_path} takes {args['input_size']}px crops but store {store.path} gives "
+                           f"{store.crop}px (size {store.size}); pass --data with the store it was trained on")  # fmt: skip
+    if args["num_classes"] != store.num_classes:
+        raise AlexkitError(f"checkpoint {ckpt_path} has {args['num_classes']} classes but store {store.path} has "
+                           f"{store.num_classes}; pass --data with the store it was trained on")  # fmt: skip
+
+
+def summarize(rows: dict, classes: list[dict]) -> dict:
+    """Top-1/top-5 error overall and per class from per-image rows sorted by index."""
+    label, top = rows["label"], rows["top"]
+    hit1 = top[:, 0] == label  # (n,) bool
+    hit5 = (top == label[:, None]).any(axis=1)  # (n,) bool: label among the top 5
+    n = len(label)
+    per_class = []
+    for c in classes:
+        mine = label == c["index"]
+        k = int(mine.sum())
+        per_class.append({"index": c["index"], "wnid": c.get("wnid"), "name": c.get("name"), "n": k,
+                          "top1_err": float(1 - hit1[mine].mean()) if k else None,
+                          "top5_err": float(1 - hit5[mine].mean()) if k else None})  # fmt: skip
+    top1_err = float(1 - hit1.mean()) if n else float("nan")
+    top5_err = float(1 - hit5.mean()) if n else float("nan")
+    return {"top1_err": top1_err, "top5_err": top5_err, "top1_acc": 1 - top1_err, "top5_acc": 1 - top5_err,
+            "n": n, "per_class": per_class}  # fmt: skip
+
+
+def report(results: dict, show_classes: int) -> list[str]:
+    """Lines for people: errors with n, best and worst classes, throughput."""
+    views = "ten-crop (10 views, softmax averaged)" if results["tta"] else "centre crop"
+    epoch = f", epoch {results['epoch']}" if results.get("epoch") is not None else ""
+    lines = [
+        f"checkpoint {results['checkpoint']}{epoch}; store {results['store']} val; {views}",
+        f"top-1 error {100 * results['top1_err']:.2f}% (accuracy {100 * results['top1_acc']:.2f}%)  "
+        f"top-5 error {100 * results['top5_err']:.2f}% (accuracy {100 * results['top5_acc']:.2f}%)  n={results['n']:,}",
+    ]
+    seen = sorted((c for c in results["per_class"] if c["n"]), key=lambda c: (c["top1_err"], c["top5_err"], c["index"]))
+    if show_classes and len(seen) > 1:
+        k = min(show_classes, len(seen) // 2)
+        fmt = lambda c: f"  {100 * c['top1_err']:5.1f}% top-1, {100 * c['top5_err']:5.1f}% top-5  (n={c['n']})  {c['index']} {c['name']}"  # noqa: E731
+        lines += ["best classes (top-1 error):"] + [fmt(c) for c in seen[:k]]
+        lines += ["worst classes:"] + [fmt(c) for c in seen[::-1][:k]]
+    per_view = f" ({10 * results['images_per_s']:,.0f} views/s)" if results["tta"] else ""
+    lines.append(f"throughput {results['images_per_s']:,.0f} images/s{per_view} on {results['device']} x "
+                 f"{results['processes']} process(es), {results['seconds']:.1f} s")  # fmt: skip
+    return lines
+
+
+def write_predictions(path: Path, rows: dict) -> None:
+    """CSV, one row per val image sorted by index: index, label, top1..top5, p1..p5."""
+    k = rows["top"].shape[1]
+    header = ["index", "label"] + [f"top{i + 1}" for i in range(k)] + [f"p{i + 1}" for i in range(k)]
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i in range(len(rows["index"])):
+            w.writerow([int(rows["index"][i]), int(rows["label"][i]), *rows["top"][i].tolist(),
+                        *(f"{p:.6g}" for p in rows["p"][i].tolist())])  # fmt: skip
+    os.replace(tmp, path)
+
+
+def _concat(parts: list[dict]) -> dict:
+    if not parts:
+        return {"index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
+                "top": np.zeros((0, TOP_K), np.int64), "p": np.zeros((0, TOP_K), np.float32)}  # fmt: skip
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _gather(rows: dict, world_size: int) -> dict:
+    """Every rank's rows on every rank, sorted by index (gloo on CPU, NCCL on GPUs)."""
+    if world_size > 1:
+        import torch.distributed as dist
+
+        everyone: list = [None] * world_size
+        dist.all_gather_object(everyone, rows)
+        everyone = [r for r in everyone if len(r["index"])]
+        rows = {key: np.concatenate([r[key] for r in everyone]) for key in rows} if everyone else rows
+    order = np.argsort(rows["index"], kind="stable")
+    return {key: value[order] for key, value in rows.items()}
+
+
+def _check_each_once(index: np.ndarray, total: int, store) -> None:
+    """The loader must have delivered each val image exactly once, over all ranks together."""
+    if len(index) != total or not np.array_equal(index, np.arange(total)):
+        repeated = int(len(index) - len(np.unique(index)))
+        missing = int(total - len(np.unique(index)))
+        raise AlexkitError(f"the val loader of {store.path} gave {len(index)} predictions for {total} images "
+                           f"({repeated} repeated, {missing} missing); every image must count exactly once")  # fmt: skip
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _progress:
+    """advance(n) context: a rich bar with images/s and ETA on a terminal, a line per ~10% otherwise."""
+
+    def __init__(self, total: int, show: bool):
+        self.total, self.show, self.done, self.next_line, self.bar = total, show, 0, total / 10, None
+
+    def __enter__(self):
+        if self.show and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                                TimeRemainingColumn(), transient=True)  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task("eval", total=self.total, rate="")
+        self.start = time.perf_counter()
+        return self.advance
+
+    def advance(self, n: int) -> None:
+        self.done = min(self.done + n, self.total)
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, rate=f"{rate:,.0f} images/s")
+        elif self.show and (self.done >= self.next_line or self.done == self.total):
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            print(f"eval: {self.done:,}/{self.total:,} images, {rate:,.0f} images/s, eta {eta:.0f} s", flush=True)
+            self.next_line = self.done + self.total / 10
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False

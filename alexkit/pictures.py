@@ -1,0 +1,222 @@
+"""Pictures: what the network is fed (`show_batch`, PIL only) and how it learned (`plot`, matplotlib).
+
+show_batch writes two PNGs from the real loaders:
+    train-batch.png  augmented training crops (random crop, mirror, PCA lighting) with class names
+    val-views.png    the ten test-time views of one val image: 4 corners + centre, then their mirrors
+The loaders give mean-subtracted crops; the mean is added back and the sum clipped to 0-255.
+plot writes one PNG of training curves (loss, top-1/top-5 error, lr) from runs' metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alexkit.errors import AlexkitError, require
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, latest_run
+
+TILE_MIN = 160  # tiles are scaled up (nearest) to at least this many pixels so small crops stay visible
+
+
+@dataclass(frozen=True)
+class ShowBatchConfig:
+    data: Path = DEFAULT_STORE
+    out: Path = Path("alexkit-pictures")  # folder for train-batch.png and val-views.png
+    count: int = 16  # training crops in the grid
+    val_index: int = 0  # position in val.beton of the image whose ten views are drawn
+    seed: int = 0  # the loader's seed: same seed, same crops, flips and lighting
+
+    def __post_init__(self):
+        if not 1 <= self.count <= 256:
+            raise AlexkitError(f"--count {self.count}: use 1 to 256 images")
+        if self.val_index < 0:
+            raise AlexkitError(f"--val-index {self.val_index}: must be 0 or more")
+
+
+def show_batch(cfg: ShowBatchConfig) -> list[Path]:
+    """Write DIR/train-batch.png and DIR/val-views.png; return the paths written."""
+    from alexkit.pipeline.store import Store
+
+    store = Store(cfg.data)
+    names = [c["name"] for c in store.classes]
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    tiles, labels, _ = train_tiles(store, cfg.count, cfg.seed)
+    captions = [f"{y} {names[y]}" for y in labels]
+    title = f"{store.path}: {len(tiles)} training crops as fed to the network (seed {cfg.seed})"
+    written = [_save(grid(tiles, captions, title, columns=min(8, len(tiles))), cfg.out / "train-batch.png")]
+    tiles, captions, label = val_view_tiles(store, cfg.val_index)
+    title = f"{store.path} val #{cfg.val_index} ({label} {names[label]}): the ten test views"
+    written.append(_save(grid(tiles, captions, title, columns=5), cfg.out / "val-views.png"))
+    for p in written:
+        print(f"wrote {p}")
+    return written
+
+
+def train_tiles(store, count: int, seed: int) -> tuple[list[np.ndarray], list[int], list[int]]:
+    """The loader's first training batch (seed, epoch 0, rank 0) as (C, C, 3) uint8 tiles with each
+    crop's own mean window added back; their labels and positions in train.beton."""
+    import torch
+
+    from alexkit.pipeline.augment import train_params
+    from alexkit.pipeline.loader import STREAM_AUGMENT, epoch_rng, make_loader
+
+    count = min(count, len(store.split("train")))
+    loader = make_loader(store, "train", mode="train", batch_size=count, device=torch.device("cpu"), seed=seed)
+    images, labels, indices = next(iter(loader))  # (N, 3, C, C) float, mean-subtracted
+    # The loader does not return the windows it cut; it draws them from this stream, first batch first.
+    xs, ys, flips, _ = train_params(epoch_rng(seed, 0, STREAM_AUGMENT, 0), count, store.size, store.crop)
+    mean, c = store.stats.mean_image, store.crop
+    tiles = []
+    for view, x, y, flip in zip(images.float().numpy(), xs, ys, flips):
+        window = mean[y : y + c, x : x + c]
+        tiles.append(_to_uint8(view, window[:, ::-1] if flip else window))
+    return tiles, labels.tolist(), indices.tolist()
+
+
+def val_view_tiles(store, index: int) -> tuple[list[np.ndarray], list[str], int]:
+    """The ten-crop loader's views of val image `index` as (C, C, 3) uint8 tiles with the exact mean
+    crop of each view added back; their captions; the image's label."""
+    import torch
+
+    from alexkit.pipeline.augment import TEN_VIEWS, ten_view_windows
+    from alexkit.pipeline.loader import make_loader
+
+    total = len(store.split("val"))
+    if index >= total:
+        raise AlexkitError(f"--val-index {index}: {store.path}/val.beton holds {total} images (0 to {total - 1})")
+    loader = make_loader(store, "val", mode="tencrop", batch_size=32, device=torch.device("cpu"))
+    for images, labels, indices in loader:  # (N, 10, 3, C, C)
+        hit = (indices == index).nonzero()
+        if len(hit):
+            views, label = images[int(hit[0, 0])].float().numpy(), int(labels[int(hit[0, 0])])
+            break
+    else:
+        raise AlexkitError(f"the val loader of {store.path} never produced image {index}")
+    mean, c = store.stats.mean_image, store.crop
+    tiles, captions = [], []
+    for view, (x, y, flip), (where, _) in zip(views, ten_view_windows(store.size, c), TEN_VIEWS):
+        view_mean = mean[y : y + c, x : x + c]
+        tiles.append(_to_uint8(view, view_mean[:, ::-1] if flip else view_mean))
+        captions.append(f"{where} mirrored" if flip else where)
+    return tiles, captions, label
+
+
+def _to_uint8(chw: np.ndarray, mean_hwc: np.ndarray) -> np.ndarray:
+    """(3, C, C) mean-subtracted float -> (C, C, 3) uint8 with the mean added back, clipped to 0-255."""
+    return np.clip(chw.transpose(1, 2, 0) + mean_hwc, 0, 255).round().astype(np.uint8)
+
+
+def grid(tiles: list[np.ndarray], captions: list[str], title: str, *, columns: int):
+    """A PIL image: tiles (H, W, 3) uint8 in rows of `columns`, each captioned below, a title on top."""
+    from PIL import Image, ImageDraw
+
+    h, w = tiles[0].shape[:2]
+    scale = max(1, math.ceil(TILE_MIN / max(h, w)))
+    th, tw = h * scale, w * scale
+    font = _font(13)
+    pad, caption_h, title_h = 6, 20, 28
+    rows = math.ceil(len(tiles) / columns)
+    canvas = Image.new("RGB", (pad + columns * (tw + pad), title_h + rows * (th + caption_h + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 7), title, fill="black", font=_font(15))
+    for i, (tile, caption) in enumerate(zip(tiles, captions)):
+        x, y = pad + (i % columns) * (tw + pad), title_h + (i // columns) * (th + caption_h + pad)
+        canvas.paste(Image.fromarray(tile).resize((tw, th), Image.NEAREST), (x, y))
+        draw.text((x, y + th + 3), _fit(draw, caption, font, tw), fill="black", font=font)
+    return canvas
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    """`text`, shortened with an ellipsis until it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _save(image, path: Path) -> Path:
+    image.save(path)
+    return path
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    runs: tuple[Path, ...] = field(default_factory=tuple)  # run directories; empty: the latest run
+    out: Path = Path("alexkit-curves.png")
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The per-epoch records of RUN/metrics.jsonl, in file order."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise AlexkitError(f"{path} does not exist; pass run directories written by `alexkit train`")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise AlexkitError(f"{path} line {n} is not JSON ({exc.msg}); was the run interrupted mid-write?") from exc
+    if not records:
+        raise AlexkitError(f"{path} holds no epochs yet; plot after the first epoch ends")
+    return records
+
+
+PANELS = [  # (title, [(metrics key, line style, label suffix)], y scale)
+    ("training loss", [("train_loss", "-", "")], "linear"),
+    ("top-1 error", [("val_top1_err", "-", " val"), ("train_top1_err", ":", " train")], "linear"),
+    ("top-5 error (val)", [("val_top5_err", "-", "")], "linear"),
+    ("learning rate", [("lr", "-", "")], "log"),
+]
+
+
+def plot(cfg: PlotConfig) -> Path:
+    """Write one PNG with four panels (loss, top-1, top-5, lr) against epoch; one colour per run."""
+    runs = list(cfg.runs)
+    if not runs:
+        run = latest_run()
+        if run is None:
+            raise AlexkitError(f"no run found under {DEFAULT_RUNS}/; pass run directories: alexkit plot RUN...")
+        runs = [run]
+    data = [(Path(r), read_metrics(r)) for r in runs]
+    matplotlib = require("matplotlib", fix="install it with `pip install 'alexkit[plot]'` (or `pip install matplotlib`)")
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    for ax, (title, series, yscale) in zip(axes.flat, PANELS):
+        for colour, (run, records) in enumerate(data):
+            for key, style, suffix in series:
+                pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+                if pts:
+                    x, y = zip(*pts)
+                    ax.plot(x, y, style, color=f"C{colour}", marker="." if len(pts) < 30 else None,
+                            label=f"{run.name}{suffix}")  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_yscale(yscale)
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+        if "error" in title:
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    fig.suptitle(", ".join(str(r) for r, _ in data))
+    fig.savefig(cfg.out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {cfg.out}")
+    return cfg.out

@@ -1,0 +1,133 @@
+"""Top-5 classes for image files, preprocessed exactly as the store and the val loader do.
+
+    file -> RGB, shorter side to S, centre S x S square (prepare's decode_resized) -> float 0-255
+    -> minus the mean image -> centre crop, or the ten views -> predict_probs -> top-k with names
+
+S, the mean image and the class table come from the run directory's copies of stats.npz and
+classes.json (written by `alexkit train`), so a run is usable without its store; `data` overrides
+them with a store's own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alexkit.errors import AlexkitError
+from alexkit.pipeline.constants import crop_size
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    images: tuple[Path, ...] = field(default_factory=tuple)  # files, or folders (their image files, sorted)
+    checkpoint: Path | None = None  # a .pt file or a run directory; None: the latest run's best.pt
+    data: Path | None = None  # take stats and classes from this store instead of the run directory's copies
+    tta: bool = False  # average over the paper's ten views instead of the centre crop
+    top_k: int = 5
+    batch_size: int = 32  # images per forward pass
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        if not self.images:
+            raise AlexkitError("no images given; pass image files or folders: alexkit predict IMAGE...")
+        if self.top_k < 1:
+            raise AlexkitError(f"--top {self.top_k}: must be at least 1")
+        if self.batch_size < 1:
+            raise AlexkitError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda") and not (
+            self.device.startswith("cuda:") and self.device[5:].isdigit()
+        ):
+            raise AlexkitError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def predict(cfg: PredictConfig) -> list[dict]:
+    """Classify each image; print its top-k and return [{"path", "top": [{"index", "wnid", "name", "prob"}]}]."""
+    import torch
+
+    from alexkit.evaluate import find_checkpoint, load_checkpoint, predict_probs
+    from alexkit.model.placement import setup
+
+    files = list_images(cfg.images)
+    ckpt_path = find_checkpoint(cfg.checkpoint)
+    model, ckpt = load_checkpoint(ckpt_path)
+    mean_image, classes, source = stats_and_classes(ckpt_path, ckpt, cfg.data)
+    size, crop = mean_image.shape[0], model.args["input_size"]
+    if crop_size(size) != crop:
+        raise AlexkitError(f"{source} holds {size}px images ({crop_size(size)}px crops) but checkpoint {ckpt_path} "
+                           f"takes {crop}px crops; pass --data with the store it was trained on")  # fmt: skip
+    if len(classes) != model.args["num_classes"]:
+        raise AlexkitError(f"{source} lists {len(classes)} classes but checkpoint {ckpt_path} has "
+                           f"{model.args['num_classes']}; pass --data with the store it was trained on")  # fmt: skip
+    device = setup("none", cfg.device).device
+    model = model.to(device)
+    k = min(cfg.top_k, len(classes))
+    results = []
+    for start in range(0, len(files), cfg.batch_size):
+        chunk = files[start : start + cfg.batch_size]
+        batch = np.stack([views(load_image(f, size), mean_image, crop, cfg.tta) for f in chunk])  # (N, V, 3, C, C)
+        with torch.inference_mode():
+            probs = predict_probs(model, torch.from_numpy(batch).to(device))  # (N, K)
+            p, top = probs.topk(k, dim=1)
+        for f, ps, cs in zip(chunk, p.cpu().tolist(), top.cpu().tolist()):
+            top_list = [{"index": c, "wnid": classes[c].get("wnid"), "name": classes[c].get("name"), "prob": q}
+                        for c, q in zip(cs, ps)]  # fmt: skip
+            results.append({"path": str(f), "top": top_list})
+            print(f)
+            for t in top_list:
+                print(f"  {100 * t['prob']:6.2f}%  {t['index']:4d}  {t['name']}")
+    return results
+
+
+def list_images(paths) -> list[Path]:
+    """Files as given; folders expanded to their image files (by suffix), sorted."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise AlexkitError(f"folder {p} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise AlexkitError(f"image {p} does not exist; pass image files or folders")
+    return files
+
+
+def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[np.ndarray, list[dict], str]:
+    """(mean image (S, S, 3) float32, class table, where they came from): `data`'s store if given,
+    else the run directory's copies, else the store the checkpoint names (or DEFAULT_STORE)."""
+    from alexkit.evaluate import store_of
+    from alexkit.pipeline.store import Stats, Store
+
+    run = ckpt_path.parent
+    if data is None and (run / "stats.npz").is_file() and (run / "classes.json").is_file():
+        return Stats.load(run / "stats.npz").mean_image, json.loads((run / "classes.json").read_text()), f"run {run}"
+    store = Store(store_of(ckpt, data))
+    return store.stats.mean_image, store.classes, f"store {store.path}"
+
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """The image as `alexkit prepare` stores it: shorter side to `size`, centred square; (S, S, 3) uint8."""
+    from alexkit.pipeline.imageops import decode_resized
+
+    try:
+        rgb = decode_resized(Path(path).read_bytes(), size)
+    except Exception as exc:
+        raise AlexkitError(f"cannot read image {path} ({exc.__class__.__name__}: {exc}); pass JPEG/PNG files") from exc
+    return np.asarray(rgb)
+
+
+def views(image: np.ndarray, mean_image: np.ndarray, crop: int, tta: bool) -> np.ndarray:
+    """(S, S, 3) image -> (1, 3, C, C) centre crop or (10, 3, C, C) ten views, mean-subtracted, in
+    the val loader's order (augment.TEN_VIEWS): the definitions the loader's graphs are tested against."""
+    from alexkit.pipeline.augment import reference_center, reference_tencrop
+
+    if tta:
+        return reference_tencrop(image, mean_image, crop)  # (10, 3, C, C)
+    return reference_center(image, mean_image, crop)[None]  # (1, 3, C, C)

@@ -1,0 +1,65 @@
+"""The command line: help, exit codes, one-line errors, doctor."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXPECTED = ["doctor", "sample", "prepare", "train", "eval", "predict", "show-batch", "plot", "bench"]
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "alexkit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_help_lists_every_command():
+    r = run("--help")
+    assert r.returncode == 0, r.stderr
+    for name in EXPECTED:
+        assert name in r.stdout, name
+
+
+def test_help_is_instant_no_heavy_imports():
+    code = "import sys; from alexkit.cli.main import app; print(sorted(m for m in ('torch', 'ffcv', 'nvidia.dali') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("cmd", [c for c in EXPECTED if c != "bench"])
+def test_each_command_help_shows_defaults(cmd):
+    r = run(cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout
+
+
+def test_unknown_command_and_option_exit_2():
+    assert run("no-such-command").returncode == 2
+    assert run("doctor", "--no-such-flag").returncode == 2
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    r = run("prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "store"))
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "missing" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = run("--debug", "prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "store"))
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_doctor_tells_the_truth_here():
+    r = run("doctor")
+    assert r.returncode == 0, r.stdout + r.stderr
+    import nvidia.dali
+    import torch
+
+    assert torch.__version__.split("+")[0] in r.stdout
+    assert nvidia.dali.__version__ in r.stdout
+    assert "runs a CPU pipeline" in r.stdout
+    if not torch.cuda.is_available():
+        assert "not available" in r.stdout

@@ -1,0 +1,251 @@
+"""Evaluation: ten-crop against a NumPy reference, identical views, CSV/JSON, checkpoints, torchrun.
+
+Stores here are tiny (48px images, 42px crops, a few images) and written by hand with BetonWriter;
+the network is a narrow AlexNet with fixed random weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexkit.errors import AlexkitError
+from alexkit.evaluate import EvalConfig, evaluate, find_checkpoint, predict_probs
+from alexkit.model import AlexNet
+from alexkit.pipeline.beton import MODE_JPG, BetonWriter
+from alexkit.pipeline.store import Store
+
+SIZE = 48  # stored side; the crop is 42
+PROB_ATOL = 2e-5  # float32 forward of the same pixels in a different batch layout, CSV written with 6 digits
+
+
+def photo(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random (size, size, 3) uint8 image: a 6x6 grid of colours, bilinearly enlarged."""
+    small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR))
+
+
+def make_store(root: Path, *, size: int = SIZE, classes: int = 3, val: int = 7, train: int = 8, uniform: bool = False,
+               seed: int = 0) -> Store:  # fmt: skip
+    """A store with JPEG train/val splits, a mean image and a class table.
+
+    uniform=True: every image and the mean image are one flat colour each, so all ten views agree.
+    Otherwise the mean image is an asymmetric ramp, so a crop or mirror taken from the wrong place shows.
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for split, count in (("train", train), ("val", val)):
+        writer = BetonWriter(root / f"{split}.beton", count)
+        for i in range(count):
+            label = i % classes
+            pixels = np.full((size, size, 3), (30 + 40 * i) % 256, np.uint8) if uniform else photo(rng, size)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, "JPEG", quality=95)
+            writer.add(buf.getvalue(), label, mode=MODE_JPG, width=size, height=size)
+        writer.close()
+    y, x, c = np.mgrid[0:size, 0:size, 0:3]
+    mean = np.full((size, size, 3), 117.0) if uniform else 40.0 + 2.5 * y + 1.5 * x + 20.0 * c
+    np.savez(root / "stats.npz", mean_image=mean.astype(np.float32), eigval=np.array([900.0, 100.0, 10.0]), eigvec=np.eye(3))
+    table = [{"index": i, "wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(classes)]
+    (root / "classes.json").write_text(json.dumps(table))
+    (root / "manifest.json").write_text(json.dumps({"settings": {"size": size}}))
+    return Store(root)
+
+
+def make_run(run: Path, store: Store, *, seed: int = 0) -> tuple[Path, AlexNet]:
+    """A run directory as `alexkit train` leaves it: best.pt, last.pt, config.json, stats and classes."""
+    torch.manual_seed(seed)
+    model = AlexNet(store.num_classes, width=0.25, fc_features=32, input_size=store.crop, init="sturdy").eval()
+    with torch.no_grad():
+        model.fc8.weight.mul_(30.0)  # spread the probabilities, so a wrong view moves them visibly
+    run.mkdir(parents=True)
+    ckpt = dict(format_version=1, model=model.state_dict(), model_args=dict(model.args),
+                config={"data": str(store.path)}, epoch=3, metrics=[])  # fmt: skip
+    for name in ("best.pt", "last.pt"):
+        torch.save(ckpt, run / name)
+    (run / "config.json").write_text(json.dumps({"config": ckpt["config"]}))
+    for name in ("stats.npz", "classes.json"):
+        shutil.copyfile(store.path / name, run / name)
+    return run / "best.pt", model
+
+
+def numpy_views(pixels: np.ndarray, mean: np.ndarray, crop: int, tta: bool) -> np.ndarray:
+    """(V, 3, C, C) float32 with plain slicing: centre crop, or 4 corners + centre and their mirrors."""
+    x = pixels.astype(np.float64) - mean  # the paper subtracts the mean image, then takes views
+    s = x.shape[0]
+    far, mid = s - crop, (s - crop) // 2
+    spots = [(mid, mid)] if not tta else [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+    crops = [x[t : t + crop, l : l + crop] for t, l in spots]
+    if tta:
+        crops += [c[:, ::-1] for c in crops]
+    return np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def reference_probs(model: AlexNet, store: Store, tta: bool) -> np.ndarray:
+    """(n, K) probabilities: the model's softmax on each view, averaged in float64."""
+    val, mean = store.split("val"), store.stats.mean_image
+    out = []
+    for i in range(len(val)):
+        views = torch.from_numpy(numpy_views(val.pixels(i), mean, store.crop, tta))
+        with torch.no_grad():
+            out.append(torch.softmax(model(views).double(), dim=1).mean(0).numpy())
+    return np.stack(out)
+
+
+def read_predictions(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    store = make_store(root / "store")
+    ckpt, model = make_run(root / "alexkit-runs" / "r1", store)
+    return root, store, ckpt, model
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """{tta: (n, K) reference probabilities} for the module's store and checkpoint."""
+    _, store, _, model = setup
+    return {tta: reference_probs(model, store, tta) for tta in (False, True)}
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_probabilities_match_numpy_reference(setup, reference, tta, tmp_path):
+    """Each CSV row's top-5 and probabilities equal the reference within PROB_ATOL."""
+    _, store, ckpt, _ = setup
+    csv_path = tmp_path / "pred.csv"
+    results = evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=tta, batch_size=3, device="cpu",
+                                  predictions_path=csv_path))  # fmt: skip
+    ref = reference[tta]  # (n, 3)
+    rows = read_predictions(csv_path)
+    assert [int(r["index"]) for r in rows] == list(range(len(ref)))
+    assert [int(r["label"]) for r in rows] == store.split("val").labels.tolist()
+    for i, r in enumerate(rows):
+        top = [int(r[f"top{j}"]) for j in range(1, 4)]  # 3 classes: top1..top3
+        assert top == np.argsort(-ref[i]).tolist()
+        np.testing.assert_allclose([float(r[f"p{j}"]) for j in range(1, 4)], ref[i][top], atol=PROB_ATOL)
+    hit1 = ref.argmax(1) == store.split("val").labels
+    assert results["n"] == len(ref) and results["tta"] is tta
+    assert results["top1_err"] == pytest.approx(1 - hit1.mean())
+    assert results["top5_err"] == 0.0  # 3 classes: the label is always among the top 5
+
+
+def test_ten_views_differ_from_the_centre_crop(reference):
+    """The reference is sensitive to the views: centre and ten-crop disagree on these images."""
+    assert np.abs(reference[True] - reference[False]).max() > 1e-2
+
+
+def test_identical_views_score_the_same_with_and_without_tta(tmp_path):
+    """Flat images with a flat mean image: all ten views are one tensor, so tta changes nothing."""
+    store = make_store(tmp_path / "flat", uniform=True, val=4)
+    ckpt, _ = make_run(tmp_path / "runs" / "r", store)
+    got = {}
+    for tta in (False, True):
+        path = tmp_path / f"{tta}.csv"
+        evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=tta, device="cpu", predictions_path=path))
+        got[tta] = [(r["top1"], float(r["p1"]), float(r["p2"])) for r in read_predictions(path)]
+    for (c0, a0, b0), (c1, a1, b1) in zip(got[False], got[True]):
+        assert c0 == c1 and a0 == pytest.approx(a1, abs=1e-6) and b0 == pytest.approx(b1, abs=1e-6)
+
+
+def test_predict_probs_averages_the_softmax_over_views():
+    torch.manual_seed(0)
+    model = AlexNet(4, width=0.25, fc_features=16, input_size=42, init="sturdy").eval()
+    with torch.no_grad():
+        model.fc8.weight.mul_(30.0)  # views disagree clearly, so averaging logits instead would show
+    images = torch.randn(2, 10, 3, 42, 42) * 60  # (N, V, 3, C, C)
+    with torch.no_grad():
+        got = predict_probs(model, images)
+        each = torch.stack([torch.softmax(model(images[i]), 1).mean(0) for i in range(2)])
+        centre = predict_probs(model, images[:, 4])  # (N, 3, C, C): one view, plain softmax
+    assert got.shape == (2, 4)
+    torch.testing.assert_close(got, each, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(centre, torch.softmax(model(images[:, 4]), 1).detach())
+
+
+def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):
+    _, store, ckpt, _ = setup
+    path = tmp_path / "r.json"
+    evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=True, device="cpu", json_path=path))
+    out = json.loads(path.read_text())
+    assert {"top1_err", "top5_err", "n", "tta", "checkpoint"} <= out.keys()
+    assert out["n"] == 7 and out["tta"] is True and out["checkpoint"] == str(ckpt)
+    per = out["per_class"]
+    assert [c["n"] for c in per] == [3, 2, 2]  # labels i % 3 for i in 0..6
+    weighted = sum(c["n"] * c["top1_err"] for c in per) / out["n"]
+    assert weighted == pytest.approx(out["top1_err"])
+    text = capsys.readouterr().out
+    assert "top-1 error" in text and "n=7" in text and "ten-crop" in text and "worst classes" in text
+
+
+def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, monkeypatch):
+    """No flags: DEFAULT_RUNS' newest run's best.pt, evaluated on the store its config names."""
+    root, store, _, _ = setup
+    monkeypatch.chdir(root)
+    results = evaluate(EvalConfig(device="cpu"))
+    assert results["checkpoint"] == str(Path("alexkit-runs/r1/best.pt"))
+    assert results["store"] == str(store.path) and results["n"] == 7
+    assert find_checkpoint(root / "alexkit-runs" / "r1") == root / "alexkit-runs" / "r1" / "best.pt"
+
+
+def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
+    _, store, ckpt, _ = setup
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AlexkitError, match="no run found"):
+        find_checkpoint(None)
+    with pytest.raises(AlexkitError, match="does not exist"):
+        find_checkpoint(tmp_path / "nope.pt")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(AlexkitError, match="not an alexkit checkpoint"):
+        evaluate(EvalConfig(checkpoint=tmp_path / "plain.pt", data=store.path, device="cpu"))
+    other = make_store(tmp_path / "five", classes=5, val=2, train=2)
+    with pytest.raises(AlexkitError, match="3 classes but store"):
+        evaluate(EvalConfig(checkpoint=ckpt, data=other.path, device="cpu"))
+    with pytest.raises(AlexkitError, match="--batch-size"):
+        EvalConfig(batch_size=0)
+    with pytest.raises(AlexkitError, match="--device"):
+        EvalConfig(device="gpu")
+
+
+def test_cli_eval_tta(setup, tmp_path):
+    _, store, ckpt, _ = setup
+    env = {**os.environ, "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "alexkit", "eval", "--tta", "--checkpoint", str(ckpt), "--data", str(store.path),
+           "--device", "cpu", "--json", str(tmp_path / "r.json")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "top-5 error" in r.stdout and "images/s" in r.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["tta"] is True
+
+
+def test_torchrun_counts_every_image_once(setup, tmp_path):
+    """Two gloo processes on CPU: the gathered CSV equals the single-process one, row for row."""
+    _, store, ckpt, _ = setup
+    single, double = tmp_path / "one.csv", tmp_path / "two.csv"
+    evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=True, batch_size=2, device="cpu", predictions_path=single))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "alexkit",
+           "eval", "--tta", "--checkpoint", str(ckpt), "--data", str(store.path), "--batch-size", "2",
+           "--device", "cpu", "--predictions", str(double), "--json", str(tmp_path / "two.json")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("throughput") == 1  # rank 0 alone reports
+    a, b = read_predictions(single), read_predictions(double)
+    assert [x["index"] for x in b] == [str(i) for i in range(7)]
+    for x, y in zip(a, b):
+        assert (x["label"], x["top1"], x["top2"]) == (y["label"], y["top1"], y["top2"])
+        assert float(x["p1"]) == pytest.approx(float(y["p1"]), abs=PROB_ATOL)
+    assert json.loads((tmp_path / "two.json").read_text())["n"] == 7

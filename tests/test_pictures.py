@@ -1,0 +1,110 @@
+"""Pictures: the ten val views drawn are the image's own crops; grids have the right geometry;
+plot draws curves of several runs and names the fix when matplotlib is missing."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexkit.errors import AlexkitError
+from alexkit.pictures import PlotConfig, ShowBatchConfig, grid, plot, read_metrics, show_batch, train_tiles, val_view_tiles
+from tests.test_evaluate import make_store
+
+JPEG_TOL = 3  # grey levels: PIL's and DALI's JPEG decoders may round a few pixels differently
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("pictures") / "store", train=12, val=3)
+
+
+def test_val_views_are_the_images_crops_with_the_mean_added_back(store):
+    """Tile k equals the k-th window of the decoded image (mirrored for k >= 5), back in 0-255."""
+    tiles, captions, label = val_view_tiles(store, 2)
+    pixels = store.split("val").pixels(2).astype(int)  # (S, S, 3)
+    c, far, mid = store.crop, store.size - store.crop, (store.size - store.crop) // 2
+    windows = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]  # (top, left): TL, TR, BL, BR, centre
+    expected = [pixels[t : t + c, l : l + c] for t, l in windows]
+    expected += [e[:, ::-1] for e in expected]
+    assert len(tiles) == 10 and label == store.split("val").labels[2]
+    for tile, want in zip(tiles, expected):
+        assert tile.shape == (c, c, 3) and tile.dtype == np.uint8
+        assert np.abs(tile.astype(int) - want).max() <= JPEG_TOL
+    assert captions[0] == "top-left" and captions[4] == "centre" and captions[9] == "centre mirrored"
+
+
+def test_train_tiles_are_crops_of_training_images(store):
+    """Every tile is a window of its training image (mirrored or not) shifted by one RGB lighting
+    offset: so the mean add-back, the window and the channel order are right."""
+    tiles, labels, indices = train_tiles(store, 6, seed=0)
+    train = store.split("train")
+    assert len(tiles) == 6 and labels == train.labels[indices].tolist()
+    c, s = store.crop, store.size
+    for tile, i in zip(tiles, indices):
+        img = train.pixels(i).astype(float)
+        best = np.inf
+        for src in (img, img[:, ::-1]):
+            for y in range(s - c + 1):
+                for x in range(s - c + 1):
+                    diff = tile - src[y : y + c, x : x + c]  # (C, C, 3): the lighting offset, constant
+                    best = min(best, np.abs(diff - np.median(diff, axis=(0, 1))).max())
+        assert best <= JPEG_TOL + 1  # + 1: rounding of the offset when the tile was made uint8
+
+
+def test_grid_geometry_and_captions():
+    tiles = [np.full((20, 20, 3), v, np.uint8) for v in (0, 80, 160)]
+    img = grid(tiles, ["a", "b", "a much longer caption than fits under a tile"], "title", columns=2)
+    # 20px tiles are scaled 8x to 160; 2 columns, 2 rows
+    assert img.size == (6 + 2 * (160 + 6), 28 + 2 * (160 + 20 + 6))
+    px = np.asarray(img)
+    assert (px[28 + 80, 6 + 80] == 0).all() and (px[28 + 80, 6 + 166 + 80] == 80).all()
+    assert (px[28 + 186 + 80, 6 + 80] == 160).all()
+
+
+def test_show_batch_writes_two_pngs(store, tmp_path):
+    paths = show_batch(ShowBatchConfig(data=store.path, out=tmp_path / "pics", count=8, val_index=1))
+    assert [p.name for p in paths] == ["train-batch.png", "val-views.png"]
+    train_png, views_png = (Image.open(p) for p in paths)
+    scale = -(-160 // store.crop)  # 42px tiles scaled 4x
+    assert train_png.size[0] == 6 + 8 * (store.crop * scale + 6)
+    assert views_png.size == (6 + 5 * (store.crop * scale + 6), 28 + 2 * (store.crop * scale + 26))
+
+
+def test_show_batch_bad_index(store, tmp_path):
+    with pytest.raises(AlexkitError, match="holds 3 images"):
+        show_batch(ShowBatchConfig(data=store.path, out=tmp_path, val_index=3))
+
+
+def write_run(run, epochs: int, start_err: float):
+    run.mkdir(parents=True)
+    rows = [dict(epoch=e, lr=0.01 if e <= epochs // 2 else 0.001, train_loss=2.0 / e, train_top1_err=start_err / e,
+                 val_top1_err=start_err / e + 0.05, val_top5_err=start_err / (2 * e), images_per_s=100.0, seconds=1.0)
+            for e in range(1, epochs + 1)]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "config.json").write_text("{}")
+
+
+def test_plot_two_runs(tmp_path):
+    write_run(tmp_path / "a", 6, 0.9)
+    write_run(tmp_path / "b", 4, 0.8)
+    out = plot(PlotConfig(runs=(tmp_path / "a", tmp_path / "b"), out=tmp_path / "curves.png"))
+    img = Image.open(out)
+    assert img.size == (1100, 750)
+    px = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
+    # both runs' colours (matplotlib's C0 blue #1f77b4 and C1 orange #ff7f0e) are drawn
+    for rgb in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
+        assert (np.abs(px - rgb).sum(1) < 30).sum() > 200
+    assert len(read_metrics(tmp_path / "a")) == 6
+
+
+def test_plot_errors(tmp_path, monkeypatch):
+    with pytest.raises(AlexkitError, match="metrics.jsonl does not exist"):
+        plot(PlotConfig(runs=(tmp_path,), out=tmp_path / "x.png"))
+    write_run(tmp_path / "a", 2, 0.9)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    with pytest.raises(AlexkitError, match=r"alexkit\[plot\]"):
+        plot(PlotConfig(runs=(tmp_path / "a",), out=tmp_path / "x.png"))

@@ -1,0 +1,104 @@
+"""predict: the same numbers as eval for the same pixels; prepare's resize; works without the store."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexkit.errors import AlexkitError
+from alexkit.evaluate import EvalConfig, evaluate
+from alexkit.pipeline.imageops import decode_resized
+from alexkit.predict import PredictConfig, list_images, load_image, predict
+from tests.test_evaluate import PROB_ATOL, make_run, make_store
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    store = make_store(root / "store", val=4)
+    ckpt, _ = make_run(root / "runs" / "r1", store)
+    folder = root / "images"
+    folder.mkdir()
+    val = store.split("val")
+    for i in range(len(val)):  # the stored pixels themselves, lossless: predict must see what eval sees
+        Image.fromarray(val.pixels(i)).save(folder / f"val{i}.png")
+    return root, store, ckpt, folder
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_predict_agrees_with_eval_on_the_same_pixels(setup, tta, tmp_path):
+    root, store, ckpt, folder = setup
+    evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=tta, device="cpu", predictions_path=tmp_path / "p.csv"))
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    got = predict(PredictConfig(images=(folder,), checkpoint=ckpt, tta=tta, top_k=3, device="cpu"))
+    assert [r["path"] for r in got] == [str(folder / f"val{i}.png") for i in range(4)]
+    for row, res in zip(rows, got):
+        assert [t["index"] for t in res["top"]] == [int(row[f"top{j}"]) for j in (1, 2, 3)]
+        np.testing.assert_allclose([t["prob"] for t in res["top"]], [float(row[f"p{j}"]) for j in (1, 2, 3)], atol=PROB_ATOL)
+        assert res["top"][0]["name"] == f"class {res['top'][0]['index']}"
+
+
+def test_resize_is_prepares(setup, tmp_path):
+    """A large non-square photo goes through prepare's decode_resized: shorter side to S, centre square."""
+    rng = np.random.default_rng(1)
+    big = np.asarray(Image.fromarray(rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)).resize((310, 200), Image.BILINEAR))
+    path = tmp_path / "wide.jpg"
+    Image.fromarray(big).save(path, quality=92)
+    got = load_image(path, 48)
+    assert got.shape == (48, 48, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.asarray(decode_resized(path.read_bytes(), 48)))
+
+
+def test_run_directory_is_enough_without_the_store(setup, tmp_path, capsys):
+    """stats.npz and classes.json copied into the run directory stand in for a deleted store."""
+    root, store, ckpt, folder = setup
+    run = tmp_path / "run"
+    shutil.copytree(ckpt.parent, run)
+    config = {"data": str(tmp_path / "gone")}  # the store the run names no longer exists
+    import torch
+
+    c = torch.load(run / "best.pt", weights_only=True)
+    c["config"] = config
+    torch.save(c, run / "best.pt")
+    a = predict(PredictConfig(images=(folder / "val1.png",), checkpoint=run, device="cpu"))
+    b = predict(PredictConfig(images=(folder / "val1.png",), checkpoint=ckpt, data=store.path, device="cpu"))
+    assert a[0]["top"] == b[0]["top"] and len(a[0]["top"]) == 3  # 3 classes: top_k capped
+    assert "val1.png" in capsys.readouterr().out
+
+
+def test_bad_inputs(setup, tmp_path):
+    _, _, ckpt, _ = setup
+    with pytest.raises(AlexkitError, match="does not exist"):
+        list_images([tmp_path / "missing.jpg"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AlexkitError, match="holds no image files"):
+        list_images([tmp_path / "empty"])
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(AlexkitError, match="cannot read image .*bad.jpg"):
+        predict(PredictConfig(images=(tmp_path / "bad.jpg",), checkpoint=ckpt, device="cpu"))
+    with pytest.raises(AlexkitError, match="no images"):
+        PredictConfig(images=())
+
+
+def test_cli_predict_tta(setup):
+    _, _, ckpt, folder = setup
+    cmd = [sys.executable, "-m", "alexkit", "predict", str(folder / "val0.png"), "--tta", "--checkpoint", str(ckpt), "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith("val0.png") and len(lines) == 4 and "%" in lines[1] and "class" in lines[1]
+
+
+def test_store_of_another_size_is_refused(setup, tmp_path):
+    _, _, ckpt, folder = setup
+    other = make_store(tmp_path / "s64", size=64, val=1, train=1)
+    with pytest.raises(AlexkitError, match="64px images"):
+        predict(PredictConfig(images=(folder / "val0.png",), checkpoint=ckpt, data=other.path, device="cpu"))
