@@ -155,6 +155,30 @@ def test_train_loader_equals_numpy_reference(tmp_path):
     assert batches == len(loader) == n // (B * world)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_train_loader_on_a_jpeg_store_matches_the_decoded_store(tmp_path, channels_last):
+    """The CPU JPEG train graph (mean windows fed as views, read in place) against reference_train
+    of the decoded images, batch after batch over two epochs, so a stale or reused window would show."""
+    rng = np.random.default_rng(3)
+    size, n, B, seed = 32, 24, 4, 5
+    C = crop_size(size)
+    mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    eigvec, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    eigval = np.array([3000.0, 200.0, 30.0])
+    store = write_store(tmp_path / "s", {"train": smooth_images(rng, n, size)}, fmt="jpg", size=size, mean_image=mean,
+                        eigval=eigval, eigvec=eigvec)  # fmt: skip
+    reader = store.split("train")
+    loader = make_loader(store, "train", batch_size=B, seed=seed, decoder="cpu", channels_last=channels_last)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        params = epoch_rng(seed, epoch, STREAM_AUGMENT, 0)
+        for views, _, indices in loader:
+            x, y, flip, alpha = train_params(params, len(indices), size, C)
+            offset = lighting_offsets(alpha, eigval, eigvec)
+            ref = np.stack([reference_train(reader.pixels(i), mean, x[k], y[k], flip[k], offset[k]) for k, i in enumerate(indices.tolist())])
+            assert np.abs(views.numpy() - ref).max() <= 1.0 + 1e-3  # DALI's decode vs PIL's: identical here
+
+
 def test_eval_loaders_on_a_jpeg_store_match_the_decoded_store(tmp_path):
     rng = np.random.default_rng(1)
     size, n = 32, 12
