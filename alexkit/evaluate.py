@@ -129,10 +129,14 @@ def evaluate(cfg: EvalConfig) -> dict:
     joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
     placement = setup("ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none", cfg.device)
     try:
-        return _evaluate(cfg, model, ckpt, ckpt_path, placement)
-    finally:
+        results = _evaluate(cfg, model, ckpt, ckpt_path, placement)
+    except BaseException:
         if not joined:
-            teardown()
+            teardown(wait=False)
+        raise
+    if not joined:
+        teardown()
+    return results
 
 
 def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) -> dict:

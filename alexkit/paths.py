@@ -15,3 +15,12 @@ def latest_run(runs: Path = DEFAULT_RUNS) -> Path | None:
         return None
     candidates = sorted(p for p in runs.iterdir() if p.is_dir() and (p / "config.json").exists())
     return candidates[-1] if candidates else None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

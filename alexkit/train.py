@@ -155,9 +155,12 @@ def train(cfg: TrainConfig) -> Path:
         cfg = _resumed_config(cfg, ckpt["config"])
     placement = setup(cfg.parallel, cfg.device)
     try:
-        return _train(cfg, ckpt, placement)
-    finally:
-        teardown()
+        run_dir = _train(cfg, ckpt, placement)
+    except BaseException:
+        teardown(wait=False)
+        raise
+    teardown()
+    return run_dir
 
 
 def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:

@@ -121,6 +121,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
             net = place(AlexNet(10, **DDP_NET), Placement(parallel, rank, world, devices))
             _two_steps(net, images[half], labels[half])
             torch.save(alexnet_state_dict(net), f"{out}/{parallel}-rank{rank}.pt")
+            del net  # DDP's reducer must go before its process group
+        torch.distributed.barrier()  # neither rank tears gloo down while the other still talks
     finally:
         torch.distributed.destroy_process_group()
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
+from alexkit.paths import usable_cores
 
 # ImageNet-like (width, height) and how often each occurs: mostly Flickr's 500 px on the long
 # side, some larger photos, a few small ones. Mean ~500 x 420 pixels.
@@ -37,18 +38,12 @@ PHOTO_SIZES = (
 )  # fmt: skip
 
 
-def _all_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
 
 @dataclass(frozen=True)
 class BenchPrepareConfig:
     src: Path | None = None  # a dataset (any layout); None: generate photo-like JPEGs
     images: int = 1000
-    workers: int = field(default_factory=_all_cores)
+    workers: int = field(default_factory=usable_cores)
     size: int = 256
     quality: int = 90
     repeats: int = 3

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from alexkit.paths import usable_cores
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def command(
     src: Optional[Path] = typer.Argument(None, help="Dataset to take images from; without it, photo-like JPEGs are made."),
     images: int = typer.Option(1000, "--images", "-n", help="Images per route."),
-    workers: int = typer.Option(_cores(), "--workers", "-j", help="Processes for (b) and (c) (default: all cores)."),
+    workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Processes for (b) and (c) (default: all cores)."),
     size: int = typer.Option(256, "--size", help="Stored image side."),
     quality: int = typer.Option(90, "--quality", help="JPEG quality."),
     repeats: int = typer.Option(3, "--repeats", help="Runs per route, interleaved; the median is reported."),

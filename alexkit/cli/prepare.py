@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
-from alexkit.paths import DEFAULT_STORE
+from alexkit.paths import DEFAULT_STORE, usable_cores
 
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def command(
@@ -25,7 +18,7 @@ def command(
     size: int = typer.Option(256, "--size", help="Stored side: shorter side resized to it, centre crop (256: the paper)."),
     format: str = typer.Option("jpg", "--format", help="jpg (~22 GB for ImageNet at 256) or raw (~250 GB, no decoding)."),
     quality: int = typer.Option(90, "--quality", help="JPEG quality, 1-100."),
-    workers: int = typer.Option(_cores(), "--workers", "-j", help="Worker processes (default: all cores)."),
+    workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Worker processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Rebuild a finished store."),
 ) -> None:
     """Write DIR/{train,val}.beton, stats.npz (mean image, RGB eigen-decomposition), classes.json, manifest.json.

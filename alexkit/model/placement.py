@@ -202,6 +202,10 @@ def place(model: AlexNet, placement: Placement, channels_last: bool = False) -> 
     return placed
 
 
-def teardown() -> None:
+def teardown(*, wait: bool = True) -> None:
+    """Leave the process group; with `wait`, first until every rank is done (a rank that leaves while
+    its peers still talk can abort them). After an error, don't wait: the peers may never arrive."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

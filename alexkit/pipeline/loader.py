@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from alexkit.errors import AlexkitError
+from alexkit.paths import usable_cores
 from alexkit.pipeline.augment import lighting_offsets, train_params
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW
 from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_inputs, train_inputs
@@ -122,7 +123,7 @@ def shard_positions(n: int, cfg: LoaderConfig, epoch: int) -> np.ndarray:
 
 def default_threads() -> int:
     """DALI CPU threads for this process: its cores shared among the node's ranks."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 

@@ -53,7 +53,7 @@ import numpy as np
 
 from alexkit.datasets import Dataset, Sample, find_dataset, read_sample_bytes
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE
+from alexkit.paths import DEFAULT_STORE, usable_cores
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
@@ -66,13 +66,6 @@ CHUNK = 64  # samples per task: large enough to amortise the hand-over, small en
 JPEG_BYTES_PER_PIXEL = 0.35  # q90 at 256 px: ~23 KB per image; only for the free-space warning
 
 
-def _all_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class PrepareConfig:
     src: Path
@@ -80,7 +73,7 @@ class PrepareConfig:
     size: int = STORE_SIZE  # stored images are size x size
     format: Literal["jpg", "raw"] = "jpg"
     quality: int = 90  # JPEG quality, 1-100 (ignored for raw)
-    workers: int = field(default_factory=_all_cores)
+    workers: int = field(default_factory=usable_cores)
     force: bool = False  # rebuild a finished store
 
     def __post_init__(self):
