@@ -21,10 +21,11 @@ if has prepare; then
 else missing prepare prepare; fi
 if has train; then
     step "train: AlexNet at width 1/4, fc 512, 56 px crops (paper: full width, 224)" \
-        "$ALEXKIT" train --epochs 12 --batch-size 64 --lr 0.02 --width 0.25 --fc-features 512 --init sturdy
+        "$ALEXKIT" train --epochs 14 --batch-size 64 --lr 0.02 --width 0.25 --fc-features 512 --init sturdy --patience 2
 else missing train train; fi
 if has eval; then
-    step "eval --tta: the paper's ten views" "$ALEXKIT" eval --tta --json eval.json
+    step "eval: centre crop" "$ALEXKIT" eval --json eval-centre.json
+    step "eval --tta: the paper's ten views" "$ALEXKIT" eval --tta --json eval-tta.json
 else missing eval eval; fi
 if has show-batch; then step "pictures" "$ALEXKIT" show-batch --out pictures; else missing pictures show-batch; fi
 if has plot; then step "curves" "$ALEXKIT" plot --out curves.png; else missing curves plot; fi
