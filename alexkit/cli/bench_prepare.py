@@ -12,7 +12,7 @@ from alexkit.paths import usable_cores
 
 
 def command(
-    src: Optional[Path] = typer.Argument(None, help="Dataset to take images from; without it, photo-like JPEGs are made."),
+    src: Optional[Path] = typer.Argument(None, metavar="SRC", help="Dataset to take images from; without it, photo-like JPEGs are made."),
     images: int = typer.Option(1000, "--images", "-n", help="Images per route."),
     workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Processes for (b) and (c) (default: all cores)."),
     size: int = typer.Option(256, "--size", help="Stored image side."),

@@ -12,7 +12,7 @@ from alexkit.paths import DEFAULT_STORE, usable_cores
 
 def command(
     src: Path = typer.Argument(
-        ..., help="Dataset folder: class folders, the official tars or extracted tree + devkit, or Kaggle's download."
+        ..., metavar="SRC", help="Dataset folder: class folders, the official tars or extracted tree + devkit, or Kaggle's download."
     ),
     out: Path = typer.Option(DEFAULT_STORE, "--out", "-o", help="Store folder to write (train/eval read it)."),
     size: int = typer.Option(256, "--size", help="Stored side: shorter side resized to it, centre crop (256: the paper)."),
