@@ -1,0 +1,210 @@
+"""GPU acceptance checks for alexkit in one run: every step runs, each with its own time limit.
+
+Run from the repository root (on an offline GPU machine: after unpacking scripts/gpu/bundle_offline.sh's
+parts, with PYTHONPATH and CHECK_STORE set as scripts/gpu/README.md says):
+    OUT=/tmp/gpu-check python3 scripts/gpu/check.py
+Writes $OUT/check.log (every step's command, output, exit code and seconds) and $OUT/summary.json,
+and prints a summary. A failing step never stops the others; without CUDA the GPU steps are
+reported as "skipped: no CUDA". The whole run stays inside CHECK_BUDGET_S seconds (default 450).
+Two files only, so that the results are easy to copy back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = Path(os.environ.get("OUT") or "/tmp/gpu-check")
+STORE = Path(os.environ.get("CHECK_STORE", ROOT / ".store"))
+RUN_DIR = Path(os.environ.get("CHECK_RUN_DIR", "/tmp/alexkit-check-run"))  # many files: not under $OUT
+BUDGET_S = float(os.environ.get("CHECK_BUDGET_S", "450"))
+PY = sys.executable
+GPU_TESTS = ["tests/test_pipeline.py", "tests/test_loader.py", "tests/test_train.py", "tests/test_placement.py"]
+
+INSTALL = """
+import importlib, importlib.metadata as md, os, sys
+print("python", sys.version.split()[0], sys.executable)
+print("PYTHONPATH", os.environ.get("PYTHONPATH"))
+for dist in ["nvidia-dali-cuda130", "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg", "nvidia-libnvcomp-cu13", "libcst",
+             "optree", "nvtx", "numpy", "torch", "typer", "rich", "pillow", "scipy", "opencv-python-headless", "pytest"]:
+    try:
+        print(f"{dist:24s} {md.version(dist)}")
+    except md.PackageNotFoundError:
+        print(f"{dist:24s} not installed")
+import nvidia, nvidia.dali as dali
+print("nvidia.__path__", list(nvidia.__path__))
+print("nvidia.dali", dali.__version__, dali.__file__)
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("gpu", p.name, f"{p.total_memory / 2**30:.0f} GiB", p.multi_processor_count, "SMs")
+    x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    print("matmul ok", float((x @ x).float().abs().mean()))
+"""
+
+# alexkit's loader on the GPU: nvJPEG ("mixed") decode, bf16 channels-last output, as training uses it.
+# `alexkit bench loader` times the CPU graphs only (it has no --device), hence this step.
+GPU_LOADER = """
+import json, sys, time, torch
+from alexkit.pipeline.loader import make_loader
+from alexkit.pipeline.store import Store
+store, epochs, rows = Store(sys.argv[1]), int(sys.argv[2]), []
+for mode in ("train", "center", "tencrop"):
+    split = "train" if mode == "train" else ("val" if store.has_split("val") else "train")
+    loader = make_loader(store, split, mode=mode, batch_size=128, device="cuda", decoder="mixed",
+                         dtype=torch.bfloat16, channels_last=True, seed=0)
+    rates = []
+    for e in range(epochs):  # epoch 0: warm-up (graph build, nvJPEG start)
+        loader.set_epoch(e)
+        torch.cuda.synchronize()
+        start, n = time.perf_counter(), 0
+        for images, labels, _ in loader:
+            n += len(labels)
+        torch.cuda.synchronize()
+        rates.append(n / (time.perf_counter() - start))
+    timed = sorted(rates[1:])
+    row = dict(mode=mode, split=split, images=n, images_per_s=timed[len(timed) // 2], min=timed[0], max=timed[-1],
+               shape=list(images.shape), dtype=str(images.dtype))
+    print(f"gpu loader {mode:8s} {split:5s} {row['images_per_s']:9,.0f} images/s ({row['min']:,.0f}-{row['max']:,.0f}) "
+          f"batch {row['shape']} {row['dtype']}", flush=True)
+    rows.append(row)
+    del loader
+print("JSON " + json.dumps(rows))
+"""
+
+
+def steps() -> list[dict]:
+    """(name, command, time limit in s, needs CUDA). Ordered by how much each result matters."""
+    alexkit = [PY, "-m", "alexkit"]
+    return [
+        dict(name="install", cmd=[PY, "-c", INSTALL], limit=90, gpu=False),
+        dict(name="nvidia_smi", cmd=["nvidia-smi"], limit=20, gpu=True),
+        dict(name="doctor", cmd=[*alexkit, "doctor"], limit=60, gpu=False,
+             note="where ffcv is not installed its two rows fail and doctor exits 2; the DALI rows are what count"),
+        dict(name="pytest_gpu", cmd=[PY, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider", *GPU_TESTS],
+             limit=240, gpu=True, note="the two-GPU placement test skips on one GPU"),
+        dict(name="gpu_loader", cmd=[PY, "-c", GPU_LOADER, str(STORE), "5"], limit=90, gpu=True),
+        dict(name="bench_train", cmd=[*alexkit, "bench", "train", "--data", str(STORE), "--steps", "60", "--repeats", "3",
+                                      "--warmup", "15"], limit=200, gpu=True,
+             note="full width, bf16, channels-last, torch.compile (auto on CUDA)"),
+        dict(name="train", cmd=[*alexkit, "train", "--data", str(STORE), "--epochs", "1", "--out", str(RUN_DIR),
+                                "--progress", "plain"], limit=180, gpu=True),
+        dict(name="eval_tta", cmd=[*alexkit, "eval", "--checkpoint", str(RUN_DIR), "--data", str(STORE), "--tta",
+                                   "--json", str(RUN_DIR / "eval.json")], limit=90, gpu=True, after="train"),
+        dict(name="bench_loader_cpu", cmd=[*alexkit, "bench", "loader", "--store", str(STORE), "--no-baselines",
+                                           "--epochs", "4", "--json", str(RUN_DIR.parent / "alexkit-check-loader.json")],
+             limit=150, gpu=False, note="DALI CPU graphs on the machine's cores (the bench has no GPU mode)"),
+    ]  # fmt: skip
+
+
+def run_step(step: dict, deadline: float, log) -> dict:
+    """Run one step in its own process group; kill the group at its limit or at the deadline."""
+    limit = min(step["limit"], deadline - time.monotonic())
+    log.write(f"\n===== {step['name']}: {' '.join(step['cmd'])[:300]}\n===== limit {limit:.0f} s\n")
+    log.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               TORCHINDUCTOR_CACHE_DIR=os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/alexkit-inductor"))  # fmt: skip
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(step["cmd"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True, errors="replace")  # fmt: skip
+    except OSError as exc:
+        return dict(status="failed", rc=None, seconds=0.0, reason=f"{exc.__class__.__name__}: {exc}", tail=[])
+    try:
+        output, _ = proc.communicate(timeout=max(limit, 1))
+        status = "ok" if proc.returncode == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        status = "timeout"
+    seconds = time.monotonic() - start
+    log.write(output)
+    log.write(f"\n===== {step['name']}: {status}, exit code {proc.returncode}, {seconds:.1f} s\n")
+    log.flush()
+    lines = [line for line in output.splitlines() if line.strip()]
+    return dict(status=status, rc=proc.returncode, seconds=round(seconds, 1), tail=lines[-25:], output=output)
+
+
+def figures(name: str, output: str) -> object:
+    """The measured numbers a step printed, in a form the summary can hold."""
+    if name == "gpu_loader":
+        return next((json.loads(line[5:]) for line in output.splitlines() if line.startswith("JSON ")), None)
+    if name == "bench_loader_cpu":
+        path = RUN_DIR.parent / "alexkit-check-loader.json"
+        return json.loads(path.read_text())["rows"] if path.is_file() else None
+    if name == "eval_tta" and (RUN_DIR / "eval.json").is_file():
+        result = json.loads((RUN_DIR / "eval.json").read_text())
+        return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+    if name in ("bench_train", "pytest_gpu", "train"):
+        keep = ("images/s", "passed", "skipped", "failed", "error", "synthetic", "real pipeline", "epoch")
+        return [line for line in output.splitlines() if any(k in line for k in keep)][-12:]
+    return None
+
+
+def main() -> int:
+    deadline = time.monotonic() + BUDGET_S
+    OUT.mkdir(parents=True, exist_ok=True)
+    RUN_DIR.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except Exception as exc:  # a broken torch is itself a finding; the steps still run
+        cuda = False
+        print(f"torch does not import: {exc}")
+    summary = dict(cuda=cuda, store=str(STORE), store_ok=(STORE / "manifest.json").is_file(), budget_s=BUDGET_S, steps={})
+    done: dict[str, str] = {}
+    with open(OUT / "check.log", "w") as log:
+        for step in steps():
+            name = step["name"]
+            if step["gpu"] and not cuda:
+                result = dict(status="skipped", reason="skipped: no CUDA")
+            elif step.get("after") and done.get(step["after"]) != "ok":
+                result = dict(status="skipped", reason=f"skipped: {step['after']} did not succeed")
+            elif str(STORE) in step["cmd"] and not summary["store_ok"]:
+                result = dict(status="skipped", reason=f"skipped: no store at {STORE} (build one with scripts/gpu/bundle_offline.sh or `alexkit prepare`)")
+            elif deadline - time.monotonic() < 20:
+                result = dict(status="skipped", reason="skipped: out of time (CHECK_BUDGET_S)")
+            else:
+                print(f"[{time.monotonic() - deadline + BUDGET_S:5.0f} s] {name} ...", flush=True)
+                result = run_step(step, deadline, log)
+                result["figures"] = figures(name, result.pop("output"))
+            if step.get("note"):
+                result["note"] = step["note"]
+            if result["status"] == "skipped":
+                log.write(f"\n===== {name}: {result['reason']}\n")
+            done[name] = result["status"]
+            summary["steps"][name] = result
+            summary["total_s"] = round(time.monotonic() - deadline + BUDGET_S, 1)
+            (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\nalexkit GPU checks: CUDA {'yes' if summary['cuda'] else 'no'}, store {summary['store']} "
+          f"({'ok' if summary['store_ok'] else 'missing'}), {summary['total_s']:.0f} s of {summary['budget_s']:.0f}")  # fmt: skip
+    for name, r in summary["steps"].items():
+        detail = r.get("reason") or f"exit {r['rc']}, {r['seconds']:.0f} s"
+        print(f"  {name:18s} {r['status']:8s} {detail}")
+    for name, r in summary["steps"].items():
+        fig = r.get("figures")
+        if fig:
+            print(f"--- {name}")
+            for item in fig if isinstance(fig, list) else [fig]:
+                print(f"  {item if isinstance(item, str) else json.dumps(item)}")
+        elif r["status"] in ("failed", "timeout"):
+            print(f"--- {name} ({r['status']}), last lines:")
+            for line in r.get("tail", [])[-8:]:
+                print(f"  {line}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
