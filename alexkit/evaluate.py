@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, latest_run
+from alexkit.paths import DEFAULT_STORE
+from alexkit.runs import find_checkpoint
 
 TOP_K = 5
 LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
@@ -67,41 +68,12 @@ def predict_probs(model, images):
     return torch.softmax(logits, dim=1).view(n, v, -1).mean(dim=1)  # (N, K)
 
 
-def find_checkpoint(path: Path | None) -> Path:
-    """The checkpoint file: `path` itself, a run directory's best.pt (else last.pt), or the latest run's."""
-    if path is None:
-        run = latest_run()
-        if run is None:
-            raise AlexkitError(f"no run found under {DEFAULT_RUNS}/; train one with `alexkit train` or pass --checkpoint PATH")
-        path = run
-    path = Path(path)
-    if path.is_dir():
-        found = [path / n for n in ("best.pt", "last.pt") if (path / n).is_file()]
-        if not found:
-            raise AlexkitError(f"run directory {path} has no best.pt or last.pt; pass --checkpoint FILE.pt")
-        path = found[0]
-    if not path.is_file():
-        raise AlexkitError(f"checkpoint {path} does not exist; pass --checkpoint RUN_DIR or FILE.pt")
-    return path
-
-
 def load_checkpoint(path: Path):
     """(model in eval mode on CPU, checkpoint dict) from a file written by `alexkit train`."""
-    import torch
-
     from alexkit.model import build_from_checkpoint
+    from alexkit.runs import read_checkpoint
 
-    from alexkit.train import CHECKPOINT_FORMAT
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AlexkitError(f"cannot load checkpoint {path} ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); "
-                           "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
-    if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT or "model_args" not in ckpt:
-        found = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise AlexkitError(f"{path} is not an alexkit checkpoint of format {CHECKPOINT_FORMAT} (found {found}); "
-                           "pass a best.pt/last.pt written by `alexkit train`")  # fmt: skip
+    ckpt = read_checkpoint(path)
     return build_from_checkpoint(ckpt).eval(), ckpt
 
 

@@ -4,9 +4,7 @@
     lr 0.01 divided by 10 when validation top-1 error stops improving for `patience` epochs, at most
     3 times, then stop; at most 90 epochs. Optional linear lr scaling (lr * batch / 128) with warm-up.
 
-A run directory holds config.json, metrics.jsonl (one line per epoch), last.pt and best.pt
-(atomic writes, loadable with torch.load(..., weights_only=True)), and the store's stats.npz and
-classes.json. Resuming is exact at epoch boundaries: the loader's order and augmentation depend only
+What a run directory holds, and how checkpoints are written and read: alexkit/runs.py. Resuming is exact at epoch boundaries: the loader's order and augmentation depend only
 on (seed, epoch), and each epoch reseeds dropout from (seed, rank, epoch).
 """
 
@@ -14,18 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -35,9 +27,9 @@ from alexkit.errors import AlexkitError
 from alexkit.model import AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, place, setup, teardown
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE
-
-CHECKPOINT_FORMAT = 1
+from alexkit.paths import DEFAULT_STORE
+from alexkit.runs import CHECKPOINT_FORMAT, find_checkpoint, read_checkpoint, rng_state, run_dir as make_run_dir
+from alexkit.runs import save_checkpoint, set_rng_state, write_run_files
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
 Auto = Literal["auto", "on", "off"]
 # Fields a resumed run may change; any other flag given with --resume must match the run's own.
@@ -150,7 +142,7 @@ def fast_cuda() -> None:
 
 def train(cfg: TrainConfig) -> Path:
     """Train AlexNet as `cfg` says; returns the run directory."""
-    ckpt = _load_checkpoint(cfg.resume) if cfg.resume else None
+    ckpt = read_checkpoint(find_checkpoint(cfg.resume, prefer=("last.pt",))) if cfg.resume else None
     if ckpt is not None:
         cfg = _resumed_config(cfg, ckpt["config"])
     placement = setup(cfg.parallel, cfg.device)
@@ -168,7 +160,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
     from alexkit.pipeline.store import Store
 
     store = Store(cfg.data)
-    run_dir = _run_dir(cfg, placement)
+    run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
     world, dev = placement.world_size, placement.device
     if cfg.batch_size % world:
         raise AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
@@ -191,7 +183,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["scheduler"])
         metrics = ckpt["metrics"]
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
     step_net = torch.compile(net) if compiled else net
 
     per_rank = cfg.batch_size // world
@@ -200,8 +192,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
     train_loader = make_loader(store, "train", mode="train", batch_size=per_rank, drop_last=True, **common)
     val_loader = make_loader(store, "val", mode="center", batch_size=per_rank, drop_last=False, **common)
     if placement.is_main:
-        _write_run_files(run_dir, cfg, store, model.args, dict(amp=amp, channels_last=channels_last, compile=compiled,
-                         world_size=world, base_lr=base_lr, devices=[str(d) for d in placement.devices]), metrics)  # fmt: skip
+        resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
+                        devices=[str(d) for d in placement.devices])  # fmt: skip
+        write_run_files(run_dir, dict(config=_config_dict(cfg), resolved=resolved, model_args=model.args), store, metrics)
     progress = _Progress(cfg.progress if placement.is_main else "none")
     steps = len(train_loader)
     if schedule.stopped:
@@ -245,10 +238,10 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
         if placement.is_main:
             progress.line(_summary(row))
             is_best = val_top1 <= min(m["val_top1_err"] for m in metrics)
-            _save_checkpoint(run_dir, dict(
+            save_checkpoint(run_dir, dict(
                 format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
                 optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
-                config=_config_dict(cfg), metrics=metrics, rng=_rng_state()), is_best)  # fmt: skip
+                config=_config_dict(cfg), metrics=metrics, rng=rng_state()), is_best)  # fmt: skip
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
     if schedule.stopped and placement.is_main:
@@ -292,76 +285,21 @@ def _summary(row: dict) -> str:
             f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:.0f} images/s, {row['seconds']:.0f} s")  # fmt: skip
 
 
-# --- run directory, checkpoints, resume ---
+# --- resume ---
 
 
-def _run_dir(cfg: TrainConfig, placement: Placement) -> Path:
-    """The resumed run's directory, --out, or a new DEFAULT_RUNS/<YYYYmmdd-HHMMSS>; the same in every process."""
-    if cfg.resume is not None:
-        return cfg.resume if cfg.resume.is_dir() else cfg.resume.parent
-    name = [str(cfg.out) if cfg.out else ""]
-    if placement.is_main and not cfg.out:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path, n = DEFAULT_RUNS / stamp, 1
-        while path.exists():  # two runs within a second: -2, -3, ... sort after the first
-            n += 1
-            path = DEFAULT_RUNS / f"{stamp}-{n}"
-        name = [str(path)]
-    if dist.is_initialized():
-        dist.broadcast_object_list(name, src=0)
-    run_dir = Path(name[0])
-    if placement.is_main and (run_dir / "last.pt").exists():
-        raise AlexkitError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
-    return run_dir
 
 
 def _config_dict(cfg: TrainConfig) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
-def _write_run_files(run_dir: Path, cfg: TrainConfig, store, model_args: dict, resolved: dict, metrics: list) -> None:
-    """config.json, the store's stats and classes, and metrics.jsonl as of the checkpoint resumed from."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    versions = {}
-    for package in ("alexkit", "torch", "numpy", "ffcv", "nvidia-dali-cuda130"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    config = dict(config=_config_dict(cfg), resolved=resolved, model_args=model_args, versions=versions,
-                  python=sys.version.split()[0], git_commit=_git_commit(), argv=sys.argv)  # fmt: skip
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for name in ("stats.npz", "classes.json"):
-        shutil.copyfile(store.path / name, run_dir / name)
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _save_checkpoint(run_dir: Path, ckpt: dict, is_best: bool) -> None:
-    """last.pt (and best.pt when is_best), each written to a temporary name and renamed into place."""
-    tmp = run_dir / "last.pt.tmp"
-    torch.save(ckpt, tmp)
-    if is_best:
-        shutil.copyfile(tmp, run_dir / "best.pt.tmp")
-        os.replace(run_dir / "best.pt.tmp", run_dir / "best.pt")
-    os.replace(tmp, run_dir / "last.pt")
 
 
-def _load_checkpoint(path: Path) -> dict:
-    file = path / "last.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise AlexkitError(f"--resume {path}: no checkpoint at {file}; pass a run directory holding last.pt")
-    ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    if ckpt.get("format_version") != CHECKPOINT_FORMAT:
-        raise AlexkitError(f"{file} has checkpoint format {ckpt.get('format_version')}, this alexkit reads {CHECKPOINT_FORMAT}")
-    return ckpt
 
 
 def _resumed_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
@@ -385,24 +323,6 @@ def _resumed_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
         raise AlexkitError(f"--parallel {merged['parallel']}: the run was trained with --parallel {saved['parallel']}, "
                            "whose optimizer state is laid out differently; resume with or without columns as it was")  # fmt: skip
     return TrainConfig(**merged)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=[np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-                python=random.getstate())  # fmt: skip
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 # --- progress on rank 0 ---

@@ -1,0 +1,135 @@
+"""Run directories and checkpoints: what `alexkit train` writes and train/eval/predict read back.
+
+A run directory holds config.json, metrics.jsonl (one line per epoch), last.pt and best.pt
+(written to a temporary name and renamed, loadable with torch.load(..., weights_only=True)), and
+copies of the store's stats.npz and classes.json, so a run can be used without its store.
+A checkpoint is a dict of plain values and state_dicts: format_version, model (the unwrapped
+AlexNet's state_dict), model_args, optimizer, scheduler, epoch, config, metrics, rng.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from alexkit.errors import AlexkitError
+from alexkit.paths import DEFAULT_RUNS, latest_run
+
+CHECKPOINT_FORMAT = 1
+
+
+def run_dir(resume: Path | None, out: Path | None, is_main: bool) -> Path:
+    """The resumed run's directory, `out`, or a new DEFAULT_RUNS/<YYYYmmdd-HHMMSS>; the same in every process."""
+    if resume is not None:
+        return resume if resume.is_dir() else resume.parent
+    name = [str(out) if out else ""]
+    if is_main and not out:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path, n = DEFAULT_RUNS / stamp, 1
+        while path.exists():  # two runs within a second: -2, -3, ... sort after the first
+            n += 1
+            path = DEFAULT_RUNS / f"{stamp}-{n}"
+        name = [str(path)]
+    if dist.is_initialized():
+        dist.broadcast_object_list(name, src=0)
+    path = Path(name[0])
+    if is_main and (path / "last.pt").exists():
+        raise AlexkitError(f"{path} already holds a run; continue it with --resume {path} or pick another --out")
+    return path
+
+
+def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
+    """config.json (plus package versions, git commit, argv), the store's stats and classes, and
+    metrics.jsonl as of the checkpoint resumed from."""
+    path.mkdir(parents=True, exist_ok=True)
+    versions = {}
+    for package in ("alexkit", "torch", "numpy", "ffcv", "nvidia-dali-cuda130"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    config = dict(config, versions=versions, python=sys.version.split()[0], git_commit=_git_commit(), argv=sys.argv)
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in ("stats.npz", "classes.json"):
+        shutil.copyfile(store.path / name, path / name)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
+    """last.pt (and best.pt when is_best), each written to a temporary name and renamed into place."""
+    tmp = path / "last.pt.tmp"
+    torch.save(ckpt, tmp)
+    if is_best:
+        shutil.copyfile(tmp, path / "best.pt.tmp")
+        os.replace(path / "best.pt.tmp", path / "best.pt")
+    os.replace(tmp, path / "last.pt")
+
+
+def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:
+    """The checkpoint file: `path` itself, a run directory's first of `prefer`, or the latest run's."""
+    if path is None:
+        run = latest_run()
+        if run is None:
+            raise AlexkitError(f"no run found under {DEFAULT_RUNS}/; train one with `alexkit train` or pass --checkpoint PATH")
+        path = run
+    path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in prefer if (path / n).is_file()]
+        if not found:
+            raise AlexkitError(f"run directory {path} has no {' or '.join(prefer)}; pass a .pt file written by `alexkit train`")
+        path = found[0]
+    if not path.is_file():
+        raise AlexkitError(f"checkpoint {path} does not exist; pass a run directory or a .pt file")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint dict in `path` (on the CPU), checked to be one `alexkit train` wrote."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AlexkitError(f"cannot load checkpoint {path} ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); "
+                           "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT or "model_args" not in ckpt:
+        found = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise AlexkitError(f"{path} is not an alexkit checkpoint of format {CHECKPOINT_FORMAT} (found {found}); "
+                           "pass a best.pt/last.pt written by `alexkit train`")  # fmt: skip
+    return ckpt
+
+
+def rng_state() -> dict:
+    """torch, CUDA, NumPy and Python RNG states as tensors and plain values (weights_only loads them)."""
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=[np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                python=random.getstate())  # fmt: skip
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
