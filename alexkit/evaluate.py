@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE
+from alexkit.progress import Progress
 from alexkit.runs import find_checkpoint
 
 TOP_K = 5
@@ -125,13 +125,15 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
     total = len(store.split("val"))
     parts: list[dict] = []
     start = time.perf_counter()
-    with torch.inference_mode(), _progress(total, placement.is_main) as advance:
+    done = 0
+    with torch.inference_mode(), Progress("eval", total, mode="auto" if placement.is_main else "none") as progress:
         for images, labels, indices in loader:
             probs = predict_probs(model, images.to(placement.device))  # (N, K)
             p, top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)  # (N, 5) each, best first
             parts.append({"index": indices.cpu().numpy(), "label": labels.cpu().numpy(),
                           "top": top.cpu().numpy(), "p": p.cpu().numpy()})  # fmt: skip
-            advance(len(indices) * placement.world_size)  # an estimate of all ranks' progress
+            done = min(done + len(indices) * placement.world_size, total)  # an estimate of all ranks' progress
+            progress.update(done)
     seconds = time.perf_counter() - start
     rows = _gather(_concat(parts), placement.world_size)
     _check_each_once(rows["index"], total, store)
@@ -249,35 +251,3 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.write_text(text)
     os.replace(tmp, path)
 
-
-class _progress:
-    """advance(n) context: a rich bar with images/s and ETA on a terminal, a line per ~10% otherwise."""
-
-    def __init__(self, total: int, show: bool):
-        self.total, self.show, self.done, self.next_line, self.bar = total, show, 0, total / 10, None
-
-    def __enter__(self):
-        if self.show and sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                                TimeRemainingColumn(), transient=True)  # fmt: skip
-            self.bar.start()
-            self.task = self.bar.add_task("eval", total=self.total, rate="")
-        self.start = time.perf_counter()
-        return self.advance
-
-    def advance(self, n: int) -> None:
-        self.done = min(self.done + n, self.total)
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.done, rate=f"{rate:,.0f} images/s")
-        elif self.show and (self.done >= self.next_line or self.done == self.total):
-            eta = (self.total - self.done) / max(rate, 1e-9)
-            print(f"eval: {self.done:,}/{self.total:,} images, {rate:,.0f} images/s, eta {eta:.0f} s", flush=True)
-            self.next_line = self.done + self.total / 10
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-        return False

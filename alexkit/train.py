@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,6 +27,7 @@ from alexkit.model import AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, place, setup, teardown
 from alexkit.paths import DEFAULT_STORE
+from alexkit.progress import Progress
 from alexkit.runs import CHECKPOINT_FORMAT, find_checkpoint, read_checkpoint, rng_state, run_dir as make_run_dir
 from alexkit.runs import save_checkpoint, set_rng_state, write_run_files
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
@@ -195,12 +195,17 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
         resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
                         devices=[str(d) for d in placement.devices])  # fmt: skip
         write_run_files(run_dir, dict(config=_config_dict(cfg), resolved=resolved, model_args=model.args), store, metrics)
-    progress = _Progress(cfg.progress if placement.is_main else "none")
+    mode = cfg.progress if placement.is_main else "none"  # rank 0 alone talks to the terminal
+
+    def say(text: str) -> None:
+        if mode != "none":
+            print(text, flush=True)
+
     steps = len(train_loader)
     if schedule.stopped:
-        progress.line(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)")
+        say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)")
     elif len(metrics) >= cfg.epochs:
-        progress.line(f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")
+        say(f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")
 
     for epoch in range(len(metrics), cfg.epochs):
         if schedule.stopped:
@@ -210,18 +215,20 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
         net.train()
         sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
         started = time.perf_counter()
-        progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps)
-        for step, (images, labels, _) in enumerate(train_loader):
-            lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            labels = labels.to(dev, non_blocking=True)
-            loss, logits = train_step(step_net, optimizer, images, labels, amp)
-            seen += labels.numel()
-            sums += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) == labels).sum().double()])
-            progress.update(step + 1, loss, lr, (step + 1) * per_rank * world / (time.perf_counter() - started))
-        train_seconds = time.perf_counter() - started
-        progress.stop()
+        with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, fields=("loss", "lr"), mode=mode) as bar:
+            for step, (images, labels, _) in enumerate(train_loader):
+                lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                labels = labels.to(dev, non_blocking=True)
+                loss, logits = train_step(step_net, optimizer, images, labels, amp)
+                seen += labels.numel()
+                sums += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) == labels).sum().double()])
+                shown = dict(lr=f"{lr:.2g}")
+                if step % 10 == 0 or step + 1 == steps:  # .item() waits for the GPU: not every step
+                    shown["loss"] = f"{loss.item():.3f}"
+                bar.update(step + 1, rate=(step + 1) * per_rank * world / (time.perf_counter() - started), **shown)
+            train_seconds = time.perf_counter() - started
         totals = torch.cat([sums, torch.tensor([seen], dtype=torch.float64, device=dev)])
         if dist.is_initialized():
             dist.all_reduce(totals)
@@ -236,7 +243,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
                    seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
         if placement.is_main:
-            progress.line(_summary(row))
+            say(_summary(row))
             is_best = val_top1 <= min(m["val_top1_err"] for m in metrics)
             save_checkpoint(run_dir, dict(
                 format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
@@ -245,7 +252,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
     if schedule.stopped and placement.is_main:
-        progress.line(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
+        say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
     return run_dir
 
 
@@ -323,46 +330,3 @@ def _resumed_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
         raise AlexkitError(f"--parallel {merged['parallel']}: the run was trained with --parallel {saved['parallel']}, "
                            "whose optimizer state is laid out differently; resume with or without columns as it was")  # fmt: skip
     return TrainConfig(**merged)
-
-
-# --- progress on rank 0 ---
-
-
-class _Progress:
-    """A rich bar (loss, lr, images/s, ETA) on a terminal; a plain line every ~10% otherwise."""
-
-    def __init__(self, mode: str):
-        if mode == "auto":
-            mode = "rich" if sys.stdout.isatty() else "plain"
-        self.mode, self.bar, self.task, self.total, self.next_plain = mode, None, None, 0, 0
-
-    def start(self, title: str, total: int) -> None:
-        self.title, self.total, self.next_plain = title, total, 0
-        if self.mode == "rich":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[rate]}"),
-                                TimeRemainingColumn(), transient=True)  # fmt: skip
-            self.task = self.bar.add_task(title, total=total, loss="-", lr="-", rate="")
-            self.bar.start()
-
-    def update(self, done: int, loss: torch.Tensor, lr: float, rate: float) -> None:
-        if self.mode == "rich":
-            fields_now = dict(lr=f"{lr:.2g}", rate=f"{rate:.0f} images/s")
-            if done % 10 == 1 or done == self.total:  # .item() waits for the GPU: not every step
-                fields_now["loss"] = f"{loss.item():.3f}"
-            self.bar.update(self.task, completed=done, **fields_now)
-        elif self.mode == "plain" and (done >= self.next_plain or done == self.total):
-            self.next_plain = done + max(1, self.total // 10)
-            print(f"{self.title} step {done}/{self.total} loss {loss.item():.3f} lr {lr:.2g} {rate:.0f} images/s",
-                  flush=True)  # fmt: skip
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-    def line(self, text: str) -> None:
-        if self.mode != "none":
-            print(text, flush=True)

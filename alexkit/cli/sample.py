@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+
+from alexkit.progress import Progress
 
 
 def command(
@@ -24,7 +24,8 @@ def command(
     from alexkit.datasets.sample import class_name, class_specs, write_sample_dataset
 
     start = time.perf_counter()
-    with _progress() as progress:
+    total = classes * (train_per_class + val_per_class)
+    with Progress("sample", total) as bar:
         write_sample_dataset(
             out,
             num_classes=classes,
@@ -32,7 +33,7 @@ def command(
             val_per_class=val_per_class,
             seed=seed,
             overwrite=overwrite,
-            progress=progress,
+            progress=lambda done, _total: bar.update(done),
         )
     seconds = time.perf_counter() - start
     megabytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
@@ -46,26 +47,3 @@ def command(
         f"{out}/ILSVRC2012_devkit_t12/data/{{meta.mat, ILSVRC2012_validation_ground_truth.txt}}"
     )
     print(f"next: alexkit prepare {out}")
-
-
-@contextmanager
-def _progress():
-    """Yield progress(done, total): a rich bar with images/s and ETA on a terminal, else a line per quarter."""
-    if not sys.stdout.isatty():
-
-        def plain(done: int, total: int) -> None:
-            if done == total or done % max(total // 4, 1) == 0:
-                print(f"sample: {done:,}/{total:,} images", flush=True)
-
-        yield plain
-        return
-    from rich.progress import MofNCompleteColumn, Progress, ProgressColumn
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed or 0:.0f} images/s")
-
-    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), Rate(), transient=True) as bar:
-        task = bar.add_task("writing images", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)

@@ -54,6 +54,7 @@ import numpy as np
 from alexkit.datasets import Dataset, Sample, find_dataset, read_sample_bytes
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, usable_cores
+from alexkit.progress import Progress, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
@@ -163,10 +164,10 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
     per_class = [0] * len(ds.classes)
     skipped: list[dict] = []
     started = time.perf_counter()
-    writer = None
+    writer, converted = None, 0
     try:
         writer = BetonWriter(beton, capacity=len(samples))
-        with _Progress(name, len(samples)) as progress:
+        with Progress(name, len(samples), fields=("skipped",)) as progress:
             job = (cfg.size, cfg.format, cfg.quality, with_stats)
             for results, chunk_sums in workers.run(_chunks(samples, cfg.workers), job):
                 for index, payload, reason in results:
@@ -178,7 +179,8 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
                     per_class[sample.label] += 1
                 if chunk_sums is not None:
                     sums.merge(chunk_sums)
-                progress.advance(len(results), len(skipped))
+                converted += len(results)
+                progress.update(converted, skipped=len(skipped))
         if with_stats and sums.images == 0:
             first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
             raise AlexkitError(f"no image of the train split of {ds.root} could be decoded{first}; check the source files")
@@ -393,56 +395,6 @@ class _Workers:
 # --- progress and reporting ---
 
 
-class _Progress:
-    """images/s, ETA and skipped files: a rich bar on a terminal, else a plain line every 10 s."""
-
-    PLAIN_EVERY_S = 10.0
-
-    def __init__(self, split: str, total: int):
-        self.split, self.total, self.done, self.skipped = split, total, 0, 0
-        self.started = self.last_line = time.perf_counter()
-        self.bar = None
-        if sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn(f"{split:5s}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:>6.0f} images/s"),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[skipped]} skipped"),
-                transient=True,
-            )
-            self.task = self.bar.add_task(split, total=total, rate=0.0, skipped=0)
-
-    def __enter__(self) -> "_Progress":
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def advance(self, n: int, skipped: int) -> None:
-        self.done += n
-        self.skipped = skipped
-        now = time.perf_counter()
-        rate = self.done / max(now - self.started, 1e-9)
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.done, rate=rate, skipped=skipped)
-        elif now - self.last_line >= self.PLAIN_EVERY_S:
-            self.last_line = now
-            eta = (self.total - self.done) / max(rate, 1e-9)
-            print(
-                f"{self.split}: {self.done:,}/{self.total:,} ({100 * self.done / max(self.total, 1):.1f}%) "
-                f"{rate:,.0f} images/s, ETA {_duration(eta)}, {skipped} skipped",
-                flush=True,
-            )
-
-
 def _manifest(src: Path, ds: Dataset, settings: dict, records: dict, scan_s: float, total_s: float) -> dict:
     splits = {
         name: {
@@ -479,7 +431,7 @@ def _summary(out: Path, manifest: dict) -> None:
     skipped = len(manifest["skipped"])
     files = "file" if skipped == 1 else "files"
     note = f"; {skipped} {files} skipped, listed with their reasons in {out / MANIFEST}" if skipped else "; no file skipped"
-    print(f"store ready: {out} ({', '.join(parts)}{note}; {_duration(manifest['timings']['total_s'])} in all)")
+    print(f"store ready: {out} ({', '.join(parts)}{note}; {duration(manifest['timings']['total_s'])} in all)")
 
 
 def _warn(text: str) -> None:
@@ -490,12 +442,6 @@ def _warn(text: str) -> None:
         Console(stderr=True).print(f"[bold yellow]{line}[/]", markup=True, highlight=False)
     else:
         print(line, file=sys.stderr, flush=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def _describe(settings: dict) -> str:

@@ -1,0 +1,68 @@
+"""Progress for people, one way for every stage: a rich bar (count, rate, ETA and the stage's own
+fields) when stdout is a terminal; otherwise a plain line at every tenth of the work, and at least
+every 30 s, so logs of long runs stay readable."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def duration(seconds: float) -> str:
+    """1h02m03s, 4m05s or 6s."""
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    """with Progress("train", total=steps, unit="images", fields=("loss", "lr")) as p: p.update(done, rate=..., loss=...)
+
+    `done` and `total` count whatever the stage counts (images, steps); `rate` is in `unit`/s and
+    defaults to done / elapsed seconds. Fields keep their last value, so a costly one (a loss that
+    waits for the GPU) need not be passed every time. `mode`: "auto" (rich on a terminal, else plain), "rich",
+    "plain" or "none".
+    """
+
+    PLAIN_EVERY_S = 30.0
+
+    def __init__(self, title: str, total: int, *, unit: str = "images", fields: tuple[str, ...] = (), mode: str = "auto"):
+        if mode == "auto":
+            mode = "rich" if sys.stdout.isatty() else "plain"
+        self.title, self.total, self.unit, self.fields, self.mode = title, total, unit, fields, mode
+        self.bar, self.values = None, {name: "-" for name in fields}
+
+    def __enter__(self) -> "Progress":
+        self.started = self.last_line = time.perf_counter()
+        self.next_line = self.total / 10
+        if self.mode == "rich":
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            extra = " ".join(f"{name} {{task.fields[{name}]}}" for name in self.fields)
+            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[rate]} " + extra), TextColumn("ETA"), TimeRemainingColumn(),
+                           transient=True)  # fmt: skip
+            self.task = self.bar.add_task(self.title, total=self.total, rate="", **self.values)
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def update(self, done: int, rate: float | None = None, **fields) -> None:
+        now = time.perf_counter()
+        self.values.update(fields)
+        if rate is None:
+            rate = done / max(now - self.started, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, rate=f"{rate:,.0f} {self.unit}/s", **fields)
+        elif self.mode == "plain" and (done >= self.next_line or done == self.total or now - self.last_line >= self.PLAIN_EVERY_S):
+            self.next_line = done + self.total / 10
+            self.last_line = now
+            eta = (now - self.started) * (self.total - done) / max(done, 1)
+            extra = "".join(f", {name} {value}" for name, value in self.values.items())
+            print(f"{self.title}: {done:,}/{self.total:,} ({100 * done / max(self.total, 1):.0f}%) {rate:,.0f} {self.unit}/s, "
+                  f"ETA {duration(eta)}{extra}", flush=True)  # fmt: skip
