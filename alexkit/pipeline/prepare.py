@@ -33,17 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import re
 import shutil
-import signal
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,19 +45,19 @@ from typing import Literal
 
 import numpy as np
 
-from alexkit.datasets import Dataset, Sample, find_dataset, read_sample_bytes
+from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, usable_cores
 from alexkit.progress import Progress, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
+from alexkit.pipeline.workers import Workers, chunks
 
 FORMATS = ("jpg", "raw")
 MIN_SIZE, MAX_SIZE = 16, 1024  # 1024 px raw (3 MiB) still fits a .beton page
 MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
 SPLITS = ("train", "val")
-CHUNK = 64  # samples per task: large enough to amortise the hand-over, small enough to balance
 JPEG_BYTES_PER_PIXEL = 0.35  # q90 at 256 px: ~23 KB per image; only for the free-space warning
 
 
@@ -130,7 +124,7 @@ def prepare(cfg: PrepareConfig) -> Path:
     _clear(out, keep=() if cfg.force else tuple(ds.splits))
 
     records = {}
-    with _Workers(cfg.workers) as workers:
+    with Workers(cfg.workers) as workers:
         for name in [n for n in SPLITS if n in ds.splits]:
             fingerprint = _fingerprint(name, ds, settings)
             record = _completed_split(out, name, fingerprint)
@@ -150,7 +144,7 @@ def prepare(cfg: PrepareConfig) -> Path:
 # --- one split ---
 
 
-def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerprint: dict, workers: "_Workers") -> dict:
+def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerprint: dict, workers: Workers) -> dict:
     """Convert and write one split; its .beton, (for train) stats.npz, then its done-record."""
     samples = ds.splits[name]
     beton, done = out / f"{name}.beton", out / f"{name}.done.json"
@@ -169,7 +163,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
         writer = BetonWriter(beton, capacity=len(samples))
         with Progress(name, len(samples), fields=("skipped",)) as progress:
             job = (cfg.size, cfg.format, cfg.quality, with_stats)
-            for results, chunk_sums in workers.run(_chunks(samples, cfg.workers), job):
+            for results, chunk_sums in workers.run(chunks(samples, cfg.workers), job):
                 for index, payload, reason in results:
                     sample = samples[index]
                     if payload is None:
@@ -211,34 +205,6 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
     rate = record["images_per_s"]
     print(f"{name}: {count:,} images written to {beton} in {seconds:.1f} s ({rate:,.0f} images/s), {len(skipped)} skipped", flush=True)
     return record
-
-
-def _chunks(samples: tuple[Sample, ...], workers: int) -> Iterator[list[tuple[int, Sample]]]:
-    """[(index, sample)] lists; smaller than CHUNK for small splits, so every worker gets work."""
-    step = max(1, min(CHUNK, len(samples) // (4 * workers)))
-    for start in range(0, len(samples), step):
-        yield list(enumerate(samples[start : start + step], start))
-
-
-def _convert_chunk(chunk: list[tuple[int, Sample]], size: int, fmt: str, quality: int, with_stats: bool):
-    """In a worker: convert each sample; a failure of one file is caught and becomes its skip reason.
-
-    Returns ([(index, stored bytes or RGB array, None) or (index, None, reason)], PixelSums or None).
-    """
-    sums = imageops.PixelSums(size) if with_stats else None
-    results = []
-    for index, sample in chunk:
-        data = None
-        try:
-            data = read_sample_bytes(sample)
-            stored, rgb = imageops.convert(data, size, fmt, quality)
-        except Exception as exc:  # anything one file can do: bad bytes, decoder errors, memory
-            results.append((index, None, imageops.skip_reason(exc, data)))
-            continue
-        if sums is not None:
-            sums.add(rgb)
-        results.append((index, stored, None))
-    return results, sums
 
 
 def _completed_split(out: Path, name: str, fingerprint: dict) -> dict | None:
@@ -300,96 +266,6 @@ def eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     eigval, eigvec = eigval[order], eigvec[:, order]
     signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(3)])
     return np.maximum(eigval, 0.0), eigvec * signs
-
-
-# --- worker processes ---
-
-
-def _init_worker(parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _start until now
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:  # die with the parent, even on kill -9 (PR_SET_PDEATHSIG = 1)
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-    imageops.quiet_worker()
-
-
-class _Workers:
-    """Worker processes converting chunks of samples, results handed back in order.
-
-    At most 2 x workers + 1 chunks are in flight, so memory does not grow with the dataset. If a
-    worker dies (a native decoder crash, the OOM killer), the pool is restarted and the chunk
-    it held is redone one file at a time in fresh processes, so only the culprit is skipped.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        # fork: workers start in milliseconds and inherit the imported modules.
-        self.context = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        imageops.load_libraries()  # once here (torch: ~1 s), not per worker; OpenCV made fork-safe
-        self.pool = self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        # Workers are born with Ctrl-C blocked, so none dies of it before _init_worker ignores it.
-        blocked = hasattr(signal, "pthread_sigmask")
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            pool = ProcessPoolExecutor(
-                self.workers, mp_context=self.context, initializer=_init_worker, initargs=(os.getpid(),)
-            )
-            pool.submit(int).result()  # start every worker now, before a progress thread exists
-        finally:
-            if blocked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        return pool
-
-    def _restart(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pool = self._start()
-
-    def __enter__(self) -> "_Workers":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def run(self, chunks: Iterator[list], job: tuple) -> Iterator[tuple[list, imageops.PixelSums | None]]:
-        """Yield `_convert_chunk(chunk, *job)` for every chunk, in order."""
-        pending: deque = deque()
-        while True:
-            while len(pending) < 2 * self.workers + 1 and (chunk := next(chunks, None)) is not None:
-                pending.append((chunk, self.pool.submit(_convert_chunk, chunk, *job)))
-            if not pending:
-                return
-            chunk, future = pending.popleft()
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                self._restart()
-                result = self._one_by_one(chunk, job)
-                pending = deque((c, self.pool.submit(_convert_chunk, c, *job)) for c, _ in pending)
-            yield result
-
-    def _one_by_one(self, chunk: list, job: tuple) -> tuple[list, imageops.PixelSums | None]:
-        results, sums = [], imageops.PixelSums(job[0]) if job[3] else None
-        for item in chunk:
-            try:
-                part, part_sums = self.pool.submit(_convert_chunk, [item], *job).result()
-            except BrokenProcessPool:
-                self._restart()
-                part, part_sums = [(item[0], None, "the decoder crashed its worker process")], None
-            results += part
-            if sums is not None and part_sums is not None:
-                sums.merge(part_sums)
-        return results, sums
 
 
 # --- progress and reporting ---

@@ -1,0 +1,135 @@
+"""prepare's worker processes: each converts chunks of samples (read, decode, resize, crop,
+encode, statistics); results come back in order, and a file that crashes its worker costs only
+that file. Nothing here writes the store: the parent alone does (see prepare.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from alexkit.datasets import Sample, read_sample_bytes
+from alexkit.pipeline import imageops
+
+CHUNK = 64  # samples per task: large enough to amortise the hand-over, small enough to balance
+
+
+def chunks(samples: tuple[Sample, ...], workers: int) -> Iterator[list[tuple[int, Sample]]]:
+    """[(index, sample)] lists; smaller than CHUNK for small splits, so every worker gets work."""
+    step = max(1, min(CHUNK, len(samples) // (4 * workers)))
+    for start in range(0, len(samples), step):
+        yield list(enumerate(samples[start : start + step], start))
+
+
+def convert_chunk(chunk: list[tuple[int, Sample]], size: int, fmt: str, quality: int, with_stats: bool):
+    """In a worker: convert each sample; a failure of one file is caught and becomes its skip reason.
+
+    Returns ([(index, stored bytes or RGB array, None) or (index, None, reason)], PixelSums or None).
+    """
+    sums = imageops.PixelSums(size) if with_stats else None
+    results = []
+    for index, sample in chunk:
+        data = None
+        try:
+            data = read_sample_bytes(sample)
+            stored, rgb = imageops.convert(data, size, fmt, quality)
+        except Exception as exc:  # anything one file can do: bad bytes, decoder errors, memory
+            results.append((index, None, imageops.skip_reason(exc, data)))
+            continue
+        if sums is not None:
+            sums.add(rgb)
+        results.append((index, stored, None))
+    return results, sums
+
+
+def _init_worker(parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _start until now
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:  # die with the parent, even on kill -9 (PR_SET_PDEATHSIG = 1)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    imageops.quiet_worker()
+
+
+class Workers:
+    """Worker processes converting chunks of samples, results handed back in order.
+
+    At most 2 x workers + 1 chunks are in flight, so memory does not grow with the dataset. If a
+    worker dies (a native decoder crash, the OOM killer), the pool is restarted and the chunk
+    it held is redone one file at a time in fresh processes, so only the culprit is skipped.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        # fork: workers start in milliseconds and inherit the imported modules.
+        self.context = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        imageops.load_libraries()  # once here (torch: ~1 s), not per worker; OpenCV made fork-safe
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # Workers are born with Ctrl-C blocked, so none dies of it before _init_worker ignores it.
+        blocked = hasattr(signal, "pthread_sigmask")
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pool = ProcessPoolExecutor(
+                self.workers, mp_context=self.context, initializer=_init_worker, initargs=(os.getpid(),)
+            )
+            pool.submit(int).result()  # start every worker now, before a progress thread exists
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        return pool
+
+    def _restart(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = self._start()
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, chunks: Iterator[list], job: tuple) -> Iterator[tuple[list, imageops.PixelSums | None]]:
+        """Yield `convert_chunk(chunk, *job)` for every chunk, in order."""
+        pending: deque = deque()
+        while True:
+            while len(pending) < 2 * self.workers + 1 and (chunk := next(chunks, None)) is not None:
+                pending.append((chunk, self.pool.submit(convert_chunk, chunk, *job)))
+            if not pending:
+                return
+            chunk, future = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                self._restart()
+                result = self._one_by_one(chunk, job)
+                pending = deque((c, self.pool.submit(convert_chunk, c, *job)) for c, _ in pending)
+            yield result
+
+    def _one_by_one(self, chunk: list, job: tuple) -> tuple[list, imageops.PixelSums | None]:
+        results, sums = [], imageops.PixelSums(job[0]) if job[3] else None
+        for item in chunk:
+            try:
+                part, part_sums = self.pool.submit(convert_chunk, [item], *job).result()
+            except BrokenProcessPool:
+                self._restart()
+                part, part_sums = [(item[0], None, "the decoder crashed its worker process")], None
+            results += part
+            if sums is not None and part_sums is not None:
+                sums.merge(part_sums)
+        return results, sums
