@@ -14,6 +14,7 @@ rank 0, which checks that every image was seen exactly once before counting anyt
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE
+from alexkit.paths import DEFAULT_STORE, write_atomic
 from alexkit.progress import Progress
 from alexkit.runs import find_checkpoint
 
@@ -145,7 +146,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
         if cfg.predictions_path is not None:
             write_predictions(cfg.predictions_path, rows)
         if cfg.json_path is not None:
-            _write_atomic(cfg.json_path, json.dumps(results, indent=1) + "\n")
+            write_atomic(cfg.json_path, json.dumps(results, indent=1) + "\n")
         print("\n".join(report(results, cfg.show_classes)))
     return results
 
@@ -205,15 +206,13 @@ def write_predictions(path: Path, rows: dict) -> None:
     """CSV, one row per val image sorted by index: index, label, top1..top5, p1..p5."""
     k = rows["top"].shape[1]
     header = ["index", "label"] + [f"top{i + 1}" for i in range(k)] + [f"p{i + 1}" for i in range(k)]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for i in range(len(rows["index"])):
-            w.writerow([int(rows["index"][i]), int(rows["label"][i]), *rows["top"][i].tolist(),
-                        *(f"{p:.6g}" for p in rows["p"][i].tolist())])  # fmt: skip
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(header)
+    for i in range(len(rows["index"])):
+        w.writerow([int(rows["index"][i]), int(rows["label"][i]), *rows["top"][i].tolist(),
+                    *(f"{p:.6g}" for p in rows["p"][i].tolist())])  # fmt: skip
+    write_atomic(path, text.getvalue())
 
 
 def _concat(parts: list[dict]) -> dict:
@@ -243,11 +242,3 @@ def _check_each_once(index: np.ndarray, total: int, store) -> None:
         missing = int(total - len(np.unique(index)))
         raise AlexkitError(f"the val loader of {store.path} gave {len(index)} predictions for {total} images "
                            f"({repeated} repeated, {missing} missing); every image must count exactly once")  # fmt: skip
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-

@@ -24,3 +24,22 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` all or nothing: a temporary file, fsync, rename, fsync of the folder.
+    A reader (or a run interrupted at any moment) sees the old file or the new one, never half."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

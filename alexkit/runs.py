@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_RUNS, latest_run
+from alexkit.paths import DEFAULT_RUNS, latest_run, write_atomic
 
 CHECKPOINT_FORMAT = 1
 
@@ -60,10 +60,10 @@ def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
         except metadata.PackageNotFoundError:
             versions[package] = None
     config = dict(config, versions=versions, python=sys.version.split()[0], git_commit=_git_commit(), argv=sys.argv)
-    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_atomic(path / "config.json", json.dumps(config, indent=2) + "\n")
     for name in ("stats.npz", "classes.json"):
         shutil.copyfile(store.path / name, path / name)
-    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    write_atomic(path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
 
 
 def _git_commit() -> str | None:

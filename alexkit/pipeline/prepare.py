@@ -47,7 +47,7 @@ import numpy as np
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE, usable_cores
+from alexkit.paths import DEFAULT_STORE, usable_cores, write_atomic
 from alexkit.progress import Progress, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
@@ -369,18 +369,7 @@ def _read_json(path: Path) -> dict | list | None:
 
 
 def _write_json(path: Path, obj) -> None:
-    """Write atomically: temporary file, fsync, rename, fsync the folder."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as f:
-        f.write(_dumps(obj))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, _dumps(obj))
 
 
 def _dumps(obj) -> str:
