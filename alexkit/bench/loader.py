@@ -99,27 +99,10 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
 # --- inputs ---
 
 
-def photo_like(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """An (H, W, 3) uint8 image with a photo's 1/f^beta spectrum and correlated colour channels.
-
-    Natural images have amplitude spectra falling roughly as 1/f; beta in [1.1, 1.5] gives JPEG q90
-    files of about 85 KB at 500x375 and 25 KB at 256x256, near ImageNet's averages, so decoding costs
-    about what it costs on real photos.
-    """
-    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
-    f = np.hypot(fx, fy)
-    f[0, 0] = 1.0
-    amplitude = f ** -rng.uniform(1.1, 1.5)
-    noise = rng.normal(size=(3, *f.shape)) + 1j * rng.normal(size=(3, *f.shape))
-    planes = np.fft.irfft2(noise * amplitude, s=(height, width)).transpose(1, 2, 0)  # (H, W, 3)
-    mix = 0.4 * np.eye(3) + 0.6 * rng.uniform(0.2, 1.0, (3, 3))
-    img = planes @ mix
-    img = (img - img.mean()) / (img.std() + 1e-9) * 55 + rng.uniform(80, 170, 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def _write_source(task: tuple[Path, int]) -> None:
     from PIL import Image
+
+    from alexkit.bench.prepare import photo_like  # the same photo-like sources as `alexkit bench prepare`
 
     path, i = task
     rng = np.random.default_rng([2012, i])
