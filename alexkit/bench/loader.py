@@ -198,8 +198,12 @@ def torchvision_style_runner(sources: list[Path], stores: dict, mode: str, cfg: 
 
     store = next(iter(stores.values()))
     data = _PilImages(sources, store.stats.mean_image, store.size, store.crop, train=mode == "train")
+    # Workers come from a fork server, not forked from this process: a fork makes every page this
+    # process writes next (the other pipelines' buffers, hundreds of MB) a copy-on-write fault,
+    # billed to whichever pipeline runs next (it halved alexkit's next epoch).
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=mode == "train", num_workers=threads,
-                                         persistent_workers=True, drop_last=mode == "train")  # fmt: skip
+                                         persistent_workers=True, drop_last=mode == "train",
+                                         multiprocessing_context="forkserver")  # fmt: skip
     return Runner("(a) PIL + DataLoader", "source JPEGs", mode, lambda e: loader)
 
 
