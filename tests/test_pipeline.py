@@ -67,8 +67,9 @@ def run_graph(cfg: GraphConfig, mean_image: np.ndarray, batch: tuple) -> tuple[n
     return views, index
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("size,channels_last", [(32, False), (37, True), (16, False)])
-def test_train_graph_equals_reference_on_raw_pixels(size, channels_last):
+def test_train_graph_equals_reference_on_raw_pixels(size, channels_last, fused):
     rng = np.random.default_rng(size)
     C, n = crop_size(size), 12
     images = random_images(rng, n, size)
@@ -76,7 +77,7 @@ def test_train_graph_equals_reference_on_raw_pixels(size, channels_last):
     x, y, flip, _ = train_params(rng, n, size, C)
     x[:4], y[:4], flip[:4] = [0, size - C, 0, size - C], [0, 0, size - C, size - C], [False, True, True, False]  # every corner
     offset = rng.normal(0, 8, (n, 3)).astype(np.float32)
-    cfg = GraphConfig("train", size, C, encoded=False, channels_last=channels_last, batch_size=16)
+    cfg = GraphConfig("train", size, C, encoded=False, channels_last=channels_last, batch_size=16, fused=fused)
     views, index = run_graph(cfg, mean, train_inputs(images, np.arange(n) + 100, x, y, flip, offset, size=size, crop=C))
     ref = np.stack([reference_train(images[i], mean, x[i], y[i], flip[i], offset[i]) for i in range(n)])
     assert views.shape == (n, 3, C, C) and views.dtype == np.float32
@@ -84,7 +85,8 @@ def test_train_graph_equals_reference_on_raw_pixels(size, channels_last):
     assert index.tolist() == list(range(100, 100 + n))
 
 
-def test_train_graph_on_jpeg_matches_reference_of_decoded_bytes():
+@pytest.mark.parametrize("fused", [True, False])
+def test_train_graph_on_jpeg_matches_reference_of_decoded_bytes(fused):
     """The CPU graph decodes only the window; DALI's decoder and PIL (both libjpeg-turbo, accurate
     IDCT, fancy upsampling) give identical pixels here; one level of slack is allowed for other builds."""
     size, n = 48, 8
@@ -94,11 +96,33 @@ def test_train_graph_on_jpeg_matches_reference_of_decoded_bytes():
     x, y, flip, _ = train_params(rng, n, size, C)
     x[:4], y[:4] = [0, size - C, 0, size - C], [0, 0, size - C, size - C]  # the decoder's window at every corner
     offset = rng.normal(0, 5, (n, 3)).astype(np.float32)
-    views, _ = run_graph(GraphConfig("train", size, C, encoded=True, batch_size=n), mean,
+    views, _ = run_graph(GraphConfig("train", size, C, encoded=True, batch_size=n, fused=fused), mean,
                          train_inputs(data, np.arange(n), x, y, flip, offset, size=size, crop=C))
     ref = np.stack([reference_train(pil_decode(d), mean, x[i], y[i], flip[i], offset[i]) for i, d in enumerate(data)])
     diff = np.abs(views - ref)
     assert diff.max() <= 1.0 + EXACT and diff.mean() < 0.05, (diff.max(), diff.mean())  # identical here (both libjpeg-turbo)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_pass_kernel_equals_dalis_operators_bit_for_bit(channels_last):
+    """CPU train from JPEG: the Numba kernel and the two DALI operators do the same float32
+    arithmetic ((pixel - mean) + offset), so their outputs are identical, not merely close; the
+    kernel really is in the graph (numba comes with FFCV)."""
+    from alexkit.pipeline.graphs import _Graph
+
+    size, n = 40, 10
+    C, rng = crop_size(size), np.random.default_rng(7)
+    data = [jpeg(im) for im in smooth_images(rng, n, size)]
+    mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    x, y, flip, _ = train_params(rng, n, size, C)
+    flip[:2] = [True, False]
+    batch = train_inputs(data, np.arange(n), x, y, flip, rng.normal(0, 5, (n, 3)), size=size, crop=C)
+    fused, dali = (GraphConfig("train", size, C, encoded=True, channels_last=channels_last, batch_size=n, fused=f) for f in (True, False))
+    assert _Graph(fused, mean).kernel is not None and _Graph(dali, mean).kernel is None
+    one, _ = run_graph(fused, mean, batch)
+    two, _ = run_graph(dali, mean, batch)
+    assert one.shape == (n, 3, C, C)
+    np.testing.assert_array_equal(one, two)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

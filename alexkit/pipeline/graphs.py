@@ -1,6 +1,7 @@
 """The DALI graphs: a stored image (JPEG bytes or raw pixels) -> mean-subtracted float views.
 
-One graph per mode, the same on CPU and GPU (only the operators' device changes):
+One graph per mode, the same on CPU and GPU (only the operators' device changes; on the CPU
+the train graph does its float work in one Numba-compiled operator, see below):
   train    crop CxC at a drawn corner, mirror with p = 0.5, add the PCA lighting shift,
            subtract the mean image cropped and mirrored identically   -> (N, 3, C, C)
   center   the centre CxC window minus the mean image's centre window  -> (N, 3, C, C)
@@ -22,18 +23,24 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
 - crop_mirror_normalize cuts the window, mirrors it and lays it out (HWC -> CHW) in one pass,
   and pixels stay uint8 until the one float operation, the subtraction: for tencrop at batch 128
   that is 2.4 GB of buffers instead of 4 GB when each view is made float first.
-- Train on the CPU from JPEG: two passes after decoding, where cutting the mean window took a
-  third. The decoded window (HWC, not mirrored) minus the mean image's identical window, then one
-  crop_mirror_normalize that mirrors, lays out and adds the lighting shift (its per-channel `mean`
-  argument, negated): views = mirror(pixels - mean) + offset. The mean windows cost no pass: a
-  table holds, for every left edge x, the columns x..x+C of the mean image made contiguous
-  (S - C + 1 arrays of S x C x 3 float32, 23 MB at 256 -> 224), so the window at (x, y) is the
-  contiguous rows y..y+C of one of them, fed to DALI per sample as a view, never copied (see
-  _MeanWindows). CPU time per image, graph alone: 0.51 -> 0.43 ms; in `alexkit bench loader`
-  (JPEG store, train): 0.52 -> 0.48 ms.
-- Elsewhere (raw pixels, and on the GPU, where feeding 77 MB of mean windows per batch would
-  cost a host-to-device copy) the per-pixel mean image is a graph constant (made once, then
-  shared, never copied per batch). For train its window moves with the image's, so a second
+- Train on the CPU: one pass after decoding (JPEG) or straight from the stored pixels (raw).
+  DALI's own operators need two (JPEG: the window minus the mean window, then a
+  crop_mirror_normalize that mirrors, lays out and adds the lighting shift), each re-reading and
+  re-writing 600 KB of float32 per 224 view; memory traffic, not arithmetic, is what they cost.
+  One Numba-compiled kernel run by DALI's numba_function operator (_fused_op) reads the uint8
+  window and the float mean window once and writes the output once:
+  out[:, h, w'] = pixel[y + h, x + w] - mean[y + h, x + w] + offset, w' = C - 1 - w if mirrored,
+  the same float32 arithmetic as the two-operator graph (identical outputs, tested).
+  `alexkit bench loader` (train, 2 cores, CPU ms per image, operators only -> kernel): JPEG
+  store 0.50 -> 0.42, raw store 0.28 -> 0.13. Compiled once per process and layout (about 2 s).
+  Without numba, or with fused=False, DALI's operators run instead.
+  The mean windows cost no pass: a table holds, for every left edge x, the columns x..x+C of the
+  mean image made contiguous (S - C + 1 arrays of S x C x 3 float32, 23 MB at 256 -> 224), so the
+  window at (x, y) is the contiguous rows y..y+C of one of them, fed to DALI per sample as a view,
+  never copied (see _TrainSource).
+- Elsewhere (on the GPU, where feeding 77 MB of mean windows per batch would cost a
+  host-to-device copy; center and tencrop; raw pixels on the CPU without the kernel) the
+  per-pixel mean image is a graph constant (made once, then shared, never copied per batch). For train its window moves with the image's, so a second
   crop_mirror_normalize cuts the same window from the constant and, on the way, subtracts the
   lighting shift (its per-channel `mean` argument): views = pixels - (mean - offset). For center
   and tencrop the windows are fixed, so the cut mean windows themselves are the constants.
@@ -63,6 +70,8 @@ class GraphConfig:
     decoder: "cpu" (libjpeg-turbo in DALI's threads) or "mixed" (nvJPEG and the hardware JPEG
       engines where present; needs device_id).
     prefetch: batches DALI prepares ahead of the one being consumed.
+    fused: train on the CPU runs the one-pass Numba kernel (_fused_op) where numba is installed;
+      False: DALI's own operators only (the same outputs, one more pass).
     """
 
     mode: Mode
@@ -75,6 +84,7 @@ class GraphConfig:
     batch_size: int = 128
     num_threads: int = 2
     prefetch: int = 2
+    fused: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -138,10 +148,11 @@ def build_graph(cfg: GraphConfig, mean_image: np.ndarray, source: Callable[[], t
                     prefetch_queue_depth=cfg.prefetch, exec_dynamic=True, seed=0)  # fmt: skip
     with pipe:
         graph = _Graph(cfg, mean_image)
-        if graph.windows_fed:
-            source = _MeanWindows(source, mean_image, S, cfg.crop)
-        data, *params, index = graph.inputs(source, no_copy)
-        views = {"train": graph.train_views, "center": graph.center_views, "tencrop": graph.ten_views}[cfg.mode](data, *params)
+        if cfg.mode == "train":
+            source = _TrainSource(source, graph.input_names, mean_image, S, cfg.crop)
+        inputs = dict(zip(graph.input_names, graph.inputs(source, no_copy)))
+        index = inputs.pop("index")
+        views = {"train": graph.train_views, "center": graph.center_views, "tencrop": graph.ten_views}[cfg.mode](**inputs)
         pipe.set_outputs(views, index)
     return pipe
 
@@ -156,22 +167,22 @@ class _Graph:
         self.fn, self.types, self.cfg, self.mean_image = fn, types, cfg, mean_image
         self.device = "cpu" if cfg.device_id is None else "gpu"
         self.layout = "HWC" if cfg.channels_last else "CHW"  # of each output view
-        # Train on the CPU from JPEG: the source also gives each sample's mean window (_MeanWindows).
-        self.windows_fed = cfg.mode == "train" and cfg.encoded and cfg.decoder == "cpu" and self.device == "cpu"
+        # Train on the CPU: the one-pass kernel where numba is installed, else DALI's operators;
+        # both take each sample's mean window from the source (_TrainSource), except raw pixels
+        # without the kernel, which cut it from a graph constant like the GPU.
+        cpu_train = cfg.mode == "train" and self.device == "cpu"
+        self.kernel = _fused_op(cfg.channels_last) if cpu_train and cfg.fused else None
+        self.windows_fed = cpu_train and (self.kernel is not None or cfg.encoded)
+        self.input_names = ["data"] + _train_input_names(cfg.mode, cfg.encoded, self.kernel is not None, self.windows_fed) + ["index"]
 
     def inputs(self, source, no_copy: bool):
-        """(data, [crop_x, crop_y, mirror, offset, [mean_window,]] index) from the per-batch source."""
+        """One DataNode per name in input_names, from the per-batch source (see _INPUT_SPECS)."""
         t, cfg = self.types, self.cfg
-        data = dict(dtype=t.UINT8, ndim=1 if cfg.encoded else 3, layout="" if cfg.encoded else "HWC")
-        specs = [data, dict(dtype=t.INT64, ndim=0)]
-        if cfg.mode == "train":  # crop_x, crop_y, mirror, offset (see train_inputs)
-            scalar = dict(ndim=0)
-            specs[1:1] = [dict(scalar, dtype=t.FLOAT), dict(scalar, dtype=t.FLOAT), dict(scalar, dtype=t.INT32), dict(dtype=t.FLOAT, ndim=1)]
-        if self.windows_fed:
-            specs[-1:-1] = [dict(dtype=t.FLOAT, ndim=3, layout="HWC")]
+        specs = {**_INPUT_SPECS, "data": ("UINT8", 1, "") if cfg.encoded else ("UINT8", 3, "HWC")}
+        specs = [specs[name] for name in self.input_names]
         return self.fn.external_source(source=source, num_outputs=len(specs), batch=True, no_copy=no_copy,
-                                       dtype=[s["dtype"] for s in specs], ndim=[s["ndim"] for s in specs],
-                                       layout=[s.get("layout", "") for s in specs])  # fmt: skip
+                                       dtype=[getattr(t, dtype) for dtype, _, _ in specs], ndim=[ndim for _, ndim, _ in specs],
+                                       layout=[layout for _, _, layout in specs])  # fmt: skip
 
     def stored_image(self, data):
         """The stored SxS image as uint8 HWC on the operators' device: decoded, or raw pixels as they are."""
@@ -192,13 +203,11 @@ class _Graph:
         the output layout. The CPU decoder decodes only the window (libjpeg-turbo skips the rest;
         the pixels equal those of a full decode, tested), about 8% less decoding. The GPU decoder
         decodes whole images, which keeps the hardware JPEG engines in play."""
-        cfg, t = self.cfg, self.types
-        if not (cfg.encoded and cfg.decoder == "cpu"):
+        if not (self.cfg.encoded and self.cfg.decoder == "cpu"):
             return self.window(self.stored_image(data), pos_x, pos_y, mirror)
-        part = self.fn.decoders.image_crop(data, crop=(cfg.crop, cfg.crop), crop_pos_x=pos_x, crop_pos_y=pos_y, device="cpu",
-                                           output_type=t.RGB, adjust_orientation=False)  # fmt: skip
+        part = self.decoded_window(data, pos_x, pos_y)
         part = part.gpu() if self.device == "gpu" else part
-        return self.fn.crop_mirror_normalize(part, mirror=mirror, dtype=t.UINT8, output_layout=self.layout)
+        return self.fn.crop_mirror_normalize(part, mirror=mirror, dtype=self.types.UINT8, output_layout=self.layout)
 
     def constant(self, array: np.ndarray, layout: str):
         """A graph constant: made once, then shared by every sample of every batch."""
@@ -223,19 +232,26 @@ class _Graph:
         cut = [self.mean_image[y : y + C, x : x + C][:, ::-1 if f else 1] for x, y, f in windows]
         return np.stack([w if self.cfg.channels_last else w.transpose(2, 0, 1) for w in cut])
 
-    def train_views(self, data, crop_x, crop_y, mirror, offset, mean_window=None):
-        if mean_window is not None:  # fed by _MeanWindows: (C, C, 3) float32, not mirrored
-            C, t = self.cfg.crop, self.types
-            part = self.fn.decoders.image_crop(data, crop=(C, C), crop_pos_x=crop_x, crop_pos_y=crop_y, device="cpu",
-                                               output_type=t.RGB, adjust_orientation=False)  # (C, C, 3) uint8
-            centred = part - mean_window  # (C, C, 3) float
+    def train_views(self, data, offset, crop_x=None, crop_y=None, mirror=None, mean_window=None, corner=None):
+        if self.kernel is not None:  # one pass: window, mirror, layout, minus mean window, plus offset
+            if self.cfg.encoded:  # the decoder cuts the window; corner holds (0, 0, mirror)
+                data = self.decoded_window(data, crop_x, crop_y)
+            return self.kernel(mean_window, data, corner, offset)  # (3, C, C) float
+        if mean_window is not None:  # (C, C, 3) float32, not mirrored
+            centred = self.decoded_window(data, crop_x, crop_y) - mean_window  # (C, C, 3) float
             # The operator subtracts its `mean` argument: centred - (-offset) = pixels + offset - mean.
-            return self.fn.crop_mirror_normalize(centred, mirror=mirror, mean=-offset, dtype=t.FLOAT, output_layout=self.layout)
+            return self.fn.crop_mirror_normalize(centred, mirror=mirror, mean=-offset, dtype=self.types.FLOAT, output_layout=self.layout)
         pixels = self.stored_window(data, crop_x, crop_y, mirror)  # (3, C, C) uint8
         # The mean image's identical window minus the lighting shift (the operator subtracts its
         # per-channel `mean` argument): pixels - (mean - offset) = pixels + offset - mean.
         mean_less_light = self.window(self.constant(self.mean_image, "HWC"), crop_x, crop_y, mirror, mean=offset, dtype=self.types.FLOAT)
         return pixels - mean_less_light  # (3, C, C) float
+
+    def decoded_window(self, data, crop_x, crop_y):
+        """The CxC window of each stored JPEG, decoded on the CPU: (C, C, 3) uint8, not mirrored."""
+        C, t = self.cfg.crop, self.types
+        return self.fn.decoders.image_crop(data, crop=(C, C), crop_pos_x=crop_x, crop_pos_y=crop_y, device="cpu",
+                                           output_type=t.RGB, adjust_orientation=False)  # fmt: skip
 
     def center_views(self, data):
         m = center_corner(self.cfg.size, self.cfg.crop)
@@ -249,22 +265,117 @@ class _Graph:
         return views - self.constant(self.mean_windows(windows), "F" + self.layout)  # float
 
 
-class _MeanWindows:
-    """A train source that also gives each sample's window of the mean image, (C, C, 3) float32
-    HWC, not mirrored, as a view that DALI reads in place.
+# The graph's per-batch inputs: DALI dtype name, dimensions per sample, layout ("data" depends
+# on the store: JPEG bytes (ndim 1) or raw HWC pixels).
+_INPUT_SPECS = {
+    "crop_x": ("FLOAT", 0, ""), "crop_y": ("FLOAT", 0, ""),  # normalised corners (see _positions)
+    "mirror": ("INT32", 0, ""),
+    "offset": ("FLOAT", 1, ""),  # (3,) lighting shift
+    "mean_window": ("FLOAT", 3, "HWC"),  # (C, C, 3), not mirrored
+    "corner": ("INT32", 1, ""),  # (3,): x, y of the window in the data, mirror
+    "index": ("INT64", 0, ""),
+}  # fmt: skip
 
-    by_x[x] holds the columns x..x+C of the mean image, made contiguous: (S, C, 3). Its rows
-    y..y+C are then one contiguous block, the window at (x, y). The table (S - C + 1 arrays, 23 MB
-    at 256 -> 224) lives as long as the pipeline, so the views stay valid with no_copy.
+
+def _train_input_names(mode: str, encoded: bool, kernel: bool, windows_fed: bool) -> list[str]:
+    """The train graph's inputs between "data" and "index", by the path it takes."""
+    if mode != "train":
+        return []
+    if kernel:  # the decoder needs the normalised corner; raw pixels only the pixel corner
+        return (["crop_x", "crop_y"] if encoded else []) + ["offset", "mean_window", "corner"]
+    return ["crop_x", "crop_y", "mirror", "offset"] + (["mean_window"] if windows_fed else [])
+
+
+class _TrainSource:
+    """Turns a train source's batches (train_inputs) into the inputs the graph names, adding each
+    sample's mean window and pixel corner where the graph takes them.
+
+    Mean windows: (C, C, 3) float32 HWC, not mirrored, views that DALI reads in place. by_x[x]
+    holds the columns x..x+C of the mean image, made contiguous: (S, C, 3); its rows y..y+C are
+    one contiguous block, the window at (x, y). The table (S - C + 1 arrays, 23 MB at 256 -> 224)
+    lives as long as the pipeline, so the views stay valid with no_copy.
     """
 
-    def __init__(self, source: Callable[[], tuple], mean_image: np.ndarray, size: int, crop: int):
-        self.source, self.crop, self.span = source, crop, size - crop
-        self.by_x = [np.ascontiguousarray(mean_image[:, x : x + crop], dtype=np.float32) for x in range(size - crop + 1)]
+    def __init__(self, source: Callable[[], tuple], names: list[str], mean_image: np.ndarray, size: int, crop: int):
+        self.source, self.names, self.crop, self.span = source, names, crop, size - crop
+        fed = "mean_window" in names
+        self.by_x = [np.ascontiguousarray(mean_image[:, x : x + crop], dtype=np.float32) for x in range(size - crop + 1)] if fed else []
 
     def __call__(self) -> tuple:
-        data, pos_x, pos_y, mirror, offset, index = self.source()
-        # Back from normalised positions to pixel corners, rounded as the decoder rounds them.
-        xs, ys = (np.rint(np.asarray(p, np.float64) * self.span).astype(np.intp) for p in (pos_x, pos_y))
-        windows = [self.by_x[x][y : y + self.crop] for x, y in zip(xs.tolist(), ys.tolist())]
-        return data, pos_x, pos_y, mirror, offset, windows, index
+        data, crop_x, crop_y, mirror, offset, index = self.source()
+        batch = dict(data=data, crop_x=crop_x, crop_y=crop_y, mirror=mirror, offset=offset, index=index)
+        if "mean_window" in self.names:
+            # Back from normalised positions to pixel corners, rounded as the decoder rounds them.
+            xs, ys = (np.rint(np.asarray(p, np.float64) * self.span).astype(np.intp) for p in (crop_x, crop_y))
+            batch["mean_window"] = [self.by_x[x][y : y + self.crop] for x, y in zip(xs.tolist(), ys.tolist())]
+            if "corner" in self.names:
+                cut = "crop_x" in self.names  # JPEG: the decoder already cut the window, which starts at (0, 0)
+                zero = np.zeros_like(xs)
+                batch["corner"] = np.stack([zero if cut else xs, zero if cut else ys, np.asarray(mirror)], axis=1).astype(np.int32)  # (n, 3)
+        return tuple(batch[name] for name in self.names)
+
+
+# --- the one-pass train kernel (Numba, run by DALI's numba_function operator on the CPU) ---
+
+
+def _kernel_chw(out, mean_window, data, corner, offset):
+    """out (3, C, C) float32: the CxC window of data (H, W, 3) uint8 at corner (x, y), minus the
+    mean window (C, C, 3), plus offset (3,), mirrored when corner[2]."""
+    C = mean_window.shape[0]
+    x, y, mirror = corner[0], corner[1], corner[2]
+    o0, o1, o2 = offset[0], offset[1], offset[2]
+    for h in range(C):
+        for w in range(C):
+            t = C - 1 - w if mirror else w
+            out[0, h, t] = np.float32(data[y + h, x + w, 0]) - mean_window[h, w, 0] + o0
+            out[1, h, t] = np.float32(data[y + h, x + w, 1]) - mean_window[h, w, 1] + o1
+            out[2, h, t] = np.float32(data[y + h, x + w, 2]) - mean_window[h, w, 2] + o2
+
+
+def _kernel_hwc(out, mean_window, data, corner, offset):
+    """As _kernel_chw, with out (C, C, 3)."""
+    C = mean_window.shape[0]
+    x, y, mirror = corner[0], corner[1], corner[2]
+    for h in range(C):
+        for w in range(C):
+            t = C - 1 - w if mirror else w
+            for c in range(3):
+                out[h, t, c] = np.float32(data[y + h, x + w, c]) - mean_window[h, w, c] + offset[c]
+
+
+def _shape_chw(outs, ins):
+    """Output shapes: the mean window's (C, C, 3) as (3, C, C). The mean window is the kernel's
+    first input because DALI 2.4's setup wrapper shows a setup function only as many inputs as
+    the operator has outputs."""
+    for i in range(len(outs[0])):
+        outs[0][i][0] = ins[0][i][2]
+        outs[0][i][1] = ins[0][i][0]
+        outs[0][i][2] = ins[0][i][1]
+
+
+def _shape_hwc(outs, ins):
+    """Output shapes: the mean window's (C, C, 3)."""
+    for i in range(len(outs[0])):
+        for d in range(3):
+            outs[0][i][d] = ins[0][i][d]
+
+
+_FUSED: dict = {}
+
+
+def _fused_op(channels_last: bool):
+    """The kernel as a DALI operator, compiled on first use (about 2 s) and shared by every
+    pipeline of the process; None where numba is not installed (the graph then uses DALI's own
+    operators)."""
+    if channels_last not in _FUSED:
+        try:
+            import nvidia.dali.types as types
+            from nvidia.dali.plugin.numba import NumbaFunction
+        except (ImportError, OSError):  # no numba, or one that cannot load here
+            _FUSED[channels_last] = None
+        else:
+            run, shape = (_kernel_hwc, _shape_hwc) if channels_last else (_kernel_chw, _shape_chw)
+            _FUSED[channels_last] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
+                                                  in_types=[types.FLOAT, types.UINT8, types.INT32, types.FLOAT],
+                                                  outs_ndim=[3], ins_ndim=[3, 3, 1, 1])  # fmt: skip
+    return _FUSED[channels_last]

@@ -67,7 +67,8 @@ class LoaderConfig:
 
     drop_last: None means True for train and False for center / tencrop; evaluation modes never
       drop (every image once across ranks), so drop_last=True with them is an error.
-    num_threads: DALI's CPU threads; None: this process's cores divided by LOCAL_WORLD_SIZE.
+    num_threads: DALI's CPU threads; None: default_threads().
+    fused: train on the CPU runs the one-pass kernel (see graphs.py); False: DALI's operators only.
     """
 
     split: str
@@ -81,6 +82,7 @@ class LoaderConfig:
     channels_last: bool = False
     num_threads: int | None = None
     prefetch: int = 2
+    fused: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -199,7 +201,7 @@ class Loader:
             graph = GraphConfig(
                 mode=cfg.mode, size=self.store.size, crop=self.store.crop, encoded=self.encoded, decoder=self.decoder,
                 device_id=self._device_id(), channels_last=cfg.channels_last, batch_size=cfg.batch_size,
-                num_threads=cfg.num_threads or default_threads(), prefetch=cfg.prefetch,
+                num_threads=cfg.num_threads or default_threads(), prefetch=cfg.prefetch, fused=cfg.fused,
             )
             self._pipe = build_graph(graph, self.store.stats.mean_image, self._feed, no_copy=True)
             self._pipe.build()
@@ -280,7 +282,7 @@ def make_loader(store: Store | str | Path, split: str, *, mode: Mode = "train", 
                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, seed: int = 0,
                 dtype: torch.dtype = torch.float32, channels_last: bool = False, drop_last: bool | None = None,
                 decoder: Literal["auto", "cpu", "mixed"] = "auto", num_threads: int | None = None,
-                prefetch: int = 2) -> Loader:  # fmt: skip
+                prefetch: int = 2, fused: bool = True) -> Loader:  # fmt: skip
     """A Loader over `split` of `store` (a Store or its directory); see the module docstring.
 
     images come as (N, 3, C, C) (tencrop: (N, 10, 3, C, C)) in `dtype` on `device`, channels-last
@@ -293,5 +295,5 @@ def make_loader(store: Store | str | Path, split: str, *, mode: Mode = "train", 
         store = Store(Path(store))
     cfg = LoaderConfig(split=split, mode=mode, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
                        drop_last=drop_last, decoder=decoder, channels_last=channels_last, num_threads=num_threads,
-                       prefetch=prefetch)  # fmt: skip
+                       prefetch=prefetch, fused=fused)  # fmt: skip
     return Loader(store, cfg, device=device, dtype=dtype)
