@@ -2,6 +2,8 @@
 
   alexkit  store -> DALI (CPU operators here) -> torch: crop, flip, PCA lighting (train) and
            per-pixel mean subtraction, float32 NCHW output. A JPEG q90 store and a raw store.
+           Train also runs a second time with DALI's own operators only (no one-pass kernel,
+           see pipeline/graphs.py), to show what the kernel buys.
   (a)      torchvision-style: PIL decodes each source JPEG, resizes the shorter side to 256, cuts
            the centre 256 square, then the same crop / flip / mean subtraction in NumPy + torch,
            in a torch DataLoader with one worker process per core (no lighting).
@@ -12,7 +14,10 @@
 The pipelines of one mode take turns, one whole epoch each, so that other processes on the
 machine slow them alike. The first epoch is a warm-up (graph build, numba compilation, worker
 start); the median of the others is printed with their min-max, and the CPU time per image (all
-threads and worker processes), the steadier figure on a shared machine. Memory: alexkit's train
+threads and worker processes), the steadier figure on a shared machine. Threads: alexkit's loader its default (cores + 1, see
+pipeline/loader.default_threads), the baselines one worker per core (torchvision's and FFCV's
+usual setting; FFCV cannot run more workers than numba has threads, and (a) gains nothing from
+a third process on 2 cores); --threads gives every pipeline the same number. Memory: alexkit's train
 loader runs alone first, and the process's anonymous and file-backed RSS is printed after each
 epoch. Without --store, photo-like JPEGs of ImageNet-like sizes (about 500x375, q90) are made and
 run through `alexkit prepare` into a JPEG q90 store and a raw store.
@@ -33,12 +38,14 @@ from typing import Callable, Iterable
 import numpy as np
 
 from alexkit.errors import AlexkitError, require
+from alexkit.paths import usable_cores
 from alexkit.pipeline.loader import default_threads
 
 SOURCE_SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (400, 500), (640, 480))  # (width, height)
 CLASSES = 10
 _KEEP: list = []
 LEGEND = """  alexkit DALI: decode, crop, flip, PCA lighting (train), per-pixel mean subtraction -> float32 NCHW
+  alexkit DALI ops only: the same train outputs with DALI's own operators, without the one-pass kernel
   (a) PIL + DataLoader: decode the source JPEG, resize, centre 256, crop, flip, mean subtraction -> float32
   (b) FFCV Loader: decode + crop (+ flip for train) -> uint8 NHWC; no lighting, no mean, no float"""
 
@@ -51,7 +58,7 @@ class BenchLoaderConfig:
     images: int = 1000  # synthetic images to make
     batch_size: int = 128
     epochs: int = 5  # per row, the first one not timed
-    threads: int | None = None  # DALI threads, FFCV and DataLoader workers; None: all cores
+    threads: int | None = None  # DALI threads, FFCV and DataLoader workers; None: each its default
     prefetch: int = 2
     baselines: bool = True
 
@@ -70,26 +77,29 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
     """
     from alexkit.pipeline.store import Store
 
-    threads = cfg.threads or default_threads()
+    threads = cfg.threads or default_threads()  # alexkit's
+    workers = cfg.threads or usable_cores()  # the baselines'
     with tempfile.TemporaryDirectory(prefix="alexkit-bench-") as tmp:
         work = Path(cfg.work or tmp)
         if cfg.store is None:
-            sources = make_sources(work / "src", cfg.images, threads)
-            stores = {fmt: Store(make_store(work / "src", work / f"store-{fmt}", fmt, threads)) for fmt in ("jpg", "raw")}
+            sources = make_sources(work / "src", cfg.images, workers)
+            stores = {fmt: Store(make_store(work / "src", work / f"store-{fmt}", fmt, workers)) for fmt in ("jpg", "raw")}
         else:
             store = Store(cfg.store)
             stores = {"jpg" if (store.split("train").modes == 0).all() else "raw": store}
             sources = sorted(p for p in Path(cfg.source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")) if cfg.source else []
-        settings = _settings(cfg, threads, stores)
+        settings = _settings(cfg, threads, workers, stores)
         print(settings["line"], flush=True)
         print(LEGEND, flush=True)
         memory = {fmt: memory_per_epoch(store, cfg, threads) for fmt, store in stores.items()}  # first: a clean process
         rows = []
         for mode in ("train", "center", "tencrop"):
             runners = [alexkit_runner(store, fmt, mode, cfg, threads) for fmt, store in stores.items()]
+            if mode == "train":
+                runners += [alexkit_runner(store, fmt, mode, cfg, threads, fused=False) for fmt, store in stores.items()]
             if cfg.baselines and mode != "tencrop":
-                runners += [torchvision_style_runner(sources, stores, mode, cfg, threads)] if sources else []
-                runners += [ffcv_runner(store, fmt, mode, cfg, threads) for fmt, store in stores.items()]
+                runners += [torchvision_style_runner(sources, stores, mode, cfg, workers)] if sources else []
+                runners += [ffcv_runner(store, fmt, mode, cfg, workers) for fmt, store in stores.items()]
             rows += [_row(r) for r in interleaved(runners, cfg.epochs)]
             del runners  # stops DataLoader workers, frees DALI pipelines
         _print_summary(rows, memory)
@@ -178,18 +188,18 @@ def _eval_split(store) -> str:
     return "val" if store.has_split("val") else "train"
 
 
-def alexkit_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
-    """alexkit's loader on the CPU."""
+def alexkit_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int, fused: bool = True) -> Runner:
+    """alexkit's loader on the CPU; fused=False: train with DALI's own operators only."""
     from alexkit.pipeline.loader import make_loader
 
     loader = make_loader(store, "train" if mode == "train" else _eval_split(store), mode=mode, batch_size=cfg.batch_size,
-                         num_threads=threads, prefetch=cfg.prefetch, drop_last=mode == "train", seed=0)  # fmt: skip
+                         num_threads=threads, prefetch=cfg.prefetch, drop_last=mode == "train", seed=0, fused=fused)  # fmt: skip
 
     def epoch(e: int):
         loader.set_epoch(e)
         return loader
 
-    return Runner("alexkit DALI", fmt, mode, epoch)
+    return Runner("alexkit DALI" if fused else "alexkit DALI ops only", fmt, mode, epoch)
 
 
 def torchvision_style_runner(sources: list[Path], stores: dict, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
@@ -247,6 +257,7 @@ def ffcv_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int
     from ffcv.transforms import RandomHorizontalFlip, ToTensor
 
     S, C = store.size, store.crop
+    threads = min(threads, _numba_threads())
     if mode == "train":
         area = (C / S) ** 2  # RandomResizedCrop pinned to a CxC window: a plain random crop
         image = [RandomResizedCropRGBImageDecoder((C, C), scale=(area, area), ratio=(1.0, 1.0)), RandomHorizontalFlip(), ToTensor()]
@@ -258,6 +269,14 @@ def ffcv_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int
                     pipelines={"image": image, "label": [IntDecoder(), ToTensor()]}, seed=0)  # fmt: skip
     _KEEP.append(loader)  # FFCV's numba finalisers print spurious errors when a Loader is collected early
     return Runner("(b) FFCV Loader", fmt, mode, lambda e: loader)
+
+
+def _numba_threads() -> int:
+    """The most worker threads FFCV's loader can have: numba's thread count (the cores, unless
+    NUMBA_NUM_THREADS says otherwise)."""
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def memory_per_epoch(store, cfg: BenchLoaderConfig, threads: int) -> list[dict]:
@@ -298,16 +317,16 @@ def _row(r: Runner) -> dict:
     return row
 
 
-def _settings(cfg: BenchLoaderConfig, threads: int, stores: dict) -> dict:
+def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) -> dict:
     import nvidia.dali
 
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
     size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}
     line = (f"alexkit bench loader: {', '.join(f'{fmt} store {n[fmt]} images ({size[fmt] / 2**20:,.0f} MiB)' for fmt in stores)}; "
-            f"batch {cfg.batch_size}, {threads} threads on {os.cpu_count()} CPUs ({_cpu_name()}), "
+            f"batch {cfg.batch_size}, {threads} DALI threads, {workers} baseline workers, on {os.cpu_count()} CPUs ({_cpu_name()}), "
             f"DALI {nvidia.dali.__version__} CPU operators, prefetch {cfg.prefetch}; {cfg.epochs} epochs per row, "
             f"median (min-max) of the last {cfg.epochs - 1}")  # fmt: skip
-    return {"line": line, "threads": threads, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "images": n}
+    return {"line": line, "threads": threads, "workers": workers, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "images": n}
 
 
 def _cpu_name() -> str:
@@ -321,11 +340,13 @@ def _cpu_name() -> str:
 def _print_summary(rows: list[dict], memory: dict) -> None:
     """alexkit vs the baselines on the same inputs: by wall-clock images/s, and by CPU time per image
     (the steadier figure when other processes share the cores)."""
-    by = {(r["pipeline"][:3], r["store"], r["mode"]): r for r in rows}
+    by = {(r["pipeline"], r["store"], r["mode"]): r for r in rows}
     for fmt in ("jpg", "raw"):
         for mode in ("train", "center"):
-            ours = by.get(("ale", fmt, mode))
-            others = [(name, by.get(key)) for name, key in [("(a)", ("(a)", "source JPEGs", mode)), ("(b)", ("(b)", fmt, mode))]]
+            ours = by.get(("alexkit DALI", fmt, mode))
+            others = [(name, by.get((pipeline, store, mode))) for name, pipeline, store in
+                      [("(a)", "(a) PIL + DataLoader", "source JPEGs"), ("(b)", "(b) FFCV Loader", fmt),
+                       ("DALI ops only", "alexkit DALI ops only", fmt)]]  # fmt: skip
             parts = [f"{name} {ours['images_per_s'] / o['images_per_s']:.2f}x by images/s, "
                      f"{o['cpu_ms_per_image'] / ours['cpu_ms_per_image']:.2f}x by CPU time"
                      for name, o in others if ours and o]  # fmt: skip

@@ -1,0 +1,17 @@
+"""`alexkit bench loader`: a tiny smoke run of every pipeline (figures are printed, never asserted)."""
+
+from alexkit.bench.loader import BenchLoaderConfig, bench_loader
+
+
+def test_bench_runs_every_pipeline_on_both_stores(tmp_path, capsys):
+    r = bench_loader(BenchLoaderConfig(work=tmp_path, images=24, batch_size=8, epochs=2))
+    rows = {(row["pipeline"], row["store"], row["mode"]) for row in r["rows"]}
+    for fmt in ("jpg", "raw"):
+        assert {("alexkit DALI", fmt, m) for m in ("train", "center", "tencrop")} <= rows
+        assert {("alexkit DALI ops only", fmt, "train"), ("(b) FFCV Loader", fmt, "train"), ("(b) FFCV Loader", fmt, "center")} <= rows
+    assert {("(a) PIL + DataLoader", "source JPEGs", m) for m in ("train", "center")} <= rows
+    assert all(row["images_per_s"] > 0 and row["cpu_ms_per_image"] > 0 for row in r["rows"])
+    assert r["settings"]["threads"] == r["settings"]["workers"] + 1  # alexkit: cores + 1; baselines: cores
+    assert all(len(epochs) == 10 for epochs in r["memory"].values())
+    out = capsys.readouterr().out
+    assert "alexkit jpg train vs (a)" in out and "DALI ops only" in out
