@@ -320,11 +320,14 @@ def _row(r: Runner) -> dict:
 def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) -> dict:
     import nvidia.dali
 
+    from alexkit.pipeline.graphs import _fused_op
+
+    kernel = "one-pass train kernel" if _fused_op(False) is not None else "no numba: train rows all run DALI's operators only"
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
     size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}
     line = (f"alexkit bench loader: {', '.join(f'{fmt} store {n[fmt]} images ({size[fmt] / 2**20:,.0f} MiB)' for fmt in stores)}; "
             f"batch {cfg.batch_size}, {threads} DALI threads, {workers} baseline workers, on {os.cpu_count()} CPUs ({_cpu_name()}), "
-            f"DALI {nvidia.dali.__version__} CPU operators, prefetch {cfg.prefetch}; {cfg.epochs} epochs per row, "
+            f"DALI {nvidia.dali.__version__} CPU operators ({kernel}), prefetch {cfg.prefetch}; {cfg.epochs} epochs per row, "
             f"median (min-max) of the last {cfg.epochs - 1}")  # fmt: skip
     return {"line": line, "threads": threads, "workers": workers, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "images": n}
 
