@@ -48,6 +48,7 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -149,7 +150,7 @@ def build_graph(cfg: GraphConfig, mean_image: np.ndarray, source: Callable[[], t
     with pipe:
         graph = _Graph(cfg, mean_image)
         if cfg.mode == "train":
-            source = _TrainSource(source, graph.input_names, mean_image, S, cfg.crop)
+            source = _TrainSource(source, graph.input_names, mean_image, S, cfg.crop, keep=cfg.prefetch + 2)
         inputs = dict(zip(graph.input_names, graph.inputs(source, no_copy)))
         index = inputs.pop("index")
         views = {"train": graph.train_views, "center": graph.center_views, "tencrop": graph.ten_views}[cfg.mode](**inputs)
@@ -293,11 +294,13 @@ class _TrainSource:
     Mean windows: (C, C, 3) float32 HWC, not mirrored, views that DALI reads in place. by_x[x]
     holds the columns x..x+C of the mean image, made contiguous: (S, C, 3); its rows y..y+C are
     one contiguous block, the window at (x, y). The table (S - C + 1 arrays, 23 MB at 256 -> 224)
-    lives as long as the pipeline, so the views stay valid with no_copy.
+    lives as long as the pipeline, so the views stay valid with no_copy. The arrays made here
+    (corners) are kept for the last `keep` batches, as the caller keeps the batches it feeds.
     """
 
-    def __init__(self, source: Callable[[], tuple], names: list[str], mean_image: np.ndarray, size: int, crop: int):
+    def __init__(self, source: Callable[[], tuple], names: list[str], mean_image: np.ndarray, size: int, crop: int, keep: int):
         self.source, self.names, self.crop, self.span = source, names, crop, size - crop
+        self.alive: deque[tuple] = deque(maxlen=keep)
         fed = "mean_window" in names
         self.by_x = [np.ascontiguousarray(mean_image[:, x : x + crop], dtype=np.float32) for x in range(size - crop + 1)] if fed else []
 
@@ -312,7 +315,9 @@ class _TrainSource:
                 cut = "crop_x" in self.names  # JPEG: the decoder already cut the window, which starts at (0, 0)
                 zero = np.zeros_like(xs)
                 batch["corner"] = np.stack([zero if cut else xs, zero if cut else ys, np.asarray(mirror)], axis=1).astype(np.int32)  # (n, 3)
-        return tuple(batch[name] for name in self.names)
+        out = tuple(batch[name] for name in self.names)
+        self.alive.append(out)
+        return out
 
 
 # --- the one-pass train kernel (Numba, run by DALI's numba_function operator on the CPU) ---
