@@ -78,7 +78,7 @@ def test_train_graph_equals_reference_on_raw_pixels(size, channels_last, fused):
     x[:4], y[:4], flip[:4] = [0, size - C, 0, size - C], [0, 0, size - C, size - C], [False, True, True, False]  # every corner
     offset = rng.normal(0, 8, (n, 3)).astype(np.float32)
     cfg = GraphConfig("train", size, C, encoded=False, channels_last=channels_last, batch_size=16, fused=fused)
-    views, index = run_graph(cfg, mean, train_inputs(images, np.arange(n) + 100, x, y, flip, offset, size=size, crop=C))
+    views, index = run_graph(cfg, mean, train_inputs(images, np.arange(n) + 100, x, y, flip, offset))
     ref = np.stack([reference_train(images[i], mean, x[i], y[i], flip[i], offset[i]) for i in range(n)])
     assert views.shape == (n, 3, C, C) and views.dtype == np.float32
     np.testing.assert_allclose(views, ref, atol=EXACT, rtol=0)
@@ -97,7 +97,7 @@ def test_train_graph_on_jpeg_matches_reference_of_decoded_bytes(fused):
     x[:4], y[:4] = [0, size - C, 0, size - C], [0, 0, size - C, size - C]  # the decoder's window at every corner
     offset = rng.normal(0, 5, (n, 3)).astype(np.float32)
     views, _ = run_graph(GraphConfig("train", size, C, encoded=True, batch_size=n, fused=fused), mean,
-                         train_inputs(data, np.arange(n), x, y, flip, offset, size=size, crop=C))
+                         train_inputs(data, np.arange(n), x, y, flip, offset))
     ref = np.stack([reference_train(pil_decode(d), mean, x[i], y[i], flip[i], offset[i]) for i, d in enumerate(data)])
     diff = np.abs(views - ref)
     assert diff.max() <= 1.0 + EXACT and diff.mean() < 0.05, (diff.max(), diff.mean())  # identical here (both libjpeg-turbo)
@@ -116,7 +116,7 @@ def test_one_pass_kernel_equals_dalis_operators_bit_for_bit(channels_last):
     mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
     x, y, flip, _ = train_params(rng, n, size, C)
     flip[:2] = [True, False]
-    batch = train_inputs(data, np.arange(n), x, y, flip, rng.normal(0, 5, (n, 3)), size=size, crop=C)
+    batch = train_inputs(data, np.arange(n), x, y, flip, rng.normal(0, 5, (n, 3)))
     fused, dali = (GraphConfig("train", size, C, encoded=True, channels_last=channels_last, batch_size=n, fused=f) for f in (True, False))
     assert _Graph(fused, mean).kernel is not None and _Graph(dali, mean).kernel is None
     one, _ = run_graph(fused, mean, batch)
@@ -175,7 +175,7 @@ def test_mean_window_moves_with_the_crop_and_flip():
     mean = image.astype(np.float32)
     x, y, flip, _ = train_params(rng, n, size, C)
     for mode in ("train", "center", "tencrop"):
-        batch = (train_inputs([image] * n, np.arange(n), x, y, flip, np.zeros((n, 3)), size=size, crop=C)
+        batch = (train_inputs([image] * n, np.arange(n), x, y, flip, np.zeros((n, 3)))
                  if mode == "train" else eval_inputs([image] * n, np.arange(n)))
         views, _ = run_graph(GraphConfig(mode, size, C, encoded=False, batch_size=n), mean, batch)
         assert np.abs(views).max() == 0.0, mode
@@ -189,8 +189,8 @@ def test_lighting_adds_one_rgb_shift_per_image():
     x, y, flip, _ = train_params(rng, n, size, C)
     offset = rng.normal(0, 10, (n, 3)).astype(np.float32)
     cfg = GraphConfig("train", size, C, encoded=False, batch_size=n)
-    lit, _ = run_graph(cfg, mean, train_inputs(images, np.arange(n), x, y, flip, offset, size=size, crop=C))
-    dark, _ = run_graph(cfg, mean, train_inputs(images, np.arange(n), x, y, flip, np.zeros((n, 3)), size=size, crop=C))
+    lit, _ = run_graph(cfg, mean, train_inputs(images, np.arange(n), x, y, flip, offset))
+    dark, _ = run_graph(cfg, mean, train_inputs(images, np.arange(n), x, y, flip, np.zeros((n, 3))))
     shift = lit - dark  # (n, 3, C, C): constant over each image's pixels, per channel
     np.testing.assert_allclose(shift, np.broadcast_to(offset[:, :, None, None], shift.shape), atol=1e-3)
 
@@ -236,7 +236,7 @@ def test_gpu_graph_agrees_with_cpu_graph():
     for mode in ("train", "center", "tencrop"):
         for data, decoder in [(raw, "cpu"), (encoded, "cpu"), (encoded, "mixed")]:
             is_jpeg = data is encoded
-            batch = (train_inputs(data, np.arange(n), x, y, flip, offset, size=size, crop=C)
+            batch = (train_inputs(data, np.arange(n), x, y, flip, offset)
                      if mode == "train" else eval_inputs(data, np.arange(n)))
             on_cpu, _ = run_graph(GraphConfig(mode, size, C, encoded=is_jpeg, batch_size=n), mean, batch)
             on_gpu, _ = run_graph(GraphConfig(mode, size, C, encoded=is_jpeg, decoder=decoder, device_id=0, batch_size=n), mean, batch)

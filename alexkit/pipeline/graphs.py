@@ -111,13 +111,13 @@ def _positions(corner, size: int, crop: int) -> np.ndarray:
     return (corner / (size - crop) if size > crop else np.zeros_like(corner)).astype(np.float32)
 
 
-def train_inputs(data: list, index, x, y, flip, offset, *, size: int, crop: int) -> tuple:
-    """One batch for the train graph: stored samples, indices (n,), corners x, y (n,), flips (n,),
-    lighting offsets (n, 3). Returns the tuple the graph's external_source expects."""
+def train_inputs(data: list, index, x, y, flip, offset) -> tuple:
+    """One batch for the train graph: stored samples, indices (n,), pixel corners x, y (n,), flips
+    (n,), lighting offsets (n, 3). The graph's source (_TrainSource) derives what its operators take."""
     return (
         data,
-        _positions(x, size, crop),
-        _positions(y, size, crop),
+        np.ascontiguousarray(x, dtype=np.intp),
+        np.ascontiguousarray(y, dtype=np.intp),
         np.ascontiguousarray(flip, dtype=np.int32),
         np.ascontiguousarray(offset, dtype=np.float32),
         np.ascontiguousarray(index, dtype=np.int64),
@@ -288,33 +288,34 @@ def _train_input_names(mode: str, encoded: bool, kernel: bool, windows_fed: bool
 
 
 class _TrainSource:
-    """Turns a train source's batches (train_inputs) into the inputs the graph names, adding each
-    sample's mean window and pixel corner where the graph takes them.
+    """Turns a train source's batches (train_inputs) into the inputs the graph names: the corners
+    normalised for DALI's crop operators, and each sample's mean window and corner array where
+    the graph takes them.
 
     Mean windows: (C, C, 3) float32 HWC, not mirrored, views that DALI reads in place. by_x[x]
     holds the columns x..x+C of the mean image, made contiguous: (S, C, 3); its rows y..y+C are
     one contiguous block, the window at (x, y). The table (S - C + 1 arrays, 23 MB at 256 -> 224)
     lives as long as the pipeline, so the views stay valid with no_copy. The arrays made here
-    (corners) are kept for the last `keep` batches, as the caller keeps the batches it feeds.
+    (positions, corners) are kept for the last `keep` batches, as the caller keeps the batches it feeds.
     """
 
     def __init__(self, source: Callable[[], tuple], names: list[str], mean_image: np.ndarray, size: int, crop: int, keep: int):
-        self.source, self.names, self.crop, self.span = source, names, crop, size - crop
+        self.source, self.names, self.size, self.crop = source, names, size, crop
         self.alive: deque[tuple] = deque(maxlen=keep)
         fed = "mean_window" in names
         self.by_x = [np.ascontiguousarray(mean_image[:, x : x + crop], dtype=np.float32) for x in range(size - crop + 1)] if fed else []
 
     def __call__(self) -> tuple:
-        data, crop_x, crop_y, mirror, offset, index = self.source()
-        batch = dict(data=data, crop_x=crop_x, crop_y=crop_y, mirror=mirror, offset=offset, index=index)
+        data, xs, ys, mirror, offset, index = self.source()
+        batch = dict(data=data, mirror=mirror, offset=offset, index=index)
+        if "crop_x" in self.names:
+            batch["crop_x"], batch["crop_y"] = (_positions(p, self.size, self.crop) for p in (xs, ys))
         if "mean_window" in self.names:
-            # Back from normalised positions to pixel corners, rounded as the decoder rounds them.
-            xs, ys = (np.rint(np.asarray(p, np.float64) * self.span).astype(np.intp) for p in (crop_x, crop_y))
             batch["mean_window"] = [self.by_x[x][y : y + self.crop] for x, y in zip(xs.tolist(), ys.tolist())]
-            if "corner" in self.names:
-                cut = "crop_x" in self.names  # JPEG: the decoder already cut the window, which starts at (0, 0)
-                zero = np.zeros_like(xs)
-                batch["corner"] = np.stack([zero if cut else xs, zero if cut else ys, np.asarray(mirror)], axis=1).astype(np.int32)  # (n, 3)
+        if "corner" in self.names:
+            cut = "crop_x" in self.names  # JPEG: the decoder already cut the window, which starts at (0, 0)
+            zero = np.zeros_like(xs)
+            batch["corner"] = np.stack([zero if cut else xs, zero if cut else ys, mirror], axis=1).astype(np.int32)  # (n, 3)
         out = tuple(batch[name] for name in self.names)
         self.alive.append(out)
         return out

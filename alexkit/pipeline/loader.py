@@ -239,7 +239,7 @@ def graph_inputs(reader, batches: list[np.ndarray], store: Store, encoded: bool,
             yield eval_inputs(data, idx)
             continue
         x, y, flip, alpha = train_params(rng, len(idx), S, C)
-        yield train_inputs(data, idx, x, y, flip, lighting_offsets(alpha, stats.eigval, stats.eigvec), size=S, crop=C)
+        yield train_inputs(data, idx, x, y, flip, lighting_offsets(alpha, stats.eigval, stats.eigvec))
 
 
 class _Feed:
