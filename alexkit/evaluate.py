@@ -46,10 +46,9 @@ class EvalConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise AlexkitError(f"--batch-size {self.batch_size}: must be at least 1")
-        if self.device not in ("auto", "cpu", "cuda") and not (
-            self.device.startswith("cuda:") and self.device[5:].isdigit()
-        ):
-            raise AlexkitError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        from alexkit.model.placement import check_device
+
+        check_device(self.device)
         if self.show_classes < 0:
             raise AlexkitError(f"show_classes {self.show_classes}: must be 0 or more")
 

@@ -39,10 +39,9 @@ class PredictConfig:
             raise AlexkitError(f"--top {self.top_k}: must be at least 1")
         if self.batch_size < 1:
             raise AlexkitError(f"--batch-size {self.batch_size}: must be at least 1")
-        if self.device not in ("auto", "cpu", "cuda") and not (
-            self.device.startswith("cuda:") and self.device[5:].isdigit()
-        ):
-            raise AlexkitError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        from alexkit.model.placement import check_device
+
+        check_device(self.device)
 
 
 def predict(cfg: PredictConfig) -> list[dict]:

@@ -25,7 +25,7 @@ from torch import nn
 from alexkit.errors import AlexkitError
 from alexkit.model import AlexNet
 from alexkit.model.alexnet import Init
-from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, place, setup, teardown
+from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress
 from alexkit.runs import CHECKPOINT_FORMAT, find_checkpoint, read_checkpoint, rng_state, run_dir as make_run_dir
@@ -83,8 +83,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise AlexkitError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise AlexkitError(f"--device {self.device!r} is not auto, cpu, cuda or cuda:N")
+        check_device(self.device)
 
 
 class PlateauSchedule:
@@ -165,7 +164,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
     if cfg.batch_size % world:
         raise AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
     on_cuda = dev.type == "cuda"
-    amp, channels_last, compiled = (_resolve(v, on_cuda) for v in (cfg.amp, cfg.channels_last, cfg.compile))
+    amp, channels_last, compiled = (resolve_auto(v, on_cuda) for v in (cfg.amp, cfg.channels_last, cfg.compile))
     base_lr = cfg.lr * (cfg.batch_size / PAPER_BATCH if cfg.lr_scaling == "linear" else 1.0)
     if on_cuda:
         fast_cuda()
@@ -282,7 +281,8 @@ def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> flo
     return min(1.0, done / total) if total else 1.0
 
 
-def _resolve(value: str, on_cuda: bool) -> bool:
+def resolve_auto(value: Auto, on_cuda: bool) -> bool:
+    """An --amp / --channels-last / --compile value: "auto" means on for CUDA, off on the CPU."""
     return on_cuda if value == "auto" else value == "on"
 
 

@@ -16,7 +16,7 @@ import torch
 
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE
-from alexkit.train import Auto, TrainConfig, fast_cuda, make_optimizer, train_step
+from alexkit.train import Auto, TrainConfig, fast_cuda, make_optimizer, resolve_auto, train_step
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,11 @@ class BenchTrainConfig:
 def bench_train(cfg: BenchTrainConfig) -> dict:
     """Print and return {"device", "settings", "rows": [{"input", "images_per_s", "min", "max"}, ...]}."""
     from alexkit.model import AlexNet
+    from alexkit.model.placement import setup
     from alexkit.pipeline.store import Store
 
-    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise AlexkitError(f"--device {cfg.device}: CUDA is not available here; use --device cpu")
-    dev = torch.device(cfg.device if cfg.device.startswith("cuda") else "cuda" if want_cuda else "cpu")
-    on = lambda v: want_cuda if v == "auto" else v == "on"  # noqa: E731
-    amp, channels_last, compiled = on(cfg.amp), on(cfg.channels_last), on(cfg.compile)
+    dev = setup("none", cfg.device).device
+    amp, channels_last, compiled = (resolve_auto(v, dev.type == "cuda") for v in (cfg.amp, cfg.channels_last, cfg.compile))
     if dev.type == "cuda":
         fast_cuda()
     store = Store(cfg.data) if (Path(cfg.data) / "manifest.json").is_file() else None

@@ -156,6 +156,12 @@ class Placement:
         return self.rank == 0
 
 
+def check_device(device: str) -> None:
+    """A --device value must be auto, cpu, cuda or cuda:N."""
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise AlexkitError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
+
+
 def setup(parallel: Parallel, device: str) -> Placement:
     """Pick this process's device(s); for DDP, join the process group torchrun describes."""
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
