@@ -128,7 +128,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
     done = 0
     with torch.inference_mode(), Progress("eval", total, mode="auto" if placement.is_main else "none") as progress:
         for images, labels, indices in loader:
-            probs = predict_probs(model, images.to(placement.device))  # (N, K)
+            probs = predict_probs(model, images)  # (N, K)
             p, top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)  # (N, 5) each, best first
             parts.append({"index": indices.cpu().numpy(), "label": labels.cpu().numpy(),
                           "top": top.cpu().numpy(), "p": p.cpu().numpy()})  # fmt: skip

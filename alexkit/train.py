@@ -219,7 +219,6 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
                 lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                labels = labels.to(dev, non_blocking=True)
                 loss, logits = train_step(step_net, optimizer, images, labels, amp)
                 seen += labels.numel()
                 sums += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) == labels).sum().double()])
@@ -263,7 +262,6 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device) -> tuple[f
     for images, labels, _ in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(images)  # (N, num_classes)
-        labels = labels.to(device)
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]  # (N, 5)
         counts += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(labels.numel(), device=device)])
     if dist.is_initialized():

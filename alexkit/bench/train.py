@@ -79,7 +79,7 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
         while True:
             loader.set_epoch(epoch)
             for images, labels, _ in loader:
-                yield images, labels.to(dev, non_blocking=True)
+                yield images, labels
             epoch += 1
 
     rows = []
