@@ -4,8 +4,9 @@
     lr 0.01 divided by 10 when validation top-1 error stops improving for `patience` epochs, at most
     3 times, then stop; at most 90 epochs. Optional linear lr scaling (lr * batch / 128) with warm-up.
 
-What a run directory holds, and how checkpoints are written and read: alexkit/runs.py. Resuming is exact at epoch boundaries: the loader's order and augmentation depend only
-on (seed, epoch), and each epoch reseeds dropout from (seed, rank, epoch).
+What a run directory holds, and how checkpoints are written and read: alexkit/runs.py. Resuming
+is exact at epoch boundaries: the loader's order and augmentation depend only on (seed, epoch),
+and each epoch reseeds dropout from (seed, rank, epoch).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress
 from alexkit.runs import CHECKPOINT_FORMAT, find_checkpoint, read_checkpoint, rng_state, run_dir as make_run_dir
 from alexkit.runs import save_checkpoint, set_rng_state, write_run_files
+
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
 Auto = Literal["auto", "on", "off"]
 # Fields a resumed run may change; any other flag given with --resume must match the run's own.
@@ -293,18 +295,8 @@ def _summary(row: dict) -> str:
 # --- resume ---
 
 
-
-
 def _config_dict(cfg: TrainConfig) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-
-
-
-
-
-
-
-
 
 
 def _resumed_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
