@@ -26,15 +26,16 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` all or nothing: a temporary file, fsync, rename, fsync of the folder.
-    A reader (or a run interrupted at any moment) sees the old file or the new one, never half."""
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` (text or bytes) to `path` all or nothing: a temporary file, fsync, rename, fsync
+    of the folder. A reader (or a run interrupted at any moment) sees the old file or the new one,
+    never half."""
     import os
 
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -32,8 +32,8 @@ dataset size. About 1.7 CPU ms per ImageNet-like JPEG at 256 px, statistics incl
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import re
 import shutil
 import sys
@@ -241,21 +241,10 @@ def _write_stats(path: Path, sums: imageops.PixelSums) -> None:
     """stats.npz: mean image, RGB covariance and its eigen-decomposition (Stats' convention)."""
     mean_image, mean_rgb, cov = sums.moments()
     eigval, eigvec = eigen(cov)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        np.savez(
-            f,
-            mean_image=mean_image.astype(np.float32),
-            mean_rgb=mean_rgb,
-            cov=cov,
-            eigval=eigval,
-            eigvec=eigvec,
-            images=np.int64(sums.images),
-            pixels=np.int64(sums.images * sums.size * sums.size),
-        )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # 0.8 MB at 256 px
+    np.savez(buffer, mean_image=mean_image.astype(np.float32), mean_rgb=mean_rgb, cov=cov, eigval=eigval,
+             eigvec=eigvec, images=np.int64(sums.images), pixels=np.int64(sums.images * sums.size * sums.size))  # fmt: skip
+    write_atomic(path, buffer.getvalue())
 
 
 def eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
