@@ -6,9 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ALEXKIT="$ROOT/.venv/bin/alexkit"
-has() { "$ROOT/.venv/bin/python" -c "import sys; from alexkit.cli.main import app; sys.exit(sys.argv[1] not in {c.name for c in app.registered_commands})" "$1"; }
 step() { printf '\n== %s\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
-missing() { printf '\n== %s: `alexkit %s` is not there yet, skipped\n' "$1" "$2"; }
 
 mkdir -p demo && cd demo
 rm -rf alexkit-store alexkit-runs
@@ -16,17 +14,11 @@ start=$SECONDS
 step "environment" "$ALEXKIT" doctor || true
 [ -d imagenet ] || step "sample dataset (official ImageNet layout, 10 classes)" \
     "$ALEXKIT" sample imagenet --classes 10 --train-per-class 260 --val-per-class 30 --seed 0
-if has prepare; then
-    step "prepare: 64 px store (paper: 256)" "$ALEXKIT" prepare imagenet --size 64
-else missing prepare prepare; fi
-if has train; then
-    step "train: AlexNet at width 1/4, fc 512, 56 px crops (paper: full width, 224)" \
-        "$ALEXKIT" train --epochs 14 --batch-size 64 --lr 0.02 --width 0.25 --fc-features 512 --init sturdy --patience 2
-else missing train train; fi
-if has eval; then
-    step "eval: centre crop" "$ALEXKIT" eval --json eval-centre.json
-    step "eval --tta: the paper's ten views" "$ALEXKIT" eval --tta --json eval-tta.json
-else missing eval eval; fi
-if has show-batch; then step "pictures" "$ALEXKIT" show-batch --out pictures; else missing pictures show-batch; fi
-if has plot; then step "curves" "$ALEXKIT" plot --out curves.png; else missing curves plot; fi
+step "prepare: 64 px store (paper: 256)" "$ALEXKIT" prepare imagenet --size 64
+step "train: AlexNet at width 1/4, fc 512, 56 px crops (paper: full width, 224)" \
+    "$ALEXKIT" train --epochs 14 --batch-size 64 --lr 0.02 --width 0.25 --fc-features 512 --init sturdy --patience 2
+step "eval: centre crop" "$ALEXKIT" eval --json eval-centre.json
+step "eval --tta: the paper's ten views" "$ALEXKIT" eval --tta --json eval-tta.json
+step "pictures" "$ALEXKIT" show-batch --out pictures
+step "curves" "$ALEXKIT" plot --out curves.png
 printf '\ndemo finished in %d s; outputs in %s\n' $((SECONDS - start)) "$PWD"
