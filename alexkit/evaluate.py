@@ -118,7 +118,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
     from alexkit.pipeline.store import Store
 
     store = Store(store_of(ckpt, cfg.data))
-    check_compatible(model, store, ckpt_path)
+    check_compatible(model, ckpt_path, size=store.size, num_classes=store.num_classes, source=f"store {store.path}")
     model = model.to(placement.device)
     loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=cfg.batch_size, device=placement.device,
                          rank=placement.rank, world_size=placement.world_size, drop_last=False)  # fmt: skip
@@ -150,15 +150,18 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
     return results
 
 
-def check_compatible(model, store, ckpt_path: Path) -> None:
-    """The store's crop and class count must be those the checkpoint was trained for."""
-    args = model.args
-    if args["input_size"] != store.crop:
-        raise AlexkitError(f"checkpoint {ckpt_path} takes {args['input_size']}px crops but store {store.path} gives "
-                           f"{store.crop}px (size {store.size}); pass --data with the store it was trained on")  # fmt: skip
-    if args["num_classes"] != store.num_classes:
-        raise AlexkitError(f"checkpoint {ckpt_path} has {args['num_classes']} classes but store {store.path} has "
-                           f"{store.num_classes}; pass --data with the store it was trained on")  # fmt: skip
+def check_compatible(model, ckpt_path: Path, *, size: int, num_classes: int, source: str) -> None:
+    """Images of `size` px (cut to crop_size(size)) and `num_classes` classes, from `source` (a store or
+    a run's copies of its stats), must be what the checkpoint was trained for."""
+    from alexkit.pipeline.constants import crop_size
+
+    args, crop = model.args, crop_size(size)
+    if args["input_size"] != crop:
+        raise AlexkitError(f"checkpoint {ckpt_path} takes {args['input_size']}px crops but {source} holds {size}px images "
+                           f"({crop}px crops); pass --data with the store it was trained on")  # fmt: skip
+    if args["num_classes"] != num_classes:
+        raise AlexkitError(f"checkpoint {ckpt_path} has {args['num_classes']} classes but {source} has {num_classes}; "
+                           f"pass --data with the store it was trained on")  # fmt: skip
 
 
 def summarize(rows: dict, classes: list[dict]) -> dict:

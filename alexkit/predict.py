@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
-from alexkit.pipeline.constants import crop_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -48,7 +47,7 @@ def predict(cfg: PredictConfig) -> list[dict]:
     """Classify each image; print its top-k and return [{"path", "top": [{"index", "wnid", "name", "prob"}]}]."""
     import torch
 
-    from alexkit.evaluate import find_checkpoint, load_checkpoint, predict_probs
+    from alexkit.evaluate import check_compatible, find_checkpoint, load_checkpoint, predict_probs
     from alexkit.model.placement import setup
 
     files = list_images(cfg.images)
@@ -56,12 +55,7 @@ def predict(cfg: PredictConfig) -> list[dict]:
     model, ckpt = load_checkpoint(ckpt_path)
     mean_image, classes, source = stats_and_classes(ckpt_path, ckpt, cfg.data)
     size, crop = mean_image.shape[0], model.args["input_size"]
-    if crop_size(size) != crop:
-        raise AlexkitError(f"{source} holds {size}px images ({crop_size(size)}px crops) but checkpoint {ckpt_path} "
-                           f"takes {crop}px crops; pass --data with the store it was trained on")  # fmt: skip
-    if len(classes) != model.args["num_classes"]:
-        raise AlexkitError(f"{source} lists {len(classes)} classes but checkpoint {ckpt_path} has "
-                           f"{model.args['num_classes']}; pass --data with the store it was trained on")  # fmt: skip
+    check_compatible(model, ckpt_path, size=size, num_classes=len(classes), source=source)
     device = setup("none", cfg.device).device
     model = model.to(device)
     k = min(cfg.top_k, len(classes))
