@@ -14,20 +14,20 @@
 The pipelines of one mode take turns, one whole epoch each, so that other processes on the
 machine slow them alike. The first epoch is a warm-up (graph build, numba compilation, worker
 start); the median of the others is printed with their min-max, and the CPU time per image (all
-threads and worker processes), the steadier figure on a shared machine. Threads: alexkit's loader its default (cores + 1, see
-pipeline/loader.default_threads), the baselines one worker per core (torchvision's and FFCV's
-usual setting; FFCV cannot run more workers than numba has threads, and (a) gains nothing from
-a third process on 2 cores); --threads gives every pipeline the same number. Memory: alexkit's train
+threads and worker processes), the steadier figure on a shared machine.
+Threads: alexkit's loader its default (cores + 1, see pipeline/loader.default_threads), the
+baselines one worker per core ("a DataLoader on all cores"; FFCV cannot run more workers than
+numba has threads); --threads gives every pipeline the same number. Memory: alexkit's train
 loader runs alone first, and the process's anonymous and file-backed RSS is printed after each
-epoch. Without --store, photo-like JPEGs of ImageNet-like sizes (about 500x375, q90) are made and
-run through `alexkit prepare` into a JPEG q90 store and a raw store.
+epoch. Without --store, the photo-like JPEGs of `alexkit bench prepare` (ImageNet-like sizes
+and bytes, q90) are made, kept in --work if given, and run through `alexkit prepare` into a
+JPEG q90 store and a raw store.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -37,12 +37,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from alexkit.bench.prepare import cpu_name, write_photo_like
 from alexkit.errors import AlexkitError, require
 from alexkit.paths import usable_cores
 from alexkit.pipeline.loader import default_threads
 
-SOURCE_SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (400, 500), (640, 480))  # (width, height)
-CLASSES = 10
+CLASSES = 10  # the class folders of bench prepare's photo-like sources
 _KEEP: list = []
 LEGEND = """  alexkit DALI: decode, crop, flip, PCA lighting (train), per-pixel mean subtraction -> float32 NCHW
   alexkit DALI ops only: the same train outputs with DALI's own operators, without the one-pass kernel
@@ -82,7 +82,7 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="alexkit-bench-") as tmp:
         work = Path(cfg.work or tmp)
         if cfg.store is None:
-            sources = make_sources(work / "src", cfg.images, workers)
+            sources = write_photo_like(work / "src", cfg.images, workers=workers)  # `alexkit bench prepare`'s images
             stores = {fmt: Store(make_store(work / "src", work / f"store-{fmt}", fmt, workers)) for fmt in ("jpg", "raw")}
         else:
             store = Store(cfg.store)
@@ -107,32 +107,6 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
 
 
 # --- inputs ---
-
-
-def _write_source(task: tuple[Path, int]) -> None:
-    from PIL import Image
-
-    from alexkit.bench.prepare import photo_like  # the same photo-like sources as `alexkit bench prepare`
-
-    path, i = task
-    rng = np.random.default_rng([2012, i])
-    width, height = SOURCE_SIZES[i % len(SOURCE_SIZES)]
-    Image.fromarray(photo_like(rng, width, height)).save(path, "JPEG", quality=90)
-
-
-def make_sources(src: Path, n: int, workers: int) -> list[Path]:
-    """n photo-like JPEGs in src/train/<class>/ (the class-folders layout prepare reads); kept if present."""
-    import multiprocessing
-
-    paths = [src / "train" / f"c{i % CLASSES:03d}" / f"img_{i:06d}.JPEG" for i in range(n)]
-    todo = [(p, i) for i, p in enumerate(paths) if not p.exists()]
-    if todo:
-        print(f"making {len(todo)} photo-like source JPEGs in {src} ...", flush=True)
-        for d in {p.parent for p, _ in todo}:
-            d.mkdir(parents=True, exist_ok=True)
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            pool.map(_write_source, todo, chunksize=16)
-    return paths
 
 
 def make_store(src: Path, out: Path, fmt: str, workers: int) -> Path:
@@ -326,18 +300,10 @@ def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) 
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
     size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}
     line = (f"alexkit bench loader: {', '.join(f'{fmt} store {n[fmt]} images ({size[fmt] / 2**20:,.0f} MiB)' for fmt in stores)}; "
-            f"batch {cfg.batch_size}, {threads} DALI threads, {workers} baseline workers, on {os.cpu_count()} CPUs ({_cpu_name()}), "
+            f"batch {cfg.batch_size}, {threads} DALI threads, {workers} baseline workers, on {os.cpu_count()} CPUs ({cpu_name()}), "
             f"DALI {nvidia.dali.__version__} CPU operators ({kernel}), prefetch {cfg.prefetch}; {cfg.epochs} epochs per row, "
             f"median (min-max) of the last {cfg.epochs - 1}")  # fmt: skip
     return {"line": line, "threads": threads, "workers": workers, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "images": n}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 def _print_summary(rows: list[dict], memory: dict) -> None:

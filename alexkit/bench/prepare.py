@@ -104,7 +104,7 @@ def bench_prepare(cfg: BenchPrepareConfig) -> dict:
         "workers": cfg.workers,
         "size": cfg.size,
         "quality": cfg.quality,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "routes": rates,
         "cpu_ms_per_image": cpu_ms,
         "agreement_mean_abs": check,
@@ -202,7 +202,8 @@ def _agreement(files: list[Path], pil_out: Path, beton: Path) -> float:
 def write_photo_like(out: Path, n: int, *, seed: int = 0, workers: int = 1) -> list[Path]:
     """n JPEGs (quality 90) in class folders out/train/c000../ with PHOTO_SIZES and ImageNet-like
     bytes per pixel (~110 KB at 500 x 375): 1/f noise in luminance and colour, a few hard-edged
-    shapes, fine grain. Returns the files in the order prepare lists them."""
+    shapes, fine grain. Files already there are kept (they are the same for the same seed).
+    Returns the files in the order prepare lists them."""
     jobs = [(out, i, seed) for i in range(n)]
     with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
         files = pool.map(_write_one_photo, jobs, chunksize=8)
@@ -213,12 +214,14 @@ def _write_one_photo(job: tuple[Path, int, int]) -> Path:
     from PIL import Image
 
     out, i, seed = job
+    folder = out / "train" / f"c{i % 10:03d}"
+    path = folder / f"img_{i:06d}.JPEG"
+    if path.exists():
+        return path
     rng = np.random.default_rng([seed, i])
     sizes, weights = zip(*PHOTO_SIZES)
     w, h = sizes[rng.choice(len(sizes), p=np.array(weights) / sum(weights))]
-    folder = out / "train" / f"c{i % 10:03d}"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"img_{i:06d}.JPEG"
     Image.fromarray(photo_like(rng, w, h)).save(path, "JPEG", quality=90)
     return path
 
@@ -280,7 +283,7 @@ def _dims(path: Path) -> tuple[int, int]:
         return img.size
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
