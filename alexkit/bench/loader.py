@@ -61,10 +61,12 @@ class BenchLoaderConfig:
     threads: int | None = None  # DALI threads, FFCV and DataLoader workers; None: each its default
     prefetch: int = 2
     baselines: bool = True
+    memory_epochs: int = 10  # training epochs of alexkit's loader alone, memory read after each
 
     def __post_init__(self):
-        if self.images < 1 or self.batch_size < 1 or self.epochs < 2 or self.prefetch < 1 or (self.threads or 1) < 1:
-            raise AlexkitError("--images, --batch-size, --prefetch and --threads must be at least 1 and --epochs at least 2")
+        if min(self.images, self.batch_size, self.prefetch, self.threads or 1, self.memory_epochs) < 1 or self.epochs < 2:
+            raise AlexkitError("--images, --batch-size, --prefetch, --threads and --memory-epochs must be at least 1 "
+                               "and --epochs at least 2")  # fmt: skip
         if self.store is not None and not (Path(self.store) / "manifest.json").is_file():
             raise AlexkitError(f"--store {self.store} is not a finished store (no manifest.json); run `alexkit prepare` first")
 
@@ -254,13 +256,13 @@ def _numba_threads() -> int:
 
 
 def memory_per_epoch(store, cfg: BenchLoaderConfig, threads: int) -> list[dict]:
-    """The process's memory after each of max(epochs, 10) training epochs of alexkit's loader alone."""
+    """The process's memory after each of `memory_epochs` training epochs of alexkit's loader alone."""
     from alexkit.pipeline.loader import make_loader
 
     gc.collect()
     loader = make_loader(store, "train", batch_size=cfg.batch_size, num_threads=threads, prefetch=cfg.prefetch, seed=0)
     after = []
-    for e in range(max(cfg.epochs, 10)):
+    for e in range(cfg.memory_epochs):
         loader.set_epoch(e)
         for _ in loader:
             pass

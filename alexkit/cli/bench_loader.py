@@ -19,12 +19,14 @@ def command(
     threads: Optional[int] = typer.Option(None, "--threads", help="DALI threads and baseline workers (default: all cores)."),
     prefetch: int = typer.Option(2, "--prefetch", help="Batches DALI prepares ahead."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also time (a) PIL + DataLoader and (b) FFCV's loader."),
+    memory_epochs: int = typer.Option(10, "--memory-epochs", help="Epochs of alexkit's train loader alone, memory read after each."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Print images/s of the train, center and tencrop graphs, side by side with the baselines, and memory per epoch."""
     from alexkit.bench.loader import BenchLoaderConfig, bench_loader
 
     result = bench_loader(BenchLoaderConfig(store=store, source=source, work=work, images=images, batch_size=batch_size,
-                                            epochs=epochs, threads=threads, prefetch=prefetch, baselines=baselines))  # fmt: skip
+                                            epochs=epochs, threads=threads, prefetch=prefetch, baselines=baselines,
+                                            memory_epochs=memory_epochs))  # fmt: skip
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=1))
