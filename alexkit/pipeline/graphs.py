@@ -32,7 +32,7 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
   out[:, h, w'] = pixel[y + h, x + w] - mean[y + h, x + w] + offset, w' = C - 1 - w if mirrored,
   the same float32 arithmetic as the two-operator graph (identical outputs, tested).
   `alexkit bench loader` (train, 2 cores, CPU ms per image, operators only -> kernel): JPEG
-  store 0.50 -> 0.42, raw store 0.28 -> 0.13. Compiled once per process and layout (about 2 s).
+  store 0.50 -> 0.43, raw store 0.27 -> 0.14. Compiled once per process and layout (about 2 s).
   Without numba, or with fused=False, DALI's operators run instead.
   The mean windows cost no pass: a table holds, for every left edge x, the columns x..x+C of the
   mean image made contiguous (S - C + 1 arrays of S x C x 3 float32, 23 MB at 256 -> 224), so the
