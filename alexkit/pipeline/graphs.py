@@ -134,8 +134,8 @@ def build_graph(cfg: GraphConfig, mean_image: np.ndarray, source: Callable[[], t
     (train_inputs / eval_inputs) or raises StopIteration at the end of an epoch.
 
     no_copy: DALI reads the batch's arrays in place instead of copying them first (for raw pixels
-    that copy is a tenth of the work); the caller then keeps each batch alive until the pipeline
-    has consumed it (prefetch + 1 batches later).
+    that copy is a tenth of the work); the graph then keeps its last prefetch + 2 batches
+    referenced (_Kept), so none is freed before the pipeline has consumed it.
     """
     require("nvidia.dali", fix=DALI_FIX)
     from nvidia.dali import Pipeline
@@ -150,7 +150,9 @@ def build_graph(cfg: GraphConfig, mean_image: np.ndarray, source: Callable[[], t
     with pipe:
         graph = _Graph(cfg, mean_image)
         if cfg.mode == "train":
-            source = _TrainSource(source, graph.input_names, mean_image, S, cfg.crop, keep=cfg.prefetch + 2)
+            source = _TrainSource(source, graph.input_names, mean_image, S, cfg.crop)
+        if no_copy:
+            source = _Kept(source, cfg.prefetch + 2)  # outermost: it keeps what DALI is given
         inputs = dict(zip(graph.input_names, graph.inputs(source, no_copy)))
         index = inputs.pop("index")
         views = {"train": graph.train_views, "center": graph.center_views, "tencrop": graph.ten_views}[cfg.mode](**inputs)
@@ -295,13 +297,11 @@ class _TrainSource:
     Mean windows: (C, C, 3) float32 HWC, not mirrored, views that DALI reads in place. by_x[x]
     holds the columns x..x+C of the mean image, made contiguous: (S, C, 3); its rows y..y+C are
     one contiguous block, the window at (x, y). The table (S - C + 1 arrays, 23 MB at 256 -> 224)
-    lives as long as the pipeline, so the views stay valid with no_copy. The arrays made here
-    (positions, corners) are kept for the last `keep` batches, as the caller keeps the batches it feeds.
+    lives as long as the pipeline, so the views stay valid with no_copy.
     """
 
-    def __init__(self, source: Callable[[], tuple], names: list[str], mean_image: np.ndarray, size: int, crop: int, keep: int):
+    def __init__(self, source: Callable[[], tuple], names: list[str], mean_image: np.ndarray, size: int, crop: int):
         self.source, self.names, self.size, self.crop = source, names, size, crop
-        self.alive: deque[tuple] = deque(maxlen=keep)
         fed = "mean_window" in names
         self.by_x = [np.ascontiguousarray(mean_image[:, x : x + crop], dtype=np.float32) for x in range(size - crop + 1)] if fed else []
 
@@ -316,9 +316,20 @@ class _TrainSource:
             cut = "crop_x" in self.names  # JPEG: the decoder already cut the window, which starts at (0, 0)
             zero = np.zeros_like(xs)
             batch["corner"] = np.stack([zero if cut else xs, zero if cut else ys, mirror], axis=1).astype(np.int32)  # (n, 3)
-        out = tuple(batch[name] for name in self.names)
-        self.alive.append(out)
-        return out
+        return tuple(batch[name] for name in self.names)
+
+
+class _Kept:
+    """A source whose last `n` batches stay referenced: with no_copy DALI reads the fed arrays in
+    place, and the pipeline has consumed a batch prefetch + 1 calls later."""
+
+    def __init__(self, source: Callable[[], tuple], n: int):
+        self.source, self.batches = source, deque(maxlen=n)
+
+    def __call__(self) -> tuple:
+        batch = self.source()
+        self.batches.append(batch)
+        return batch
 
 
 # --- the one-pass train kernel (Numba, run by DALI's numba_function operator on the CPU) ---

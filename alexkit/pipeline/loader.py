@@ -11,8 +11,8 @@ How the bytes travel. A .beton (FFCV's format) holds each sample's stored bytes 
 H*W*3 pixels) contiguously inside one page. BetonReader maps the file with np.memmap, so a sample
 is a slice `mm[ptr:ptr + size]`: no read call, no copy, no decode, about 5 us, served from the OS
 page cache (shared by every process on the machine that reads the same file). A batch of those
-slices goes to DALI's external_source, which reads them in place (no_copy; the loader keeps each
-batch alive until DALI is done with it), and DALI decodes them: on the GPU with nvJPEG and the
+slices goes to DALI's external_source, which reads them in place (no_copy; the graph keeps each
+batch referenced until DALI is done with it), and DALI decodes them: on the GPU with nvJPEG and the
 hardware JPEG engines ("mixed"), or with libjpeg-turbo in its CPU threads.
 Why not FFCV's own loader: it decodes every JPEG on the CPU (its numba-compiled pipeline calls
 libjpeg-turbo) before anything else sees the image, and its BytesDecoder, the only way to get
@@ -42,7 +42,6 @@ epoch repeats exactly.
 from __future__ import annotations
 
 import os
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -144,7 +143,7 @@ class Loader:
         self.encoded = _check_images(self.reader, store, cfg.split)
         self.decoder = _pick_decoder(cfg.decoder, self.encoded, self.device)
         self._pipe = None
-        self._feed = _Feed(cfg.prefetch)
+        self._feed = _Feed()
         self._open = False  # the pipeline has batches of an unfinished epoch in flight
         self._run = 0  # counts __iter__ calls, so a stale iterator can tell it was superseded
         if cfg.shuffle and cfg.drops_last and len(self) == 0:
@@ -195,7 +194,6 @@ class Loader:
             except StopIteration:
                 break
         self._pipe.reset()
-        self._feed.alive.clear()
         self._open = False
 
     def _pipeline(self):
@@ -244,20 +242,16 @@ def graph_inputs(reader, batches: list[np.ndarray], store: Store, encoded: bool,
 
 class _Feed:
     """DALI's external_source callback: the next batch of graph inputs, or StopIteration when the
-    epoch is over (batches is None or exhausted). The pipeline reads the fed arrays in place
-    (no_copy), so the last prefetch + 2 batches are kept alive here until DALI is done with them.
-    A separate object, so that the pipeline holds no reference back to its Loader."""
+    epoch is over (batches is None or exhausted). A separate object, so that the pipeline holds
+    no reference back to its Loader."""
 
-    def __init__(self, prefetch: int):
+    def __init__(self):
         self.batches: Iterator[tuple] | None = None
-        self.alive: deque[tuple] = deque(maxlen=prefetch + 2)
 
     def __call__(self) -> tuple:
         if self.batches is None:
             raise StopIteration
-        batch = next(self.batches)
-        self.alive.append(batch)
-        return batch
+        return next(self.batches)
 
 
 def _check_images(reader, store: Store, split: str) -> bool:
