@@ -104,25 +104,35 @@ def test_train_graph_on_jpeg_matches_reference_of_decoded_bytes(fused):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_one_pass_kernel_equals_dalis_operators_bit_for_bit(channels_last):
-    """CPU train from JPEG: the Numba kernel and the two DALI operators do the same float32
-    arithmetic ((pixel - mean) + offset), so their outputs are identical, not merely close; the
-    kernel really is in the graph (numba comes with FFCV)."""
+@pytest.mark.parametrize("encoded", [True, False])
+@pytest.mark.parametrize("mode", ["train", "center", "tencrop"])
+def test_one_pass_kernels_equal_dalis_operators_bit_for_bit(mode, encoded, channels_last):
+    """On the CPU the Numba kernels and DALI's operators do the same float32 arithmetic
+    ((pixel - mean) + offset; offset 0 for eval), so their outputs are identical, not merely close;
+    the kernel really is in the graph (numba comes with FFCV). The one exception is train from raw
+    pixels, where DALI's operators compute pixel - (mean - offset): equal within rounding."""
     from alexkit.pipeline.graphs import _Graph
 
     size, n = 40, 10
     C, rng = crop_size(size), np.random.default_rng(7)
-    data = [jpeg(im) for im in smooth_images(rng, n, size)]
+    images = smooth_images(rng, n, size)
+    data = [jpeg(im) for im in images] if encoded else images
     mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
     x, y, flip, _ = train_params(rng, n, size, C)
     flip[:2] = [True, False]
-    batch = train_inputs(data, np.arange(n), x, y, flip, rng.normal(0, 5, (n, 3)))
-    fused, dali = (GraphConfig("train", size, C, encoded=True, channels_last=channels_last, batch_size=n, fused=f) for f in (True, False))
+    if mode == "train":
+        batch = train_inputs(data, np.arange(n), x, y, flip, rng.normal(0, 5, (n, 3)))
+    else:
+        batch = eval_inputs(data, np.arange(n))
+    fused, dali = (GraphConfig(mode, size, C, encoded=encoded, channels_last=channels_last, batch_size=n, fused=f) for f in (True, False))
     assert _Graph(fused, mean).kernel is not None and _Graph(dali, mean).kernel is None
     one, _ = run_graph(fused, mean, batch)
     two, _ = run_graph(dali, mean, batch)
-    assert one.shape == (n, 3, C, C)
-    np.testing.assert_array_equal(one, two)
+    assert one.shape == ((n, 10, 3, C, C) if mode == "tencrop" else (n, 3, C, C))
+    if mode == "train" and not encoded:
+        np.testing.assert_allclose(one, two, atol=1e-3, rtol=0)
+    else:
+        np.testing.assert_array_equal(one, two)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

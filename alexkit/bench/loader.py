@@ -2,8 +2,8 @@
 
   alexkit  store -> DALI (CPU operators here) -> torch: crop, flip, PCA lighting (train) and
            per-pixel mean subtraction, float32 NCHW output. A JPEG q90 store and a raw store.
-           Train also runs a second time with DALI's own operators only (no one-pass kernel,
-           see pipeline/graphs.py), to show what the kernel buys.
+           Each mode also runs a second time with DALI's own operators only (no one-pass
+           kernel, see pipeline/graphs.py), to show what the kernels buy.
   (a)      torchvision-style: PIL decodes each source JPEG, resizes the shorter side to 256, cuts
            the centre 256 square, then the same crop / flip / mean subtraction in NumPy + torch,
            in a torch DataLoader with one worker process per core (no lighting).
@@ -45,7 +45,7 @@ from alexkit.pipeline.loader import default_threads
 CLASSES = 10  # the class folders of bench prepare's photo-like sources
 _KEEP: list = []
 LEGEND = """  alexkit DALI: decode, crop, flip, PCA lighting (train), per-pixel mean subtraction -> float32 NCHW
-  alexkit DALI ops only: the same train outputs with DALI's own operators, without the one-pass kernel
+  alexkit DALI ops only: the same outputs with DALI's own operators, without the one-pass kernels
   (a) PIL + DataLoader: decode the source JPEG, resize, centre 256, crop, flip, mean subtraction -> float32
   (b) FFCV Loader: decode + crop (+ flip for train) -> uint8 NHWC; no lighting, no mean, no float"""
 
@@ -96,9 +96,7 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
         memory = {fmt: memory_per_epoch(store, cfg, threads) for fmt, store in stores.items()}  # first: a clean process
         rows = []
         for mode in ("train", "center", "tencrop"):
-            runners = [alexkit_runner(store, fmt, mode, cfg, threads) for fmt, store in stores.items()]
-            if mode == "train":
-                runners += [alexkit_runner(store, fmt, mode, cfg, threads, fused=False) for fmt, store in stores.items()]
+            runners = [alexkit_runner(store, fmt, mode, cfg, threads, fused=f) for f in (True, False) for fmt, store in stores.items()]
             if cfg.baselines and mode != "tencrop":
                 runners += [torchvision_style_runner(sources, stores, mode, cfg, workers)] if sources else []
                 runners += [ffcv_runner(store, fmt, mode, cfg, workers) for fmt, store in stores.items()]
@@ -165,7 +163,7 @@ def _eval_split(store) -> str:
 
 
 def alexkit_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int, fused: bool = True) -> Runner:
-    """alexkit's loader on the CPU; fused=False: train with DALI's own operators only."""
+    """alexkit's loader on the CPU; fused=False: DALI's own operators only."""
     from alexkit.pipeline.loader import make_loader
 
     loader = make_loader(store, "train" if mode == "train" else _eval_split(store), mode=mode, batch_size=cfg.batch_size,
@@ -298,7 +296,7 @@ def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) 
 
     from alexkit.pipeline.graphs import _fused_op
 
-    kernel = "one-pass train kernel" if _fused_op(False) is not None else "no numba: train rows all run DALI's operators only"
+    kernel = "one-pass kernels" if _fused_op(False) is not None else "no numba: all rows run DALI's operators only"
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
     size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}
     line = (f"alexkit bench loader: {', '.join(f'{fmt} store {n[fmt]} images ({size[fmt] / 2**20:,.0f} MiB)' for fmt in stores)}; "
@@ -313,7 +311,7 @@ def _print_summary(rows: list[dict], memory: dict) -> None:
     (the steadier figure when other processes share the cores)."""
     by = {(r["pipeline"], r["store"], r["mode"]): r for r in rows}
     for fmt in ("jpg", "raw"):
-        for mode in ("train", "center"):
+        for mode in ("train", "center", "tencrop"):
             ours = by.get(("alexkit DALI", fmt, mode))
             others = [(name, by.get((pipeline, store, mode))) for name, pipeline, store in
                       [("(a)", "(a) PIL + DataLoader", "source JPEGs"), ("(b)", "(b) FFCV Loader", fmt),

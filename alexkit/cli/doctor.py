@@ -86,7 +86,7 @@ def command() -> None:
         problems.append("FFCV's native library does not load: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then `make setup`")
 
     numba_ver, _ = _version("numba")  # comes with FFCV; optional for alexkit's own graphs
-    rows.append(("numba (one-pass CPU train kernel)", numba_ver or "not installed: CPU train runs DALI's operators only, about 20% slower", True))
+    rows.append(("numba (one-pass CPU kernels)", numba_ver or "not installed: CPU graphs run DALI's operators only (slower, see the README)", True))
 
     dali_ver, err = _version("nvidia.dali", "nvidia-dali-cuda130")
     rows.append(("nvidia-dali", dali_ver or err, dali_ver is not None))

@@ -1,7 +1,7 @@
 """The DALI graphs: a stored image (JPEG bytes or raw pixels) -> mean-subtracted float views.
 
 One graph per mode, the same on CPU and GPU (only the operators' device changes; on the CPU
-the train graph does its float work in one Numba-compiled operator, see below):
+each graph does its float work in one Numba-compiled operator, see below):
   train    crop CxC at a drawn corner, mirror with p = 0.5, add the PCA lighting shift,
            subtract the mean image cropped and mirrored identically   -> (N, 3, C, C)
   center   the centre CxC window minus the mean image's centre window  -> (N, 3, C, C)
@@ -32,18 +32,26 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
   out[:, h, w'] = pixel[y + h, x + w] - mean[y + h, x + w] + offset, w' = C - 1 - w if mirrored,
   the same float32 arithmetic as the two-operator graph (identical outputs, tested).
   `alexkit bench loader` (train, 2 cores, CPU ms per image, operators only -> kernel): JPEG
-  store 0.50 -> 0.43, raw store 0.27 -> 0.14. Compiled once per process and layout (about 2 s).
+  store 0.49 -> 0.44, raw store 0.28 -> 0.13. Compiled once per process and layout (about 2 s).
   Without numba, or with fused=False, DALI's operators run instead.
   The mean windows cost no pass: a table holds, for every left edge x, the columns x..x+C of the
   mean image made contiguous (S - C + 1 arrays of S x C x 3 float32, 23 MB at 256 -> 224), so the
   window at (x, y) is the contiguous rows y..y+C of one of them, fed to DALI per sample as a view,
   never copied (see _TrainSource).
+- Center and tencrop on the CPU: the same one pass, with a zero offset and the fixed mean
+  windows as graph constants. For center the kernel reads the decoded window (JPEG) or the
+  stored pixels (raw), which saves crop_mirror_normalize's uint8 pass; for tencrop a second
+  kernel (_kernel_views_chw) cuts all ten views from the decoded image and writes each once,
+  where DALI's operators write ten uint8 views, stack them, then subtract. CPU ms per image,
+  operators only -> kernel: center JPEG 0.40 -> 0.36, raw 0.12 -> 0.08; tencrop JPEG 2.17 -> 1.28,
+  raw 1.78 -> 0.97.
 - Elsewhere (on the GPU, where feeding 77 MB of mean windows per batch would cost a
-  host-to-device copy; center and tencrop; raw pixels on the CPU without the kernel) the
-  per-pixel mean image is a graph constant (made once, then shared, never copied per batch). For train its window moves with the image's, so a second
-  crop_mirror_normalize cuts the same window from the constant and, on the way, subtracts the
-  lighting shift (its per-channel `mean` argument): views = pixels - (mean - offset). For center
-  and tencrop the windows are fixed, so the cut mean windows themselves are the constants.
+  host-to-device copy; center and tencrop; train from raw pixels on the CPU without the
+  kernel) the per-pixel mean image is a graph constant (made once, then shared, never copied
+  per batch). For train its window moves with the image's, so a second crop_mirror_normalize
+  cuts the same window from the constant and, on the way, subtracts the lighting shift (its
+  per-channel `mean` argument): views = pixels - (mean - offset). For center and tencrop the
+  windows are fixed, so the cut mean windows themselves are the constants.
 """
 
 from __future__ import annotations
@@ -71,8 +79,8 @@ class GraphConfig:
     decoder: "cpu" (libjpeg-turbo in DALI's threads) or "mixed" (nvJPEG and the hardware JPEG
       engines where present; needs device_id).
     prefetch: batches DALI prepares ahead of the one being consumed.
-    fused: train on the CPU runs the one-pass Numba kernel (_fused_op) where numba is installed;
-      False: DALI's own operators only (the same outputs, one more pass).
+    fused: on the CPU the float work after decoding is one Numba-compiled pass (_fused_op) where
+      numba is installed; False: DALI's own operators only (the same outputs, more passes).
     """
 
     mode: Mode
@@ -170,11 +178,11 @@ class _Graph:
         self.fn, self.types, self.cfg, self.mean_image = fn, types, cfg, mean_image
         self.device = "cpu" if cfg.device_id is None else "gpu"
         self.layout = "HWC" if cfg.channels_last else "CHW"  # of each output view
-        # Train on the CPU: the one-pass kernel where numba is installed, else DALI's operators;
-        # both take each sample's mean window from the source (_TrainSource), except raw pixels
-        # without the kernel, which cut it from a graph constant like the GPU.
+        # On the CPU: the one-pass kernel where numba is installed, else DALI's operators. For
+        # train both take each sample's mean window from the source (_TrainSource), except raw
+        # pixels without the kernel, which cut it from a graph constant like the GPU.
         cpu_train = cfg.mode == "train" and self.device == "cpu"
-        self.kernel = _fused_op(cfg.channels_last) if cpu_train and cfg.fused else None
+        self.kernel = _fused_op(cfg.channels_last, views=cfg.mode == "tencrop") if self.device == "cpu" and cfg.fused else None
         self.windows_fed = cpu_train and (self.kernel is not None or cfg.encoded)
         self.input_names = ["data"] + _train_input_names(cfg.mode, cfg.encoded, self.kernel is not None, self.windows_fed) + ["index"]
 
@@ -258,12 +266,24 @@ class _Graph:
 
     def center_views(self, data):
         m = center_corner(self.cfg.size, self.cfg.crop)
+        if self.kernel is not None:  # one pass: window, layout, minus mean window
+            C, at = self.cfg.crop, m
+            if self.cfg.encoded:  # the decoder cuts the window, which then starts at (0, 0)
+                data, at = self.decoded_window(data, *self.fixed(m, m, False)[:2]), 0
+            mean = self.constant(self.mean_image[m : m + C, m : m + C], "HWC")
+            corner = self.types.Constant(np.array([at, at, 0], np.int32), device="cpu")
+            return self.kernel(mean, data, corner, self.constant(np.zeros(3), ""))
         pixels = self.stored_window(data, *self.fixed(m, m, False))  # (3, C, C) uint8
         return pixels - self.constant(self.mean_windows([(m, m, False)])[0], self.layout)  # float
 
     def ten_views(self, data):
         image = self.stored_image(data)  # decoded once, whole: ten windows cover all of it
         windows = ten_view_windows(self.cfg.size, self.cfg.crop)
+        if self.kernel is not None:  # one pass per view: window, mirror, layout, minus mean window
+            C = self.cfg.crop
+            means = np.stack([self.mean_image[y : y + C, x : x + C] for x, y, _ in windows])  # not mirrored
+            corners = self.types.Constant(np.array(windows, np.int32), device="cpu")
+            return self.kernel(self.constant(means, "FHWC"), image, corners)
         views = self.fn.stack(*[self.window(image, *self.fixed(x, y, f)) for x, y, f in windows])  # (10, 3, C, C) uint8
         return views - self.constant(self.mean_windows(windows), "F" + self.layout)  # float
 
@@ -332,7 +352,7 @@ class _Kept:
         return batch
 
 
-# --- the one-pass train kernel (Numba, run by DALI's numba_function operator on the CPU) ---
+# --- the one-pass kernels (Numba, run by DALI's numba_function operator on the CPU) ---
 
 
 def _kernel_chw(out, mean_window, data, corner, offset):
@@ -377,22 +397,71 @@ def _shape_hwc(outs, ins):
             outs[0][i][d] = ins[0][i][d]
 
 
+def _kernel_views_chw(out, mean_windows, data, corners):
+    """out (V, 3, C, C) float32: view v is the CxC window of data (H, W, 3) uint8 at corners[v]
+    (x, y, mirror), minus mean_windows[v] (C, C, 3), mirrored when corners[v, 2]."""
+    C = mean_windows.shape[1]
+    for v in range(mean_windows.shape[0]):
+        x, y, mirror = corners[v, 0], corners[v, 1], corners[v, 2]
+        for h in range(C):
+            for w in range(C):
+                t = C - 1 - w if mirror else w
+                out[v, 0, h, t] = np.float32(data[y + h, x + w, 0]) - mean_windows[v, h, w, 0]
+                out[v, 1, h, t] = np.float32(data[y + h, x + w, 1]) - mean_windows[v, h, w, 1]
+                out[v, 2, h, t] = np.float32(data[y + h, x + w, 2]) - mean_windows[v, h, w, 2]
+
+
+def _kernel_views_hwc(out, mean_windows, data, corners):
+    """As _kernel_views_chw, with out (V, C, C, 3)."""
+    C = mean_windows.shape[1]
+    for v in range(mean_windows.shape[0]):
+        x, y, mirror = corners[v, 0], corners[v, 1], corners[v, 2]
+        for h in range(C):
+            for w in range(C):
+                t = C - 1 - w if mirror else w
+                for c in range(3):
+                    out[v, h, t, c] = np.float32(data[y + h, x + w, c]) - mean_windows[v, h, w, c]
+
+
+def _shape_views_chw(outs, ins):
+    """Output shapes: the mean windows' (V, C, C, 3) as (V, 3, C, C)."""
+    for i in range(len(outs[0])):
+        outs[0][i][0] = ins[0][i][0]
+        outs[0][i][1] = ins[0][i][3]
+        outs[0][i][2] = ins[0][i][1]
+        outs[0][i][3] = ins[0][i][2]
+
+
+def _shape_views_hwc(outs, ins):
+    """Output shapes: the mean windows' (V, C, C, 3)."""
+    for i in range(len(outs[0])):
+        for d in range(4):
+            outs[0][i][d] = ins[0][i][d]
+
+
 _FUSED: dict = {}
 
 
-def _fused_op(channels_last: bool):
-    """The kernel as a DALI operator, compiled on first use (about 2 s) and shared by every
-    pipeline of the process; None where numba is not installed (the graph then uses DALI's own
-    operators)."""
-    if channels_last not in _FUSED:
+def _fused_op(channels_last: bool, views: bool = False):
+    """A kernel as a DALI operator, compiled on first use (about 2 s) and shared by every
+    pipeline of the process: one view per sample (train, center), or with views, a stack of
+    views per sample (tencrop). None where numba is not installed (the graph then uses DALI's
+    own operators)."""
+    key = (channels_last, views)
+    if key not in _FUSED:
         try:
             import nvidia.dali.types as types
             from nvidia.dali.plugin.numba import NumbaFunction
         except (ImportError, OSError):  # no numba, or one that cannot load here
-            _FUSED[channels_last] = None
+            _FUSED[key] = None
         else:
-            run, shape = (_kernel_hwc, _shape_hwc) if channels_last else (_kernel_chw, _shape_chw)
-            _FUSED[channels_last] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
-                                                  in_types=[types.FLOAT, types.UINT8, types.INT32, types.FLOAT],
-                                                  outs_ndim=[3], ins_ndim=[3, 3, 1, 1])  # fmt: skip
-    return _FUSED[channels_last]
+            if views:
+                run, shape = (_kernel_views_hwc, _shape_views_hwc) if channels_last else (_kernel_views_chw, _shape_views_chw)
+                _FUSED[key] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
+                                            in_types=[types.FLOAT, types.UINT8, types.INT32], outs_ndim=[4], ins_ndim=[4, 3, 2])  # fmt: skip
+            else:
+                run, shape = (_kernel_hwc, _shape_hwc) if channels_last else (_kernel_chw, _shape_chw)
+                _FUSED[key] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
+                                            in_types=[types.FLOAT, types.UINT8, types.INT32, types.FLOAT],
+                                            outs_ndim=[3], ins_ndim=[3, 3, 1, 1])  # fmt: skip
+    return _FUSED[key]

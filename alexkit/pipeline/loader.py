@@ -67,7 +67,8 @@ class LoaderConfig:
     drop_last: None means True for train and False for center / tencrop; evaluation modes never
       drop (every image once across ranks), so drop_last=True with them is an error.
     num_threads: DALI's CPU threads; None: default_threads().
-    fused: train on the CPU runs the one-pass kernel (see graphs.py); False: DALI's operators only.
+    fused: on the CPU each graph's float work is one Numba-compiled pass (see graphs.py); False:
+      DALI's operators only.
     """
 
     split: str
@@ -126,7 +127,7 @@ def default_threads() -> int:
     """DALI CPU threads for this process: its share of the cores among the node's ranks, plus one,
     so that a core never idles while a thread waits (on the executor handing over between
     operators, on a page of the store). JPEG train on 2 cores, `alexkit bench loader --threads 2`
-    against its default 3: 4,017 -> 4,413 images/s; raw 12,504 -> 13,309."""
+    against its default 3: 3,817 -> 4,284 images/s; raw 11,599 -> 13,247."""
     cores = usable_cores()
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) + 1
 
