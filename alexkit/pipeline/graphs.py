@@ -32,19 +32,20 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
   out[:, h, w'] = pixel[y + h, x + w] - mean[y + h, x + w] + offset, w' = C - 1 - w if mirrored,
   the same float32 arithmetic as the two-operator graph (identical outputs, tested).
   `alexkit bench loader` (train, 2 cores, CPU ms per image, operators only -> kernel): JPEG
-  store 0.49 -> 0.44, raw store 0.28 -> 0.13. Compiled once per process and layout (about 2 s).
+  store 0.51 -> 0.41, raw store 0.28 -> 0.14. Compiled once per process and layout (about 2 s).
   Without numba, or with fused=False, DALI's operators run instead.
   The mean windows cost no pass: a table holds, for every left edge x, the columns x..x+C of the
   mean image made contiguous (S - C + 1 arrays of S x C x 3 float32, 23 MB at 256 -> 224), so the
   window at (x, y) is the contiguous rows y..y+C of one of them, fed to DALI per sample as a view,
   never copied (see _TrainSource).
-- Center and tencrop on the CPU: the same one pass, with a zero offset and the fixed mean
-  windows as graph constants. For center the kernel reads the decoded window (JPEG) or the
-  stored pixels (raw), which saves crop_mirror_normalize's uint8 pass; for tencrop a second
-  kernel (_kernel_views_chw) cuts all ten views from the decoded image and writes each once,
-  where DALI's operators write ten uint8 views, stack them, then subtract. CPU ms per image,
-  operators only -> kernel: center JPEG 0.40 -> 0.36, raw 0.12 -> 0.08; tencrop JPEG 2.17 -> 1.28,
-  raw 1.78 -> 0.97.
+- Center and tencrop on the CPU: the same kernel, with a zero offset and the fixed mean
+  windows and corners as graph constants (it cuts V views per sample: 1 for train and center,
+  10 for tencrop). For center it reads the decoded window (JPEG) or the stored pixels (raw),
+  which saves crop_mirror_normalize's uint8 pass; for tencrop it cuts all ten views from the
+  decoded image and writes each once, where DALI's operators write ten uint8 views, stack them,
+  then subtract. CPU ms per image,
+  operators only -> kernel: center JPEG 0.43 -> 0.37, raw 0.14 -> 0.09; tencrop JPEG 2.19 -> 1.47,
+  raw 2.06 -> 1.05.
 - Elsewhere (on the GPU, where feeding 77 MB of mean windows per batch would cost a
   host-to-device copy; center and tencrop; train from raw pixels on the CPU without the
   kernel) the per-pixel mean image is a graph constant (made once, then shared, never copied
@@ -182,7 +183,7 @@ class _Graph:
         # train both take each sample's mean window from the source (_TrainSource), except raw
         # pixels without the kernel, which cut it from a graph constant like the GPU.
         cpu_train = cfg.mode == "train" and self.device == "cpu"
-        self.kernel = _fused_op(cfg.channels_last, views=cfg.mode == "tencrop") if self.device == "cpu" and cfg.fused else None
+        self.kernel = _fused_op(cfg.channels_last) if self.device == "cpu" and cfg.fused else None
         self.windows_fed = cpu_train and (self.kernel is not None or cfg.encoded)
         self.input_names = ["data"] + _train_input_names(cfg.mode, cfg.encoded, self.kernel is not None, self.windows_fed) + ["index"]
 
@@ -243,11 +244,18 @@ class _Graph:
         cut = [self.mean_image[y : y + C, x : x + C][:, ::-1 if f else 1] for x, y, f in windows]
         return np.stack([w if self.cfg.channels_last else w.transpose(2, 0, 1) for w in cut])
 
-    def train_views(self, data, offset, crop_x=None, crop_y=None, mirror=None, mean_window=None, corner=None):
+    def kernel_views(self, mean_windows, data, corners, offset=None, *, one: bool):
+        """The one-pass kernel: views (V, 3, C, C) float, or with one (V = 1) a single view (3, C, C);
+        offset None: no lighting shift."""
+        offset = self.constant(np.zeros(3), "") if offset is None else offset
+        views = self.kernel(mean_windows, data, corners, offset)
+        return self.fn.squeeze(views, axes=[0]) if one else views
+
+    def train_views(self, data, offset, crop_x=None, crop_y=None, mirror=None, mean_window=None, mean_windows=None, corners=None):
         if self.kernel is not None:  # one pass: window, mirror, layout, minus mean window, plus offset
-            if self.cfg.encoded:  # the decoder cuts the window; corner holds (0, 0, mirror)
+            if self.cfg.encoded:  # the decoder cuts the window; corners hold (0, 0, mirror)
                 data = self.decoded_window(data, crop_x, crop_y)
-            return self.kernel(mean_window, data, corner, offset)  # (3, C, C) float
+            return self.kernel_views(mean_windows, data, corners, offset, one=True)  # (3, C, C) float
         if mean_window is not None:  # (C, C, 3) float32, not mirrored
             centred = self.decoded_window(data, crop_x, crop_y) - mean_window  # (C, C, 3) float
             # The operator subtracts its `mean` argument: centred - (-offset) = pixels + offset - mean.
@@ -270,9 +278,8 @@ class _Graph:
             C, at = self.cfg.crop, m
             if self.cfg.encoded:  # the decoder cuts the window, which then starts at (0, 0)
                 data, at = self.decoded_window(data, *self.fixed(m, m, False)[:2]), 0
-            mean = self.constant(self.mean_image[m : m + C, m : m + C], "HWC")
-            corner = self.types.Constant(np.array([at, at, 0], np.int32), device="cpu")
-            return self.kernel(mean, data, corner, self.constant(np.zeros(3), ""))
+            mean = self.constant(self.mean_image[None, m : m + C, m : m + C], "FHWC")
+            return self.kernel_views(mean, data, self.types.Constant(np.array([[at, at, 0]], np.int32)), one=True)
         pixels = self.stored_window(data, *self.fixed(m, m, False))  # (3, C, C) uint8
         return pixels - self.constant(self.mean_windows([(m, m, False)])[0], self.layout)  # float
 
@@ -282,8 +289,7 @@ class _Graph:
         if self.kernel is not None:  # one pass per view: window, mirror, layout, minus mean window
             C = self.cfg.crop
             means = np.stack([self.mean_image[y : y + C, x : x + C] for x, y, _ in windows])  # not mirrored
-            corners = self.types.Constant(np.array(windows, np.int32), device="cpu")
-            return self.kernel(self.constant(means, "FHWC"), image, corners)
+            return self.kernel_views(self.constant(means, "FHWC"), image, self.types.Constant(np.array(windows, np.int32)), one=False)
         views = self.fn.stack(*[self.window(image, *self.fixed(x, y, f)) for x, y, f in windows])  # (10, 3, C, C) uint8
         return views - self.constant(self.mean_windows(windows), "F" + self.layout)  # float
 
@@ -295,7 +301,8 @@ _INPUT_SPECS = {
     "mirror": ("INT32", 0, ""),
     "offset": ("FLOAT", 1, ""),  # (3,) lighting shift
     "mean_window": ("FLOAT", 3, "HWC"),  # (C, C, 3), not mirrored
-    "corner": ("INT32", 1, ""),  # (3,): x, y of the window in the data, mirror
+    "mean_windows": ("FLOAT", 4, "FHWC"),  # (1, C, C, 3): the same, for the kernel
+    "corners": ("INT32", 2, ""),  # (1, 3): x, y of the window in the data, mirror
     "index": ("INT64", 0, ""),
 }  # fmt: skip
 
@@ -305,24 +312,24 @@ def _train_input_names(mode: str, encoded: bool, kernel: bool, windows_fed: bool
     if mode != "train":
         return []
     if kernel:  # the decoder needs the normalised corner; raw pixels only the pixel corner
-        return (["crop_x", "crop_y"] if encoded else []) + ["offset", "mean_window", "corner"]
+        return (["crop_x", "crop_y"] if encoded else []) + ["offset", "mean_windows", "corners"]
     return ["crop_x", "crop_y", "mirror", "offset"] + (["mean_window"] if windows_fed else [])
 
 
 class _TrainSource:
     """Turns a train source's batches (train_inputs) into the inputs the graph names: the corners
-    normalised for DALI's crop operators, and each sample's mean window and corner array where
-    the graph takes them.
+    normalised for DALI's crop operators, and each sample's mean window and corners where the
+    graph takes them.
 
-    Mean windows: (C, C, 3) float32 HWC, not mirrored, views that DALI reads in place. by_x[x]
-    holds the columns x..x+C of the mean image, made contiguous: (S, C, 3); its rows y..y+C are
-    one contiguous block, the window at (x, y). The table (S - C + 1 arrays, 23 MB at 256 -> 224)
-    lives as long as the pipeline, so the views stay valid with no_copy.
+    Mean windows: (C, C, 3) float32 HWC (the kernel's: (1, C, C, 3)), not mirrored, views that
+    DALI reads in place. by_x[x] holds the columns x..x+C of the mean image, made contiguous:
+    (S, C, 3); its rows y..y+C are one contiguous block, the window at (x, y). The table (S - C + 1
+    arrays, 23 MB at 256 -> 224) lives as long as the pipeline, so the views stay valid with no_copy.
     """
 
     def __init__(self, source: Callable[[], tuple], names: list[str], mean_image: np.ndarray, size: int, crop: int):
         self.source, self.names, self.size, self.crop = source, names, size, crop
-        fed = "mean_window" in names
+        fed = "mean_window" in names or "mean_windows" in names
         self.by_x = [np.ascontiguousarray(mean_image[:, x : x + crop], dtype=np.float32) for x in range(size - crop + 1)] if fed else []
 
     def __call__(self) -> tuple:
@@ -330,12 +337,13 @@ class _TrainSource:
         batch = dict(data=data, mirror=mirror, offset=offset, index=index)
         if "crop_x" in self.names:
             batch["crop_x"], batch["crop_y"] = (_positions(p, self.size, self.crop) for p in (xs, ys))
-        if "mean_window" in self.names:
-            batch["mean_window"] = [self.by_x[x][y : y + self.crop] for x, y in zip(xs.tolist(), ys.tolist())]
-        if "corner" in self.names:
+        if self.by_x:
+            windows = [self.by_x[x][y : y + self.crop] for x, y in zip(xs.tolist(), ys.tolist())]
+            batch["mean_window"], batch["mean_windows"] = windows, [w[None] for w in windows]
+        if "corners" in self.names:
             cut = "crop_x" in self.names  # JPEG: the decoder already cut the window, which starts at (0, 0)
             zero = np.zeros_like(xs)
-            batch["corner"] = np.stack([zero if cut else xs, zero if cut else ys, mirror], axis=1).astype(np.int32)  # (n, 3)
+            batch["corners"] = np.stack([zero if cut else xs, zero if cut else ys, mirror], axis=1).astype(np.int32)[:, None]  # (n, 1, 3)
         return tuple(batch[name] for name in self.names)
 
 
@@ -355,64 +363,23 @@ class _Kept:
 # --- the one-pass kernels (Numba, run by DALI's numba_function operator on the CPU) ---
 
 
-def _kernel_chw(out, mean_window, data, corner, offset):
-    """out (3, C, C) float32: the CxC window of data (H, W, 3) uint8 at corner (x, y), minus the
-    mean window (C, C, 3), plus offset (3,), mirrored when corner[2]."""
-    C = mean_window.shape[0]
-    x, y, mirror = corner[0], corner[1], corner[2]
-    o0, o1, o2 = offset[0], offset[1], offset[2]
-    for h in range(C):
-        for w in range(C):
-            t = C - 1 - w if mirror else w
-            out[0, h, t] = np.float32(data[y + h, x + w, 0]) - mean_window[h, w, 0] + o0
-            out[1, h, t] = np.float32(data[y + h, x + w, 1]) - mean_window[h, w, 1] + o1
-            out[2, h, t] = np.float32(data[y + h, x + w, 2]) - mean_window[h, w, 2] + o2
-
-
-def _kernel_hwc(out, mean_window, data, corner, offset):
-    """As _kernel_chw, with out (C, C, 3)."""
-    C = mean_window.shape[0]
-    x, y, mirror = corner[0], corner[1], corner[2]
-    for h in range(C):
-        for w in range(C):
-            t = C - 1 - w if mirror else w
-            for c in range(3):
-                out[h, t, c] = np.float32(data[y + h, x + w, c]) - mean_window[h, w, c] + offset[c]
-
-
-def _shape_chw(outs, ins):
-    """Output shapes: the mean window's (C, C, 3) as (3, C, C). The mean window is the kernel's
-    first input because DALI 2.4's setup wrapper shows a setup function only as many inputs as
-    the operator has outputs."""
-    for i in range(len(outs[0])):
-        outs[0][i][0] = ins[0][i][2]
-        outs[0][i][1] = ins[0][i][0]
-        outs[0][i][2] = ins[0][i][1]
-
-
-def _shape_hwc(outs, ins):
-    """Output shapes: the mean window's (C, C, 3)."""
-    for i in range(len(outs[0])):
-        for d in range(3):
-            outs[0][i][d] = ins[0][i][d]
-
-
-def _kernel_views_chw(out, mean_windows, data, corners):
-    """out (V, 3, C, C) float32: view v is the CxC window of data (H, W, 3) uint8 at corners[v]
-    (x, y, mirror), minus mean_windows[v] (C, C, 3), mirrored when corners[v, 2]."""
+def _kernel_chw(out, mean_windows, data, corners, offset):
+    """out (V, 3, C, C) float32: view v is the CxC window of data (H, W, 3) uint8 at corners[v] =
+    (x, y, mirror), minus mean_windows[v] (C, C, 3), plus offset (3,), mirrored when corners[v, 2]."""
     C = mean_windows.shape[1]
+    o0, o1, o2 = offset[0], offset[1], offset[2]
     for v in range(mean_windows.shape[0]):
         x, y, mirror = corners[v, 0], corners[v, 1], corners[v, 2]
         for h in range(C):
             for w in range(C):
                 t = C - 1 - w if mirror else w
-                out[v, 0, h, t] = np.float32(data[y + h, x + w, 0]) - mean_windows[v, h, w, 0]
-                out[v, 1, h, t] = np.float32(data[y + h, x + w, 1]) - mean_windows[v, h, w, 1]
-                out[v, 2, h, t] = np.float32(data[y + h, x + w, 2]) - mean_windows[v, h, w, 2]
+                out[v, 0, h, t] = np.float32(data[y + h, x + w, 0]) - mean_windows[v, h, w, 0] + o0
+                out[v, 1, h, t] = np.float32(data[y + h, x + w, 1]) - mean_windows[v, h, w, 1] + o1
+                out[v, 2, h, t] = np.float32(data[y + h, x + w, 2]) - mean_windows[v, h, w, 2] + o2
 
 
-def _kernel_views_hwc(out, mean_windows, data, corners):
-    """As _kernel_views_chw, with out (V, C, C, 3)."""
+def _kernel_hwc(out, mean_windows, data, corners, offset):
+    """As _kernel_chw, with out (V, C, C, 3)."""
     C = mean_windows.shape[1]
     for v in range(mean_windows.shape[0]):
         x, y, mirror = corners[v, 0], corners[v, 1], corners[v, 2]
@@ -420,11 +387,13 @@ def _kernel_views_hwc(out, mean_windows, data, corners):
             for w in range(C):
                 t = C - 1 - w if mirror else w
                 for c in range(3):
-                    out[v, h, t, c] = np.float32(data[y + h, x + w, c]) - mean_windows[v, h, w, c]
+                    out[v, h, t, c] = np.float32(data[y + h, x + w, c]) - mean_windows[v, h, w, c] + offset[c]
 
 
-def _shape_views_chw(outs, ins):
-    """Output shapes: the mean windows' (V, C, C, 3) as (V, 3, C, C)."""
+def _shape_chw(outs, ins):
+    """Output shapes: the mean windows' (V, C, C, 3) as (V, 3, C, C). The mean windows are the
+    kernel's first input because DALI 2.4's setup wrapper shows a setup function only as many
+    inputs as the operator has outputs."""
     for i in range(len(outs[0])):
         outs[0][i][0] = ins[0][i][0]
         outs[0][i][1] = ins[0][i][3]
@@ -432,7 +401,7 @@ def _shape_views_chw(outs, ins):
         outs[0][i][3] = ins[0][i][2]
 
 
-def _shape_views_hwc(outs, ins):
+def _shape_hwc(outs, ins):
     """Output shapes: the mean windows' (V, C, C, 3)."""
     for i in range(len(outs[0])):
         for d in range(4):
@@ -442,26 +411,19 @@ def _shape_views_hwc(outs, ins):
 _FUSED: dict = {}
 
 
-def _fused_op(channels_last: bool, views: bool = False):
-    """A kernel as a DALI operator, compiled on first use (about 2 s) and shared by every
-    pipeline of the process: one view per sample (train, center), or with views, a stack of
-    views per sample (tencrop). None where numba is not installed (the graph then uses DALI's
-    own operators)."""
-    key = (channels_last, views)
-    if key not in _FUSED:
+def _fused_op(channels_last: bool):
+    """The kernel as a DALI operator, compiled on first use (about 2 s) and shared by every
+    pipeline of the process; None where numba is not installed (the graph then uses DALI's own
+    operators)."""
+    if channels_last not in _FUSED:
         try:
             import nvidia.dali.types as types
             from nvidia.dali.plugin.numba import NumbaFunction
         except (ImportError, OSError):  # no numba, or one that cannot load here
-            _FUSED[key] = None
+            _FUSED[channels_last] = None
         else:
-            if views:
-                run, shape = (_kernel_views_hwc, _shape_views_hwc) if channels_last else (_kernel_views_chw, _shape_views_chw)
-                _FUSED[key] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
-                                            in_types=[types.FLOAT, types.UINT8, types.INT32], outs_ndim=[4], ins_ndim=[4, 3, 2])  # fmt: skip
-            else:
-                run, shape = (_kernel_hwc, _shape_hwc) if channels_last else (_kernel_chw, _shape_chw)
-                _FUSED[key] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
-                                            in_types=[types.FLOAT, types.UINT8, types.INT32, types.FLOAT],
-                                            outs_ndim=[3], ins_ndim=[3, 3, 1, 1])  # fmt: skip
-    return _FUSED[key]
+            run, shape = (_kernel_hwc, _shape_hwc) if channels_last else (_kernel_chw, _shape_chw)
+            _FUSED[channels_last] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
+                                                  in_types=[types.FLOAT, types.UINT8, types.INT32, types.FLOAT],
+                                                  outs_ndim=[4], ins_ndim=[4, 3, 2, 1])  # fmt: skip
+    return _FUSED[channels_last]

@@ -127,7 +127,7 @@ def default_threads() -> int:
     """DALI CPU threads for this process: its share of the cores among the node's ranks, plus one,
     so that a core never idles while a thread waits (on the executor handing over between
     operators, on a page of the store). JPEG train on 2 cores, `alexkit bench loader --threads 2`
-    against its default 3: 3,817 -> 4,284 images/s; raw 11,599 -> 13,247."""
+    against its default 3: 4,010 -> 4,551 images/s (raw: 14,022 and 12,981, within the noise)."""
     cores = usable_cores()
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) + 1
 
