@@ -296,6 +296,8 @@ def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) 
 
     from alexkit.pipeline.graphs import _fused_op
 
+    # Compiled here, before any row: the eval rows then run the kernel too, as they would on
+    # ImageNet's val (see loader.KERNEL_PAYS_VIEWS).
     kernel = "one-pass kernels" if _fused_op(False) is not None else "no numba: all rows run DALI's operators only"
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
     size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}

@@ -43,7 +43,8 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
   10 for tencrop). For center it reads the decoded window (JPEG) or the stored pixels (raw),
   which saves crop_mirror_normalize's uint8 pass; for tencrop it cuts all ten views from the
   decoded image and writes each once, where DALI's operators write ten uint8 views, stack them,
-  then subtract. CPU ms per image,
+  then subtract. (The loader runs it for an evaluation pass only where that pays for the
+  compilation: loader.KERNEL_PAYS_VIEWS.) CPU ms per image,
   operators only -> kernel: center JPEG 0.43 -> 0.37, raw 0.14 -> 0.09; tencrop JPEG 2.19 -> 1.47,
   raw 2.06 -> 1.05.
 - Elsewhere (on the GPU, where feeding 77 MB of mean windows per batch would cost a
@@ -409,6 +410,11 @@ def _shape_hwc(outs, ins):
 
 
 _FUSED: dict = {}
+
+
+def kernel_compiled(channels_last: bool) -> bool:
+    """Whether this process has compiled the kernel for this layout already (using it is then free)."""
+    return _FUSED.get(channels_last) is not None
 
 
 def _fused_op(channels_last: bool):

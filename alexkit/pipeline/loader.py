@@ -53,10 +53,15 @@ from alexkit.errors import AlexkitError
 from alexkit.paths import usable_cores
 from alexkit.pipeline.augment import lighting_offsets, train_params
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW
-from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_inputs, train_inputs
+from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_inputs, kernel_compiled, train_inputs
 from alexkit.pipeline.store import Store
 
 STREAM_ORDER, STREAM_AUGMENT = 0, 1  # independent random streams drawn from (seed, epoch, ...)
+# The one-pass CPU kernel (graphs.py) compiles in about 2 s once per process and saves 0.05-0.10
+# CPU ms per 224 view (`alexkit bench loader`, 2 cores). Train always runs it: it pays within an
+# epoch of a few thousand images. An evaluation pass runs it from this many views (ImageNet's val:
+# both centre and ten views), or where this process has compiled it already.
+KERNEL_PAYS_VIEWS = 40_000
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -67,8 +72,8 @@ class LoaderConfig:
     drop_last: None means True for train and False for center / tencrop; evaluation modes never
       drop (every image once across ranks), so drop_last=True with them is an error.
     num_threads: DALI's CPU threads; None: default_threads().
-    fused: on the CPU each graph's float work is one Numba-compiled pass (see graphs.py); False:
-      DALI's operators only.
+    fused: on the CPU each graph's float work is one Numba-compiled pass (see graphs.py) where it
+      pays for its compilation (KERNEL_PAYS_VIEWS); False: DALI's operators only.
     """
 
     split: str
@@ -203,11 +208,17 @@ class Loader:
             graph = GraphConfig(
                 mode=cfg.mode, size=self.store.size, crop=self.store.crop, encoded=self.encoded, decoder=self.decoder,
                 device_id=self._device_id(), channels_last=cfg.channels_last, batch_size=cfg.batch_size,
-                num_threads=cfg.num_threads or default_threads(), prefetch=cfg.prefetch, fused=cfg.fused,
+                num_threads=cfg.num_threads or default_threads(), prefetch=cfg.prefetch, fused=self._fused(),
             )
             self._pipe = build_graph(graph, self.store.stats.mean_image, self._feed, no_copy=True)
             self._pipe.build()
         return self._pipe
+
+    def _fused(self) -> bool:
+        """Whether the CPU graph runs the one-pass kernel: see KERNEL_PAYS_VIEWS."""
+        cfg = self.cfg
+        views = len(self.positions()) * (10 if cfg.mode == "tencrop" else 1)
+        return cfg.fused and (cfg.mode == "train" or views >= KERNEL_PAYS_VIEWS or kernel_compiled(cfg.channels_last))
 
     def _device_id(self) -> int | None:
         if self.device.type != "cuda":
