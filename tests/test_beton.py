@@ -103,3 +103,24 @@ def test_too_many_samples_is_an_error(tmp_path):
     with pytest.raises(ValueError):
         w.add(_image(0), 0, mode=MODE_RAW, width=24, height=24)
     w.abort()
+
+
+def test_a_split_with_no_samples_is_a_readable_file(tmp_path):
+    """Every source of a split skipped: the file is still complete, with no samples."""
+    path = tmp_path / "empty.beton"
+    assert BetonWriter(path, 3).close() == 0
+    assert len(BetonReader(path)) == 0
+
+
+@pytest.mark.parametrize("keep", [0, 10, 3000, -1000])
+def test_broken_files_are_one_line_errors_naming_the_file(tmp_path, keep):
+    """Empty, cut inside the header, inside the fields, or with the end (the allocation table) cut off."""
+    from alexkit.errors import AlexkitError
+
+    good = tmp_path / "good.beton"
+    _write(good, 4).close()
+    data = good.read_bytes()
+    bad = tmp_path / "bad.beton"
+    bad.write_bytes(data[:keep])
+    with pytest.raises(AlexkitError, match=r"bad\.beton is not a readable \.beton \(.*\); rewrite the store with `alexkit prepare --force`"):
+        BetonReader(bad)

@@ -59,7 +59,7 @@ def make_store(root: Path, *, size: int = SIZE, classes: int = 3, val: int = 7, 
     np.savez(root / "stats.npz", mean_image=mean.astype(np.float32), eigval=np.array([900.0, 100.0, 10.0]), eigvec=np.eye(3))
     table = [{"index": i, "wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(classes)]
     (root / "classes.json").write_text(json.dumps(table))
-    (root / "manifest.json").write_text(json.dumps({"settings": {"size": size}}))
+    (root / "manifest.json").write_text(json.dumps({"format_version": 1, "settings": {"size": size}}))
     return Store(root)
 
 
@@ -158,7 +158,8 @@ def test_identical_views_score_the_same_with_and_without_tta(tmp_path):
         path = tmp_path / f"{tta}.csv"
         evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=tta, device="cpu", predictions_path=path))
         got[tta] = [(r["top1"], float(r["p1"]), float(r["p2"])) for r in read_predictions(path)]
-    for (c0, a0, b0), (c1, a1, b1) in zip(got[False], got[True]):
+    assert len(got[False]) == 4
+    for (c0, a0, b0), (c1, a1, b1) in zip(got[False], got[True], strict=True):
         assert c0 == c1 and a0 == pytest.approx(a1, abs=1e-6) and b0 == pytest.approx(b1, abs=1e-6)
 
 

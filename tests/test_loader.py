@@ -49,7 +49,7 @@ def write_store(root: Path, splits: dict[str, list[np.ndarray]], *, fmt: str = "
     mean = np.zeros((size, size, 3), np.float32) if mean_image is None else mean_image
     np.savez(root / "stats.npz", mean_image=mean, eigval=np.asarray(eigval, float), eigvec=np.eye(3) if eigvec is None else eigvec)
     (root / "classes.json").write_text(json.dumps([{"index": k, "wnid": f"c{k}", "name": f"class {k}"} for k in range(CLASSES)]))
-    (root / "manifest.json").write_text(json.dumps({"settings": {"size": size}}))
+    (root / "manifest.json").write_text(json.dumps({"format_version": 1, "settings": {"size": size}}))
     return Store(root)
 
 
@@ -172,11 +172,14 @@ def test_train_loader_on_a_jpeg_store_matches_the_decoded_store(tmp_path, channe
     for epoch in (0, 1):
         loader.set_epoch(epoch)
         params = epoch_rng(seed, epoch, STREAM_AUGMENT, 0)
+        compared = 0
         for views, _, indices in loader:
             x, y, flip, alpha = train_params(params, len(indices), size, C)
             offset = lighting_offsets(alpha, eigval, eigvec)
             ref = np.stack([reference_train(reader.pixels(i), mean, x[k], y[k], flip[k], offset[k]) for k, i in enumerate(indices.tolist())])
             assert np.abs(views.numpy() - ref).max() <= 1.0 + 1e-3  # DALI's decode vs PIL's: identical here
+            compared += 1
+        assert compared == len(loader) == n // B
 
 
 @pytest.mark.parametrize("fmt", ["raw", "jpg"])
@@ -309,3 +312,16 @@ def test_gpu_loader_agrees_with_cpu_loader(index_store, tmp_path):
                 assert diff.max() <= tolerance and diff.mean() < 1.0, (mode, decoder, diff.max())
     on_gpu = make_loader(index_store, "val", mode="center", batch_size=10, device="cuda", dtype=torch.bfloat16)
     assert np.array_equal(np.concatenate([decode_index(v.cpu()) for v, _, _ in on_gpu]), np.arange(45))
+
+
+def test_a_broken_manifest_is_a_one_line_error(index_store, tmp_path):
+    import shutil
+
+    store = tmp_path / "s"
+    shutil.copytree(index_store.path, store)
+    for text, why in [("{not json", "is not a store manifest"), ('{"settings": {"size": 32}}', "KeyError"),
+                      ('{"format_version": 9, "settings": {"size": 32}}', "is of store format 9; this alexkit reads format 1")]:  # fmt: skip
+        (store / "manifest.json").write_text(text)
+        with pytest.raises(AlexkitError, match=why) as err:
+            Store(store)
+        assert str(store / "manifest.json") in str(err.value) and "--force" in str(err.value)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alexkit.errors import AlexkitError
+
 VERSION = 2
 PAGE_SIZE = 1 << 23  # 8 MiB, FFCV's default (4 x 2 MiB huge pages)
 MODE_JPG, MODE_RAW = 0, 1
@@ -39,7 +41,6 @@ ALLOC = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
 # RGBImageField's metadata (packed, 13 bytes), then IntField's, combined with align=True as FFCV does.
 IMAGE_META = np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")])
 METADATA = np.dtype([("image", IMAGE_META), ("label", "<i8")], align=True)
-MAX_SIDE = 65535  # width and height are u2
 
 
 class BetonWriter:
@@ -98,6 +99,8 @@ class BetonWriter:
             self.file.write(b"\0" * (PAGE_SIZE - used))
             self.pos += PAGE_SIZE - used
         alloc_ptr = self.pos
+        self.file.truncate(alloc_ptr)  # with no samples the data pages were never written: the file ends short
+        self.file.seek(alloc_ptr)
         self.file.write(self.allocs[: self.count].tobytes())
         self.file.seek(self.metadata_start)
         self.file.write(self.metadata[: self.count].tobytes())
@@ -126,18 +129,25 @@ class BetonReader:
 
     def __post_init__(self):
         self.path = Path(self.path)
+        file_size = self.path.stat().st_size
+        if file_size < HEADER.itemsize:
+            raise self._broken(f"{file_size} bytes, shorter than its header")
         header = np.fromfile(self.path, dtype=HEADER, count=1)[0]
         if int(header["version"]) != VERSION:
-            raise ValueError(f"{self.path}: FFCV format version {int(header['version'])}, expected {VERSION}")
-        n_fields = int(header["num_fields"])
+            raise self._broken(f"FFCV format version {int(header['version'])}, expected {VERSION}")
+        n_fields, self.num_samples = int(header["num_fields"]), int(header["num_samples"])
+        offset = HEADER.itemsize + n_fields * FIELD_DESC.itemsize  # the metadata's start
+        alloc_ptr, alloc_end = int(header["alloc_table_ptr"]), int(header["alloc_table_ptr"]) + self.num_samples * ALLOC.itemsize
+        if offset + self.num_samples * METADATA.itemsize > alloc_ptr or alloc_end > file_size:
+            raise self._broken(f"its tables of {self.num_samples} samples do not fit in its {file_size:,} bytes; truncated?")
         fields = np.fromfile(self.path, dtype=FIELD_DESC, count=n_fields, offset=HEADER.itemsize)
         names = [bytes(f["name"]).rstrip(b"\0").decode() for f in fields]
         if names[:2] != ["image", "label"] or list(fields["type_id"][:2]) != [TYPE_RGB, TYPE_INT]:
-            raise ValueError(f"{self.path}: expected fields image (RGBImageField) and label (IntField), found {names}")
-        self.num_samples = int(header["num_samples"])
-        offset = HEADER.itemsize + fields.nbytes
+            raise self._broken(f"fields {names}, expected image (RGBImageField) and label (IntField)")
         self.metadata = np.fromfile(self.path, dtype=METADATA, count=self.num_samples, offset=offset)
-        allocs = np.fromfile(self.path, dtype=ALLOC, offset=int(header["alloc_table_ptr"]))
+        allocs = np.fromfile(self.path, dtype=ALLOC, count=self.num_samples, offset=alloc_ptr)
+        if self.num_samples and int((allocs["ptr"] + allocs["size"]).max()) > alloc_ptr:
+            raise self._broken("a sample runs past the data pages")
         order = np.argsort(allocs["sample_id"], kind="stable")
         self.ptr = allocs["ptr"][order].astype(np.int64)
         self.size = allocs["size"][order].astype(np.int64)
@@ -149,6 +159,9 @@ class BetonReader:
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def _broken(self, why: str) -> AlexkitError:
+        return AlexkitError(f"{self.path} is not a readable .beton ({why}); rewrite the store with `alexkit prepare --force`")
 
     def raw_bytes(self, i: int) -> np.ndarray:
         """The stored bytes of sample i: JPEG bytes (mode 0) or H*W*3 pixels (mode 1); a memmap view."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from alexkit.errors import AlexkitError
 from alexkit.pipeline.beton import BetonReader
-from alexkit.pipeline.constants import crop_size
+from alexkit.pipeline.constants import STORE_FORMAT_VERSION, crop_size
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,14 @@ class Store:
         if not self.path.is_dir() or missing:
             what = "does not exist" if not self.path.is_dir() else f"has no {', '.join(missing)}"
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {self.path}` first")
-        self.manifest = json.loads((self.path / "manifest.json").read_text())
-        self.size = int(self.manifest["settings"]["size"])
+        manifest, fix = self.path / "manifest.json", f"rewrite the store with `alexkit prepare SRC --out {self.path} --force`"
+        try:
+            self.manifest = json.loads(manifest.read_text())
+            version, self.size = self.manifest["format_version"], int(self.manifest["settings"]["size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AlexkitError(f"{manifest} is not a store manifest ({exc.__class__.__name__}: {exc}); {fix}") from exc
+        if version != STORE_FORMAT_VERSION:
+            raise AlexkitError(f"{manifest} is of store format {version}; this alexkit reads format {STORE_FORMAT_VERSION}: {fix}")
         self.crop = crop_size(self.size)
 
     @cached_property
