@@ -1,14 +1,15 @@
 """Evaluation on the store's val split: the centre crop, or the paper's ten views (`tta=True`).
 
     checkpoint -> AlexNet -> val loader (mode "center" or "tencrop") -> predict_probs per batch
-    -> per-image top-5 on each rank -> gathered on rank 0 -> errors, per-class table, CSV/JSON
+    -> per-image top-5 on each rank -> gathered on every rank -> errors, per-class table, CSV/JSON
 
 Ten-crop (Krizhevsky et al. 2012, section 4.1): the four corner crops and the centre crop of the
 mean-subtracted stored image, each with its mirror; the softmax outputs of the ten are averaged.
 Test-time augmentation is `predict_probs`, a function outside the model's forward.
 
-Under torchrun each rank reads a disjoint shard of val.beton; the per-image results are gathered to
-rank 0, which checks that every image was seen exactly once before counting anything.
+Under torchrun each rank reads a disjoint shard of val.beton; the per-image results are gathered on
+every rank, which checks that every image was seen exactly once before counting anything (rank 0
+alone prints and writes files).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, write_atomic
 from alexkit.progress import Progress
-from alexkit.runs import find_checkpoint
+from alexkit.runs import check_compatible, find_checkpoint
 
 TOP_K = 5
 LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
@@ -118,7 +119,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
     from alexkit.pipeline.store import Store
 
     store = Store(store_of(ckpt, cfg.data))
-    check_compatible(model, ckpt_path, size=store.size, num_classes=store.num_classes, source=f"store {store.path}")
+    check_compatible(model.args, ckpt_path, size=store.size, num_classes=store.num_classes, source=f"store {store.path}")
     model = model.to(placement.device)
     loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=cfg.batch_size, device=placement.device,
                          rank=placement.rank, world_size=placement.world_size, drop_last=False)  # fmt: skip
@@ -148,20 +149,6 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
             write_atomic(cfg.json_path, json.dumps(results, indent=1) + "\n")
         print("\n".join(report(results, cfg.show_classes)))
     return results
-
-
-def check_compatible(model, ckpt_path: Path, *, size: int, num_classes: int, source: str) -> None:
-    """Images of `size` px (cut to crop_size(size)) and `num_classes` classes, from `source` (a store or
-    a run's copies of its stats), must be what the checkpoint was trained for."""
-    from alexkit.pipeline.constants import crop_size
-
-    args, crop = model.args, crop_size(size)
-    if args["input_size"] != crop:
-        raise AlexkitError(f"checkpoint {ckpt_path} takes {args['input_size']}px crops but {source} holds {size}px images "
-                           f"({crop}px crops); pass --data with the store it was trained on")  # fmt: skip
-    if args["num_classes"] != num_classes:
-        raise AlexkitError(f"checkpoint {ckpt_path} has {args['num_classes']} classes but {source} has {num_classes}; "
-                           f"pass --data with the store it was trained on")  # fmt: skip
 
 
 def summarize(rows: dict, classes: list[dict]) -> dict:

@@ -4,6 +4,7 @@ All are relative to the current directory: run the three commands from the same 
 """
 
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 DEFAULT_STORE = Path("alexkit-store")  # written by `alexkit prepare`, read by train/eval
 DEFAULT_RUNS = Path("alexkit-runs")  # one sub-directory per `alexkit train` run
@@ -26,16 +27,16 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `data` (text or bytes) to `path` all or nothing: a temporary file, fsync, rename, fsync
-    of the folder. A reader (or a run interrupted at any moment) sees the old file or the new one,
-    never half."""
+def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """Write `data` (text, bytes, or a function that writes to a binary file, such as a torch.save)
+    to `path` all or nothing: a temporary file, fsync, rename, fsync of the folder. A reader (or a
+    run interrupted at any moment) sees the old file or the new one, never half."""
     import os
 
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
+    with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+        data(f) if callable(data) else f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -47,15 +47,16 @@ def predict(cfg: PredictConfig) -> list[dict]:
     """Classify each image; print its top-k and return [{"path", "top": [{"index", "wnid", "name", "prob"}]}]."""
     import torch
 
-    from alexkit.evaluate import check_compatible, find_checkpoint, load_checkpoint, predict_probs
+    from alexkit.evaluate import find_checkpoint, load_checkpoint, predict_probs
     from alexkit.model.placement import setup
+    from alexkit.runs import check_compatible
 
     files = list_images(cfg.images)
     ckpt_path = find_checkpoint(cfg.checkpoint)
     model, ckpt = load_checkpoint(ckpt_path)
     mean_image, classes, source = stats_and_classes(ckpt_path, ckpt, cfg.data)
     size, crop = mean_image.shape[0], model.args["input_size"]
-    check_compatible(model, ckpt_path, size=size, num_classes=len(classes), source=source)
+    check_compatible(model.args, ckpt_path, size=size, num_classes=len(classes), source=source)
     device = setup("none", cfg.device).device
     model = model.to(device)
     k = min(cfg.top_k, len(classes))

@@ -10,9 +10,7 @@ AlexNet's state_dict), model_args, optimizer, scheduler, epoch, config, metrics,
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -61,8 +59,8 @@ def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
             versions[package] = None
     config = dict(config, versions=versions, python=sys.version.split()[0], git_commit=_git_commit(), argv=sys.argv)
     write_atomic(path / "config.json", json.dumps(config, indent=2) + "\n")
-    for name in ("stats.npz", "classes.json"):
-        shutil.copyfile(store.path / name, path / name)
+    for name in ("stats.npz", "classes.json"):  # a resumed run's were checked equal (check_same_store)
+        write_atomic(path / name, (store.path / name).read_bytes())
     write_atomic(path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
 
 
@@ -75,13 +73,48 @@ def _git_commit() -> str | None:
 
 
 def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
-    """last.pt (and best.pt when is_best), each written to a temporary name and renamed into place."""
-    tmp = path / "last.pt.tmp"
-    torch.save(ckpt, tmp)
-    if is_best:
-        shutil.copyfile(tmp, path / "best.pt.tmp")
-        os.replace(path / "best.pt.tmp", path / "best.pt")
-    os.replace(tmp, path / "last.pt")
+    """last.pt (and best.pt when is_best), each written atomically (write_atomic: fsync, rename)."""
+    for name in ("best.pt", "last.pt") if is_best else ("last.pt",):
+        write_atomic(path / name, lambda f: torch.save(ckpt, f))
+
+
+def check_compatible(model_args: dict, ckpt_path: Path, *, size: int, num_classes: int, source: str) -> None:
+    """Images of `size` px (cut to crop_size(size)) and `num_classes` classes, from `source` (a store or
+    a run's copies of its stats), must be what the checkpoint (its model_args) was trained for."""
+    from alexkit.pipeline.constants import crop_size
+
+    crop = crop_size(size)
+    if model_args["input_size"] != crop:
+        raise AlexkitError(f"checkpoint {ckpt_path} takes {model_args['input_size']}px crops but {source} holds {size}px images "
+                           f"({crop}px crops); pass --data with the store it was trained on")  # fmt: skip
+    if model_args["num_classes"] != num_classes:
+        raise AlexkitError(f"checkpoint {ckpt_path} has {model_args['num_classes']} classes but {source} has {num_classes}; "
+                           f"pass --data with the store it was trained on")  # fmt: skip
+
+
+def check_resumable(ckpt_path: Path) -> None:
+    """Resuming continues a run in its own directory from its last.pt: from an earlier checkpoint
+    of the run (best.pt) it would overwrite the epochs after it."""
+    last = ckpt_path.parent / "last.pt"
+    if ckpt_path.name != "last.pt" and last.is_file():
+        raise AlexkitError(f"--resume {ckpt_path}: a run continues from its last.pt, and resuming from {ckpt_path.name} would "
+                           f"overwrite the epochs after it; pass --resume {ckpt_path.parent}, or copy {ckpt_path} into a "
+                           f"new folder and resume from there to branch off")  # fmt: skip
+
+
+def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> None:
+    """A resumed run may read its store from elsewhere (--data), but it must be the store it was
+    trained on: the same crop and classes, the same class table and mean image as the run's copies."""
+    check_compatible(model_args, ckpt_path, size=store.size, num_classes=store.num_classes, source=f"store {store.path}")
+    from alexkit.pipeline.store import Stats
+
+    fix = f"resume with --data set to the store {run} was trained on"
+    if (run / "classes.json").is_file() and json.loads((run / "classes.json").read_text()) != store.classes:
+        raise AlexkitError(f"store {store.path} has other classes than {run / 'classes.json'}; {fix}")
+    if (run / "stats.npz").is_file():
+        mean = Stats.load(run / "stats.npz").mean_image
+        if mean.shape != store.stats.mean_image.shape or np.abs(mean - store.stats.mean_image).max() > 0.01:
+            raise AlexkitError(f"store {store.path} has another mean image than {run / 'stats.npz'}; {fix}")
 
 
 def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:

@@ -5,8 +5,9 @@
     3 times, then stop; at most 90 epochs. Optional linear lr scaling (lr * batch / 128) with warm-up.
 
 What a run directory holds, and how checkpoints are written and read: alexkit/runs.py. Resuming
-is exact at epoch boundaries: the loader's order and augmentation depend only on (seed, epoch),
-and each epoch reseeds dropout from (seed, rank, epoch).
+is exact at epoch boundaries with the same number of processes: the loader's order and
+augmentation depend only on (seed, epoch, rank), and each epoch reseeds dropout from (seed, rank,
+epoch).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Collection, Literal
 
 import torch
 import torch.distributed as dist
@@ -24,13 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexkit.errors import AlexkitError
-from alexkit.model import AlexNet
+from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress
-from alexkit.runs import CHECKPOINT_FORMAT, find_checkpoint, read_checkpoint, rng_state, run_dir as make_run_dir
-from alexkit.runs import save_checkpoint, set_rng_state, write_run_files
+from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, find_checkpoint, read_checkpoint, rng_state
+from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_run_files
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
 Auto = Literal["auto", "on", "off"]
@@ -141,11 +142,18 @@ def fast_cuda() -> None:
     torch.set_float32_matmul_precision("high")
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train AlexNet as `cfg` says; returns the run directory."""
-    ckpt = read_checkpoint(find_checkpoint(cfg.resume, prefer=("last.pt",))) if cfg.resume else None
-    if ckpt is not None:
-        cfg = _resumed_config(cfg, ckpt["config"])
+def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
+    """Train AlexNet as `cfg` says; returns the run directory.
+
+    Resuming (cfg.resume), the run's own config holds except for the fields named in `given` (the
+    flags given on the command line; None: the fields of cfg that differ from TrainConfig's defaults).
+    """
+    ckpt_path = find_checkpoint(cfg.resume, prefer=("last.pt",)) if cfg.resume else None
+    ckpt = None
+    if ckpt_path is not None:
+        check_resumable(ckpt_path)
+        ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path)
+        cfg = _resumed_config(cfg, ckpt["config"], given)
     placement = setup(cfg.parallel, cfg.device)
     try:
         run_dir = _train(cfg, ckpt, placement)
@@ -161,7 +169,12 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
     from alexkit.pipeline.store import Store
 
     store = Store(cfg.data)
+    if store.crop < MIN_INPUT_SIZE:
+        raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
+                           f"prepare one with --size {-(-MIN_INPUT_SIZE * 8 // 7)} or more")  # fmt: skip
     run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
+    if ckpt is not None:
+        check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"])
     world, dev = placement.world_size, placement.device
     if cfg.batch_size % world:
         raise AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
@@ -192,6 +205,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
                   dtype=torch.bfloat16 if amp else torch.float32, channels_last=channels_last)  # fmt: skip
     train_loader = make_loader(store, "train", mode="train", batch_size=per_rank, drop_last=True, **common)
     val_loader = make_loader(store, "val", mode="center", batch_size=per_rank, drop_last=False, **common)
+    if len(val_loader.reader) == 0:  # found now, not after a whole epoch
+        raise AlexkitError(f"{val_loader.reader.path} holds no images; run `alexkit prepare` on a source with validation images")
     if placement.is_main:
         resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
                         devices=[str(d) for d in placement.devices])  # fmt: skip
@@ -299,17 +314,20 @@ def _config_dict(cfg: TrainConfig) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
-def _resumed_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
-    """The resumed run's config, with the flags given to `cfg` (those not at their default) on top.
+def _resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None) -> TrainConfig:
+    """The resumed run's config, with the fields named in `given` taken from `cfg` (None: those not
+    at their default).
 
     Only RESUME_MAY_CHANGE fields may differ from the run's own; any other flag that differs is an
     error, not silently ignored.
     """
     defaults, merged = TrainConfig(), {}
+    if given is None:
+        given = [f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)]
     for f in fields(TrainConfig):
-        mine, theirs = getattr(cfg, f.name), saved[f.name]
+        mine, theirs = getattr(cfg, f.name), saved.get(f.name, getattr(defaults, f.name))  # older runs: the default
         theirs = Path(theirs) if f.name in ("data", "out", "resume") and theirs is not None else theirs
-        if mine == getattr(defaults, f.name) or mine == theirs:
+        if f.name not in given or mine == theirs:
             merged[f.name] = theirs
         elif f.name in RESUME_MAY_CHANGE:
             merged[f.name] = mine

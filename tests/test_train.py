@@ -125,6 +125,52 @@ def test_weight_decay_skips_biases_unless_asked():
         assert weights["momentum"] == 0.9 and weights["lr"] == 0.01
 
 
+def test_resume_refuses_an_earlier_checkpoint_of_the_run_but_can_branch_from_a_copy(store, tmp_path):
+    import shutil
+
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    with pytest.raises(AlexkitError, match="overwrite the epochs after it"):
+        train(TrainConfig(resume=run / "best.pt", epochs=2))
+    (tmp_path / "branch").mkdir()
+    shutil.copyfile(run / "best.pt", tmp_path / "branch" / "best.pt")
+    branch = train(TrainConfig(resume=tmp_path / "branch" / "best.pt", epochs=2))
+    assert branch == tmp_path / "branch" and [r["epoch"] for r in _metrics(branch)] == [1, 2]
+    assert len(_metrics(run)) == 1  # the original run is untouched
+
+
+def test_resume_refuses_another_store(store, tmp_path):
+    import shutil
+
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    other = tmp_path / "other"
+    shutil.copytree(store, other)
+    classes = json.loads((other / "classes.json").read_text())
+    classes[0]["name"] = "something else"
+    (other / "classes.json").write_text(json.dumps(classes))
+    with pytest.raises(AlexkitError, match="has other classes than"):
+        train(TrainConfig(resume=run, data=other, epochs=2))
+    shutil.copyfile(store / "classes.json", other / "classes.json")
+    with np.load(other / "stats.npz") as z:
+        stats = dict(z)
+    np.savez(other / "stats.npz", **dict(stats, mean_image=stats["mean_image"] + 1))
+    with pytest.raises(AlexkitError, match="has another mean image than"):
+        train(TrainConfig(resume=run, data=other, epochs=2))
+    assert np.array_equal(np.load(run / "stats.npz")["mean_image"], stats["mean_image"])  # the run's copy is kept
+    shutil.copyfile(store / "stats.npz", other / "stats.npz")
+    assert train(TrainConfig(resume=run, data=other, epochs=2)) == run  # a moved copy of the same store is fine
+
+
+def test_stores_it_cannot_train_on_are_refused_before_training(tmp_path):
+    from tests.test_loader import index_image, write_store
+
+    small = write_store(tmp_path / "small", {"train": [index_image(i, 32) for i in range(8)], "val": [index_image(0, 32)]}, size=32)
+    with pytest.raises(AlexkitError, match="too small for AlexNet; prepare one with --size 42 or more"):
+        train(TrainConfig(data=small.path, out=tmp_path / "a", epochs=1, **TINY))
+    no_val = write_store(tmp_path / "no-val", {"train": [index_image(i, 48) for i in range(32)], "val": []}, size=48)
+    with pytest.raises(AlexkitError, match="val.beton holds no images"):
+        train(TrainConfig(data=no_val.path, out=tmp_path / "b", epochs=1, **TINY))
+
+
 def test_bad_values_are_one_line_errors():
     with pytest.raises(AlexkitError, match="--batch-size 0"):
         TrainConfig(batch_size=0)
@@ -145,9 +191,13 @@ def test_cli_trains_and_resumes(store, tmp_path, capsys):
     assert done.value.code == 0
     printed = capsys.readouterr().out
     assert "epoch 1: lr 0.01 train loss" in printed and f"run: {out}" in printed
+    with pytest.raises(SystemExit) as done:  # a flag given at its default value still counts as given
+        main(["train", "--resume", str(out), "--epochs", "2", "--batch-size", "128"])
+    assert done.value.code == 2 and "--batch-size 128 differs from the resumed run's 32" in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:
-        main(["train", "--resume", str(out), "--epochs", "2", "--progress", "none"])
+        main(["train", "--resume", str(out), "--epochs", "2", "--progress", "auto"])
     assert done.value.code == 0
+    assert json.loads((out / "config.json").read_text())["config"]["progress"] == "auto"  # not the run's "plain"
     assert [r["epoch"] for r in _metrics(out)] == [1, 2]
     assert math.isfinite(_metrics(out)[-1]["train_loss"])
     assert np.load(out / "stats.npz")["mean_image"].shape == (64, 64, 3)

@@ -12,6 +12,7 @@ from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE
 
 
 def command(
+    ctx: typer.Context,
     data: Path = typer.Option(DEFAULT_STORE, "--data", help="Store written by `alexkit prepare`."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory.",
                                          show_default=f"{DEFAULT_RUNS}/<YYYYmmdd-HHMMSS>"),  # fmt: skip
@@ -52,6 +53,9 @@ def command(
         channels_last=channels_last, compile=compile, width=width, fc_features=fc_features, dropout=dropout,
         init=init, progress=progress,
     )  # fmt: skip
-    run_dir = train(cfg)
+    # Resuming, the run's own settings hold except for the flags given here, even at their default.
+    # (By the enum member's name: typer may bring click's ParameterSource or its own copy.)
+    given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
+    run_dir = train(cfg, given)
     if os.environ.get("RANK", "0") == "0":
         print(f"run: {run_dir}\nnext: alexkit eval --checkpoint {run_dir} --tta")
