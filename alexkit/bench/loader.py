@@ -40,7 +40,7 @@ import numpy as np
 from alexkit.bench.prepare import cpu_name, write_photo_like
 from alexkit.errors import AlexkitError, require
 from alexkit.paths import usable_cores
-from alexkit.pipeline.loader import default_threads
+from alexkit.pipeline.loader import check_images, default_threads
 
 CLASSES = 10  # the class folders of bench prepare's photo-like sources
 _KEEP: list = []
@@ -64,11 +64,17 @@ class BenchLoaderConfig:
     memory_epochs: int = 10  # training epochs of alexkit's loader alone, memory read after each
 
     def __post_init__(self):
-        if min(self.images, self.batch_size, self.prefetch, self.threads or 1, self.memory_epochs) < 1 or self.epochs < 2:
+        threads = 1 if self.threads is None else self.threads
+        if min(self.images, self.batch_size, self.prefetch, threads, self.memory_epochs) < 1 or self.epochs < 2:
             raise AlexkitError("--images, --batch-size, --prefetch, --threads and --memory-epochs must be at least 1 "
                                "and --epochs at least 2")  # fmt: skip
+        if self.store is None and self.images < self.batch_size:
+            raise AlexkitError(f"--images {self.images} is fewer than one --batch-size ({self.batch_size}); make at least one batch")
         if self.store is not None and not (Path(self.store) / "manifest.json").is_file():
             raise AlexkitError(f"--store {self.store} is not a finished store (no manifest.json); run `alexkit prepare` first")
+        if self.source is not None and (self.store is None or not Path(self.source).is_dir()):
+            what = "is not a folder" if self.store is not None else "goes with --store (without it the sources are made)"
+            raise AlexkitError(f"--source {self.source} {what}; pass a folder of the store's source JPEGs, or leave --source out")
 
 
 def bench_loader(cfg: BenchLoaderConfig) -> dict:
@@ -83,12 +89,13 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
     workers = cfg.threads or usable_cores()  # the baselines'
     with tempfile.TemporaryDirectory(prefix="alexkit-bench-") as tmp:
         work = Path(cfg.work or tmp)
-        if cfg.store is None:
-            sources = write_photo_like(work / "src", cfg.images, workers=workers)  # `alexkit bench prepare`'s images
-            stores = {fmt: Store(make_store(work / "src", work / f"store-{fmt}", fmt, workers)) for fmt in ("jpg", "raw")}
+        if cfg.store is None:  # folders per count: a store is of every file in its source folder
+            src = work / f"src-{cfg.images}"
+            sources = write_photo_like(src, cfg.images, workers=workers)  # `alexkit bench prepare`'s images
+            stores = {fmt: Store(make_store(src, work / f"store-{fmt}-{cfg.images}", fmt, workers)) for fmt in ("jpg", "raw")}
         else:
             store = Store(cfg.store)
-            stores = {"jpg" if (store.split("train").modes == 0).all() else "raw": store}
+            stores = {"jpg" if check_images(store.split("train"), store) else "raw": store}
             sources = sorted(p for p in Path(cfg.source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")) if cfg.source else []
         settings = _settings(cfg, threads, workers, stores)
         print(settings["line"], flush=True)
@@ -138,6 +145,8 @@ def interleaved(runners: list[Runner], epochs: int) -> list[Runner]:
             start, start_cpu, count = time.perf_counter(), _cpu_seconds(), 0
             for batch in r.epoch(e):
                 count += len(batch[0])
+            if not count:
+                raise AlexkitError(f"{r.pipeline} on {r.store} ({r.mode}) gave no batch: fewer images than --batch-size; lower it")
             r.rates.append(count / (time.perf_counter() - start))
             r.cpu.append((_cpu_seconds() - start_cpu) / count)
     return runners
@@ -298,7 +307,10 @@ def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) 
 
     # Compiled here, before any row: the eval rows then run the kernel too, as they would on
     # ImageNet's val (see loader.KERNEL_PAYS_VIEWS).
-    kernel = "one-pass kernels" if _fused_op(False) is not None else "no numba: all rows run DALI's operators only"
+    started = time.perf_counter()
+    compiled = _fused_op(False) is not None
+    seconds = time.perf_counter() - started
+    kernel = f"one-pass kernel, compiled in {seconds:.1f} s" if compiled else "no numba: all rows run DALI's operators only"
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
     size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}
     line = (f"alexkit bench loader: {', '.join(f'{fmt} store {n[fmt]} images ({size[fmt] / 2**20:,.0f} MiB)' for fmt in stores)}; "

@@ -16,7 +16,7 @@ def command(
     images: int = typer.Option(1000, "--images", help="How many source images to make."),
     batch_size: int = typer.Option(128, "--batch-size"),
     epochs: int = typer.Option(5, "--epochs", help="Epochs per row; the first is a warm-up."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="DALI threads and baseline workers (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="DALI threads and baseline workers (default: cores + 1 DALI threads, one worker per core)."),
     prefetch: int = typer.Option(2, "--prefetch", help="Batches DALI prepares ahead."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also time (a) PIL + DataLoader and (b) FFCV's loader."),
     memory_epochs: int = typer.Option(10, "--memory-epochs", help="Epochs of alexkit's train loader alone, memory read after each."),

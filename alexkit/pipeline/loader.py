@@ -9,7 +9,7 @@
 
 How the bytes travel. A .beton (FFCV's format) holds each sample's stored bytes (JPEG, or raw
 H*W*3 pixels) contiguously inside one page. BetonReader maps the file with np.memmap, so a sample
-is a slice `mm[ptr:ptr + size]`: no read call, no copy, no decode, about 5 us, served from the OS
+is a slice `mm[ptr:ptr + size]`: no read call, no copy, no decode, about 1 us, served from the OS
 page cache (shared by every process on the machine that reads the same file). A batch of those
 slices goes to DALI's external_source, which reads them in place (no_copy; the graph keeps each
 batch referenced until DALI is done with it), and DALI decodes them: on the GPU with nvJPEG and the
@@ -57,10 +57,10 @@ from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_
 from alexkit.pipeline.store import Store
 
 STREAM_ORDER, STREAM_AUGMENT = 0, 1  # independent random streams drawn from (seed, epoch, ...)
-# The one-pass CPU kernel (graphs.py) compiles in about 2 s once per process and saves 0.05-0.10
-# CPU ms per 224 view (`alexkit bench loader`, 2 cores). Train always runs it: it pays within an
-# epoch of a few thousand images. An evaluation pass runs it from this many views (ImageNet's val:
-# both centre and ten views), or where this process has compiled it already.
+# The one-pass CPU kernel (graphs.py) compiles in about 2 s once per process and saves 0.05-0.14
+# CPU ms per 224 view (`alexkit bench loader`, 2 cores). Train always runs it: it pays back within
+# about 20,000 images. An evaluation pass runs it from this many views in the process (ImageNet's
+# val in one process: centre and ten views), or where the process has compiled it already.
 KERNEL_PAYS_VIEWS = 40_000
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -146,7 +146,7 @@ class Loader:
         self.dtype = dtype
         self.reader = store.split(cfg.split)
         self.epoch = 0
-        self.encoded = _check_images(self.reader, store, cfg.split)
+        self.encoded = check_images(self.reader, store)
         self.decoder = _pick_decoder(cfg.decoder, self.encoded, self.device)
         self._pipe = None
         self._feed = _Feed()
@@ -266,7 +266,7 @@ class _Feed:
         return next(self.batches)
 
 
-def _check_images(reader, store: Store, split: str) -> bool:
+def check_images(reader, store: Store) -> bool:
     """Whether the split stores JPEG (True) or raw pixels (False); every image must be size x size."""
     S = store.size
     if len(reader) and not ((reader.heights == S).all() and (reader.widths == S).all()):
