@@ -16,12 +16,12 @@ def command(
     ),
     out: Path = typer.Option(DEFAULT_STORE, "--out", "-o", help="Store folder to write (train/eval read it)."),
     size: int = typer.Option(256, "--size", help="Stored side: shorter side resized to it, centre crop (256: the paper)."),
-    format: str = typer.Option("jpg", "--format", help="jpg (~22 GB for ImageNet at 256) or raw (~250 GB, no decoding)."),
+    format: str = typer.Option("jpg", "--format", help="jpg (~31 KB per 256 px image: ~40 GB for ImageNet) or raw (192 KB: ~260 GB, no decoding)."),
     quality: int = typer.Option(90, "--quality", help="JPEG quality, 1-100."),
     workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Worker processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Rebuild a finished store."),
 ) -> None:
-    """Write DIR/{train,val}.beton, stats.npz (mean image, RGB eigen-decomposition), classes.json, manifest.json.
+    """Write OUT/{train,val}.beton, stats.npz (mean image, RGB eigen-decomposition), classes.json, manifest.json.
 
     Undecodable files are skipped and listed in manifest.json.
     An interrupted run resumes (finished splits are kept); a finished store is left alone unless --force.

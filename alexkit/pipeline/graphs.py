@@ -1,7 +1,7 @@
 """The DALI graphs: a stored image (JPEG bytes or raw pixels) -> mean-subtracted float views.
 
-One graph per mode, the same on CPU and GPU (only the operators' device changes; on the CPU
-each graph does its float work in one Numba-compiled operator, see below):
+One graph per mode, the same on CPU and GPU (only the operators' device changes; on the CPU,
+with fused, each graph does its float work in one Numba-compiled operator, see below):
   train    crop CxC at a drawn corner, mirror with p = 0.5, add the PCA lighting shift,
            subtract the mean image cropped and mirrored identically   -> (N, 3, C, C)
   center   the centre CxC window minus the mean image's centre window  -> (N, 3, C, C)
@@ -30,7 +30,8 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
   One Numba-compiled kernel run by DALI's numba_function operator (_fused_op) reads the uint8
   window and the float mean window once and writes the output once:
   out[:, h, w'] = pixel[y + h, x + w] - mean[y + h, x + w] + offset, w' = C - 1 - w if mirrored,
-  the same float32 arithmetic as the two-operator graph (identical outputs, tested).
+  the same float32 arithmetic as the two-operator graph (identical outputs from JPEG; from raw
+  pixels that graph computes pixel - (mean - offset), equal within float32 rounding; tested).
   `alexkit bench loader` (train, 2 cores, CPU ms per image, operators only -> kernel): JPEG
   store 0.51 -> 0.41, raw store 0.28 -> 0.14. Compiled once per process and layout (about 2 s).
   Without numba, or with fused=False, DALI's operators run instead.
@@ -247,7 +248,7 @@ class _Graph:
 
     def kernel_views(self, mean_windows, data, corners, offset=None, *, one: bool):
         """The one-pass kernel: views (V, 3, C, C) float, or with one (V = 1) a single view (3, C, C);
-        offset None: no lighting shift."""
+        channels-last (V, C, C, 3) and (C, C, 3). offset None: no lighting shift."""
         offset = self.constant(np.zeros(3), "") if offset is None else offset
         views = self.kernel(mean_windows, data, corners, offset)
         return self.fn.squeeze(views, axes=[0]) if one else views
