@@ -88,14 +88,11 @@ def val_view_tiles(store, index: int) -> tuple[list[np.ndarray], list[str], int]
     total = len(store.split("val"))
     if index >= total:
         raise AlexkitError(f"--val-index {index}: {store.path}/val.beton holds {total} images (0 to {total - 1})")
-    loader = make_loader(store, "val", mode="tencrop", batch_size=32, device=torch.device("cpu"))
-    for images, labels, indices in loader:  # (N, 10, 3, C, C)
-        hit = (indices == index).nonzero()
-        if len(hit):
-            views, label = images[int(hit[0, 0])].float().numpy(), int(labels[int(hit[0, 0])])
-            break
-    else:
-        raise AlexkitError(f"the val loader of {store.path} never produced image {index}")
+    # Evaluation shards are positions rank, rank + W, ...: with W = total, rank `index` reads that image alone.
+    loader = make_loader(store, "val", mode="tencrop", batch_size=1, device=torch.device("cpu"), rank=index, world_size=total)
+    (images, labels, indices), = loader  # (1, 10, 3, C, C)
+    assert indices.tolist() == [index]
+    views, label = images[0].float().numpy(), int(labels[0])
     mean, c = store.stats.mean_image, store.crop
     tiles, captions = [], []
     for view, (x, y, flip), (where, _) in zip(views, ten_view_windows(store.size, c), TEN_VIEWS):
