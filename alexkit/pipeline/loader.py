@@ -141,6 +141,8 @@ class Loader:
     """Batches of (images, labels, indices) from one split of a store; see the module docstring."""
 
     def __init__(self, store: Store, cfg: LoaderConfig, *, device: torch.device | str, dtype: torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise AlexkitError(f"dtype {dtype} is not one of torch.{', torch.'.join(DTYPES)}")
         self.store, self.cfg = store, cfg
         self.device = torch.device(device)
         self.dtype = dtype
@@ -287,22 +289,14 @@ def _pick_decoder(decoder: str, encoded: bool, device) -> Literal["cpu", "mixed"
     return decoder
 
 
-def make_loader(store: Store | str | Path, split: str, *, mode: Mode = "train", batch_size: int = 128,
-                device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, seed: int = 0,
-                dtype: torch.dtype = torch.float32, channels_last: bool = False, drop_last: bool | None = None,
-                decoder: Literal["auto", "cpu", "mixed"] = "auto", num_threads: int | None = None,
-                prefetch: int = 2, fused: bool = True) -> Loader:  # fmt: skip
-    """A Loader over `split` of `store` (a Store or its directory); see the module docstring.
+def make_loader(store: Store | str | Path, split: str, *, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32, **options) -> Loader:  # fmt: skip
+    """A Loader over `split` of `store` (a Store or its directory); `options` are LoaderConfig's
+    fields (mode, batch_size, rank, world_size, seed, drop_last, decoder, channels_last, ...).
 
     images come as (N, 3, C, C) (tencrop: (N, 10, 3, C, C)) in `dtype` on `device`, channels-last
     strides if asked; labels (N,) int64 on `device`; indices (N,) int64 positions in the split, on
     the CPU. decoder "auto" decodes JPEG on the GPU ("mixed") when device is CUDA, else on the CPU.
     """
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise AlexkitError(f"dtype {dtype} is not one of torch.{', torch.'.join(DTYPES)}")
-    if not isinstance(store, Store):
-        store = Store(Path(store))
-    cfg = LoaderConfig(split=split, mode=mode, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
-                       drop_last=drop_last, decoder=decoder, channels_last=channels_last, num_threads=num_threads,
-                       prefetch=prefetch, fused=fused)  # fmt: skip
-    return Loader(store, cfg, device=device, dtype=dtype)
+    return Loader(store if isinstance(store, Store) else Store(Path(store)), LoaderConfig(split=split, **options),
+                  device=device, dtype=dtype)  # fmt: skip
