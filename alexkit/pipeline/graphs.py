@@ -240,10 +240,14 @@ class _Graph:
         S, C = self.cfg.size, self.cfg.crop
         return float(_positions(x, S, C)), float(_positions(y, S, C)), int(flip)
 
-    def mean_windows(self, windows) -> np.ndarray:
-        """The mean image's fixed windows [(x, y, flip), ...], cut in NumPy, in the output layout."""
+    def mean_windows(self, windows, *, for_kernel: bool = False) -> np.ndarray:
+        """The mean image's fixed windows [(x, y, flip), ...], cut in NumPy: mirrored and in the
+        output layout, or for the kernel (which mirrors and lays out itself) as they are, HWC."""
         C = self.cfg.crop
-        cut = [self.mean_image[y : y + C, x : x + C][:, ::-1 if f else 1] for x, y, f in windows]
+        cut = [self.mean_image[y : y + C, x : x + C] for x, y, _ in windows]
+        if for_kernel:
+            return np.stack(cut)  # (V, C, C, 3)
+        cut = [w[:, ::-1] if f else w for w, (_, _, f) in zip(cut, windows)]
         return np.stack([w if self.cfg.channels_last else w.transpose(2, 0, 1) for w in cut])
 
     def kernel_views(self, mean_windows, data, corners, offset=None, *, one: bool):
@@ -277,10 +281,10 @@ class _Graph:
     def center_views(self, data):
         m = center_corner(self.cfg.size, self.cfg.crop)
         if self.kernel is not None:  # one pass: window, layout, minus mean window
-            C, at = self.cfg.crop, m
+            at = m
             if self.cfg.encoded:  # the decoder cuts the window, which then starts at (0, 0)
                 data, at = self.decoded_window(data, *self.fixed(m, m, False)[:2]), 0
-            mean = self.constant(self.mean_image[None, m : m + C, m : m + C], "FHWC")
+            mean = self.constant(self.mean_windows([(m, m, False)], for_kernel=True), "FHWC")
             return self.kernel_views(mean, data, self.types.Constant(np.array([[at, at, 0]], np.int32)), one=True)
         pixels = self.stored_window(data, *self.fixed(m, m, False))  # (3, C, C) uint8
         return pixels - self.constant(self.mean_windows([(m, m, False)])[0], self.layout)  # float
@@ -289,9 +293,8 @@ class _Graph:
         image = self.stored_image(data)  # decoded once, whole: ten windows cover all of it
         windows = ten_view_windows(self.cfg.size, self.cfg.crop)
         if self.kernel is not None:  # one pass per view: window, mirror, layout, minus mean window
-            C = self.cfg.crop
-            means = np.stack([self.mean_image[y : y + C, x : x + C] for x, y, _ in windows])  # not mirrored
-            return self.kernel_views(self.constant(means, "FHWC"), image, self.types.Constant(np.array(windows, np.int32)), one=False)
+            means = self.constant(self.mean_windows(windows, for_kernel=True), "FHWC")
+            return self.kernel_views(means, image, self.types.Constant(np.array(windows, np.int32)), one=False)
         views = self.fn.stack(*[self.window(image, *self.fixed(x, y, f)) for x, y, f in windows])  # (10, 3, C, C) uint8
         return views - self.constant(self.mean_windows(windows), "F" + self.layout)  # float
 
