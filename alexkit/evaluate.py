@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE, write_atomic
+from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.runs import check_compatible, find_checkpoint
+from alexkit.runs import check_same_store, find_checkpoint
 
 TOP_K = 5
 LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
@@ -52,6 +52,9 @@ class EvalConfig:
         check_device(self.device)
         if self.show_classes < 0:
             raise AlexkitError(f"show_classes {self.show_classes}: must be 0 or more")
+        for path, flag in ((self.json_path, "--json"), (self.predictions_path, "--predictions")):
+            if path is not None:
+                check_output(path, flag)  # on every rank, before an evaluation whose results would be lost
 
 
 def predict_probs(model, images):
@@ -75,14 +78,22 @@ def load_checkpoint(path: Path):
     from alexkit.runs import read_checkpoint
 
     ckpt = read_checkpoint(path)
-    return build_from_checkpoint(ckpt).eval(), ckpt
+    try:
+        model = build_from_checkpoint(ckpt)
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:  # weights that do not fit their model_args
+        why = str(exc).splitlines()[0]
+        raise AlexkitError(f"{path}: its weights do not fit its model_args ({exc.__class__.__name__}: {why}); "
+                           "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+    return model.eval(), ckpt
 
 
-def store_of(ckpt: dict, data: Path | None) -> Path:
+def store_of(ckpt: dict, ckpt_path: Path, data: Path | None) -> Path:
     """`data` if given, else the store named by the checkpoint's training config, else DEFAULT_STORE."""
     if data is not None:
         return Path(data)
     named = (ckpt.get("config") or {}).get("data")
+    if named and not Path(named).is_dir():
+        raise AlexkitError(f"{ckpt_path} was trained on the store {named}, which is not there (from here); pass --data with its place")
     return Path(named) if named else DEFAULT_STORE
 
 
@@ -118,8 +129,8 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
     from alexkit.pipeline.loader import make_loader
     from alexkit.pipeline.store import Store
 
-    store = Store(store_of(ckpt, cfg.data))
-    check_compatible(model.args, ckpt_path, size=store.size, num_classes=store.num_classes, source=f"store {store.path}")
+    store = Store(store_of(ckpt, ckpt_path, cfg.data))
+    check_same_store(ckpt_path.parent, store, ckpt_path, model.args)  # against the run's copies, where it has them
     model = model.to(placement.device)
     loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=cfg.batch_size, device=placement.device,
                          rank=placement.rank, world_size=placement.world_size, drop_last=False)  # fmt: skip
@@ -143,11 +154,11 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
                    seconds=seconds, images_per_s=results["n"] / seconds, processes=placement.world_size,
                    device=str(placement.device))  # fmt: skip
     if placement.is_main:
+        print("\n".join(report(results, cfg.show_classes)))  # first: the figures are never lost to a failing write
         if cfg.predictions_path is not None:
             write_predictions(cfg.predictions_path, rows)
         if cfg.json_path is not None:
             write_atomic(cfg.json_path, json.dumps(results, indent=1) + "\n")
-        print("\n".join(report(results, cfg.show_classes)))
     return results
 
 

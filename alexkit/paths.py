@@ -27,6 +27,18 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def check_output(path: Path, flag: str) -> None:
+    """A file that `flag` names, to be written later: refused now, before any work, if its folder
+    does not exist or it is a folder itself."""
+    from alexkit.errors import AlexkitError
+
+    path = Path(path)
+    if path.is_dir():
+        raise AlexkitError(f"{flag} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise AlexkitError(f"{flag} {path}: its folder {path.parent} does not exist; create it or choose another path")
+
+
 def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
     """Write `data` (text, bytes, or a function that writes to a binary file, such as a torch.save)
     to `path` all or nothing: a temporary file, fsync, rename, fsync of the folder. A reader (or a
@@ -35,11 +47,15 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
 
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w" if isinstance(data, str) else "wb") as f:
-        data(f) if callable(data) else f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+            data(f) if callable(data) else f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, require
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, latest_run
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, check_output, latest_run, write_atomic
 
 TILE_MIN = 160  # tiles are scaled up (nearest) to at least this many pixels so small crops stay visible
 
@@ -35,6 +35,8 @@ class ShowBatchConfig:
             raise AlexkitError(f"--count {self.count}: use 1 to 256 images")
         if self.val_index < 0:
             raise AlexkitError(f"--val-index {self.val_index}: must be 0 or more")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise AlexkitError(f"--out {self.out} is a file; name a folder for the two PNGs")
 
 
 def show_batch(cfg: ShowBatchConfig) -> list[Path]:
@@ -146,14 +148,22 @@ def _fit(draw, text: str, font, width: int) -> str:
 
 
 def _save(image, path: Path) -> Path:
-    image.save(path)
+    write_atomic(path, lambda f: image.save(f, format="PNG"))
     return path
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 
 @dataclass(frozen=True)
 class PlotConfig:
     runs: tuple[Path, ...] = field(default_factory=tuple)  # run directories; empty: the latest run
-    out: Path = Path("alexkit-curves.png")
+    out: Path = Path("alexkit-curves.png")  # .png, .pdf or .svg
+
+    def __post_init__(self):
+        if Path(self.out).suffix.lower() not in PLOT_FORMATS:
+            raise AlexkitError(f"--out {self.out}: name a {', '.join(PLOT_FORMATS)} file")
+        check_output(self.out, "--out")
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -165,9 +175,12 @@ def read_metrics(run: Path) -> list[dict]:
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise AlexkitError(f"{path} line {n} is not JSON ({exc.msg}); was the run interrupted mid-write?") from exc
+            if not isinstance(record, dict) or "epoch" not in record:
+                raise AlexkitError(f"{path} line {n} is not an epoch record of `alexkit train` (no \"epoch\")")
+            records.append(record)
     if not records:
         raise AlexkitError(f"{path} holds no epochs yet; plot after the first epoch ends")
     return records
@@ -213,7 +226,7 @@ def plot(cfg: PlotConfig) -> Path:
         if "error" in title:
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     fig.suptitle(", ".join(str(r) for r, _ in data))
-    fig.savefig(cfg.out, dpi=100)
+    write_atomic(cfg.out, lambda f: fig.savefig(f, format=Path(cfg.out).suffix[1:].lower(), dpi=100))
     plt.close(fig)
     print(f"wrote {cfg.out}")
     return cfg.out

@@ -98,11 +98,13 @@ def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[n
     else the run directory's copies, else the store the checkpoint names (or DEFAULT_STORE)."""
     from alexkit.evaluate import store_of
     from alexkit.pipeline.store import Stats, Store
+    from alexkit.runs import check_same_store
 
     run = ckpt_path.parent
     if data is None and (run / "stats.npz").is_file() and (run / "classes.json").is_file():
         return Stats.load(run / "stats.npz").mean_image, json.loads((run / "classes.json").read_text()), f"run {run}"
-    store = Store(store_of(ckpt, data))
+    store = Store(store_of(ckpt, ckpt_path, data))
+    check_same_store(run, store, ckpt_path, ckpt["model_args"])  # against the run's copies, where it has them
     return store.stats.mean_image, store.classes, f"store {store.path}"
 
 

@@ -42,7 +42,7 @@ def run_dir(resume: Path | None, out: Path | None, is_main: bool) -> Path:
     if dist.is_initialized():
         dist.broadcast_object_list(name, src=0)
     path = Path(name[0])
-    if is_main and (path / "last.pt").exists():
+    if (path / "last.pt").exists():  # on every rank: none may go on into the collectives alone
         raise AlexkitError(f"{path} already holds a run; continue it with --resume {path} or pick another --out")
     return path
 
@@ -103,12 +103,13 @@ def check_resumable(ckpt_path: Path) -> None:
 
 
 def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> None:
-    """A resumed run may read its store from elsewhere (--data), but it must be the store it was
-    trained on: the same crop and classes, the same class table and mean image as the run's copies."""
+    """Resuming, evaluating or predicting may read the store from elsewhere (--data), but it must be
+    the store the run was trained on: the same crop and classes, and the same class table and mean
+    image as the run's copies where `run` holds them."""
     check_compatible(model_args, ckpt_path, size=store.size, num_classes=store.num_classes, source=f"store {store.path}")
     from alexkit.pipeline.store import Stats
 
-    fix = f"resume with --data set to the store {run} was trained on"
+    fix = f"pass --data with the store that {run} was trained on"
     if (run / "classes.json").is_file() and json.loads((run / "classes.json").read_text()) != store.classes:
         raise AlexkitError(f"store {store.path} has other classes than {run / 'classes.json'}; {fix}")
     if (run / "stats.npz").is_file():

@@ -70,6 +70,7 @@ class TrainConfig:
         for name in ("data", "out", "resume"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
+        object.__setattr__(self, "data", self.data.resolve())  # so that eval finds it from anywhere
         checks = {
             "--epochs": self.epochs >= 1, "--batch-size": self.batch_size >= 1, "--lr": self.lr > 0,
             "--momentum": 0 <= self.momentum < 1, "--weight-decay": self.weight_decay >= 0,

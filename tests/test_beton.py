@@ -124,3 +124,18 @@ def test_broken_files_are_one_line_errors_naming_the_file(tmp_path, keep):
     bad.write_bytes(data[:keep])
     with pytest.raises(AlexkitError, match=r"bad\.beton is not a readable \.beton \(.*\); rewrite the store with `alexkit prepare --force`"):
         BetonReader(bad)
+
+
+def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_path):
+    from alexkit.paths import write_atomic
+
+    target = tmp_path / "x.json"
+    write_atomic(target, "old")
+
+    def fails(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, fails)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]

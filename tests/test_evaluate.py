@@ -220,6 +220,39 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
         EvalConfig(batch_size=0)
     with pytest.raises(AlexkitError, match="--device"):
         EvalConfig(device="gpu")
+    # Output paths are checked before an evaluation whose figures they would lose.
+    with pytest.raises(AlexkitError, match="--json .*: its folder .*nodir does not exist"):
+        EvalConfig(json_path=tmp_path / "nodir" / "e.json")
+    with pytest.raises(AlexkitError, match="--predictions .* is a folder"):
+        EvalConfig(predictions_path=tmp_path)
+
+
+def test_a_store_other_than_the_runs_is_refused(setup, tmp_path):
+    """Same size and class count, other classes or mean image: the run's copies tell them apart."""
+    _, store, ckpt, _ = setup
+    other = tmp_path / "other"
+    shutil.copytree(store.path, other)
+    table = json.loads((other / "classes.json").read_text())[::-1]
+    (other / "classes.json").write_text(json.dumps(table))
+    with pytest.raises(AlexkitError, match="has other classes than .*classes.json; pass --data with the store"):
+        evaluate(EvalConfig(checkpoint=ckpt, data=other, device="cpu"))
+    shutil.copyfile(store.path / "classes.json", other / "classes.json")
+    np.savez(other / "stats.npz", mean_image=np.zeros((SIZE, SIZE, 3), np.float32), eigval=np.ones(3), eigvec=np.eye(3))
+    with pytest.raises(AlexkitError, match="has another mean image than"):
+        evaluate(EvalConfig(checkpoint=ckpt, data=other, device="cpu"))
+
+
+def test_a_missing_store_or_mismatched_weights_are_one_line_errors(setup, tmp_path):
+    _, store, ckpt, _ = setup
+    moved = torch.load(ckpt, weights_only=True)
+    moved["config"] = {"data": str(tmp_path / "gone")}
+    torch.save(moved, tmp_path / "moved.pt")
+    with pytest.raises(AlexkitError, match="trained on the store .*gone, which is not there .*; pass --data"):
+        evaluate(EvalConfig(checkpoint=tmp_path / "moved.pt", device="cpu"))
+    bad = dict(moved, model_args=dict(moved["model_args"], fc_features=16))
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(AlexkitError, match="bad.pt: its weights do not fit its model_args"):
+        evaluate(EvalConfig(checkpoint=tmp_path / "bad.pt", data=store.path, device="cpu"))
 
 
 def test_cli_eval_tta(setup, tmp_path):

@@ -77,6 +77,9 @@ def test_show_batch_writes_two_pngs(store, tmp_path):
 def test_show_batch_bad_index(store, tmp_path):
     with pytest.raises(AlexkitError, match="holds 3 images"):
         show_batch(ShowBatchConfig(data=store.path, out=tmp_path, val_index=3))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(AlexkitError, match="is a file; name a folder"):
+        ShowBatchConfig(out=tmp_path / "a-file")
 
 
 def write_run(run, epochs: int, start_err: float):
@@ -104,6 +107,14 @@ def test_plot_two_runs(tmp_path):
 def test_plot_errors(tmp_path, monkeypatch):
     with pytest.raises(AlexkitError, match="metrics.jsonl does not exist"):
         plot(PlotConfig(runs=(tmp_path,), out=tmp_path / "x.png"))
+    with pytest.raises(AlexkitError, match="name a .png, .pdf, .svg file"):
+        PlotConfig(out=tmp_path / "curves")
+    with pytest.raises(AlexkitError, match="its folder .* does not exist"):
+        PlotConfig(out=tmp_path / "nodir" / "c.png")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "metrics.jsonl").write_text('{"lr": 0.01}\n')
+    with pytest.raises(AlexkitError, match="line 1 is not an epoch record"):
+        read_metrics(tmp_path / "odd")
     write_run(tmp_path / "a", 2, 0.9)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     with pytest.raises(AlexkitError, match=r"alexkit\[plot\]"):

@@ -70,9 +70,13 @@ def command() -> None:
     rows: list[tuple[str, str, bool]] = []  # (name, detail, ok)
     problems: list[str] = []
     rows.append(("python", f"{sys.version.split()[0]} ({platform.machine()})", sys.version_info >= (3, 10)))
+    if sys.version_info < (3, 10):
+        problems.append("alexkit needs Python 3.10 or newer")
     for name, module, dist in [("numpy", "numpy", "numpy"), ("pillow", "PIL", "pillow"), ("typer", "typer", "typer"), ("rich", "rich", "rich")]:
         ver, err = _version(module, dist)
         rows.append((name, ver or err, ver is not None))
+        if ver is None:
+            problems.append(f"{dist} is missing: run `make setup` (or pip install -e .)")
     torch_ver, err = _version("torch")
     rows.append(("torch", torch_ver or err, torch_ver is not None))
     if torch_ver is None:
@@ -99,6 +103,7 @@ def command() -> None:
             rows.append(("dali cpu pipeline", f"fails: {exc}", False))
             problems.append(f"DALI cannot run a CPU pipeline ({exc}); reinstall nvidia-dali-cuda130")
 
+    n = 0  # CUDA GPUs
     if torch_ver is not None:
         import torch
 
@@ -124,4 +129,4 @@ def command() -> None:
         for p in problems:
             typer.echo(f"error: {p}", err=True)
         raise typer.Exit(2)
-    typer.echo("all required pieces work" + ("" if "GPU(s)" in str(rows[-1][1]) else " (CPU only: training runs, slowly)"))
+    typer.echo("all required pieces work" + ("" if n else " (CPU only: training runs, slowly)"))
