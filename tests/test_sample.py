@@ -101,6 +101,28 @@ def test_bad_arguments_and_destinations(tmp_path):
     with pytest.raises(AlexkitError, match="other than a sample dataset"):
         write_sample_dataset(tmp_path / "mine", num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    # A real extracted ImageNet has the sample's three top-level names: its meta.mat tells them apart.
+    real = tmp_path / "imagenet"
+    (real / "train" / "n01440764").mkdir(parents=True)
+    (real / "train" / "n01440764" / "n01440764_10026.JPEG").write_bytes(b"a real photo")
+    (real / "ILSVRC2012_devkit_t12" / "data").mkdir(parents=True)
+    (real / "ILSVRC2012_devkit_t12" / "data" / "meta.mat").write_bytes(b"MATLAB 5.0 MAT-file, Platform: GLNXA64")
+    with pytest.raises(AlexkitError, match="not a sample dataset .*meta.mat was not written by `alexkit sample`"):
+        write_sample_dataset(real, num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
+    assert (real / "train" / "n01440764" / "n01440764_10026.JPEG").read_bytes() == b"a real photo"
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(AlexkitError, match="afile is a file"):
+        write_sample_dataset(tmp_path / "afile" / "x", num_classes=1)
+
+
+def test_one_class_has_a_devkit_of_one_leaf(tmp_path):
+    from alexkit.datasets.devkit import parse_meta
+
+    out = write_sample_dataset(tmp_path / "one", num_classes=1, train_per_class=1, val_per_class=1)
+    with open(out / "ILSVRC2012_devkit_t12" / "data" / "meta.mat", "rb") as f:
+        leaves = parse_meta(f, source="meta.mat")
+    assert [wnid for wnid, _ in leaves.values()] == ["n99000001"]
+    assert write_sample_dataset(tmp_path / "one", num_classes=2, overwrite=True) == out  # an earlier sample: replaced
 
 
 def run_cli(args: list[str]) -> int:

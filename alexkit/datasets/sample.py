@@ -108,7 +108,7 @@ def write_sample_dataset(
             f"--train-per-class {train_per_class} / --val-per-class {val_per_class}: "
             "need >= 1 train and >= 0 val images per class"
         )
-    out = Path(out)
+    out = Path(out).absolute()  # "." has no name to put ".partial" after
     _check_destination(out, overwrite)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
@@ -261,6 +261,9 @@ def _ilsvrc_ids(num_classes: int) -> list[int]:
     return ids
 
 
+SAMPLE_MARK = b"MATLAB 5.0 MAT-file, written by alexkit sample"  # meta.mat's header text
+
+
 def _meta_mat(wnids: list[str], specs, ids: list[int], train_per_class: int) -> bytes:
     """meta.mat bytes: leaves (num_children == 0) by ILSVRC2012_ID, then three non-leaf rows."""
     import scipy.io
@@ -272,25 +275,26 @@ def _meta_mat(wnids: list[str], specs, ids: list[int], train_per_class: int) -> 
         for k in range(n)
     )
     first, second = [r[0] for r in rows[: (n + 1) // 2]], [r[0] for r in rows[(n + 1) // 2:]]
-    rows += [
-        (n + 1, "n99100001", "synthetic object", "any synthetic class", 2,
-         np.array([n + 2, n + 3], np.uint16), 2, n * train_per_class),
-        (n + 2, "n99100002", "synthetic object, first half", "synthetic classes, first half",
-         len(first), np.array(first, np.uint16), 1, len(first) * train_per_class),
-        (n + 3, "n99100003", "synthetic object, second half", "synthetic classes, second half",
-         len(second), np.array(second, np.uint16), 1, len(second) * train_per_class),
-    ]
+    halves = [(k, half) for k, half in enumerate((first, second)) if half]  # one class: no second half (it would be a leaf)
+    rows += [(n + 1, "n99100001", "synthetic object", "any synthetic class", len(halves),
+              np.array([n + 2 + k for k, _ in halves], np.uint16), 2, n * train_per_class)]  # fmt: skip
+    rows += [(n + 2 + k, f"n9910000{2 + k}", f"synthetic object, {which} half", f"synthetic classes, {which} half",
+              len(half), np.array(half, np.uint16), 1, len(half) * train_per_class)
+             for (k, half), which in zip(halves, ("first", "second"))]  # fmt: skip
     synsets = np.empty((len(rows), 1), dtype=[(f, object) for f in META_FIELDS])  # (rows, 1) like the real file
     for i, row in enumerate(rows):
         synsets[i, 0] = (np.uint16(row[0]), *row[1:4], np.uint16(row[4]), row[5], np.uint8(row[6]), np.uint32(row[7]))
     buffer = io.BytesIO()
     scipy.io.savemat(buffer, {"synsets": synsets})
     data = bytearray(buffer.getvalue())
-    data[:116] = b"MATLAB 5.0 MAT-file, written by alexkit sample".ljust(116)  # drop the creation date
+    data[:116] = SAMPLE_MARK.ljust(116)  # drop the creation date
     return bytes(data)
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
+    above = next(p for p in out.parents if p.exists())
+    if not above.is_dir():
+        raise AlexkitError(f"{above} is a file; choose a folder for the sample dataset")
     if not out.exists():
         return
     if not out.is_dir():
@@ -306,3 +310,7 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise AlexkitError(
             f"{out} holds files other than a sample dataset ({', '.join(sorted(found))}); choose another folder"
         )
+    meta = out / DEVKIT_DATA / "meta.mat"  # a real extracted ImageNet has these three names too
+    head = meta.open("rb").read(len(SAMPLE_MARK)) if meta.is_file() else b""
+    if head != SAMPLE_MARK:
+        raise AlexkitError(f"{out} is not a sample dataset ({meta} was not written by `alexkit sample`); choose another folder")
