@@ -139,3 +139,18 @@ def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_
     with pytest.raises(OSError, match="disk full"):
         write_atomic(target, fails)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_abort_deletes_the_file_even_when_closing_fails(tmp_path):
+    """On a full disk closing flushes the last buffer and fails again; the file must still go."""
+    w = _write(tmp_path / "a.beton", 2)
+    real = w.file
+
+    class Full:
+        def close(self):
+            real.close()
+            raise OSError(28, "No space left on device")
+
+    w.file = Full()
+    w.abort()
+    assert list(tmp_path.iterdir()) == []

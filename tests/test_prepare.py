@@ -25,7 +25,7 @@ from PIL import Image, JpegImagePlugin
 from alexkit.datasets import find_dataset, read_sample_bytes, write_sample_dataset
 from alexkit.errors import AlexkitError
 from alexkit.pipeline import imageops
-from alexkit.pipeline.beton import BetonReader
+from alexkit.pipeline.beton import BetonReader, BetonWriter
 from alexkit.pipeline.prepare import PrepareConfig, prepare
 from alexkit.pipeline.store import Store
 
@@ -443,6 +443,34 @@ def test_resume_keeps_a_finished_split(tmp_path):
     assert (out / "train.beton").stat().st_mtime_ns == train_stat.st_mtime_ns  # kept, not rebuilt
     assert len(Store(out).split("val")) == 12
     assert not (out / "val.beton.partial").exists()
+
+
+def test_a_second_prepare_on_the_same_out_is_refused(tmp_path):
+    """Two runs on one --out would rename each other's temporary files into place."""
+    from alexkit.pipeline.prepare import _only_writer
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    out.mkdir()
+    with _only_writer(out):  # as if another process were writing
+        with pytest.raises(AlexkitError, match="another `alexkit prepare` is writing"):
+            _run(src, out)
+    assert not (out / "manifest.json").exists()
+    _run(src, out)  # once it has ended
+    assert len(Store(out).split("train")) == 6
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+
+    def full(self, *args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(BetonWriter, "add", full)
+    with pytest.raises(AlexkitError, match="cannot write .*train.beton: No space left on device"):
+        _run(src, out)
+    assert sorted(p.name for p in out.iterdir()) == [".prepare.lock"]
 
 
 def test_a_split_with_other_settings_is_redone(tmp_path):

@@ -116,9 +116,14 @@ class BetonWriter:
         return self.count
 
     def abort(self) -> None:
-        """Close and delete the temporary file (the final path is never touched)."""
-        self.file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        """Close and delete the temporary file (the final path is never touched), also when
+        closing fails (on a full disk, flushing the last buffer fails again)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
 
 
 @dataclass

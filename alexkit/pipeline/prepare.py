@@ -31,6 +31,7 @@ dataset size. About 1.7 CPU ms per ImageNet-like JPEG at 256 px, statistics incl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -56,7 +57,7 @@ from alexkit.pipeline.workers import Workers, chunks
 
 FORMATS = ("jpg", "raw")
 MIN_SIZE, MAX_SIZE = 16, 1024  # 1024 px raw (3 MiB) still fits a .beton page
-MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
+MANIFEST, STATS, CLASSES, LOCK = "manifest.json", "stats.npz", "classes.json", ".prepare.lock"
 SPLITS = ("train", "val")
 # q90 at 256 px: 30.6 KB per image in bench loader's JPEG store of photo-like sources (its
 # BetonReader's size.mean()); only for the free-space warning.
@@ -100,6 +101,28 @@ class PrepareConfig:
 def prepare(cfg: PrepareConfig) -> Path:
     """Write the store for cfg.src into cfg.out (see the module docstring); return cfg.out."""
     src, out = _check_paths(cfg)
+    with _only_writer(out):
+        try:
+            return _prepare(cfg, src, out)
+        except OSError as exc:  # a full disk, a permission, a symlink loop: past the checks above
+            raise AlexkitError(f"{exc.filename or out}: {exc.strerror or exc}; fix that and run again "
+                               "(finished splits are kept)") from exc  # fmt: skip
+
+
+@contextlib.contextmanager
+def _only_writer(out: Path):
+    """Hold out/.prepare.lock: two runs writing one store would rename each other's files."""
+    import fcntl
+
+    with open(out / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlexkitError(f"another `alexkit prepare` is writing {out}; wait for it to end, or choose another --out") from None
+        yield  # the lock goes with the file's closing, also when the process dies
+
+
+def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
     settings = cfg.settings()
     finished = _read_json(out / MANIFEST)
     if finished is not None and not cfg.force:
