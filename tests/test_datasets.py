@@ -341,3 +341,47 @@ def test_full_imagenet_count_mismatch_warns(tmp_path):
     assert len(ds.classes) == 1000
     assert any("WARNING" in w and "train has 1,000 images, not 1,281,167" in w for w in ds.warnings)
     assert any("val has 0 images, not 50,000" in w for w in ds.warnings)
+
+
+# --- mixed layouts: nothing dropped silently ---
+
+
+def test_extracted_train_beside_the_val_tar_reads_the_tar(tmp_path):
+    write_official_tars(tmp_path / "tars")
+    for wnid in SORTED_WNIDS[::-1]:
+        for n in (3, 1, 2):
+            write(tmp_path / "train" / wnid / f"{wnid}_{n}.JPEG")
+    for name in ("ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"):
+        (tmp_path / "tars" / name).rename(tmp_path / name)
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "official-extracted"
+    assert_official_labels(ds)
+    assert {s.path for s in ds.splits["val"]} == {str(tmp_path / "ILSVRC2012_img_val.tar")}
+
+
+def test_kaggle_val_in_class_folders(tmp_path):
+    data = tmp_path / "ILSVRC" / "Data" / "CLS-LOC"
+    for wnid in SORTED_WNIDS:
+        write(data / "train" / wnid / f"{wnid}_1.JPEG")
+    for i, label in enumerate(VAL_LABELS, start=1):
+        write(data / "val" / SORTED_WNIDS[label] / val_name(i))
+    val = find_dataset(tmp_path).splits["val"]
+    assert len(val) == 5 and all(s.name.split("/")[-2] == SORTED_WNIDS[s.label] for s in val)  # labelled by folder
+
+
+@pytest.mark.parametrize("kaggle", [False, True])
+def test_a_val_folder_half_moved_into_class_folders_is_an_error(tmp_path, kaggle):
+    root = tmp_path / "ILSVRC" / "Data" / "CLS-LOC" if kaggle else tmp_path
+    write(root / "train" / "n01000001" / "a.JPEG")
+    write(root / "val" / "n01000001" / val_name(1))
+    write(root / "val" / val_name(2))
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data")
+    with pytest.raises(AlexkitError, match=r"holds 1 images .* and 1 class folders .*half-finished"):
+        find_dataset(tmp_path)
+
+
+def test_nearly_full_imagenet_warns_that_labels_are_not_standard(tmp_path):
+    for k in range(999):
+        write(tmp_path / "train" / f"n{k:08d}" / "a.JPEG")
+    ds = find_dataset(tmp_path)
+    assert any("999 wnid classes, not ImageNet's 1000" in w for w in ds.warnings)

@@ -3,12 +3,13 @@
 `find_dataset(src)` looks at `src`, picks the layout, lists every image (no decoding) and labels
 it with the rank of its class name in sorted order (for ImageNet: 0 = n01440764). Layouts:
 
-  kaggle              src/ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/ (flat)}, src/LOC_val_solution.csv,
-                      src/LOC_synset_mapping.txt
+  kaggle              src/ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/ (flat, or val/<wnid>/)},
+                      src/LOC_val_solution.csv, src/LOC_synset_mapping.txt
   class-folders       src/train/<class>/*, optional src/val/<class>/* (torchvision's ImageFolder
                       layout; any classes, not only ImageNet's)
-  official-extracted  src/train/<wnid>/*, flat src/val/ILSVRC2012_val_*.JPEG and the devkit (folder
-                      ILSVRC2012_devkit_t12 anywhere under src, or ILSVRC2012_devkit_t12.tar.gz in src)
+  official-extracted  src/train/<wnid>/*, flat src/val/ILSVRC2012_val_*.JPEG (or src/ILSVRC2012_img_val.tar,
+                      read in place) and the devkit (folder ILSVRC2012_devkit_t12 anywhere under src,
+                      or ILSVRC2012_devkit_t12.tar.gz in src)
   official-tars       src/ILSVRC2012_img_train.tar (a tar of per-class tars), optional
                       src/ILSVRC2012_img_val.tar + the devkit; read in place, never extracted
 
@@ -124,10 +125,13 @@ def _folders(src: Path) -> Dataset:
     wnids, train = _class_folder_split(src, "train", notes)
     val_dir = src / "val"
     flat, subdirs = _scan_top(val_dir) if val_dir.is_dir() else ([], [])
+    _check_one_val_layout(val_dir, flat, subdirs)
     kit = dk.find_devkit(src)
-    layout = "official-extracted" if flat else "class-folders"
+    layout = "official-extracted" if flat or (src / VAL_TAR).is_file() else "class-folders"
     splits = {"train": train}
-    if flat:
+    if not flat and not subdirs and (src / VAL_TAR).is_file():  # train extracted, val still in its tar
+        splits["val"] = _val_tar_split(src, wnids, kit, notes)
+    elif flat:
         if kit is None:
             raise AlexkitError(
                 f"{val_dir} holds {len(flat)} images but no ground truth: put {dk.DEVKIT_NAME}/ (with data/"
@@ -150,8 +154,11 @@ def _kaggle(src: Path) -> Dataset:
     wnids, train = _class_folder_split(src, KAGGLE_DATA + "/train", notes)
     splits = {"train": train}
     val_dir = src / KAGGLE_DATA / "val"
-    flat = _scan_top(val_dir)[0] if val_dir.is_dir() else []
-    if flat:
+    flat, subdirs = _scan_top(val_dir) if val_dir.is_dir() else ([], [])
+    _check_one_val_layout(val_dir, flat, subdirs)
+    if subdirs:  # val moved into class folders (a common valprep step)
+        splits["val"] = _class_folder_split(src, KAGGLE_DATA + "/val", notes, expected=wnids)[1]
+    elif flat:
         csv_path = src / dk.KAGGLE_SOLUTION
         if not csv_path.is_file():
             raise AlexkitError(
@@ -182,17 +189,30 @@ def _tars(src: Path) -> Dataset:
     splits = {"train": tuple(train)}
     kit = dk.find_devkit(src)
     if (src / VAL_TAR).is_file():
-        if kit is None:
-            raise AlexkitError(
-                f"{src / VAL_TAR} has no ground truth: put {dk.DEVKIT_TARS[0]} (or the extracted "
-                f"{dk.DEVKIT_NAME}/ folder) in {src}"
-            )
-        path = str(src / VAL_TAR)
-        members = _index_tar(src / VAL_TAR)
-        rows = [(f"{VAL_TAR}/{name}", kit.val_wnid(name), path, offset, size) for name, offset, size in members]
-        splits["val"] = _labelled(src, rows, wnids, f"{src / VAL_TAR} (labels from {kit.source})", notes)
-        _compare_with_devkit(wnids, kit, notes)
+        splits["val"] = _val_tar_split(src, wnids, kit, notes)
     return _dataset(src, "official-tars", wnids, kit.names() if kit else {}, splits, notes)
+
+
+def _val_tar_split(src: Path, wnids: list[str], kit: dk.Devkit | None, notes: list[str]) -> tuple[Sample, ...]:
+    """The val split read in place from ILSVRC2012_img_val.tar, labelled by the devkit."""
+    if kit is None:
+        raise AlexkitError(
+            f"{src / VAL_TAR} has no ground truth: put {dk.DEVKIT_TARS[0]} (or the extracted "
+            f"{dk.DEVKIT_NAME}/ folder) in {src}"
+        )
+    path = str(src / VAL_TAR)
+    rows = [(f"{VAL_TAR}/{name}", kit.val_wnid(name), path, offset, size) for name, offset, size in _index_tar(src / VAL_TAR)]
+    _compare_with_devkit(wnids, kit, notes)
+    return _labelled(src, rows, wnids, f"{src / VAL_TAR} (labels from {kit.source})", notes)
+
+
+def _check_one_val_layout(val_dir: Path, flat: list[str], subdirs: list[str]) -> None:
+    """A val folder holds flat images (labels from a devkit or Kaggle's CSV) or class folders, not both."""
+    if flat and subdirs:
+        raise AlexkitError(
+            f"{val_dir} holds {len(flat)} images (e.g. {flat[0]}) and {len(subdirs)} class folders (e.g. {subdirs[0]}/): "
+            "a half-finished move into class folders? Finish it (or undo it) and run again"
+        )
 
 
 # --- listing ---
@@ -354,9 +374,13 @@ def _warn_empty_classes(classes: list[str], samples: list[Sample], where: str, n
 
 
 def _full_imagenet_checks(wnids: list[str], splits: dict[str, tuple[Sample, ...]]) -> list[str]:
-    """Loud warnings when a 1000-wnid dataset does not have ILSVRC-2012's image counts."""
-    if len(wnids) != FULL_IMAGENET["classes"] or not all(_WNID.match(w) for w in wnids):
+    """Loud warnings when a 1000-wnid dataset does not have ILSVRC-2012's image counts, or when a
+    nearly full one misses classes (its labels then differ from the standard 1000-way indices)."""
+    if not all(_WNID.match(w) for w in wnids) or not 900 <= len(wnids) <= FULL_IMAGENET["classes"]:
         return []
+    if len(wnids) < FULL_IMAGENET["classes"]:
+        return [f"WARNING: {len(wnids)} wnid classes, not ImageNet's 1000: a class folder missing? Labels are ranks "
+                f"among these {len(wnids)}, not the standard 1000-way indices"]  # fmt: skip
     notes = []
     for split in ("train", "val"):
         got, want = len(splits.get(split, ())), FULL_IMAGENET[split]
