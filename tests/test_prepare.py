@@ -445,6 +445,19 @@ def test_resume_keeps_a_finished_split(tmp_path):
     assert not (out / "val.beton.partial").exists()
 
 
+def test_a_source_file_replaced_under_the_same_name_makes_its_split_redone(tmp_path, capsys):
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    (out / "manifest.json").unlink()  # as if interrupted at the very end
+    first = sorted((src / "train").rglob("*.JPEG"))[0]
+    replacement = sorted((src / "val").glob("*.JPEG"))[0].read_bytes()
+    first.write_bytes(replacement)  # another picture, same name
+    capsys.readouterr()
+    _run(src, out)
+    printed = capsys.readouterr().out
+    assert "train: kept from an earlier run" not in printed and "val: kept from an earlier run" in printed
+
+
 def test_a_second_prepare_on_the_same_out_is_refused(tmp_path):
     """Two runs on one --out would rename each other's temporary files into place."""
     from alexkit.pipeline.prepare import _only_writer

@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import sys
@@ -245,10 +246,14 @@ def _completed_split(out: Path, name: str, fingerprint: dict) -> dict | None:
 
 
 def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
-    """What a finished split depends on: settings, source, and a digest of its sample list."""
-    digest = hashlib.sha256()
+    """What a finished split depends on: settings, source, and a digest of its sample list, with each
+    file's size and modification time (a file replaced under the same name makes the split redone)."""
+    digest, stats = hashlib.sha256(), {}
     for s in ds.splits[name]:
-        digest.update(f"{s.name or s.path}\t{s.label}\t{s.size}\n".encode("utf-8", "surrogateescape"))
+        if s.path not in stats:  # a tar's members share their tar's
+            st = os.stat(s.path)
+            stats[s.path] = f"{st.st_size}\t{st.st_mtime_ns}"
+        digest.update(f"{s.name or s.path}\t{s.label}\t{s.size}\t{stats[s.path]}\n".encode("utf-8", "surrogateescape"))
     return {
         "split": name,
         "settings": settings,
