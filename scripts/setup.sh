@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 say() { printf '[setup] %s\n' "$*"; }
 
-# 1. System libraries FFCV compiles against (Debian/Ubuntu names).
+# 1. System libraries FFCV compiles against, and what compiles it (Debian/Ubuntu names): FFCV has no
+#    wheel, pip builds its C++ extension; Debian's python3 makes venvs only with python3-venv.
 missing=()
-for pkg in pkg-config libturbojpeg0-dev libopencv-dev; do
+for pkg in pkg-config libturbojpeg0-dev libopencv-dev g++ python3-dev python3-venv; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -20,8 +21,9 @@ fi
 
 # 2. The virtual environment.
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # absent, or left half-made by a failed run
     say "creating .venv with $($PYTHON --version)"
+    rm -rf .venv
     "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 fi
@@ -36,9 +38,16 @@ if ! have torch; then
         "${PIP[@]}" "torch>=2.11"
     else
         say "no NVIDIA GPU: installing a CPU build of torch"
-        # 2.13.0+cpu is the CPU wheel of the release we test; the fallback is PyTorch's CPU index.
-        "${PIP[@]}" "torch==2.13.0" 2>/dev/null && .venv/bin/python -c "import torch; assert not torch.version.cuda" \
-            || "${PIP[@]}" "torch>=2.11" --index-url https://download.pytorch.org/whl/cpu
+        # torch==2.13.0 where the package index offers its CPU wheel (a dry run lists what would come:
+        # the CUDA build brings nvidia-* packages); else PyTorch's CPU index. Never a CUDA download.
+        plan=$(mktemp)
+        if "${PIP[@]}" --dry-run --report "$plan" "torch==2.13.0" 2>/dev/null && ! grep -q '"name": "nvidia-' "$plan"; then
+            "${PIP[@]}" "torch==2.13.0"
+        else
+            "${PIP[@]}" "torch>=2.11" --index-url https://download.pytorch.org/whl/cpu
+        fi
+        rm -f "$plan"
+        .venv/bin/python -c "import torch; assert not torch.version.cuda, 'a CUDA build of torch was installed'"
     fi
 fi
 
