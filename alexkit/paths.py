@@ -3,6 +3,7 @@
 All are relative to the current directory: run the three commands from the same place.
 """
 
+import contextlib
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -25,6 +26,23 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def only_writer(lock: Path, busy: str):
+    """Hold an exclusive flock on the file `lock` (made if needed) while the block runs; if another
+    process holds it, AlexkitError(busy). The lock goes with the file's closing, also when the
+    process dies."""
+    import fcntl
+
+    from alexkit.errors import AlexkitError
+
+    with open(lock, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlexkitError(busy) from None
+        yield
 
 
 def check_output(path: Path, flag: str) -> None:

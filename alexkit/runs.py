@@ -35,9 +35,13 @@ def run_dir(resume: Path | None, out: Path | None, is_main: bool) -> Path:
     if is_main and not out:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path, n = DEFAULT_RUNS / stamp, 1
-        while path.exists():  # two runs within a second: -2, -3, ... sort after the first
-            n += 1
-            path = DEFAULT_RUNS / f"{stamp}-{n}"
+        while True:  # claimed by making it: two runs within a second get -2, -3, ..., sorting after the first
+            try:
+                path.mkdir(parents=True)
+                break
+            except FileExistsError:
+                n += 1
+                path = DEFAULT_RUNS / f"{stamp}-{n}"
         name = [str(path)]
     if dist.is_initialized():
         dist.broadcast_object_list(name, src=0)

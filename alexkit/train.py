@@ -12,6 +12,7 @@ epoch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from alexkit.errors import AlexkitError
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
-from alexkit.paths import DEFAULT_STORE
+from alexkit.paths import DEFAULT_STORE, only_writer
 from alexkit.progress import Progress
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, find_checkpoint, read_checkpoint, rng_state
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_run_files
@@ -76,7 +77,7 @@ class TrainConfig:
             "--momentum": 0 <= self.momentum < 1, "--weight-decay": self.weight_decay >= 0,
             "--warmup-epochs": self.warmup_epochs >= 0, "--patience": self.patience >= 1,
             "--max-lr-drops": self.max_lr_drops >= 0, "--width": self.width > 0,
-            "--fc-features": self.fc_features >= 2, "--dropout": 0 <= self.dropout < 1,
+            "--fc-features": self.fc_features >= 2, "--dropout": 0 <= self.dropout < 1, "--seed": 0 <= self.seed < 2**32,
         }  # fmt: skip
         for flag, ok in checks.items():
             if not ok:
@@ -157,7 +158,12 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         cfg = _resumed_config(cfg, ckpt["config"], given)
     placement = setup(cfg.parallel, cfg.device)
     try:
-        run_dir = _train(cfg, ckpt, placement)
+        store = _usable_store(cfg)
+        run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
+        if ckpt is not None:
+            check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"])
+        with _sole_writer(run_dir, placement):
+            _train(cfg, ckpt, placement, store, run_dir)
     except BaseException:
         teardown(wait=False)
         raise
@@ -165,17 +171,39 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
     return run_dir
 
 
-def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
-    from alexkit.pipeline.loader import make_loader
+def _usable_store(cfg: TrainConfig):
     from alexkit.pipeline.store import Store
 
     store = Store(cfg.data)
     if store.crop < MIN_INPUT_SIZE:
         raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
                            f"prepare one with --size {-(-MIN_INPUT_SIZE * 8 // 7)} or more")  # fmt: skip
-    run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
-    if ckpt is not None:
-        check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"])
+    return store
+
+
+@contextlib.contextmanager
+def _sole_writer(run_dir: Path, placement: Placement):
+    """Rank 0 holds RUN/.train.lock while the run lasts (two trainings in one folder would mix their
+    files); every rank learns whether it got it, so none goes on into the collectives alone."""
+    busy = f"another `alexkit train` is writing {run_dir}; wait for it to end, or choose another --out"
+    with contextlib.ExitStack() as stack:
+        held = [True]
+        if placement.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                stack.enter_context(only_writer(run_dir / ".train.lock", busy))
+            except AlexkitError:
+                held = [False]
+        if dist.is_initialized():
+            dist.broadcast_object_list(held, src=0)
+        if not held[0]:
+            raise AlexkitError(busy)
+        yield
+
+
+def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:
+    from alexkit.pipeline.loader import make_loader
+
     world, dev = placement.world_size, placement.device
     if cfg.batch_size % world:
         raise AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
@@ -231,9 +259,11 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + placement.rank)  # dropout: per epoch and rank
         net.train()
         sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
-        started = time.perf_counter()
+        started = first = time.perf_counter()
         with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, fields=("loss", "lr"), mode=mode) as bar:
             for step, (images, labels, _) in enumerate(train_loader):
+                if step == 0:  # rates from here: not the pipeline's start-up (graph build, kernel compile)
+                    first = time.perf_counter()
                 lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -243,8 +273,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
                 shown = dict(lr=f"{lr:.2g}")
                 if step % 10 == 0 or step + 1 == steps:  # .item() waits for the GPU: not every step
                     shown["loss"] = f"{loss.item():.3f}"
-                bar.update(step + 1, rate=(step + 1) * per_rank * world / (time.perf_counter() - started), **shown)
-            train_seconds = time.perf_counter() - started
+                bar.update(step + 1, rate=(step + 1) * per_rank * world / (time.perf_counter() - first), **shown)
+            train_seconds = time.perf_counter() - first
         totals = torch.cat([sums, torch.tensor([seen], dtype=torch.float64, device=dev)])
         if dist.is_initialized():
             dist.all_reduce(totals)
@@ -269,7 +299,6 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement) -> Path:
                 f.write(json.dumps(row) + "\n")
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
-    return run_dir
 
 
 @torch.no_grad()

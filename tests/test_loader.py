@@ -268,6 +268,15 @@ def test_leaving_an_epoch_early_does_not_disturb_the_next(index_store):
     next(fresh)
     with pytest.raises(RuntimeError):
         next(stale)
+    # An older iteration that has yielded its last batch ends without draining a newer one's.
+    old = iter(loader)
+    firsts = [next(old)[2] for _ in range(len(loader))]
+    new = iter(loader)
+    taken = [next(new)[2]]
+    with pytest.raises(StopIteration):
+        next(old)
+    taken += [idx for _, _, idx in new]
+    assert np.array_equal(np.concatenate(taken), np.concatenate(firsts))
 
 
 def test_bad_usage_fails_with_one_line(index_store, tmp_path):

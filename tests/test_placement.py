@@ -89,6 +89,14 @@ def test_ddp_needs_torchrun(monkeypatch):
         setup("ddp", "cpu")
 
 
+@pytest.mark.parametrize("parallel", ["none", "columns"])
+def test_torchrun_without_ddp_is_refused(monkeypatch, parallel):
+    """Every process would think it is rank 0 and train the same run into the same folder."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(AlexkitError, match=f"--parallel {parallel} under torchrun with 2 processes .* pass --parallel ddp"):
+        setup(parallel, "cpu")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

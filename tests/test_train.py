@@ -52,7 +52,7 @@ def test_loss_falls_and_accuracy_beats_chance(learned_run):
 
 def test_run_directory_and_checkpoints(learned_run, store):
     names = {p.name for p in learned_run.iterdir()}
-    assert names == {"config.json", "metrics.jsonl", "last.pt", "best.pt", "stats.npz", "classes.json"}
+    assert names == {"config.json", "metrics.jsonl", "last.pt", "best.pt", "stats.npz", "classes.json", ".train.lock"}
     assert (learned_run / "classes.json").read_bytes() == (store / "classes.json").read_bytes()
     config = json.loads((learned_run / "config.json").read_text())
     assert config["config"]["epochs"] == 6 and config["model_args"]["input_size"] == 56
@@ -171,7 +171,25 @@ def test_stores_it_cannot_train_on_are_refused_before_training(tmp_path):
         train(TrainConfig(data=no_val.path, out=tmp_path / "b", epochs=1, **TINY))
 
 
+def test_one_run_directory_one_writer(store, tmp_path, monkeypatch):
+    from alexkit import runs
+    from alexkit.paths import only_writer
+
+    run = tmp_path / "busy"
+    run.mkdir()
+    with only_writer(run / ".train.lock", "held"):  # as if another training were writing it
+        with pytest.raises(AlexkitError, match="another `alexkit train` is writing .*busy"):
+            train(TrainConfig(data=store, out=run, epochs=1, **TINY))
+    assert not (run / "config.json").exists()
+    monkeypatch.setattr(runs, "DEFAULT_RUNS", tmp_path / "runs")  # two default names claimed in one second
+    monkeypatch.setattr(runs.time, "strftime", lambda fmt: "20261129-120000")
+    assert runs.run_dir(None, None, True).name == "20261129-120000"
+    assert runs.run_dir(None, None, True).name == "20261129-120000-2"
+
+
 def test_bad_values_are_one_line_errors():
+    with pytest.raises(AlexkitError, match="--seed -1"):
+        TrainConfig(seed=-1)
     with pytest.raises(AlexkitError, match="--batch-size 0"):
         TrainConfig(batch_size=0)
     with pytest.raises(AlexkitError, match="--parallel 'model'"):

@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         app(args=argv, prog_name="alexkit")  # standalone: always ends with SystemExit
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C into exit 130 itself, before the handler below
+            print("interrupted", file=sys.stderr)
+        raise
     except AlexkitError as exc:
         if debug:
             raise

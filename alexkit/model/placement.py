@@ -168,6 +168,9 @@ def setup(parallel: Parallel, device: str) -> Placement:
     if want_cuda and not torch.cuda.is_available():
         raise AlexkitError(f"--device {device}: CUDA is not available here; use --device cpu")
     rank, world_size, local_rank = 0, 1, 0
+    if not parallel.startswith("ddp") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise AlexkitError(f"--parallel {parallel} under torchrun with {os.environ['WORLD_SIZE']} processes would run that "
+                           "many copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
     if parallel.startswith("ddp"):
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             raise AlexkitError(f"--parallel {parallel} needs torchrun: torchrun --nproc-per-node=N -m alexkit train ...")
@@ -182,8 +185,10 @@ def setup(parallel: Parallel, device: str) -> Placement:
     else:
         devices = tuple(torch.device("cuda", local_rank * per_process + i) for i in range(per_process))
     if want_cuda and devices[-1].index >= torch.cuda.device_count():
+        fix = {"columns": "use --parallel none", "ddp": "use fewer processes per node"}.get(
+            parallel, "use fewer processes per node, or --parallel ddp")
         raise AlexkitError(f"--parallel {parallel} needs GPU {devices[-1].index}, but only "
-                           f"{torch.cuda.device_count()} are visible; use fewer processes or --parallel ddp")  # fmt: skip
+                           f"{torch.cuda.device_count()} are visible; {fix}")  # fmt: skip
     if want_cuda:
         torch.cuda.set_device(devices[0])
     if parallel.startswith("ddp") and not dist.is_initialized():

@@ -189,7 +189,8 @@ class Loader:
                 raise RuntimeError("this loader was iterated again while an older iteration was still being consumed")
             views, index = pipe.run()
             yield self._to_torch(views, index)
-        self._finish()
+        if run == self._run:  # a newer iteration has taken the pipeline over: its batches are not ours to drain
+            self._finish()
 
     def _finish(self) -> None:
         """End the pipeline's epoch: stop feeding, collect what is in flight, reset for the next one."""

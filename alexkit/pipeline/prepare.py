@@ -31,7 +31,6 @@ dataset size. About 1.7 CPU ms per ImageNet-like JPEG at 256 px, statistics incl
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -49,7 +48,7 @@ import numpy as np
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE, usable_cores, write_atomic
+from alexkit.paths import DEFAULT_STORE, only_writer, usable_cores, write_atomic
 from alexkit.progress import Progress, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
@@ -110,17 +109,9 @@ def prepare(cfg: PrepareConfig) -> Path:
                                "(finished splits are kept)") from exc  # fmt: skip
 
 
-@contextlib.contextmanager
 def _only_writer(out: Path):
     """Hold out/.prepare.lock: two runs writing one store would rename each other's files."""
-    import fcntl
-
-    with open(out / LOCK, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlexkitError(f"another `alexkit prepare` is writing {out}; wait for it to end, or choose another --out") from None
-        yield  # the lock goes with the file's closing, also when the process dies
+    return only_writer(out / LOCK, f"another `alexkit prepare` is writing {out}; wait for it to end, or choose another --out")
 
 
 def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
