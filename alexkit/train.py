@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -156,6 +157,9 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         check_resumable(ckpt_path)
         ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path)
         cfg = _resumed_config(cfg, ckpt["config"], given)
+    if not cfg.parallel.startswith("ddp") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {os.environ['WORLD_SIZE']} processes would run "
+                           "that many copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
     placement = setup(cfg.parallel, cfg.device)
     try:
         store = _usable_store(cfg)

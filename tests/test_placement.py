@@ -90,11 +90,13 @@ def test_ddp_needs_torchrun(monkeypatch):
 
 
 @pytest.mark.parametrize("parallel", ["none", "columns"])
-def test_torchrun_without_ddp_is_refused(monkeypatch, parallel):
+def test_training_under_torchrun_without_ddp_is_refused(monkeypatch, tmp_path, parallel):
     """Every process would think it is rank 0 and train the same run into the same folder."""
+    from alexkit.train import TrainConfig, train
+
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(AlexkitError, match=f"--parallel {parallel} under torchrun with 2 processes .* pass --parallel ddp"):
-        setup(parallel, "cpu")
+        train(TrainConfig(data=tmp_path, parallel=parallel, device="cpu"))
 
 
 def _free_port() -> int:

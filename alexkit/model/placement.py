@@ -168,9 +168,6 @@ def setup(parallel: Parallel, device: str) -> Placement:
     if want_cuda and not torch.cuda.is_available():
         raise AlexkitError(f"--device {device}: CUDA is not available here; use --device cpu")
     rank, world_size, local_rank = 0, 1, 0
-    if not parallel.startswith("ddp") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise AlexkitError(f"--parallel {parallel} under torchrun with {os.environ['WORLD_SIZE']} processes would run that "
-                           "many copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
     if parallel.startswith("ddp"):
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             raise AlexkitError(f"--parallel {parallel} needs torchrun: torchrun --nproc-per-node=N -m alexkit train ...")
