@@ -429,7 +429,7 @@ def _fused_op(channels_last: bool):
         try:
             import nvidia.dali.types as types
             from nvidia.dali.plugin.numba import NumbaFunction
-        except (ImportError, OSError):  # no numba, or one that cannot load here
+        except Exception:  # no numba, or one that cannot load here (its plugin imports numba.cuda too)
             _FUSED[channels_last] = None
         else:
             run, shape = (_kernel_hwc, _shape_hwc) if channels_last else (_kernel_chw, _shape_chw)

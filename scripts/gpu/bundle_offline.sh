@@ -47,20 +47,20 @@ n_wheels=$(ls .whl-all/*.whl | wc -l)
 [ "$n_wheels" -eq "${#WHEELS[@]}" ] || { echo "expected ${#WHEELS[@]} wheels in .whl-all, found $n_wheels" >&2; exit 1; }
 
 # --- 2. the store ----------------------------------------------------------------------------
-# `alexkit bench loader`'s photo-like sources (~25 KB a JPEG at 256 px q90, near ImageNet's ~17 KB),
+# `alexkit bench prepare`'s photo-like sources (~31 KB a JPEG at 256 px q90),
 # TRAIN + VAL of them, the last VAL moved to val/ class folders, then `alexkit prepare`.
 if [ ! -f .store/manifest.json ]; then
     rm -rf .store-src .store
     "$PY" - "$TRAIN" "$VAL" <<'PYEOF'
 import sys
 from pathlib import Path
-from alexkit.bench.loader import make_sources
+from alexkit.bench.prepare import write_photo_like
 from alexkit.paths import usable_cores
 
 train, val = int(sys.argv[1]), int(sys.argv[2])
 src = Path(".store-src")
-for i, path in enumerate(make_sources(src, train + val, usable_cores())):
-    if i >= train:
+for path in write_photo_like(src, train + val, workers=usable_cores()):
+    if int(path.stem.split("_")[1]) >= train:  # by number: the list comes sorted by class folder
         dest = src / "val" / path.parent.name / path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         path.rename(dest)
@@ -91,6 +91,8 @@ for part in .whl-part.*; do
     mv "$part" ".whl$i/part.$i"
 done
 rm -rf .whl-pack.tar.xz .whl-pack
+# Checksums of every part travel with the last one: the machine checks that all arrived before unpacking.
+(for d in .whl[0-9]*; do (cd "$d" && sha256sum part.*); done) > ".whl$i/SHA256SUMS"
 
 echo "wheels (.whl-all, kept here for reference):"
 ls -l .whl-all | awk 'NR > 1 {printf "  %8.1f MiB  %s\n", $5 / 2^20, $9}'
