@@ -21,10 +21,13 @@ fi
 
 # 2. The virtual environment.
 PYTHON="${PYTHON:-python3}"
-if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # absent, or left half-made by a failed run
+if ! .venv/bin/python -c "" >/dev/null 2>&1; then
     say "creating .venv with $($PYTHON --version)"
     rm -rf .venv
     "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # made without pip, or by a run that failed there
+    .venv/bin/python -m ensurepip --upgrade >/dev/null
     .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 fi
 PIP=(.venv/bin/python -m pip install -q)

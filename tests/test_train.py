@@ -187,6 +187,33 @@ def test_one_run_directory_one_writer(store, tmp_path, monkeypatch):
     assert runs.run_dir(None, None, True).name == "20261129-120000-2"
 
 
+def test_a_resume_that_another_training_overtook_is_refused(store, tmp_path, monkeypatch):
+    """B reads last.pt; before B holds the lock, A (another resume of the run) writes a newer one."""
+    import os
+
+    from alexkit import train as train_module
+
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    real_setup = train_module.setup
+
+    def overtaken(*args, **kw):
+        later = (run / "last.pt").stat().st_mtime_ns + 10**9
+        os.utime(run / "last.pt", ns=(later, later))  # as if A had just saved epoch 2
+        return real_setup(*args, **kw)
+
+    monkeypatch.setattr(train_module, "setup", overtaken)
+    with pytest.raises(AlexkitError, match="last.pt changed while this run was starting"):
+        train(TrainConfig(resume=run, epochs=3))
+    assert len(_metrics(run)) == 1
+
+
+def test_a_failed_run_leaves_no_empty_folder(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AlexkitError, match="fewer than one batch"):
+        train(TrainConfig(data=store, epochs=1, **dict(TINY, batch_size=100_000)))
+    assert not any((tmp_path / "alexkit-runs").iterdir())
+
+
 def test_bad_values_are_one_line_errors():
     with pytest.raises(AlexkitError, match="--seed -1"):
         TrainConfig(seed=-1)

@@ -118,13 +118,17 @@ def command() -> None:
                 rows.append(("dali gpu pipeline", f"fails: {exc}", False))
                 problems.append(f"DALI's GPU pipeline fails ({exc}); install the nvidia-dali build matching your CUDA driver")
 
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="alexkit doctor", show_header=False)
-    for name, detail, ok in rows:
-        table.add_row(name, str(detail), "[green]ok[/green]" if ok else "[red]MISSING[/red]")
-    Console().print(table)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # rich itself missing: plain lines, so that the problems below still show
+        for name, detail, ok in rows:
+            print(f"{name:36s} {detail}  {'ok' if ok else 'MISSING'}")
+    else:
+        table = Table(title="alexkit doctor", show_header=False)
+        for name, detail, ok in rows:
+            table.add_row(name, str(detail), "[green]ok[/green]" if ok else "[red]MISSING[/red]")
+        Console().print(table)
     if problems:
         for p in problems:
             typer.echo(f"error: {p}", err=True)

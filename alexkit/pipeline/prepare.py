@@ -351,7 +351,7 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path]:
         raise AlexkitError(f"--out {out} is a file; choose a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".alexkit-write-test"
+        probe = out / f".alexkit-write-test-{os.getpid()}"  # per process: two runs must not delete each other's
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:

@@ -159,6 +159,10 @@ def figures(name: str, output: str) -> object:
 
 def main() -> int:
     deadline = time.monotonic() + BUDGET_S
+    unknown = set(ONLY) - {step["name"] for step in steps()}
+    if unknown:
+        print(f"CHECK_STEPS names no step called {', '.join(sorted(unknown))}; the steps: {', '.join(s['name'] for s in steps())}")
+        return 2
     OUT.mkdir(parents=True, exist_ok=True)
     if not ONLY or "train" in ONLY:  # a rerun on a warm machine: no earlier run or figures
         shutil.rmtree(RUN_DIR, ignore_errors=True)
@@ -171,7 +175,8 @@ def main() -> int:
     except Exception as exc:  # a broken torch is itself a finding; the steps still run
         cuda = False
         print(f"torch does not import: {exc}")
-    summary = dict(cuda=cuda, store=str(STORE), store_ok=(STORE / "manifest.json").is_file(), budget_s=BUDGET_S, steps={})
+    summary = dict(cuda=cuda, store=str(STORE), store_ok=(STORE / "manifest.json").is_file(), budget_s=BUDGET_S, steps={},
+                   total_s=0.0)  # fmt: skip
     done: dict[str, str] = {}
     (OUT / "check.log").write_text("")
     with open(OUT / "check.log", "a") as log:  # appended to by the steps' processes too
