@@ -287,11 +287,10 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + placement.rank)  # dropout: per epoch and rank
         net.train()
         sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
-        started = first = time.perf_counter()
+        started = time.perf_counter()
+        clock = _Rate(per_rank * world)  # images/s after the first step: not the start-up (graph build, compile)
         with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, fields=("loss", "lr"), mode=mode) as bar:
             for step, (images, labels, _) in enumerate(train_loader):
-                if step == 0:  # rates from here: not the pipeline's start-up (graph build, kernel compile)
-                    first = time.perf_counter()
                 lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -301,8 +300,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                 shown = dict(lr=f"{lr:.2g}")
                 if step % 10 == 0 or step + 1 == steps:  # .item() waits for the GPU: not every step
                     shown["loss"] = f"{loss.item():.3f}"
-                bar.update(step + 1, rate=(step + 1) * per_rank * world / (time.perf_counter() - first), **shown)
-            train_seconds = time.perf_counter() - first
+                bar.update(step + 1, rate=clock.step(), **shown)
+        trained = time.perf_counter()
         totals = torch.cat([sums, torch.tensor([seen], dtype=torch.float64, device=dev)])
         if dist.is_initialized():
             dist.all_reduce(totals)
@@ -313,7 +312,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         val_top1, val_top5 = validate(step_net, val_loader, amp, dev)
         schedule.step(val_top1)
         row = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_top1_err=train_err, val_top1_err=val_top1,
-                   val_top5_err=val_top5, images_per_s=seen_all / train_seconds,
+                   val_top5_err=val_top5, images_per_s=clock.rate() or seen_all / (trained - started),
                    seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
         if placement.is_main:
@@ -345,6 +344,26 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device) -> tuple[f
     if n == 0:
         raise AlexkitError("the validation split is empty; run `alexkit prepare` on a source with validation images")
     return 1.0 - top1 / n, 1.0 - top5 / n
+
+
+class _Rate:
+    """Images/s of the steps after the first: the first carries the epoch's start-up (the loader's
+    graph build and first decode, torch.compile) and would hide the steady rate."""
+
+    def __init__(self, batch: int):
+        self.batch, self.since, self.steps, self.now = batch, None, 0, None
+
+    def step(self) -> float | None:
+        """Call after each step; the rate so far, None after the first."""
+        self.now = time.perf_counter()
+        if self.since is None:
+            self.since = self.now
+        else:
+            self.steps += 1
+        return self.rate()
+
+    def rate(self) -> float | None:
+        return self.steps * self.batch / (self.now - self.since) if self.steps else None
 
 
 def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> float:

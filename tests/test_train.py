@@ -109,6 +109,17 @@ def test_plateau_schedule_drops_three_times_then_stops():
     assert restored.state_dict() == schedule.state_dict()
 
 
+def test_images_per_s_leave_out_the_first_step(monkeypatch):
+    """The first step carries the start-up (graph build, compilation): the rate starts after it."""
+    from alexkit import train as train_module
+
+    clock = iter([10.0, 10.5, 11.0])  # the first step ends 10 s into the epoch; the next two take 0.5 s each
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
+    rate = train_module._Rate(batch=64)
+    assert rate.step() is None and rate.rate() is None
+    assert rate.step() == pytest.approx(64 / 0.5) and rate.step() == pytest.approx(2 * 64 / 1.0)
+
+
 def test_warmup_is_linear_per_step():
     assert [_warmup_factor(0, s, 4, 2) for s in range(4)] == [1 / 8, 2 / 8, 3 / 8, 4 / 8]
     assert _warmup_factor(1, 3, 4, 2) == 1.0 and _warmup_factor(5, 0, 4, 2) == 1.0
