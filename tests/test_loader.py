@@ -209,9 +209,9 @@ def test_one_pass_kernel_and_dalis_operators_load_the_same_batches(tmp_path, fmt
 def test_eval_runs_the_kernel_only_where_it_pays_for_its_compilation(index_store, monkeypatch):
     """Train always runs the one-pass kernel; a small evaluation pass runs DALI's operators
     unless this process has compiled the kernel already (the same outputs either way)."""
-    from alexkit.pipeline import graphs, loader
+    from alexkit.pipeline import kernel, loader
 
-    monkeypatch.setattr(graphs, "_FUSED", {})  # a process that has not compiled it yet
+    monkeypatch.setattr(kernel, "_COMPILED", {})  # a process that has not compiled it yet
     center, tencrop = (make_loader(index_store, "val", mode=m, batch_size=4) for m in ("center", "tencrop"))
     n = len(center.positions())
     assert make_loader(index_store, "train", batch_size=4)._fused()
@@ -220,7 +220,7 @@ def test_eval_runs_the_kernel_only_where_it_pays_for_its_compilation(index_store
     monkeypatch.setattr(loader, "KERNEL_PAYS_VIEWS", 10 * n)  # counted in views: ten per image for tencrop
     assert tencrop._fused() and not center._fused()
     monkeypatch.setattr(loader, "KERNEL_PAYS_VIEWS", 40_000)
-    assert graphs._fused_op(False) is not None  # compiled (numba comes with FFCV): free from now on
+    assert kernel.one_pass_op(False) is not None  # compiled (numba comes with FFCV): free from now on
     assert center._fused() and tencrop._fused()
     assert not make_loader(index_store, "val", mode="center", batch_size=4, channels_last=True)._fused()  # another layout
 

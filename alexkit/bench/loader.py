@@ -303,12 +303,12 @@ def _row(r: Runner) -> dict:
 def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) -> dict:
     import nvidia.dali
 
-    from alexkit.pipeline.graphs import _fused_op
+    from alexkit.pipeline.kernel import one_pass_op
 
     # Compiled here, before any row: the eval rows then run the kernel too, as they would on
     # ImageNet's val (see loader.KERNEL_PAYS_VIEWS).
     started = time.perf_counter()
-    compiled = _fused_op(False) is not None
+    compiled = one_pass_op(False) is not None
     seconds = time.perf_counter() - started
     kernel = f"one-pass kernel, compiled in {seconds:.1f} s" if compiled else "no numba: all rows run DALI's operators only"
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}

@@ -27,7 +27,7 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
   DALI's own operators need two (JPEG: the window minus the mean window, then a
   crop_mirror_normalize that mirrors, lays out and adds the lighting shift), each re-reading and
   re-writing 600 KB of float32 per 224 view; memory traffic, not arithmetic, is what they cost.
-  One Numba-compiled kernel run by DALI's numba_function operator (_fused_op) reads the uint8
+  One Numba-compiled kernel run by DALI's numba_function operator (kernel.py) reads the uint8
   window and the float mean window once and writes the output once:
   out[:, h, w'] = pixel[y + h, x + w] - mean[y + h, x + w] + offset, w' = C - 1 - w if mirrored,
   the same float32 arithmetic as the two-operator graph (identical outputs from JPEG; from raw
@@ -67,6 +67,7 @@ import numpy as np
 
 from alexkit.errors import AlexkitError, require
 from alexkit.pipeline.augment import center_corner, ten_view_windows
+from alexkit.pipeline.kernel import one_pass_op
 
 Mode = Literal["train", "center", "tencrop"]
 MODES = ("train", "center", "tencrop")
@@ -82,7 +83,7 @@ class GraphConfig:
     decoder: "cpu" (libjpeg-turbo in DALI's threads) or "mixed" (nvJPEG and the hardware JPEG
       engines where present; needs device_id).
     prefetch: batches DALI prepares ahead of the one being consumed.
-    fused: on the CPU the float work after decoding is one Numba-compiled pass (_fused_op) where
+    fused: on the CPU the float work after decoding is one Numba-compiled pass (kernel.py) where
       numba is installed; False: DALI's own operators only (the same outputs, more passes).
     """
 
@@ -185,7 +186,7 @@ class _Graph:
         # train both take each sample's mean window from the source (_TrainSource), except raw
         # pixels without the kernel, which cut it from a graph constant like the GPU.
         cpu_train = cfg.mode == "train" and self.device == "cpu"
-        self.kernel = _fused_op(cfg.channels_last) if self.device == "cpu" and cfg.fused else None
+        self.kernel = one_pass_op(cfg.channels_last) if self.device == "cpu" and cfg.fused else None
         self.windows_fed = cpu_train and (self.kernel is not None or cfg.encoded)
         self.input_names = ["data"] + _train_input_names(cfg.mode, cfg.encoded, self.kernel is not None, self.windows_fed) + ["index"]
 
@@ -363,77 +364,3 @@ class _Kept:
         batch = self.source()
         self.batches.append(batch)
         return batch
-
-
-# --- the one-pass kernels (Numba, run by DALI's numba_function operator on the CPU) ---
-
-
-def _kernel_chw(out, mean_windows, data, corners, offset):
-    """out (V, 3, C, C) float32: view v is the CxC window of data (H, W, 3) uint8 at corners[v] =
-    (x, y, mirror), minus mean_windows[v] (C, C, 3), plus offset (3,), mirrored when corners[v, 2]."""
-    C = mean_windows.shape[1]
-    o0, o1, o2 = offset[0], offset[1], offset[2]
-    for v in range(mean_windows.shape[0]):
-        x, y, mirror = corners[v, 0], corners[v, 1], corners[v, 2]
-        for h in range(C):
-            for w in range(C):
-                t = C - 1 - w if mirror else w
-                out[v, 0, h, t] = np.float32(data[y + h, x + w, 0]) - mean_windows[v, h, w, 0] + o0
-                out[v, 1, h, t] = np.float32(data[y + h, x + w, 1]) - mean_windows[v, h, w, 1] + o1
-                out[v, 2, h, t] = np.float32(data[y + h, x + w, 2]) - mean_windows[v, h, w, 2] + o2
-
-
-def _kernel_hwc(out, mean_windows, data, corners, offset):
-    """As _kernel_chw, with out (V, C, C, 3)."""
-    C = mean_windows.shape[1]
-    for v in range(mean_windows.shape[0]):
-        x, y, mirror = corners[v, 0], corners[v, 1], corners[v, 2]
-        for h in range(C):
-            for w in range(C):
-                t = C - 1 - w if mirror else w
-                for c in range(3):
-                    out[v, h, t, c] = np.float32(data[y + h, x + w, c]) - mean_windows[v, h, w, c] + offset[c]
-
-
-def _shape_chw(outs, ins):
-    """Output shapes: the mean windows' (V, C, C, 3) as (V, 3, C, C). The mean windows are the
-    kernel's first input because DALI 2.4's setup wrapper shows a setup function only as many
-    inputs as the operator has outputs."""
-    for i in range(len(outs[0])):
-        outs[0][i][0] = ins[0][i][0]
-        outs[0][i][1] = ins[0][i][3]
-        outs[0][i][2] = ins[0][i][1]
-        outs[0][i][3] = ins[0][i][2]
-
-
-def _shape_hwc(outs, ins):
-    """Output shapes: the mean windows' (V, C, C, 3)."""
-    for i in range(len(outs[0])):
-        for d in range(4):
-            outs[0][i][d] = ins[0][i][d]
-
-
-_FUSED: dict = {}
-
-
-def kernel_compiled(channels_last: bool) -> bool:
-    """Whether this process has compiled the kernel for this layout already (using it is then free)."""
-    return _FUSED.get(channels_last) is not None
-
-
-def _fused_op(channels_last: bool):
-    """The kernel as a DALI operator, compiled on first use (about 2 s) and shared by every
-    pipeline of the process; None where numba is not installed (the graph then uses DALI's own
-    operators)."""
-    if channels_last not in _FUSED:
-        try:
-            import nvidia.dali.types as types
-            from nvidia.dali.plugin.numba import NumbaFunction
-        except Exception:  # no numba, or one that cannot load here (its plugin imports numba.cuda too)
-            _FUSED[channels_last] = None
-        else:
-            run, shape = (_kernel_hwc, _shape_hwc) if channels_last else (_kernel_chw, _shape_chw)
-            _FUSED[channels_last] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
-                                                  in_types=[types.FLOAT, types.UINT8, types.INT32, types.FLOAT],
-                                                  outs_ndim=[4], ins_ndim=[4, 3, 2, 1])  # fmt: skip
-    return _FUSED[channels_last]

@@ -53,11 +53,12 @@ from alexkit.errors import AlexkitError
 from alexkit.paths import usable_cores
 from alexkit.pipeline.augment import lighting_offsets, train_params
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW
-from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_inputs, kernel_compiled, train_inputs
+from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_inputs, train_inputs
+from alexkit.pipeline.kernel import is_compiled
 from alexkit.pipeline.store import Store
 
 STREAM_ORDER, STREAM_AUGMENT = 0, 1  # independent random streams drawn from (seed, epoch, ...)
-# The one-pass CPU kernel (graphs.py) compiles in about 2 s once per process and saves 0.05-0.14
+# The one-pass CPU kernel (kernel.py) compiles in about 2 s once per process and saves 0.05-0.14
 # CPU ms per 224 view (`alexkit bench loader`, 2 cores). Train always runs it: it pays back within
 # about 20,000 images. An evaluation pass runs it from this many views in the process (ImageNet's
 # val in one process: centre and ten views), or where the process has compiled it already.
@@ -221,7 +222,7 @@ class Loader:
         """Whether the CPU graph runs the one-pass kernel: see KERNEL_PAYS_VIEWS."""
         cfg = self.cfg
         views = len(self.positions()) * (10 if cfg.mode == "tencrop" else 1)
-        return cfg.fused and (cfg.mode == "train" or views >= KERNEL_PAYS_VIEWS or kernel_compiled(cfg.channels_last))
+        return cfg.fused and (cfg.mode == "train" or views >= KERNEL_PAYS_VIEWS or is_compiled(cfg.channels_last))
 
     def _device_id(self) -> int | None:
         if self.device.type != "cuda":
