@@ -343,9 +343,10 @@ class _TrainSource:
         batch = dict(data=data, mirror=mirror, offset=offset, index=index)
         if "crop_x" in self.names:
             batch["crop_x"], batch["crop_y"] = (_positions(p, self.size, self.crop) for p in (xs, ys))
-        if self.by_x:
-            windows = [self.by_x[x][y : y + self.crop] for x, y in zip(xs.tolist(), ys.tolist())]
-            batch["mean_window"], batch["mean_windows"] = windows, [w[None] for w in windows]
+        if "mean_window" in self.names:
+            batch["mean_window"] = [self.by_x[x][y : y + self.crop] for x, y in zip(xs.tolist(), ys.tolist())]
+        if "mean_windows" in self.names:  # the kernel's (1, C, C, 3): the same views, one axis more
+            batch["mean_windows"] = [self.by_x[x][None, y : y + self.crop] for x, y in zip(xs.tolist(), ys.tolist())]
         if "corners" in self.names:
             cut = "crop_x" in self.names  # JPEG: the decoder already cut the window, which starts at (0, 0)
             zero = np.zeros_like(xs)
