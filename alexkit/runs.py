@@ -9,8 +9,10 @@ AlexNet's state_dict), model_args, optimizer, scheduler, epoch, config, metrics,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_RUNS, latest_run, write_atomic
+from alexkit.paths import DEFAULT_RUNS, latest_run, only_writer, write_atomic
 
 CHECKPOINT_FORMAT = 1
 
@@ -45,10 +47,50 @@ def run_dir(resume: Path | None, out: Path | None, is_main: bool) -> Path:
         name = [str(path)]
     if dist.is_initialized():
         dist.broadcast_object_list(name, src=0)
-    path = Path(name[0])
-    if (path / "last.pt").exists():  # on every rank: none may go on into the collectives alone
-        raise AlexkitError(f"{path} already holds a run; continue it with --resume {path} or pick another --out")
-    return path
+    return Path(name[0])  # claim_run checks, holding the folder's lock, that it holds no run yet
+
+
+@contextlib.contextmanager
+def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
+    """Rank 0 holds RUN/.train.lock while the run lasts (two trainings in one folder would mix their
+    files) and, holding it, checks that the folder is as this run found it: no run in it yet, or
+    for a resumed run the same last.pt. Every rank learns the outcome, so none goes on into the
+    collectives alone. A folder that was empty and still holds nothing else is removed on failure.
+    ckpt: the resumed checkpoint, with its "path" and "stat" (size, mtime_ns) when it was read."""
+    with contextlib.ExitStack() as stack:
+        problem: list = [None]
+        fresh = False
+        if is_main:
+            fresh = not run_dir.exists() or not any(run_dir.iterdir())
+            run_dir.mkdir(parents=True, exist_ok=True)
+            busy = f"another `alexkit train` is writing {run_dir}; wait for it to end, or choose another --out"
+            try:
+                stack.enter_context(only_writer(run_dir / ".train.lock", busy))
+                problem = [_moved_on(run_dir, ckpt)]
+            except AlexkitError as exc:
+                problem = [str(exc)]
+        if dist.is_initialized():
+            dist.broadcast_object_list(problem, src=0)
+        if problem[0]:
+            raise AlexkitError(problem[0])
+        try:
+            yield
+        except BaseException:
+            if fresh and {p.name for p in run_dir.iterdir()} <= {".train.lock"}:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _moved_on(run_dir: Path, ckpt: dict | None) -> str | None:
+    """What makes the run folder no longer the one this run started from, or None."""
+    if ckpt is None:
+        if (run_dir / "last.pt").exists():
+            return f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out"
+        return None
+    stat = ckpt["path"].stat()
+    if (stat.st_size, stat.st_mtime_ns) != ckpt["stat"]:
+        return f"{ckpt['path']} changed while this run was starting (another training of {run_dir} went on); resume again"
+    return None
 
 
 def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
@@ -77,9 +119,12 @@ def _git_commit() -> str | None:
 
 
 def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
-    """last.pt (and best.pt when is_best), each written atomically (write_atomic: fsync, rename)."""
-    for name in ("best.pt", "last.pt") if is_best else ("last.pt",):
-        write_atomic(path / name, lambda f: torch.save(ckpt, f))
+    """last.pt (and best.pt when is_best, a copy of it: serialized once), each written atomically
+    (write_atomic: fsync, rename)."""
+    write_atomic(path / "last.pt", lambda f: torch.save(ckpt, f))
+    if is_best:
+        with open(path / "last.pt", "rb") as last:
+            write_atomic(path / "best.pt", lambda f: shutil.copyfileobj(last, f))
 
 
 def check_compatible(model_args: dict, ckpt_path: Path, *, size: int, num_classes: int, source: str) -> None:

@@ -12,11 +12,9 @@ epoch).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -31,9 +29,10 @@ from alexkit.errors import AlexkitError
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
-from alexkit.paths import DEFAULT_STORE, only_writer
+from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress
-from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, find_checkpoint, read_checkpoint, rng_state
+from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
+from alexkit.runs import rng_state
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_run_files
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
@@ -156,7 +155,7 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
     ckpt = None
     if ckpt_path is not None:
         check_resumable(ckpt_path)
-        stat = ckpt_path.stat()  # before reading: _sole_writer checks it is still the run's latest
+        stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
         ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
         cfg = _resumed_config(cfg, ckpt["config"], given)
     if not cfg.parallel.startswith("ddp") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -168,7 +167,7 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
         if ckpt is not None:
             check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"])
-        with _sole_writer(run_dir, placement, ckpt):
+        with claim_run(run_dir, placement.is_main, ckpt):
             _train(cfg, ckpt, placement, store, run_dir)
     except BaseException:
         teardown(wait=False)
@@ -185,48 +184,6 @@ def _usable_store(cfg: TrainConfig):
         raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
                            f"prepare one with --size {-(-MIN_INPUT_SIZE * 8 // 7)} or more")  # fmt: skip
     return store
-
-
-@contextlib.contextmanager
-def _sole_writer(run_dir: Path, placement: Placement, ckpt: dict | None):
-    """Rank 0 holds RUN/.train.lock while the run lasts (two trainings in one folder would mix their
-    files) and, holding it, checks that the folder is as this run found it: no run in it yet, or
-    for a resumed run the same last.pt. Every rank learns the outcome, so none goes on into the
-    collectives alone. A folder that was empty and still holds nothing else is removed on failure."""
-    with contextlib.ExitStack() as stack:
-        problem: list = [None]
-        fresh = False
-        if placement.is_main:
-            fresh = not run_dir.exists() or not any(run_dir.iterdir())
-            run_dir.mkdir(parents=True, exist_ok=True)
-            busy = f"another `alexkit train` is writing {run_dir}; wait for it to end, or choose another --out"
-            try:
-                stack.enter_context(only_writer(run_dir / ".train.lock", busy))
-                problem = [_moved_on(run_dir, ckpt)]
-            except AlexkitError as exc:
-                problem = [str(exc)]
-        if dist.is_initialized():
-            dist.broadcast_object_list(problem, src=0)
-        if problem[0]:
-            raise AlexkitError(problem[0])
-        try:
-            yield
-        except BaseException:
-            if fresh and {p.name for p in run_dir.iterdir()} <= {".train.lock"}:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-
-
-def _moved_on(run_dir: Path, ckpt: dict | None) -> str | None:
-    """What makes the run folder no longer the one this run started from, or None."""
-    if ckpt is None:
-        if (run_dir / "last.pt").exists():
-            return f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out"
-        return None
-    stat = ckpt["path"].stat()
-    if (stat.st_size, stat.st_mtime_ns) != ckpt["stat"]:
-        return f"{ckpt['path']} changed while this run was starting (another training of {run_dir} went on); resume again"
-    return None
 
 
 def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:
