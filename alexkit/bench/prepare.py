@@ -202,18 +202,17 @@ def _stats_agreement(store: Path) -> dict:
     """The store's training statistics, taken from the pixels before JPEG encoding, against the same
     statistics over its decoded JPEGs: what skipping a second decode of every image costs."""
     from alexkit.pipeline.beton import BetonReader
+    from alexkit.pipeline.imageops import PixelSums
+    from alexkit.pipeline.prepare import eigen
     from alexkit.pipeline.store import Stats
 
     stats, reader = Stats.load(store / "stats.npz"), BetonReader(store / "train.beton")
-    image_sum, rgb_sum, outer_sum = np.zeros(stats.mean_image.shape), np.zeros(3), np.zeros((3, 3))
+    sums = PixelSums(stats.mean_image.shape[0])  # prepare's own sums, over the decoded images
     for i in range(len(reader)):
-        pixels = reader.pixels(i).astype(np.float64)  # (S, S, 3), decoded with PIL
-        flat = pixels.reshape(-1, 3)
-        image_sum, rgb_sum, outer_sum = image_sum + pixels, rgb_sum + flat.sum(0), outer_sum + flat.T @ flat
-    n = len(reader) * stats.mean_image.shape[0] * stats.mean_image.shape[1]
-    mean = rgb_sum / n
-    eigval = np.linalg.eigvalsh(outer_sum / n - np.outer(mean, mean))[::-1]  # descending, as stats.npz
-    diff = np.abs(image_sum / len(reader) - stats.mean_image)
+        sums.add(np.ascontiguousarray(reader.pixels(i)))  # (S, S, 3) uint8, decoded with PIL
+    mean_image, _, cov = sums.moments()
+    eigval, _ = eigen(cov)
+    diff = np.abs(mean_image - stats.mean_image)
     return {"mean_image_max": float(diff.max()), "mean_image_mean": float(diff.mean()),
             "eigval_ratio": (stats.eigval / eigval).tolist()}  # fmt: skip
 
