@@ -37,6 +37,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from alexkit.bench import cpu_seconds
 from alexkit.bench.prepare import cpu_name, write_photo_like
 from alexkit.errors import AlexkitError, require
 from alexkit.paths import usable_cores
@@ -142,29 +143,14 @@ def interleaved(runners: list[Runner], epochs: int) -> list[Runner]:
     """Run every runner for `epochs` epochs, one epoch each in turn."""
     for e in range(epochs):
         for r in runners:
-            start, start_cpu, count = time.perf_counter(), _cpu_seconds(), 0
+            start, start_cpu, count = time.perf_counter(), cpu_seconds(), 0
             for batch in r.epoch(e):
                 count += len(batch[0])
             if not count:
                 raise AlexkitError(f"{r.pipeline} on {r.store} ({r.mode}) gave no batch: fewer images than --batch-size; lower it")
             r.rates.append(count / (time.perf_counter() - start))
-            r.cpu.append((_cpu_seconds() - start_cpu) / count)
+            r.cpu.append((cpu_seconds() - start_cpu) / count)
     return runners
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process (all threads) and of its live child processes (DataLoader workers)."""
-    import multiprocessing
-
-    ticks = 0
-    for child in multiprocessing.active_children():
-        try:
-            with open(f"/proc/{child.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        except (OSError, IndexError, ValueError):
-            pass
-    return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _eval_split(store) -> str:

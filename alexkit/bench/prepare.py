@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexkit.bench import cpu_seconds
 from alexkit.errors import AlexkitError
 from alexkit.paths import usable_cores
 
@@ -89,11 +90,11 @@ def bench_prepare(cfg: BenchPrepareConfig) -> dict:
         for k in range(cfg.repeats):
             for name, run in routes.items():
                 _reap_children()
-                cpu = _cpu_seconds()
+                cpu = cpu_seconds()
                 seconds = run(k)
                 _reap_children()  # FFCV never joins its workers: count their time here, not later
                 rates[name].append(len(files) / seconds)
-                cpu_ms[name].append(1e3 * (_cpu_seconds() - cpu) / len(files))
+                cpu_ms[name].append(1e3 * (cpu_seconds() - cpu) / len(files))
                 print(f"  round {k + 1}/{cfg.repeats}: {name}: {rates[name][-1]:,.0f} images/s, "
                       f"{cpu_ms[name][-1]:.2f} CPU ms/image", flush=True)  # fmt: skip
         check = _agreement(files[:20], tmp / "a0", tmp / "c0" / "train.beton")
@@ -289,14 +290,6 @@ def _reap_children(timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while mp.active_children() and time.monotonic() < deadline:
         time.sleep(0.01)
-
-
-def _cpu_seconds() -> float:
-    """User + system time of this process and of its finished (joined) children."""
-    import resource
-
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _dims(path: Path) -> tuple[int, int]:
