@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from alexkit.cli import train
 from alexkit.paths import DEFAULT_STORE
 
 
@@ -15,12 +16,12 @@ def command(
     steps: int = typer.Option(50, "--steps", help="Steps per timed window."),
     repeats: int = typer.Option(3, "--repeats", help="Timed windows; the median is reported."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed steps first (compilation, cuDNN autotuning)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    amp: str = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA), on, off."),
-    channels_last: str = typer.Option("auto", "--channels-last", help="auto (on for CUDA), on, off."),
-    compile: str = typer.Option("auto", "--compile", help="torch.compile: auto (on for CUDA), on, off."),
-    width: float = typer.Option(1.0, "--width", help="Network width (0.25 for a quick CPU figure)."),
-    fc_features: int = typer.Option(4096, "--fc-features"),
+    device: str = train.DEVICE,
+    amp: str = train.AMP,
+    channels_last: str = train.CHANNELS_LAST,
+    compile: str = train.COMPILE,
+    width: float = train.WIDTH,
+    fc_features: int = train.FC_FEATURES,
 ) -> None:
     """Measure training images/s with synthetic on-device batches and with the real loader, side by side."""
     from alexkit.bench.train import BenchTrainConfig, bench_train

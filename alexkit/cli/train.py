@@ -10,6 +10,14 @@ import typer
 
 from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE
 
+# Options `alexkit bench train` shares with `alexkit train` (same names, defaults and help).
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda, cuda:N.")
+AMP = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA), on, off.")
+CHANNELS_LAST = typer.Option("auto", "--channels-last", help="auto (on for CUDA), on, off.")
+COMPILE = typer.Option("auto", "--compile", help="torch.compile: auto (on for CUDA), on, off.")
+WIDTH = typer.Option(1.0, "--width", help="Scale every conv's channels (0.25 for a quick CPU run).")
+FC_FEATURES = typer.Option(4096, "--fc-features", help="Width of fc6 and fc7.")
+
 
 def command(
     ctx: typer.Context,
@@ -28,14 +36,14 @@ def command(
     patience: int = typer.Option(5, "--patience", help="Epochs without a better val top-1 error before lr / 10."),
     max_lr_drops: int = typer.Option(3, "--max-lr-drops", help="lr drops before the next plateau ends training."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda, cuda:N."),
+    device: str = DEVICE,
     parallel: str = typer.Option("none", "--parallel",
                                  help="none; columns (the paper's two GPUs); ddp or ddp-columns under torchrun."),  # fmt: skip
-    amp: str = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA), on, off."),
-    channels_last: str = typer.Option("auto", "--channels-last", help="auto (on for CUDA), on, off."),
-    compile: str = typer.Option("auto", "--compile", help="torch.compile: auto (on for CUDA), on, off."),
-    width: float = typer.Option(1.0, "--width", help="Scale every conv's channels (0.25 for a quick CPU run)."),
-    fc_features: int = typer.Option(4096, "--fc-features", help="Width of fc6 and fc7."),
+    amp: str = AMP,
+    channels_last: str = CHANNELS_LAST,
+    compile: str = COMPILE,
+    width: float = WIDTH,
+    fc_features: int = FC_FEATURES,
     dropout: float = typer.Option(0.5, "--dropout"),
     init: str = typer.Option("paper", "--init", help="paper, or sturdy (biases 0.1, gains kept at any width) when the paper's init stays at chance."),
     progress: str = typer.Option("auto", "--progress", help="auto, rich, plain or none (rank 0 only)."),
