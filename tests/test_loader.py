@@ -279,6 +279,37 @@ def test_leaving_an_epoch_early_does_not_disturb_the_next(index_store):
     assert np.array_equal(np.concatenate(taken), np.concatenate(firsts))
 
 
+def test_the_next_epoch_is_fed_across_the_boundary(tmp_path):
+    """Train epochs in sequence run without a drain between them (the pipeline already works on
+    epoch e + 1 while e ends), and give the batches a fresh loader gives for each epoch; a repeated
+    or skipped epoch costs one drain and is still exact."""
+    rng = np.random.default_rng(5)
+    size, n, B = 24, 30, 4
+    eigvec, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    store = write_store(tmp_path / "s", {"train": [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]},
+                        size=size, mean_image=rng.uniform(0, 255, (size, size, 3)).astype(np.float32),
+                        eigval=(3000.0, 200.0, 30.0), eigvec=eigvec)  # fmt: skip
+
+    def batches(loader, epoch):
+        loader.set_epoch(epoch)
+        return [(views, indices) for views, _, indices in loader]
+
+    loader = make_loader(store, "train", batch_size=B, seed=8)
+    next(iter(loader))  # builds the pipeline; abandoned after one batch
+    resets = []
+    real_reset = loader._pipe.reset
+    loader._pipe.reset = lambda: (resets.append(loader.epoch), real_reset())[1]  # counts, and still resets
+    for epochs, drains in [((0, 1, 2, 3), [0]), ((3,), [3]), ((6, 7), [6])]:
+        resets.clear()
+        for epoch in epochs:
+            fresh = batches(make_loader(store, "train", batch_size=B, seed=8), epoch)
+            got = batches(loader, epoch)
+            assert len(got) == len(fresh) == n // B
+            for (a, ia), (b, ib) in zip(got, fresh):
+                assert torch.equal(ia, ib) and torch.equal(a, b), f"epoch {epoch}"
+        assert resets == drains  # a drain only where the epoch is not the one fed next
+
+
 def test_bad_usage_fails_with_one_line(index_store, tmp_path):
     with pytest.raises(AlexkitError, match="decoder 'mixed'"):
         make_loader(index_store, "val", mode="center", decoder="mixed")

@@ -37,11 +37,15 @@ Augmentation randomness: crop corners, flips and lighting alphas come from a Num
 seeded by (seed, epoch, rank), drawn batch after batch; so an epoch is reproducible, and differs
 from the next epoch. set_epoch works like DistributedSampler's: iterate again without it and the
 epoch repeats exactly.
+Epoch boundaries (train): the next epoch's batches are fed right behind this epoch's, so the pipeline
+never empties between epochs; if the caller then sets any epoch but the next, the batches fed ahead
+are dropped and that epoch starts afresh (same batches either way).
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -153,7 +157,8 @@ class Loader:
         self.decoder = _pick_decoder(cfg.decoder, self.encoded, self.device)
         self._pipe = None
         self._feed = _Feed()
-        self._open = False  # the pipeline has batches of an unfinished epoch in flight
+        self._open = False  # the pipeline has batches in flight
+        self._ahead: int | None = None  # the epoch whose batches the pipeline is already working on
         self._run = 0  # counts __iter__ calls, so a stale iterator can tell it was superseded
         if cfg.shuffle and cfg.drops_last and len(self) == 0:
             raise AlexkitError(f"{self.reader.path} has {len(self.reader)} images, fewer than one batch of {cfg.batch_size} per rank "
@@ -174,16 +179,21 @@ class Loader:
         return n // B if self.cfg.drops_last else -(-n // B)
 
     def __iter__(self):
-        positions, B = self.positions(), self.cfg.batch_size
-        batches = [positions[i : i + B] for i in range(0, len(self) * B, B)]
+        batches = self._batches(self.epoch)
         if not batches:
             return
         pipe = self._pipeline()
-        self._finish()  # a previous iteration left early: drop its batches in flight
+        if self._ahead != self.epoch:  # the pipeline is not already working on this epoch's batches
+            self._finish()  # a previous iteration left early, or fed another epoch: drop its batches in flight
+            self._feed.queue.append(self._inputs(self.epoch))
+        self._ahead = None
+        if self.cfg.mode == "train":
+            # Cross-epoch feed: the next epoch's batches follow this one's, so the pipeline keeps
+            # working while the last batches are trained on (and during validation), and the next
+            # epoch starts with batches ready. A caller that then sets another epoch costs a drain.
+            self._feed.queue.append(self._inputs(self.epoch + 1))
         self._run += 1
         run = self._run
-        rng = epoch_rng(self.cfg.seed, self.epoch, STREAM_AUGMENT, self.cfg.rank)
-        self._feed.batches = graph_inputs(self.reader, batches, self.store, self.encoded, rng if self.cfg.mode == "train" else None)
         self._open = True
         for _ in batches:
             if run != self._run:
@@ -191,13 +201,27 @@ class Loader:
             views, index = pipe.run()
             yield self._to_torch(views, index)
         if run == self._run:  # a newer iteration has taken the pipeline over: its batches are not ours to drain
-            self._finish()
+            if self.cfg.mode == "train":
+                self._ahead = self.epoch + 1
+            else:
+                self._finish()
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's positions of one epoch, cut into batches."""
+        positions, B = self.positions(epoch), self.cfg.batch_size
+        return [positions[i : i + B] for i in range(0, len(self) * B, B)]
+
+    def _inputs(self, epoch: int) -> Iterator[tuple]:
+        """The graph inputs of one epoch of this rank, batch after batch (lazily)."""
+        rng = epoch_rng(self.cfg.seed, epoch, STREAM_AUGMENT, self.cfg.rank) if self.cfg.mode == "train" else None
+        return graph_inputs(self.reader, self._batches(epoch), self.store, self.encoded, rng)
 
     def _finish(self) -> None:
         """End the pipeline's epoch: stop feeding, collect what is in flight, reset for the next one."""
+        self._ahead = None
         if not self._open:
             return
-        self._feed.batches = None
+        self._feed.queue.clear()
         while True:
             try:
                 self._pipe.run()
@@ -257,17 +281,20 @@ def graph_inputs(reader, batches: list[np.ndarray], store: Store, encoded: bool,
 
 
 class _Feed:
-    """DALI's external_source callback: the next batch of graph inputs, or StopIteration when the
-    epoch is over (batches is None or exhausted). A separate object, so that the pipeline holds
-    no reference back to its Loader."""
+    """DALI's external_source callback: the next batch of graph inputs from the queued epochs, or
+    StopIteration when none is left. A separate object, so that the pipeline holds no reference
+    back to its Loader."""
 
     def __init__(self):
-        self.batches: Iterator[tuple] | None = None
+        self.queue: deque[Iterator[tuple]] = deque()
 
     def __call__(self) -> tuple:
-        if self.batches is None:
-            raise StopIteration
-        return next(self.batches)
+        while self.queue:
+            batch = next(self.queue[0], None)
+            if batch is not None:
+                return batch
+            self.queue.popleft()
+        raise StopIteration
 
 
 def check_images(reader, store: Store) -> bool:
