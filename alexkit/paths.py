@@ -11,11 +11,12 @@ DEFAULT_STORE = Path("alexkit-store")  # written by `alexkit prepare`, read by t
 DEFAULT_RUNS = Path("alexkit-runs")  # one sub-directory per `alexkit train` run
 
 
-def latest_run(runs: Path = DEFAULT_RUNS) -> Path | None:
-    """The most recently created run directory under `runs` (names sort by creation time)."""
+def latest_run(runs: Path = DEFAULT_RUNS, having: tuple[str, ...] = ("best.pt", "last.pt")) -> Path | None:
+    """The most recently created run directory under `runs` (names sort by creation time) that holds
+    one of the files `having`: a run stopped in its first epoch has no checkpoint yet and is passed over."""
     if not runs.is_dir():
         return None
-    candidates = sorted(p for p in runs.iterdir() if p.is_dir() and (p / "config.json").exists())
+    candidates = sorted(p for p in runs.iterdir() if (p / "config.json").is_file() and any((p / n).is_file() for n in having))
     return candidates[-1] if candidates else None
 
 
@@ -60,13 +61,16 @@ def check_output(path: Path, flag: str) -> None:
 def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
     """Write `data` (text, bytes, or a function that writes to a binary file, such as a torch.save)
     to `path` all or nothing: a temporary file, fsync, rename, fsync of the folder. A reader (or a
-    run interrupted at any moment) sees the old file or the new one, never half."""
+    run interrupted at any moment) sees the old file or the new one, never half. Each writer has
+    its own temporary (.NAME.PID-RANDOM.partial), so two processes writing one file at once leave
+    one whole version of it, never a mix."""
     import os
+    import secrets
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{partial_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
-        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+        with open(tmp, "x" if isinstance(data, str) else "xb") as f:
             data(f) if callable(data) else f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -79,3 +83,8 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def partial_prefix(path: Path) -> str:
+    """How write_atomic's temporaries for `path` begin (a killed writer leaves one behind)."""
+    return f".{Path(path).name}."

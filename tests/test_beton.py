@@ -141,6 +141,38 @@ def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 
+def test_write_atomic_from_two_processes_at_once_leaves_one_whole_version(tmp_path):
+    """Two writers of one file (e.g. two ranks saving the same picture) each rename their own
+    temporary: the file ends as one writer's bytes, never a mix, and neither fails."""
+    import multiprocessing
+
+    target = tmp_path / "x.bin"
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_write_many, args=(target, byte, start)) for byte in (b"A", b"B")]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    data = target.read_bytes()
+    assert len(data) == 1_000_000 and data in (b"A" * 1_000_000, b"B" * 1_000_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+
+
+def _write_many(target, byte: bytes, start) -> None:
+    from alexkit.paths import write_atomic
+
+    def slowly(f):  # in pieces, as torch.save and PNG writers do, so the two writers overlap
+        for _ in range(100):
+            f.write(byte * 10_000)
+            f.flush()
+
+    start.wait()
+    for _ in range(30):
+        write_atomic(target, slowly)
+
+
 def test_abort_deletes_the_file_even_when_closing_fails(tmp_path):
     """On a full disk closing flushes the last buffer and fails again; the file must still go."""
     w = _write(tmp_path / "a.beton", 2)
