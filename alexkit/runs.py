@@ -10,6 +10,7 @@ AlexNet's state_dict), model_args, optimizer, scheduler, epoch, config, metrics,
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import random
 import shutil
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_RUNS, latest_run, only_writer, write_atomic
+from alexkit.paths import DEFAULT_RUNS, latest_run, only_writer, partial_prefix, write_atomic
 
 CHECKPOINT_FORMAT = 1
 
@@ -67,6 +68,8 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
             try:
                 stack.enter_context(only_writer(run_dir / ".train.lock", busy))
                 problem = [_moved_on(run_dir, ckpt)]
+                if problem[0] is None:
+                    _mend(run_dir, ckpt)
             except AlexkitError as exc:
                 problem = [str(exc)]
         if dist.is_initialized():
@@ -79,6 +82,27 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
             if fresh and {p.name for p in run_dir.iterdir()} <= {".train.lock"}:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
+
+
+def _mend(run_dir: Path, ckpt: dict | None) -> None:
+    """Undo what a training killed while saving left (its lock is ours now): the temporaries of its
+    checkpoints, and a best.pt behind last.pt where last.pt's epoch is the best (save_checkpoint
+    copies best.pt from last.pt after writing it)."""
+    for name in ("last.pt", "best.pt"):
+        for tmp in [*run_dir.glob(f"{glob.escape(partial_prefix(name))}*.partial"), run_dir / f"{name}.partial"]:
+            tmp.unlink(missing_ok=True)
+    if ckpt is None or not ckpt["metrics"]:
+        return
+    errors = [m["val_top1_err"] for m in ckpt["metrics"]]
+    if errors[-1] > min(errors):
+        return  # best.pt was written whole at an earlier epoch, before this one began
+    try:
+        best_epoch = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except Exception:  # missing (or unreadable): made again below
+        best_epoch = None
+    if best_epoch != ckpt["epoch"]:
+        with open(ckpt["path"], "rb") as last:
+            write_atomic(run_dir / "best.pt", lambda f: shutil.copyfileobj(last, f))
 
 
 def _moved_on(run_dir: Path, ckpt: dict | None) -> str | None:
@@ -170,9 +194,10 @@ def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> Non
 def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:
     """The checkpoint file: `path` itself, a run directory's first of `prefer`, or the latest run's."""
     if path is None:
-        run = latest_run()
+        run = latest_run(having=prefer)
         if run is None:
-            raise AlexkitError(f"no run found under {DEFAULT_RUNS}/; train one with `alexkit train` or pass --checkpoint PATH")
+            raise AlexkitError(f"no run with a checkpoint under {DEFAULT_RUNS}/; train one with `alexkit train` (a run "
+                               "writes last.pt at the end of its first epoch) or pass --checkpoint PATH")  # fmt: skip
         path = run
     path = Path(path)
     if path.is_dir():

@@ -218,6 +218,22 @@ def test_a_resume_that_another_training_overtook_is_refused(store, tmp_path, mon
     assert len(_metrics(run)) == 1
 
 
+def test_resume_mends_what_a_kill_during_the_save_left(store, tmp_path):
+    """Killed after last.pt was replaced but before best.pt was copied from it: best.pt is an
+    older epoch (or missing) and a temporary is left. The resume copies best.pt again and removes
+    the temporary, even with no epoch left to train."""
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    last = torch.load(run / "last.pt", weights_only=True)
+    torch.save(dict(last, epoch=0), run / "best.pt")  # as if from an earlier epoch
+    (run / ".best.pt.4242-0a0b0c0d.partial").write_bytes(b"half a checkpoint")
+    train(TrainConfig(resume=run, epochs=1))
+    assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()
+    assert not list(run.glob("*.partial"))
+    (run / "best.pt").unlink()
+    train(TrainConfig(resume=run, epochs=1))
+    assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()
+
+
 def test_a_failed_run_leaves_no_empty_folder(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(AlexkitError, match="fewer than one batch"):
