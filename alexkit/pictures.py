@@ -200,7 +200,7 @@ def plot(cfg: PlotConfig) -> Path:
     if not runs:
         run = latest_run()
         if run is None:
-            raise AlexkitError(f"no run found under {DEFAULT_RUNS}/; pass run directories: alexkit plot RUN...")
+            raise AlexkitError(f"no run with a finished epoch under {DEFAULT_RUNS}/; pass run directories: alexkit plot RUN...")
         runs = [run]
     data = [(Path(r), read_metrics(r)) for r in runs]
     matplotlib = require("matplotlib", fix="install it with `pip install 'alexkit[plot]'` (or `pip install matplotlib`)")

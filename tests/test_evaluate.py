@@ -194,10 +194,18 @@ def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):
 
 
 def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, monkeypatch):
-    """No flags: DEFAULT_RUNS' newest run's best.pt, evaluated on the store its config names."""
+    """No flags: DEFAULT_RUNS' newest run's best.pt, evaluated on the store its config names; a newer
+    run stopped before its first checkpoint is passed over."""
     root, store, _, _ = setup
     monkeypatch.chdir(root)
-    results = evaluate(EvalConfig(device="cpu"))
+    stopped = root / "alexkit-runs" / "r2"
+    stopped.mkdir()
+    (stopped / "config.json").write_text((root / "alexkit-runs" / "r1" / "config.json").read_text())
+    (stopped / "metrics.jsonl").write_text("")
+    try:
+        results = evaluate(EvalConfig(device="cpu"))
+    finally:
+        shutil.rmtree(stopped)  # the fixture's runs are shared with other tests
     assert results["checkpoint"] == str(Path("alexkit-runs/r1/best.pt"))
     assert results["store"] == str(store.path) and results["n"] == 7
     assert find_checkpoint(root / "alexkit-runs" / "r1") == root / "alexkit-runs" / "r1" / "best.pt"
@@ -206,7 +214,7 @@ def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, 
 def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
     _, store, ckpt, _ = setup
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(AlexkitError, match="no run found"):
+    with pytest.raises(AlexkitError, match="no run with a checkpoint"):
         find_checkpoint(None)
     with pytest.raises(AlexkitError, match="does not exist"):
         find_checkpoint(tmp_path / "nope.pt")
