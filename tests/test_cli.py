@@ -47,6 +47,19 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch):
+    """Under torchrun only train and eval share the work; the others would run N times side by side
+    (N copies of predict's output, a prepare whose ranks fight over the lock)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for args in (["prepare", str(tmp_path / "src"), "--out", str(tmp_path / "store")], ["predict", "x.JPEG"],
+                 ["bench", "train"], ["show-batch", "--out", str(tmp_path / "pics")]):  # fmt: skip
+        r = run(*args, cwd=tmp_path)
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert lines[0].startswith(f"error: `alexkit {args[0]}` runs in one process, but torchrun started 2")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_debug_shows_traceback(tmp_path):
     r = run("--debug", "prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "store"))
     assert r.returncode != 0 and "Traceback" in r.stderr

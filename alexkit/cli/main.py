@@ -6,6 +6,7 @@ Every AlexkitError becomes one line on stderr and exit code 2; `--debug` shows t
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -26,9 +27,16 @@ app.add_typer(bench_app, name="bench")
 _state = {"debug": False}
 
 
+TORCHRUN_COMMANDS = ("train", "eval")  # the others would run once per process, side by side
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _root(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
     _state["debug"] = debug
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1 and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
+        raise AlexkitError(f"`alexkit {ctx.invoked_subcommand}` runs in one process, but torchrun started {world}: "
+                           f"run it without torchrun (only {' and '.join(TORCHRUN_COMMANDS)} use torchrun's processes)")  # fmt: skip
 
 
 # --- command registration: one line per command, each module defines `command` ---
