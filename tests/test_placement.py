@@ -46,6 +46,13 @@ def test_columns_compute_the_grouped_models_function_and_gradients(kwargs):
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_the_models_hold_no_buffers():
+    """DDP then runs no collective in a forward pass, which lets validation give ranks different
+    numbers of batches (place() relies on it)."""
+    model = AlexNet(10, **SMALL)
+    assert list(model.buffers()) == [] and list(ColumnAlexNet(model, CPU2).buffers()) == []
+
+
 def test_columns_state_dict_round_trip():
     torch.manual_seed(0)
     model = AlexNet(10, **SMALL)

@@ -203,10 +203,10 @@ def place(model: AlexNet, placement: Placement, channels_last: bool = False) -> 
         placed = placed.to(memory_format=torch.channels_last)
     if placement.parallel.startswith("ddp"):
         one_device = len(placement.devices) == 1 and placement.device.type == "cuda"
-        # AlexNet has no buffers; without buffer broadcasts a forward pass runs no collective, so
-        # validation may give ranks different numbers of batches.
-        placed = DistributedDataParallel(placed, device_ids=[placement.device] if one_device else None,
-                                         broadcast_buffers=False)  # fmt: skip
+        # AlexNet has no buffers, so DDP's forward pass runs no collective (it syncs buffers only):
+        # validation may give ranks different numbers of batches. (broadcast_buffers=False said so
+        # too, but torch 2.13 deprecates it with a warning from every rank.)
+        placed = DistributedDataParallel(placed, device_ids=[placement.device] if one_device else None)
     return placed
 
 
