@@ -125,6 +125,25 @@ def test_one_class_has_a_devkit_of_one_leaf(tmp_path):
     assert write_sample_dataset(tmp_path / "one", num_classes=2, overwrite=True) == out  # an earlier sample: replaced
 
 
+def test_overwrite_keeps_the_old_dataset_until_the_new_one_is_whole(tmp_path):
+    """Interrupted while writing, --overwrite leaves the earlier sample as it was; a run killed
+    between its two renames (old aside, new in) is tidied by the next run."""
+    out = write_sample_dataset(tmp_path / "s", num_classes=1, train_per_class=2, val_per_class=1)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    def interrupt(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_sample_dataset(out, num_classes=2, train_per_class=2, val_per_class=1, overwrite=True, progress=interrupt)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    out.rename(tmp_path / "s.partial-old")  # as if killed after moving the old one aside
+    write_sample_dataset(out, num_classes=2, train_per_class=2, val_per_class=1, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+    assert len(list((out / "train").iterdir())) == 2
+
+
 def run_cli(args: list[str]) -> int:
     """Exit status of `alexkit ARGS` run in this process."""
     try:

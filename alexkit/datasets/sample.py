@@ -142,9 +142,15 @@ def write_sample_dataset(
     truth = "".join(f"{ids[label]}\n" for label in val_labels)
     (tmp / DEVKIT_DATA / "ILSVRC2012_validation_ground_truth.txt").write_text(truth)
 
+    # The old dataset (empty, or an earlier sample: checked above) goes aside before the new one
+    # moves in, and is deleted only then: a run killed at any moment leaves one whole dataset, and
+    # a rerun tidies up.
+    old = out.with_name(out.name + ".partial-old")
+    shutil.rmtree(old, ignore_errors=True)
     if out.exists():
-        shutil.rmtree(out)  # empty, or an earlier sample dataset (checked above)
+        os.replace(out, old)
     os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
