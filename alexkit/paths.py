@@ -62,13 +62,15 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     """Write `data` (text, bytes, or a function that writes to a binary file, such as a torch.save)
     to `path` all or nothing: a temporary file, fsync, rename, fsync of the folder. A reader (or a
     run interrupted at any moment) sees the old file or the new one, never half. Each writer has
-    its own temporary (.NAME.PID-RANDOM.partial), so two processes writing one file at once leave
-    one whole version of it, never a mix."""
+    its own temporary (.NAME.HOST-PID-RANDOM.partial), so two processes writing one file at once
+    leave one whole version of it, never a mix; those of writers killed on this host go first."""
     import os
     import secrets
+    import socket
 
     path = Path(path)
-    tmp = path.with_name(f"{partial_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}.partial")
+    _remove_dead_temporaries(path)
+    tmp = path.with_name(f"{partial_prefix(path)}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         with open(tmp, "x" if isinstance(data, str) else "xb") as f:
             data(f) if callable(data) else f.write(data)
@@ -86,5 +88,25 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
 
 
 def partial_prefix(path: Path) -> str:
-    """How write_atomic's temporaries for `path` begin (a killed writer leaves one behind)."""
+    """How write_atomic's temporaries for `path` begin."""
     return f".{Path(path).name}."
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """write_atomic's temporaries for `path` whose writer was a process of this host that is gone
+    (killed while writing); another host's (a shared file system) cannot be checked and stay."""
+    import glob
+    import os
+    import socket
+
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f"{glob.escape(partial_prefix(path))}*.partial"):
+        writer = tmp.name[len(partial_prefix(path)) : -len(".partial")].rsplit("-", 2)
+        if len(writer) != 3 or writer[0] != host or not writer[1].isdigit():
+            continue
+        try:
+            os.kill(int(writer[1]), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # it exists, under another user
+            pass

@@ -69,7 +69,7 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
                 stack.enter_context(only_writer(run_dir / ".train.lock", busy))
                 problem = [_moved_on(run_dir, ckpt)]
                 if problem[0] is None:
-                    _mend(run_dir, ckpt)
+                    _mend(run_dir)
             except AlexkitError as exc:
                 problem = [str(exc)]
         if dist.is_initialized():
@@ -84,25 +84,11 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
             raise
 
 
-def _mend(run_dir: Path, ckpt: dict | None) -> None:
-    """Undo what a training killed while saving left (its lock is ours now): the temporaries of its
-    checkpoints, and a best.pt behind last.pt where last.pt's epoch is the best (save_checkpoint
-    copies best.pt from last.pt after writing it)."""
-    for name in ("last.pt", "best.pt"):
+def _mend(run_dir: Path) -> None:
+    """Remove the temporaries of a training killed while writing (its lock is ours now)."""
+    for name in ("last.pt", "best.pt", "config.json", "metrics.jsonl", "stats.npz", "classes.json"):
         for tmp in [*run_dir.glob(f"{glob.escape(partial_prefix(name))}*.partial"), run_dir / f"{name}.partial"]:
             tmp.unlink(missing_ok=True)
-    if ckpt is None or not ckpt["metrics"]:
-        return
-    errors = [m["val_top1_err"] for m in ckpt["metrics"]]
-    if errors[-1] > min(errors):
-        return  # best.pt was written whole at an earlier epoch, before this one began
-    try:
-        best_epoch = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True, mmap=True)["epoch"]
-    except Exception:  # missing (or unreadable): made again below
-        best_epoch = None
-    if best_epoch != ckpt["epoch"]:
-        with open(ckpt["path"], "rb") as last:
-            write_atomic(run_dir / "best.pt", lambda f: shutil.copyfileobj(last, f))
 
 
 def _moved_on(run_dir: Path, ckpt: dict | None) -> str | None:
@@ -143,12 +129,14 @@ def _git_commit() -> str | None:
 
 
 def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
-    """last.pt (and best.pt when is_best, a copy of it: serialized once), each written atomically
-    (write_atomic: fsync, rename)."""
-    write_atomic(path / "last.pt", lambda f: torch.save(ckpt, f))
+    """last.pt, and best.pt when is_best, each written atomically (write_atomic: fsync, rename);
+    serialized once. best.pt first, last.pt a copy of it: a kill in between leaves last.pt one
+    epoch behind, which the resume trains again, never a best.pt behind the best epoch."""
+    first = path / ("best.pt" if is_best else "last.pt")
+    write_atomic(first, lambda f: torch.save(ckpt, f))
     if is_best:
-        with open(path / "last.pt", "rb") as last:
-            write_atomic(path / "best.pt", lambda f: shutil.copyfileobj(last, f))
+        with open(first, "rb") as best:
+            write_atomic(path / "last.pt", lambda f: shutil.copyfileobj(best, f))
 
 
 def check_compatible(model_args: dict, ckpt_path: Path, *, size: int, num_classes: int, source: str) -> None:

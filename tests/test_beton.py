@@ -160,6 +160,26 @@ def test_write_atomic_from_two_processes_at_once_leaves_one_whole_version(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
 
 
+def test_write_atomic_removes_the_temporaries_of_killed_writers_of_this_host(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from alexkit.paths import write_atomic
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host, dead, alive = socket.gethostname(), int(gone.stdout), os.getppid()
+    left = {name: tmp_path / f".x.json.{name}.partial" for name in
+            (f"{host}-{dead}-0a0b0c0d", f"{host}-{alive}-0a0b0c0d", f"elsewhere-{dead}-0a0b0c0d")}  # fmt: skip
+    for tmp in left.values():
+        tmp.write_text("half")
+    write_atomic(tmp_path / "x.json", "whole")
+    assert (tmp_path / "x.json").read_text() == "whole"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "x.json") == sorted(
+        left[k].name for k in (f"{host}-{alive}-0a0b0c0d", f"elsewhere-{dead}-0a0b0c0d"))  # alive, or not checkable
+
+
 def _write_many(target, byte: bytes, start) -> None:
     from alexkit.paths import write_atomic
 

@@ -218,20 +218,23 @@ def test_a_resume_that_another_training_overtook_is_refused(store, tmp_path, mon
     assert len(_metrics(run)) == 1
 
 
-def test_resume_mends_what_a_kill_during_the_save_left(store, tmp_path):
-    """Killed after last.pt was replaced but before best.pt was copied from it: best.pt is an
-    older epoch (or missing) and a temporary is left. The resume copies best.pt again and removes
-    the temporary, even with no epoch left to train."""
+def test_resume_removes_what_a_kill_during_a_save_left(store, tmp_path):
     run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
-    last = torch.load(run / "last.pt", weights_only=True)
-    torch.save(dict(last, epoch=0), run / "best.pt")  # as if from an earlier epoch
-    (run / ".best.pt.4242-0a0b0c0d.partial").write_bytes(b"half a checkpoint")
+    (run / ".best.pt.host-4242-0a0b0c0d.partial").write_bytes(b"half a checkpoint")
+    (run / "last.pt.partial").write_bytes(b"half a checkpoint")  # the name older versions used
     train(TrainConfig(resume=run, epochs=1))
-    assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()
     assert not list(run.glob("*.partial"))
-    (run / "best.pt").unlink()
-    train(TrainConfig(resume=run, epochs=1))
-    assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()
+
+
+def test_best_pt_is_written_before_last_pt(tmp_path):
+    """A kill between the two leaves last.pt an epoch behind (trained again on resume), never
+    best.pt behind the best epoch. Here last.pt cannot be replaced (a folder stands in its way)."""
+    from alexkit.runs import save_checkpoint
+
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, dict(epoch=3), is_best=True)
+    assert torch.load(tmp_path / "best.pt", weights_only=True) == dict(epoch=3)
 
 
 def test_a_failed_run_leaves_no_empty_folder(store, tmp_path, monkeypatch):

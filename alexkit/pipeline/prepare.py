@@ -115,6 +115,8 @@ def _only_writer(out: Path):
 
 
 def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
+    for tmp in out.glob(".*.partial"):  # write_atomic's, left by a prepare killed while writing (the lock is ours)
+        tmp.unlink()
     settings = cfg.settings()
     finished = _read_json(out / MANIFEST)
     if finished is not None and not cfg.force:
