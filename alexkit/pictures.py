@@ -177,7 +177,8 @@ def read_metrics(run: Path) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise AlexkitError(f"{path} line {n} is not JSON ({exc.msg}); was the run interrupted mid-write?") from exc
+                raise AlexkitError(f"{path} line {n} is not JSON ({exc.msg}); `alexkit train --resume {run}` rewrites "
+                                   "the file from last.pt (add --epochs N, N the epochs done, to train no further)") from exc  # fmt: skip
             if not isinstance(record, dict) or "epoch" not in record:
                 raise AlexkitError(f"{path} line {n} is not an epoch record of `alexkit train` (no \"epoch\")")
             records.append(record)

@@ -190,6 +190,9 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
     path = Path(path)
     if path.is_dir():
         found = [path / n for n in prefer if (path / n).is_file()]
+        if not found and (path / "config.json").is_file():
+            raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "
+                               f"train it again with `alexkit train --out {path}` and the flags it had")  # fmt: skip
         if not found:
             raise AlexkitError(f"run directory {path} has no {' or '.join(prefer)}; pass a .pt file written by `alexkit train`")
         path = found[0]

@@ -29,7 +29,7 @@ from alexkit.errors import AlexkitError
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
-from alexkit.paths import DEFAULT_STORE
+from alexkit.paths import DEFAULT_STORE, write_atomic
 from alexkit.progress import Progress
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
 from alexkit.runs import rng_state
@@ -279,8 +279,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                 format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
                 optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
                 config=_config_dict(cfg), metrics=metrics, rng=rng_state()), is_best)  # fmt: skip
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))  # never a torn line
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
 

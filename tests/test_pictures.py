@@ -115,6 +115,9 @@ def test_plot_errors(tmp_path, monkeypatch):
     (tmp_path / "odd" / "metrics.jsonl").write_text('{"lr": 0.01}\n')
     with pytest.raises(AlexkitError, match="line 1 is not an epoch record"):
         read_metrics(tmp_path / "odd")
+    (tmp_path / "odd" / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo')
+    with pytest.raises(AlexkitError, match=r"line 2 is not JSON .*`alexkit train --resume .*odd` rewrites the file from last.pt"):
+        read_metrics(tmp_path / "odd")
     write_run(tmp_path / "a", 2, 0.9)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     with pytest.raises(AlexkitError, match=r"alexkit\[plot\]"):
