@@ -308,6 +308,26 @@ def test_the_next_epoch_is_fed_across_the_boundary(tmp_path):
             for (a, ia), (b, ib) in zip(got, fresh):
                 assert torch.equal(ia, ib) and torch.equal(a, b), f"epoch {epoch}"
         assert resets == drains  # a drain only where the epoch is not the one fed next
+    # A set_epoch during a pass is for the next pass; what was fed ahead is the epoch after the pass's.
+    loader.set_epoch(0)
+    for step, _ in enumerate(loader):
+        if step == len(loader) - 1:
+            loader.set_epoch(5)
+    for epoch in (6, 7):
+        fresh = batches(make_loader(store, "train", batch_size=B, seed=8), epoch)
+        assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batches(loader, epoch), fresh, strict=True))
+
+
+@pytest.mark.parametrize("options", [dict(prefetch=4, batch_size=40), dict(feed_ahead=False, batch_size=4)])
+def test_epochs_stay_exact_where_the_feed_cannot_or_may_not_run_ahead(index_store, options):
+    """prefetch 4 with 2 batches an epoch: DALI reads past the whole next epoch and stops; and
+    feed_ahead=False (what bench loader runs): each epoch ends with the pipeline empty."""
+    loader = make_loader(index_store, "train", seed=8, **options)
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        fresh = make_loader(index_store, "train", seed=8, **options)
+        fresh.set_epoch(epoch)
+        assert np.array_equal(np.concatenate(collect(loader)[0]), np.concatenate(collect(fresh)[0])), epoch
 
 
 def test_bad_usage_fails_with_one_line(index_store, tmp_path):

@@ -161,8 +161,10 @@ def alexkit_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: 
     """alexkit's loader on the CPU; fused=False: DALI's own operators only."""
     from alexkit.pipeline.loader import make_loader
 
+    # feed_ahead=False: the runners' epochs take turns, and work fed ahead would run in the next one's.
     loader = make_loader(store, "train" if mode == "train" else _eval_split(store), mode=mode, batch_size=cfg.batch_size,
-                         num_threads=threads, prefetch=cfg.prefetch, drop_last=mode == "train", seed=0, fused=fused)  # fmt: skip
+                         num_threads=threads, prefetch=cfg.prefetch, drop_last=mode == "train", seed=0, fused=fused,
+                         feed_ahead=False)  # fmt: skip
 
     def epoch(e: int):
         loader.set_epoch(e)

@@ -80,6 +80,9 @@ class LoaderConfig:
     num_threads: DALI's CPU threads; None: default_threads().
     fused: on the CPU each graph's float work is one Numba-compiled pass (see graphs.py) where it
       pays for its compilation (KERNEL_PAYS_VIEWS); False: DALI's operators only.
+    feed_ahead: train only: feed the next epoch's batches behind this one's (see the module
+      docstring); False ends each epoch with the pipeline empty (what a benchmark that times
+      epochs of several loaders in turn needs, so that none works during another's epoch).
     """
 
     split: str
@@ -94,6 +97,7 @@ class LoaderConfig:
     num_threads: int | None = None
     prefetch: int = 2
     fused: bool = True
+    feed_ahead: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -180,19 +184,21 @@ class Loader:
         return n // B if self.cfg.drops_last else -(-n // B)
 
     def __iter__(self):
-        batches = self._batches(self.epoch)
+        epoch = self.epoch  # a set_epoch during the pass is for the next pass
+        batches = self._batches(epoch)
         if not batches:
             return
         pipe = self._pipeline()
-        if self._ahead != self.epoch:  # the pipeline is not already working on this epoch's batches
+        if self._ahead != epoch:  # the pipeline is not already working on this epoch's batches
             self._finish()  # a previous iteration left early, or fed another epoch: drop its batches in flight
-            self._feed.queue.append(self._inputs(self.epoch))
+            self._feed.queue.append(self._inputs(epoch))
         self._ahead = None
-        if self.cfg.mode == "train":
+        ahead = self.cfg.mode == "train" and self.cfg.feed_ahead
+        if ahead:
             # Cross-epoch feed: the next epoch's batches follow this one's, so the pipeline keeps
             # working while the last batches are trained on (and during validation), and the next
             # epoch starts with batches ready. A caller that then sets another epoch costs a drain.
-            self._feed.queue.append(self._inputs(self.epoch + 1))
+            self._feed.queue.append(self._inputs(epoch + 1))
         self._run += 1
         run = self._run
         self._open = True
@@ -202,9 +208,9 @@ class Loader:
             views, index = pipe.run()
             yield self._to_torch(views, index)
         if run == self._run:  # a newer iteration has taken the pipeline over: its batches are not ours to drain
-            if self.cfg.mode == "train":
-                self._ahead = self.epoch + 1
-            else:
+            if ahead and not self._feed.ran_dry:
+                self._ahead = epoch + 1
+            else:  # evaluation; or DALI read past the next epoch too (prefetch > its batches) and stopped
                 self._finish()
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
@@ -229,6 +235,7 @@ class Loader:
             except StopIteration:
                 break
         self._pipe.reset()
+        self._feed.ran_dry = False
         self._open = False
 
     def _pipeline(self):
@@ -288,6 +295,7 @@ class _Feed:
 
     def __init__(self):
         self.queue: deque[Iterator[tuple]] = deque()
+        self.ran_dry = False  # StopIteration was raised: DALI feeds nothing more until a reset
 
     def __call__(self) -> tuple:
         while self.queue:
@@ -295,6 +303,7 @@ class _Feed:
             if batch is not None:
                 return batch
             self.queue.popleft()
+        self.ran_dry = True
         raise StopIteration
 
 
