@@ -94,15 +94,22 @@ def partial_prefix(path: Path) -> str:
 
 def _remove_dead_temporaries(path: Path) -> None:
     """write_atomic's temporaries for `path` whose writer was a process of this host that is gone
-    (killed while writing); another host's (a shared file system) cannot be checked and stay."""
+    (killed while writing) and that nothing has written to for a minute (a live writer in another
+    PID namespace with this host name looks gone); another host's cannot be checked and stay."""
     import glob
     import os
     import socket
+    import time
 
     host = socket.gethostname()
     for tmp in path.parent.glob(f"{glob.escape(partial_prefix(path))}*.partial"):
         writer = tmp.name[len(partial_prefix(path)) : -len(".partial")].rsplit("-", 2)
         if len(writer) != 3 or writer[0] != host or not writer[1].isdigit():
+            continue
+        try:
+            if time.time() - tmp.stat().st_mtime < 60:
+                continue
+        except FileNotFoundError:
             continue
         try:
             os.kill(int(writer[1]), 0)  # signal 0: only asks whether the process exists

@@ -174,10 +174,14 @@ def test_write_atomic_removes_the_temporaries_of_killed_writers_of_this_host(tmp
             (f"{host}-{dead}-0a0b0c0d", f"{host}-{alive}-0a0b0c0d", f"elsewhere-{dead}-0a0b0c0d")}  # fmt: skip
     for tmp in left.values():
         tmp.write_text("half")
+        os.utime(tmp, (tmp.stat().st_atime, tmp.stat().st_mtime - 120))  # untouched for two minutes
+    fresh = tmp_path / f".x.json.{host}-{dead}-0e0e0e0e.partial"  # written to just now: perhaps a live writer
+    fresh.write_text("half")
+    left["fresh"] = fresh
     write_atomic(tmp_path / "x.json", "whole")
     assert (tmp_path / "x.json").read_text() == "whole"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "x.json") == sorted(
-        left[k].name for k in (f"{host}-{alive}-0a0b0c0d", f"elsewhere-{dead}-0a0b0c0d"))  # alive, or not checkable
+        left[k].name for k in (f"{host}-{alive}-0a0b0c0d", f"elsewhere-{dead}-0a0b0c0d", "fresh"))  # alive, not checkable, recent
 
 
 def _write_many(target, byte: bytes, start) -> None:

@@ -143,8 +143,9 @@ def write_sample_dataset(
     (tmp / DEVKIT_DATA / "ILSVRC2012_validation_ground_truth.txt").write_text(truth)
 
     # The old dataset (empty, or an earlier sample: checked above) goes aside before the new one
-    # moves in, and is deleted only then: a run killed at any moment leaves one whole dataset, and
-    # a rerun tidies up.
+    # moves in, and is deleted only then: a run killed at any moment leaves the old dataset or the
+    # new one whole (between the two renames, the old one under NAME.partial-old), never a mix,
+    # and a rerun tidies up.
     old = out.with_name(out.name + ".partial-old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
