@@ -62,9 +62,9 @@ from alexkit.pipeline.kernel import is_compiled
 from alexkit.pipeline.store import Store
 
 STREAM_ORDER, STREAM_AUGMENT = 0, 1  # independent random streams drawn from (seed, epoch, ...)
-# The one-pass CPU kernel (kernel.py) compiles in about 2.3 s once per process and saves 0.04-0.13
+# The one-pass CPU kernel (kernel.py) compiles in about 2.2 s once per process and saves 0.05-0.15
 # CPU ms per 224 view (`alexkit bench loader`, 2 cores). Train always runs it: it pays back within
-# about 40,000 images (an ImageNet epoch is 1.28 million). An evaluation pass runs it from this
+# about 30,000 images (an ImageNet epoch is 1.28 million). An evaluation pass runs it from this
 # many views in the process (ImageNet's val in one process: centre and ten views), or where the
 # process has compiled it already.
 KERNEL_PAYS_VIEWS = 40_000
@@ -142,7 +142,7 @@ def default_threads() -> int:
     """DALI CPU threads for this process: its share of the cores among the node's ranks, plus one,
     so that a core never idles while a thread waits (on the executor handing over between
     operators, on a page of the store). JPEG train on 2 cores, `alexkit bench loader --threads 2`
-    against its default 3: 4,683 and 4,913 -> 5,006 and 5,007 images/s in two runs each."""
+    against its default 3: 3,954 -> 4,423 and 4,369 images/s."""
     cores = usable_cores()
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) + 1
 
