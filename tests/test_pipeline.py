@@ -274,6 +274,7 @@ def test_ctrl_c_while_the_kernel_compiles_is_not_lost():
         start = time.perf_counter()
         try:
             kernel.one_pass_op(False)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a signal after the compilation is not the test's
         except KeyboardInterrupt:
             os._exit(130)
         print(time.perf_counter() - start, flush=True)
@@ -281,5 +282,8 @@ def test_ctrl_c_while_the_kernel_compiles_is_not_lost():
     """
     compile_s = float(subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True, timeout=120).stdout)
     for part in (0.15, 0.35, 0.5, 0.65, 0.85):
-        r = subprocess.run([sys.executable, "-c", code, str(part * compile_s)], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 130, f"Ctrl-C at {part:.0%} of a {compile_s:.1f} s compilation was lost: {r.stdout}{r.stderr}"
+        at = part * compile_s
+        r = subprocess.run([sys.executable, "-c", code, str(at)], capture_output=True, text=True, timeout=120)
+        if r.returncode == 0 and float(r.stdout) < at:
+            continue  # this compilation ended before the signal came: nothing to hold
+        assert r.returncode == 130, f"Ctrl-C {at:.1f} s into a {compile_s:.1f} s compilation was lost: {r.stdout}{r.stderr}"
