@@ -283,7 +283,8 @@ def test_torchrun_counts_every_image_once(setup, tmp_path):
     _, store, ckpt, _ = setup
     single, double = tmp_path / "one.csv", tmp_path / "two.csv"
     evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=True, batch_size=2, device="cpu", predictions_path=single))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "alexkit",
+    # --local-addr: a CI machine's hostname may not resolve, and --standalone hands it to the workers.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2", "-m", "alexkit",
            "eval", "--tta", "--checkpoint", str(ckpt), "--data", str(store.path), "--batch-size", "2",
            "--device", "cpu", "--predictions", str(double), "--json", str(tmp_path / "two.json")]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -551,6 +551,7 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     deadline = time.monotonic() + 60
     while not (out / "train.beton.partial").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
+    assert proc.poll() is None, "prepare finished before it could be interrupted: " + proc.stderr.read()
     workers = _children(proc.pid)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130, proc.stderr.read()
