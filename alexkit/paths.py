@@ -92,17 +92,23 @@ def partial_prefix(path: Path) -> str:
     return f".{Path(path).name}."
 
 
+def temporaries(path: Path) -> list[Path]:
+    """write_atomic's temporaries for `path` now present (a writer's, or one a killed writer left)."""
+    import glob
+
+    return list(Path(path).parent.glob(f"{glob.escape(partial_prefix(path))}*.partial"))
+
+
 def _remove_dead_temporaries(path: Path) -> None:
     """write_atomic's temporaries for `path` whose writer was a process of this host that is gone
     (killed while writing) and that nothing has written to for a minute (a live writer in another
     PID namespace with this host name looks gone); another host's cannot be checked and stay."""
-    import glob
     import os
     import socket
     import time
 
     host = socket.gethostname()
-    for tmp in path.parent.glob(f"{glob.escape(partial_prefix(path))}*.partial"):
+    for tmp in temporaries(path):
         writer = tmp.name[len(partial_prefix(path)) : -len(".partial")].rsplit("-", 2)
         if len(writer) != 3 or writer[0] != host or not writer[1].isdigit():
             continue

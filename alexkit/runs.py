@@ -10,7 +10,6 @@ AlexNet's state_dict), model_args, optimizer, scheduler, epoch, config, metrics,
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import random
 import shutil
@@ -25,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_RUNS, latest_run, only_writer, partial_prefix, write_atomic
+from alexkit.paths import DEFAULT_RUNS, latest_run, only_writer, temporaries, write_atomic
 
 CHECKPOINT_FORMAT = 1
 
@@ -87,7 +86,7 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
 def _mend(run_dir: Path) -> None:
     """Remove the temporaries of a training killed while writing (its lock is ours now)."""
     for name in ("last.pt", "best.pt", "config.json", "metrics.jsonl", "stats.npz", "classes.json"):
-        for tmp in [*run_dir.glob(f"{glob.escape(partial_prefix(name))}*.partial"), run_dir / f"{name}.partial"]:
+        for tmp in [*temporaries(run_dir / name), run_dir / f"{name}.partial"]:
             tmp.unlink(missing_ok=True)
 
 
