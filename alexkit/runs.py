@@ -116,6 +116,11 @@ def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
     write_atomic(path / "config.json", json.dumps(config, indent=2) + "\n")
     for name in ("stats.npz", "classes.json"):  # a resumed run's were checked equal (check_same_store)
         write_atomic(path / name, (store.path / name).read_bytes())
+    write_metrics(path, metrics)
+
+
+def write_metrics(path: Path, metrics: list[dict]) -> None:
+    """RUN/metrics.jsonl, one line per epoch, rewritten whole (never a torn last line)."""
     write_atomic(path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
 
 

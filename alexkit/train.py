@@ -12,7 +12,6 @@ epoch).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -29,11 +28,11 @@ from alexkit.errors import AlexkitError
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
-from alexkit.paths import DEFAULT_STORE, write_atomic
+from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
 from alexkit.runs import rng_state
-from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_run_files
+from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
 Auto = Literal["auto", "on", "off"]
@@ -279,7 +278,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                 format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
                 optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
                 config=_config_dict(cfg), metrics=metrics, rng=rng_state()), is_best)  # fmt: skip
-            write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))  # never a torn line
+            write_metrics(run_dir, metrics)
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
 
