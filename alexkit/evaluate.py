@@ -1,11 +1,11 @@
 """Evaluation on the store's val split: the centre crop, or the paper's ten views (`tta=True`).
 
-    checkpoint -> AlexNet -> val loader (mode "center" or "tencrop") -> predict_probs per batch
+    checkpoint -> AlexNet -> val loader (mode "center" or "tencrop") -> predict_top per batch
     -> per-image top-5 on each rank -> gathered on every rank -> errors, per-class table, CSV/JSON
 
 Ten-crop (Krizhevsky et al. 2012, section 4.1): the four corner crops and the centre crop of the
 mean-subtracted stored image, each with its mirror; the softmax outputs of the ten are averaged.
-Test-time augmentation is `predict_probs`, a function outside the model's forward.
+Test-time augmentation is `predict_log_probs`, a function outside the model's forward.
 
 Under torchrun each rank reads a disjoint shard of val.beton; the per-image results are gathered on
 every rank, which checks that every image was seen exactly once before counting anything (rank 0
@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ class EvalConfig:
                 check_output(path, flag)  # on every rank, before an evaluation whose results would be lost
 
 
-def predict_probs(model, images):
-    """Class probabilities, the softmax averaged over views; `model` in eval mode, no grad needed.
+def predict_log_probs(model, images):
+    """Log of the class probabilities averaged over views (the paper averages the softmax, not the
+    logits); `model` in eval mode, no grad needed. In log space because a class whose logit is more
+    than about 103 below the best one has probability 0 in float32, and a ranking of zeros is arbitrary.
 
     images: (N, 3, C, C) one view per image, or (N, V, 3, C, C) V views per image (ten-crop: V = 10).
     Returns (N, K) float32.
@@ -66,10 +69,18 @@ def predict_probs(model, images):
     import torch
 
     if images.dim() == 4:
-        return torch.softmax(model(images).float(), dim=1)  # (N, K)
+        return torch.log_softmax(model(images).float(), dim=1)  # (N, K)
     n, v = images.shape[:2]
     logits = model(images.flatten(0, 1)).float()  # (N*V, K), image i's views at rows i*V .. i*V+V-1
-    return torch.softmax(logits, dim=1).view(n, v, -1).mean(dim=1)  # (N, K)
+    log_p = torch.log_softmax(logits, dim=1).view(n, v, -1)  # (N, V, K)
+    return torch.logsumexp(log_p, dim=1) - math.log(v)  # (N, K): log of the mean over the views
+
+
+def predict_top(model, images, k: int):
+    """(probabilities, classes), each (N, min(k, K)), best first."""
+    log_p = predict_log_probs(model, images)  # (N, K)
+    log_p, top = log_p.topk(min(k, log_p.shape[1]), dim=1)
+    return log_p.exp(), top
 
 
 def load_checkpoint(path: Path):
@@ -140,8 +151,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
     done = 0
     with torch.inference_mode(), Progress("eval", total, mode="auto" if placement.is_main else "none") as progress:
         for images, labels, indices in loader:
-            probs = predict_probs(model, images)  # (N, K)
-            p, top = probs.topk(min(TOP_K, probs.shape[1]), dim=1)  # (N, 5) each, best first
+            p, top = predict_top(model, images, TOP_K)  # (N, 5) each, best first
             parts.append({"index": indices.cpu().numpy(), "label": labels.cpu().numpy(),
                           "top": top.cpu().numpy(), "p": p.cpu().numpy()})  # fmt: skip
             done = min(done + len(indices) * placement.world_size, total)  # an estimate of all ranks' progress

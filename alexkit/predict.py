@@ -1,7 +1,7 @@
 """Top-5 classes for image files, preprocessed exactly as the store and the val loader do.
 
     file -> RGB, shorter side to S, centre S x S square (prepare's decode_resized) -> float 0-255
-    -> minus the mean image -> centre crop, or the ten views -> predict_probs -> top-k with names
+    -> minus the mean image -> centre crop, or the ten views -> predict_top -> names
 
 S, the mean image and the class table come from the run directory's copies of stats.npz and
 classes.json (written by `alexkit train`), so a run is usable without its store; `data` overrides
@@ -47,7 +47,7 @@ def predict(cfg: PredictConfig) -> list[dict]:
     """Classify each image; print its top-k and return [{"path", "top": [{"index", "wnid", "name", "prob"}]}]."""
     import torch
 
-    from alexkit.evaluate import find_checkpoint, load_checkpoint, predict_probs
+    from alexkit.evaluate import find_checkpoint, load_checkpoint, predict_top
     from alexkit.model.placement import setup
     from alexkit.runs import check_compatible
 
@@ -65,8 +65,7 @@ def predict(cfg: PredictConfig) -> list[dict]:
         chunk = files[start : start + cfg.batch_size]
         batch = np.stack([views(load_image(f, size), mean_image, crop, cfg.tta) for f in chunk])  # (N, V, 3, C, C)
         with torch.inference_mode():
-            probs = predict_probs(model, torch.from_numpy(batch).to(device))  # (N, K)
-            p, top = probs.topk(k, dim=1)
+            p, top = predict_top(model, torch.from_numpy(batch).to(device), k)  # (N, k) each
         for f, ps, cs in zip(chunk, p.cpu().tolist(), top.cpu().tolist()):
             top_list = [{"index": c, "wnid": classes[c].get("wnid"), "name": classes[c].get("name"), "prob": q}
                         for c, q in zip(cs, ps)]  # fmt: skip

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from alexkit.errors import AlexkitError
-from alexkit.evaluate import EvalConfig, evaluate, find_checkpoint, predict_probs
+from alexkit.evaluate import EvalConfig, evaluate, find_checkpoint, predict_log_probs, predict_top, summarize
 from alexkit.model import AlexNet
 from alexkit.pipeline.beton import MODE_JPG, BetonWriter
 from alexkit.pipeline.store import Store
@@ -163,19 +163,42 @@ def test_identical_views_score_the_same_with_and_without_tta(tmp_path):
         assert c0 == c1 and a0 == pytest.approx(a1, abs=1e-6) and b0 == pytest.approx(b1, abs=1e-6)
 
 
-def test_predict_probs_averages_the_softmax_over_views():
+def test_predict_log_probs_averages_the_softmax_over_views():
     torch.manual_seed(0)
     model = AlexNet(4, width=0.25, fc_features=16, input_size=42, init="sturdy").eval()
     with torch.no_grad():
         model.fc8.weight.mul_(30.0)  # views disagree clearly, so averaging logits instead would show
     images = torch.randn(2, 10, 3, 42, 42) * 60  # (N, V, 3, C, C)
     with torch.no_grad():
-        got = predict_probs(model, images)
+        got = predict_log_probs(model, images).exp()
         each = torch.stack([torch.softmax(model(images[i]), 1).mean(0) for i in range(2)])
-        centre = predict_probs(model, images[:, 4])  # (N, 3, C, C): one view, plain softmax
+        centre = predict_log_probs(model, images[:, 4]).exp()  # (N, 3, C, C): one view, plain softmax
     assert got.shape == (2, 4)
     torch.testing.assert_close(got, each, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(centre, torch.softmax(model(images[:, 4]), 1).detach())
+
+
+@pytest.mark.parametrize("views", [1, 10])
+def test_top_classes_keep_their_order_where_probabilities_underflow(views):
+    """Logits 200, 0, 1, ..., 8: every class but 0 has probability 0 in float32, yet the order stays."""
+    logits = torch.cat([torch.tensor([200.0, 0.0]), torch.arange(1.0, 9.0)])  # (10,)
+    images = torch.zeros(2, views, 1) if views > 1 else torch.zeros(2, 1)
+    model = lambda x: logits.expand(len(x), -1)  # noqa: E731  (N*V, 10), the same for every view
+    p, top = predict_top(model, images, 5)
+    assert torch.softmax(logits, 0)[1:].eq(0).all()  # the case this guards against
+    assert top.tolist() == [[0, 9, 8, 7, 6]] * 2
+    assert p[:, 0].tolist() == [1.0, 1.0] and (p[:, 1:] < 1e-40).all()
+
+
+def test_summarize_counts_top5_among_ten_classes():
+    """Labels at rank 1, 5, 6 and 10 of 10 classes: top-1 error 3/4, top-5 error 2/4, per class too."""
+    ranking = np.arange(10)[None].repeat(4, 0)  # (4, 10): class 0 first
+    rows = {"label": np.array([0, 4, 5, 9]), "top": ranking[:, :5]}
+    got = summarize(rows, [{"index": i} for i in range(10)])
+    assert (got["top1_err"], got["top5_err"], got["n"]) == (0.75, 0.5, 4)
+    per = {c["index"]: (c["n"], c["top1_err"], c["top5_err"]) for c in got["per_class"]}
+    assert per[0] == (1, 0.0, 0.0) and per[4] == (1, 1.0, 0.0) and per[5] == (1, 1.0, 1.0) and per[9] == (1, 1.0, 1.0)
+    assert per[1] == (0, None, None)
 
 
 def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):
