@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from alexkit.model import MIN_INPUT_SIZE, AlexNet, build_from_checkpoint, feature_size, local_response_norm
@@ -171,6 +172,30 @@ def test_sturdy_init_keeps_the_signal_alive():
             logits = model(x)
         spreads[init] = (logits - logits.mean(0)).std().item()  # how much the logits depend on the image
     assert spreads["sturdy"] > 100 * spreads["paper"]
+
+
+def test_dropout_follows_the_relus_of_fc6_and_fc7_in_training_only():
+    torch.manual_seed(0)
+    model = AlexNet(4, width=0.25, fc_features=512, input_size=56, init="sturdy")
+    seen = {}
+    for name in ("fc6", "fc7", "fc8"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.update({name: (i[0], o)}))
+    x = torch.randn(8, 3, 56, 56) * 60
+    for training in (True, False):
+        model.train(training)
+        with torch.no_grad():
+            model(x)
+        for before, after in (("fc6", "fc7"), ("fc7", "fc8")):
+            kept = F.relu(seen[before][1])  # (8, 512)
+            got = seen[after][0]  # the next layer's input
+            if not training:
+                assert torch.equal(got, kept)
+                continue
+            on = kept > 0
+            dropped = (got[on] == 0).float().mean().item()
+            assert 0.4 < dropped < 0.6, dropped  # p = 0.5 over thousands of units
+            torch.testing.assert_close(got[on & (got != 0)], 2 * kept[on & (got != 0)])  # inverted dropout: x2
+            assert (got[~on] == 0).all()
 
 
 def test_build_from_checkpoint_round_trip():

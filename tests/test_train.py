@@ -11,7 +11,7 @@ import torch
 
 from alexkit.errors import AlexkitError
 from alexkit.model import AlexNet, build_from_checkpoint
-from alexkit.train import PlateauSchedule, TrainConfig, _warmup_factor, make_optimizer, train
+from alexkit.train import PlateauSchedule, TrainConfig, _warmup_factor, make_optimizer, train, validate
 
 NUM_CLASSES = 4
 # The CPU demo's net at the store's 56 px crops: fast, and it learns the sample classes in seconds.
@@ -69,10 +69,12 @@ def test_run_directory_and_checkpoints(learned_run, store):
 
 
 def test_resume_continues_exactly(store, tmp_path):
-    whole = train(TrainConfig(data=store, out=tmp_path / "whole", epochs=2, **TINY))
-    part = train(TrainConfig(data=store, out=tmp_path / "part", epochs=1, **TINY))
-    assert len(_metrics(part)) == 1
-    resumed = train(TrainConfig(resume=part, epochs=2))  # everything else comes from the run itself
+    """Across an lr drop: with patience 1, epoch 2 does not improve on epoch 1, so epoch 3 runs at lr / 10."""
+    whole = train(TrainConfig(data=store, out=tmp_path / "whole", epochs=3, patience=1, **TINY))
+    assert [r["lr"] for r in _metrics(whole)] == pytest.approx([0.01, 0.01, 0.001])
+    part = train(TrainConfig(data=store, out=tmp_path / "part", epochs=2, patience=1, **TINY))
+    assert len(_metrics(part)) == 2
+    resumed = train(TrainConfig(resume=part, epochs=3))  # everything else comes from the run itself
     assert resumed == part
 
     def timeless(rows):
@@ -92,6 +94,29 @@ def test_resume_refuses_a_changed_recipe(store, tmp_path):
         train(TrainConfig(resume=run, epochs=2, lr=0.5))
     with pytest.raises(AlexkitError, match="already holds a run"):
         train(TrainConfig(data=store, out=run, epochs=1, **TINY))
+
+
+def test_defaults_are_the_papers_recipe_and_the_command_line_keeps_them():
+    import typer.main
+
+    from alexkit.cli.main import app
+
+    cfg = TrainConfig()
+    paper = dict(epochs=90, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, decay_biases=False,
+                 patience=5, max_lr_drops=3, width=1.0, fc_features=4096, dropout=0.5, init="paper")  # fmt: skip
+    assert {k: getattr(cfg, k) for k in paper} == paper
+    command = typer.main.get_command(app).commands["train"]
+    flags = {p.name: p.default for p in command.params if p.name not in ("data", "out", "resume")}
+    assert flags == {k: getattr(cfg, k) for k in flags}
+
+
+def test_validation_counts_top1_and_top5_among_ten_classes():
+    """Labels at rank 1, 5, 6 and 10 of 10 classes, over two batches: top-1 error 3/4, top-5 error 2/4."""
+    logits = torch.arange(10.0).flip(0).repeat(4, 1)  # (4, 10): class 0 best, class 9 worst
+    labels = torch.tensor([0, 4, 5, 9])
+    batches = [(logits[:3], labels[:3], None), (logits[3:], labels[3:], None)]
+    top1, top5 = validate(torch.nn.Identity(), batches, amp=False, device=torch.device("cpu"))
+    assert (top1, top5) == (0.75, 0.5)
 
 
 def test_plateau_schedule_drops_three_times_then_stops():
