@@ -385,3 +385,92 @@ def test_nearly_full_imagenet_warns_that_labels_are_not_standard(tmp_path):
         write(tmp_path / "train" / f"n{k:08d}" / "a.JPEG")
     ds = find_dataset(tmp_path)
     assert any("999 wnid classes, not ImageNet's 1000" in w for w in ds.warnings)
+
+
+# --- what a Mac, an editor or a cut-off download leaves behind ---
+
+
+def test_macos_leftovers_are_no_classes(tmp_path):
+    write_official_extracted(tmp_path)
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data")
+    write(tmp_path / "train" / "__MACOSX" / "n01000001" / "._n01000001_1.JPEG")
+    write(tmp_path / "train" / "n01000001" / "__MACOSX" / "n01000001_9.JPEG")
+    ds = find_dataset(tmp_path)
+    assert_official_labels(ds)
+    assert not ds.warnings
+
+
+def test_apple_double_copies_in_the_train_tar_are_no_classes(tmp_path):
+    write_official_tars(tmp_path)
+    path = tmp_path / "ILSVRC2012_img_train.tar"
+    with tarfile.open(path, "a") as outer:
+        add_member(outer, "._n01000001.tar", b"\0" * 512)
+        add_member(outer, "__MACOSX/._n02000002.tar", b"\0" * 512)
+    ds = find_dataset(tmp_path)
+    assert_official_labels(ds)
+
+
+def test_stray_class_names_among_wnids_warn_that_labels_shift(tmp_path):
+    for name in SORTED_WNIDS + ["Backup"]:
+        write(tmp_path / "train" / name / "a.JPEG")
+    ds = find_dataset(tmp_path)
+    assert [c.wnid for c in ds.classes] == ["Backup"] + SORTED_WNIDS
+    assert any(w.startswith("WARNING: 1 of the 4 classes are not wnids (e.g. Backup)") for w in ds.warnings)
+    for name in ("cats", "dogs"):  # a dataset of its own, with no wnids: nothing to say
+        write(tmp_path / "own" / "train" / name / "a.jpg")
+    assert not find_dataset(tmp_path / "own").warnings
+
+
+def test_per_class_tars_beside_class_folders_warn_when_not_extracted(tmp_path):
+    for wnid in SORTED_WNIDS[:2]:
+        write(tmp_path / "train" / wnid / "a.JPEG")
+        write(tmp_path / "train" / f"{wnid}.tar")  # kept after extracting: fine
+    write(tmp_path / "train" / f"{SORTED_WNIDS[2]}.tar")  # not extracted yet
+    ds = find_dataset(tmp_path)
+    assert [c.wnid for c in ds.classes] == SORTED_WNIDS[:2]
+    [warning] = ds.warnings
+    assert warning.startswith(f"WARNING: 1 per-class tars in {tmp_path / 'train'} have no class folder (e.g. n03000003.tar)")
+
+
+def test_a_damaged_header_inside_a_class_tar_is_an_error(tmp_path):
+    """Python's tarfile ends a listing quietly at a bad header after the first; that must not lose images."""
+    write_official_tars(tmp_path)
+    ds = find_dataset(tmp_path)
+    second = sorted(s.offset for s in ds.splits["train"] if s.name.startswith("ILSVRC2012_img_train.tar/n02000002"))[1]
+    with open(tmp_path / "ILSVRC2012_img_train.tar", "r+b") as f:  # the checksum field of that member's header
+        f.seek(second - 512 + 148)
+        f.write(b"999999\0 ")
+    with pytest.raises(AlexkitError, match=r"n02000002.tar has a damaged header after 1 members; download"):
+        find_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("members", [0, 2])
+def test_a_val_tar_cut_between_members_is_an_error(tmp_path, members):
+    write_official_tars(tmp_path)
+    path = tmp_path / "ILSVRC2012_img_val.tar"
+    with tarfile.open(path) as tar:
+        kept = tar.getmembers()[members].offset if members else 0
+    with open(path, "r+b") as f:
+        f.truncate(kept or 512 * 3)  # at a member's header, or inside the first header's data
+    with pytest.raises(AlexkitError, match=r"ILSVRC2012_img_val.tar.*(cut off|cannot read)"):
+        find_dataset(tmp_path)
+
+
+def test_kaggle_files_saved_with_a_byte_order_mark_are_read(tmp_path):
+    data = tmp_path / "ILSVRC" / "Data" / "CLS-LOC"
+    write(data / "train" / "n01000001" / "a.JPEG")
+    write(data / "val" / val_name(1))
+    (tmp_path / "LOC_val_solution.csv").write_text(f"\ufeffImageId,PredictionString\n{val_name(1)[:-5]},n01000001 1 2 3 4\n")
+    (tmp_path / "LOC_synset_mapping.txt").write_text("\ufeffn01000001 alpha thing\n")
+    ds = find_dataset(tmp_path)
+    assert [s.label for s in ds.splits["val"]] == [0] and ds.classes[0].name == "alpha thing"
+
+
+def test_the_train_folder_itself_or_the_dogs_tar_say_what_to_pass(tmp_path):
+    write(tmp_path / "train" / "n01000001" / "a.JPEG")
+    with pytest.raises(AlexkitError, match=f"the train folder itself: pass its parent folder {tmp_path};"):
+        find_dataset(tmp_path / "train")
+    (tmp_path / "dogs").mkdir()
+    tarfile.open(tmp_path / "dogs" / "ILSVRC2012_img_train_t3.tar", "w").close()
+    with pytest.raises(AlexkitError, match="ILSVRC2012_img_train_t3.tar is the dogs subset .*; put ILSVRC2012_img_train.tar in"):
+        find_dataset(tmp_path / "dogs")

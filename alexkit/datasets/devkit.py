@@ -138,7 +138,7 @@ def parse_ground_truth(text: str, leaves: dict[int, tuple[str, str]], *, source:
 def read_synset_mapping(path: Path) -> dict[str, str]:
     """wnid -> names from Kaggle's LOC_synset_mapping.txt ("n01440764 tench, Tinca tinca")."""
     names = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8-sig").splitlines():  # -sig: a byte-order mark re-saved by an editor
         parts = line.strip().split(maxsplit=1)
         if parts:
             names[parts[0]] = parts[1] if len(parts) > 1 else parts[0]
@@ -147,7 +147,7 @@ def read_synset_mapping(path: Path) -> dict[str, str]:
 
 def read_kaggle_solution(path: Path) -> dict[str, str]:
     """ImageId (file name without extension) -> wnid, the first token of PredictionString."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark from a spreadsheet
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:

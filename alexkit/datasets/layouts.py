@@ -14,18 +14,19 @@ it with the rank of its class name in sorted order (for ImageNet: 0 = n01440764)
                       src/ILSVRC2012_img_val.tar + the devkit; read in place, never extracted
 
 Classes are the folders (or per-class tars) of the train split; val images of other classes are
-left out with a warning. Train samples are ordered by (label, name), val samples by name.
+left out with a warning. Train samples are ordered by class, then file; val samples by file (flat
+val) or by class, then file (val in class folders).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from alexkit.datasets import devkit as dk
+from alexkit.datasets.tars import index_class_tars, index_flat_tar
 from alexkit.errors import AlexkitError
 
 LAYOUTS = ("class-folders", "official-extracted", "official-tars", "kaggle")
@@ -33,6 +34,7 @@ IMAGE_EXTENSIONS = frozenset(
     ".jpeg .jpg .jpe .jfif .png .bmp .webp .gif .tif .tiff .ppm .pgm .pbm .pnm".split()
 )
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
+TASK3_TAR = "ILSVRC2012_img_train_t3.tar"  # the dogs subset of another task, not the classification set
 VAL_TAR = "ILSVRC2012_img_val.tar"
 KAGGLE_DATA = "ILSVRC/Data/CLS-LOC"
 FULL_IMAGENET = {"classes": 1000, "train": 1_281_167, "val": 50_000}
@@ -108,12 +110,18 @@ def find_dataset(src: Path) -> Dataset:
         return _folders(src)
     if (src / TRAIN_TAR).is_file():
         return _tars(src)
+    if (src / TASK3_TAR).is_file():
+        raise AlexkitError(
+            f"{src / TASK3_TAR} is the dogs subset of another ILSVRC-2012 task, not the 1000-class training set; "
+            f"put {TRAIN_TAR} in {src}"
+        )
     shown = ", ".join(n + "/" if (src / n).is_dir() else n for n in found[:8])
     more = f" and {len(found) - 8} more" if len(found) > 8 else ""
-    raise AlexkitError(
-        f"no known dataset layout in {src} (it holds: {shown}{more}); if these are class folders, "
-        f"move them into {src}/train/; {_SUPPORTED}"
+    fix = (
+        f"this looks like the train folder itself: pass its parent folder {src.parent}"
+        if src.name == "train" else f"if these are class folders, move them into {src}/train/"
     )
+    raise AlexkitError(f"no known dataset layout in {src} (it holds: {shown}{more}); {fix}; {_SUPPORTED}")
 
 
 # --- layouts ---
@@ -178,7 +186,11 @@ def _kaggle(src: Path) -> Dataset:
 def _tars(src: Path) -> Dataset:
     """The official tars, indexed in place: each image is (tar path, byte offset, size)."""
     notes: list[str] = []
-    per_class = _index_train_tar(src / TRAIN_TAR, notes)
+    per_class, ignored = index_class_tars(src / TRAIN_TAR, _is_image)
+    if not per_class:
+        raise AlexkitError(f"{src / TRAIN_TAR} holds no per-class tars (<wnid>.tar); use the official {TRAIN_TAR}")
+    if ignored:
+        notes.append(f"{ignored} members of {src / TRAIN_TAR} are not per-class .tar files and were ignored")
     wnids = sorted(per_class)
     path = str(src / TRAIN_TAR)
     train = []
@@ -201,7 +213,7 @@ def _val_tar_split(src: Path, wnids: list[str], kit: dk.Devkit | None, notes: li
             f"{dk.DEVKIT_NAME}/ folder) in {src}"
         )
     path = str(src / VAL_TAR)
-    rows = [(f"{VAL_TAR}/{name}", kit.val_wnid(name), path, offset, size) for name, offset, size in _index_tar(src / VAL_TAR)]
+    rows = [(f"{VAL_TAR}/{name}", kit.val_wnid(name), path, offset, size) for name, offset, size in index_flat_tar(src / VAL_TAR, _is_image)]
     _compare_with_devkit(wnids, kit, notes)
     return _labelled(src, rows, wnids, f"{src / VAL_TAR} (labels from {kit.source})", notes)
 
@@ -245,9 +257,21 @@ def _class_folder_split(src: Path, split: str, notes: list[str], expected: list[
             notes.append(f"{skipped} images in {top} belong to classes with no train/ folder; left out")
     else:
         _warn_empty_classes(classes, samples, str(top), notes)
+        _warn_unextracted_tars(top, wnids, notes)
     if others:
         notes.append(f"{len(others)} files in {top} are not images by extension and were ignored (e.g. {others[0]})")
     return classes, tuple(samples)
+
+
+def _warn_unextracted_tars(top: Path, classes: list[str], notes: list[str]) -> None:
+    """Per-class tars beside the class folders whose folder is missing: those classes would be absent."""
+    tars = sorted(e.name for e in os.scandir(top) if e.is_file() and e.name.lower().endswith(".tar") and not _hidden(e.name))
+    missing = [t for t in tars if os.path.splitext(t)[0] not in classes]
+    if missing:
+        notes.append(
+            f"WARNING: {len(missing)} per-class tars in {top} have no class folder (e.g. {missing[0]}): their classes "
+            f"are absent and later classes' labels shift; extract each into {top}/<wnid>/ and run again"
+        )
 
 
 def _list_images(folder: Path, prefix: str, others: list[str]) -> list[str]:
@@ -255,7 +279,7 @@ def _list_images(folder: Path, prefix: str, others: list[str]) -> list[str]:
     found = []
     with os.scandir(folder) as entries:
         for e in entries:
-            if e.name.startswith("."):
+            if _hidden(e.name):
                 continue
             if e.is_dir():
                 found += _list_images(Path(e.path), f"{prefix}/{e.name}", others)
@@ -272,54 +296,13 @@ def _scan_top(folder: Path) -> tuple[list[str], list[str]]:
     files, dirs = [], []
     with os.scandir(folder) as entries:
         for e in entries:
-            if e.name.startswith("."):
+            if _hidden(e.name):
                 continue
             if e.is_dir():
                 dirs.append(e.name)
             elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
                 files.append(e.name)
     return sorted(files), sorted(dirs)
-
-
-def _index_train_tar(path: Path, notes: list[str]) -> dict[str, list[tuple[str, int, int]]]:
-    """wnid -> [(member name, absolute offset, size)] for the per-class tars inside the train tar."""
-    per_class: dict[str, list[tuple[str, int, int]]] = {}
-    ignored = 0
-    try:
-        with tarfile.open(path, "r:") as outer, open(path, "rb") as raw:
-            for member in outer:  # per-class tars, in no particular order
-                stem, ext = os.path.splitext(os.path.basename(member.name))
-                if not member.isfile() or ext.lower() != ".tar":
-                    ignored += member.isfile()
-                    continue
-                # An inner TarFile over the raw file, started at the inner tar's first byte, reports
-                # offsets from the start of the raw file: outer offset_data + offset inside the inner tar.
-                raw.seek(member.offset_data)
-                end = member.offset_data + member.size
-                entries = per_class.setdefault(stem, [])
-                with tarfile.open(fileobj=raw, mode="r:") as inner:
-                    for m in inner:
-                        if m.offset_data + m.size > end:
-                            raise AlexkitError(f"{path}: {member.name} overruns its member; download {TRAIN_TAR} again")
-                        if m.isfile() and _is_image(m.name):
-                            entries.append((os.path.basename(m.name), m.offset_data, m.size))
-    except (tarfile.TarError, EOFError) as exc:
-        raise _damaged_tar(path, exc) from exc
-    if not per_class:
-        raise AlexkitError(f"{path} holds no per-class tars (<wnid>.tar); use the official {TRAIN_TAR}")
-    if ignored:
-        notes.append(f"{ignored} members of {path} are not per-class .tar files and were ignored")
-    return per_class
-
-
-def _index_tar(path: Path) -> list[tuple[str, int, int]]:
-    """Sorted [(member base name, offset, size)] of the images in a flat tar."""
-    try:
-        with tarfile.open(path, "r:") as tar:
-            found = [(os.path.basename(m.name), m.offset_data, m.size) for m in tar if m.isfile() and _is_image(m.name)]
-    except (tarfile.TarError, EOFError) as exc:
-        raise _damaged_tar(path, exc) from exc
-    return sorted(found)
 
 
 # --- labels, names, checks ---
@@ -375,8 +358,13 @@ def _warn_empty_classes(classes: list[str], samples: list[Sample], where: str, n
 
 def _full_imagenet_checks(wnids: list[str], splits: dict[str, tuple[Sample, ...]]) -> list[str]:
     """Loud warnings when a 1000-wnid dataset does not have ILSVRC-2012's image counts, or when a
-    nearly full one misses classes (its labels then differ from the standard 1000-way indices)."""
-    if not all(_WNID.match(w) for w in wnids) or not 900 <= len(wnids) <= FULL_IMAGENET["classes"]:
+    nearly full one misses classes (its labels then differ from the standard 1000-way indices), or
+    when a few class names among wnids are not wnids (a stray folder takes a label too)."""
+    odd = [w for w in wnids if not _WNID.match(w)]
+    if odd and len(odd) < len(wnids) / 2:
+        return [f"WARNING: {len(odd)} of the {len(wnids)} classes are not wnids (e.g. {odd[0]}): each takes a label, "
+                f"so the wnid classes' labels are not the standard indices; remove them unless they are classes"]  # fmt: skip
+    if odd or not 900 <= len(wnids) <= FULL_IMAGENET["classes"]:
         return []
     if len(wnids) < FULL_IMAGENET["classes"]:
         return [f"WARNING: {len(wnids)} wnid classes, not ImageNet's 1000: a class folder missing? Labels are ranks "
@@ -392,14 +380,15 @@ def _full_imagenet_checks(wnids: list[str], splits: dict[str, tuple[Sample, ...]
     return notes
 
 
-def _damaged_tar(path: Path, exc: Exception) -> AlexkitError:
-    return AlexkitError(f"{path}: cannot read the tar ({exc}); the download is incomplete or damaged, fetch it again")
-
-
 def _is_image(name: str) -> bool:
     base = os.path.basename(name)
-    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+    return not _hidden(base) and "__MACOSX/" not in name and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _hidden(name: str) -> bool:
+    """Dot files (.DS_Store, macOS's ._ copies) and the __MACOSX folder a Mac's zip adds: never data."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def _visible(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(folder) if not _hidden(e.name))
