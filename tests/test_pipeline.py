@@ -24,7 +24,9 @@ from alexkit.pipeline.augment import (
 from alexkit.pipeline.constants import LIGHTING_STD, crop_size
 from alexkit.pipeline.graphs import GraphConfig, build_graph, eval_inputs, train_inputs
 
-EXACT = 1e-4
+EXACT = 0.0  # the references round as the graphs do: (pixel - mean) + offset, in float32
+GPU_ROUNDING = 1e-4  # the GPU's operators may round (or fuse) the float32 steps differently
+DALI_RAW_TRAIN = 1e-4  # DALI's operators on raw pixels compute pixel - (mean - offset): equal within rounding
 
 
 def random_images(rng, n: int, size: int) -> list[np.ndarray]:
@@ -81,7 +83,7 @@ def test_train_graph_equals_reference_on_raw_pixels(size, channels_last, fused):
     views, index = run_graph(cfg, mean, train_inputs(images, np.arange(n) + 100, x, y, flip, offset))
     ref = np.stack([reference_train(images[i], mean, x[i], y[i], flip[i], offset[i]) for i in range(n)])
     assert views.shape == (n, 3, C, C) and views.dtype == np.float32
-    np.testing.assert_allclose(views, ref, atol=EXACT, rtol=0)
+    np.testing.assert_allclose(views, ref, atol=EXACT if fused else DALI_RAW_TRAIN, rtol=0)
     assert index.tolist() == list(range(100, 100 + n))
 
 
@@ -254,7 +256,7 @@ def test_gpu_graph_agrees_with_cpu_graph():
             if decoder == "mixed":  # nvJPEG vs libjpeg-turbo: different IDCTs, a few levels apart at most
                 assert diff.mean() < 1.0 and diff.max() <= 16, (mode, diff.mean(), diff.max())
             else:
-                assert diff.max() <= EXACT, (mode, decoder, diff.max())
+                assert diff.max() <= GPU_ROUNDING, (mode, decoder, diff.max())
 
 
 def test_ctrl_c_while_the_kernel_compiles_is_not_lost():

@@ -69,15 +69,15 @@ def ten_view_windows(size: int, crop: int):
 
 def reference_crop(image: np.ndarray, mean_image: np.ndarray, x: int, y: int, flip: bool, offset=(0.0, 0.0, 0.0),
                    crop: int | None = None) -> np.ndarray:  # fmt: skip
-    """One view: crop CxC at (x, y), mirror if flip, add the lighting offset, subtract the mean image
-    cropped and mirrored the same way. (H, W, 3) uint8 -> (3, C, C) float32."""
+    """One view: crop CxC at (x, y), mirror if flip, subtract the mean image cropped and mirrored the
+    same way, add the lighting offset (in that order, as the graphs round). (H, W, 3) uint8 -> (3, C, C) float32."""
     c = crop_size(image.shape[0]) if crop is None else crop
     window = (slice(y, y + c), slice(x, x + c))
     pixels = image[window].astype(np.float32)  # (C, C, 3)
     mean = mean_image[window].astype(np.float32)
     if flip:
         pixels, mean = pixels[:, ::-1], mean[:, ::-1]
-    out = (pixels + np.asarray(offset, dtype=np.float32)) - mean
+    out = (pixels - mean) + np.asarray(offset, dtype=np.float32)
     return np.ascontiguousarray(out.transpose(2, 0, 1))  # (3, C, C)
 
 
