@@ -113,6 +113,21 @@ def test_bad_arguments_and_destinations(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(AlexkitError, match="afile is a file"):
         write_sample_dataset(tmp_path / "afile" / "x", num_classes=1)
+    with pytest.raises(AlexkitError, match="--seed -1: must be 0 or more"):
+        write_sample_dataset(tmp_path / "s", num_classes=1, seed=-1)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
+
+
+def test_a_failed_write_leaves_no_partial_folder(tmp_path, monkeypatch):
+    import alexkit.datasets.sample as sample
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sample, "_meta_mat", broken)  # after every image: the devkit is written last
+    with pytest.raises(OSError, match="No space left"):
+        write_sample_dataset(tmp_path / "s", num_classes=1, train_per_class=2, val_per_class=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_one_class_has_a_devkit_of_one_leaf(tmp_path):

@@ -108,10 +108,34 @@ def write_sample_dataset(
             f"--train-per-class {train_per_class} / --val-per-class {val_per_class}: "
             "need >= 1 train and >= 0 val images per class"
         )
+    if seed < 0:
+        raise AlexkitError(f"--seed {seed}: must be 0 or more")
     out = Path(out).absolute()  # "." has no name to put ".partial" after
     _check_destination(out, overwrite)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+    try:
+        _write_tree(tmp, num_classes, train_per_class, val_per_class, seed, progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    # The old dataset (empty, or an earlier sample: checked above) goes aside before the new one
+    # moves in, and is deleted only then: a run killed at any moment leaves the old dataset or the
+    # new one whole (between the two renames, the old one under NAME.partial-old), never a mix,
+    # and a rerun tidies up.
+    old = out.with_name(out.name + ".partial-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _write_tree(tmp: Path, num_classes: int, train_per_class: int, val_per_class: int, seed: int,
+                progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
+    """train/<wnid>/*.JPEG, flat val/ and the devkit under `tmp`."""
     specs = class_specs(num_classes)
     wnids = [f"n99{i:06d}" for i in range(1, num_classes + 1)]
     total, done = num_classes * (train_per_class + val_per_class), 0
@@ -141,18 +165,6 @@ def write_sample_dataset(
     (tmp / DEVKIT_DATA / "meta.mat").write_bytes(_meta_mat(wnids, specs, ids, train_per_class))
     truth = "".join(f"{ids[label]}\n" for label in val_labels)
     (tmp / DEVKIT_DATA / "ILSVRC2012_validation_ground_truth.txt").write_text(truth)
-
-    # The old dataset (empty, or an earlier sample: checked above) goes aside before the new one
-    # moves in, and is deleted only then: a run killed at any moment leaves the old dataset or the
-    # new one whole (between the two renames, the old one under NAME.partial-old), never a mix,
-    # and a rerun tidies up.
-    old = out.with_name(out.name + ".partial-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 # --- drawing ---
