@@ -484,7 +484,11 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, mo
     monkeypatch.setattr(BetonWriter, "add", full)
     with pytest.raises(AlexkitError, match="cannot write .*train.beton: No space left on device"):
         _run(src, out)
-    assert sorted(p.name for p in out.iterdir()) == [".prepare.lock"]
+    assert not out.exists()  # it made the folder and wrote nothing that lasts: the folder goes too
+    out.mkdir()
+    with pytest.raises(AlexkitError, match="No space left on device"):
+        _run(src, out)
+    assert sorted(p.name for p in out.iterdir()) == [".prepare.lock"]  # a folder it found stays
 
 
 def test_a_split_with_other_settings_is_redone(tmp_path):
@@ -587,7 +591,7 @@ def test_plain_ffcv_loader_reads_the_store(tmp_path):
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
-    for kw in ({"format": "png"}, {"size": 8}, {"quality": 0}, {"workers": 0}):
+    for kw in ({"format": "png"}, {"size": 8}, {"quality": 0}, {"workers": 0}, {"workers": 4 * (os.cpu_count() or 1) + 1}):
         with pytest.raises(AlexkitError) as info:
             PrepareConfig(src=tmp_path, **kw)
         assert "\n" not in str(info.value)
@@ -616,6 +620,13 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (what, r.stderr)
     assert not (tmp_path / "src" / "store").exists()
+    assert not (tmp_path / "o").exists()  # a run that failed before writing anything leaves no folder
+
+
+def test_a_source_without_val_is_prepared_with_a_warning(tmp_path, capsys):
+    _class_folder_tree(tmp_path / "src", val_per_class=0)
+    _run(tmp_path / "src", tmp_path / "store")
+    assert "has no val split: `alexkit train` and `alexkit eval` need one" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

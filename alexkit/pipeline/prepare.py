@@ -83,8 +83,9 @@ class PrepareConfig:
             raise AlexkitError(f"--size {self.size}: choose {MIN_SIZE} to {MAX_SIZE} ({STORE_SIZE} is the paper's)")
         if not 1 <= self.quality <= 100:
             raise AlexkitError(f"--quality {self.quality}: choose 1 to 100 (90 or more keeps JPEG artefacts negligible)")
-        if self.workers < 1:
-            raise AlexkitError(f"--workers {self.workers}: need at least 1")
+        if not 1 <= self.workers <= 4 * (os.cpu_count() or 1):
+            raise AlexkitError(f"--workers {self.workers}: use 1 to {4 * (os.cpu_count() or 1)} (4 per core); more "
+                               "processes than cores only add memory")  # fmt: skip
 
     def settings(self) -> dict:
         """What the stored pixels depend on; a split is reused only if these are equal."""
@@ -100,13 +101,28 @@ class PrepareConfig:
 
 def prepare(cfg: PrepareConfig) -> Path:
     """Write the store for cfg.src into cfg.out (see the module docstring); return cfg.out."""
+    existed = cfg.out.exists()
     src, out = _check_paths(cfg)
-    with _only_writer(out):
-        try:
-            return _prepare(cfg, src, out)
-        except OSError as exc:  # a full disk, a permission, a symlink loop: past the checks above
-            raise AlexkitError(f"{exc.filename or out}: {exc.strerror or exc}; fix that and run again "
-                               "(finished splits are kept)") from exc  # fmt: skip
+    try:
+        with _only_writer(out):
+            try:
+                return _prepare(cfg, src, out)
+            except OSError as exc:  # a full disk, a permission, a symlink loop: past the checks above
+                raise AlexkitError(f"{exc.filename or out}: {exc.strerror or exc}; fix that and run again "
+                                   "(finished splits are kept)") from exc  # fmt: skip
+    except BaseException:
+        if not existed:  # a run that failed before writing anything (an empty source, say) leaves no folder
+            _remove_if_only_lock(out)
+        raise
+
+
+def _remove_if_only_lock(out: Path) -> None:
+    try:
+        if [p.name for p in out.iterdir()] == [LOCK]:
+            (out / LOCK).unlink()
+            out.rmdir()
+    except OSError:  # another prepare took the folder meanwhile: it is theirs
+        pass
 
 
 def _only_writer(out: Path):
@@ -121,7 +137,8 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
     finished = _read_json(out / MANIFEST)
     if finished is not None and not cfg.force:
         if finished.get("settings") == settings and finished.get("source", {}).get("path") == str(src):
-            print(f"{out} already holds a finished store of {src} with these settings; nothing to do (--force rebuilds it)")
+            print(f"{out} already holds a finished store of {src} with these settings; nothing to do (if {src} "
+                  "has changed since, --force rebuilds it)")  # the source is not scanned again
             return out
         raise AlexkitError(
             f"{out} holds a finished store of {finished.get('source', {}).get('path')} made with "
@@ -134,6 +151,9 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
     scan_s = time.perf_counter() - started
     for warning in ds.warnings:
         _warn(warning)
+    if not ds.splits.get("val"):
+        _warn(f"{src} has no val split: `alexkit train` and `alexkit eval` need one (show-batch does not); add val "
+              "images in one of the layouts in README.md and run again")  # fmt: skip
     counts = {name: len(samples) for name, samples in ds.splits.items()}
     listed = ", ".join(f"{n} {c:,} images" for n, c in counts.items())
     print(f"{ds.layout}: {len(ds.classes):,} classes, {listed}", flush=True)
