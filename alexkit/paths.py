@@ -47,15 +47,23 @@ def only_writer(lock: Path, busy: str):
 
 
 def check_output(path: Path, flag: str) -> None:
-    """A file that `flag` names, to be written later: refused now, before any work, if its folder
-    does not exist or it is a folder itself."""
+    """A file that `flag` names, to be written later: refused now, before any work, if it is a folder,
+    or its folder does not exist or cannot be written (permissions, a read-only file system)."""
+    import tempfile
+
     from alexkit.errors import AlexkitError
 
     path = Path(path)
     if path.is_dir():
         raise AlexkitError(f"{flag} {path} is a folder; give a file name")
     if not path.parent.is_dir():
-        raise AlexkitError(f"{flag} {path}: its folder {path.parent} does not exist; create it or choose another path")
+        what = "is a file" if path.parent.exists() else "does not exist"
+        raise AlexkitError(f"{flag} {path}: its folder {path.parent} {what}; create it or choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):  # what write_atomic will do there: create a file
+            pass
+    except OSError as exc:
+        raise AlexkitError(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror or exc}); choose another path") from exc
 
 
 def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
@@ -77,6 +85,9 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # named by the path asked for, not the temporary
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

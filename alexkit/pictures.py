@@ -45,6 +45,8 @@ def show_batch(cfg: ShowBatchConfig) -> list[Path]:
 
     store = Store(cfg.data)
     names = [c["name"] for c in store.classes]
+    store.split("train")
+    _check_val_index(store, cfg.val_index)  # before the first picture is written
     cfg.out.mkdir(parents=True, exist_ok=True)
     tiles, labels, _ = train_tiles(store, cfg.count, cfg.seed)
     captions = [f"{y} {names[y]}" for y in labels]
@@ -79,6 +81,14 @@ def train_tiles(store, count: int, seed: int) -> tuple[list[np.ndarray], list[in
     return tiles, labels.tolist(), indices.tolist()
 
 
+def _check_val_index(store, index: int) -> int:
+    """The number of val images, if `index` is one of them."""
+    total = len(store.split("val"))
+    if index >= total:
+        raise AlexkitError(f"--val-index {index}: {store.path}/val.beton holds {total} images (0 to {total - 1})")
+    return total
+
+
 def val_view_tiles(store, index: int) -> tuple[list[np.ndarray], list[str], int]:
     """The ten-crop loader's views of val image `index` as (C, C, 3) uint8 tiles with the exact mean
     crop of each view added back; their captions; the image's label."""
@@ -87,9 +97,7 @@ def val_view_tiles(store, index: int) -> tuple[list[np.ndarray], list[str], int]
     from alexkit.pipeline.augment import TEN_VIEWS, ten_view_windows
     from alexkit.pipeline.loader import make_loader
 
-    total = len(store.split("val"))
-    if index >= total:
-        raise AlexkitError(f"--val-index {index}: {store.path}/val.beton holds {total} images (0 to {total - 1})")
+    total = _check_val_index(store, index)
     # Evaluation shards are positions rank, rank + W, ...: with W = total, rank `index` reads that image alone.
     loader = make_loader(store, "val", mode="tencrop", batch_size=1, device=torch.device("cpu"), rank=index, world_size=total)
     (images, labels, indices), = loader  # (1, 10, 3, C, C)

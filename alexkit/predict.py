@@ -10,7 +10,7 @@ them with a store's own.
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,12 +96,12 @@ def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[n
     """(mean image (S, S, 3) float32, class table, where they came from): `data`'s store if given,
     else the run directory's copies, else the store the checkpoint names (or DEFAULT_STORE)."""
     from alexkit.evaluate import store_of
-    from alexkit.pipeline.store import Stats, Store
+    from alexkit.pipeline.store import Stats, Store, read_classes
     from alexkit.runs import check_same_store
 
     run = ckpt_path.parent
     if data is None and (run / "stats.npz").is_file() and (run / "classes.json").is_file():
-        return Stats.load(run / "stats.npz").mean_image, json.loads((run / "classes.json").read_text()), f"run {run}"
+        return Stats.load(run / "stats.npz").mean_image, read_classes(run / "classes.json"), f"run {run}"
     store = Store(store_of(ckpt, ckpt_path, data))
     check_same_store(run, store, ckpt_path, ckpt["model_args"])  # against the run's copies, where it has them
     return store.stats.mean_image, store.classes, f"store {store.path}"
@@ -114,7 +114,8 @@ def load_image(path: Path, size: int) -> np.ndarray:
     try:
         rgb = decode_resized(Path(path).read_bytes(), size)
     except Exception as exc:
-        raise AlexkitError(f"cannot read image {path} ({exc.__class__.__name__}: {exc}); pass JPEG/PNG files") from exc
+        why = re.sub(r" ?<[^>]* at 0x[0-9a-f]+>", "", str(exc))  # PIL names its in-memory file, not ours
+        raise AlexkitError(f"cannot read image {path} ({exc.__class__.__name__}: {why}); pass JPEG/PNG files") from exc
     return np.asarray(rgb)
 
 

@@ -63,7 +63,7 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
         if is_main:
             fresh = not run_dir.exists() or not any(run_dir.iterdir())
             run_dir.mkdir(parents=True, exist_ok=True)
-            busy = f"another `alexkit train` is writing {run_dir}; wait for it to end, or choose another --out"
+            busy = f"another `alexkit train` is writing {run_dir}; wait for it to end" + ("" if ckpt else ", or choose another --out")
             try:
                 stack.enter_context(only_writer(run_dir / ".train.lock", busy))
                 problem = [_moved_on(run_dir, ckpt)]
@@ -172,10 +172,10 @@ def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> Non
     the store the run was trained on: the same crop and classes, and the same class table and mean
     image as the run's copies where `run` holds them."""
     check_compatible(model_args, ckpt_path, size=store.size, num_classes=store.num_classes, source=f"store {store.path}")
-    from alexkit.pipeline.store import Stats
+    from alexkit.pipeline.store import Stats, read_classes
 
     fix = f"pass --data with the store that {run} was trained on"
-    if (run / "classes.json").is_file() and json.loads((run / "classes.json").read_text()) != store.classes:
+    if (run / "classes.json").is_file() and read_classes(run / "classes.json") != store.classes:
         raise AlexkitError(f"store {store.path} has other classes than {run / 'classes.json'}; {fix}")
     if (run / "stats.npz").is_file():
         mean = Stats.load(run / "stats.npz").mean_image
@@ -197,6 +197,9 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
         if not found and (path / "config.json").is_file():
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "
                                f"train it again with `alexkit train --out {path}` and the flags it had")  # fmt: skip
+        inner = latest_run(path, having=prefer) if not found else None
+        if inner is not None:
+            raise AlexkitError(f"{path} is a folder of runs, not a run; pass one of them, e.g. the latest: {inner}")
         if not found:
             raise AlexkitError(f"run directory {path} has no {' or '.join(prefer)}; pass a .pt file written by `alexkit train`")
         path = found[0]
@@ -210,7 +213,8 @@ def read_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise AlexkitError(f"cannot load checkpoint {path} ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); "
+        why = str(exc).splitlines()[0] if str(exc).strip() else "empty or cut off"
+        raise AlexkitError(f"cannot load checkpoint {path} ({exc.__class__.__name__}: {why}); "
                            "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT or "model_args" not in ckpt:
         found = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__

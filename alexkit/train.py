@@ -73,10 +73,10 @@ class TrainConfig:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
         object.__setattr__(self, "data", self.data.resolve())  # so that eval finds it from anywhere
         checks = {
-            "--epochs": self.epochs >= 1, "--batch-size": self.batch_size >= 1, "--lr": self.lr > 0,
-            "--momentum": 0 <= self.momentum < 1, "--weight-decay": self.weight_decay >= 0,
+            "--epochs": self.epochs >= 1, "--batch-size": self.batch_size >= 1, "--lr": 0 < self.lr < math.inf,
+            "--momentum": 0 <= self.momentum < 1, "--weight-decay": 0 <= self.weight_decay < math.inf,
             "--warmup-epochs": self.warmup_epochs >= 0, "--patience": self.patience >= 1,
-            "--max-lr-drops": self.max_lr_drops >= 0, "--width": self.width > 0,
+            "--max-lr-drops": self.max_lr_drops >= 0, "--width": 0 < self.width <= 8,
             "--fc-features": self.fc_features >= 2, "--dropout": 0 <= self.dropout < 1, "--seed": 0 <= self.seed < 2**32,
         }  # fmt: skip
         for flag, ok in checks.items():
@@ -178,7 +178,11 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
 def _usable_store(cfg: TrainConfig):
     from alexkit.pipeline.store import Store
 
+    if cfg.resume is not None and not Path(cfg.data).is_dir():
+        raise AlexkitError(f"the store {cfg.data} that {cfg.resume} was trained on is not there; pass --data with "
+                           "where it is now")  # fmt: skip
     store = Store(cfg.data)
+    store.stats, store.classes, store.split("train"), store.split("val")  # damaged or missing: said now, before any file
     if store.crop < MIN_INPUT_SIZE:
         raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
                            f"prepare one with --size {-(-MIN_INPUT_SIZE * 8 // 7)} or more")  # fmt: skip
@@ -220,21 +224,21 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
     val_loader = make_loader(store, "val", mode="center", batch_size=per_rank, drop_last=False, **common)
     if len(val_loader.reader) == 0:  # found now, not after a whole epoch
         raise AlexkitError(f"{val_loader.reader.path} holds no images; run `alexkit prepare` on a source with validation images")
-    if placement.is_main:
-        resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
-                        devices=[str(d) for d in placement.devices])  # fmt: skip
-        write_run_files(run_dir, dict(config=_config_dict(cfg), resolved=resolved, model_args=model.args), store, metrics)
     mode = cfg.progress if placement.is_main else "none"  # rank 0 alone talks to the terminal
 
     def say(text: str) -> None:
         if mode != "none":
             print(text, flush=True)
 
+    if schedule.stopped or len(metrics) >= cfg.epochs:  # a finished run: its files stay as they are
+        say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)" if schedule.stopped else
+            f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
+        return
+    if placement.is_main:
+        resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
+                        devices=[str(d) for d in placement.devices])  # fmt: skip
+        write_run_files(run_dir, dict(config=_config_dict(cfg), resolved=resolved, model_args=model.args), store, metrics)
     steps = len(train_loader)
-    if schedule.stopped:
-        say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)")
-    elif len(metrics) >= cfg.epochs:
-        say(f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")
 
     for epoch in range(len(metrics), cfg.epochs):
         if schedule.stopped:
@@ -363,6 +367,8 @@ def _resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None
             merged[f.name] = theirs
         elif f.name in RESUME_MAY_CHANGE:
             merged[f.name] = mine
+        elif f.name == "out":
+            raise AlexkitError(f"--out {mine}: a resumed run stays in its own folder ({cfg.resume}); drop --out")
         else:
             flag = "--" + f.name.replace("_", "-")
             raise AlexkitError(f"{flag} {mine} differs from the resumed run's {theirs}; drop {flag} or start a new run")

@@ -136,8 +136,9 @@ def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_
         f.write(b"half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk full") as info:
         write_atomic(target, fails)
+    assert info.value.filename == str(target)  # the path asked for, not the temporary
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 

@@ -39,6 +39,14 @@ def test_unknown_command_and_option_exit_2():
     assert run("doctor", "--no-such-flag").returncode == 2
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder no one can create files in")
+def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    r = run("sample", "/proc/alexkit-sample", "--classes", "1", "--train-per-class", "1", "--val-per-class", "0")
+    assert r.returncode == 1, r.stderr
+    [line] = [l for l in r.stderr.splitlines() if l.strip()]
+    assert line.startswith("error: /proc/alexkit-sample") and "choose another" in line, line
+
+
 def test_bad_input_is_one_line_exit_2(tmp_path):
     r = run("prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "store"))
     assert r.returncode == 2

@@ -260,6 +260,42 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
         EvalConfig(json_path=tmp_path / "nodir" / "e.json")
     with pytest.raises(AlexkitError, match="--predictions .* is a folder"):
         EvalConfig(predictions_path=tmp_path)
+    with pytest.raises(AlexkitError, match="--json and --predictions both name .*same.out; give each its own file"):
+        EvalConfig(json_path=tmp_path / "same.out", predictions_path=tmp_path / "same.out")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(AlexkitError, match="--json .*: its folder .*a-file is a file"):
+        EvalConfig(json_path=tmp_path / "a-file" / "e.json")
+    if os.path.isdir("/proc/self"):  # a folder no one can create files in, root included
+        with pytest.raises(AlexkitError, match="--json /proc/e.json: cannot write in /proc"):
+            EvalConfig(json_path=Path("/proc/e.json"))
+
+
+def test_damaged_run_files_are_one_line_errors_naming_them(setup, tmp_path):
+    """A zero-byte or cut-off checkpoint, stats.npz or classes.json: the file named, with the fix."""
+    _, store, ckpt, _ = setup
+    run = tmp_path / "run"
+    shutil.copytree(ckpt.parent, run)
+    (run / "best.pt").write_bytes(b"")
+    with pytest.raises(AlexkitError, match=r"cannot load checkpoint .*best.pt \(.*empty or cut off\)"):
+        evaluate(EvalConfig(checkpoint=run, data=store.path, device="cpu"))
+    shutil.copyfile(ckpt, run / "best.pt")
+    for name, damage in (("stats.npz", b""), ("stats.npz", (ckpt.parent / "stats.npz").read_bytes()[:100]),
+                         ("classes.json", b""), ("classes.json", b'[{"index": 1}]')):  # fmt: skip
+        (run / name).write_bytes(damage)
+        with pytest.raises(AlexkitError, match=rf"{name} is not a {name} written by `alexkit prepare` .*; copy it again"):
+            evaluate(EvalConfig(checkpoint=run, data=store.path, device="cpu"))
+        shutil.copyfile(ckpt.parent / name, run / name)
+    with pytest.raises(AlexkitError, match="is a file, not a store folder"):
+        evaluate(EvalConfig(checkpoint=run, data=run / "best.pt", device="cpu"))
+
+
+def test_a_folder_of_runs_points_to_its_latest_run(setup, tmp_path):
+    _, _, ckpt, _ = setup
+    runs = tmp_path / "alexkit-runs"
+    for name in ("20260101-000000", "20260102-000000"):
+        shutil.copytree(ckpt.parent, runs / name)
+    with pytest.raises(AlexkitError, match=r"alexkit-runs is a folder of runs, not a run; .* the latest: .*20260102-000000"):
+        find_checkpoint(runs)
 
 
 def test_a_store_other_than_the_runs_is_refused(setup, tmp_path):
@@ -267,7 +303,8 @@ def test_a_store_other_than_the_runs_is_refused(setup, tmp_path):
     _, store, ckpt, _ = setup
     other = tmp_path / "other"
     shutil.copytree(store.path, other)
-    table = json.loads((other / "classes.json").read_text())[::-1]
+    table = json.loads((other / "classes.json").read_text())
+    table = [dict(c, wnid=t["wnid"], name=t["name"]) for c, t in zip(table, table[::-1])]  # the classes in another order
     (other / "classes.json").write_text(json.dumps(table))
     with pytest.raises(AlexkitError, match="has other classes than .*classes.json; pass --data with the store"):
         evaluate(EvalConfig(checkpoint=ckpt, data=other, device="cpu"))

@@ -76,7 +76,8 @@ def test_show_batch_writes_two_pngs(store, tmp_path):
 
 def test_show_batch_bad_index(store, tmp_path):
     with pytest.raises(AlexkitError, match="holds 3 images"):
-        show_batch(ShowBatchConfig(data=store.path, out=tmp_path, val_index=3))
+        show_batch(ShowBatchConfig(data=store.path, out=tmp_path / "pics", val_index=3))
+    assert not (tmp_path / "pics").exists()  # checked before the first picture
     (tmp_path / "a-file").write_text("")
     with pytest.raises(AlexkitError, match="is a file; name a folder"):
         ShowBatchConfig(out=tmp_path / "a-file")

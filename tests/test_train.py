@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -117,6 +118,36 @@ def test_validation_counts_top1_and_top5_among_ten_classes():
     batches = [(logits[:3], labels[:3], None), (logits[3:], labels[3:], None)]
     top1, top5 = validate(torch.nn.Identity(), batches, amp=False, device=torch.device("cpu"))
     assert (top1, top5) == (0.75, 0.5)
+
+
+def test_resuming_a_finished_run_changes_none_of_its_files(learned_run):
+    def files():  # the lock file is opened (so touched) by every training of the run
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in learned_run.iterdir() if p.name != ".train.lock"}
+
+    before = files()
+    assert train(TrainConfig(resume=learned_run, epochs=3)) == learned_run  # it has 6 epochs already
+    assert files() == before
+
+
+def test_resume_flags_that_cannot_apply_are_one_line_errors(store, tmp_path):
+    moved = tmp_path / "store"
+    shutil.copytree(store, moved)
+    run = train(TrainConfig(data=moved, out=tmp_path / "run", epochs=1, **TINY))
+    with pytest.raises(AlexkitError, match=r"--out .*elsewhere: a resumed run stays in its own folder .*; drop --out"):
+        train(TrainConfig(resume=run, epochs=2, out=tmp_path / "elsewhere"))
+    moved.rename(tmp_path / "store-now")
+    with pytest.raises(AlexkitError, match=r"the store .*store that .*run was trained on is not there; pass --data"):
+        train(TrainConfig(resume=run, epochs=2))
+    assert len(_metrics(train(TrainConfig(resume=run, epochs=2, data=tmp_path / "store-now")))) == 2
+
+
+def test_a_damaged_store_is_refused_before_the_run_folder_is_made(store, tmp_path):
+    damaged = tmp_path / "store"
+    shutil.copytree(store, damaged)
+    (damaged / "stats.npz").write_bytes(b"")
+    with pytest.raises(AlexkitError, match=r"stats.npz is not a stats.npz written by `alexkit prepare` \(EOFError"):
+        train(TrainConfig(data=damaged, out=tmp_path / "run", epochs=1, **TINY))
+    assert not (tmp_path / "run").exists()
 
 
 def test_plateau_schedule_drops_three_times_then_stops():
@@ -278,6 +309,9 @@ def test_bad_values_are_one_line_errors():
         TrainConfig(parallel="model")
     with pytest.raises(AlexkitError, match="--device"):
         TrainConfig(device="tpu")
+    for flag, value in (("lr", math.inf), ("lr", math.nan), ("weight_decay", math.inf), ("width", 9.0)):
+        with pytest.raises(AlexkitError, match=f"--{flag.replace('_', '-')} {value} is out of range"):
+            TrainConfig(**{flag: value})
 
 
 def test_cli_trains_and_resumes(store, tmp_path, capsys):

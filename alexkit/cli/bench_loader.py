@@ -24,9 +24,12 @@ def command(
 ) -> None:
     """Print images/s of the train, center and tencrop graphs, side by side with the baselines, and memory per epoch."""
     from alexkit.bench.loader import BenchLoaderConfig, bench_loader
+    from alexkit.paths import check_output, write_atomic
 
+    if json_out is not None:
+        check_output(json_out, "--json")  # before minutes of benchmark whose figures would be lost
     result = bench_loader(BenchLoaderConfig(store=store, source=source, work=work, images=images, batch_size=batch_size,
                                             epochs=epochs, threads=threads, prefetch=prefetch, baselines=baselines,
                                             memory_epochs=memory_epochs))  # fmt: skip
     if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=1))
+        write_atomic(json_out, json.dumps(result, indent=1) + "\n")

@@ -84,6 +84,13 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:  # a path that cannot be read or written: name it, without a traceback
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check that path (its folder, permissions, free space) or choose "
+              "another (run again with --debug for the traceback)", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
     except Exception as exc:
         if debug:
             raise

@@ -15,7 +15,7 @@ DEVICE = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cud
 AMP = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA), on, off.")
 CHANNELS_LAST = typer.Option("auto", "--channels-last", help="auto (on for CUDA), on, off.")
 COMPILE = typer.Option("auto", "--compile", help="torch.compile: auto (on for CUDA), on, off.")
-WIDTH = typer.Option(1.0, "--width", help="Scale every conv's channels (0.25 for a quick CPU run).")
+WIDTH = typer.Option(1.0, "--width", help="Scale every conv's channels, up to 8 (0.25 for a quick CPU run).")
 FC_FEATURES = typer.Option(4096, "--fc-features", help="Width of fc6 and fc7.")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,8 +31,36 @@ class Stats:
 
     @classmethod
     def load(cls, path: Path) -> "Stats":
-        with np.load(path) as z:
-            return cls(z["mean_image"].astype(np.float32), z["eigval"].astype(np.float64), z["eigvec"].astype(np.float64))
+        """The stats.npz of a store, or a run's copy of it; AlexkitError naming the file if it is damaged."""
+        try:
+            with np.load(path) as z:
+                stats = cls(z["mean_image"].astype(np.float32), z["eigval"].astype(np.float64), z["eigvec"].astype(np.float64))
+            if stats.mean_image.ndim != 3 or stats.mean_image.shape[2] != 3 or stats.eigval.shape != (3,) or stats.eigvec.shape != (3, 3):
+                raise ValueError("arrays of the wrong shape")
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise AlexkitError(f"{path} is not a stats.npz written by `alexkit prepare` ({_why(exc)}); {_REWRITE}") from exc
+        return stats
+
+
+def read_classes(path: Path) -> list[dict]:
+    """[{"index": 0, "wnid": "n01440764", "name": "tench, Tinca tinca"}, ...] from a store's classes.json
+    or a run's copy; AlexkitError naming the file if it is damaged."""
+    try:
+        classes = json.loads(path.read_text())
+        if not isinstance(classes, list) or [c.get("index") for c in classes] != list(range(len(classes))) or not classes:
+            raise ValueError("not a list of classes indexed 0, 1, 2, ...")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise AlexkitError(f"{path} is not a classes.json written by `alexkit prepare` ({_why(exc)}); {_REWRITE}") from exc
+    return classes
+
+
+_REWRITE = ("copy it again from the store (a run keeps copies of its store's files), or rewrite the store with "
+            "`alexkit prepare SRC --out STORE --force`")  # fmt: skip
+
+
+def _why(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc).strip() else "empty or cut off"
+    return f"{exc.__class__.__name__}: {text}"
 
 
 class Store:
@@ -41,7 +70,8 @@ class Store:
         self.path = Path(path)
         missing = [n for n in ("stats.npz", "classes.json", "manifest.json") if not (self.path / n).is_file()]
         if not self.path.is_dir() or missing:
-            what = "does not exist" if not self.path.is_dir() else f"has no {', '.join(missing)}"
+            what = ("is a file, not a store folder" if self.path.is_file() else "does not exist" if not self.path.is_dir()
+                    else f"has no {', '.join(missing)}")  # fmt: skip
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {self.path}` first")
         manifest, fix = self.path / "manifest.json", f"rewrite the store with `alexkit prepare SRC --out {self.path} --force`"
         try:
@@ -60,7 +90,7 @@ class Store:
     @cached_property
     def classes(self) -> list[dict]:
         """[{"index": 0, "wnid": "n01440764", "name": "tench, Tinca tinca"}, ...]"""
-        return json.loads((self.path / "classes.json").read_text())
+        return read_classes(self.path / "classes.json")
 
     @property
     def num_classes(self) -> int:
