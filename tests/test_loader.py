@@ -385,3 +385,19 @@ def test_a_broken_manifest_is_a_one_line_error(index_store, tmp_path):
         with pytest.raises(AlexkitError, match=why) as err:
             Store(store)
         assert str(store / "manifest.json") in str(err.value) and "--force" in str(err.value)
+
+
+def test_a_damaged_jpeg_in_the_store_is_one_line_naming_the_file(tmp_path):
+    rng = np.random.default_rng(3)
+    store = write_store(tmp_path / "s", {"train": smooth_images(rng, 8, SIZE)}, fmt="jpg")
+    reader = store.split("train")
+    where = int(reader.ptr[5]) + 200  # inside sample 5's entropy-coded data
+    del reader
+    with open(store.path / "train.beton", "r+b") as f:
+        f.seek(where)
+        f.write(b"\xff\xd9" * 40)  # end-of-image markers where the scan should go on
+    loader = make_loader(Store(store.path), "train", batch_size=4, seed=0)
+    with pytest.raises(AlexkitError, match=r"train.beton: DALI could not process a batch of epoch 0 \(.+\); the store is "
+                                            r"damaged, rewrite it with `alexkit prepare SRC --out .* --force`") as info:
+        list(loader)
+    assert "\n" not in str(info.value)

@@ -205,13 +205,29 @@ class Loader:
         for _ in batches:
             if run != self._run:
                 raise RuntimeError("this loader was iterated again while an older iteration was still being consumed")
-            views, index = pipe.run()
+            try:
+                views, index = pipe.run()
+            except RuntimeError as exc:
+                raise self._failed(exc, epoch) from exc
             yield self._to_torch(views, index)
         if run == self._run:  # a newer iteration has taken the pipeline over: its batches are not ours to drain
             if ahead and not self._feed.ran_dry:
                 self._ahead = epoch + 1
             else:  # evaluation; or DALI read past the next epoch too (prefetch > its batches) and stopped
                 self._finish()
+
+    def _failed(self, exc: RuntimeError, epoch: int) -> Exception:
+        """DALI's error for a sample it could not process (a damaged JPEG in the store, say) as one
+        line naming the file; other errors as they are."""
+        text = str(exc)
+        if "Critical error in pipeline" not in text:
+            return exc
+        lines = [l.strip() for l in text.splitlines() if l.strip()]
+        after = lines.index("encountered:") + 1 if "encountered:" in lines else 0
+        reason = next((l for l in lines[after:] if not l.startswith(("Critical error", "Current pipeline"))), lines[0])
+        fix = (f"the store is damaged, rewrite it with `alexkit prepare SRC --out {self.store.path} --force`"
+               if "fn.decoders." in text and "memory" not in text.lower() else "run again with --debug for DALI's whole message")  # fmt: skip
+        return AlexkitError(f"{self.reader.path}: DALI could not process a batch of epoch {epoch} ({reason}); {fix}")
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's positions of one epoch, cut into batches."""
