@@ -57,7 +57,7 @@ class EvalConfig:
             if path is not None:
                 check_output(path, flag)  # on every rank, before an evaluation whose results would be lost
         if self.json_path is not None and self.predictions_path is not None and \
-                Path(self.json_path).absolute() == Path(self.predictions_path).absolute():  # fmt: skip
+                Path(self.json_path).resolve() == Path(self.predictions_path).resolve():  # fmt: skip
             raise AlexkitError(f"--json and --predictions both name {self.json_path}; give each its own file")
 
 

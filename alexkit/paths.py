@@ -85,9 +85,11 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:  # named by the path asked for, not the temporary
+    except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        if exc.filename not in (None, str(tmp)):  # about another file (one `data` reads, say)
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # the path asked for, not the temporary
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

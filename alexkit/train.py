@@ -179,8 +179,8 @@ def _usable_store(cfg: TrainConfig):
     from alexkit.pipeline.store import Store
 
     if cfg.resume is not None and not Path(cfg.data).is_dir():
-        raise AlexkitError(f"the store {cfg.data} that {cfg.resume} was trained on is not there; pass --data with "
-                           "where it is now")  # fmt: skip
+        raise AlexkitError(f"store {cfg.data} does not exist; pass --data with where the store that {cfg.resume} was "
+                           "trained on is now")  # fmt: skip
     store = Store(cfg.data)
     store.stats, store.classes, store.split("train"), store.split("val")  # damaged or missing: said now, before any file
     if store.crop < MIN_INPUT_SIZE:

@@ -141,6 +141,13 @@ def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_
     assert info.value.filename == str(target)  # the path asked for, not the temporary
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
+    def reads_a_missing_file(f):
+        f.write((tmp_path / "missing").read_bytes())
+
+    with pytest.raises(FileNotFoundError) as info:
+        write_atomic(target, reads_a_missing_file)
+    assert info.value.filename == str(tmp_path / "missing")  # an error about another file keeps its name
+
 
 def test_write_atomic_from_two_processes_at_once_leaves_one_whole_version(tmp_path):
     """Two writers of one file (e.g. two ranks saving the same picture) each rename their own

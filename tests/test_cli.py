@@ -44,7 +44,7 @@ def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     r = run("sample", "/proc/alexkit-sample", "--classes", "1", "--train-per-class", "1", "--val-per-class", "0")
     assert r.returncode == 1, r.stderr
     [line] = [l for l in r.stderr.splitlines() if l.strip()]
-    assert line.startswith("error: /proc/alexkit-sample") and "choose another" in line, line
+    assert line.startswith("error: /proc/alexkit-sample: ") and "choose another" in line, line
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path):

@@ -426,6 +426,7 @@ def test_per_class_tars_beside_class_folders_warn_when_not_extracted(tmp_path):
         write(tmp_path / "train" / wnid / "a.JPEG")
         write(tmp_path / "train" / f"{wnid}.tar")  # kept after extracting: fine
     write(tmp_path / "train" / f"{SORTED_WNIDS[2]}.tar")  # not extracted yet
+    write(tmp_path / "train" / "ILSVRC2012_img_train.tar")  # left by an extract script: no class
     ds = find_dataset(tmp_path)
     assert [c.wnid for c in ds.classes] == SORTED_WNIDS[:2]
     [warning] = ds.warnings
@@ -444,16 +445,28 @@ def test_a_damaged_header_inside_a_class_tar_is_an_error(tmp_path):
         find_dataset(tmp_path)
 
 
-@pytest.mark.parametrize("members", [0, 2])
-def test_a_val_tar_cut_between_members_is_an_error(tmp_path, members):
+@pytest.mark.parametrize("cut", [100, 512 + 100])
+def test_a_val_tar_cut_inside_a_header_is_an_error(tmp_path, cut):
+    """Cut 100 bytes into the third member's header, or into its data (a download that stopped)."""
     write_official_tars(tmp_path)
     path = tmp_path / "ILSVRC2012_img_val.tar"
     with tarfile.open(path) as tar:
-        kept = tar.getmembers()[members].offset if members else 0
+        third = tar.getmembers()[2].offset
     with open(path, "r+b") as f:
-        f.truncate(kept or 512 * 3)  # at a member's header, or inside the first header's data
-    with pytest.raises(AlexkitError, match=r"ILSVRC2012_img_val.tar.*(cut off|cannot read)"):
+        f.truncate(third + cut)
+    with pytest.raises(AlexkitError, match=r"ILSVRC2012_img_val.tar.*(is cut off after 2 members|cannot read)"):
         find_dataset(tmp_path)
+
+
+def test_a_tar_written_without_end_blocks_is_read(tmp_path):
+    """GNU tar lists a tar that ends where its last member ends (no zero blocks); so does alexkit."""
+    write_official_tars(tmp_path)
+    path = tmp_path / "ILSVRC2012_img_val.tar"
+    with tarfile.open(path) as tar:
+        last = tar.getmembers()[-1]
+    with open(path, "r+b") as f:
+        f.truncate(last.offset_data + -(-last.size // 512) * 512)
+    assert len(find_dataset(tmp_path).splits["val"]) == 5
 
 
 def test_kaggle_files_saved_with_a_byte_order_mark_are_read(tmp_path):

@@ -626,7 +626,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
 def test_a_source_without_val_is_prepared_with_a_warning(tmp_path, capsys):
     _class_folder_tree(tmp_path / "src", val_per_class=0)
     _run(tmp_path / "src", tmp_path / "store")
-    assert "has no val split: `alexkit train` and `alexkit eval` need one" in capsys.readouterr().err
+    assert "has no val split (or no val images): `alexkit train`, `eval` and `show-batch` need one" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

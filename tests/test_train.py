@@ -136,7 +136,7 @@ def test_resume_flags_that_cannot_apply_are_one_line_errors(store, tmp_path):
     with pytest.raises(AlexkitError, match=r"--out .*elsewhere: a resumed run stays in its own folder .*; drop --out"):
         train(TrainConfig(resume=run, epochs=2, out=tmp_path / "elsewhere"))
     moved.rename(tmp_path / "store-now")
-    with pytest.raises(AlexkitError, match=r"the store .*store that .*run was trained on is not there; pass --data"):
+    with pytest.raises(AlexkitError, match=r"store .*store does not exist; pass --data with where the store that .*run was"):
         train(TrainConfig(resume=run, epochs=2))
     assert len(_metrics(train(TrainConfig(resume=run, epochs=2, data=tmp_path / "store-now")))) == 2
 

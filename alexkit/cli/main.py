@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # a path that cannot be read or written: name it, without a traceback
         if debug:
             raise
+        fix = "check that path (its folder, permissions, free space) or choose another" if exc.filename else \
+            "run again with --debug for the traceback"  # fmt: skip
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}; check that path (its folder, permissions, free space) or choose "
-              "another (run again with --debug for the traceback)", file=sys.stderr)  # fmt: skip
+        print(f"error: {where}{exc.strerror or exc}; {fix}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
         if debug:

@@ -151,8 +151,6 @@ def _folders(src: Path) -> Dataset:
         _compare_with_devkit(wnids, kit, notes)
     elif subdirs:
         splits["val"] = _class_folder_split(src, "val", notes, expected=wnids)[1]
-    elif val_dir.is_dir():
-        notes.append(f"{val_dir} holds no images: no val split")
     names = kit.names() if kit is not None else _kaggle_names(src)
     return _dataset(src, layout, wnids, names, splits, notes)
 
@@ -264,9 +262,10 @@ def _class_folder_split(src: Path, split: str, notes: list[str], expected: list[
 
 
 def _warn_unextracted_tars(top: Path, classes: list[str], notes: list[str]) -> None:
-    """Per-class tars beside the class folders whose folder is missing: those classes would be absent."""
-    tars = sorted(e.name for e in os.scandir(top) if e.is_file() and e.name.lower().endswith(".tar") and not _hidden(e.name))
-    missing = [t for t in tars if os.path.splitext(t)[0] not in classes]
+    """Per-class tars (<wnid>.tar) beside the class folders whose folder is missing: those classes
+    would be absent. Other tars (ILSVRC2012_img_train.tar moved in by an extract script) are not classes."""
+    tars = sorted(e.name for e in os.scandir(top) if e.is_file() and e.name.endswith(".tar") and _WNID.match(e.name[:-4]))
+    missing = [t for t in tars if t.removesuffix(".tar") not in classes]
     if missing:
         notes.append(
             f"WARNING: {len(missing)} per-class tars in {top} have no class folder (e.g. {missing[0]}): their classes "

@@ -116,6 +116,9 @@ def write_sample_dataset(
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
     try:
         _write_tree(tmp, num_classes, train_per_class, val_per_class, seed, progress)
+    except OSError as exc:  # named by the folder asked for, not the temporary one
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

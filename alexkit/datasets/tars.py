@@ -4,9 +4,9 @@ The train tar is a tar of per-class tars (`n01440764.tar`, members in no particu
 tar is flat. An image is (member name, absolute byte offset in the outer file, size), so a worker
 reads it with one seek and read (`layouts.read_sample_bytes`).
 
-Python's tarfile ends a listing quietly at a damaged header after the first one, or where a cut-off
-download ends between members; a whole tar ends with a zero block, so each listing is checked to
-end at one.
+Python's tarfile ends a listing quietly at a damaged header after the first one, or at a header cut
+off by an incomplete download; a whole tar ends with a zero block (or, written without one, exactly
+where its last member ends, which GNU tar accepts too), so each listing is checked to end there.
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def index_flat_tar(path: Path, keep: Callable[[str], bool]) -> list[Entry]:
 
 
 def _check_end(tar: tarfile.TarFile, raw, end: int, what: str, download: str) -> None:
-    """`tar` has been listed to where it stopped (tar.offset in `raw`); a whole tar has a zero block there."""
+    """`tar` has been listed to where it stopped (tar.offset in `raw`, which holds the tar up to `end`):
+    a whole tar has a zero block there, or ends there."""
+    if tar.offset == end:
+        return
     raw.seek(tar.offset)
     block = raw.read(_BLOCK) if tar.offset + _BLOCK <= end else b""
     if len(block) != _BLOCK or any(block):

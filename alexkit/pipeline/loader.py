@@ -208,7 +208,10 @@ class Loader:
             try:
                 views, index = pipe.run()
             except RuntimeError as exc:
-                raise self._failed(exc, epoch) from exc
+                failed = self._failed(exc, epoch)
+                if failed is exc:
+                    raise
+                raise failed from exc
             yield self._to_torch(views, index)
         if run == self._run:  # a newer iteration has taken the pipeline over: its batches are not ours to drain
             if ahead and not self._feed.ran_dry:
@@ -227,7 +230,7 @@ class Loader:
         reason = next((l for l in lines[after:] if not l.startswith(("Critical error", "Current pipeline"))), lines[0])
         fix = (f"the store is damaged, rewrite it with `alexkit prepare SRC --out {self.store.path} --force`"
                if "fn.decoders." in text and "memory" not in text.lower() else "run again with --debug for DALI's whole message")  # fmt: skip
-        return AlexkitError(f"{self.reader.path}: DALI could not process a batch of epoch {epoch} ({reason}); {fix}")
+        return AlexkitError(f"{self.reader.path}: DALI could not process a batch of epoch {epoch + 1} ({reason}); {fix}")
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's positions of one epoch, cut into batches."""

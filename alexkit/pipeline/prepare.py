@@ -101,27 +101,26 @@ class PrepareConfig:
 
 def prepare(cfg: PrepareConfig) -> Path:
     """Write the store for cfg.src into cfg.out (see the module docstring); return cfg.out."""
-    existed = cfg.out.exists()
-    src, out = _check_paths(cfg)
-    try:
-        with _only_writer(out):
-            try:
-                return _prepare(cfg, src, out)
-            except OSError as exc:  # a full disk, a permission, a symlink loop: past the checks above
+    src, out, made = _check_paths(cfg)
+    with _only_writer(out):
+        try:
+            return _prepare(cfg, src, out)
+        except BaseException as exc:
+            if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
+                _remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
+            if isinstance(exc, OSError):  # a full disk, a permission, a symlink loop: past the checks above
                 raise AlexkitError(f"{exc.filename or out}: {exc.strerror or exc}; fix that and run again "
                                    "(finished splits are kept)") from exc  # fmt: skip
-    except BaseException:
-        if not existed:  # a run that failed before writing anything (an empty source, say) leaves no folder
-            _remove_if_only_lock(out)
-        raise
+            raise
 
 
 def _remove_if_only_lock(out: Path) -> None:
+    """Remove `out`, which this process made, if it holds nothing but the lock file."""
     try:
         if [p.name for p in out.iterdir()] == [LOCK]:
             (out / LOCK).unlink()
             out.rmdir()
-    except OSError:  # another prepare took the folder meanwhile: it is theirs
+    except OSError:  # another prepare opened a lock file of its own meanwhile: the folder is theirs
         pass
 
 
@@ -152,7 +151,7 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
     for warning in ds.warnings:
         _warn(warning)
     if not ds.splits.get("val"):
-        _warn(f"{src} has no val split: `alexkit train` and `alexkit eval` need one (show-batch does not); add val "
+        _warn(f"{src} has no val split (or no val images): `alexkit train`, `eval` and `show-batch` need one; add val "
               "images in one of the layouts in README.md and run again")  # fmt: skip
     counts = {name: len(samples) for name, samples in ds.splits.items()}
     listed = ", ".join(f"{n} {c:,} images" for n, c in counts.items())
@@ -359,8 +358,9 @@ def _describe(settings: dict) -> str:
 # --- files ---
 
 
-def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path]:
-    """(absolute src, out) after the checks that need no scan; AlexkitError on unusable paths."""
+def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
+    """(absolute src, out, whether this call made out) after the checks that need no scan;
+    AlexkitError on unusable paths."""
     src, out = cfg.src.absolute(), cfg.out
     if not src.exists():
         raise AlexkitError(
@@ -372,14 +372,18 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path]:
     if out.exists() and not out.is_dir():
         raise AlexkitError(f"--out {out} is a file; choose a folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True)
+            made = True
+        except FileExistsError:  # there already, or made by another process just now: not ours to remove
+            made = False
         probe = out / f".alexkit-write-test-{os.getpid()}"  # per process: two runs must not delete each other's
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         why = exc.strerror or exc
         raise AlexkitError(f"cannot write to {out} ({why}); choose an --out folder you can write to") from exc
-    return src, out
+    return src, out, made
 
 
 def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:

@@ -37,7 +37,7 @@ class Stats:
                 stats = cls(z["mean_image"].astype(np.float32), z["eigval"].astype(np.float64), z["eigvec"].astype(np.float64))
             if stats.mean_image.ndim != 3 or stats.mean_image.shape[2] != 3 or stats.eigval.shape != (3,) or stats.eigvec.shape != (3, 3):
                 raise ValueError("arrays of the wrong shape")
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        except (EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # an OSError names its path itself
             raise AlexkitError(f"{path} is not a stats.npz written by `alexkit prepare` ({_why(exc)}); {_REWRITE}") from exc
         return stats
 
@@ -49,7 +49,7 @@ def read_classes(path: Path) -> list[dict]:
         classes = json.loads(path.read_text())
         if not isinstance(classes, list) or [c.get("index") for c in classes] != list(range(len(classes))) or not classes:
             raise ValueError("not a list of classes indexed 0, 1, 2, ...")
-    except (OSError, ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError) as exc:  # an OSError names its path itself
         raise AlexkitError(f"{path} is not a classes.json written by `alexkit prepare` ({_why(exc)}); {_REWRITE}") from exc
     return classes
 
