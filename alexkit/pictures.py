@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,11 +212,20 @@ def plot(cfg: PlotConfig) -> Path:
         if run is None:
             raise AlexkitError(f"no run with a finished epoch under {DEFAULT_RUNS}/; pass run directories: alexkit plot RUN...")
         runs = [run]
-    data = [(Path(r), read_metrics(r)) for r in runs]
+    data = []
+    for r in runs:
+        try:
+            data.append((Path(r), read_metrics(r)))
+        except AlexkitError as exc:
+            if len(runs) == 1 or "holds no epochs yet" not in str(exc):
+                raise
+            print(f"skipped {r}: it has no finished epoch yet", file=sys.stderr)  # still in its first epoch
+    if not data:
+        raise AlexkitError(f"none of {', '.join(map(str, runs))} has a finished epoch yet; plot after the first epoch ends")
     matplotlib = require("matplotlib", fix="install it with `pip install 'alexkit[plot]'` (or `pip install matplotlib`)")
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     for ax, (title, series, yscale) in zip(axes.flat, PANELS):
@@ -228,6 +238,7 @@ def plot(cfg: PlotConfig) -> Path:
                             label=f"{run.name}{suffix}")  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
         ax.set_yscale(yscale)
         ax.grid(alpha=0.3)
         if ax.has_data():

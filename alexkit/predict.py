@@ -11,6 +11,8 @@ them with a store's own.
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,10 +62,19 @@ def predict(cfg: PredictConfig) -> list[dict]:
     device = setup("none", cfg.device).device
     model = model.to(device)
     k = min(cfg.top_k, len(classes))
-    results = []
+    results, skipped = [], []
     for start in range(0, len(files), cfg.batch_size):
-        chunk = files[start : start + cfg.batch_size]
-        batch = np.stack([views(load_image(f, size), mean_image, crop, cfg.tta) for f in chunk])  # (N, V, 3, C, C)
+        chunk, images = [], []
+        for f in files[start : start + cfg.batch_size]:
+            try:
+                images.append(views(load_image(f, size), mean_image, crop, cfg.tta))
+                chunk.append(f)
+            except AlexkitError as exc:  # one bad file costs only itself; the command still fails at the end
+                print(f"skipped {exc}", file=sys.stderr)
+                skipped.append(str(exc))
+        if not chunk:
+            continue
+        batch = np.stack(images)  # (N, V, 3, C, C)
         with torch.inference_mode():
             p, top = predict_top(model, torch.from_numpy(batch).to(device), k)  # (N, k) each
         for f, ps, cs in zip(chunk, p.cpu().tolist(), top.cpu().tolist()):
@@ -73,6 +84,9 @@ def predict(cfg: PredictConfig) -> list[dict]:
             print(f)
             for t in top_list:
                 print(f"  {100 * t['prob']:6.2f}%  {t['index']:4d}  {t['name']}")
+    if skipped:
+        raise AlexkitError(f"{len(skipped)} of {len(files)} images could not be read (first: {skipped[0]}); the others "
+                           "are listed above")  # fmt: skip
     return results
 
 
@@ -109,13 +123,17 @@ def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[n
 
 def load_image(path: Path, size: int) -> np.ndarray:
     """The image as `alexkit prepare` stores it: shorter side to `size`, centred square; (S, S, 3) uint8."""
-    from alexkit.pipeline.imageops import decode_resized
+    from alexkit.pipeline.imageops import decode_resized, skip_reason
 
+    data = None
     try:
-        rgb = decode_resized(Path(path).read_bytes(), size)
+        data = Path(path).read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's large-image and EXIF warnings: the image is read all the same
+            rgb = decode_resized(data, size)
     except Exception as exc:
-        why = re.sub(r" ?<[^>]* at 0x[0-9a-f]+>", "", str(exc))  # PIL names its in-memory file, not ours
-        raise AlexkitError(f"cannot read image {path} ({exc.__class__.__name__}: {why}); pass JPEG/PNG files") from exc
+        why = re.sub(r" ?<[^>]* at 0x[0-9a-f]+>", "", skip_reason(exc, data))  # PIL names its in-memory file, not ours
+        raise AlexkitError(f"{path}: {why}") from exc
     return np.asarray(rgb)
 
 

@@ -1,6 +1,7 @@
 """Progress for people, one way for every stage: a rich bar (count, rate, ETA and the stage's own
 fields) when stdout is a terminal; otherwise a plain line at every tenth of the work, and at least
-every 30 s, so logs of long runs stay readable."""
+every 30 s, so logs of long runs stay readable (a bar cannot be drawn into a pipe or a file, so
+"rich" is plain there too)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,23 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """with Progress("train", total=steps, unit="images", fields=("loss", "lr")) as p: p.update(done, rate=..., loss=...)
+    """with Progress("train", total=steps, per_done=128, fields=("loss", "lr")) as p: p.update(done, rate=..., loss=...)
 
-    `done` and `total` count whatever the stage counts (images, steps); `rate` is in `unit`/s and
-    defaults to done / elapsed seconds. Fields keep their last value, so a costly one (a loss that
+    `done` and `total` count whatever the stage counts (images, steps); each of them is `per_done`
+    `unit`s (a step of 128 images: 128). `rate` is in `unit`/s and defaults to done * per_done /
+    elapsed seconds. Fields keep their last value, so a costly one (a loss that
     waits for the GPU) need not be passed every time. `mode`: "auto" (rich on a terminal, else plain), "rich",
     "plain" or "none".
     """
 
     PLAIN_EVERY_S = 30.0
 
-    def __init__(self, title: str, total: int, *, unit: str = "images", fields: tuple[str, ...] = (), mode: str = "auto"):
-        if mode == "auto":
+    def __init__(self, title: str, total: int, *, unit: str = "images", per_done: int = 1, fields: tuple[str, ...] = (),
+                 mode: str = "auto"):  # fmt: skip
+        if mode in ("auto", "rich"):
             mode = "rich" if sys.stdout.isatty() else "plain"
         self.title, self.total, self.unit, self.fields, self.mode = title, total, unit, fields, mode
+        self.per_done = per_done
         self.bar, self.values = None, {name: "-" for name in fields}
 
     def __enter__(self) -> "Progress":
@@ -56,7 +60,7 @@ class Progress:
         now = time.perf_counter()
         self.values.update(fields)
         if rate is None:
-            rate = done / max(now - self.started, 1e-9)
+            rate = done * self.per_done / max(now - self.started, 1e-9)
         if self.bar is not None:
             self.bar.update(self.task, completed=done, rate=f"{rate:,.0f} {self.unit}/s", **fields)
         elif self.mode == "plain" and (done >= self.next_line or done == self.total or now - self.last_line >= self.PLAIN_EVERY_S):

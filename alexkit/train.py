@@ -224,16 +224,19 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
     val_loader = make_loader(store, "val", mode="center", batch_size=per_rank, drop_last=False, **common)
     if len(val_loader.reader) == 0:  # found now, not after a whole epoch
         raise AlexkitError(f"{val_loader.reader.path} holds no images; run `alexkit prepare` on a source with validation images")
-    mode = cfg.progress if placement.is_main else "none"  # rank 0 alone talks to the terminal
+    mode = cfg.progress if placement.is_main else "none"  # rank 0 alone talks to the terminal; "none": no bars
 
     def say(text: str) -> None:
-        if mode != "none":
+        if placement.is_main:
             print(text, flush=True)
 
     if schedule.stopped or len(metrics) >= cfg.epochs:  # a finished run: its files stay as they are
         say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)" if schedule.stopped else
             f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
         return
+    if ckpt is not None and ckpt.get("world_size", world) != world:
+        say(f"note: {run_dir} ran on {ckpt['world_size']} processes so far and goes on with {world}: it will not equal "
+            "a run on one number of processes throughout (augmentation and dropout draw per process)")  # fmt: skip
     if placement.is_main:
         resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
                         devices=[str(d) for d in placement.devices])  # fmt: skip
@@ -249,7 +252,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
         started = time.perf_counter()
         clock = _Rate(per_rank * world)  # images/s after the first step: not the start-up (graph build, compile)
-        with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, fields=("loss", "lr"), mode=mode) as bar:
+        with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, per_done=per_rank * world, fields=("loss", "lr"), mode=mode) as bar:
             for step, (images, labels, _) in enumerate(train_loader):
                 lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
                 for group in optimizer.param_groups:
@@ -270,7 +273,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         if not math.isfinite(train_loss):
             raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr or use --init sturdy")
         val_top1, val_top5 = validate(step_net, val_loader, amp, dev)
-        schedule.step(val_top1)
+        if epoch + 1 > cfg.warmup_epochs:  # a warm-up epoch is no plateau: its lr is still rising
+            schedule.step(val_top1)
         row = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_top1_err=train_err, val_top1_err=val_top1,
                    val_top5_err=val_top5, images_per_s=clock.rate() or seen_all / (trained - started),
                    seconds=time.perf_counter() - started)  # fmt: skip
@@ -281,7 +285,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
             save_checkpoint(run_dir, dict(
                 format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
                 optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
-                config=_config_dict(cfg), metrics=metrics, rng=rng_state()), is_best)  # fmt: skip
+                config=_config_dict(cfg), metrics=metrics, rng=rng_state(), world_size=world), is_best)  # fmt: skip
             write_metrics(run_dir, metrics)
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")

@@ -105,6 +105,15 @@ def test_plot_two_runs(tmp_path):
     assert len(read_metrics(tmp_path / "a")) == 6
 
 
+def test_plot_passes_over_a_run_still_in_its_first_epoch(tmp_path, capsys):
+    write_run(tmp_path / "a", 3, 0.9)
+    write_run(tmp_path / "live", 0, 0.9)  # metrics.jsonl exists, with no epoch yet
+    out = plot(PlotConfig(runs=(tmp_path / "a", tmp_path / "live"), out=tmp_path / "c.png"))
+    assert out.is_file() and f"skipped {tmp_path / 'live'}: it has no finished epoch yet" in capsys.readouterr().err
+    with pytest.raises(AlexkitError, match="holds no epochs yet"):  # the only run asked for: an error, not a blank chart
+        plot(PlotConfig(runs=(tmp_path / "live",), out=tmp_path / "d.png"))
+
+
 def test_plot_errors(tmp_path, monkeypatch):
     with pytest.raises(AlexkitError, match="metrics.jsonl does not exist"):
         plot(PlotConfig(runs=(tmp_path,), out=tmp_path / "x.png"))

@@ -120,13 +120,14 @@ def test_validation_counts_top1_and_top5_among_ten_classes():
     assert (top1, top5) == (0.75, 0.5)
 
 
-def test_resuming_a_finished_run_changes_none_of_its_files(learned_run):
+def test_resuming_a_finished_run_changes_none_of_its_files(learned_run, capsys):
     def files():  # the lock file is opened (so touched) by every training of the run
         return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in learned_run.iterdir() if p.name != ".train.lock"}
 
     before = files()
     assert train(TrainConfig(resume=learned_run, epochs=3)) == learned_run  # it has 6 epochs already
     assert files() == before
+    assert "already has 6 epochs; pass a larger --epochs" in capsys.readouterr().out  # said with --progress none too
 
 
 def test_resume_flags_that_cannot_apply_are_one_line_errors(store, tmp_path):
@@ -148,6 +149,23 @@ def test_a_damaged_store_is_refused_before_the_run_folder_is_made(store, tmp_pat
     with pytest.raises(AlexkitError, match=r"stats.npz is not a stats.npz written by `alexkit prepare` \(EOFError"):
         train(TrainConfig(data=damaged, out=tmp_path / "run", epochs=1, **TINY))
     assert not (tmp_path / "run").exists()
+
+
+def test_warm_up_epochs_are_no_plateau(store, tmp_path):
+    """At lr 1e-9 the val error cannot move: with patience 1 and no drop left, epoch 2 would end the
+    run, but epochs 1 and 2 are warm-up, so the plateau count starts at epoch 3."""
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=3, lr=1e-9, warmup_epochs=2, patience=1,
+                            max_lr_drops=0, **TINY))  # fmt: skip
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3]
+
+
+def test_resuming_on_another_number_of_processes_says_it_is_no_longer_exact(store, tmp_path, capsys):
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["world_size"] == 1
+    torch.save(dict(last, world_size=2), run / "last.pt")  # as if epoch 1 had run under torchrun with 2 processes
+    train(TrainConfig(resume=run, epochs=2))
+    assert "ran on 2 processes so far and goes on with 1: it will not equal" in capsys.readouterr().out
 
 
 def test_plateau_schedule_drops_three_times_then_stops():

@@ -46,7 +46,7 @@ def command(
     fc_features: int = FC_FEATURES,
     dropout: float = typer.Option(0.5, "--dropout"),
     init: str = typer.Option("paper", "--init", help="paper, or sturdy (biases 0.1, gains kept at any width) when the paper's init stays at chance."),
-    progress: str = typer.Option("auto", "--progress", help="auto, rich, plain or none (rank 0 only)."),
+    progress: str = typer.Option("auto", "--progress", help="Progress bars: auto, rich, plain or none (rank 0 only; epoch summaries always print)."),
 ) -> None:
     """Train AlexNet (two columns) with SGD as in the paper; writes config, metrics and checkpoints to a run directory.
 
