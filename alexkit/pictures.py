@@ -4,7 +4,7 @@ show_batch writes two PNGs from the real loaders:
     train-batch.png  augmented training crops (random crop, mirror, PCA lighting) with class names
     val-views.png    the ten test-time views of one val image: 4 corners + centre, then their mirrors
 The loaders give mean-subtracted crops; the mean is added back and the sum clipped to 0-255.
-plot writes one PNG of training curves (loss, top-1/top-5 error, lr) from runs' metrics.jsonl.
+plot writes one picture (.png, .pdf or .svg) of training curves (loss, top-1/top-5 error, lr) from runs' metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ PANELS = [  # (title, [(metrics key, line style, label suffix)], y scale)
 
 
 def plot(cfg: PlotConfig) -> Path:
-    """Write one PNG with four panels (loss, top-1, top-5, lr) against epoch; one colour per run."""
+    """Write one picture (.png, .pdf or .svg) with four panels (loss, top-1, top-5, lr) against epoch; one colour per run."""
     runs = list(cfg.runs)
     if not runs:
         run = latest_run()

@@ -4,7 +4,7 @@ A run directory holds config.json, metrics.jsonl (one line per epoch), last.pt a
 (written to a temporary name and renamed, loadable with torch.load(..., weights_only=True)), and
 copies of the store's stats.npz and classes.json, so a run can be used without its store.
 A checkpoint is a dict of plain values and state_dicts: format_version, model (the unwrapped
-AlexNet's state_dict), model_args, optimizer, scheduler, epoch, config, metrics, rng.
+AlexNet's state_dict), model_args, optimizer, scheduler, epoch, config, metrics, rng, world_size.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Training speed: images/s with synthetic on-device input and with the real pipeline, side by side.
 
-AlexNet is input-bound on modern GPUs; the gap between the two rows is what the loader costs.
+AlexNet is known to outrun its input pipelines (TensorFlow's benchmarks left out 8-GPU AlexNet on
+real data for that reason); the gap between the two rows is what the loader costs.
 Each row is the median of `repeats` timed windows of `steps` steps (after `warmup` steps), with
 the slowest and fastest window beside it.
 """

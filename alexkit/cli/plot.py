@@ -1,4 +1,4 @@
-"""`alexkit plot RUN...`: training curves of one or more runs in one PNG (needs matplotlib)."""
+"""`alexkit plot RUN...`: training curves of one or more runs in one picture (needs matplotlib)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ def command(
     size: int = typer.Option(256, "--size", help="Stored side: shorter side resized to it, centre crop (256: the paper)."),
     format: str = typer.Option("jpg", "--format", help="jpg (~31 KB per 256 px image: ~40 GB for ImageNet) or raw (192 KB: ~260 GB, no decoding)."),
     quality: int = typer.Option(90, "--quality", help="JPEG quality, 1-100."),
-    workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Worker processes (default: all cores)."),
+    workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Worker processes.", show_default="all cores"),
     force: bool = typer.Option(False, "--force", help="Rebuild a finished store."),
 ) -> None:
     """Write OUT/{train,val}.beton, stats.npz (mean image, RGB eigen-decomposition), classes.json, manifest.json.

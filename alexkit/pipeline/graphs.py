@@ -32,8 +32,9 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
   out[:, h, w'] = pixel[y + h, x + w] - mean[y + h, x + w] + offset, w' = C - 1 - w if mirrored,
   the same float32 arithmetic as the two-operator graph (identical outputs from JPEG; from raw
   pixels that graph computes pixel - (mean - offset), equal within float32 rounding; tested).
-  `alexkit bench loader` (train, 2 cores, CPU ms per image, operators only -> kernel): JPEG
-  store 0.51 -> 0.41, raw store 0.28 -> 0.14. Compiled once per process and layout (about 2 s).
+  `alexkit bench loader` (train, 2 cores, CPU ms per image, operators only -> kernel; README's
+  table): JPEG store 0.49 -> 0.42, raw store 0.28 -> 0.13. Compiled once per process and layout
+  (about 2 s).
   Without numba, or with fused=False, DALI's operators run instead.
   The mean windows cost no pass: a table holds, for every left edge x, the columns x..x+C of the
   mean image made contiguous (S - C + 1 arrays of S x C x 3 float32, 23 MB at 256 -> 224), so the
@@ -46,8 +47,8 @@ Why the work is laid out this way (measured on 2 CPU cores, 256 -> 224; alexkit 
   decoded image and writes each once, where DALI's operators write ten uint8 views, stack them,
   then subtract. (The loader runs it for an evaluation pass only where that pays for the
   compilation: loader.KERNEL_PAYS_VIEWS.) CPU ms per image,
-  operators only -> kernel: center JPEG 0.43 -> 0.37, raw 0.14 -> 0.09; tencrop JPEG 2.19 -> 1.47,
-  raw 2.06 -> 1.05.
+  operators only -> kernel (README's table): center JPEG 0.45 -> 0.38, raw 0.13 -> 0.08; tencrop
+  JPEG 2.45 -> 1.46, raw 1.88 -> 1.03.
 - Elsewhere (on the GPU, where feeding 77 MB of mean windows per batch would cost a
   host-to-device copy; center and tencrop; train from raw pixels on the CPU without the
   kernel) the per-pixel mean image is a graph constant (made once, then shared, never copied
