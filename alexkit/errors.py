@@ -1,5 +1,5 @@
 """The error type for bad usage and bad input: a problem and its fix, printed on one line, exit code 2
-(a file that cannot be read or written is one line too, exit code 1: see cli/main.py)."""
+(a path the system refuses, an OSError, is one line too, exit code 1: see cli/main.py)."""
 
 
 class AlexkitError(Exception):

@@ -196,6 +196,14 @@ def read_metrics(run: Path) -> list[dict]:
     return records
 
 
+def _no_epoch_yet(run: Path) -> bool:
+    """A run folder whose training has not finished an epoch: no metrics.jsonl yet, or an empty one."""
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        return not metrics.read_text().strip()
+    return (run / "config.json").is_file() or (run / ".train.lock").is_file()
+
+
 PANELS = [  # (title, [(metrics key, line style, label suffix)], y scale)
     ("training loss", [("train_loss", "-", "")], "linear"),
     ("top-1 error", [("val_top1_err", "-", " val"), ("train_top1_err", ":", " train")], "linear"),
@@ -213,13 +221,11 @@ def plot(cfg: PlotConfig) -> Path:
             raise AlexkitError(f"no run with a finished epoch under {DEFAULT_RUNS}/; pass run directories: alexkit plot RUN...")
         runs = [run]
     data = []
-    for r in runs:
-        try:
-            data.append((Path(r), read_metrics(r)))
-        except AlexkitError as exc:
-            if len(runs) == 1 or "holds no epochs yet" not in str(exc):
-                raise
-            print(f"skipped {r}: it has no finished epoch yet", file=sys.stderr)  # still in its first epoch
+    for r in map(Path, runs):
+        if len(runs) > 1 and _no_epoch_yet(r):  # a run just started: the others are still worth a picture
+            print(f"skipped {r}: it has no finished epoch yet", file=sys.stderr)
+            continue
+        data.append((r, read_metrics(r)))
     if not data:
         raise AlexkitError(f"none of {', '.join(map(str, runs))} has a finished epoch yet; plot after the first epoch ends")
     matplotlib = require("matplotlib", fix="install it with `pip install 'alexkit[plot]'` (or `pip install matplotlib`)")

@@ -64,30 +64,42 @@ def predict(cfg: PredictConfig) -> list[dict]:
     k = min(cfg.top_k, len(classes))
     results, skipped = [], []
     for start in range(0, len(files), cfg.batch_size):
-        chunk, images = [], []
-        for f in files[start : start + cfg.batch_size]:
-            try:
-                images.append(views(load_image(f, size), mean_image, crop, cfg.tta))
-                chunk.append(f)
-            except AlexkitError as exc:  # one bad file costs only itself; the command still fails at the end
-                print(f"skipped {exc}", file=sys.stderr)
-                skipped.append(str(exc))
-        if not chunk:
-            continue
-        batch = np.stack(images)  # (N, V, 3, C, C)
-        with torch.inference_mode():
-            p, top = predict_top(model, torch.from_numpy(batch).to(device), k)  # (N, k) each
-        for f, ps, cs in zip(chunk, p.cpu().tolist(), top.cpu().tolist()):
-            top_list = [{"index": c, "wnid": classes[c].get("wnid"), "name": classes[c].get("name"), "prob": q}
-                        for c, q in zip(cs, ps)]  # fmt: skip
-            results.append({"path": str(f), "top": top_list})
-            print(f)
-            for t in top_list:
-                print(f"  {100 * t['prob']:6.2f}%  {t['index']:4d}  {t['name']}")
+        chunk = files[start : start + cfg.batch_size]
+        loaded = [_try_views(f, size, mean_image, crop, cfg.tta) for f in chunk]  # (V, 3, C, C) arrays, or why not
+        good = [v for v in loaded if not isinstance(v, str)]
+        if good:
+            with torch.inference_mode():
+                p, top = predict_top(model, torch.from_numpy(np.stack(good)).to(device), k)  # (N, k) each
+            tops = iter(zip(p.cpu().tolist(), top.cpu().tolist()))
+        for f, v in zip(chunk, loaded):  # in file order: a skipped file's line comes between its neighbours'
+            if isinstance(v, str):  # one bad file costs only itself; the command still fails at the end
+                print(f"skipped {v}", file=sys.stderr, flush=True)
+                skipped.append(v)
+            else:
+                results.append(_report(f, *next(tops), classes))
     if skipped:
-        raise AlexkitError(f"{len(skipped)} of {len(files)} images could not be read (first: {skipped[0]}); the others "
-                           "are listed above")  # fmt: skip
+        what = f"{len(skipped)} of {len(files)} images could not" if results else f"none of the {len(files)} images could"
+        raise AlexkitError(f"{what} be read (first: {skipped[0]}); pass image files (JPEG, PNG, ...)")
     return results
+
+
+def _try_views(path: Path, size: int, mean_image: np.ndarray, crop: int, tta: bool) -> np.ndarray | str:
+    """The image's views, or a line saying why it cannot be read."""
+    try:
+        return views(load_image(path, size), mean_image, crop, tta)
+    except AlexkitError as exc:
+        return str(exc)
+
+
+def _report(path: Path, probs: list[float], top: list[int], classes: list[dict]) -> dict:
+    """Print an image's top classes; return them as {"path", "top": [{"index", "wnid", "name", "prob"}]}."""
+    top_list = [{"index": c, "wnid": classes[c].get("wnid"), "name": classes[c].get("name"), "prob": q}
+                for c, q in zip(top, probs)]  # fmt: skip
+    print(path)
+    for t in top_list:
+        print(f"  {100 * t['prob']:6.2f}%  {t['index']:4d}  {t['name']}")
+    sys.stdout.flush()  # before any later file's "skipped" line on stderr
+    return {"path": str(path), "top": top_list}
 
 
 def list_images(paths) -> list[Path]:

@@ -12,6 +12,7 @@ epoch).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -234,9 +235,10 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)" if schedule.stopped else
             f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
         return
-    if ckpt is not None and ckpt.get("world_size", world) != world:
-        say(f"note: {run_dir} ran on {ckpt['world_size']} processes so far and goes on with {world}: it will not equal "
-            "a run on one number of processes throughout (augmentation and dropout draw per process)")  # fmt: skip
+    before = _world_size_so_far(ckpt, run_dir) if ckpt is not None else world
+    if before not in (None, world):  # None: a run too old to say
+        say(f"note: {run_dir} ran on {before} process{'es' * (before != 1)} so far and goes on with {world}: it will "
+            "not equal a run on one number of processes throughout (augmentation and dropout draw per process)")  # fmt: skip
     if placement.is_main:
         resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
                         devices=[str(d) for d in placement.devices])  # fmt: skip
@@ -307,6 +309,16 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device) -> tuple[f
     if n == 0:
         raise AlexkitError("the validation split is empty; run `alexkit prepare` on a source with validation images")
     return 1.0 - top1 / n, 1.0 - top5 / n
+
+
+def _world_size_so_far(ckpt: dict, run_dir: Path) -> int | None:
+    """How many processes trained the checkpoint's epochs: in the checkpoint, or (older runs) in config.json."""
+    if "world_size" in ckpt:
+        return ckpt["world_size"]
+    try:
+        return json.loads((run_dir / "config.json").read_text())["resolved"]["world_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class _Rate:

@@ -108,8 +108,12 @@ def test_plot_two_runs(tmp_path):
 def test_plot_passes_over_a_run_still_in_its_first_epoch(tmp_path, capsys):
     write_run(tmp_path / "a", 3, 0.9)
     write_run(tmp_path / "live", 0, 0.9)  # metrics.jsonl exists, with no epoch yet
-    out = plot(PlotConfig(runs=(tmp_path / "a", tmp_path / "live"), out=tmp_path / "c.png"))
-    assert out.is_file() and f"skipped {tmp_path / 'live'}: it has no finished epoch yet" in capsys.readouterr().err
+    (tmp_path / "starting").mkdir()
+    (tmp_path / "starting" / ".train.lock").write_text("")  # before its run files are written
+    out = plot(PlotConfig(runs=(tmp_path / "a", tmp_path / "live", tmp_path / "starting"), out=tmp_path / "c.png"))
+    err = capsys.readouterr().err
+    assert out.is_file() and f"skipped {tmp_path / 'live'}: it has no finished epoch yet" in err
+    assert f"skipped {tmp_path / 'starting'}:" in err
     with pytest.raises(AlexkitError, match="holds no epochs yet"):  # the only run asked for: an error, not a blank chart
         plot(PlotConfig(runs=(tmp_path / "live",), out=tmp_path / "d.png"))
 

@@ -166,6 +166,13 @@ def test_resuming_on_another_number_of_processes_says_it_is_no_longer_exact(stor
     torch.save(dict(last, world_size=2), run / "last.pt")  # as if epoch 1 had run under torchrun with 2 processes
     train(TrainConfig(resume=run, epochs=2))
     assert "ran on 2 processes so far and goes on with 1: it will not equal" in capsys.readouterr().out
+    last = {k: v for k, v in torch.load(run / "last.pt", weights_only=True).items() if k != "world_size"}
+    torch.save(last, run / "last.pt")  # a checkpoint from before world_size: config.json says how many
+    config = json.loads((run / "config.json").read_text())
+    config["resolved"]["world_size"] = 3
+    (run / "config.json").write_text(json.dumps(config))
+    train(TrainConfig(resume=run, epochs=3))
+    assert "ran on 3 processes so far and goes on with 1" in capsys.readouterr().out
 
 
 def test_plateau_schedule_drops_three_times_then_stops():
