@@ -1,6 +1,7 @@
 """The .beton writer/reader against FFCV's own reader and loader."""
 
 import io
+import pathlib
 
 import numpy as np
 import pytest
@@ -147,6 +148,19 @@ def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_
     with pytest.raises(FileNotFoundError) as info:
         write_atomic(target, reads_a_missing_file)
     assert info.value.filename == str(tmp_path / "missing")  # an error about another file keeps its name
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/fd").is_dir(), reason="tells a folder's descriptor by /proc")
+def test_write_atomic_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import os
+
+    from alexkit.paths import write_atomic
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", None)) or real_replace(a, b))
+    write_atomic(tmp_path / "x.json", "data")
+    assert events == [("fsync", False), ("replace", None), ("fsync", True)]  # file, rename, folder
 
 
 def test_write_atomic_from_two_processes_at_once_leaves_one_whole_version(tmp_path):

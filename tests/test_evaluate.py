@@ -144,6 +144,31 @@ def test_probabilities_match_numpy_reference(setup, reference, tta, tmp_path):
     assert results["top5_err"] == 0.0  # 3 classes: the label is always among the top 5
 
 
+def test_top5_among_eight_classes_matches_the_reference(tmp_path):
+    """With more classes than five, the CSV's top1..top5 and the top-5 error follow the reference."""
+    store = make_store(tmp_path / "store", classes=8, val=12, train=8, seed=3)
+    ckpt, model = make_run(tmp_path / "runs" / "r", store, seed=3)
+    ref = reference_probs(model, store, tta=True)  # (12, 8)
+    csv_path = tmp_path / "pred.csv"
+    results = evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=True, device="cpu", predictions_path=csv_path))
+    rows, labels = read_predictions(csv_path), store.split("val").labels
+    assert [[int(r[f"top{j}"]) for j in range(1, 6)] for r in rows] == np.argsort(-ref, axis=1)[:, :5].tolist()
+    hit5 = (np.argsort(-ref, axis=1)[:, :5] == labels[:, None]).any(axis=1)
+    assert 0 < hit5.mean() < 1  # the case this is about: some labels outside the top 5
+    assert results["top5_err"] == pytest.approx(1 - hit5.mean())
+
+
+def test_each_val_image_must_be_counted_exactly_once(setup):
+    from alexkit.evaluate import _check_each_once
+
+    _, store, _, _ = setup
+    _check_each_once(np.arange(7), 7, store)
+    with pytest.raises(AlexkitError, match=r"gave 7 predictions for 7 images \(1 repeated, 1 missing\)"):
+        _check_each_once(np.array([0, 1, 2, 3, 4, 5, 5]), 7, store)
+    with pytest.raises(AlexkitError, match=r"gave 8 predictions for 7 images \(1 repeated, 0 missing\)"):
+        _check_each_once(np.array([0, 1, 2, 3, 4, 5, 6, 6]), 7, store)
+
+
 def test_ten_views_differ_from_the_centre_crop(reference):
     """The reference is sensitive to the views: centre and ten-crop disagree on these images."""
     assert np.abs(reference[True] - reference[False]).max() > 1e-2

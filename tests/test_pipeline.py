@@ -158,6 +158,13 @@ def test_center_and_ten_crops_equal_numpy_crops(channels_last):
     assert index.tolist() == list(range(n))
 
 
+def test_ten_views_are_the_papers_in_readmes_order():
+    """The order is part of the interface (README, the evaluator's averaging, show-batch): written out."""
+    assert TEN_VIEWS == (("top-left", False), ("top-right", False), ("bottom-left", False), ("bottom-right", False),
+                         ("centre", False), ("top-left", True), ("top-right", True), ("bottom-left", True),
+                         ("bottom-right", True), ("centre", True))  # fmt: skip
+
+
 def test_ten_views_are_in_the_documented_order():
     """Pixels encode their own coordinates (R = column, G = row): each view's corners show where it sits."""
     size = 40

@@ -14,6 +14,20 @@ from alexkit.model import AlexNet
 from alexkit.model.placement import ColumnAlexNet, Placement, alexnet_state_dict, load_alexnet_state_dict, place, setup
 from alexkit.train import TrainConfig, make_optimizer, train_step
 
+
+def test_ddp_ranks_are_global_never_local(monkeypatch):
+    """Node 2 of 2, its second process: RANK 3, LOCAL_RANK 1. Shards follow RANK (a LOCAL_RANK shard
+    would give two nodes the same images)."""
+    import torch.distributed as dist
+
+    for name, value in dict(RANK="3", LOCAL_RANK="1", WORLD_SIZE="4", LOCAL_WORLD_SIZE="2").items():
+        monkeypatch.setenv(name, value)
+    joined = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, rank, world_size: joined.append((backend, rank, world_size)))
+    placement = setup("ddp", "cpu")
+    assert (placement.rank, placement.world_size, joined) == (3, 4, [("gloo", 3, 4)])
+
 CPU2 = (torch.device("cpu"), torch.device("cpu"))
 SMALL = dict(width=0.25, fc_features=64, input_size=63, dropout=0.0)
 DDP_NET = dict(SMALL, init="sturdy")  # every parameter gets a gradient that moves it visibly

@@ -208,6 +208,16 @@ def test_resize_and_crop_match_pil_reference(w, h, size):
     assert diff.max() <= 1 and diff.mean() < 0.1
 
 
+def test_resize_geometry_worked_by_hand():
+    """Shorter side to `size`, the longer one rounded to nearest; the crop centred, its corner rounded down."""
+    assert imageops.resized_size(20, 58, 32) == (32, 93)  # 58 * 32 / 20 = 92.8
+    assert imageops.resized_size(30, 21, 48) == (69, 48)  # 30 * 48 / 21 = 68.57
+    assert imageops.resized_size(500, 375, 256) == (341, 256)  # 341.33
+    assert imageops.resized_size(7, 1000, 256) == (256, 36571)  # 36571.43
+    assert imageops.crop_origin((32, 93), 32) == (0, 30)  # 61 / 2 = 30.5
+    assert imageops.crop_origin((69, 48), 48) == (10, 0)  # 21 / 2 = 10.5
+
+
 @pytest.mark.parametrize("kind", ["baseline", "progressive", "grey", "4:4:4", "exif rotated"])
 def test_opencv_decodes_jpegs_like_pil(kind):
     """Plain RGB and grey JPEGs go through OpenCV's decoder: the same pixels as PIL's, exactly
@@ -512,6 +522,21 @@ def test_finished_store_is_kept_unless_force(tmp_path, capsys):
         _run(src, out, size=48)
     _run(src, out, size=48, force=True)
     assert Store(out).size == 48
+
+
+def test_a_rebuild_that_fails_leaves_no_manifest_vouching_for_the_old_store(tmp_path, monkeypatch):
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+
+    def fails(self, *args, **kw):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(BetonWriter, "add", fails)
+    with pytest.raises(AlexkitError, match="Input/output error"):
+        _run(src, out, force=True)
+    assert not (out / "manifest.json").exists()  # the store is incomplete now, and says so
+    with pytest.raises(AlexkitError, match="has no .*manifest.json"):
+        Store(out)
 
 
 def _children(pid: int) -> list[int]:

@@ -154,9 +154,31 @@ def test_a_damaged_store_is_refused_before_the_run_folder_is_made(store, tmp_pat
 def test_warm_up_epochs_are_no_plateau(store, tmp_path):
     """At lr 1e-9 the val error cannot move: with patience 1 and no drop left, epoch 2 would end the
     run, but epochs 1 and 2 are warm-up, so the plateau count starts at epoch 3."""
-    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=3, lr=1e-9, warmup_epochs=2, patience=1,
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=5, lr=1e-9, warmup_epochs=2, patience=1,
                             max_lr_drops=0, **TINY))  # fmt: skip
-    assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3]
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3, 4]  # epoch 3 sets the best; epoch 4, no better, ends it
+
+
+def test_validation_reads_the_centre_crop_and_training_the_train_graph(store, tmp_path, monkeypatch):
+    import alexkit.pipeline.loader as loader
+
+    made, real = [], loader.make_loader
+    monkeypatch.setattr(loader, "make_loader", lambda store, split, **kw: made.append((split, kw["mode"])) or real(store, split, **kw))
+    train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    assert sorted(made) == [("train", "train"), ("val", "center")]
+
+
+def test_linear_lr_scaling_is_lr_times_batch_over_128(store, tmp_path):
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, lr_scaling="linear", **dict(TINY, batch_size=32)))
+    assert _metrics(run)[0]["lr"] == pytest.approx(0.01 * 32 / 128)
+
+
+def test_best_pt_holds_the_latest_of_equal_epochs(store, tmp_path, monkeypatch):
+    import alexkit.train as train_module
+
+    monkeypatch.setattr(train_module, "validate", lambda *args: (0.5, 0.25))  # every epoch ties
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=3, patience=10, **TINY))
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 3
 
 
 def test_resuming_on_another_number_of_processes_says_it_is_no_longer_exact(store, tmp_path, capsys):
