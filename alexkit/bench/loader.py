@@ -17,7 +17,8 @@ start); the median of the others is printed with their min-max, and the CPU time
 threads and worker processes), the steadier figure on a shared machine.
 Threads: alexkit's loader its default (cores + 1, see pipeline/loader.default_threads), the
 baselines one worker per core ("a DataLoader on all cores"; FFCV cannot run more workers than
-numba has threads); --threads gives every pipeline the same number. Memory: alexkit's train
+numba has threads); --threads gives every pipeline the same number (FFCV's at most numba's
+thread count: the settings line says what each got). Memory: alexkit's train
 loader runs alone first, and the process's anonymous and file-backed RSS is printed after each
 epoch. Without --store, the photo-like JPEGs of `alexkit bench prepare` (ImageNet-like sizes
 and bytes, q90) are made, kept in --work if given, and run through `alexkit prepare` into a
@@ -269,7 +270,8 @@ def memory_per_epoch(store, cfg: BenchLoaderConfig, threads: int) -> list[dict]:
 
 
 def memory_mib() -> dict:
-    """This process's resident memory (MiB): anonymous, file-backed (mapped .beton pages), and the peak."""
+    """This process's resident memory (MiB): anonymous, file-backed (shared libraries and mapped .beton
+    pages), and the peak."""
     fields = {}
     with open("/proc/self/status") as f:
         for line in f:
@@ -299,10 +301,12 @@ def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) 
     compiled = one_pass_op(False) is not None
     seconds = time.perf_counter() - started
     kernel = f"one-pass kernel, compiled in {seconds:.1f} s" if compiled else "no numba: all rows run DALI's operators only"
+    capped = cfg.baselines and compiled and _numba_threads() < workers  # FFCV's workers are numba threads
+    ffcv = f" ({_numba_threads()} for FFCV: numba's threads)" if capped else ""
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
     size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}
     line = (f"alexkit bench loader: {', '.join(f'{fmt} store {n[fmt]} images ({size[fmt] / 2**20:,.0f} MiB)' for fmt in stores)}; "
-            f"batch {cfg.batch_size}, {threads} DALI threads, {workers} baseline workers, on {os.cpu_count()} CPUs ({cpu_name()}), "
+            f"batch {cfg.batch_size}, {threads} DALI threads, {workers} baseline workers{ffcv}, on {os.cpu_count()} CPUs ({cpu_name()}), "
             f"DALI {nvidia.dali.__version__} CPU operators ({kernel}), prefetch {cfg.prefetch}; {cfg.epochs} epochs per row, "
             f"median (min-max) of the last {cfg.epochs - 1}")  # fmt: skip
     return {"line": line, "threads": threads, "workers": workers, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "images": n}
@@ -323,7 +327,7 @@ def _print_summary(rows: list[dict], memory: dict) -> None:
                      for name, o in others if ours and o]  # fmt: skip
             if parts:
                 print(f"  alexkit {fmt} {mode} vs " + "; ".join(parts))
-    print("  memory after each training epoch of alexkit's loader, run alone first (MiB; file-backed = mapped .beton pages):")
+    print("  memory after each training epoch of alexkit's loader, run alone first (MiB; file-backed = shared libraries and mapped .beton pages):")
     for fmt, per_epoch in memory.items():
         anon = ", ".join(f"{m['anon']:.0f}" for m in per_epoch)
         last = per_epoch[-1]

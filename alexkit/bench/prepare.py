@@ -181,7 +181,7 @@ def _route_alexkit(src: Path, out: Path, cfg: BenchPrepareConfig) -> float:
     from alexkit.pipeline.prepare import PrepareConfig, prepare
 
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its lines and notes
         prepare(PrepareConfig(src=src, out=out, size=cfg.size, quality=cfg.quality, workers=cfg.workers))
     return time.perf_counter() - started
 

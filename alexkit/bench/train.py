@@ -89,7 +89,8 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
     settings = (f"batch {cfg.batch_size}, {size}x{size}, width {cfg.width}, {'bf16 autocast' if amp else 'fp32'}"
                 f"{', channels-last' if channels_last else ''}{', compiled' if compiled else ''}; "
                 f"median of {cfg.repeats} x {cfg.steps} steps after {cfg.warmup} warm-up")  # fmt: skip
-    _print(device_name, settings, rows, None if store else f"no store at {cfg.data}: real pipeline not measured")
+    missing = f"{cfg.data} is not a finished store (no manifest.json)" if Path(cfg.data).exists() else f"no store at {cfg.data}"
+    _print(device_name, settings, rows, None if store else f"{missing}: real pipeline not measured")
     return dict(device=device_name, settings=settings, rows=rows)
 
 
