@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +103,20 @@ def load_checkpoint(path: Path):
 
 
 def store_of(ckpt: dict, ckpt_path: Path, data: Path | None) -> Path:
-    """`data` if given, else the store named by the checkpoint's training config, else DEFAULT_STORE."""
+    """`data` if given, else the store named by the checkpoint's training config, else DEFAULT_STORE.
+
+    A named store that is gone (the whole folder moved, say) gives way to DEFAULT_STORE where the
+    run holds copies of its store's classes and mean image: check_same_store then compares them."""
     if data is not None:
         return Path(data)
     named = (ckpt.get("config") or {}).get("data")
     if named and not Path(named).is_dir():
+        run = ckpt_path.parent
+        if DEFAULT_STORE.is_dir() and (run / "classes.json").is_file() and (run / "stats.npz").is_file():
+            if os.environ.get("RANK", "0") == "0":
+                print(f"note: {named}, the store {run} was trained on, is not there; reading ./{DEFAULT_STORE} (checked "
+                      "against the run's copies of its classes and mean image)", file=sys.stderr)  # fmt: skip
+            return DEFAULT_STORE
         raise AlexkitError(f"{ckpt_path} was trained on the store {named}, which is not there (from here); pass --data with its place")
     return Path(named) if named else DEFAULT_STORE
 
