@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Collection, Literal
 
@@ -157,7 +158,10 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         check_resumable(ckpt_path)
         stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
         ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
+        asked_data = "data" in given if given is not None else cfg.data != TrainConfig().data
         cfg = _resumed_config(cfg, ckpt["config"], given)
+        if not asked_data:
+            cfg = _moved_store(cfg, ckpt_path.parent)
     if not cfg.parallel.startswith("ddp") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {os.environ['WORLD_SIZE']} processes would run "
                            "that many copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
@@ -174,6 +178,17 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         raise
     teardown()
     return run_dir
+
+
+def _moved_store(cfg: TrainConfig, run: Path) -> TrainConfig:
+    """A resumed run whose store is gone (the folder holding alexkit-store/ and alexkit-runs/ moved)
+    goes on with ./alexkit-store where the run holds copies to check it against (check_same_store)."""
+    if Path(cfg.data).is_dir() or not DEFAULT_STORE.is_dir() or not all((run / n).is_file() for n in ("classes.json", "stats.npz")):
+        return cfg
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {cfg.data}, the store {run} was trained on, is not there; reading ./{DEFAULT_STORE} (checked "
+              "against the run's copies of its classes and mean image)", file=sys.stderr)  # fmt: skip
+    return replace(cfg, data=DEFAULT_STORE)
 
 
 def _usable_store(cfg: TrainConfig):

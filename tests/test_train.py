@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +141,20 @@ def test_resume_flags_that_cannot_apply_are_one_line_errors(store, tmp_path):
     with pytest.raises(AlexkitError, match=r"store .*store does not exist; pass --data with where the store that .*run was"):
         train(TrainConfig(resume=run, epochs=2))
     assert len(_metrics(train(TrainConfig(resume=run, epochs=2, data=tmp_path / "store-now")))) == 2
+
+
+def test_a_resume_after_the_project_folder_moved_reads_its_store_there(store, tmp_path, monkeypatch, capsys):
+    first = tmp_path / "first"
+    shutil.copytree(store, first / "alexkit-store")
+    train(TrainConfig(data=first / "alexkit-store", out=first / "alexkit-runs" / "r", epochs=1, **TINY))
+    first.rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    with pytest.raises(AlexkitError, match="store .*typo does not exist"):  # a --data given is never replaced
+        train(TrainConfig(resume=Path("alexkit-runs/r"), epochs=2, data=Path("typo")), given={"resume", "epochs", "data"})
+    run = train(TrainConfig(resume=Path("alexkit-runs/r"), epochs=2), given={"resume", "epochs"})
+    assert len(_metrics(run)) == 2 and "first/alexkit-store, the store" in capsys.readouterr().err
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["data"] == str(tmp_path / "moved" / "alexkit-store")  # the next eval or resume finds it directly
 
 
 def test_a_damaged_store_is_refused_before_the_run_folder_is_made(store, tmp_path):
