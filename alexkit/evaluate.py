@@ -29,7 +29,7 @@ import numpy as np
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.runs import check_same_store, find_checkpoint
+from alexkit.runs import check_same_store, find_checkpoint, moved_store
 
 TOP_K = 5
 LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
@@ -103,21 +103,19 @@ def load_checkpoint(path: Path):
 
 
 def store_of(ckpt: dict, ckpt_path: Path, data: Path | None) -> Path:
-    """`data` if given, else the store named by the checkpoint's training config, else DEFAULT_STORE.
-
-    A named store that is gone (the whole folder moved, say) gives way to DEFAULT_STORE where the
-    run holds copies of its store's classes and mean image: check_same_store then compares them."""
+    """`data` if given, else the store named by the checkpoint's training config (or, that folder
+    having moved with its runs, the store beside them: runs.moved_store), else DEFAULT_STORE."""
     if data is not None:
         return Path(data)
     named = (ckpt.get("config") or {}).get("data")
     if named and not Path(named).is_dir():
-        run = ckpt_path.parent
-        if DEFAULT_STORE.is_dir() and (run / "classes.json").is_file() and (run / "stats.npz").is_file():
-            if os.environ.get("RANK", "0") == "0":
-                print(f"note: {named}, the store {run} was trained on, is not there; reading ./{DEFAULT_STORE} (checked "
-                      "against the run's copies of its classes and mean image)", file=sys.stderr)  # fmt: skip
-            return DEFAULT_STORE
-        raise AlexkitError(f"{ckpt_path} was trained on the store {named}, which is not there (from here); pass --data with its place")
+        moved = moved_store(named, ckpt_path.parent)
+        if moved is None:
+            raise AlexkitError(f"{ckpt_path} was trained on the store {named}, which is not there (from here); pass --data with its place")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: {ckpt_path} was trained on {named}, which is not there; reading {moved}, the store of that name "
+                  "beside its runs folder, once it matches the run's copies of its classes and mean image", file=sys.stderr)  # fmt: skip
+        return moved
     return Path(named) if named else DEFAULT_STORE
 
 

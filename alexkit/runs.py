@@ -183,6 +183,22 @@ def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> Non
             raise AlexkitError(f"store {store.path} has another mean image than {run / 'stats.npz'}; {fix}")
 
 
+def moved_store(named: str, run: Path) -> Path | None:
+    """Where the store a run was trained on is now, if the folder that held both moved: PROJECT/NAME
+    beside PROJECT/alexkit-runs/RUN, NAME the recorded store's folder name. None unless it is there,
+    the run folder holds copies of the store's classes and mean image (check_same_store compares
+    them), and the run folder's config records the same store (its files are this run's)."""
+    candidate = Path(run).resolve().parent.parent / Path(named).name
+    needed = [candidate / "manifest.json", run / "classes.json", run / "stats.npz"]
+    if candidate == Path(named) or not all(p.is_file() for p in needed):
+        return None
+    try:
+        recorded = json.loads((run / "config.json").read_text())["config"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return candidate if recorded == named else None
+
+
 def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:
     """The checkpoint file: `path` itself, a run directory's first of `prefer`, or the latest run's."""
     if path is None:

@@ -33,7 +33,7 @@ from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, che
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.runs import rng_state
+from alexkit.runs import moved_store, rng_state
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
@@ -181,14 +181,15 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
 
 
 def _moved_store(cfg: TrainConfig, run: Path) -> TrainConfig:
-    """A resumed run whose store is gone (the folder holding alexkit-store/ and alexkit-runs/ moved)
-    goes on with ./alexkit-store where the run holds copies to check it against (check_same_store)."""
-    if Path(cfg.data).is_dir() or not DEFAULT_STORE.is_dir() or not all((run / n).is_file() for n in ("classes.json", "stats.npz")):
+    """A resumed run whose store is gone because the folder holding both moved goes on with the store
+    beside its runs folder (runs.moved_store; check_same_store then compares it with the run's copies)."""
+    moved = None if Path(cfg.data).is_dir() else moved_store(str(cfg.data), run)
+    if moved is None:
         return cfg
     if os.environ.get("RANK", "0") == "0":
-        print(f"note: {cfg.data}, the store {run} was trained on, is not there; reading ./{DEFAULT_STORE} (checked "
-              "against the run's copies of its classes and mean image)", file=sys.stderr)  # fmt: skip
-    return replace(cfg, data=DEFAULT_STORE)
+        print(f"note: {run} was trained on {cfg.data}, which is not there; reading {moved}, the store of that name "
+              "beside its runs folder, once it matches the run's copies of its classes and mean image", file=sys.stderr)  # fmt: skip
+    return replace(cfg, data=moved)
 
 
 def _usable_store(cfg: TrainConfig):

@@ -341,20 +341,29 @@ def test_a_store_other_than_the_runs_is_refused(setup, tmp_path):
 
 def test_a_moved_project_folder_still_chains(setup, tmp_path, monkeypatch, capsys):
     """prepare -> train -> eval in one folder, then the folder moved: the store path in the run is
-    gone, and eval reads ./alexkit-store after checking it against the run's copies."""
+    gone, and eval reads the store beside the runs folder, checked against the run's copies."""
     _, store, ckpt, _ = setup
-    shutil.copytree(store.path, tmp_path / "alexkit-store")
-    run = tmp_path / "alexkit-runs" / "20260101-000000"
+    project = tmp_path / "moved"
+    shutil.copytree(store.path, project / "alexkit-store")
+    run = project / "alexkit-runs" / "20260101-000000"
     shutil.copytree(ckpt.parent, run)
-    c = torch.load(run / "best.pt", weights_only=True)
-    torch.save(dict(c, config={"data": str(tmp_path / "old-place" / "alexkit-store")}), run / "best.pt")
-    monkeypatch.chdir(tmp_path)
-    results = evaluate(EvalConfig(device="cpu"))
-    assert results["n"] == len(store.split("val")) and "old-place/alexkit-store, the store" in capsys.readouterr().err
-    np.savez(tmp_path / "alexkit-store" / "stats.npz", mean_image=np.zeros((SIZE, SIZE, 3), np.float32), eigval=np.ones(3),
+    config = {"data": str(tmp_path / "old-place" / "alexkit-store")}
+    torch.save(dict(torch.load(run / "best.pt", weights_only=True), config=config), run / "best.pt")
+    (run / "config.json").write_text(json.dumps({"config": config}))
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copytree(store.path, tmp_path / "elsewhere" / "alexkit-store")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a ./alexkit-store of the working folder is not the run's
+    results = evaluate(EvalConfig(checkpoint=run, device="cpu"))
+    assert results["store"] == str(project / "alexkit-store") and results["n"] == len(store.split("val"))
+    assert f"reading {project / 'alexkit-store'}, the store of that name beside its runs folder" in capsys.readouterr().err
+    (run / "config.json").write_text(json.dumps({"config": {"data": "/another/run/s/store"}}))
+    with pytest.raises(AlexkitError, match="which is not there .*; pass --data"):  # the folder's files are another run's
+        evaluate(EvalConfig(checkpoint=run, device="cpu"))
+    (run / "config.json").write_text(json.dumps({"config": config}))
+    np.savez(project / "alexkit-store" / "stats.npz", mean_image=np.zeros((SIZE, SIZE, 3), np.float32), eigval=np.ones(3),
              eigvec=np.eye(3))  # fmt: skip
     with pytest.raises(AlexkitError, match="has another mean image than"):  # another store: refused, not used
-        evaluate(EvalConfig(device="cpu"))
+        evaluate(EvalConfig(checkpoint=run, device="cpu"))
 
 
 def test_a_missing_store_or_mismatched_weights_are_one_line_errors(setup, tmp_path):

@@ -148,11 +148,11 @@ def test_a_resume_after_the_project_folder_moved_reads_its_store_there(store, tm
     shutil.copytree(store, first / "alexkit-store")
     train(TrainConfig(data=first / "alexkit-store", out=first / "alexkit-runs" / "r", epochs=1, **TINY))
     first.rename(tmp_path / "moved")
-    monkeypatch.chdir(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)  # not the project folder: the store is found beside the runs folder
     with pytest.raises(AlexkitError, match="store .*typo does not exist"):  # a --data given is never replaced
-        train(TrainConfig(resume=Path("alexkit-runs/r"), epochs=2, data=Path("typo")), given={"resume", "epochs", "data"})
-    run = train(TrainConfig(resume=Path("alexkit-runs/r"), epochs=2), given={"resume", "epochs"})
-    assert len(_metrics(run)) == 2 and "first/alexkit-store, the store" in capsys.readouterr().err
+        train(TrainConfig(resume=Path("moved/alexkit-runs/r"), epochs=2, data=Path("typo")), given={"resume", "epochs", "data"})
+    run = train(TrainConfig(resume=Path("moved/alexkit-runs/r"), epochs=2), given={"resume", "epochs"})
+    assert len(_metrics(run)) == 2 and "first/alexkit-store, which is not there; reading" in capsys.readouterr().err
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["data"] == str(tmp_path / "moved" / "alexkit-store")  # the next eval or resume finds it directly
 
