@@ -8,6 +8,13 @@ class AlexkitError(Exception):
     exit_code = 2
 
 
+def why(exc: BaseException) -> str:
+    """One line for a message: "EOFError: No data left in file"; an empty message (a zero-byte or
+    cut-off file, typically) as "empty or cut off"."""
+    text = str(exc).strip()
+    return f"{exc.__class__.__name__}: {text.splitlines()[0] if text else 'empty or cut off'}"
+
+
 class MissingDependency(AlexkitError):
     """An optional native piece (FFCV, DALI, CUDA) is not importable."""
 

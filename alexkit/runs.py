@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, why
 from alexkit.paths import DEFAULT_RUNS, latest_run, only_writer, temporaries, write_atomic
 
 CHECKPOINT_FORMAT = 1
@@ -229,8 +229,7 @@ def read_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        why = str(exc).splitlines()[0] if str(exc).strip() else "empty or cut off"
-        raise AlexkitError(f"cannot load checkpoint {path} ({exc.__class__.__name__}: {why}); "
+        raise AlexkitError(f"cannot load checkpoint {path} ({why(exc)}); "
                            "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT or "model_args" not in ckpt:
         found = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__

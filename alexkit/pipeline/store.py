@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, why
 from alexkit.pipeline.beton import BetonReader
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, crop_size
 
@@ -38,7 +38,7 @@ class Stats:
             if stats.mean_image.ndim != 3 or stats.mean_image.shape[2] != 3 or stats.eigval.shape != (3,) or stats.eigvec.shape != (3, 3):
                 raise ValueError("arrays of the wrong shape")
         except (EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # an OSError names its path itself
-            raise AlexkitError(f"{path} is not a stats.npz written by `alexkit prepare` ({_why(exc)}); {_REWRITE}") from exc
+            raise AlexkitError(f"{path} is not a stats.npz written by `alexkit prepare` ({why(exc)}); {_REWRITE}") from exc
         return stats
 
 
@@ -50,17 +50,12 @@ def read_classes(path: Path) -> list[dict]:
         if not isinstance(classes, list) or [c.get("index") for c in classes] != list(range(len(classes))) or not classes:
             raise ValueError("not a list of classes indexed 0, 1, 2, ...")
     except (ValueError, AttributeError) as exc:  # an OSError names its path itself
-        raise AlexkitError(f"{path} is not a classes.json written by `alexkit prepare` ({_why(exc)}); {_REWRITE}") from exc
+        raise AlexkitError(f"{path} is not a classes.json written by `alexkit prepare` ({why(exc)}); {_REWRITE}") from exc
     return classes
 
 
 _REWRITE = ("copy it again from the store (a run keeps copies of its store's files), or rewrite the store with "
             "`alexkit prepare SRC --out STORE --force`")  # fmt: skip
-
-
-def _why(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc).strip() else "empty or cut off"
-    return f"{exc.__class__.__name__}: {text}"
 
 
 class Store:
