@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,9 +111,6 @@ def store_of(ckpt: dict, ckpt_path: Path, data: Path | None) -> Path:
         moved = moved_store(named, ckpt_path.parent)
         if moved is None:
             raise AlexkitError(f"{ckpt_path} was trained on the store {named}, which is not there (from here); pass --data with its place")
-        if os.environ.get("RANK", "0") == "0":
-            print(f"note: {ckpt_path} was trained on {named}, which is not there; reading {moved}, the store of that name "
-                  "beside its runs folder, once it matches the run's copies of its classes and mean image", file=sys.stderr)  # fmt: skip
         return moved
     return Path(named) if named else DEFAULT_STORE
 

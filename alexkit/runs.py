@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -184,19 +185,36 @@ def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> Non
 
 
 def moved_store(named: str, run: Path) -> Path | None:
-    """Where the store a run was trained on is now, if the folder that held both moved: PROJECT/NAME
-    beside PROJECT/alexkit-runs/RUN, NAME the recorded store's folder name. None unless it is there,
-    the run folder holds copies of the store's classes and mean image (check_same_store compares
-    them), and the run folder's config records the same store (its files are this run's)."""
+    """Where the store a run was trained on is now, if it is gone because the folder that held both
+    moved: PROJECT/NAME beside PROJECT/alexkit-runs/RUN, NAME the recorded store's folder name (said
+    on stderr). None if `named` is there, or unless the new place holds a store, the run folder holds
+    copies of the store's classes and mean image (check_same_store compares them), and the run
+    folder's config records the same store (its files are this run's)."""
     candidate = Path(run).resolve().parent.parent / Path(named).name
     needed = [candidate / "manifest.json", run / "classes.json", run / "stats.npz"]
-    if candidate == Path(named) or not all(p.is_file() for p in needed):
+    if Path(named).is_dir() or candidate == Path(named) or not all(p.is_file() for p in needed):
         return None
     try:
         recorded = json.loads((run / "config.json").read_text())["config"]["data"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return candidate if recorded == named else None
+    if recorded != named:
+        return None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: {run} was trained on {named}, which is not there; reading {candidate}, the store of that name "
+              "beside its runs folder, once it matches the run's copies of its classes and mean image", file=sys.stderr)  # fmt: skip
+    return candidate
+
+
+def world_size_of(ckpt: dict, run: Path) -> int | None:
+    """How many processes trained a checkpoint's epochs: in the checkpoint, or (older runs) in the
+    run folder's config.json; None if neither says."""
+    if "world_size" in ckpt:
+        return ckpt["world_size"]
+    try:
+        return json.loads((run / "config.json").read_text())["resolved"]["world_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:

@@ -12,12 +12,10 @@ epoch).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Collection, Literal
 
@@ -33,7 +31,7 @@ from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, che
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.runs import moved_store, rng_state
+from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
@@ -158,10 +156,7 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         check_resumable(ckpt_path)
         stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
         ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
-        asked_data = "data" in given if given is not None else cfg.data != TrainConfig().data
-        cfg = _resumed_config(cfg, ckpt["config"], given)
-        if not asked_data:
-            cfg = _moved_store(cfg, ckpt_path.parent)
+        cfg = _resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
     if not cfg.parallel.startswith("ddp") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {os.environ['WORLD_SIZE']} processes would run "
                            "that many copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
@@ -178,18 +173,6 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         raise
     teardown()
     return run_dir
-
-
-def _moved_store(cfg: TrainConfig, run: Path) -> TrainConfig:
-    """A resumed run whose store is gone because the folder holding both moved goes on with the store
-    beside its runs folder (runs.moved_store; check_same_store then compares it with the run's copies)."""
-    moved = None if Path(cfg.data).is_dir() else moved_store(str(cfg.data), run)
-    if moved is None:
-        return cfg
-    if os.environ.get("RANK", "0") == "0":
-        print(f"note: {run} was trained on {cfg.data}, which is not there; reading {moved}, the store of that name "
-              "beside its runs folder, once it matches the run's copies of its classes and mean image", file=sys.stderr)  # fmt: skip
-    return replace(cfg, data=moved)
 
 
 def _usable_store(cfg: TrainConfig):
@@ -251,7 +234,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)" if schedule.stopped else
             f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
         return
-    before = _world_size_so_far(ckpt, run_dir) if ckpt is not None else world
+    before = world_size_of(ckpt, run_dir) if ckpt is not None else world
     if before not in (None, world):  # None: a run too old to say
         say(f"note: {run_dir} ran on {before} process{'es' * (before != 1)} so far and goes on with {world}: it will "
             "not equal a run on one number of processes throughout (augmentation and dropout draw per process)")  # fmt: skip
@@ -327,16 +310,6 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device) -> tuple[f
     return 1.0 - top1 / n, 1.0 - top5 / n
 
 
-def _world_size_so_far(ckpt: dict, run_dir: Path) -> int | None:
-    """How many processes trained the checkpoint's epochs: in the checkpoint, or (older runs) in config.json."""
-    if "world_size" in ckpt:
-        return ckpt["world_size"]
-    try:
-        return json.loads((run_dir / "config.json").read_text())["resolved"]["world_size"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 class _Rate:
     """Images/s of the steps after the first: the first carries the epoch's start-up (the loader's
     graph build and first decode, torch.compile) and would hide the steady rate."""
@@ -382,12 +355,13 @@ def _config_dict(cfg: TrainConfig) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
-def _resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None) -> TrainConfig:
+def _resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None, run: Path) -> TrainConfig:
     """The resumed run's config, with the fields named in `given` taken from `cfg` (None: those not
     at their default).
 
     Only RESUME_MAY_CHANGE fields may differ from the run's own; any other flag that differs is an
-    error, not silently ignored.
+    error, not silently ignored. Without --data, a store gone because the folder holding it and the
+    runs moved is looked for beside the runs folder (runs.moved_store).
     """
     defaults, merged = TrainConfig(), {}
     if given is None:
@@ -404,6 +378,8 @@ def _resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None
         else:
             flag = "--" + f.name.replace("_", "-")
             raise AlexkitError(f"{flag} {mine} differs from the resumed run's {theirs}; drop {flag} or start a new run")
+    if "data" not in given and merged["data"] is not None:
+        merged["data"] = moved_store(str(merged["data"]), run) or merged["data"]
     if merged["parallel"].endswith("columns") != saved["parallel"].endswith("columns"):
         raise AlexkitError(f"--parallel {merged['parallel']}: the run was trained with --parallel {saved['parallel']}, "
                            "whose optimizer state is laid out differently; resume with or without columns as it was")  # fmt: skip
