@@ -32,7 +32,6 @@ dataset size. About 1.7 CPU ms per ImageNet-like JPEG at 256 px, statistics incl
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -44,7 +43,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError
@@ -53,6 +51,7 @@ from alexkit.progress import Progress, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
+from alexkit.pipeline.store import write_stats
 from alexkit.pipeline.workers import Workers, chunks
 
 FORMATS = ("jpg", "raw")
@@ -229,7 +228,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
         raise
     seconds = time.perf_counter() - started
     if with_stats:
-        _write_stats(out / STATS, sums)
+        write_stats(out / STATS, sums)
     record = {
         **fingerprint,
         "images": count,
@@ -274,29 +273,6 @@ def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
         "samples": len(ds.splits[name]),
         "digest": digest.hexdigest(),
     }
-
-
-# --- statistics ---
-
-
-def _write_stats(path: Path, sums: imageops.PixelSums) -> None:
-    """stats.npz: mean image, RGB covariance and its eigen-decomposition (Stats' convention)."""
-    mean_image, mean_rgb, cov = sums.moments()
-    eigval, eigvec = eigen(cov)
-    buffer = io.BytesIO()  # 0.8 MB at 256 px
-    np.savez(buffer, mean_image=mean_image.astype(np.float32), mean_rgb=mean_rgb, cov=cov, eigval=eigval,
-             eigvec=eigvec, images=np.int64(sums.images), pixels=np.int64(sums.images * sums.size * sums.size))  # fmt: skip
-    write_atomic(path, buffer.getvalue())
-
-
-def eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(eigenvalues descending, eigenvectors as columns) of a 3x3 covariance, each column's largest
-    component made positive so the result does not depend on the solver's sign choice."""
-    eigval, eigvec = np.linalg.eigh(cov)
-    order = np.argsort(eigval)[::-1]
-    eigval, eigvec = eigval[order], eigvec[:, order]
-    signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(3)])
-    return np.maximum(eigval, 0.0), eigvec * signs
 
 
 # --- progress and reporting ---

@@ -1,7 +1,9 @@
-"""A prepared store: DIR/{train,val}.beton, stats.npz, classes.json, manifest.json (see prepare.py)."""
+"""A prepared store: DIR/{train,val}.beton, stats.npz, classes.json, manifest.json (see prepare.py),
+read back; and the writer of stats.npz, so that its format lives in this one file."""
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, why
+from alexkit.paths import write_atomic
 from alexkit.pipeline.beton import BetonReader
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, crop_size
 
@@ -40,6 +43,27 @@ class Stats:
         except (EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # an OSError names its path itself
             raise AlexkitError(f"{path} is not a stats.npz written by `alexkit prepare` ({why(exc)}); {_REWRITE}") from exc
         return stats
+
+
+def write_stats(path: Path, sums) -> None:
+    """stats.npz from prepare's imageops.PixelSums: mean image, RGB covariance and its
+    eigen-decomposition (Stats' convention), written atomically."""
+    mean_image, mean_rgb, cov = sums.moments()
+    eigval, eigvec = eigen(cov)
+    buffer = io.BytesIO()  # 0.8 MB at 256 px
+    np.savez(buffer, mean_image=mean_image.astype(np.float32), mean_rgb=mean_rgb, cov=cov, eigval=eigval,
+             eigvec=eigvec, images=np.int64(sums.images), pixels=np.int64(sums.images * sums.size * sums.size))  # fmt: skip
+    write_atomic(path, buffer.getvalue())
+
+
+def eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(eigenvalues descending, eigenvectors as columns) of a 3x3 covariance, each column's largest
+    component made positive so the result does not depend on the solver's sign choice."""
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(3)])
+    return np.maximum(eigval, 0.0), eigvec * signs
 
 
 def read_classes(path: Path) -> list[dict]:
