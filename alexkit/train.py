@@ -248,7 +248,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         if schedule.stopped:
             break
         train_loader.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + placement.rank)  # dropout: per epoch and rank
+        torch.manual_seed(dropout_seed(cfg.seed, epoch, placement.rank))
         net.train()
         sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
         started = time.perf_counter()
@@ -290,6 +290,11 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
             write_metrics(run_dir, metrics)
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
+
+
+def dropout_seed(seed: int, epoch: int, rank: int) -> int:
+    """Dropout's seed for one epoch of one process: ranks draw different masks, and a resumed epoch the same."""
+    return seed * 1_000_003 + epoch * 1009 + rank
 
 
 @torch.no_grad()
