@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -120,12 +119,6 @@ def test_training_under_torchrun_without_ddp_is_refused(monkeypatch, tmp_path, p
         train(TrainConfig(data=tmp_path, parallel=parallel, device="cpu"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(5)
     return torch.randn(8, 3, 63, 63, generator=g) * 60, torch.randint(0, 10, (8,), generator=g)
@@ -138,11 +131,12 @@ def _two_steps(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
         train_step(net, optimizer, images, labels, amp=False)
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    placement = setup("ddp", "cpu")
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    # A file rendezvous: a free TCP port found first could be taken by another process before gloo binds it.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
+    placement = setup("ddp", "cpu")  # joins the group above
     try:
         images, labels = _batch()
         half = slice(rank * 4, rank * 4 + 4)
@@ -160,7 +154,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_ddp_makes_the_same_update_as_one_process(tmp_path):
     """Two gloo processes with half of the batch each end with one process's weights on the whole batch."""
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
     single = AlexNet(10, **DDP_NET)
     start = {k: v.clone() for k, v in single.state_dict().items()}
