@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alexkit.datasets.layouts import IMAGE_EXTENSIONS
 from alexkit.errors import AlexkitError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
 @dataclass(frozen=True)
@@ -103,13 +102,15 @@ def _report(path: Path, probs: list[float], top: list[int], classes: list[dict])
 
 
 def list_images(paths) -> list[Path]:
-    """Files as given; folders expanded to their image files (by suffix), sorted."""
+    """Files as given; folders expanded to their image files, sorted: the suffixes prepare reads, no dot
+    files (macOS's ._ copies are not images)."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.iterdir()
+                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))  # fmt: skip
             if not found:
-                raise AlexkitError(f"folder {p} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+                raise AlexkitError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             files += found
         elif p.is_file():
             files.append(p)

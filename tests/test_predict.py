@@ -86,6 +86,13 @@ def test_bad_inputs(setup, tmp_path):
         predict(PredictConfig(images=(tmp_path / "bad.jpg",), checkpoint=ckpt, device="cpu"))
 
 
+def test_a_folder_lists_the_image_names_prepare_reads(tmp_path):
+    """.jfif and .pnm are images to prepare, so to predict too; macOS's ._ copies and notes are not."""
+    for name in ("a.jfif", "b.PNM", "._a.jfif", "notes.txt", ".DS_Store"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_images([tmp_path])] == ["a.jfif", "b.PNM"]
+
+
 def test_an_unreadable_image_costs_only_itself(setup, tmp_path, capsys):
     _, _, ckpt, folder = setup
     (tmp_path / "bad.jpg").write_bytes(b"")
