@@ -91,7 +91,7 @@ def test_lrn_matches_the_papers_formula(columns):
     torch.manual_seed(0)
     a = _activations(torch.randn(3, 12, 5, 4))
     got = local_response_norm(a, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=columns)
-    # alexkit's alpha is divided by n (authors' code, Caffe, PyTorch): the paper's alpha is 1e-4 / 5
+    # alexkit divides alpha by n (authors' code, Caffe, PyTorch): in the paper's formula (no division) that is 1e-4 / 5
     expected = _lrn_paper(a.numpy(), n=5, alpha=1e-4 / 5, beta=0.75, k=2.0, columns=columns)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
     # the normalisation matters at this scale: it is not a constant divide

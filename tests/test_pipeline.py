@@ -229,7 +229,7 @@ def test_lighting_offsets_follow_the_stored_eigendecomposition():
     """Covariance of the shifts ~ eigvec diag(0.01 * eigval) eigvec^T, in 0-255 units."""
     rng = np.random.default_rng(5)
     eigvec, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    eigval = np.array([4200.0, 250.0, 40.0])  # variances, like ImageNet's RGB spread (std ~65, 16, 6)
+    eigval = np.array([4200.0, 250.0, 40.0])  # variances of the order of a photo set's RGB spread (std ~65, 16, 6)
     _, _, _, alpha = train_params(rng, 200_000, 256, 224)
     offsets = lighting_offsets(alpha, eigval, eigvec).astype(np.float64)
     expected = eigvec @ np.diag(LIGHTING_STD**2 * eigval) @ eigvec.T

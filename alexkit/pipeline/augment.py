@@ -32,8 +32,11 @@ TEN_VIEWS = (
 
 def train_params(rng: np.random.Generator, n: int, size: int, crop: int):
     """Draw n training augmentations: crop corners x, y in [0, size - crop], flip with p = 0.5,
-    lighting alpha ~ N(0, LIGHTING_STD) per principal component. Returns (x, y, flip, alpha):
-    int64 (n,), int64 (n,), bool (n,), float64 (n, 3)."""
+    lighting alpha normal with std LIGHTING_STD per principal component. Returns (x, y, flip, alpha):
+    int64 (n,), int64 (n,), bool (n,), float64 (n, 3).
+
+    [0, 32] at 256 -> 224 is 33 corners per axis: the paper's "factor of 2048" counts 32 x 32 x 2.
+    """
     x = rng.integers(0, size - crop + 1, n)
     y = rng.integers(0, size - crop + 1, n)
     flip = rng.random(n) < 0.5
@@ -45,7 +48,7 @@ def lighting_offsets(alpha: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray) 
     """PCA lighting: the RGB shift added to every pixel of an image, eigvec @ (alpha * sqrt(eigval)).
 
     eigval are the variances of the training pixels along the principal axes (0-255 units), so
-    sqrt(eigval) are standard deviations and, with alpha ~ N(0, 0.1), the shifts have covariance
+    sqrt(eigval) are standard deviations and, with alpha normal with std 0.1, the shifts have covariance
     eigvec @ diag(0.01 * eigval) @ eigvec.T: a tenth of the pixel spread along each axis.
     alpha (n, 3) -> (n, 3) float32.
     """

@@ -1,7 +1,7 @@
 """Numbers of the paper's preprocessing, in 0-255 pixel units."""
 
 STORE_SIZE = 256  # shorter side resized to 256, then a centre 256x256 crop
-LIGHTING_STD = 0.1  # alpha_i ~ N(0, 0.1) per principal component, per image, per use
+LIGHTING_STD = 0.1  # the standard deviation of alpha_i (normal, mean 0): per principal component, per image, per use
 STORE_FORMAT_VERSION = 1  # bump when the store's files or their meaning change
 
 

@@ -25,7 +25,7 @@ class Stats:
     mean_image: (H, W, 3) float32, the per-pixel mean of the stored training images.
     eigval: (3,) variances of the RGB pixel distribution along its principal axes, descending.
     eigvec: (3, 3) columns are the matching unit eigenvectors.
-    PCA lighting adds eigvec @ (alpha * sqrt(eigval)) with alpha ~ N(0, 0.1): see lighting_offsets.
+    PCA lighting adds eigvec @ (alpha * sqrt(eigval)) with alpha normal, std 0.1: see lighting_offsets.
     """
 
     mean_image: np.ndarray
