@@ -84,3 +84,39 @@ def test_doctor_tells_the_truth_here():
     assert "runs a CPU pipeline" in r.stdout
     if not torch.cuda.is_available():
         assert "not available" in r.stdout
+
+
+# (command module, config class, flag -> field where the names differ)
+COMMANDS_AND_CONFIGS = [
+    ("train", "alexkit.train:TrainConfig", {}),
+    ("eval", "alexkit.evaluate:EvalConfig", {"predictions": "predictions_path"}),
+    ("prepare", "alexkit.pipeline.prepare:PrepareConfig", {}),
+    ("predict", "alexkit.predict:PredictConfig", {"top": "top_k"}),
+    ("show_batch", "alexkit.pictures:ShowBatchConfig", {}),
+    ("plot", "alexkit.pictures:PlotConfig", {}),
+    ("bench_train", "alexkit.bench.train:BenchTrainConfig", {}),
+    ("bench_loader", "alexkit.bench.loader:BenchLoaderConfig", {}),
+    ("bench_prepare", "alexkit.bench.prepare:BenchPrepareConfig", {}),
+]
+
+
+@pytest.mark.parametrize("cli, config, renamed", COMMANDS_AND_CONFIGS, ids=[c[0] for c in COMMANDS_AND_CONFIGS])
+def test_flag_defaults_are_the_configs_defaults(cli, config, renamed):
+    """The commands repeat their configs' defaults (importing the configs would make --help import torch):
+    the two must not drift apart, or `--help` would show one default and a Python caller get another."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    command = importlib.import_module(f"alexkit.cli.{cli}").command
+    module, name = config.split(":")
+    fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    compared = 0
+    for flag, param in inspect.signature(command).parameters.items():
+        field = fields.get(renamed.get(flag, flag))
+        flag_default = getattr(param.default, "default", param.default)
+        if field is None or field.default is dataclasses.MISSING or flag_default in (None, ...):
+            continue  # a flag with no field (ctx, --json), a field built by a factory, a required argument
+        assert flag_default == field.default, f"{cli} --{flag}: {flag_default!r} on the command line, {field.default!r} in {name}"
+        compared += 1
+    assert compared >= 1
