@@ -1,6 +1,9 @@
-"""Default locations, chosen so that `prepare` -> `train` -> `eval` chain with no flags.
+"""Files and folders every stage uses: the default locations, and how files are written.
 
-All are relative to the current directory: run the three commands from the same place.
+The default locations are chosen so that `prepare` -> `train` -> `eval` chain with no flags; all are
+relative to the current directory: run the three commands from the same place. The rest: atomic
+writes (write_atomic and its temporaries), one writer per folder (only_writer), probing an output
+before the work (check_output), and how many cores this process may use.
 """
 
 import contextlib

@@ -48,7 +48,8 @@ def predict(cfg: PredictConfig) -> list[dict]:
     """Classify each image; print its top-k and return [{"path", "top": [{"index", "wnid", "name", "prob"}]}]."""
     import torch
 
-    from alexkit.evaluate import find_checkpoint, load_checkpoint, predict_top
+    from alexkit.evaluate import load_checkpoint, predict_top
+    from alexkit.runs import find_checkpoint
     from alexkit.model.placement import setup
     from alexkit.runs import check_compatible
 

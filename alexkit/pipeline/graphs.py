@@ -250,7 +250,7 @@ class _Graph:
         if for_kernel:
             return np.stack(cut)  # (V, C, C, 3)
         cut = [w[:, ::-1] if f else w for w, (_, _, f) in zip(cut, windows)]
-        return np.stack([w if self.cfg.channels_last else w.transpose(2, 0, 1) for w in cut])
+        return np.stack([w if self.cfg.channels_last else w.transpose(2, 0, 1) for w in cut])  # (V, 3, C, C) or (V, C, C, 3)
 
     def kernel_views(self, mean_windows, data, corners, offset=None, *, one: bool):
         """The one-pass kernel: views (V, 3, C, C) float, or with one (V = 1) a single view (3, C, C);

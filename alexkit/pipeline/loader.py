@@ -284,7 +284,7 @@ class Loader:
         """DALI outputs -> torch without copies: DLPack hands over DALI's buffers (kept alive by
         the executor's reference counting), on the GPU as on the CPU."""
         with torch.device(self.device):
-            images = torch.from_dlpack(views.as_tensor())  # (N, 3, C, C) float32, or (N, C, C, 3)
+            images = torch.from_dlpack(views.as_tensor())  # (N, 3, C, C) float32 or (N, C, C, 3); tencrop (N, 10, ...)
         indices = torch.from_dlpack(index.as_tensor()).clone()  # (N,) int64, CPU; ours, not the fed array
         if self.cfg.channels_last:
             images = images.movedim(-1, -3)  # a view: NCHW shape, channels-last strides

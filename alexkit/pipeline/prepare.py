@@ -219,7 +219,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
     except BaseException as exc:  # Ctrl-C included: leave no partial file behind
         if writer is not None:
             writer.abort()
-        beton.with_name(beton.name + ".partial").unlink(missing_ok=True)
+        beton.with_name(beton.name + ".partial").unlink(missing_ok=True)  # a writer that failed while starting
         if isinstance(exc, OSError):
             raise AlexkitError(
                 f"cannot write {beton}: {exc.strerror or exc}; free space or fix permissions on {out} and run "
@@ -401,5 +401,6 @@ def _clear(out: Path, keep: tuple[str, ...]) -> None:
 
 
 def _remove(path: Path) -> None:
+    """A store file, and the .beton writer's temporary beside it (write_atomic clears its own)."""
     path.unlink(missing_ok=True)
     path.with_name(path.name + ".partial").unlink(missing_ok=True)
