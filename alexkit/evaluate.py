@@ -28,7 +28,7 @@ import numpy as np
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.runs import check_same_store, find_checkpoint, moved_store
+from alexkit.runs import check_same_store, find_checkpoint, moved_store, same_checkpoint_everywhere
 
 TOP_K = 5
 LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
@@ -147,6 +147,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) ->
     from alexkit.pipeline.loader import make_loader
     from alexkit.pipeline.store import Store
 
+    same_checkpoint_everywhere(ckpt, ckpt_path)
     store = Store(store_of(ckpt, ckpt_path, cfg.data))
     check_same_store(ckpt_path.parent, store, ckpt_path, model.args)  # against the run's copies, where it has them
     model = model.to(placement.device)

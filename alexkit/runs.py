@@ -256,6 +256,21 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def same_checkpoint_everywhere(ckpt: dict, path: Path) -> None:
+    """Under torchrun each process reads the checkpoint itself: refuse, in every process at once,
+    unless all read the same one (a training may replace it, or start a newer run, while they start).
+    Same: the same epoch, metrics and config, which two checkpoints of different weights never share."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    mine = (json.dumps([ckpt.get("epoch"), ckpt.get("metrics"), ckpt.get("config")], sort_keys=True, default=str), str(path))
+    read = [None] * dist.get_world_size()
+    dist.all_gather_object(read, mine)
+    if len({fingerprint for fingerprint, _ in read}) > 1:
+        epochs = sorted({(json.loads(f)[0], p) for f, p in read}, key=str)
+        raise AlexkitError("the processes read different checkpoints (" + ", ".join(f"{p} at epoch {e}" for e, p in epochs)
+                           + "): a training replaced it while they started; run again, or pass a copy of the checkpoint")
+
+
 def rng_state() -> dict:
     """torch, CUDA, NumPy and Python RNG states as tensors and plain values (weights_only loads them)."""
     np_state = np.random.get_state()

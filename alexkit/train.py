@@ -31,7 +31,7 @@ from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, che
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.runs import moved_store, rng_state, world_size_of
+from alexkit.runs import moved_store, rng_state, same_checkpoint_everywhere, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
@@ -165,6 +165,7 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         store = _usable_store(cfg)
         run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
         if ckpt is not None:
+            same_checkpoint_everywhere(ckpt, ckpt["path"])
             check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"])
         with claim_run(run_dir, placement.is_main, ckpt):
             _train(cfg, ckpt, placement, store, run_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,6 +167,35 @@ def test_ddp_makes_the_same_update_as_one_process(tmp_path):
             torch.testing.assert_close(ranks[0][name], expected, rtol=1e-4, atol=1e-6,
                                        msg=lambda m, name=name: f"{parallel} {name}: {m}")  # fmt: skip
             assert torch.equal(ranks[0][name], ranks[1][name]), f"{parallel} {name}: ranks differ"
+
+
+def _checkpoint_worker(rank: int, out: str) -> None:
+    from alexkit.runs import same_checkpoint_everywhere
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
+    try:
+        said = []
+        for epochs in ((3, 3), (3, 4)):  # the same checkpoint in both processes; then rank 1 reads a newer one
+            ckpt = dict(epoch=epochs[rank], metrics=[{"epoch": e} for e in range(1, epochs[rank] + 1)], config={"lr": 0.01})
+            try:
+                same_checkpoint_everywhere(ckpt, Path("run/last.pt"))
+                said.append("same")
+            except AlexkitError as exc:
+                said.append(str(exc))
+        Path(out, f"rank{rank}.txt").write_text("\n".join(said))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_every_rank_must_read_the_same_checkpoint(tmp_path):
+    """eval and train --resume under torchrun: a training that replaces last.pt while the ranks start
+    would give them different models; every rank refuses at once, none goes on alone."""
+    mp.spawn(_checkpoint_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    for rank in range(2):
+        same, changed = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
+        assert same == "same"
+        assert changed == ("the processes read different checkpoints (run/last.pt at epoch 3, run/last.pt at epoch 4): "
+                           "a training replaced it while they started; run again, or pass a copy of the checkpoint")
 
 
 def test_placement_on_cpu_without_ddp():

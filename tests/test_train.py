@@ -409,15 +409,19 @@ def test_dropout_draws_differ_by_rank_and_epoch():
 
 
 def test_ddp_training_under_torchrun(store, tmp_path):
-    """Two gloo processes train one run: rank 0 alone reports and writes, and the checkpoint loads alone."""
+    """Two gloo processes train one run and resume it: rank 0 alone reports and writes, and the
+    checkpoint loads alone."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2",
-           "-m", "alexkit", "train", "--parallel", "ddp", "--data", str(store), "--out", str(out), "--epochs", "2",
-           "--batch-size", "32", "--width", "0.25", "--fc-features", "64", "--init", "sturdy", "--progress", "plain",
-           "--device", "cpu"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("epoch 1: lr") == 1 and r.stdout.count("epoch 2: lr") == 1, r.stdout
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2",
+                "-m", "alexkit", "train"]  # fmt: skip
+    first = ["--parallel", "ddp", "--data", str(store), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+             "--width", "0.25", "--fc-features", "64", "--init", "sturdy", "--progress", "plain", "--device", "cpu"]  # fmt: skip
+    printed = ""
+    for args in (first, ["--resume", str(out), "--epochs", "2"]):
+        r = subprocess.run(torchrun + args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stdout + r.stderr
+        printed += r.stdout
+    assert printed.count("epoch 1: lr") == 1 and printed.count("epoch 2: lr") == 1, printed
     assert [row["epoch"] for row in _metrics(out)] == [1, 2]
     assert json.loads((out / "config.json").read_text())["resolved"]["world_size"] == 2
     last = torch.load(out / "last.pt", weights_only=True)
