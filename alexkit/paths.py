@@ -10,6 +10,8 @@ import contextlib
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from alexkit.errors import AlexkitError
+
 DEFAULT_STORE = Path("alexkit-store")  # written by `alexkit prepare`, read by train/eval
 DEFAULT_RUNS = Path("alexkit-runs")  # one sub-directory per `alexkit train` run
 
@@ -19,8 +21,17 @@ def latest_run(runs: Path = DEFAULT_RUNS, having: tuple[str, ...] = ("best.pt", 
     one of the files `having`: a run stopped in its first epoch has no checkpoint yet and is passed over."""
     if not runs.is_dir():
         return None
-    candidates = sorted(p for p in runs.iterdir() if (p / "config.json").is_file() and any((p / n).is_file() for n in having))
-    return candidates[-1] if candidates else None
+    candidates = [p for p in runs.iterdir() if (p / "config.json").is_file() and any((p / n).is_file() for n in having)]
+    return max(candidates, key=_creation_order, default=None)
+
+
+def _creation_order(run: Path) -> tuple[str, int]:
+    """A run folder's place in time: YYYYmmdd-HHMMSS, then the -N of runs started in the same second
+    (numerically: -10 comes after -9)."""
+    import re
+
+    same_second = re.fullmatch(r"(\d{8}-\d{6})-(\d+)", run.name)
+    return (same_second[1], int(same_second[2])) if same_second else (run.name, 1)
 
 
 def usable_cores() -> int:
@@ -32,6 +43,12 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+class NoLocks(AlexkitError):
+    """The file system refused a lock (not: another process holds it): a path the system refuses."""
+
+    exit_code = 1
+
+
 @contextlib.contextmanager
 def only_writer(lock: Path, busy: str):
     """Hold an exclusive flock on the file `lock` (made if needed) while the block runs; if another
@@ -39,13 +56,14 @@ def only_writer(lock: Path, busy: str):
     process dies."""
     import fcntl
 
-    from alexkit.errors import AlexkitError
-
     with open(lock, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise AlexkitError(busy) from None
+        except OSError as exc:  # ENOLCK, ENOSYS: e.g. NFS without its lock service, Lustre without -o flock
+            raise NoLocks(f"cannot lock {lock}: {exc.strerror or exc}; its file system offers no file locks: "
+                          "use a folder on one that does (a local disk, or NFS with locking)") from exc
         yield
 
 
@@ -53,8 +71,6 @@ def check_output(path: Path, flag: str) -> None:
     """A file that `flag` names, to be written later: refused now, before any work, if it is a folder,
     or its folder does not exist or cannot be written (permissions, a read-only file system)."""
     import tempfile
-
-    from alexkit.errors import AlexkitError
 
     path = Path(path)
     if path.is_dir():

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, why
-from alexkit.paths import DEFAULT_RUNS, latest_run, only_writer, temporaries, write_atomic
+from alexkit.paths import DEFAULT_RUNS, NoLocks, latest_run, only_writer, temporaries, write_atomic
 
 CHECKPOINT_FORMAT = 1
 
@@ -67,15 +67,20 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
             busy = f"another `alexkit train` is writing {run_dir}; wait for it to end" + ("" if ckpt else ", or choose another --out")
             try:
                 stack.enter_context(only_writer(run_dir / ".train.lock", busy))
-                problem = [_moved_on(run_dir, ckpt)]
-                if problem[0] is None:
+                moved_on = _moved_on(run_dir, ckpt)
+                problem = [(moved_on, AlexkitError.exit_code) if moved_on else None]
+                if moved_on is None:
                     _mend(run_dir)
             except AlexkitError as exc:
-                problem = [str(exc)]
+                problem = [(str(exc), exc.exit_code)]
+                if fresh and isinstance(exc, NoLocks):  # no other training can hold a lock there: the folder is ours
+                    shutil.rmtree(run_dir, ignore_errors=True)
         if dist.is_initialized():
             dist.broadcast_object_list(problem, src=0)
         if problem[0]:
-            raise AlexkitError(problem[0])
+            error = AlexkitError(problem[0][0])
+            error.exit_code = problem[0][1]  # NoLocks: 1, a path the system refuses
+            raise error
         try:
             yield
         except BaseException:

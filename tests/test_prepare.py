@@ -483,6 +483,22 @@ def test_a_second_prepare_on_the_same_out_is_refused(tmp_path):
     assert len(Store(out).split("train")) == 6
 
 
+def test_a_file_system_without_locks_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
+    """NFS without its lock service, Lustre without -o flock: flock fails with ENOLCK or ENOSYS."""
+    import errno
+    import fcntl
+
+    def no_locks(f, how):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(AlexkitError, match=r"cannot lock .*store/\.prepare\.lock: Function not implemented; its file "
+                                           r"system offers no file locks") as failed:  # fmt: skip
+        _run(src, out)
+    assert failed.value.exit_code == 1 and not out.exists()
+
+
 def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
     import errno
 

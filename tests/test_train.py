@@ -319,6 +319,31 @@ def test_one_run_directory_one_writer(store, tmp_path, monkeypatch):
     assert runs.run_dir(None, None, True).name == "20261129-120000-2"
 
 
+def test_the_latest_of_runs_started_in_one_second_is_the_last_numbered(tmp_path):
+    """A job array starts many runs at once: -10 comes after -9, not between the first and -2."""
+    from alexkit.paths import latest_run
+
+    for name in ["20261129-115959", "20261129-120000", *(f"20261129-120000-{n}" for n in range(2, 12))]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "best.pt").write_bytes(b"")
+    assert latest_run(tmp_path).name == "20261129-120000-11"
+
+
+def test_a_file_system_without_locks_is_one_line_and_leaves_no_run_folder(store, tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(f, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(AlexkitError, match=r"cannot lock .*\.train\.lock: No locks available; its file system offers no "
+                                           r"file locks: use a folder on one that does") as failed:  # fmt: skip
+        train(TrainConfig(data=store, out=tmp_path / "nfs-run", epochs=1, **TINY))
+    assert failed.value.exit_code == 1 and not (tmp_path / "nfs-run").exists()
+
+
 def test_a_resume_that_another_training_overtook_is_refused(store, tmp_path, monkeypatch):
     """B reads last.pt; before B holds the lock, A (another resume of the run) writes a newer one."""
     import os

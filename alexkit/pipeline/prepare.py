@@ -46,7 +46,7 @@ from typing import Literal
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE, only_writer, usable_cores, write_atomic
+from alexkit.paths import DEFAULT_STORE, NoLocks, only_writer, usable_cores, write_atomic
 from alexkit.progress import Progress, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
@@ -101,16 +101,21 @@ class PrepareConfig:
 def prepare(cfg: PrepareConfig) -> Path:
     """Write the store for cfg.src into cfg.out (see the module docstring); return cfg.out."""
     src, out, made = _check_paths(cfg)
-    with _only_writer(out):
-        try:
-            return _prepare(cfg, src, out)
-        except BaseException as exc:
-            if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
-                _remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
-            if isinstance(exc, OSError):  # a full disk, a permission, a symlink loop: past the checks above
-                raise AlexkitError(f"{exc.filename or out}: {exc.strerror or exc}; fix that and run again "
-                                   "(finished splits are kept)") from exc  # fmt: skip
-            raise
+    try:
+        with _only_writer(out):
+            try:
+                return _prepare(cfg, src, out)
+            except BaseException as exc:
+                if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
+                    _remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
+                if isinstance(exc, OSError):  # a full disk, a permission, a symlink loop: past the checks above
+                    raise AlexkitError(f"{exc.filename or out}: {exc.strerror or exc}; fix that and run again "
+                                       "(finished splits are kept)") from exc  # fmt: skip
+                raise
+    except NoLocks:  # taking the lock failed: nor can any other prepare hold one there, so the folder is ours
+        if made:
+            _remove_if_only_lock(out)
+        raise
 
 
 def _remove_if_only_lock(out: Path) -> None:
