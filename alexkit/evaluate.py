@@ -125,13 +125,17 @@ def evaluate(cfg: EvalConfig) -> dict:
     import torch.distributed as dist
 
     from alexkit.model.placement import setup, teardown
+    from alexkit.pipeline.store import reading
 
     ckpt_path = find_checkpoint(cfg.checkpoint)
     model, ckpt = load_checkpoint(ckpt_path)
     joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
     placement = setup("ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none", cfg.device)
     try:
-        results = _evaluate(cfg, model, ckpt, ckpt_path, placement)
+        same_checkpoint_everywhere(ckpt, ckpt_path)
+        store_path = store_of(ckpt, ckpt_path, cfg.data)
+        with reading(store_path):  # no `prepare --force` replaces the store meanwhile
+            results = _evaluate(cfg, model, ckpt, ckpt_path, store_path, placement)
     except BaseException:
         if not joined:
             teardown(wait=False)
@@ -141,14 +145,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     return results
 
 
-def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, placement) -> dict:
+def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: Path, placement) -> dict:
     import torch
 
     from alexkit.pipeline.loader import make_loader
     from alexkit.pipeline.store import Store
 
-    same_checkpoint_everywhere(ckpt, ckpt_path)
-    store = Store(store_of(ckpt, ckpt_path, cfg.data))
+    store = Store(store_path)
     check_same_store(ckpt_path.parent, store, ckpt_path, model.args)  # against the run's copies, where it has them
     model = model.to(placement.device)
     loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=cfg.batch_size, device=placement.device,

@@ -49,21 +49,59 @@ class NoLocks(AlexkitError):
     exit_code = 1
 
 
+class BeingRead(AlexkitError):
+    """only_writer: readers (shared_reader) hold the lock, no writer."""
+
+
 @contextlib.contextmanager
-def only_writer(lock: Path, busy: str):
+def only_writer(lock: Path, busy: str, being_read: str | None = None):
     """Hold an exclusive flock on the file `lock` (made if needed) while the block runs; if another
-    process holds it, AlexkitError(busy). The lock goes with the file's closing, also when the
-    process dies."""
+    process holds it, AlexkitError(busy), or BeingRead(being_read) where only readers do. The lock
+    goes with the file's closing, also when the process dies."""
     import fcntl
 
     with open(lock, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if being_read is not None and _lock_shared(f):
+                raise BeingRead(being_read) from None
             raise AlexkitError(busy) from None
         except OSError as exc:  # ENOLCK, ENOSYS: e.g. NFS without its lock service, Lustre without -o flock
             raise NoLocks(f"cannot lock {lock}: {exc.strerror or exc}; its file system offers no file locks: "
                           "use a folder on one that does (a local disk, or NFS with locking)") from exc
+        yield
+
+
+def _lock_shared(f) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def shared_reader(lock: Path, busy: str):
+    """Hold a shared flock on the file `lock` while the block runs, so that its writer (only_writer)
+    cannot start meanwhile; AlexkitError(busy) if the writer holds it now. Best effort: with no such
+    file, one this process may not open, or no locks on its file system, the block runs unlocked."""
+    import fcntl
+
+    try:
+        f = open(lock, "rb")
+    except OSError:
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlexkitError(busy) from None
+        except OSError:
+            pass
         yield
 
 

@@ -150,6 +150,8 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
     Resuming (cfg.resume), the run's own config holds except for the fields named in `given` (the
     flags given on the command line; None: the fields of cfg that differ from TrainConfig's defaults).
     """
+    from alexkit.pipeline.store import reading
+
     ckpt_path = find_checkpoint(cfg.resume, prefer=("last.pt",)) if cfg.resume else None
     ckpt = None
     if ckpt_path is not None:
@@ -162,13 +164,14 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
                            "that many copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
     placement = setup(cfg.parallel, cfg.device)
     try:
-        store = _usable_store(cfg)
-        run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
-        if ckpt is not None:
-            same_checkpoint_everywhere(ckpt, ckpt["path"])
-            check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"])
-        with claim_run(run_dir, placement.is_main, ckpt):
-            _train(cfg, ckpt, placement, store, run_dir)
+        with reading(cfg.data):  # no `prepare --force` replaces the store while it trains
+            store = _usable_store(cfg)
+            run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
+            if ckpt is not None:
+                same_checkpoint_everywhere(ckpt, ckpt["path"])
+                check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"])
+            with claim_run(run_dir, placement.is_main, ckpt):
+                _train(cfg, ckpt, placement, store, run_dir)
     except BaseException:
         teardown(wait=False)
         raise

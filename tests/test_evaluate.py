@@ -259,6 +259,15 @@ def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, 
     assert find_checkpoint(root / "alexkit-runs" / "r1") == root / "alexkit-runs" / "r1" / "best.pt"
 
 
+def test_a_store_that_prepare_is_writing_is_not_evaluated_on(setup):
+    from alexkit.pipeline.prepare import _only_writer
+
+    _, store, ckpt, _ = setup
+    with _only_writer(store.path):  # as if `alexkit prepare --force` were rewriting it
+        with pytest.raises(AlexkitError, match=f"`alexkit prepare` is writing store {store.path}; wait for it to end"):
+            evaluate(EvalConfig(checkpoint=ckpt, data=store.path, device="cpu"))
+
+
 def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
     _, store, ckpt, _ = setup
     monkeypatch.chdir(tmp_path)

@@ -483,6 +483,27 @@ def test_a_second_prepare_on_the_same_out_is_refused(tmp_path):
     assert len(Store(out).split("train")) == 6
 
 
+def test_a_store_being_read_is_not_rebuilt_under_its_readers(tmp_path, capsys):
+    """A training holds its store shared for days: --force would replace the files it reads, and
+    its run would no longer match any store. A rerun with nothing to do is still fine."""
+    from alexkit.pipeline.store import reading
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    before = (out / "train.beton").stat()
+    with reading(out):  # as if `alexkit train` were reading it
+        with pytest.raises(AlexkitError, match=r"store is being read by `alexkit train` or `eval`, whose store it would "
+                                               r"change; wait for them to end, or choose another --out"):  # fmt: skip
+            _run(src, out, force=True)
+        with pytest.raises(AlexkitError, match="being read"):
+            _run(src, out, size=SIZE + 8)  # other settings: it would have to write
+        capsys.readouterr()
+        assert _run(src, out) == out and "nothing to do" in capsys.readouterr().out
+    assert (out / "train.beton").stat().st_mtime_ns == before.st_mtime_ns and (out / "manifest.json").is_file()
+    _run(src, out, force=True)  # once the reader has gone
+    assert (out / "train.beton").stat().st_mtime_ns != before.st_mtime_ns
+
+
 def test_a_file_system_without_locks_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
     """NFS without its lock service, Lustre without -o flock: flock fails with ENOLCK or ENOSYS."""
     import errno

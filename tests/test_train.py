@@ -319,6 +319,15 @@ def test_one_run_directory_one_writer(store, tmp_path, monkeypatch):
     assert runs.run_dir(None, None, True).name == "20261129-120000-2"
 
 
+def test_a_store_that_prepare_is_writing_is_not_trained_on(store, tmp_path):
+    from alexkit.pipeline.prepare import _only_writer
+
+    with _only_writer(store):  # as if `alexkit prepare --force` were rewriting it
+        with pytest.raises(AlexkitError, match=f"`alexkit prepare` is writing store {store}; wait for it to end"):
+            train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_latest_of_runs_started_in_one_second_is_the_last_numbered(tmp_path):
     """A job array starts many runs at once: -10 comes after -9, not between the first and -2."""
     from alexkit.paths import latest_run

@@ -46,17 +46,17 @@ from typing import Literal
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE, NoLocks, only_writer, usable_cores, write_atomic
+from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, only_writer, usable_cores, write_atomic
 from alexkit.progress import Progress, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
-from alexkit.pipeline.store import write_stats
+from alexkit.pipeline.store import LOCK, write_stats
 from alexkit.pipeline.workers import Workers, chunks
 
 FORMATS = ("jpg", "raw")
 MIN_SIZE, MAX_SIZE = 16, 1024  # 1024 px raw (3 MiB) still fits a .beton page
-MANIFEST, STATS, CLASSES, LOCK = "manifest.json", "stats.npz", "classes.json", ".prepare.lock"
+MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
 SPLITS = ("train", "val")
 # q90 at 256 px: 30.6 KB per image in bench loader's JPEG store of photo-like sources (its
 # BetonReader's size.mean()); only for the free-space warning.
@@ -116,6 +116,20 @@ def prepare(cfg: PrepareConfig) -> Path:
         if made:
             _remove_if_only_lock(out)
         raise
+    except BeingRead:  # a training or evaluation reads the store: fine if there is nothing to write
+        if not cfg.force and _nothing_to_do(out, src, cfg.settings()):
+            return out
+        raise
+
+
+def _nothing_to_do(out: Path, src: Path, settings: dict) -> bool:
+    """True, and says so, where `out` holds a finished store of `src` with these settings."""
+    finished = _read_json(out / MANIFEST)
+    if not isinstance(finished, dict) or finished.get("settings") != settings or finished.get("source", {}).get("path") != str(src):
+        return False
+    print(f"{out} already holds a finished store of {src} with these settings; nothing to do (if {src} "
+          "has changed since, --force rebuilds it)")  # the source is not scanned again
+    return True
 
 
 def _remove_if_only_lock(out: Path) -> None:
@@ -130,7 +144,9 @@ def _remove_if_only_lock(out: Path) -> None:
 
 def _only_writer(out: Path):
     """Hold out/.prepare.lock: two runs writing one store would rename each other's files."""
-    return only_writer(out / LOCK, f"another `alexkit prepare` is writing {out}; wait for it to end, or choose another --out")
+    return only_writer(out / LOCK, f"another `alexkit prepare` is writing {out}; wait for it to end, or choose another --out",
+                       f"{out} is being read by `alexkit train` or `eval`, whose store it would change; wait for them to "
+                       "end, or choose another --out")  # fmt: skip
 
 
 def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
@@ -139,9 +155,7 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
     settings = cfg.settings()
     finished = _read_json(out / MANIFEST)
     if finished is not None and not cfg.force:
-        if finished.get("settings") == settings and finished.get("source", {}).get("path") == str(src):
-            print(f"{out} already holds a finished store of {src} with these settings; nothing to do (if {src} "
-                  "has changed since, --force rebuilds it)")  # the source is not scanned again
+        if _nothing_to_do(out, src, settings):
             return out
         raise AlexkitError(
             f"{out} holds a finished store of {finished.get('source', {}).get('path')} made with "

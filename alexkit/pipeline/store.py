@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, why
-from alexkit.paths import write_atomic
+from alexkit.paths import shared_reader, write_atomic
 from alexkit.pipeline.beton import BetonReader
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, crop_size
 
@@ -80,6 +80,15 @@ def read_classes(path: Path) -> list[dict]:
 
 _REWRITE = ("copy it again from the store (a run keeps copies of its store's files), or rewrite the store with "
             "`alexkit prepare SRC --out STORE --force`")  # fmt: skip
+
+
+LOCK = ".prepare.lock"  # prepare holds it exclusively while it writes; trainings and evaluations, shared
+
+
+def reading(path: Path):
+    """Hold the store at `path` against `alexkit prepare` (a --force rebuild would replace its files
+    under a days-long training) while the block runs; refused while a prepare writes it."""
+    return shared_reader(Path(path) / LOCK, f"`alexkit prepare` is writing store {path}; wait for it to end")
 
 
 class Store:
