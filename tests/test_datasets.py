@@ -240,11 +240,14 @@ def test_official_tars_read_in_place(tmp_path):
     assert ds.layout == "official-tars"
     assert_official_labels(ds)
     train = ds.splits["train"]
-    assert [s.name for s in train[:3]] == [
-        "ILSVRC2012_img_train.tar/n01000001.tar/n01000001_1.JPEG",
-        "ILSVRC2012_img_train.tar/n01000001.tar/n01000001_12.JPEG",
+    assert [s.name for s in train[:3]] == [  # a class in its tar's order, not by name: read front to back
         "ILSVRC2012_img_train.tar/n01000001.tar/n01000001_5.JPEG",
+        "ILSVRC2012_img_train.tar/n01000001.tar/n01000001_12.JPEG",
+        "ILSVRC2012_img_train.tar/n01000001.tar/n01000001_1.JPEG",
     ]
+    for label in range(3):
+        offsets = [s.offset for s in train if s.label == label]
+        assert offsets == sorted(offsets)
     assert {s.path for s in train} == {str(tmp_path / "ILSVRC2012_img_train.tar")}
     assert {s.path for s in ds.splits["val"]} == {str(tmp_path / "ILSVRC2012_img_val.tar")}
     assert len(train) + len(ds.splits["val"]) == len(expected)
