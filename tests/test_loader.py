@@ -17,7 +17,7 @@ from alexkit.errors import AlexkitError
 from alexkit.pipeline.augment import lighting_offsets, reference_center, reference_tencrop, reference_train, train_params
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, BetonWriter
 from alexkit.pipeline.constants import crop_size
-from alexkit.pipeline.loader import STREAM_AUGMENT, LoaderConfig, epoch_rng, make_loader, shard_positions
+from alexkit.pipeline.loader import STREAM_AUGMENT, LoaderConfig, epoch_rng, make_loader, shard_positions, shard_size
 from alexkit.pipeline.store import Store
 from tests.test_pipeline import jpeg, pil_decode, smooth_images
 
@@ -117,6 +117,12 @@ def test_shards_cover_the_split_once(world):
         keep_all = [LoaderConfig("train", batch_size=B, rank=r, world_size=world, drop_last=False) for r in range(world)]
         everything = [shard_positions(n, cfg, epoch) for cfg in keep_all]
         assert sorted(np.concatenate(everything).tolist()) == list(range(n))
+        for cfg, got in zip(keep_all, everything):  # what len(loader) counts, without the permutation
+            assert shard_size(n, cfg) == len(got)
+        for r, got in enumerate(train):
+            assert shard_size(n, LoaderConfig("train", batch_size=B, rank=r, world_size=world)) == len(got)
+        for r, got in enumerate(val):
+            assert shard_size(n, LoaderConfig("val", mode="center", batch_size=B, rank=r, world_size=world)) == len(got)
 
 
 def test_ranks_simulated_in_one_process_read_disjoint_shards(index_store):

@@ -138,6 +138,13 @@ def shard_positions(n: int, cfg: LoaderConfig, epoch: int) -> np.ndarray:
     return np.ascontiguousarray(order[cfg.rank :: W])
 
 
+def shard_size(n: int, cfg: LoaderConfig) -> int:
+    """len(shard_positions(n, cfg, epoch)), for any epoch, without drawing a permutation."""
+    W, B = cfg.world_size, cfg.batch_size
+    m = n // (W * B) * (W * B) if cfg.drops_last else n
+    return len(range(cfg.rank, m, W))
+
+
 def default_threads() -> int:
     """DALI CPU threads for this process: its share of the cores among the node's ranks, plus one,
     so that a core never idles while a thread waits (on the executor handing over between
@@ -180,7 +187,7 @@ class Loader:
         return shard_positions(len(self.reader), self.cfg, self.epoch if epoch is None else epoch)
 
     def __len__(self) -> int:
-        n, B = len(self.positions()), self.cfg.batch_size
+        n, B = shard_size(len(self.reader), self.cfg), self.cfg.batch_size  # not a permutation of the split per call
         return n // B if self.cfg.drops_last else -(-n // B)
 
     def __iter__(self):
