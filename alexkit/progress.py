@@ -70,3 +70,28 @@ class Progress:
             extra = "".join(f", {name} {value}" for name, value in self.values.items())
             print(f"{self.title}: {done:,}/{self.total:,} ({100 * done / max(self.total, 1):.0f}%) {rate:,.0f} {self.unit}/s, "
                   f"ETA {duration(eta)}{extra}", flush=True)  # fmt: skip
+
+
+class Ticks:
+    """A callable for the long parts of a stage that report (what, done, total, unit) as they go
+    (listing class folders, indexing a tar): a Progress per part, shown only once the stage has
+    lasted `after_s`, so that a small dataset's quick scan prints nothing. Close it at the end."""
+
+    def __init__(self, after_s: float = 2.0):
+        self.start, self.after_s = time.perf_counter(), after_s
+        self.what, self.bar = None, None
+
+    def __call__(self, what: str, done: int, total: int, unit: str) -> None:
+        if what != self.what:
+            self.close()
+            self.what, self.part_start = what, time.perf_counter()
+        if self.bar is None and time.perf_counter() - self.start >= self.after_s:
+            self.bar = Progress(what, total, unit=unit).__enter__()
+            self.bar.started = self.part_start  # rate and ETA over the whole part, not from now
+        if self.bar is not None:
+            self.bar.update(done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        self.what, self.bar = None, None

@@ -103,9 +103,12 @@ def test_class_folders_valprep(tmp_path):
     write(tmp_path / "train" / "n01000001" / "upper.JpG")
     write(tmp_path / "train" / "n01000001" / "sub" / "deeper.png")
 
-    ds = find_dataset(tmp_path)
+    ticks = []
+    ds = find_dataset(tmp_path, lambda *tick: ticks.append(tick))
     assert ds.layout == "class-folders"
     assert ds.root == tmp_path
+    assert ticks == [("listing train/", 1, 2, "classes"), ("listing train/", 2, 2, "classes"),
+                     ("listing val/", 1, 2, "classes"), ("listing val/", 2, 2, "classes")]  # fmt: skip
     classes = [(c.index, c.wnid, c.name) for c in ds.classes]
     assert classes == [(0, "n01000001", "n01000001"), (1, "n02000002", "n02000002")]
     train = ds.splits["train"]
@@ -236,7 +239,10 @@ def write_official_tars(src: Path) -> dict[str, bytes]:
 
 def test_official_tars_read_in_place(tmp_path):
     expected = write_official_tars(tmp_path)
-    ds = find_dataset(tmp_path)
+    ticks = []
+    ds = find_dataset(tmp_path, lambda *tick: ticks.append(tick))
+    assert [t[0] for t in ticks] == ["indexing ILSVRC2012_img_train.tar"] * 3  # after each per-class tar
+    assert [t[1] for t in ticks] == sorted(t[1] for t in ticks) and {t[3] for t in ticks} == {"MB"}
     assert ds.layout == "official-tars"
     assert_official_labels(ds)
     train = ds.splits["train"]

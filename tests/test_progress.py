@@ -31,3 +31,22 @@ def test_rich_into_a_pipe_is_plain_and_none_is_silent(capsys):
 
 def test_duration():
     assert [duration(s) for s in (6, 245, 3723)] == ["6s", "4m05s", "1h02m03s"]
+
+
+def test_ticks_show_a_long_part_and_keep_a_quick_scan_quiet(capsys):
+    from alexkit.progress import Ticks
+
+    quick = Ticks()  # a small dataset's scan is over long before 2 s
+    for done in range(1, 11):
+        quick("listing train/", done, 10, "classes")
+    quick.close()
+    assert capsys.readouterr().out == ""
+    slow = Ticks(after_s=0)  # as if the scan had already lasted 2 s
+    for done in range(1, 11):
+        slow("listing train/", done, 10, "classes")
+    slow("indexing ILSVRC2012_img_train.tar", 147_000, 147_000, "MB")  # a new part: a new bar
+    slow.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("listing train/: 1/10 (10%)") and "classes/s, ETA" in lines[0]
+    assert lines[-2].startswith("listing train/: 10/10 (100%)")
+    assert lines[-1].startswith("indexing ILSVRC2012_img_train.tar: 147,000/147,000 (100%)") and "MB/s" in lines[-1]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alexkit.datasets import devkit as dk
-from alexkit.datasets.tars import index_class_tars, index_flat_tar
+from alexkit.datasets.tars import Tick, index_class_tars, index_flat_tar
 from alexkit.errors import AlexkitError
 
 LAYOUTS = ("class-folders", "official-extracted", "official-tars", "kaggle")
@@ -91,8 +91,13 @@ def read_sample_bytes(sample: Sample) -> bytes:
     return data
 
 
-def find_dataset(src: Path) -> Dataset:
-    """Detect the layout of `src` and list its images, labels and classes."""
+def _quiet(what: str, done: int, total: int, unit: str) -> None:
+    pass
+
+
+def find_dataset(src: Path, tick: Tick = _quiet) -> Dataset:
+    """Detect the layout of `src` and list its images, labels and classes. `tick(what, done, total,
+    unit)` hears of the long parts as they go (class folders listed; megabytes of a tar indexed)."""
     src = Path(src).expanduser().absolute()
     if not src.exists():
         raise AlexkitError(
@@ -105,11 +110,11 @@ def find_dataset(src: Path) -> Dataset:
     if not found:
         raise AlexkitError(f"{src} is empty; put a dataset there (or run `alexkit sample {src}`); {_SUPPORTED}")
     if (src / KAGGLE_DATA / "train").is_dir():
-        return _kaggle(src)
+        return _kaggle(src, tick)
     if (src / "train").is_dir():
-        return _folders(src)
+        return _folders(src, tick)
     if (src / TRAIN_TAR).is_file():
-        return _tars(src)
+        return _tars(src, tick)
     if (src / TASK3_TAR).is_file():
         raise AlexkitError(
             f"{src / TASK3_TAR} is the dogs subset of another ILSVRC-2012 task, not the 1000-class training set; "
@@ -127,10 +132,10 @@ def find_dataset(src: Path) -> Dataset:
 # --- layouts ---
 
 
-def _folders(src: Path) -> Dataset:
+def _folders(src: Path, tick: Tick) -> Dataset:
     """class-folders (val/<class>/) or official-extracted (flat val/ + devkit)."""
     notes: list[str] = []
-    wnids, train = _class_folder_split(src, "train", notes)
+    wnids, train = _class_folder_split(src, "train", notes, tick)
     val_dir = src / "val"
     flat, subdirs = _scan_top(val_dir) if val_dir.is_dir() else ([], [])
     _check_one_val_layout(val_dir, flat, subdirs)
@@ -150,20 +155,20 @@ def _folders(src: Path) -> Dataset:
         splits["val"] = _labelled(src, rows, wnids, f"{val_dir} (labels from {kit.source})", notes)
         _compare_with_devkit(wnids, kit, notes)
     elif subdirs:
-        splits["val"] = _class_folder_split(src, "val", notes, expected=wnids)[1]
+        splits["val"] = _class_folder_split(src, "val", notes, tick, expected=wnids)[1]
     names = kit.names() if kit is not None else _kaggle_names(src)
     return _dataset(src, layout, wnids, names, splits, notes)
 
 
-def _kaggle(src: Path) -> Dataset:
+def _kaggle(src: Path, tick: Tick) -> Dataset:
     notes: list[str] = []
-    wnids, train = _class_folder_split(src, KAGGLE_DATA + "/train", notes)
+    wnids, train = _class_folder_split(src, KAGGLE_DATA + "/train", notes, tick)
     splits = {"train": train}
     val_dir = src / KAGGLE_DATA / "val"
     flat, subdirs = _scan_top(val_dir) if val_dir.is_dir() else ([], [])
     _check_one_val_layout(val_dir, flat, subdirs)
     if subdirs:  # val moved into class folders (a common valprep step)
-        splits["val"] = _class_folder_split(src, KAGGLE_DATA + "/val", notes, expected=wnids)[1]
+        splits["val"] = _class_folder_split(src, KAGGLE_DATA + "/val", notes, tick, expected=wnids)[1]
     elif flat:
         csv_path = src / dk.KAGGLE_SOLUTION
         if not csv_path.is_file():
@@ -181,10 +186,10 @@ def _kaggle(src: Path) -> Dataset:
     return _dataset(src, "kaggle", wnids, _kaggle_names(src), splits, notes)
 
 
-def _tars(src: Path) -> Dataset:
+def _tars(src: Path, tick: Tick) -> Dataset:
     """The official tars, indexed in place: each image is (tar path, byte offset, size)."""
     notes: list[str] = []
-    per_class, ignored = index_class_tars(src / TRAIN_TAR, _is_image)
+    per_class, ignored = index_class_tars(src / TRAIN_TAR, _is_image, tick)
     if not per_class:
         raise AlexkitError(f"{src / TRAIN_TAR} holds no per-class tars (<wnid>.tar); use the official {TRAIN_TAR}")
     if ignored:
@@ -228,7 +233,7 @@ def _check_one_val_layout(val_dir: Path, flat: list[str], subdirs: list[str]) ->
 # --- listing ---
 
 
-def _class_folder_split(src: Path, split: str, notes: list[str], expected: list[str] | None = None):
+def _class_folder_split(src: Path, split: str, notes: list[str], tick: Tick, expected: list[str] | None = None):
     """(class names, samples) of src/<split>/<class>/**; with `expected`, classes come from train."""
     top = src / split
     wnids = sorted(_scan_top(top)[1])
@@ -242,8 +247,9 @@ def _class_folder_split(src: Path, split: str, notes: list[str], expected: list[
     classes = expected if expected is not None else wnids
     index = {wnid: label for label, wnid in enumerate(classes)}
     samples, skipped, others = [], 0, []
-    for wnid in wnids:
+    for done, wnid in enumerate(wnids, 1):
         names = _list_images(top / wnid, f"{split}/{wnid}", others)
+        tick(f"listing {split}/", done, len(wnids), "classes")
         if wnid not in index:
             skipped += len(names)
             continue

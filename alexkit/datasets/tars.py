@@ -21,12 +21,15 @@ from alexkit.errors import AlexkitError
 _BLOCK = 512  # tar's header and padding unit
 
 Entry = tuple[str, int, int]  # (member base name, absolute offset of its data, size)
+Tick = Callable[[str, int, int, str], None]  # (what, done, total, unit): progress of a long listing
 
 
-def index_class_tars(path: Path, keep: Callable[[str], bool]) -> tuple[dict[str, list[Entry]], int]:
-    """({per-class tar stem: [entries kept]}, how many other files the outer tar holds)."""
+def index_class_tars(path: Path, keep: Callable[[str], bool], tick: Tick | None = None) -> tuple[dict[str, list[Entry]], int]:
+    """({per-class tar stem: [entries kept]}, how many other files the outer tar holds). `tick` hears
+    of the megabytes indexed after each per-class tar."""
     per_class: dict[str, list[Entry]] = {}
     ignored = 0
+    total_mb = os.path.getsize(path) // 1_000_000
     try:
         with tarfile.open(path, "r:") as outer, open(path, "rb") as raw:
             for member in outer:  # per-class tars, in no particular order
@@ -47,6 +50,8 @@ def index_class_tars(path: Path, keep: Callable[[str], bool]) -> tuple[dict[str,
                         if m.isfile() and keep(m.name):
                             entries.append((os.path.basename(m.name), m.offset_data, m.size))
                     _check_end(inner, raw, end, f"{path}: {member.name}", path.name)
+                if tick is not None:
+                    tick(f"indexing {path.name}", min(end // 1_000_000, total_mb), total_mb, "MB")
             _check_end(outer, raw, os.path.getsize(path), str(path), path.name)
     except (tarfile.TarError, EOFError) as exc:
         raise _damaged(path, exc) from exc
