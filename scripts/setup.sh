@@ -13,8 +13,15 @@ for pkg in pkg-config libturbojpeg0-dev libopencv-dev g++ python3-dev python3-ve
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || {
+            echo "[setup] missing system packages: ${missing[*]}; as root: apt-get install ${missing[*]}, then run make setup again" >&2
+            exit 1
+        }
+        sudo="sudo"
+    fi
     say "installing ${missing[*]} with apt-get"
-    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
