@@ -15,6 +15,12 @@ def why(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text.splitlines()[0] if text else 'empty or cut off'}"
 
 
+class PathRefused(AlexkitError):
+    """A path the system refuses (permissions, a full disk, a read-only file system): exit code 1."""
+
+    exit_code = 1
+
+
 class MissingDependency(AlexkitError):
     """An optional native piece (FFCV, DALI, CUDA) is not importable."""
 

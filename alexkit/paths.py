@@ -10,7 +10,7 @@ import contextlib
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, PathRefused
 
 DEFAULT_STORE = Path("alexkit-store")  # written by `alexkit prepare`, read by train/eval
 DEFAULT_RUNS = Path("alexkit-runs")  # one sub-directory per `alexkit train` run
@@ -43,10 +43,8 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-class NoLocks(AlexkitError):
-    """The file system refused a lock (not: another process holds it): a path the system refuses."""
-
-    exit_code = 1
+class NoLocks(PathRefused):
+    """The file system refused a lock (not: another process holds it)."""
 
 
 class BeingRead(AlexkitError):
@@ -120,7 +118,7 @@ def check_output(path: Path, flag: str) -> None:
         with tempfile.TemporaryFile(dir=path.parent):  # what write_atomic will do there: create a file
             pass
     except OSError as exc:
-        raise AlexkitError(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror or exc}); choose another path") from exc
+        raise PathRefused(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror or exc}); choose another path") from exc
 
 
 def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
@@ -138,7 +136,10 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     tmp = path.with_name(f"{partial_prefix(path)}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         with open(tmp, "x" if isinstance(data, str) else "xb") as f:
-            data(f) if callable(data) else f.write(data)
+            if callable(data):
+                _write_through(data, f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -155,6 +156,32 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_through(write: Callable[[BinaryIO], None], f: BinaryIO) -> None:
+    """write(f), where an OSError of f's (a full disk) stays an OSError: torch.save reports one as a
+    RuntimeError ("unexpected pos ...") that names neither the file nor the cause."""
+    failed: list[OSError] = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(f, name)
+
+        def write(self, b):
+            try:
+                return f.write(b)
+            except OSError as exc:
+                failed.append(exc)
+                raise
+
+    try:
+        write(Recording())
+    except OSError:
+        raise
+    except Exception as exc:
+        if failed:
+            raise failed[0] from exc
+        raise
 
 
 def partial_prefix(path: Path) -> str:

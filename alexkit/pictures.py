@@ -48,14 +48,20 @@ def show_batch(cfg: ShowBatchConfig) -> list[Path]:
     names = [c["name"] for c in store.classes]
     store.split("train")
     _check_val_index(store, cfg.val_index)  # before the first picture is written
+    made = not cfg.out.exists()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    tiles, labels, _ = train_tiles(store, cfg.count, cfg.seed)
-    captions = [f"{y} {names[y]}" for y in labels]
-    title = f"{store.path}: {len(tiles)} training crops as fed to the network (seed {cfg.seed})"
-    written = [_save(grid(tiles, captions, title, columns=min(8, len(tiles))), cfg.out / "train-batch.png")]
-    tiles, captions, label = val_view_tiles(store, cfg.val_index)
-    title = f"{store.path} val #{cfg.val_index} ({label} {names[label]}): the ten test views"
-    written.append(_save(grid(tiles, captions, title, columns=5), cfg.out / "val-views.png"))
+    try:
+        tiles, labels, _ = train_tiles(store, cfg.count, cfg.seed)
+        captions = [f"{y} {names[y]}" for y in labels]
+        title = f"{store.path}: {len(tiles)} training crops as fed to the network (seed {cfg.seed})"
+        written = [_save(grid(tiles, captions, title, columns=min(8, len(tiles))), cfg.out / "train-batch.png")]
+        tiles, captions, label = val_view_tiles(store, cfg.val_index)
+        title = f"{store.path} val #{cfg.val_index} ({label} {names[label]}): the ten test views"
+        written.append(_save(grid(tiles, captions, title, columns=5), cfg.out / "val-views.png"))
+    except BaseException:
+        if made and not any(cfg.out.iterdir()):  # a folder it made for pictures it could not write
+            cfg.out.rmdir()
+        raise
     for p in written:
         print(f"wrote {p}")
     return written

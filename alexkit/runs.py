@@ -125,9 +125,18 @@ def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
     write_metrics(path, metrics)
 
 
-def write_metrics(path: Path, metrics: list[dict]) -> None:
-    """RUN/metrics.jsonl, one line per epoch, rewritten whole (never a torn last line)."""
-    write_atomic(path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+def write_metrics(path: Path, metrics: list[dict], *, only_if_different: bool = False) -> bool:
+    """RUN/metrics.jsonl, one line per epoch, rewritten whole (never a torn last line). With
+    only_if_different, left as it is when it already says so. Returns whether it was written."""
+    text = "".join(json.dumps(m) + "\n" for m in metrics)
+    if only_if_different:
+        try:
+            if (path / "metrics.jsonl").read_text() == text:
+                return False
+        except (OSError, ValueError):
+            pass
+    write_atomic(path / "metrics.jsonl", text)
+    return True
 
 
 def _git_commit() -> str | None:
@@ -233,6 +242,10 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
     path = Path(path)
     if path.is_dir():
         found = [path / n for n in prefer if (path / n).is_file()]
+        if not found and "best.pt" not in prefer and (path / "best.pt").is_file():  # killed between the two saves
+            raise AlexkitError(f"run {path} has best.pt but no {' or '.join(prefer)}: it was stopped while saving its first "
+                               f"epoch; go on from best.pt in a new folder: mkdir NEW && cp {path}/best.pt NEW/ && "
+                               "alexkit train --resume NEW/best.pt")  # fmt: skip
         if not found and (path / "config.json").is_file():
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "
                                f"train it again with `alexkit train --out {path}` and the flags it had")  # fmt: skip

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, PathRefused
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
@@ -171,7 +171,12 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
                 same_checkpoint_everywhere(ckpt, ckpt["path"])
                 check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"])
             with claim_run(run_dir, placement.is_main, ckpt):
-                _train(cfg, ckpt, placement, store, run_dir)
+                try:
+                    _train(cfg, ckpt, placement, store, run_dir)
+                except OSError as exc:  # a full disk, say: the epochs saved so far are whole
+                    then = f"continue with `alexkit train --resume {run_dir}`" if (run_dir / "last.pt").is_file() else "run again"
+                    raise PathRefused(f"{exc.filename or run_dir}: {exc.strerror or exc}; fix that (free space, "
+                                      f"permissions), then {then}") from exc  # fmt: skip
     except BaseException:
         teardown(wait=False)
         raise
@@ -234,7 +239,10 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         if placement.is_main:
             print(text, flush=True)
 
-    if schedule.stopped or len(metrics) >= cfg.epochs:  # a finished run: its files stay as they are
+    if schedule.stopped or len(metrics) >= cfg.epochs:  # a finished run: its files stay as they are...
+        # ...except metrics.jsonl where a kill between the last checkpoint and its write left it behind
+        if placement.is_main and write_metrics(run_dir, metrics, only_if_different=True):
+            say(f"note: {run_dir}/metrics.jsonl was behind last.pt; rewritten from it")
         say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)" if schedule.stopped else
             f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
         return

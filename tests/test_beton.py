@@ -150,6 +150,28 @@ def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_
     assert info.value.filename == str(tmp_path / "missing")  # an error about another file keeps its name
 
 
+def test_a_full_disk_under_torch_save_is_an_oserror_naming_the_file(tmp_path):
+    """torch.save turns a failed write into RuntimeError('unexpected pos ...'); write_atomic hands on
+    the OSError itself, which the CLI prints as one line naming the file. A file size limit stands
+    in for the full disk (in a child process: the limit is per process)."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import resource, signal, sys, torch
+        from alexkit.paths import write_atomic
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+        try:
+            write_atomic(sys.argv[1], lambda f: torch.save({"w": torch.zeros(1_000_000)}, f))
+        except OSError as exc:
+            print(type(exc).__name__, exc.strerror, exc.filename)
+    """
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "last.pt")], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == f"OSError File too large {tmp_path / 'last.pt'}", r.stdout + r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(not pathlib.Path("/proc/self/fd").is_dir(), reason="tells a folder's descriptor by /proc")
 def test_write_atomic_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
     import os

@@ -300,8 +300,9 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
     with pytest.raises(AlexkitError, match="--json .*: its folder .*a-file is a file"):
         EvalConfig(json_path=tmp_path / "a-file" / "e.json")
     if os.path.isdir("/proc/self"):  # a folder no one can create files in, root included
-        with pytest.raises(AlexkitError, match="--json /proc/e.json: cannot write in /proc"):
+        with pytest.raises(AlexkitError, match="--json /proc/e.json: cannot write in /proc") as refused:
             EvalConfig(json_path=Path("/proc/e.json"))
+        assert refused.value.exit_code == 1  # a path the system refuses, not a bad value
 
 
 def test_damaged_run_files_are_one_line_errors_naming_them(setup, tmp_path):

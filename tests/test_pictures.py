@@ -83,6 +83,20 @@ def test_show_batch_bad_index(store, tmp_path):
         ShowBatchConfig(out=tmp_path / "a-file")
 
 
+def test_show_batch_that_cannot_write_leaves_no_folder(store, tmp_path, monkeypatch):
+    import errno
+
+    from alexkit import pictures
+
+    def full(image, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pictures, "_save", full)
+    with pytest.raises(OSError, match="No space left"):
+        show_batch(ShowBatchConfig(data=store.path, out=tmp_path / "pics", count=4))
+    assert not (tmp_path / "pics").exists()
+
+
 def write_run(run, epochs: int, start_err: float):
     run.mkdir(parents=True)
     rows = [dict(epoch=e, lr=0.01 if e <= epochs // 2 else 0.001, train_loss=2.0 / e, train_top1_err=start_err / e,

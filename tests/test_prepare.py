@@ -529,8 +529,9 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, mo
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(BetonWriter, "add", full)
-    with pytest.raises(AlexkitError, match="cannot write .*train.beton: No space left on device"):
+    with pytest.raises(AlexkitError, match="cannot write .*train.beton: No space left on device") as full_disk:
         _run(src, out)
+    assert full_disk.value.exit_code == 1  # a path the system refuses
     assert not out.exists()  # it made the folder and wrote nothing that lasts: the folder goes too
     out.mkdir()
     with pytest.raises(AlexkitError, match="No space left on device"):

@@ -134,6 +134,35 @@ def test_resuming_a_finished_run_changes_none_of_its_files(learned_run, capsys):
     assert "already has 6 epochs; pass a larger --epochs" in capsys.readouterr().out  # said with --progress none too
 
 
+def test_a_full_disk_in_the_last_epoch_is_one_line_and_a_resume_mends_metrics(store, tmp_path, monkeypatch, capsys):
+    """The disk fills between the last checkpoint and its metrics line: one line, exit code 1, the fix;
+    then a resume of the finished run brings metrics.jsonl up to last.pt (and plot reads it all)."""
+    import errno
+
+    from alexkit import train as train_module
+
+    real, calls = train_module.write_metrics, []
+
+    def full_the_second_time(run_dir, metrics, **kw):
+        calls.append(len(metrics))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.jsonl"))
+        return real(run_dir, metrics, **kw)
+
+    monkeypatch.setattr(train_module, "write_metrics", full_the_second_time)
+    run = tmp_path / "full"
+    with pytest.raises(AlexkitError, match=f"metrics.jsonl: No space left on device; fix that \\(free space, permissions\\), "
+                                           f"then continue with `alexkit train --resume {run}`") as failed:  # fmt: skip
+        train(TrainConfig(data=store, out=run, epochs=2, **TINY))
+    assert failed.value.exit_code == 1
+    assert len(_metrics(run)) == 1 and torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(train_module, "write_metrics", real)
+    capsys.readouterr()
+    train(TrainConfig(resume=run, epochs=2))
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2]
+    assert "metrics.jsonl was behind last.pt; rewritten from it" in capsys.readouterr().out
+
+
 def test_resume_flags_that_cannot_apply_are_one_line_errors(store, tmp_path):
     moved = tmp_path / "store"
     shutil.copytree(store, moved)
@@ -263,6 +292,10 @@ def test_resume_refuses_an_earlier_checkpoint_of_the_run_but_can_branch_from_a_c
     run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
     with pytest.raises(AlexkitError, match="overwrite the epochs after it"):
         train(TrainConfig(resume=run / "best.pt", epochs=2))
+    (run / "last.pt").unlink()  # as if killed between best.pt's save and last.pt's in its first epoch
+    with pytest.raises(AlexkitError, match=f"run {run} has best.pt but no last.pt: it was stopped while saving its first "
+                                           f"epoch; go on from best.pt in a new folder: mkdir NEW && cp {run}/best.pt NEW/"):  # fmt: skip
+        train(TrainConfig(resume=run, epochs=2))
     (tmp_path / "branch").mkdir()
     shutil.copyfile(run / "best.pt", tmp_path / "branch" / "best.pt")
     branch = train(TrainConfig(resume=tmp_path / "branch" / "best.pt", epochs=2))

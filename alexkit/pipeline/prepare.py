@@ -45,7 +45,7 @@ from typing import Literal
 
 
 from alexkit.datasets import Dataset, find_dataset
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, PathRefused
 from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, only_writer, usable_cores, write_atomic
 from alexkit.progress import Progress, Ticks, duration
 from alexkit.pipeline import imageops
@@ -109,8 +109,8 @@ def prepare(cfg: PrepareConfig) -> Path:
                 if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
                     _remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
                 if isinstance(exc, OSError):  # a full disk, a permission, a symlink loop: past the checks above
-                    raise AlexkitError(f"{exc.filename or out}: {exc.strerror or exc}; fix that and run again "
-                                       "(finished splits are kept)") from exc  # fmt: skip
+                    raise PathRefused(f"{exc.filename or out}: {exc.strerror or exc}; fix that and run again "
+                                      "(finished splits are kept)") from exc  # fmt: skip
                 raise
     except NoLocks:  # taking the lock failed: nor can any other prepare hold one there, so the folder is ours
         if made:
@@ -244,7 +244,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
             writer.abort()
         beton.with_name(beton.name + ".partial").unlink(missing_ok=True)  # a writer that failed while starting
         if isinstance(exc, OSError):
-            raise AlexkitError(
+            raise PathRefused(
                 f"cannot write {beton}: {exc.strerror or exc}; free space or fix permissions on {out} and run "
                 f"again (finished splits are kept)"
             ) from exc
@@ -385,7 +385,7 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
         probe.unlink()
     except OSError as exc:
         why = exc.strerror or exc
-        raise AlexkitError(f"cannot write to {out} ({why}); choose an --out folder you can write to") from exc
+        raise PathRefused(f"cannot write to {out} ({why}); choose an --out folder you can write to") from exc
     return src, out, made
 
 
