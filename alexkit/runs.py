@@ -238,6 +238,9 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
         if run is None:
             raise AlexkitError(f"no run with a checkpoint under {DEFAULT_RUNS}/; train one with `alexkit train` (a run "
                                "writes last.pt at the end of its first epoch) or pass --checkpoint PATH")  # fmt: skip
+        newest = latest_run(having=("config.json",))
+        if newest != run and os.environ.get("RANK", "0") == "0":  # a training still in its first epoch, or stopped there
+            print(f"note: {newest} has no checkpoint yet; using {run}", file=sys.stderr)
         path = run
     path = Path(path)
     if path.is_dir():

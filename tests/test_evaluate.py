@@ -241,7 +241,7 @@ def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):
     assert "top-1 error" in text and "n=7" in text and "ten-crop" in text and "worst classes" in text
 
 
-def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, monkeypatch):
+def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, monkeypatch, capsys):
     """No flags: DEFAULT_RUNS' newest run's best.pt, evaluated on the store its config names; a newer
     run stopped before its first checkpoint is passed over."""
     root, store, _, _ = setup
@@ -255,6 +255,7 @@ def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, 
     finally:
         shutil.rmtree(stopped)  # the fixture's runs are shared with other tests
     assert results["checkpoint"] == str(Path("alexkit-runs/r1/best.pt"))
+    assert "note: alexkit-runs/r2 has no checkpoint yet; using alexkit-runs/r1" in capsys.readouterr().err
     assert results["store"] == str(store.path) and results["n"] == 7
     assert find_checkpoint(root / "alexkit-runs" / "r1") == root / "alexkit-runs" / "r1" / "best.pt"
 
