@@ -29,7 +29,7 @@ from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
 from alexkit.paths import DEFAULT_STORE
-from alexkit.progress import Progress
+from alexkit.progress import Progress, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
 from alexkit.runs import moved_store, rng_state, same_checkpoint_everywhere, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
@@ -293,7 +293,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                    seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
         if placement.is_main:
-            say(_summary(row))
+            say(_summary(row, epochs_left=cfg.epochs - epoch - 1))
             is_best = val_top1 <= min(m["val_top1_err"] for m in metrics)
             save_checkpoint(run_dir, dict(
                 format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
@@ -359,10 +359,13 @@ def resolve_auto(value: Auto, on_cuda: bool) -> bool:
     return on_cuda if value == "auto" else value == "on"
 
 
-def _summary(row: dict) -> str:
+def _summary(row: dict, epochs_left: int) -> str:
+    """One epoch's line; with epochs to go, how long they would take at this epoch's pace (at most:
+    the plateau schedule may stop the run earlier)."""
+    left = f" | {epochs_left} epochs to go at most, {duration(row['seconds'] * epochs_left)}" if epochs_left > 0 else ""
     return (f"epoch {row['epoch']}: lr {row['lr']:.2g} train loss {row['train_loss']:.3f} "
             f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%} "
-            f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:.0f} images/s, {row['seconds']:.0f} s")  # fmt: skip
+            f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:.0f} images/s, {row['seconds']:.0f} s{left}")  # fmt: skip
 
 
 # --- resume ---
