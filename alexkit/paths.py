@@ -7,6 +7,7 @@ before the work (check_output), and how many cores this process may use.
 """
 
 import contextlib
+import re
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -28,8 +29,6 @@ def latest_run(runs: Path = DEFAULT_RUNS, having: tuple[str, ...] = ("best.pt", 
 def _creation_order(run: Path) -> tuple[str, int]:
     """A run folder's place in time: YYYYmmdd-HHMMSS, then the -N of runs started in the same second
     (numerically: -10 comes after -9)."""
-    import re
-
     same_second = re.fullmatch(r"(\d{8}-\d{6})-(\d+)", run.name)
     return (same_second[1], int(same_second[2])) if same_second else (run.name, 1)
 
@@ -58,7 +57,7 @@ def only_writer(lock: Path, busy: str, being_read: str | None = None):
     goes with the file's closing, also when the process dies."""
     import fcntl
 
-    with open(lock, "w") as f:
+    with open(lock, "a+") as f:  # readable too: NFS refuses a shared lock on a write-only file
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -82,24 +81,36 @@ def _lock_shared(f) -> bool:
 
 
 @contextlib.contextmanager
-def shared_reader(lock: Path, busy: str):
-    """Hold a shared flock on the file `lock` while the block runs, so that its writer (only_writer)
-    cannot start meanwhile; AlexkitError(busy) if the writer holds it now. Best effort: with no such
-    file, one this process may not open, or no locks on its file system, the block runs unlocked."""
+def shared_reader(lock: Path, busy: str, wait_s: float = 5.0):
+    """Hold a shared flock on the file `lock` (made if missing and its folder exists) while the block
+    runs, so that its writer (only_writer) cannot start meanwhile. A writer holding it is waited for
+    up to `wait_s` (one that finds nothing to do lets go at once), then AlexkitError(busy). Best
+    effort: where the file can be neither made nor opened, or the file system has no locks, the
+    block runs unlocked."""
     import fcntl
+    import os
+    import time
 
     try:
-        f = open(lock, "rb")
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError:
-        yield
-        return
-    with f:
         try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlexkitError(busy) from None
+            fd = os.open(lock, os.O_RDONLY)  # a folder this user cannot write in
         except OSError:
-            pass
+            yield
+            return
+    with os.fdopen(fd, "rb") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise AlexkitError(busy) from None
+                time.sleep(0.05)
+            except OSError:
+                break
         yield
 
 

@@ -247,8 +247,7 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
         found = [path / n for n in prefer if (path / n).is_file()]
         if not found and "best.pt" not in prefer and (path / "best.pt").is_file():  # killed between the two saves
             raise AlexkitError(f"run {path} has best.pt but no {' or '.join(prefer)}: it was stopped while saving its first "
-                               f"epoch; go on from best.pt in a new folder: mkdir NEW && cp {path}/best.pt NEW/ && "
-                               "alexkit train --resume NEW/best.pt")  # fmt: skip
+                               f"epoch; go on from best.pt: alexkit train --resume {path}/best.pt")  # fmt: skip
         if not found and (path / "config.json").is_file():
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "
                                f"train it again with `alexkit train --out {path}` and the flags it had")  # fmt: skip
@@ -287,7 +286,7 @@ def same_checkpoint_everywhere(ckpt: dict, path: Path) -> None:
     read = [None] * dist.get_world_size()
     dist.all_gather_object(read, mine)
     if len({fingerprint for fingerprint, _ in read}) > 1:
-        epochs = sorted({(json.loads(f)[0], p) for f, p in read}, key=str)
+        epochs = sorted({(json.loads(f)[0], p) for f, p in read}, key=lambda e: (e[0] is None, e[0] or 0, e[1]))
         raise AlexkitError("the processes read different checkpoints (" + ", ".join(f"{p} at epoch {e}" for e, p in epochs)
                            + "): a training replaced it while they started; run again, or pass a copy of the checkpoint")
 

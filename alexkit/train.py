@@ -174,6 +174,8 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
                 try:
                     _train(cfg, ckpt, placement, store, run_dir)
                 except OSError as exc:  # a full disk, say: the epochs saved so far are whole
+                    if not exc.filename:  # not about a file (a closed pipe on stdout, say)
+                        raise
                     then = f"continue with `alexkit train --resume {run_dir}`" if (run_dir / "last.pt").is_file() else "run again"
                     raise PathRefused(f"{exc.filename or run_dir}: {exc.strerror or exc}; fix that (free space, "
                                       f"permissions), then {then}") from exc  # fmt: skip
@@ -293,7 +295,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                    seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
         if placement.is_main:
-            say(_summary(row, epochs_left=cfg.epochs - epoch - 1))
+            say(_summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1))
             is_best = val_top1 <= min(m["val_top1_err"] for m in metrics)
             save_checkpoint(run_dir, dict(
                 format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),

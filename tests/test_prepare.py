@@ -495,13 +495,42 @@ def test_a_store_being_read_is_not_rebuilt_under_its_readers(tmp_path, capsys):
         with pytest.raises(AlexkitError, match=r"store is being read by `alexkit train` or `eval`, whose store it would "
                                                r"change; wait for them to end, or choose another --out"):  # fmt: skip
             _run(src, out, force=True)
-        with pytest.raises(AlexkitError, match="being read"):
-            _run(src, out, size=SIZE + 8)  # other settings: it would have to write
+        with pytest.raises(AlexkitError, match="holds a finished store .* pass --force to replace it"):
+            _run(src, out, size=SIZE + 8)  # other settings: what a reader going away would not change
         capsys.readouterr()
         assert _run(src, out) == out and "nothing to do" in capsys.readouterr().out
     assert (out / "train.beton").stat().st_mtime_ns == before.st_mtime_ns and (out / "manifest.json").is_file()
     _run(src, out, force=True)  # once the reader has gone
     assert (out / "train.beton").stat().st_mtime_ns != before.st_mtime_ns
+    (out / ".prepare.lock").unlink()  # a store copied without its dot file: its readers make it again
+    with reading(out):
+        with pytest.raises(AlexkitError, match="being read"):
+            _run(src, out, force=True)
+
+
+def test_a_reader_waits_for_a_prepare_that_lets_go_at_once(tmp_path):
+    """A rerun of prepare with nothing to do holds the store's lock for a moment: a training starting
+    then waits for it instead of failing."""
+    import threading
+    import time
+
+    from alexkit.pipeline.prepare import _only_writer
+    from alexkit.pipeline.store import reading
+
+    out = tmp_path / "store"
+    out.mkdir()
+    held, done = threading.Event(), threading.Event()
+
+    def brief_writer():
+        with _only_writer(out):
+            held.set()
+            time.sleep(0.3)
+        done.set()
+
+    threading.Thread(target=brief_writer).start()
+    held.wait()
+    with reading(out):
+        assert done.is_set()  # it got in once the writer let go, not before
 
 
 def test_a_file_system_without_locks_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):

@@ -292,15 +292,17 @@ def test_resume_refuses_an_earlier_checkpoint_of_the_run_but_can_branch_from_a_c
     run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
     with pytest.raises(AlexkitError, match="overwrite the epochs after it"):
         train(TrainConfig(resume=run / "best.pt", epochs=2))
-    (run / "last.pt").unlink()  # as if killed between best.pt's save and last.pt's in its first epoch
-    with pytest.raises(AlexkitError, match=f"run {run} has best.pt but no last.pt: it was stopped while saving its first "
-                                           f"epoch; go on from best.pt in a new folder: mkdir NEW && cp {run}/best.pt NEW/"):  # fmt: skip
-        train(TrainConfig(resume=run, epochs=2))
     (tmp_path / "branch").mkdir()
     shutil.copyfile(run / "best.pt", tmp_path / "branch" / "best.pt")
     branch = train(TrainConfig(resume=tmp_path / "branch" / "best.pt", epochs=2))
     assert branch == tmp_path / "branch" and [r["epoch"] for r in _metrics(branch)] == [1, 2]
     assert len(_metrics(run)) == 1  # the original run is untouched
+    (run / "last.pt").unlink()  # as if killed between best.pt's save and last.pt's in its first epoch
+    with pytest.raises(AlexkitError, match=f"run {run} has best.pt but no last.pt: it was stopped while saving its first "
+                                           f"epoch; go on from best.pt: alexkit train --resume {run}/best.pt"):  # fmt: skip
+        train(TrainConfig(resume=run, epochs=2))
+    assert train(TrainConfig(resume=run / "best.pt", epochs=2)) == run  # as the message says
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2]
 
 
 def test_resume_refuses_another_store(store, tmp_path):

@@ -117,16 +117,23 @@ def prepare(cfg: PrepareConfig) -> Path:
             _remove_if_only_lock(out)
         raise
     except BeingRead:  # a training or evaluation reads the store: fine if there is nothing to write
-        if not cfg.force and _nothing_to_do(out, src, cfg.settings()):
+        if not cfg.force and _finished(out, src, cfg.settings()):
             return out
         raise
 
 
-def _nothing_to_do(out: Path, src: Path, settings: dict) -> bool:
-    """True, and says so, where `out` holds a finished store of `src` with these settings."""
+def _finished(out: Path, src: Path, settings: dict) -> bool:
+    """True, and says so, where `out` holds a finished store of `src` with these settings; an error
+    where it holds a finished store of something else; False where it holds none (work to do)."""
     finished = _read_json(out / MANIFEST)
-    if not isinstance(finished, dict) or finished.get("settings") != settings or finished.get("source", {}).get("path") != str(src):
+    if not isinstance(finished, dict):
         return False
+    if finished.get("settings") != settings or finished.get("source", {}).get("path") != str(src):
+        raise AlexkitError(
+            f"{out} holds a finished store of {finished.get('source', {}).get('path')} made with "
+            f"{_describe(finished.get('settings', {}))} (asked: {src}, {_describe(settings)}); "
+            f"pass --force to replace it, or choose another --out"
+        )
     print(f"{out} already holds a finished store of {src} with these settings; nothing to do (if {src} "
           "has changed since, --force rebuilds it)")  # the source is not scanned again
     return True
@@ -153,15 +160,8 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
     for tmp in out.glob(".*.partial"):  # write_atomic's, left by a prepare killed while writing (the lock is ours)
         tmp.unlink()
     settings = cfg.settings()
-    finished = _read_json(out / MANIFEST)
-    if finished is not None and not cfg.force:
-        if _nothing_to_do(out, src, settings):
-            return out
-        raise AlexkitError(
-            f"{out} holds a finished store of {finished.get('source', {}).get('path')} made with "
-            f"{_describe(finished.get('settings', {}))} (asked: {src}, {_describe(settings)}); "
-            f"pass --force to replace it, or choose another --out"
-        )
+    if not cfg.force and _finished(out, src, settings):
+        return out
     started = time.perf_counter()
     print(f"scanning {src} ...", flush=True)
     ticks = Ticks()
@@ -284,14 +284,16 @@ def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
     file's size and modification time (a file replaced under the same name makes the split redone)."""
     digest, stats, ticks = hashlib.sha256(), {}, Ticks()
     samples = ds.splits[name]
-    for i, s in enumerate(samples):
-        if s.path not in stats:  # a tar's members share their tar's
-            st = os.stat(s.path)
-            stats[s.path] = f"{st.st_size}\t{st.st_mtime_ns}"
-        digest.update(f"{s.name or s.path}\t{s.label}\t{s.size}\t{stats[s.path]}\n".encode("utf-8", "surrogateescape"))
-        if i % 10_000 == 0 or i + 1 == len(samples):
-            ticks(f"checking {name} files", i + 1, len(samples), "files")
-    ticks.close()
+    try:
+        for i, s in enumerate(samples):
+            if s.path not in stats:  # a tar's members share their tar's
+                st = os.stat(s.path)
+                stats[s.path] = f"{st.st_size}\t{st.st_mtime_ns}"
+            digest.update(f"{s.name or s.path}\t{s.label}\t{s.size}\t{stats[s.path]}\n".encode("utf-8", "surrogateescape"))
+            if i % 10_000 == 0 or i + 1 == len(samples):
+                ticks(f"checking {name} files", i + 1, len(samples), "files")
+    finally:
+        ticks.close()
     return {
         "split": name,
         "settings": settings,
