@@ -14,6 +14,7 @@ alone prints and writes files).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -28,7 +29,8 @@ import numpy as np
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.runs import check_same_store, find_checkpoint, moved_store, same_checkpoint_everywhere
+from alexkit.ranks import agree, on_every_rank, same_checkpoint_everywhere, same_store_everywhere
+from alexkit.runs import check_same_store, find_checkpoint, moved_store
 
 TOP_K = 5
 LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
@@ -53,12 +55,18 @@ class EvalConfig:
         check_device(self.device)
         if self.show_classes < 0:
             raise AlexkitError(f"show_classes {self.show_classes}: must be 0 or more")
-        for path, flag in ((self.json_path, "--json"), (self.predictions_path, "--predictions")):
-            if path is not None:
-                check_output(path, flag)  # on every rank, before an evaluation whose results would be lost
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # under torchrun: evaluate() checks, once all have joined
+            self.check_outputs()
         if self.json_path is not None and self.predictions_path is not None and \
                 Path(self.json_path).resolve() == Path(self.predictions_path).resolve():  # fmt: skip
             raise AlexkitError(f"--json and --predictions both name {self.json_path}; give each its own file")
+
+
+    def check_outputs(self) -> None:
+        """Refuse now output files that could not be written: before an evaluation whose results would be lost."""
+        for path, flag in ((self.json_path, "--json"), (self.predictions_path, "--predictions")):
+            if path is not None:
+                check_output(path, flag)
 
 
 def predict_log_probs(model, images):
@@ -127,14 +135,23 @@ def evaluate(cfg: EvalConfig) -> dict:
     from alexkit.model.placement import setup, teardown
     from alexkit.pipeline.store import reading
 
-    ckpt_path = find_checkpoint(cfg.checkpoint)
-    model, ckpt = load_checkpoint(ckpt_path)
-    joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
-    placement = setup("ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none", cfg.device)
+    world, error = int(os.environ.get("WORLD_SIZE", "1")), None
     try:
+        ckpt_path = find_checkpoint(cfg.checkpoint)
+        model, ckpt = load_checkpoint(ckpt_path)
+    except AlexkitError as exc:
+        if world == 1:
+            raise
+        error = exc  # said once all have joined: a process that stopped alone would leave the rest waiting
+    joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
+    placement = setup("ddp" if world > 1 else "none", cfg.device)
+    try:
+        agree(error)
+        on_every_rank(lambda: cfg.check_outputs() if placement.is_main and world > 1 else None)  # rank 0 writes them
         same_checkpoint_everywhere(ckpt, ckpt_path)
-        store_path = store_of(ckpt, ckpt_path, cfg.data)
-        with reading(store_path):  # no `prepare --force` replaces the store meanwhile
+        store_path = on_every_rank(lambda: store_of(ckpt, ckpt_path, cfg.data))
+        with contextlib.ExitStack() as held:
+            on_every_rank(lambda: held.enter_context(reading(store_path)))  # no `prepare --force` replaces it meanwhile
             results = _evaluate(cfg, model, ckpt, ckpt_path, store_path, placement)
     except BaseException:
         if not joined:
@@ -151,8 +168,13 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
     from alexkit.pipeline.loader import make_loader
     from alexkit.pipeline.store import Store
 
-    store = Store(store_path)
-    check_same_store(ckpt_path.parent, store, ckpt_path, model.args)  # against the run's copies, where it has them
+    def open_store():
+        store = Store(store_path)
+        check_same_store(ckpt_path.parent, store, ckpt_path, model.args)  # against the run's copies, where it has them
+        return store
+
+    store = on_every_rank(open_store)
+    same_store_everywhere(store)
     model = model.to(placement.device)
     loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=cfg.batch_size, device=placement.device,
                          rank=placement.rank, world_size=placement.world_size, drop_last=False)  # fmt: skip

@@ -31,21 +31,25 @@ CHECKPOINT_FORMAT = 1
 
 
 def run_dir(resume: Path | None, out: Path | None, is_main: bool) -> Path:
-    """The resumed run's directory, `out`, or a new DEFAULT_RUNS/<YYYYmmdd-HHMMSS>; the same in every process."""
-    if resume is not None:
-        return resume if resume.is_dir() else resume.parent
-    name = [str(out) if out else ""]
-    if is_main and not out:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path, n = DEFAULT_RUNS / stamp, 1
-        while True:  # claimed by making it: two runs within a second get -2, -3, ..., sorting after the first
-            try:
-                path.mkdir(parents=True)
-                break
-            except FileExistsError:
-                n += 1
-                path = DEFAULT_RUNS / f"{stamp}-{n}"
-        name = [str(path)]
+    """The resumed run's directory, `out`, or a new DEFAULT_RUNS/<YYYYmmdd-HHMMSS>: rank 0's choice,
+    as an absolute path, in every process (on several nodes a relative path means another folder on each)."""
+    name = [""]
+    if is_main:
+        if resume is not None:
+            path = resume if resume.is_dir() else resume.parent
+        elif out:
+            path = out
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path, n = DEFAULT_RUNS / stamp, 1
+            while True:  # claimed by making it: two runs within a second get -2, -3, ..., sorting after the first
+                try:
+                    path.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    n += 1
+                    path = DEFAULT_RUNS / f"{stamp}-{n}"
+        name = [str(Path(path).absolute())]
     if dist.is_initialized():
         dist.broadcast_object_list(name, src=0)
     return Path(name[0])  # claim_run checks, holding the folder's lock, that it holds no run yet
@@ -274,21 +278,6 @@ def read_checkpoint(path: Path) -> dict:
         raise AlexkitError(f"{path} is not an alexkit checkpoint of format {CHECKPOINT_FORMAT} (found {found}); "
                            "pass a best.pt/last.pt written by `alexkit train`")  # fmt: skip
     return ckpt
-
-
-def same_checkpoint_everywhere(ckpt: dict, path: Path) -> None:
-    """Under torchrun each process reads the checkpoint itself: refuse, in every process at once,
-    unless all read the same one (a training may replace it, or start a newer run, while they start).
-    Same: the same epoch, metrics and config, which two checkpoints of different weights never share."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return
-    mine = (json.dumps([ckpt.get("epoch"), ckpt.get("metrics"), ckpt.get("config")], sort_keys=True, default=str), str(path))
-    read = [None] * dist.get_world_size()
-    dist.all_gather_object(read, mine)
-    if len({fingerprint for fingerprint, _ in read}) > 1:
-        epochs = sorted({(json.loads(f)[0], p) for f, p in read}, key=lambda e: (e[0] is None, e[0] or 0, e[1]))
-        raise AlexkitError("the processes read different checkpoints (" + ", ".join(f"{p} at epoch {e}" for e, p in epochs)
-                           + "): a training replaced it while they started; run again, or pass a copy of the checkpoint")
 
 
 def rng_state() -> dict:

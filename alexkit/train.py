@@ -12,6 +12,7 @@ epoch).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -24,14 +25,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from alexkit.errors import AlexkitError, PathRefused
+from alexkit.errors import AlexkitError, PathRefused, why
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.runs import moved_store, rng_state, same_checkpoint_everywhere, world_size_of
+from alexkit.ranks import PeerLost, agree, lost_peer, on_every_rank, same_checkpoint_everywhere, same_store_everywhere
+from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
@@ -152,38 +154,67 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
     """
     from alexkit.pipeline.store import reading
 
-    ckpt_path = find_checkpoint(cfg.resume, prefer=("last.pt",)) if cfg.resume else None
-    ckpt = None
-    if ckpt_path is not None:
-        check_resumable(ckpt_path)
-        stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
-        ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
-        cfg = _resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
-    if not cfg.parallel.startswith("ddp") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {os.environ['WORLD_SIZE']} processes would run "
-                           "that many copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
-    placement = setup(cfg.parallel, cfg.device)
+    world, error = int(os.environ.get("WORLD_SIZE", "1")), None
     try:
-        with reading(cfg.data):  # no `prepare --force` replaces the store while it trains
-            store = _usable_store(cfg)
+        ckpt, cfg = _resume_from(cfg, given)
+        if not cfg.parallel.startswith("ddp") and world > 1:
+            raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {world} processes would run that many "
+                               "copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
+    except AlexkitError as exc:
+        if world == 1:
+            raise
+        ckpt, error = None, exc  # said once all have joined: a process that stopped alone would leave the rest waiting
+    placement = setup(cfg.parallel if error is None else "ddp", cfg.device)
+    try:
+        agree(error)
+        with contextlib.ExitStack() as held:
+
+            def open_store():
+                held.enter_context(reading(cfg.data))  # no `prepare --force` replaces the store while it trains
+                return _usable_store(cfg)
+
+            store = on_every_rank(open_store)
+            same_store_everywhere(store)
             run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
             if ckpt is not None:
                 same_checkpoint_everywhere(ckpt, ckpt["path"])
-                check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"])
+                on_every_rank(lambda: check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"]))
             with claim_run(run_dir, placement.is_main, ckpt):
-                try:
-                    _train(cfg, ckpt, placement, store, run_dir)
-                except OSError as exc:  # a full disk, say: the epochs saved so far are whole
-                    if not exc.filename:  # not about a file (a closed pipe on stdout, say)
-                        raise
-                    then = f"continue with `alexkit train --resume {run_dir}`" if (run_dir / "last.pt").is_file() else "run again"
-                    raise PathRefused(f"{exc.filename or run_dir}: {exc.strerror or exc}; fix that (free space, "
-                                      f"permissions), then {then}") from exc  # fmt: skip
+                _train_or_say_how_to_resume(cfg, ckpt, placement, store, run_dir)
     except BaseException:
         teardown(wait=False)
         raise
     teardown()
     return run_dir
+
+
+def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict | None, TrainConfig]:
+    """(the checkpoint to resume, with its path and stat; the config to train with)."""
+    if not cfg.resume:
+        return None, cfg
+    ckpt_path = find_checkpoint(cfg.resume, prefer=("last.pt",))
+    check_resumable(ckpt_path)
+    stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
+    ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
+    return ckpt, _resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
+
+
+def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:
+    """_train, with a failure the run survives (its saved epochs are whole) said as how to go on."""
+    def then() -> str:
+        return f"continue with `alexkit train --resume {run_dir}`" if (run_dir / "last.pt").is_file() else "run again"
+
+    try:
+        _train(cfg, ckpt, placement, store, run_dir)
+    except OSError as exc:  # a full disk, say
+        if not exc.filename:  # not about a file (a closed pipe on stdout, say)
+            raise
+        raise PathRefused(f"{exc.filename}: {exc.strerror or exc}; fix that (free space, permissions), then {then()}") from exc
+    except RuntimeError as exc:
+        if placement.world_size > 1 and lost_peer(exc):
+            raise PeerLost(f"another process of this job stopped or lost its connection ({why(exc)}); see its own error, "
+                           f"then {then()}") from exc  # fmt: skip
+        raise
 
 
 def _usable_store(cfg: TrainConfig):

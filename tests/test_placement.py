@@ -113,11 +113,16 @@ def test_ddp_needs_torchrun(monkeypatch):
 @pytest.mark.parametrize("parallel", ["none", "columns"])
 def test_training_under_torchrun_without_ddp_is_refused(monkeypatch, tmp_path, parallel):
     """Every process would think it is rank 0 and train the same run into the same folder."""
+    from alexkit import train as train_module
     from alexkit.train import TrainConfig, train
 
     monkeypatch.setenv("WORLD_SIZE", "2")
+    joined = []  # the error waits until the process has joined the others (no group here: said at once)
+    monkeypatch.setattr(train_module, "setup", lambda parallel, device: joined.append(parallel) or Placement(
+        parallel, 0, 2, (torch.device("cpu"),)))  # fmt: skip
     with pytest.raises(AlexkitError, match=f"--parallel {parallel} under torchrun with 2 processes .* pass --parallel ddp"):
         train(TrainConfig(data=tmp_path, parallel=parallel, device="cpu"))
+    assert joined == ["ddp"]
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,33 +174,68 @@ def test_ddp_makes_the_same_update_as_one_process(tmp_path):
             assert torch.equal(ranks[0][name], ranks[1][name]), f"{parallel} {name}: ranks differ"
 
 
-def _checkpoint_worker(rank: int, out: str) -> None:
-    from alexkit.runs import same_checkpoint_everywhere
+def _agreeing_worker(rank: int, out: str) -> None:
+    """What each of two processes says when asked to agree on errors, checkpoints and stores."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from alexkit.ranks import agree, on_every_rank, same_checkpoint_everywhere, same_store_everywhere
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
+    said = []
+
+    def say(check) -> None:
+        try:
+            check()
+            said.append("fine")
+        except AlexkitError as exc:
+            said.append(f"{exc.exit_code} {exc}")
+
     try:
-        said = []
+        say(lambda: agree(None))
+        say(lambda: agree(AlexkitError("store /nfs/s does not exist") if rank == 1 else None))  # one node's own files
+
+        def fails_on_rank_0():
+            if rank == 0:
+                raise AlexkitError("--json out/e.json: its folder out does not exist")
+
+        say(lambda: on_every_rank(fails_on_rank_0))
         for epochs in ((3, 3), (3, 4)):  # the same checkpoint in both processes; then rank 1 reads a newer one
             ckpt = dict(epoch=epochs[rank], metrics=[{"epoch": e} for e in range(1, epochs[rank] + 1)], config={"lr": 0.01})
-            try:
-                same_checkpoint_everywhere(ckpt, Path("run/last.pt"))
-                said.append("same")
-            except AlexkitError as exc:
-                said.append(str(exc))
+            say(lambda: same_checkpoint_everywhere(ckpt, Path(out, "run", "last.pt")))
+        for means in ((1.0, 1.0), (1.0, 2.0)):  # the same store; then node-local copies that differ
+            stats = SimpleNamespace(mean_image=np.full((4, 4, 3), means[rank], np.float32), eigval=np.ones(3), eigvec=np.eye(3))
+            store = SimpleNamespace(path=Path(out, "store"), manifest={"settings": {"size": 4}, "splits": {}}, classes=[], stats=stats)
+            say(lambda: same_store_everywhere(store))
         Path(out, f"rank{rank}.txt").write_text("\n".join(said))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_every_rank_must_read_the_same_checkpoint(tmp_path):
-    """eval and train --resume under torchrun: a training that replaces last.pt while the ranks start
-    would give them different models; every rank refuses at once, none goes on alone."""
-    mp.spawn(_checkpoint_worker, args=(str(tmp_path),), nprocs=2, join=True)
-    for rank in range(2):
-        same, changed = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
-        assert same == "same"
-        assert changed == ("the processes read different checkpoints (run/last.pt at epoch 3, run/last.pt at epoch 4): "
-                           "a training replaced it while they started; run again, or pass a copy of the checkpoint")
+def test_the_processes_of_a_job_raise_one_error_together(tmp_path):
+    """Under torchrun a process that stopped alone at a check of its own files would leave the others
+    waiting in their next collective: every error is raised in every process, naming where it arose;
+    the checkpoint and the store read must be the same ones (a training may replace last.pt while the
+    processes start; nodes may hold different copies at one path)."""
+    import socket
+
+    mp.spawn(_agreeing_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    host = socket.gethostname()
+    said = [(tmp_path / f"rank{r}.txt").read_text().splitlines() for r in range(2)]
+    assert [s[0] for s in said] == ["fine", "fine"]
+    assert said[1][1] == "2 store /nfs/s does not exist"
+    assert said[0][1] == f"2 store /nfs/s does not exist (said by process 1 on {host})"
+    assert said[0][2] == "2 --json out/e.json: its folder out does not exist"
+    assert said[1][2] == f"2 --json out/e.json: its folder out does not exist (said by process 0 on {host})"
+    assert [s[3] for s in said] == ["fine", "fine"] and [s[5] for s in said] == ["fine", "fine"]
+    ckpt = f"{host}:{tmp_path / 'run' / 'last.pt'}"
+    for s in said:
+        assert s[4] == (f"2 the processes read different checkpoints ({ckpt} at epoch 3; {ckpt} at epoch 4); a training "
+                        "replaced it while they started, or the nodes see different files there: pass an absolute "
+                        "--checkpoint/--resume on a file system all nodes share, and run again")
+        assert s[6] == (f"2 the processes read different stores ({host}:{tmp_path / 'store'}; {host}:{tmp_path / 'store'}); "
+                        "pass --data a store on a file system all nodes share, or the same copy on every node")
 
 
 def test_placement_on_cpu_without_ddp():
@@ -217,3 +257,11 @@ def test_columns_on_two_gpus_compute_the_grouped_function():
     out = columns(x)
     assert out.device == torch.device("cuda", 0)
     torch.testing.assert_close(out.cpu(), model(x), rtol=1e-3, atol=1e-4)
+
+
+def test_a_collective_that_lost_its_peer_is_told_from_other_failures():
+    from alexkit.ranks import lost_peer
+
+    assert lost_peer(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:45266: Connection reset by peer"))
+    assert lost_peer(RuntimeError("NCCL communicator was aborted on rank 3"))
+    assert not lost_peer(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))

@@ -1,0 +1,111 @@
+"""What the processes of a torchrun job must agree on before they go on together.
+
+Each process checks its own files: on several nodes a path may hold another file, or none. A
+process that stopped alone at such a check would leave the others waiting in their next collective
+(for torch's timeout, 30 min), so every check is shared: an error any process meets is raised in
+all of them, naming the process and host it came from, and the checkpoint and store they read must
+be the same ones. Alone (no process group), each helper is the plain check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch.distributed as dist
+
+from alexkit.errors import AlexkitError
+
+T = TypeVar("T")
+
+
+def _together() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather(value) -> list:
+    """Every process's `value`, in rank order."""
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def agree(error: AlexkitError | None) -> None:
+    """Raise in every process the first error (by rank) that any process met; None: none met here."""
+    if not _together():
+        if error is not None:
+            raise error
+        return
+    said = _gather(None if error is None else (str(error), error.exit_code, socket.gethostname()))
+    for rank, one in enumerate(said):
+        if one is not None:
+            text, exit_code, host = one
+            shared = AlexkitError(text if rank == dist.get_rank() else f"{text} (said by process {rank} on {host})")
+            shared.exit_code = exit_code
+            raise shared from error
+
+
+def on_every_rank(check: Callable[[], T]) -> T:
+    """check() in this process, its AlexkitError raised in every process (see agree)."""
+    try:
+        result = check()
+    except AlexkitError as exc:
+        agree(exc)
+        raise  # alone: agree raised it already
+    agree(None)
+    return result
+
+
+class PeerLost(AlexkitError):
+    """A collective failed because another process stopped or its connection broke: exit code 1."""
+
+    exit_code = 1
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` is a collective's failure for want of another process (gloo or NCCL)."""
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(w in text for w in ("gloo", "NCCL", "Connection"))
+
+
+def _where(path: Path) -> str:
+    return f"{socket.gethostname()}:{Path(path).resolve()}"
+
+
+def _differ(values: list, what: str, fix: str) -> None:
+    """Raise if the processes' (fingerprint, where) values differ: one line listing each where."""
+    if len({fingerprint for fingerprint, _ in values}) > 1:
+        groups: dict[str, list[str]] = {}
+        for fingerprint, where in values:
+            groups.setdefault(fingerprint, []).append(where)
+        listed = "; ".join(", ".join(sorted(set(wheres))) for wheres in groups.values())
+        raise AlexkitError(f"the processes read different {what} ({listed}); {fix}")
+
+
+def same_checkpoint_everywhere(ckpt: dict, path: Path) -> None:
+    """Every process read the same checkpoint: the same epoch, metrics and config, which two
+    checkpoints of different weights never share. A training may replace a run's checkpoint, or
+    start a newer run, while the processes start; or the nodes see different files at one path."""
+    if not _together():
+        return
+    epoch = ckpt.get("epoch")
+    mine = json.dumps([epoch, ckpt.get("metrics"), ckpt.get("config")], sort_keys=True, default=str)
+    _differ(_gather((mine, f"{_where(path)} at epoch {epoch}")), "checkpoints",
+            "a training replaced it while they started, or the nodes see different files there: pass an absolute "
+            "--checkpoint/--resume on a file system all nodes share, and run again")  # fmt: skip
+
+
+def same_store_everywhere(store) -> None:
+    """Every process reads the same store: its settings, counts, statistics and classes. Nodes with
+    their own copies at one path would otherwise train on different data, or fail in a collective."""
+    if not _together():
+        return
+    splits = {name: [s.get("images"), s.get("per_class"), s.get("bytes")] for name, s in store.manifest.get("splits", {}).items()}
+    digest = hashlib.sha256(json.dumps([store.manifest.get("settings"), splits, store.classes], sort_keys=True).encode())
+    for array in (store.stats.mean_image, store.stats.eigval, store.stats.eigvec):  # not the .npz: its zip has dates
+        digest.update(array.tobytes())
+    _differ(_gather((digest.hexdigest(), _where(store.path))), "stores",
+            "pass --data a store on a file system all nodes share, or the same copy on every node")
