@@ -29,7 +29,7 @@ import numpy as np
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.ranks import agree, on_every_rank, same_checkpoint_everywhere, same_store_everywhere
+from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import check_same_store, find_checkpoint, moved_store
 
 TOP_K = 5
@@ -148,11 +148,16 @@ def evaluate(cfg: EvalConfig) -> dict:
     try:
         agree(error)
         on_every_rank(lambda: cfg.check_outputs() if placement.is_main and world > 1 else None)  # rank 0 writes them
-        same_checkpoint_everywhere(ckpt, ckpt_path)
+        same_checkpoint_everywhere(ckpt, ckpt_path, "--checkpoint")
         store_path = on_every_rank(lambda: store_of(ckpt, ckpt_path, cfg.data))
         with contextlib.ExitStack() as held:
             on_every_rank(lambda: held.enter_context(reading(store_path)))  # no `prepare --force` replaces it meanwhile
-            results = _evaluate(cfg, model, ckpt, ckpt_path, store_path, placement)
+            try:
+                results = _evaluate(cfg, model, ckpt, ckpt_path, store_path, placement)
+            except RuntimeError as exc:
+                if world > 1 and lost_peer(exc):
+                    raise peer_lost(exc, "run again") from exc
+                raise
     except BaseException:
         if not joined:
             teardown(wait=False)
@@ -170,6 +175,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
 
     def open_store():
         store = Store(store_path)
+        store.stats, store.classes, store.split("val")  # damaged or missing: said now, in every process
         check_same_store(ckpt_path.parent, store, ckpt_path, model.args)  # against the run's copies, where it has them
         return store
 

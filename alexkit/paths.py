@@ -82,7 +82,7 @@ def _lock_shared(f) -> bool:
 
 @contextlib.contextmanager
 def shared_reader(lock: Path, busy: str, wait_s: float = 5.0):
-    """Hold a shared flock on the file `lock` (made if missing and its folder exists) while the block
+    """Hold a shared flock on the file `lock` (made if missing beside a manifest.json) while the block
     runs, so that its writer (only_writer) cannot start meanwhile. A writer holding it is waited for
     up to `wait_s` (one that finds nothing to do lets go at once), then AlexkitError(busy). Best
     effort: where the file can be neither made nor opened, or the file system has no locks, the
@@ -91,12 +91,17 @@ def shared_reader(lock: Path, busy: str, wait_s: float = 5.0):
     import os
     import time
 
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
-    except OSError:
+    fd = None
+    if (Path(lock).parent / "manifest.json").is_file():  # a store copied without its lock file: made again
         try:
-            fd = os.open(lock, os.O_RDONLY)  # a folder this user cannot write in
+            fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            os.fchmod(fd, 0o666)  # its prepare, maybe another user's, must open it for writing too
         except OSError:
+            pass
+    if fd is None:
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:  # none, and a folder this user cannot write in (or not a store)
             yield
             return
     with os.fdopen(fd, "rb") as f:

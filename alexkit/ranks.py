@@ -17,7 +17,7 @@ from typing import Callable, TypeVar
 
 import torch.distributed as dist
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, why
 
 T = TypeVar("T")
 
@@ -67,8 +67,14 @@ class PeerLost(AlexkitError):
 
 def lost_peer(exc: BaseException) -> bool:
     """Whether `exc` is a collective's failure for want of another process (gloo or NCCL)."""
-    text = str(exc)
+    text = str(exc)  # gloo: "[.../gloo/transport/tcp/pair.cc:537] Read error ...: Connection reset by peer"
     return isinstance(exc, getattr(dist, "DistError", ())) or any(w in text for w in ("gloo", "NCCL", "Connection"))
+
+
+def peer_lost(exc: BaseException, then: str) -> PeerLost:
+    """The error for a collective that lost its peer: its cause without gloo's advice, and what to do."""
+    cause = why(exc).split(". This is typically")[0]
+    return PeerLost(f"another process of this job stopped or lost its connection ({cause}); see its own error, then {then}")
 
 
 def _where(path: Path) -> str:
@@ -85,7 +91,7 @@ def _differ(values: list, what: str, fix: str) -> None:
         raise AlexkitError(f"the processes read different {what} ({listed}); {fix}")
 
 
-def same_checkpoint_everywhere(ckpt: dict, path: Path) -> None:
+def same_checkpoint_everywhere(ckpt: dict, path: Path, flag: str) -> None:
     """Every process read the same checkpoint: the same epoch, metrics and config, which two
     checkpoints of different weights never share. A training may replace a run's checkpoint, or
     start a newer run, while the processes start; or the nodes see different files at one path."""
@@ -94,8 +100,8 @@ def same_checkpoint_everywhere(ckpt: dict, path: Path) -> None:
     epoch = ckpt.get("epoch")
     mine = json.dumps([epoch, ckpt.get("metrics"), ckpt.get("config")], sort_keys=True, default=str)
     _differ(_gather((mine, f"{_where(path)} at epoch {epoch}")), "checkpoints",
-            "a training replaced it while they started, or the nodes see different files there: pass an absolute "
-            "--checkpoint/--resume on a file system all nodes share, and run again")  # fmt: skip
+            f"a training replaced it while they started, or the nodes see different files there: pass an absolute "
+            f"{flag} on a file system all nodes share, and run again")  # fmt: skip
 
 
 def same_store_everywhere(store) -> None:

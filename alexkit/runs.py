@@ -24,8 +24,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from alexkit.errors import AlexkitError, why
+from alexkit.errors import AlexkitError, PathRefused, why
 from alexkit.paths import DEFAULT_RUNS, NoLocks, latest_run, only_writer, temporaries, write_atomic
+from alexkit.ranks import agree
 
 CHECKPOINT_FORMAT = 1
 
@@ -33,26 +34,32 @@ CHECKPOINT_FORMAT = 1
 def run_dir(resume: Path | None, out: Path | None, is_main: bool) -> Path:
     """The resumed run's directory, `out`, or a new DEFAULT_RUNS/<YYYYmmdd-HHMMSS>: rank 0's choice,
     as an absolute path, in every process (on several nodes a relative path means another folder on each)."""
-    name = [""]
+    name, error = [""], None
     if is_main:
-        if resume is not None:
-            path = resume if resume.is_dir() else resume.parent
-        elif out:
-            path = out
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path, n = DEFAULT_RUNS / stamp, 1
-            while True:  # claimed by making it: two runs within a second get -2, -3, ..., sorting after the first
-                try:
-                    path.mkdir(parents=True)
-                    break
-                except FileExistsError:
-                    n += 1
-                    path = DEFAULT_RUNS / f"{stamp}-{n}"
-        name = [str(Path(path).absolute())]
+        try:
+            name = [str(_choose_run_dir(resume, out).absolute())]
+        except OSError as exc:  # DEFAULT_RUNS under a file, say
+            error = PathRefused(f"{exc.filename or DEFAULT_RUNS}: {exc.strerror or exc}; choose another --out")
+    agree(error)
     if dist.is_initialized():
         dist.broadcast_object_list(name, src=0)
     return Path(name[0])  # claim_run checks, holding the folder's lock, that it holds no run yet
+
+
+def _choose_run_dir(resume: Path | None, out: Path | None) -> Path:
+    if resume is not None:
+        return resume if resume.is_dir() else resume.parent
+    if out:
+        return out
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = DEFAULT_RUNS / stamp, 1
+    while True:  # claimed by making it: two runs within a second get -2, -3, ..., sorting after the first
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+            path = DEFAULT_RUNS / f"{stamp}-{n}"
 
 
 @contextlib.contextmanager
@@ -63,28 +70,24 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
     collectives alone. A folder that was empty and still holds nothing else is removed on failure.
     ckpt: the resumed checkpoint, with its "path" and "stat" (size, mtime_ns) when it was read."""
     with contextlib.ExitStack() as stack:
-        problem: list = [None]
-        fresh = False
+        fresh, error = False, None
         if is_main:
-            fresh = not run_dir.exists() or not any(run_dir.iterdir())
-            run_dir.mkdir(parents=True, exist_ok=True)
             busy = f"another `alexkit train` is writing {run_dir}; wait for it to end" + ("" if ckpt else ", or choose another --out")
             try:
+                fresh = not run_dir.exists() or not any(run_dir.iterdir())
+                run_dir.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(only_writer(run_dir / ".train.lock", busy))
                 moved_on = _moved_on(run_dir, ckpt)
-                problem = [(moved_on, AlexkitError.exit_code) if moved_on else None]
-                if moved_on is None:
-                    _mend(run_dir)
+                if moved_on:
+                    raise AlexkitError(moved_on)
+                _mend(run_dir)
             except AlexkitError as exc:
-                problem = [(str(exc), exc.exit_code)]
+                error = exc
                 if fresh and isinstance(exc, NoLocks):  # no other training can hold a lock there: the folder is ours
                     shutil.rmtree(run_dir, ignore_errors=True)
-        if dist.is_initialized():
-            dist.broadcast_object_list(problem, src=0)
-        if problem[0]:
-            error = AlexkitError(problem[0][0])
-            error.exit_code = problem[0][1]  # NoLocks: 1, a path the system refuses
-            raise error
+            except OSError as exc:  # --out under a file, a folder this user cannot write in
+                error = PathRefused(f"{exc.filename or run_dir}: {exc.strerror or exc}; choose another --out")
+        agree(error)
         try:
             yield
         except BaseException:

@@ -25,14 +25,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from alexkit.errors import AlexkitError, PathRefused, why
+from alexkit.errors import AlexkitError, PathRefused
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.ranks import PeerLost, agree, lost_peer, on_every_rank, same_checkpoint_everywhere, same_store_everywhere
+from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 
@@ -177,7 +177,7 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
             same_store_everywhere(store)
             run_dir = make_run_dir(cfg.resume, cfg.out, placement.is_main)
             if ckpt is not None:
-                same_checkpoint_everywhere(ckpt, ckpt["path"])
+                same_checkpoint_everywhere(ckpt, ckpt["path"], "--resume")
                 on_every_rank(lambda: check_same_store(run_dir, store, ckpt["path"], ckpt["model_args"]))
             with claim_run(run_dir, placement.is_main, ckpt):
                 _train_or_say_how_to_resume(cfg, ckpt, placement, store, run_dir)
@@ -212,8 +212,7 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
         raise PathRefused(f"{exc.filename}: {exc.strerror or exc}; fix that (free space, permissions), then {then()}") from exc
     except RuntimeError as exc:
         if placement.world_size > 1 and lost_peer(exc):
-            raise PeerLost(f"another process of this job stopped or lost its connection ({why(exc)}); see its own error, "
-                           f"then {then()}") from exc  # fmt: skip
+            raise peer_lost(exc, then()) from exc
         raise
 
 

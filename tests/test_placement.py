@@ -203,7 +203,7 @@ def _agreeing_worker(rank: int, out: str) -> None:
         say(lambda: on_every_rank(fails_on_rank_0))
         for epochs in ((3, 3), (3, 4)):  # the same checkpoint in both processes; then rank 1 reads a newer one
             ckpt = dict(epoch=epochs[rank], metrics=[{"epoch": e} for e in range(1, epochs[rank] + 1)], config={"lr": 0.01})
-            say(lambda: same_checkpoint_everywhere(ckpt, Path(out, "run", "last.pt")))
+            say(lambda: same_checkpoint_everywhere(ckpt, Path(out, "run", "last.pt"), "--resume"))
         for means in ((1.0, 1.0), (1.0, 2.0)):  # the same store; then node-local copies that differ
             stats = SimpleNamespace(mean_image=np.full((4, 4, 3), means[rank], np.float32), eigval=np.ones(3), eigvec=np.eye(3))
             store = SimpleNamespace(path=Path(out, "store"), manifest={"settings": {"size": 4}, "splits": {}}, classes=[], stats=stats)
@@ -233,7 +233,7 @@ def test_the_processes_of_a_job_raise_one_error_together(tmp_path):
     for s in said:
         assert s[4] == (f"2 the processes read different checkpoints ({ckpt} at epoch 3; {ckpt} at epoch 4); a training "
                         "replaced it while they started, or the nodes see different files there: pass an absolute "
-                        "--checkpoint/--resume on a file system all nodes share, and run again")
+                        "--resume on a file system all nodes share, and run again")
         assert s[6] == (f"2 the processes read different stores ({host}:{tmp_path / 'store'}; {host}:{tmp_path / 'store'}); "
                         "pass --data a store on a file system all nodes share, or the same copy on every node")
 
@@ -260,8 +260,13 @@ def test_columns_on_two_gpus_compute_the_grouped_function():
 
 
 def test_a_collective_that_lost_its_peer_is_told_from_other_failures():
-    from alexkit.ranks import lost_peer
+    from alexkit.ranks import lost_peer, peer_lost
 
     assert lost_peer(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:45266: Connection reset by peer"))
     assert lost_peer(RuntimeError("NCCL communicator was aborted on rank 3"))
+    gloo = RuntimeError("[pair.cc:537] Read error [127.0.0.1]:45266: Connection reset by peer. This is typically caused "
+                        "by a remote worker hanging or bugs in the application. GLHF!")  # fmt: skip
+    assert str(peer_lost(gloo, "run again")) == ("another process of this job stopped or lost its connection (RuntimeError: "
+                                                 "[pair.cc:537] Read error [127.0.0.1]:45266: Connection reset by peer); "
+                                                 "see its own error, then run again")  # fmt: skip
     assert not lost_peer(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))

@@ -506,6 +506,9 @@ def test_a_store_being_read_is_not_rebuilt_under_its_readers(tmp_path, capsys):
     with reading(out):
         with pytest.raises(AlexkitError, match="being read"):
             _run(src, out, force=True)
+    with reading(src):  # not a store (no manifest.json): nothing is left in it
+        pass
+    assert not (src / ".prepare.lock").exists()
 
 
 def test_a_reader_waits_for_a_prepare_that_lets_go_at_once(tmp_path):

@@ -354,6 +354,13 @@ def test_one_run_directory_one_writer(store, tmp_path, monkeypatch):
     assert runs.run_dir(None, None, True).name == "20261129-120000-2"
 
 
+def test_a_run_folder_that_cannot_be_made_is_one_line(store, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(AlexkitError, match=r"a-file/run: Not a directory; choose another --out") as refused:
+        train(TrainConfig(data=store, out=tmp_path / "a-file" / "run", epochs=1, **TINY))
+    assert refused.value.exit_code == 1
+
+
 def test_a_store_that_prepare_is_writing_is_not_trained_on(store, tmp_path):
     from alexkit.pipeline.prepare import _only_writer
 
