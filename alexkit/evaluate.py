@@ -29,7 +29,7 @@ import numpy as np
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, same_checkpoint_everywhere, same_store_everywhere
+from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, refused, same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import check_same_store, find_checkpoint, moved_store
 
 TOP_K = 5
@@ -139,10 +139,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     try:
         ckpt_path = find_checkpoint(cfg.checkpoint)
         model, ckpt = load_checkpoint(ckpt_path)
-    except AlexkitError as exc:
-        if world == 1:
+    except (AlexkitError, OSError) as exc:
+        if world == 1 or (isinstance(exc, OSError) and not exc.filename):
             raise
-        error = exc  # said once all have joined: a process that stopped alone would leave the rest waiting
+        error = exc if isinstance(exc, AlexkitError) else refused(exc)  # said once all have joined (see ranks.py)
     joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
     placement = setup("ddp" if world > 1 else "none", cfg.device)
     try:
@@ -154,6 +154,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             on_every_rank(lambda: held.enter_context(reading(store_path)))  # no `prepare --force` replaces it meanwhile
             try:
                 results = _evaluate(cfg, model, ckpt, ckpt_path, store_path, placement)
+                if world > 1:
+                    dist.barrier()  # here, not in teardown: a rank 0 that failed to write its files is a lost peer
             except RuntimeError as exc:
                 if world > 1 and lost_peer(exc):
                     raise peer_lost(exc, "run again") from exc

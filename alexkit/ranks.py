@@ -17,7 +17,7 @@ from typing import Callable, TypeVar
 
 import torch.distributed as dist
 
-from alexkit.errors import AlexkitError, why
+from alexkit.errors import AlexkitError, PathRefused, why
 
 T = TypeVar("T")
 
@@ -49,14 +49,24 @@ def agree(error: AlexkitError | None) -> None:
 
 
 def on_every_rank(check: Callable[[], T]) -> T:
-    """check() in this process, its AlexkitError raised in every process (see agree)."""
+    """check() in this process, its AlexkitError (or OSError about a file) raised in every process (see agree)."""
     try:
         result = check()
     except AlexkitError as exc:
         agree(exc)
         raise  # alone: agree raised it already
+    except OSError as exc:
+        if not exc.filename:
+            raise
+        agree(refused(exc))
+        raise
     agree(None)
     return result
+
+
+def refused(exc: OSError) -> PathRefused:
+    """An OSError about a file as the one-line error the command line prints for it."""
+    return PathRefused(f"{exc.filename}: {exc.strerror or exc}; check that path (its folder, permissions) or choose another")
 
 
 class PeerLost(AlexkitError):

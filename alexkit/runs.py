@@ -85,8 +85,9 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
                 error = exc
                 if fresh and isinstance(exc, NoLocks):  # no other training can hold a lock there: the folder is ours
                     shutil.rmtree(run_dir, ignore_errors=True)
-            except OSError as exc:  # --out under a file, a folder this user cannot write in
-                error = PathRefused(f"{exc.filename or run_dir}: {exc.strerror or exc}; choose another --out")
+            except OSError as exc:  # --out under a file, a folder this user cannot write in; last.pt gone meanwhile
+                fix = "check it and resume again" if ckpt else "choose another --out"
+                error = PathRefused(f"{exc.filename or run_dir}: {exc.strerror or exc}; {fix}")
         agree(error)
         try:
             yield

@@ -32,7 +32,7 @@ from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, che
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, same_checkpoint_everywhere, same_store_everywhere
+from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, refused, same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 
@@ -160,10 +160,11 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         if not cfg.parallel.startswith("ddp") and world > 1:
             raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {world} processes would run that many "
                                "copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
-    except AlexkitError as exc:
-        if world == 1:
+    except (AlexkitError, OSError) as exc:
+        if world == 1 or (isinstance(exc, OSError) and not exc.filename):
             raise
-        ckpt, error = None, exc  # said once all have joined: a process that stopped alone would leave the rest waiting
+        # said once all have joined: a process that stopped alone would leave the rest waiting
+        ckpt, error = None, exc if isinstance(exc, AlexkitError) else refused(exc)
     placement = setup(cfg.parallel if error is None else "ddp", cfg.device)
     try:
         agree(error)
@@ -206,6 +207,8 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
 
     try:
         _train(cfg, ckpt, placement, store, run_dir)
+        if placement.world_size > 1:
+            dist.barrier()  # here, not in teardown: a rank 0 that failed its last save is said as a lost peer
     except OSError as exc:  # a full disk, say
         if not exc.filename:  # not about a file (a closed pipe on stdout, say)
             raise

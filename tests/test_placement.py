@@ -201,6 +201,12 @@ def _agreeing_worker(rank: int, out: str) -> None:
                 raise AlexkitError("--json out/e.json: its folder out does not exist")
 
         say(lambda: on_every_rank(fails_on_rank_0))
+
+        def unreadable_on_rank_1():
+            if rank == 1:
+                raise PermissionError(13, "Permission denied", "/nfs/s/manifest.json")
+
+        say(lambda: on_every_rank(unreadable_on_rank_1))
         for epochs in ((3, 3), (3, 4)):  # the same checkpoint in both processes; then rank 1 reads a newer one
             ckpt = dict(epoch=epochs[rank], metrics=[{"epoch": e} for e in range(1, epochs[rank] + 1)], config={"lr": 0.01})
             say(lambda: same_checkpoint_everywhere(ckpt, Path(out, "run", "last.pt"), "--resume"))
@@ -228,6 +234,9 @@ def test_the_processes_of_a_job_raise_one_error_together(tmp_path):
     assert said[0][1] == f"2 store /nfs/s does not exist (said by process 1 on {host})"
     assert said[0][2] == "2 --json out/e.json: its folder out does not exist"
     assert said[1][2] == f"2 --json out/e.json: its folder out does not exist (said by process 0 on {host})"
+    refused = "1 /nfs/s/manifest.json: Permission denied; check that path (its folder, permissions) or choose another"
+    assert said[1][3] == refused and said[0][3] == f"{refused} (said by process 1 on {host})"
+    said = [s[:3] + s[4:] for s in said]
     assert [s[3] for s in said] == ["fine", "fine"] and [s[5] for s in said] == ["fine", "fine"]
     ckpt = f"{host}:{tmp_path / 'run' / 'last.pt'}"
     for s in said:
