@@ -43,9 +43,15 @@ def agree(error: AlexkitError | None) -> None:
     for rank, one in enumerate(said):
         if one is not None:
             text, exit_code, host = one
-            shared = AlexkitError(text if rank == dist.get_rank() else f"{text} (said by process {rank} on {host})")
-            shared.exit_code = exit_code
-            raise shared from error
+            raise _everywhere(text if rank == dist.get_rank() else f"{text} (said by process {rank} on {host})",
+                              exit_code) from error
+
+
+def _everywhere(text: str, exit_code: int = AlexkitError.exit_code) -> AlexkitError:
+    """An error that every process raises at once: the command line lets rank 0 alone print it."""
+    error = AlexkitError(text)
+    error.exit_code, error.everywhere = exit_code, True
+    return error
 
 
 def on_every_rank(check: Callable[[], T]) -> T:
@@ -98,7 +104,7 @@ def _differ(values: list, what: str, fix: str) -> None:
         for fingerprint, where in values:
             groups.setdefault(fingerprint, []).append(where)
         listed = "; ".join(", ".join(sorted(set(wheres))) for wheres in groups.values())
-        raise AlexkitError(f"the processes read different {what} ({listed}); {fix}")
+        raise _everywhere(f"the processes read different {what} ({listed}); {fix}")
 
 
 def same_checkpoint_everywhere(ckpt: dict, path: Path, flag: str) -> None:

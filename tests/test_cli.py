@@ -68,6 +68,25 @@ def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_error_every_process_raises_is_printed_by_rank_0_alone(monkeypatch, capsys):
+    """ranks.agree raises one error in every process of a torchrun job: one line per job, not per process."""
+    import alexkit.train
+    from alexkit.cli.main import main
+    from alexkit.errors import AlexkitError
+
+    def fails_everywhere(cfg, given=None):
+        error = AlexkitError("store /nfs/s does not exist (said by process 1 on node2)")
+        error.everywhere = True
+        raise error
+
+    monkeypatch.setattr(alexkit.train, "train", fails_everywhere)
+    for rank, printed in (("1", ""), ("0", "error: store /nfs/s does not exist (said by process 1 on node2)\n")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as done:
+            main(["train"])
+        assert done.value.code == 2 and capsys.readouterr().err == printed
+
+
 def test_debug_shows_traceback(tmp_path):
     r = run("--debug", "prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "store"))
     assert r.returncode != 0 and "Traceback" in r.stderr

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     except AlexkitError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        if not getattr(exc, "everywhere", False) or os.environ.get("RANK", "0") == "0":  # one line per job, not per process
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
