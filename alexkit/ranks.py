@@ -2,9 +2,9 @@
 
 Each process checks its own files: on several nodes a path may hold another file, or none. A
 process that stopped alone at such a check would leave the others waiting in their next collective
-(until torch's timeout: 30 min with gloo), so every check is shared: an error any process meets is raised in
-all of them, naming the process and host it came from, and the checkpoint and store they read must
-be the same ones. Alone (no process group), each helper is the plain check.
+(until torch's timeout: 30 min with gloo), so every check is shared: an error any process meets is
+raised in all of them, naming the process and host it came from, and the checkpoint and store they
+read must be the same ones. Alone (no process group), each helper is the plain check.
 """
 
 from __future__ import annotations
