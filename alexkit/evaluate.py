@@ -29,7 +29,8 @@ import numpy as np
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, refused, same_checkpoint_everywhere, same_store_everywhere
+from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, refused
+from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import check_same_store, find_checkpoint, moved_store
 
 TOP_K = 5

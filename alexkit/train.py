@@ -32,7 +32,8 @@ from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, che
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, refused, same_checkpoint_everywhere, same_store_everywhere
+from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, refused
+from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 
