@@ -21,6 +21,12 @@ class PathRefused(AlexkitError):
     exit_code = 1
 
 
+def refused(exc: OSError, fix: str, where: object = None) -> PathRefused:
+    """An OSError about a file as a one-line error: the file (`where` if the OSError names none), what
+    the system said, and the fix."""
+    return PathRefused(f"{exc.filename or where}: {exc.strerror or exc}; {fix}")
+
+
 class MissingDependency(AlexkitError):
     """An optional native piece (FFCV, DALI, CUDA) is not importable."""
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, refused
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, refused
+from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import check_same_store, find_checkpoint, moved_store
 
@@ -143,7 +143,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     except (AlexkitError, OSError) as exc:
         if world == 1 or (isinstance(exc, OSError) and not exc.filename):
             raise
-        error = exc if isinstance(exc, AlexkitError) else refused(exc)  # said once all have joined (see ranks.py)
+        error = exc if isinstance(exc, AlexkitError) else refused(exc, "check that path (its folder, permissions) or choose another")
     joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
     placement = setup("ddp" if world > 1 else "none", cfg.device)
     try:

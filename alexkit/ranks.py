@@ -17,7 +17,7 @@ from typing import Callable, TypeVar
 
 import torch.distributed as dist
 
-from alexkit.errors import AlexkitError, PathRefused, why
+from alexkit.errors import AlexkitError, refused, why
 
 T = TypeVar("T")
 
@@ -64,15 +64,10 @@ def on_every_rank(check: Callable[[], T]) -> T:
     except OSError as exc:
         if not exc.filename:
             raise
-        agree(refused(exc))
+        agree(refused(exc, "check that path (its folder, permissions) or choose another"))
         raise
     agree(None)
     return result
-
-
-def refused(exc: OSError) -> PathRefused:
-    """An OSError about a file as the one-line error the command line prints for it."""
-    return PathRefused(f"{exc.filename}: {exc.strerror or exc}; check that path (its folder, permissions) or choose another")
 
 
 class PeerLost(AlexkitError):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from alexkit.errors import AlexkitError, PathRefused, why
+from alexkit.errors import AlexkitError, refused, why
 from alexkit.paths import DEFAULT_RUNS, NoLocks, latest_run, only_writer, temporaries, write_atomic
 from alexkit.ranks import agree
 
@@ -39,7 +39,7 @@ def run_dir(resume: Path | None, out: Path | None, is_main: bool) -> Path:
         try:
             name = [str(_choose_run_dir(resume, out).absolute())]
         except OSError as exc:  # DEFAULT_RUNS under a file, say
-            error = PathRefused(f"{exc.filename or DEFAULT_RUNS}: {exc.strerror or exc}; choose another --out")
+            error = refused(exc, "choose another --out", DEFAULT_RUNS)
     agree(error)
     if dist.is_initialized():
         dist.broadcast_object_list(name, src=0)
@@ -87,7 +87,7 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
                     shutil.rmtree(run_dir, ignore_errors=True)
             except OSError as exc:  # --out under a file, a folder this user cannot write in; last.pt gone meanwhile
                 fix = "check it and resume again" if ckpt else "choose another --out"
-                error = PathRefused(f"{exc.filename or run_dir}: {exc.strerror or exc}; {fix}")
+                error = refused(exc, fix, run_dir)
         agree(error)
         try:
             yield

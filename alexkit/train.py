@@ -25,14 +25,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from alexkit.errors import AlexkitError, PathRefused
+from alexkit.errors import AlexkitError, refused
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost, refused
+from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
@@ -165,7 +165,7 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
         if world == 1 or (isinstance(exc, OSError) and not exc.filename):
             raise
         # said once all have joined: a process that stopped alone would leave the rest waiting
-        ckpt, error = None, exc if isinstance(exc, AlexkitError) else refused(exc)
+        ckpt, error = None, exc if isinstance(exc, AlexkitError) else refused(exc, "check that path (its folder, permissions) or choose another")
     placement = setup(cfg.parallel if error is None else "ddp", cfg.device)
     try:
         agree(error)
@@ -213,7 +213,7 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
     except OSError as exc:  # a full disk, say
         if not exc.filename:  # not about a file (a closed pipe on stdout, say)
             raise
-        raise PathRefused(f"{exc.filename}: {exc.strerror or exc}; fix that (free space, permissions), then {then()}") from exc
+        raise refused(exc, f"fix that (free space, permissions), then {then()}") from exc
     except RuntimeError as exc:
         if placement.world_size > 1 and lost_peer(exc):
             raise peer_lost(exc, then()) from exc

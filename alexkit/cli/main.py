@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, refused
 
 app = typer.Typer(
     name="alexkit",
@@ -88,10 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # a path that cannot be read or written: name it, without a traceback
         if debug:
             raise
-        fix = "check that path (its folder, permissions, free space) or choose another" if exc.filename else \
-            "run again with --debug for the traceback"  # fmt: skip
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}; {fix}", file=sys.stderr)
+        said = refused(exc, "check that path (its folder, permissions, free space) or choose another") if exc.filename \
+            else f"{exc.strerror or exc}; run again with --debug for the traceback"  # fmt: skip
+        print(f"error: {said}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
         if debug:

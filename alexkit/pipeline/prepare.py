@@ -45,7 +45,7 @@ from typing import Literal
 
 
 from alexkit.datasets import Dataset, find_dataset
-from alexkit.errors import AlexkitError, PathRefused
+from alexkit.errors import AlexkitError, PathRefused, refused
 from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, only_writer, usable_cores, write_atomic
 from alexkit.progress import Progress, Ticks, duration
 from alexkit.pipeline import imageops
@@ -109,8 +109,7 @@ def prepare(cfg: PrepareConfig) -> Path:
                 if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
                     _remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
                 if isinstance(exc, OSError):  # a full disk, a permission, a symlink loop: past the checks above
-                    raise PathRefused(f"{exc.filename or out}: {exc.strerror or exc}; fix that and run again "
-                                      "(finished splits are kept)") from exc  # fmt: skip
+                    raise refused(exc, "fix that and run again (finished splits are kept)", out) from exc
                 raise
     except NoLocks:  # taking the lock failed: nor can any other prepare hold one there, so the folder is ours
         if made:
