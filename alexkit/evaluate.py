@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.errors import AlexkitError, refused
+from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost
+from alexkit.ranks import agree, before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import check_same_store, find_checkpoint, moved_store
 
@@ -136,14 +136,14 @@ def evaluate(cfg: EvalConfig) -> dict:
     from alexkit.model.placement import setup, teardown
     from alexkit.pipeline.store import reading
 
-    world, error = int(os.environ.get("WORLD_SIZE", "1")), None
-    try:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+
+    def loaded() -> tuple[Path, object, dict]:
         ckpt_path = find_checkpoint(cfg.checkpoint)
-        model, ckpt = load_checkpoint(ckpt_path)
-    except (AlexkitError, OSError) as exc:
-        if world == 1 or (isinstance(exc, OSError) and not exc.filename):
-            raise
-        error = exc if isinstance(exc, AlexkitError) else refused(exc, "check that path (its folder, permissions) or choose another")
+        return (ckpt_path, *load_checkpoint(ckpt_path))
+
+    found, error = before_joining(loaded)
+    ckpt_path, model, ckpt = found or (None, None, None)
     joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
     placement = setup("ddp" if world > 1 else "none", cfg.device)
     try:
@@ -153,14 +153,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         store_path = on_every_rank(lambda: store_of(ckpt, ckpt_path, cfg.data))
         with contextlib.ExitStack() as held:
             on_every_rank(lambda: held.enter_context(reading(store_path)))  # no `prepare --force` replaces it meanwhile
-            try:
+            with lost_peers_said(lambda: "run again"):
                 results = _evaluate(cfg, model, ckpt, ckpt_path, store_path, placement)
-                if world > 1:
-                    dist.barrier()  # here, not in teardown: a rank 0 that failed to write its files is a lost peer
-            except RuntimeError as exc:
-                if world > 1 and lost_peer(exc):
-                    raise peer_lost(exc, "run again") from exc
-                raise
     except BaseException:
         if not joined:
             teardown(wait=False)

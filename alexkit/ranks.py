@@ -9,8 +9,10 @@ read must be the same ones. Alone (no process group), each helper is the plain c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -54,20 +56,47 @@ def _everywhere(text: str, exit_code: int = AlexkitError.exit_code) -> AlexkitEr
     return error
 
 
-def on_every_rank(check: Callable[[], T]) -> T:
-    """check() in this process, its AlexkitError (or OSError about a file) raised in every process (see agree)."""
+def _met(check: Callable[[], T]) -> tuple[T | None, AlexkitError | None]:
+    """(check(), None), or (None, the error it met): an AlexkitError, or an OSError about a file as one."""
     try:
-        result = check()
+        return check(), None
     except AlexkitError as exc:
-        agree(exc)
-        raise  # alone: agree raised it already
+        return None, exc
     except OSError as exc:
         if not exc.filename:
             raise
-        agree(refused(exc, "check that path (its folder, permissions) or choose another"))
-        raise
-    agree(None)
+        return None, refused(exc, "check that path (its folder, permissions) or choose another")
+
+
+def on_every_rank(check: Callable[[], T]) -> T:
+    """check() in this process, its error raised in every process (see agree)."""
+    result, error = _met(check)
+    agree(error)
     return result
+
+
+def before_joining(check: Callable[[], T]) -> tuple[T | None, AlexkitError | None]:
+    """check() before this process joins the others. Alone, as it is; under torchrun (WORLD_SIZE > 1)
+    its error is handed back, for agree() to raise in every process once all have joined: a process
+    that stopped before joining would leave the others waiting to join."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return check(), None
+    return _met(check)
+
+
+@contextlib.contextmanager
+def lost_peers_said(then: Callable[[], str]):
+    """The block, then a barrier: a collective that fails for want of another process (which said its
+    own error) is said as PeerLost, with `then()` as what to do. The barrier is here, not in teardown,
+    so that a rank 0 that failed its last write is said that way too."""
+    try:
+        yield
+        if _together():
+            dist.barrier()
+    except RuntimeError as exc:
+        if _together() and lost_peer(exc):
+            raise peer_lost(exc, then()) from exc
+        raise
 
 
 class PeerLost(AlexkitError):

@@ -32,7 +32,7 @@ from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, che
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.ranks import agree, lost_peer, on_every_rank, peer_lost
+from alexkit.ranks import agree, before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
@@ -155,17 +155,8 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
     """
     from alexkit.pipeline.store import reading
 
-    world, error = int(os.environ.get("WORLD_SIZE", "1")), None
-    try:
-        ckpt, cfg = _resume_from(cfg, given)
-        if not cfg.parallel.startswith("ddp") and world > 1:
-            raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {world} processes would run that many "
-                               "copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
-    except (AlexkitError, OSError) as exc:
-        if world == 1 or (isinstance(exc, OSError) and not exc.filename):
-            raise
-        # said once all have joined: a process that stopped alone would leave the rest waiting
-        ckpt, error = None, exc if isinstance(exc, AlexkitError) else refused(exc, "check that path (its folder, permissions) or choose another")
+    found, error = before_joining(lambda: _resume_from(cfg, given))
+    ckpt, cfg = found if error is None else (None, cfg)
     placement = setup(cfg.parallel if error is None else "ddp", cfg.device)
     try:
         agree(error)
@@ -192,13 +183,18 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
 
 def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict | None, TrainConfig]:
     """(the checkpoint to resume, with its path and stat; the config to train with)."""
-    if not cfg.resume:
-        return None, cfg
-    ckpt_path = find_checkpoint(cfg.resume, prefer=("last.pt",))
-    check_resumable(ckpt_path)
-    stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
-    ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
-    return ckpt, _resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
+    ckpt = None
+    if cfg.resume:
+        ckpt_path = find_checkpoint(cfg.resume, prefer=("last.pt",))
+        check_resumable(ckpt_path)
+        stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
+        ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
+        cfg = _resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not cfg.parallel.startswith("ddp") and world > 1:
+        raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {world} processes would run that many "
+                           "copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
+    return ckpt, cfg
 
 
 def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:
@@ -207,17 +203,12 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
         return f"continue with `alexkit train --resume {run_dir}`" if (run_dir / "last.pt").is_file() else "run again"
 
     try:
-        _train(cfg, ckpt, placement, store, run_dir)
-        if placement.world_size > 1:
-            dist.barrier()  # here, not in teardown: a rank 0 that failed its last save is said as a lost peer
+        with lost_peers_said(then):
+            _train(cfg, ckpt, placement, store, run_dir)
     except OSError as exc:  # a full disk, say
         if not exc.filename:  # not about a file (a closed pipe on stdout, say)
             raise
         raise refused(exc, f"fix that (free space, permissions), then {then()}") from exc
-    except RuntimeError as exc:
-        if placement.world_size > 1 and lost_peer(exc):
-            raise peer_lost(exc, then()) from exc
-        raise
 
 
 def _usable_store(cfg: TrainConfig):
