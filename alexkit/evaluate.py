@@ -171,8 +171,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
     from alexkit.pipeline.store import Store
 
     def open_store():
-        store = Store(store_path)
-        store.stats, store.classes, store.split("val")  # damaged or missing: said now, in every process
+        store = Store(store_path).check("val")  # in every process, before the loader
         check_same_store(ckpt_path.parent, store, ckpt_path, model.args)  # against the run's copies, where it has them
         return store
 

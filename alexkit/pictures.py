@@ -46,7 +46,7 @@ def show_batch(cfg: ShowBatchConfig) -> list[Path]:
 
     store = Store(cfg.data)
     names = [c["name"] for c in store.classes]
-    store.split("train")
+    store.check("train", "val")
     _check_val_index(store, cfg.val_index)  # before the first picture is written
     made = not cfg.out.exists()
     cfg.out.mkdir(parents=True, exist_ok=True)

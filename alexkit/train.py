@@ -217,8 +217,7 @@ def _usable_store(cfg: TrainConfig):
     if cfg.resume is not None and not Path(cfg.data).is_dir():
         raise AlexkitError(f"store {cfg.data} does not exist; pass --data with where the store that {cfg.resume} was "
                            "trained on is now")  # fmt: skip
-    store = Store(cfg.data)
-    store.stats, store.classes, store.split("train"), store.split("val")  # damaged or missing: said now, before any file
+    store = Store(cfg.data).check("train", "val")  # before any file of the run is written
     if store.crop < MIN_INPUT_SIZE:
         raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
                            f"prepare one with --size {-(-MIN_INPUT_SIZE * 8 // 7)} or more")  # fmt: skip
