@@ -49,9 +49,8 @@ def predict(cfg: PredictConfig) -> list[dict]:
     import torch
 
     from alexkit.evaluate import load_checkpoint, predict_top
-    from alexkit.runs import find_checkpoint
     from alexkit.model.placement import setup
-    from alexkit.runs import check_compatible
+    from alexkit.runs import check_compatible, find_checkpoint
 
     files = list_images(cfg.images)
     ckpt_path = find_checkpoint(cfg.checkpoint)

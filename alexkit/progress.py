@@ -9,6 +9,14 @@ import sys
 import time
 
 
+def talks() -> bool:
+    """Whether this process talks to people: alone, or rank 0 of a torchrun job (read from torchrun's
+    RANK, so that it holds before the process group exists)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def duration(seconds: float) -> str:
     """1h02m03s, 4m05s or 6s."""
     seconds = int(round(seconds))
@@ -75,7 +83,8 @@ class Progress:
 class Ticks:
     """A callable for the long parts of a stage that report (what, done, total, unit) as they go
     (listing class folders, indexing a tar): a Progress per part, shown only once the stage has
-    lasted `after_s`, so that a small dataset's quick scan prints nothing. Close it at the end."""
+    lasted `after_s`, so that a small dataset's quick scan prints nothing. `with Ticks() as ticks:`
+    closes the last bar at the end."""
 
     def __init__(self, after_s: float = 2.0):
         self.start, self.after_s = time.perf_counter(), after_s
@@ -95,3 +104,9 @@ class Ticks:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
         self.what, self.bar = None, None
+
+    def __enter__(self) -> "Ticks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

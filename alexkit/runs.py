@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused, why
 from alexkit.paths import DEFAULT_RUNS, NoLocks, latest_run, only_writer, temporaries, write_atomic
+from alexkit.progress import talks
 from alexkit.ranks import agree
 
 CHECKPOINT_FORMAT = 1
@@ -222,7 +222,7 @@ def moved_store(named: str, run: Path) -> Path | None:
         return None
     if recorded != named:
         return None
-    if int(os.environ.get("RANK", "0")) == 0:
+    if talks():
         print(f"note: {run} was trained on {named}, which is not there; reading {candidate}, the store of that name "
               "beside its runs folder, once it matches the run's copies of its classes and mean image", file=sys.stderr)  # fmt: skip
     return candidate
@@ -247,7 +247,7 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
             raise AlexkitError(f"no run with a checkpoint under {DEFAULT_RUNS}/; train one with `alexkit train` (a run "
                                "writes last.pt at the end of its first epoch) or pass --checkpoint PATH")  # fmt: skip
         newest = latest_run(having=("config.json",))
-        if newest != run and os.environ.get("RANK", "0") == "0":  # a training still in its first epoch, or stopped there
+        if newest != run and talks():  # a training still in its first epoch, or stopped there
             print(f"note: {newest} has no checkpoint yet; using {run}", file=sys.stderr)
         path = run
     path = Path(path)

@@ -12,6 +12,7 @@ import sys
 import typer
 
 from alexkit.errors import AlexkitError, refused
+from alexkit.progress import talks
 
 app = typer.Typer(
     name="alexkit",
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     except AlexkitError as exc:
         if debug:
             raise
-        if not getattr(exc, "everywhere", False) or os.environ.get("RANK", "0") == "0":  # one line per job, not per process
+        if not getattr(exc, "everywhere", False) or talks():  # one line per job, not per process
             print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

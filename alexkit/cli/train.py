@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE
+from alexkit.progress import talks
 
 # Options `alexkit bench train` shares with `alexkit train` (same names, defaults and help).
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda, cuda:N.")
@@ -65,5 +65,5 @@ def command(
     # (By the enum member's name: typer may bring click's ParameterSource or its own copy.)
     given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     run_dir = train(cfg, given)
-    if os.environ.get("RANK", "0") == "0":
+    if talks():
         print(f"run: {run_dir}\nnext: alexkit eval --checkpoint {run_dir} --tta")

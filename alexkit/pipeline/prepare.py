@@ -163,11 +163,8 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
         return out
     started = time.perf_counter()
     print(f"scanning {src} ...", flush=True)
-    ticks = Ticks()
-    try:
+    with Ticks() as ticks:
         ds = find_dataset(src, ticks)
-    finally:
-        ticks.close()
     scan_s = time.perf_counter() - started
     for warning in ds.warnings:
         _warn(warning)
@@ -281,9 +278,9 @@ def _completed_split(out: Path, name: str, fingerprint: dict) -> dict | None:
 def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
     """What a finished split depends on: settings, source, and a digest of its sample list, with each
     file's size and modification time (a file replaced under the same name makes the split redone)."""
-    digest, stats, ticks = hashlib.sha256(), {}, Ticks()
+    digest, stats = hashlib.sha256(), {}
     samples = ds.splits[name]
-    try:
+    with Ticks() as ticks:
         for i, s in enumerate(samples):
             if s.path not in stats:  # a tar's members share their tar's
                 st = os.stat(s.path)
@@ -291,8 +288,6 @@ def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
             digest.update(f"{s.name or s.path}\t{s.label}\t{s.size}\t{stats[s.path]}\n".encode("utf-8", "surrogateescape"))
             if i % 10_000 == 0 or i + 1 == len(samples):
                 ticks(f"checking {name} files", i + 1, len(samples), "files")
-    finally:
-        ticks.close()
     return {
         "split": name,
         "settings": settings,
