@@ -204,8 +204,7 @@ def _stats_agreement(store: Path) -> dict:
     statistics over its decoded JPEGs: what skipping a second decode of every image costs."""
     from alexkit.pipeline.beton import BetonReader
     from alexkit.pipeline.imageops import PixelSums
-    from alexkit.pipeline.store import eigen
-    from alexkit.pipeline.store import Stats
+    from alexkit.pipeline.store import Stats, eigen
 
     stats, reader = Stats.load(store / "stats.npz"), BetonReader(store / "train.beton")
     sums = PixelSums(stats.mean_image.shape[0])  # prepare's own sums, over the decoded images

@@ -198,7 +198,7 @@ def _tars(src: Path, tick: Tick) -> Dataset:
     path = str(src / TRAIN_TAR)
     train = []
     for label, wnid in enumerate(wnids):
-        for name, offset, size in per_class.pop(wnid):  # in tar order: the 140 GB file is read front to back
+        for name, offset, size in per_class.pop(wnid):  # in tar order: each class's part of the file is read front to back
             train.append(Sample(path, label, offset, size, f"{TRAIN_TAR}/{wnid}.tar/{name}"))
     _warn_empty_classes(wnids, train, f"{src / TRAIN_TAR}", notes)
     splits = {"train": tuple(train)}
