@@ -84,10 +84,10 @@ class Ticks:
     """A callable for the long parts of a stage that report (what, done, total, unit) as they go
     (listing class folders, indexing a tar): a Progress per part, shown only once the stage has
     lasted `after_s`, so that a small dataset's quick scan prints nothing. `with Ticks() as ticks:`
-    closes the last bar at the end."""
+    closes the last bar at the end. `mode` as for Progress."""
 
-    def __init__(self, after_s: float = 2.0):
-        self.start, self.after_s = time.perf_counter(), after_s
+    def __init__(self, after_s: float = 2.0, mode: str = "auto"):
+        self.start, self.after_s, self.mode = time.perf_counter(), after_s, mode
         self.what, self.bar = None, None
 
     def __call__(self, what: str, done: int, total: int, unit: str) -> None:
@@ -95,7 +95,7 @@ class Ticks:
             self.close()
             self.what, self.part_start = what, time.perf_counter()
         if self.bar is None and time.perf_counter() - self.start >= self.after_s:
-            self.bar = Progress(what, total, unit=unit).__enter__()
+            self.bar = Progress(what, total, unit=unit, mode=self.mode).__enter__()
             self.bar.started = self.part_start  # rate and ETA over the whole part, not from now
         if self.bar is not None:
             self.bar.update(done)

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Collection, Literal
+from typing import Callable, Collection, Literal
 
 import torch
 import torch.distributed as dist
@@ -30,7 +30,7 @@ from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
 from alexkit.paths import DEFAULT_STORE
-from alexkit.progress import Progress, duration
+from alexkit.progress import Progress, Ticks, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
 from alexkit.ranks import agree, before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
@@ -311,7 +311,12 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         train_loss, train_err = loss_sum / seen_all, 1.0 - correct / seen_all
         if not math.isfinite(train_loss):
             raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr or use --init sturdy")
-        val_top1, val_top5 = validate(step_net, val_loader, amp, dev)
+        val_n = len(val_loader.reader)
+        with Ticks(mode=mode) as ticks:  # shown once validation lasts 2 s: ImageNet's on a CPU, not the demo's
+            def seen(n: int) -> None:  # n: this process's images; all processes go at about the same pace
+                ticks(f"validation {epoch + 1}/{cfg.epochs}", min(n * world, val_n), val_n, "images")
+
+            val_top1, val_top5 = validate(step_net, val_loader, amp, dev, seen)
         if epoch + 1 > cfg.warmup_epochs:  # a warm-up epoch is no plateau: its lr is still rising
             schedule.step(val_top1)
         row = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_top1_err=train_err, val_top1_err=val_top1,
@@ -336,15 +341,21 @@ def dropout_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 @torch.no_grad()
-def validate(net: nn.Module, loader, amp: bool, device: torch.device) -> tuple[float, float]:
-    """Top-1 and top-5 error (fractions) over the loader's split, every image counted once across ranks."""
+def validate(net: nn.Module, loader, amp: bool, device: torch.device,
+             seen: Callable[[int], None] | None = None) -> tuple[float, float]:  # fmt: skip
+    """Top-1 and top-5 error (fractions) over the loader's split, every image counted once across ranks.
+    `seen(n)` after each batch, with the images this process has validated so far."""
     net.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # correct top-1, correct top-5, images
+    done = 0  # counted on the host: no wait for the GPU
     for images, labels, _ in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(images)  # (N, num_classes)
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]  # (N, 5)
         counts += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(labels.numel(), device=device)])
+        done += labels.numel()
+        if seen is not None:
+            seen(done)
     if dist.is_initialized():
         dist.all_reduce(counts)
     top1, top5, n = counts.tolist()

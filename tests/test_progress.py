@@ -50,3 +50,6 @@ def test_ticks_show_a_long_part_and_keep_a_quick_scan_quiet(capsys):
     assert lines[0].startswith("listing train/: 1/10 (10%)") and "classes/s, ETA" in lines[0]
     assert lines[-2].startswith("listing train/: 10/10 (100%)")
     assert lines[-1].startswith("indexing ILSVRC2012_img_train.tar: 147,000/147,000 (100%)") and "MB/s" in lines[-1]
+    with Ticks(after_s=0, mode="none") as silent:  # a torchrun process other than rank 0
+        silent("validation 1/90", 10, 10, "images")
+    assert capsys.readouterr().out == ""

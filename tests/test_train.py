@@ -120,8 +120,27 @@ def test_validation_counts_top1_and_top5_among_ten_classes():
     logits = torch.arange(10.0).flip(0).repeat(4, 1)  # (4, 10): class 0 best, class 9 worst
     labels = torch.tensor([0, 4, 5, 9])
     batches = [(logits[:3], labels[:3], None), (logits[3:], labels[3:], None)]
-    top1, top5 = validate(torch.nn.Identity(), batches, amp=False, device=torch.device("cpu"))
+    seen = []
+    top1, top5 = validate(torch.nn.Identity(), batches, amp=False, device=torch.device("cpu"), seen=seen.append)
     assert (top1, top5) == (0.75, 0.5)
+    assert seen == [3, 4]  # images so far, after each batch: what the progress line counts
+
+
+def test_a_long_validation_shows_progress_and_a_quick_one_stays_quiet(store, tmp_path, monkeypatch, capsys):
+    """The sample's validation ends long before 2 s: no lines. Made to count as long, it has its own lines."""
+    import functools
+
+    import alexkit.train as trainer
+
+    plain = dict(TINY, progress="plain")
+    train(TrainConfig(data=store, out=tmp_path / "quick", epochs=1, **plain))
+    assert "validation" not in capsys.readouterr().out
+    monkeypatch.setattr(trainer, "Ticks", functools.partial(trainer.Ticks, after_s=0))
+    train(TrainConfig(data=store, out=tmp_path / "long", epochs=1, **plain))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("validation")]
+    assert lines and lines[-1].startswith("validation 1/1: 64/64 (100%)"), lines
+    train(TrainConfig(data=store, out=tmp_path / "silent", epochs=1, **TINY))  # --progress none
+    assert "validation" not in capsys.readouterr().out
 
 
 def test_resuming_a_finished_run_changes_none_of_its_files(learned_run, capsys):
