@@ -110,7 +110,10 @@ def list_images(paths) -> list[Path]:
             found = sorted(f for f in p.iterdir()
                            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))  # fmt: skip
             if not found:
-                raise AlexkitError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                hint = ""
+                if any(f.is_dir() for f in p.iterdir()):  # a train/ folder, say: images one level down
+                    hint = "; its sub-folders are not searched: pass them (`alexkit predict DIR/*`)"
+                raise AlexkitError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
             files += found
         elif p.is_file():
             files.append(p)
