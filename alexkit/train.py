@@ -399,10 +399,12 @@ def resolve_auto(value: Auto, on_cuda: bool) -> bool:
 def _summary(row: dict, epochs_left: int) -> str:
     """One epoch's line; with epochs to go, how long they would take at this epoch's pace (at most:
     the plateau schedule may stop the run earlier)."""
-    left = f" | {epochs_left} epochs to go at most, {duration(row['seconds'] * epochs_left)}" if epochs_left > 0 else ""
+    left = ""
+    if epochs_left > 0:
+        left = f" | {epochs_left} epoch{'s' * (epochs_left != 1)} to go at most, {duration(row['seconds'] * epochs_left)}"
     return (f"epoch {row['epoch']}: lr {row['lr']:.2g} train loss {row['train_loss']:.3f} "
             f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%} "
-            f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:.0f} images/s, {row['seconds']:.0f} s{left}")  # fmt: skip
+            f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:,.0f} images/s, {duration(row['seconds'])}{left}")  # fmt: skip
 
 
 # --- resume ---

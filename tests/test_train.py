@@ -479,8 +479,9 @@ def test_epoch_lines_say_how_long_the_rest_would_take_at_most():
 
     row = dict(epoch=1, lr=0.01, train_loss=6.9, train_top1_err=0.999, val_top1_err=0.998, val_top5_err=0.99,
                images_per_s=3000.0, seconds=427.0)  # fmt: skip
-    assert _summary(row, epochs_left=89).endswith("| 3000 images/s, 427 s | 89 epochs to go at most, 10h33m23s")
-    assert _summary(dict(row, epoch=90), epochs_left=0).endswith("images/s, 427 s")
+    assert _summary(row, epochs_left=89).endswith("| 3,000 images/s, 7m07s | 89 epochs to go at most, 10h33m23s")
+    assert _summary(dict(row, epoch=89), epochs_left=1).endswith("| 1 epoch to go at most, 7m07s")
+    assert _summary(dict(row, epoch=90), epochs_left=0).endswith("images/s, 7m07s")
 
 
 def test_cli_trains_and_resumes(store, tmp_path, capsys):
