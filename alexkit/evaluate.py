@@ -242,8 +242,9 @@ def report(results: dict, show_classes: int) -> list[str]:
         lines += ["best classes (top-1 error):"] + [fmt(c) for c in seen[:k]]
         lines += ["worst classes:"] + [fmt(c) for c in seen[::-1][:k]]
     per_view = f" ({10 * results['images_per_s']:,.0f} views/s)" if results["tta"] else ""
+    n = results["processes"]
     lines.append(f"throughput {results['images_per_s']:,.0f} images/s{per_view} on {results['device']} x "
-                 f"{results['processes']} process(es), {results['seconds']:.1f} s")  # fmt: skip
+                 f"{n} process{'es' * (n != 1)}, {results['seconds']:.1f} s")  # fmt: skip
     return lines
 
 

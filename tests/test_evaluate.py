@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -239,6 +240,7 @@ def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):
     assert weighted == pytest.approx(out["top1_err"])
     text = capsys.readouterr().out
     assert "top-1 error" in text and "n=7" in text and "ten-crop" in text and "worst classes" in text
+    assert re.search(r"throughput [\d,]+ images/s \([\d,]+ views/s\) on cpu x 1 process, ", text), text
 
 
 def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, monkeypatch, capsys):
