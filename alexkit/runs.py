@@ -126,6 +126,8 @@ def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    versions["torch"] = torch.__version__  # with its build tag (+cpu, +cu130): the metadata of PyPI's CUDA wheels has none
+    versions["cuda"] = torch.version.cuda  # None for a CPU build
     config = dict(config, versions=versions, python=sys.version.split()[0], git_commit=_git_commit(), argv=sys.argv)
     write_atomic(path / "config.json", json.dumps(config, indent=2) + "\n")
     for name in ("stats.npz", "classes.json"):  # a resumed run's were checked equal (check_same_store)

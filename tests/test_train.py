@@ -61,7 +61,8 @@ def test_run_directory_and_checkpoints(learned_run, store):
     assert (learned_run / "classes.json").read_bytes() == (store / "classes.json").read_bytes()
     config = json.loads((learned_run / "config.json").read_text())
     assert config["config"]["epochs"] == 6 and config["model_args"]["input_size"] == 56
-    assert config["versions"]["torch"] == torch.__version__
+    assert config["versions"]["torch"] == torch.__version__  # with the build tag, which CUDA wheels' metadata lacks
+    assert config["versions"]["cuda"] == torch.version.cuda
     last = torch.load(learned_run / "last.pt", weights_only=True)
     assert {"format_version", "model", "model_args", "optimizer", "scheduler", "epoch", "config", "metrics", "rng"} <= set(last)
     assert last["epoch"] == 6 and last["metrics"] == _metrics(learned_run)
