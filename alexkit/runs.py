@@ -290,14 +290,14 @@ def rng_state() -> dict:
     """torch, CUDA, NumPy and Python RNG states as tensors and plain values (weights_only loads them)."""
     np_state = np.random.get_state()
     return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],  # not started by a CPU run
                 numpy=[np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
                 python=random.getstate())  # fmt: skip
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
+    if state["cuda"] and torch.cuda.is_initialized():  # a run on CUDA has started it by now; a CPU run needs none
         # One state per GPU the saving process saw; a machine with fewer GPUs takes the first ones.
         for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)

@@ -536,7 +536,17 @@ def test_ddp_training_under_torchrun(store, tmp_path):
     build_from_checkpoint(last)
 
 
+def test_a_cpu_run_on_a_gpu_machine_leaves_cuda_alone(store, tmp_path, monkeypatch):
+    """Its checkpoints hold no CUDA RNG states, so saving them never started CUDA (a context on GPU 0)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine, where starting CUDA
+    monkeypatch.setattr(torch.cuda.random, "device_count", lambda: 1)  # would work; on this build it raises instead
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    assert torch.load(run / "last.pt", weights_only=True)["rng"]["cuda"] == []
+    assert not torch.cuda.is_initialized()
+
+
 @pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_defaults_train_and_checkpoints_load_on_cpu(store, tmp_path):
     """On CUDA the defaults turn on bf16 autocast, channels-last and torch.compile."""
