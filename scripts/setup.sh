@@ -42,10 +42,17 @@ PIP=(.venv/bin/python -m pip install -q)
 have() { .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" "$@" 2>/dev/null; }
 
 # 3. torch: a CPU build unless an NVIDIA GPU is present (never a multi-GB CUDA build on CPU machines).
+CUDA_WARNING='import torch
+if not torch.cuda.is_available():
+    print(f"[setup] warning: torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU here; the NVIDIA "
+          "driver may be older than that CUDA (nvidia-smi shows the CUDA the driver supports): install the torch "
+          "build for your driver (pytorch.org/get-started), or update the driver; until then alexkit runs on the CPU")'
 if ! have torch; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         say "NVIDIA GPU found: installing torch with CUDA"
         "${PIP[@]}" "torch>=2.11"
+        # A driver older than the CUDA of that build leaves torch without the GPU: say so now, not at `train`.
+        .venv/bin/python -c "$CUDA_WARNING" >&2
     else
         say "no NVIDIA GPU: installing a CPU build of torch"
         # torch==2.13.0 where the package index offers its CPU wheel (a dry run lists what would come:
