@@ -28,7 +28,8 @@ from torch import nn
 from alexkit.errors import AlexkitError, refused
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
-from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, place, setup, teardown
+from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
+from alexkit.model.placement import setup, teardown
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, Ticks, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
@@ -273,6 +274,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
             f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
         return
     before = world_size_of(ckpt, run_dir) if ckpt is not None else world
+    idle = idle_gpus_note(placement, torch.cuda.device_count()) if on_cuda else None
+    if idle is not None:
+        say(idle)
     if before not in (None, world):  # None: a run too old to say
         say(f"note: {run_dir} ran on {before} process{'es' * (before != 1)} so far and goes on with {world}: it will "
             "not equal a run on one number of processes throughout (augmentation and dropout draw per process)")  # fmt: skip

@@ -279,3 +279,20 @@ def test_a_collective_that_lost_its_peer_is_told_from_other_failures():
                                                  "[pair.cc:537] Read error [127.0.0.1]:45266: Connection reset by peer); "
                                                  "see its own error, then run again")  # fmt: skip
     assert not lost_peer(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+
+
+def test_idle_gpus_are_named_with_the_torchrun_line_that_uses_them(monkeypatch):
+    """A plain run on an 8-GPU machine uses one GPU, and says how to use the eight."""
+    from alexkit.model.placement import idle_gpus_note
+
+    gpu = lambda i: torch.device("cuda", i)  # noqa: E731 (a device object: no CUDA needed to make one)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    one = Placement("none", 0, 1, (gpu(0),))
+    assert idle_gpus_note(one, visible=8) == ("note: 8 GPUs are visible and this node uses 1; to train on all of them: "
+                                              "torchrun --standalone --nproc-per-node=8 -m alexkit train --parallel ddp ...")  # fmt: skip
+    assert idle_gpus_note(one, visible=1) is None
+    columns = idle_gpus_note(Placement("columns", 0, 1, (gpu(0), gpu(1))), visible=8)
+    assert "this node uses 2;" in columns and "--nproc-per-node=4 -m alexkit train --parallel ddp-columns" in columns
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun with eight processes on this node
+    assert idle_gpus_note(Placement("ddp", 0, 16, (gpu(0),)), visible=8) is None
+    assert idle_gpus_note(Placement("none", 0, 1, (torch.device("cpu"),)), visible=8) is None

@@ -156,6 +156,20 @@ class Placement:
         return self.rank == 0
 
 
+def idle_gpus_note(placement: Placement, visible: int) -> str | None:
+    """A note when this node has GPUs the job leaves idle: a plain `alexkit train` on an 8-GPU machine
+    uses one of them. `visible`: torch.cuda.device_count()."""
+    if placement.device.type != "cuda":
+        return None
+    per_process = len(placement.devices)
+    used = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * per_process  # this node's share (torchrun sets it)
+    if visible <= used:
+        return None
+    parallel = "ddp-columns" if per_process == 2 else "ddp"
+    return (f"note: {visible} GPUs are visible and this node uses {used}; to train on all of them: torchrun "
+            f"--standalone --nproc-per-node={visible // per_process} -m alexkit train --parallel {parallel} ...")
+
+
 def check_device(device: str) -> None:
     """A --device value must be auto, cpu, cuda or cuda:N."""
     if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
