@@ -27,6 +27,12 @@ def refused(exc: OSError, fix: str, where: object = None) -> PathRefused:
     return PathRefused(f"{exc.filename or where}: {exc.strerror or exc}; {fix}")
 
 
+class OutOfMemory(AlexkitError):
+    """The device ran out of memory: exit code 1, as for a full disk."""
+
+    exit_code = 1
+
+
 class MissingDependency(AlexkitError):
     """An optional native piece (FFCV, DALI, CUDA) is not importable."""
 

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from alexkit.errors import AlexkitError, refused
+from alexkit.errors import AlexkitError, OutOfMemory, refused
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
@@ -210,6 +210,10 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
         if not exc.filename:  # not about a file (a closed pipe on stdout, say)
             raise
         raise refused(exc, f"fix that (free space, permissions), then {then()}") from exc
+    except torch.OutOfMemoryError as exc:  # another job on the GPU, or a --batch-size too large for it
+        said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
+        raise OutOfMemory(f"{said} (at {cfg.batch_size // placement.world_size} images per process on {placement.device}); "
+                          f"free the GPU (nvidia-smi lists what holds it) or lower --batch-size, then {then()}") from exc  # fmt: skip
 
 
 def _usable_store(cfg: TrainConfig):
