@@ -298,9 +298,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         net.train()
         sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
         started = time.perf_counter()
-        clock = _Rate(per_rank * world)  # images/s after the first step: not the start-up (graph build, compile)
+        clock = _Rate(per_rank * world)  # after the first step: not the start-up (graph build, compile)
         with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, per_done=per_rank * world, fields=("loss", "lr"), mode=mode) as bar:
-            for step, (images, labels, _) in enumerate(train_loader):
+            for step, ((images, labels, _), waited) in enumerate(_timed(train_loader)):
                 lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -310,7 +310,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                 shown = dict(lr=f"{lr:.2g}")
                 if step % 10 == 0 or step + 1 == steps:  # .item() waits for the GPU: not every step
                     shown["loss"] = f"{loss.item():.3f}"
-                bar.update(step + 1, rate=clock.step(), **shown)
+                bar.update(step + 1, rate=clock.step(waited), **shown)
         trained = time.perf_counter()
         totals = torch.cat([sums, torch.tensor([seen], dtype=torch.float64, device=dev)])
         if dist.is_initialized():
@@ -321,14 +321,16 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
             raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr or use --init sturdy")
         val_n = len(val_loader.reader)
         with Ticks(mode=mode) as ticks:  # shown once validation lasts 2 s: ImageNet's on a CPU, not the demo's
-            def seen(n: int) -> None:  # n: this process's images; all processes go at about the same pace
+            def validated(n: int) -> None:  # n: this process's images; all processes go at about the same pace
                 ticks(f"validation {epoch + 1}/{cfg.epochs}", min(n * world, val_n), val_n, "images")
 
-            val_top1, val_top5 = validate(step_net, val_loader, amp, dev, seen)
+            val_top1, val_top5 = validate(step_net, val_loader, amp, dev, validated)
         if epoch + 1 > cfg.warmup_epochs:  # a warm-up epoch is no plateau: its lr is still rising
             schedule.step(val_top1)
+        share = clock.wait_share()  # None for an epoch of one step: then over its whole time
         row = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_top1_err=train_err, val_top1_err=val_top1,
                    val_top5_err=val_top5, images_per_s=clock.rate() or seen_all / (trained - started),
+                   data_wait=share if share is not None else clock.waited_all / (trained - started),
                    seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
         if placement.is_main:
@@ -373,23 +375,43 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device,
 
 
 class _Rate:
-    """Images/s of the steps after the first: the first carries the epoch's start-up (the loader's
-    graph build and first decode, torch.compile) and would hide the steady rate."""
+    """Images/s of the steps after the first, and the share of their time spent waiting for the loader:
+    the first step carries the epoch's start-up (the loader's graph build and first decode,
+    torch.compile) and would hide the steady figures."""
 
     def __init__(self, batch: int):
         self.batch, self.since, self.steps, self.now = batch, None, 0, None
+        self.waited, self.waited_all = 0.0, 0.0  # seconds waiting for batches: after the first step; in all
 
-    def step(self) -> float | None:
-        """Call after each step; the rate so far, None after the first."""
+    def step(self, waited: float = 0.0) -> float | None:
+        """Call after each step, with the seconds it waited for its batch; the rate so far, None after the first."""
         self.now = time.perf_counter()
+        self.waited_all += waited
         if self.since is None:
             self.since = self.now
         else:
             self.steps += 1
+            self.waited += waited
         return self.rate()
 
     def rate(self) -> float | None:
         return self.steps * self.batch / (self.now - self.since) if self.steps else None
+
+    def wait_share(self) -> float | None:
+        return self.waited / (self.now - self.since) if self.steps else None
+
+
+def _timed(batches):
+    """(batch, seconds the caller waited for it), batch after batch. The whole iterable is consumed
+    as by a for loop, so a loader's end-of-epoch work still runs."""
+    it = iter(batches)
+    while True:
+        asked = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - asked
 
 
 def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> float:
@@ -412,7 +434,8 @@ def _summary(row: dict, epochs_left: int) -> str:
         left = f" | {epochs_left} epoch{'s' * (epochs_left != 1)} to go at most, {duration(row['seconds'] * epochs_left)}"
     return (f"epoch {row['epoch']}: lr {row['lr']:.2g} train loss {row['train_loss']:.3f} "
             f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%} "
-            f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:,.0f} images/s, {duration(row['seconds'])}{left}")  # fmt: skip
+            f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:,.0f} images/s, data wait {row['data_wait']:.0%}, "
+            f"{duration(row['seconds'])}{left}")  # fmt: skip
 
 
 # --- resume ---

@@ -47,7 +47,8 @@ def test_loss_falls_and_accuracy_beats_chance(learned_run):
     rows = _metrics(learned_run)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err",
-                            "images_per_s", "seconds"}  # fmt: skip
+                            "images_per_s", "data_wait", "seconds"}  # fmt: skip
+    assert all(0 <= r["data_wait"] < 1 for r in rows)
     assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
     chance = 1 - 1 / NUM_CLASSES
     best = min(r["val_top1_err"] for r in rows)
@@ -84,7 +85,7 @@ def test_resume_continues_exactly(store, tmp_path):
     assert resumed == part
 
     def timeless(rows):
-        return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in rows]
+        return [{k: v for k, v in r.items() if k not in ("images_per_s", "data_wait", "seconds")} for r in rows]
 
     assert timeless(_metrics(resumed)) == timeless(_metrics(whole))
     a, b = (torch.load(d / "last.pt", weights_only=True) for d in (whole, resumed))
@@ -310,8 +311,28 @@ def test_images_per_s_leave_out_the_first_step(monkeypatch):
     clock = iter([10.0, 10.5, 11.0])  # the first step ends 10 s into the epoch; the next two take 0.5 s each
     monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
     rate = train_module._Rate(batch=64)
-    assert rate.step() is None and rate.rate() is None
-    assert rate.step() == pytest.approx(64 / 0.5) and rate.step() == pytest.approx(2 * 64 / 1.0)
+    assert rate.step(waited=3.0) is None and rate.rate() is None and rate.wait_share() is None
+    assert rate.step(waited=0.1) == pytest.approx(64 / 0.5) and rate.step(waited=0.2) == pytest.approx(2 * 64 / 1.0)
+    assert rate.wait_share() == pytest.approx(0.3 / 1.0)  # the first step's wait (the start-up) left out
+    assert rate.waited_all == pytest.approx(3.3)
+
+
+def test_data_wait_is_the_time_spent_asking_for_batches(monkeypatch):
+    """_timed hands on each batch with the seconds between asking and getting it, and lets the
+    iterable finish (a loader's end-of-epoch work runs after its last batch)."""
+    from alexkit import train as train_module
+
+    ended = []
+
+    def batches():
+        yield "a"
+        yield "b"
+        ended.append(True)
+
+    clock = iter([0.0, 0.25, 1.0, 1.5, 2.0])  # asked at 0 and 1 and 2; got a at 0.25, b at 1.5; 2: the end
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
+    assert list(train_module._timed(batches())) == [("a", 0.25), ("b", 0.5)]
+    assert ended == [True]
 
 
 def test_warmup_is_linear_per_step():
@@ -503,10 +524,10 @@ def test_epoch_lines_say_how_long_the_rest_would_take_at_most():
     from alexkit.train import _summary
 
     row = dict(epoch=1, lr=0.01, train_loss=6.9, train_top1_err=0.999, val_top1_err=0.998, val_top5_err=0.99,
-               images_per_s=3000.0, seconds=427.0)  # fmt: skip
-    assert _summary(row, epochs_left=89).endswith("| 3,000 images/s, 7m07s | 89 epochs to go at most, 10h33m23s")
+               images_per_s=3000.0, data_wait=0.021, seconds=427.0)  # fmt: skip
+    assert _summary(row, epochs_left=89).endswith("| 3,000 images/s, data wait 2%, 7m07s | 89 epochs to go at most, 10h33m23s")
     assert _summary(dict(row, epoch=89), epochs_left=1).endswith("| 1 epoch to go at most, 7m07s")
-    assert _summary(dict(row, epoch=90), epochs_left=0).endswith("images/s, 7m07s")
+    assert _summary(dict(row, epoch=90), epochs_left=0).endswith("images/s, data wait 2%, 7m07s")
 
 
 def test_cli_trains_and_resumes(store, tmp_path, capsys):
