@@ -111,8 +111,8 @@ def list_images(paths) -> list[Path]:
                            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))  # fmt: skip
             if not found:
                 hint = ""
-                if any(f.is_dir() for f in p.iterdir()):  # a train/ folder, say: images one level down
-                    hint = "; its sub-folders are not searched: pass them (`alexkit predict DIR/*`)"
+                if any(f.is_dir() and not f.name.startswith(".") for f in p.iterdir()):  # a train/ folder, say
+                    hint = f"; its sub-folders are not searched: pass them (`alexkit predict {p}/*`)"
                 raise AlexkitError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
             files += found
         elif p.is_file():

@@ -121,7 +121,7 @@ def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
     metrics.jsonl as of the checkpoint resumed from."""
     path.mkdir(parents=True, exist_ok=True)
     versions = {}
-    for package in ("alexkit", "torch", "numpy", "ffcv", "nvidia-dali-cuda130"):
+    for package in ("alexkit", "numpy", "ffcv", "nvidia-dali-cuda130"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -358,6 +358,8 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device,
     net.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # correct top-1, correct top-5, images
     done = 0  # counted on the host: no wait for the GPU
+    if seen is not None:
+        seen(0)  # the start, so that a rate shown later covers the first batch's time too
     for images, labels, _ in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(images)  # (N, num_classes)

@@ -78,4 +78,4 @@ fi
 # FFCV's compiled extension must link against the system libraries (dlopen it, without importing ffcv).
 .venv/bin/python -c "import ctypes, glob, importlib.util as u; [d] = u.find_spec('ffcv').submodule_search_locations; [so] = glob.glob(d + '/_libffcv*.so'); ctypes.CDLL(so)" \
     || { echo "[setup] FFCV's native library does not load: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then rm .venv/.alexkit-installed and run make setup again" >&2; exit 1; }
-say "ready: .venv/bin/alexkit (torch $(.venv/bin/python -c 'from importlib.metadata import version; print(version("torch"))'))"
+say "ready: .venv/bin/alexkit (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"  # with +cpu/+cu130

@@ -82,8 +82,11 @@ def test_bad_inputs(setup, tmp_path):
     with pytest.raises(AlexkitError, match=r"holds no image files \([^)]*\)$"):
         list_images([tmp_path / "empty"])
     (tmp_path / "classes" / "n01440764").mkdir(parents=True)  # a train/ folder: images one level down
-    with pytest.raises(AlexkitError, match=r"sub-folders are not searched: pass them \(`alexkit predict DIR/\*`\)"):
+    with pytest.raises(AlexkitError, match=r"sub-folders are not searched: pass them \(`alexkit predict .*classes/\*`\)"):
         list_images([tmp_path / "classes"])
+    (tmp_path / "empty" / ".ipynb_checkpoints").mkdir()  # a hidden folder is no sub-folder of images
+    with pytest.raises(AlexkitError, match=r"holds no image files \([^)]*\)$"):
+        list_images([tmp_path / "empty"])
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(AlexkitError, match=r"none of the 1 images could be read \(first: .*bad.jpg: not an image in any format PIL"):
         predict(PredictConfig(images=(tmp_path / "bad.jpg",), checkpoint=ckpt, device="cpu"))
