@@ -738,6 +738,8 @@ def test_cli_end_to_end_and_summary(tmp_path):
     r = _cli(str(src), "--out", str(tmp_path / "store"), "--size", "32", "--workers", "2")
     assert r.returncode == 0, r.stderr
     assert "store ready" in r.stdout and "no file skipped" in r.stdout
+    size = sum((tmp_path / "store" / f"{split}.beton").stat().st_size for split in ("train", "val"))
+    assert f", {size / 1e6:,.1f} MB; no file skipped" in r.stdout, r.stdout  # the .beton files together
     manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
     assert manifest["settings"]["size"] == 32 and manifest["settings"]["format"] == "jpg"
     assert manifest["splits"]["train"]["images"] == 9 and manifest["splits"]["val"]["images"] == 12

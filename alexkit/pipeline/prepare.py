@@ -334,6 +334,8 @@ def _manifest(src: Path, ds: Dataset, settings: dict, records: dict, scan_s: flo
 
 def _summary(out: Path, manifest: dict) -> None:
     parts = [f"{name} {s['images']:,} images" for name, s in manifest["splits"].items()]
+    size = sum(s["bytes"] for s in manifest["splits"].values())  # for copies to other nodes, say
+    parts.append(f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB")
     skipped = len(manifest["skipped"])
     files = "file" if skipped == 1 else "files"
     note = f"; {skipped} {files} skipped, listed with their reasons in {out / MANIFEST}" if skipped else "; no file skipped"
