@@ -312,9 +312,12 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                     shown["loss"] = f"{loss.item():.3f}"
                 bar.update(step + 1, rate=clock.step(waited), **shown)
         trained = time.perf_counter()
+        share = clock.wait_share()  # None for an epoch of one step: then over its whole time
+        waits = torch.tensor([share if share is not None else clock.waited_all / (trained - started)], device=dev)
         totals = torch.cat([sums, torch.tensor([seen], dtype=torch.float64, device=dev)])
         if dist.is_initialized():
             dist.all_reduce(totals)
+            dist.all_reduce(waits, op=dist.ReduceOp.MAX)  # a process that waits holds the others up at the all-reduce
         loss_sum, correct, seen_all = totals.tolist()
         train_loss, train_err = loss_sum / seen_all, 1.0 - correct / seen_all
         if not math.isfinite(train_loss):
@@ -327,10 +330,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
             val_top1, val_top5 = validate(step_net, val_loader, amp, dev, validated)
         if epoch + 1 > cfg.warmup_epochs:  # a warm-up epoch is no plateau: its lr is still rising
             schedule.step(val_top1)
-        share = clock.wait_share()  # None for an epoch of one step: then over its whole time
         row = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_top1_err=train_err, val_top1_err=val_top1,
                    val_top5_err=val_top5, images_per_s=clock.rate() or seen_all / (trained - started),
-                   data_wait=share if share is not None else clock.waited_all / (trained - started),
+                   data_wait=waits.item(),
                    seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
         if placement.is_main:

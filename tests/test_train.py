@@ -572,6 +572,7 @@ def test_ddp_training_under_torchrun(store, tmp_path):
         printed += r.stdout
     assert printed.count("epoch 1: lr") == 1 and printed.count("epoch 2: lr") == 1, printed
     assert [row["epoch"] for row in _metrics(out)] == [1, 2]
+    assert all(0 <= row["data_wait"] < 1 for row in _metrics(out))  # the most of the two processes
     assert json.loads((out / "config.json").read_text())["resolved"]["world_size"] == 2
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["world_size"] == 2 and last["epoch"] == 2
