@@ -1,0 +1,121 @@
+"""What is installed and whether each native piece (FFCV's library, DALI's CPU and GPU pipelines)
+really works here: the checks behind `alexkit doctor`."""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+
+Row = tuple[str, str, bool]  # (name, detail, ok)
+
+
+def _version(module: str, dist: str | None = None) -> tuple[str | None, str]:
+    """(version, "") when `module` imports, else (None, why). The version comes from the distribution."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:
+        return None, f"{exc.__class__.__name__}: {exc}"
+    try:
+        return version(dist or module), ""
+    except PackageNotFoundError:
+        return getattr(mod, "__version__", "installed"), ""
+
+
+def _dali_cpu_pipeline() -> str:
+    """Build and run a one-operator CPU pipeline (device_id=None): proves DALI works without a GPU."""
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe():
+        x = fn.external_source(source=lambda: [np.arange(6, dtype=np.uint8).reshape(1, 2, 3)] * 2, batch=True, layout="HWC")
+        return fn.flip(x, horizontal=1)
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    assert np.asarray(out[0])[0, 0].tolist() == [3, 4, 5]
+    return "runs a CPU pipeline"
+
+
+def _dali_gpu_pipeline() -> str:
+    """Decode a small JPEG with the mixed (nvJPEG) decoder on GPU 0."""
+    import io
+
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(buf, "JPEG", quality=95)
+    data = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=0)
+    def pipe():
+        enc = fn.external_source(source=lambda: [data], batch=True)
+        return fn.decoders.image(enc, device="mixed")
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    shape = tuple(out.as_cpu()[0].shape())
+    assert shape == (24, 32, 3), shape
+    return "mixed JPEG decoder runs on GPU 0"
+
+
+def checks() -> tuple[list[Row], list[str], int]:
+    """(rows to show, problems with their fixes, the number of CUDA GPUs)."""
+    rows: list[Row] = []
+    problems: list[str] = []
+    rows.append(("python", f"{sys.version.split()[0]} ({platform.machine()})", sys.version_info >= (3, 10)))
+    if sys.version_info < (3, 10):
+        problems.append("alexkit needs Python 3.10 or newer")
+    for name, module, dist in [("numpy", "numpy", "numpy"), ("pillow", "PIL", "pillow"), ("typer", "typer", "typer"), ("rich", "rich", "rich")]:
+        ver, err = _version(module, dist)
+        rows.append((name, ver or err, ver is not None))
+        if ver is None:
+            problems.append(f"{dist} is missing: run `make setup` (or pip install -e .)")
+    torch_ver, err = _version("torch")
+    rows.append(("torch", torch_ver or err, torch_ver is not None))
+    if torch_ver is None:
+        problems.append("torch is missing: run `make setup` (or pip install torch>=2.11)")
+
+    ffcv_ver, err = _version("ffcv")
+    rows.append(("ffcv", ffcv_ver or err, ffcv_ver is not None))
+    native, err = _version("ffcv.libffcv", "ffcv")
+    rows.append(("ffcv native library", "loads" if native else err, native is not None))
+    if native is None:
+        problems.append("FFCV's native library does not load: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then `make setup`")
+
+    numba_ver, _ = _version("numba")  # comes with FFCV; optional for alexkit's own graphs
+    rows.append(("numba (one-pass CPU kernels)", numba_ver or "not installed: CPU graphs run DALI's operators only (slower, see the README)", True))
+
+    dali_ver, err = _version("nvidia.dali", "nvidia-dali-cuda130")
+    rows.append(("nvidia-dali", dali_ver or err, dali_ver is not None))
+    if dali_ver is None:
+        problems.append("DALI is missing: pip install nvidia-dali-cuda130 (or `make setup`)")
+    else:
+        try:
+            rows.append(("dali cpu pipeline", _dali_cpu_pipeline(), True))
+        except Exception as exc:
+            rows.append(("dali cpu pipeline", f"fails: {exc}", False))
+            problems.append(f"DALI cannot run a CPU pipeline ({exc}); reinstall nvidia-dali-cuda130")
+
+    n = 0  # CUDA GPUs
+    if torch_ver is not None:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(n))
+        cuda = f"{n} GPU{'s' * (n != 1)}: {names} (CUDA {torch.version.cuda})" if n else f"not available (torch CUDA build: {torch.version.cuda or 'none, CPU build'})"
+        rows.append(("cuda", cuda, True))
+        if n and dali_ver is not None:
+            try:
+                rows.append(("dali gpu pipeline", _dali_gpu_pipeline(), True))
+            except Exception as exc:
+                rows.append(("dali gpu pipeline", f"fails: {exc}", False))
+                problems.append(f"DALI's GPU pipeline fails ({exc}); install the nvidia-dali build matching your CUDA driver")
+    return rows, problems, n
