@@ -227,6 +227,18 @@ def test_summarize_counts_top5_among_ten_classes():
     assert per[1] == (0, None, None)
 
 
+def test_the_papers_figures_are_shown_beside_a_full_imagenet_ten_view_score():
+    from alexkit.evaluate import report
+
+    results = dict(tta=True, n=50_000, per_class=[dict(index=i, name=str(i), n=50, top1_err=0.4, top5_err=0.2) for i in range(1000)],
+                   checkpoint="best.pt", epoch=90, store="alexkit-store", top1_err=0.41, top1_acc=0.59, top5_err=0.19,
+                   top5_acc=0.81, images_per_s=1000.0, device="cuda:0", processes=1, seconds=50.0)  # fmt: skip
+    paper = "the paper, one network on ten views (its Table 2): top-1 error 40.7%, top-5 error 18.2%"
+    assert report(results, show_classes=0)[2] == paper
+    for other in (dict(tta=False), dict(n=300)):  # a centre crop; the demo's store
+        assert paper not in report({**results, **other}, show_classes=0)
+
+
 def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):
     _, store, ckpt, _ = setup
     path = tmp_path / "r.json"
