@@ -254,3 +254,12 @@ def test_abort_deletes_the_file_even_when_closing_fails(tmp_path):
     w.file = Full()
     w.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_atomic_names_the_file_asked_for_when_the_rename_fails(tmp_path):
+    from alexkit.paths import write_atomic
+
+    (tmp_path / "x.json").mkdir()  # a folder in the way: the rename fails, and the error names x.json
+    with pytest.raises(OSError) as info:
+        write_atomic(tmp_path / "x.json", "data")
+    assert info.value.filename == str(tmp_path / "x.json") and [p.name for p in tmp_path.iterdir()] == ["x.json"]

@@ -139,3 +139,13 @@ def test_flag_defaults_are_the_configs_defaults(cli, config, renamed):
         assert flag_default == field.default, f"{cli} --{flag}: {flag_default!r} on the command line, {field.default!r} in {name}"
         compared += 1
     assert compared >= 1
+
+
+def test_doctor_marks_what_fails_and_only_that(monkeypatch):
+    from alexkit import doctor
+
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda m, d=None: (None, "ImportError: no") if m == "ffcv.libffcv" else real(m, d))
+    rows, problems, _ = doctor.checks()
+    assert {name for name, _, ok in rows if not ok} == {"ffcv native library"}
+    assert len(problems) == 1 and "FFCV's native library does not load" in problems[0]

@@ -296,3 +296,51 @@ def test_idle_gpus_are_named_with_the_torchrun_line_that_uses_them(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun with eight processes on this node
     assert idle_gpus_note(Placement("ddp", 0, 16, (gpu(0),)), visible=8) is None
     assert idle_gpus_note(Placement("none", 0, 1, (torch.device("cpu"),)), visible=8) is None
+
+
+def test_each_process_takes_its_own_gpus_and_joins_with_nccl(monkeypatch):
+    """CUDA faked as 4 GPUs (no GPU needed; nothing here starts CUDA): process 1 of ddp-columns takes
+    GPUs 2 and 3; ddp places by LOCAL_RANK whatever cuda:N says; a GPU past the last is a one-line
+    error; GPU processes join with NCCL."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, rank, world_size: joined.append(backend))
+    for name, value in dict(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2").items():
+        monkeypatch.setenv(name, value)
+    assert [d.index for d in setup("ddp-columns", "cuda").devices] == [2, 3]
+    assert [d.index for d in setup("ddp", "cuda:0").devices] == [1]
+    assert joined == ["nccl", "nccl"]
+    monkeypatch.setenv("LOCAL_RANK", "4")
+    with pytest.raises(AlexkitError, match="needs GPU 4, but only 4 are visible"):
+        setup("ddp", "cuda")
+
+
+def _last_write_worker(rank: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from alexkit.ranks import PeerLost, lost_peers_said
+
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
+    said = "fine"
+    try:
+        with lost_peers_said(lambda: "run again"):
+            if rank == 0:
+                raise AlexkitError("disk full")  # rank 0 fails its last write; rank 1 has finished
+    except PeerLost as exc:
+        said = f"PeerLost {exc.exit_code}"
+    except AlexkitError as exc:
+        said = str(exc)
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}.txt").write_text(said)
+
+
+def test_a_process_whose_peer_failed_its_last_write_says_so(tmp_path):
+    """The others wait at lost_peers_said's closing barrier, so they say PeerLost, not gloo's text."""
+    mp.spawn(_last_write_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["disk full", "PeerLost 1"]

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -504,6 +505,7 @@ def test_a_store_being_read_is_not_rebuilt_under_its_readers(tmp_path, capsys):
     assert (out / "train.beton").stat().st_mtime_ns != before.st_mtime_ns
     (out / ".prepare.lock").unlink()  # a store copied without its dot file: its readers make it again
     with reading(out):
+        assert stat.S_IMODE((out / ".prepare.lock").stat().st_mode) == 0o666  # other users' prepares may lock it too
         with pytest.raises(AlexkitError, match="being read"):
             _run(src, out, force=True)
     with reading(src):  # not a store (no manifest.json): nothing is left in it

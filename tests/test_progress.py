@@ -53,3 +53,18 @@ def test_ticks_show_a_long_part_and_keep_a_quick_scan_quiet(capsys):
     with Ticks(after_s=0, mode="none") as silent:  # a torchrun process other than rank 0
         silent("validation 1/90", 10, 10, "images")
     assert capsys.readouterr().out == ""
+
+
+def test_plain_lines_come_at_each_tenth_with_the_rate_and_eta_of_the_work(monkeypatch, capsys):
+    """25 steps of 8 images, one a second: a line at each tenth (steps 3, 6, ...) and the last; 8
+    images/s; the ETA is the time left at this pace."""
+    from alexkit import progress
+
+    clock = iter(range(100))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(clock)))
+    with Progress("epoch 1/1", 25, per_done=8, mode="plain") as bar:  # starts at t=0
+        for done in range(1, 26):
+            bar.update(done)  # at t=done
+    lines = capsys.readouterr().out.splitlines()
+    assert [int(re.match(r"epoch 1/1: (\d+)/25", line)[1]) for line in lines] == [3, 6, 9, 12, 15, 18, 21, 24, 25]
+    assert lines[3] == "epoch 1/1: 12/25 (48%) 8 images/s, ETA 13s"

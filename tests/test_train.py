@@ -610,3 +610,48 @@ def test_gpu_defaults_train_and_checkpoints_load_on_cpu(store, tmp_path):
     assert all(math.isfinite(r["train_loss"]) for r in rows) and rows[-1]["train_loss"] < rows[0]["train_loss"]
     model = build_from_checkpoint(torch.load(run / "last.pt", map_location="cpu", weights_only=True))
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_a_resume_on_a_file_system_without_locks_keeps_the_run(store, tmp_path, monkeypatch):
+    """The no-locks refusal removes a folder it made itself, never a run it was asked to resume."""
+    import errno
+    import fcntl
+
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+
+    def no_locks(f, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(AlexkitError, match="its file system offers no file locks"):
+        train(TrainConfig(resume=run, epochs=2))
+    assert (run / "last.pt").is_file() and (run / "metrics.jsonl").is_file()
+
+
+def test_a_resume_may_repeat_the_runs_flags_and_change_its_parallel_but_not_its_columns(tmp_path):
+    from alexkit.train import _config_dict, _resumed_config
+
+    saved = _config_dict(TrainConfig(data=tmp_path, lr=0.02))  # --parallel none
+    same = _resumed_config(TrainConfig(resume=tmp_path, lr=0.02), saved, {"resume", "lr"}, tmp_path)  # its own --lr again
+    assert same.lr == 0.02
+    ddp = _resumed_config(TrainConfig(resume=tmp_path, parallel="ddp"), saved, {"resume", "parallel"}, tmp_path)
+    assert ddp.parallel == "ddp"
+    with pytest.raises(AlexkitError, match="laid out differently"):
+        _resumed_config(TrainConfig(resume=tmp_path, parallel="columns"), saved, {"resume", "parallel"}, tmp_path)
+
+
+def test_the_data_wait_in_metrics_is_the_time_spent_waiting_for_batches(store, tmp_path, monkeypatch):
+    from alexkit import train as train_module
+
+    monkeypatch.setattr(train_module, "_timed", lambda batches: ((b, 10.0) for b in batches))  # as if 10 s per batch
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    assert _metrics(run)[0]["data_wait"] > 1  # more waiting than the steps' real time: the figure is the waits'
+
+
+def test_resuming_a_run_the_plateau_ended_trains_no_more(store, tmp_path, capsys):
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=5, lr=1e-9, patience=1, max_lr_drops=0, **TINY))
+    assert len(_metrics(run)) < 5
+    before = (run / "config.json").read_bytes()
+    train(TrainConfig(resume=run, epochs=9))
+    assert "already ended after its last lr drop" in capsys.readouterr().out
+    assert (run / "config.json").read_bytes() == before
