@@ -288,6 +288,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
                         devices=[str(d) for d in placement.devices])  # fmt: skip
         write_run_files(run_dir, dict(config=_config_dict(cfg), resolved=resolved, model_args=model.args), store, metrics)
+    say(_start_line(run_dir, model, placement, _flags(amp, channels_last, compiled), train_loader, val_loader, cfg,
+                    schedule.lr, len(metrics)))  # fmt: skip
     steps = len(train_loader)
 
     for epoch in range(len(metrics), cfg.epochs):
@@ -443,6 +445,24 @@ def _summary(row: dict, epochs_left: int) -> str:
 
 
 # --- resume ---
+
+
+def _flags(amp: bool, channels_last: bool, compiled: bool) -> str:
+    """"bf16, channels-last, compiled", or "float32" when all three are off."""
+    on = [name for name, flag in (("bf16", amp), ("channels-last", channels_last), ("compiled", compiled)) if flag]
+    return ", ".join(on) if on else "float32"
+
+
+def _start_line(run_dir: Path, model: nn.Module, placement: Placement, flags: str, train_loader, val_loader,
+                cfg: TrainConfig, lr: float, done: int) -> str:  # fmt: skip
+    """What the run is about to do, in one line: where it writes, the net and where it runs, the data, the recipe."""
+    params = sum(p.numel() for p in model.parameters())
+    devices = "+".join(str(d) for d in placement.devices)
+    n = placement.world_size
+    start = f"resuming after epoch {done}; " if done else ""
+    return (f"run {run_dir}: {start}AlexNet of {params:,} parameters on {devices} x {n} process{'es' * (n != 1)} ({flags}); "
+            f"{len(train_loader.reader):,} train / {len(val_loader.reader):,} val images; batch {cfg.batch_size}, lr {lr:g}, "
+            f"at most {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}")  # fmt: skip
 
 
 def _config_dict(cfg: TrainConfig) -> dict:

@@ -655,3 +655,13 @@ def test_resuming_a_run_the_plateau_ended_trains_no_more(store, tmp_path, capsys
     train(TrainConfig(resume=run, epochs=9))
     assert "already ended after its last lr drop" in capsys.readouterr().out
     assert (run / "config.json").read_bytes() == before
+
+
+def test_a_run_starts_with_one_line_saying_what_it_will_do(store, tmp_path, capsys):
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    params = sum(p.numel() for p in AlexNet(NUM_CLASSES, width=0.25, fc_features=128, input_size=56).parameters())
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"run {run}: AlexNet of {params:,} parameters on cpu x 1 process (float32); 192 train / 64 val images; "
+        "batch 16, lr 0.01, at most 1 epoch")  # fmt: skip
+    train(TrainConfig(resume=run, epochs=2))
+    assert capsys.readouterr().out.startswith(f"run {run}: resuming after epoch 1; AlexNet of ")
