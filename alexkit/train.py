@@ -277,6 +277,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)" if schedule.stopped else
             f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
         return
+    say(_start_line(run_dir, model, placement, _flags(amp, channels_last, compiled),
+                    (len(train_loader.reader), len(val_loader.reader)), cfg, schedule.lr, len(metrics)))  # fmt: skip
     before = world_size_of(ckpt, run_dir) if ckpt is not None else world
     idle = idle_gpus_note(placement, torch.cuda.device_count()) if on_cuda else None
     if idle is not None:
@@ -288,8 +290,6 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
                         devices=[str(d) for d in placement.devices])  # fmt: skip
         write_run_files(run_dir, dict(config=_config_dict(cfg), resolved=resolved, model_args=model.args), store, metrics)
-    say(_start_line(run_dir, model, placement, _flags(amp, channels_last, compiled), train_loader, val_loader, cfg,
-                    schedule.lr, len(metrics)))  # fmt: skip
     steps = len(train_loader)
 
     for epoch in range(len(metrics), cfg.epochs):
@@ -314,12 +314,10 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                     shown["loss"] = f"{loss.item():.3f}"
                 bar.update(step + 1, rate=clock.step(waited), **shown)
         trained = time.perf_counter()
-        share = clock.wait_share()  # None for an epoch of one step: then over its whole time
-        waits = torch.tensor([share if share is not None else clock.waited_all / (trained - started)], device=dev)
+        data_wait = most_waited(clock, trained - started, dev)
         totals = torch.cat([sums, torch.tensor([seen], dtype=torch.float64, device=dev)])
         if dist.is_initialized():
             dist.all_reduce(totals)
-            dist.all_reduce(waits, op=dist.ReduceOp.MAX)  # a process that waits holds the others up at the all-reduce
         loss_sum, correct, seen_all = totals.tolist()
         train_loss, train_err = loss_sum / seen_all, 1.0 - correct / seen_all
         if not math.isfinite(train_loss):
@@ -334,7 +332,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
             schedule.step(val_top1)
         row = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_top1_err=train_err, val_top1_err=val_top1,
                    val_top5_err=val_top5, images_per_s=clock.rate() or seen_all / (trained - started),
-                   data_wait=waits.item(),
+                   data_wait=data_wait,
                    seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
         if placement.is_main:
@@ -420,6 +418,16 @@ def _timed(batches):
         yield batch, time.perf_counter() - asked
 
 
+def most_waited(clock: _Rate, seconds: float, device: torch.device) -> float:
+    """An epoch's data wait (a share of `clock`'s steps, or of all `seconds` for an epoch of one step);
+    under torchrun the most of any process, since one that waits holds the others up at the all-reduce."""
+    share = clock.wait_share()
+    waits = torch.tensor([share if share is not None else clock.waited_all / seconds], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(waits, op=dist.ReduceOp.MAX)
+    return waits.item()
+
+
 def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> float:
     """Linear ramp from 1/(warmup steps) to 1 over the first `warmup_epochs` epochs."""
     total = warmup_epochs * steps
@@ -444,25 +452,35 @@ def _summary(row: dict, epochs_left: int) -> str:
             f"{duration(row['seconds'])}{left}")  # fmt: skip
 
 
-# --- resume ---
-
-
 def _flags(amp: bool, channels_last: bool, compiled: bool) -> str:
     """"bf16, channels-last, compiled", or "float32" when all three are off."""
     on = [name for name, flag in (("bf16", amp), ("channels-last", channels_last), ("compiled", compiled)) if flag]
     return ", ".join(on) if on else "float32"
 
 
-def _start_line(run_dir: Path, model: nn.Module, placement: Placement, flags: str, train_loader, val_loader,
+def _start_line(run_dir: Path, model: nn.Module, placement: Placement, flags: str, images: tuple[int, int],
                 cfg: TrainConfig, lr: float, done: int) -> str:  # fmt: skip
-    """What the run is about to do, in one line: where it writes, the net and where it runs, the data, the recipe."""
+    """What the run is about to do, in one line: where it writes, the net and where it runs, the data
+    (`images`: train and val counts), the recipe (`lr`: the current one)."""
     params = sum(p.numel() for p in model.parameters())
-    devices = "+".join(str(d) for d in placement.devices)
-    n = placement.world_size
     start = f"resuming after epoch {done}; " if done else ""
-    return (f"run {run_dir}: {start}AlexNet of {params:,} parameters on {devices} x {n} process{'es' * (n != 1)} ({flags}); "
-            f"{len(train_loader.reader):,} train / {len(val_loader.reader):,} val images; batch {cfg.batch_size}, lr {lr:g}, "
+    return (f"run {run_dir}: {start}AlexNet of {params:,} parameters on {_where(placement)} ({flags}); "
+            f"{images[0]:,} train / {images[1]:,} val images; batch {cfg.batch_size}, lr {lr:g}, "
             f"at most {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}")  # fmt: skip
+
+
+def _where(placement: Placement) -> str:
+    """"cuda:0", "cuda:0 and cuda:1 (a column each)", "8 processes x 1 GPU (ddp)", "2 processes on cpu (ddp)"."""
+    n, per, on_cuda = placement.world_size, len(placement.devices), placement.device.type == "cuda"
+    if n > 1:
+        each = f" x {per} GPU{'s' * (per != 1)}" if on_cuda else " on cpu"
+        return f"{n} processes{each} ({placement.parallel})"
+    if per == 2:
+        return " and ".join(map(str, placement.devices)) + " (a column each)" if on_cuda else "cpu (both columns)"
+    return str(placement.device)
+
+
+# --- resume ---
 
 
 def _config_dict(cfg: TrainConfig) -> dict:

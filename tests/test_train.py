@@ -658,10 +658,48 @@ def test_resuming_a_run_the_plateau_ended_trains_no_more(store, tmp_path, capsys
 
 
 def test_a_run_starts_with_one_line_saying_what_it_will_do(store, tmp_path, capsys):
-    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=3, lr=1e-9, patience=1, **TINY))
     params = sum(p.numel() for p in AlexNet(NUM_CLASSES, width=0.25, fc_features=128, input_size=56).parameters())
     assert capsys.readouterr().out.splitlines()[0] == (
-        f"run {run}: AlexNet of {params:,} parameters on cpu x 1 process (float32); 192 train / 64 val images; "
-        "batch 16, lr 0.01, at most 1 epoch")  # fmt: skip
-    train(TrainConfig(resume=run, epochs=2))
-    assert capsys.readouterr().out.startswith(f"run {run}: resuming after epoch 1; AlexNet of ")
+        f"run {run}: AlexNet of {params:,} parameters on cpu (float32); 192 train / 64 val images; "
+        "batch 16, lr 1e-09, at most 3 epochs")  # fmt: skip
+    now = torch.load(run / "last.pt", weights_only=True)["scheduler"]["lr"]
+    assert now < 1e-9  # the lr has dropped: a resume says the lr it goes on with
+    train(TrainConfig(resume=run, epochs=4))
+    assert capsys.readouterr().out.startswith(f"run {run}: resuming after epoch 3; AlexNet of {params:,} parameters on cpu "
+                                              f"(float32); 192 train / 64 val images; batch 16, lr {now:g}, at most 4 epochs")  # fmt: skip
+
+
+def test_the_start_line_says_where_the_processes_run():
+    from alexkit.model.placement import Placement
+    from alexkit.train import _where
+
+    gpu = lambda i: torch.device("cuda", i)  # noqa: E731 (a device object: no CUDA needed)
+    cpu = torch.device("cpu")
+    assert _where(Placement("none", 0, 1, (gpu(3),))) == "cuda:3"
+    assert _where(Placement("columns", 0, 1, (gpu(0), gpu(1)))) == "cuda:0 and cuda:1 (a column each)"
+    assert _where(Placement("columns", 0, 1, (cpu, cpu))) == "cpu (both columns)"
+    assert _where(Placement("ddp", 0, 8, (gpu(0),))) == "8 processes x 1 GPU (ddp)"
+    assert _where(Placement("ddp-columns", 0, 2, (gpu(0), gpu(1)))) == "2 processes x 2 GPUs (ddp-columns)"
+    assert _where(Placement("ddp", 0, 2, (cpu,))) == "2 processes on cpu (ddp)"
+
+
+def _waits_worker(rank: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from alexkit.train import _Rate, most_waited
+
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
+    try:
+        clock = _Rate(batch=16)
+        clock.since, clock.now, clock.steps, clock.waited = 0.0, 1.0, 5, (0.1, 0.4)[rank]  # rank 1 waited longer
+        Path(out, f"rank{rank}.txt").write_text(str(most_waited(clock, 2.0, torch.device("cpu"))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torchrun_the_data_wait_is_the_most_of_any_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_waits_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    assert [float((tmp_path / f"rank{r}.txt").read_text()) for r in range(2)] == [0.4, 0.4]
