@@ -470,13 +470,13 @@ def _start_line(run_dir: Path, model: nn.Module, placement: Placement, flags: st
 
 
 def _where(placement: Placement) -> str:
-    """"cuda:0", "cuda:0 and cuda:1 (a column each)", "8 processes x 1 GPU (ddp)", "2 processes on cpu (ddp)"."""
+    """"cuda:0", "cuda:0 and cuda:1, a column each", "8 processes x 1 GPU with ddp", "2 processes on cpu with ddp"."""
     n, per, on_cuda = placement.world_size, len(placement.devices), placement.device.type == "cuda"
     if n > 1:
         each = f" x {per} GPU{'s' * (per != 1)}" if on_cuda else " on cpu"
-        return f"{n} processes{each} ({placement.parallel})"
+        return f"{n} processes{each} with {placement.parallel}"
     if per == 2:
-        return " and ".join(map(str, placement.devices)) + " (a column each)" if on_cuda else "cpu (both columns)"
+        return " and ".join(map(str, placement.devices)) + ", a column each" if on_cuda else "cpu, both columns"
     return str(placement.device)
 
 

@@ -677,11 +677,11 @@ def test_the_start_line_says_where_the_processes_run():
     gpu = lambda i: torch.device("cuda", i)  # noqa: E731 (a device object: no CUDA needed)
     cpu = torch.device("cpu")
     assert _where(Placement("none", 0, 1, (gpu(3),))) == "cuda:3"
-    assert _where(Placement("columns", 0, 1, (gpu(0), gpu(1)))) == "cuda:0 and cuda:1 (a column each)"
-    assert _where(Placement("columns", 0, 1, (cpu, cpu))) == "cpu (both columns)"
-    assert _where(Placement("ddp", 0, 8, (gpu(0),))) == "8 processes x 1 GPU (ddp)"
-    assert _where(Placement("ddp-columns", 0, 2, (gpu(0), gpu(1)))) == "2 processes x 2 GPUs (ddp-columns)"
-    assert _where(Placement("ddp", 0, 2, (cpu,))) == "2 processes on cpu (ddp)"
+    assert _where(Placement("columns", 0, 1, (gpu(0), gpu(1)))) == "cuda:0 and cuda:1, a column each"
+    assert _where(Placement("columns", 0, 1, (cpu, cpu))) == "cpu, both columns"
+    assert _where(Placement("ddp", 0, 8, (gpu(0),))) == "8 processes x 1 GPU with ddp"
+    assert _where(Placement("ddp-columns", 0, 2, (gpu(0), gpu(1)))) == "2 processes x 2 GPUs with ddp-columns"
+    assert _where(Placement("ddp", 0, 2, (cpu,))) == "2 processes on cpu with ddp"
 
 
 def _waits_worker(rank: int, out: str) -> None:
