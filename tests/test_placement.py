@@ -214,6 +214,9 @@ def _agreeing_worker(rank: int, out: str) -> None:
             stats = SimpleNamespace(mean_image=np.full((4, 4, 3), means[rank], np.float32), eigval=np.ones(3), eigvec=np.eye(3))
             store = SimpleNamespace(path=Path(out, "store"), manifest={"settings": {"size": 4}, "splits": {}}, classes=[], stats=stats)
             say(lambda: same_store_everywhere(store))
+        history = [{"epoch": e, "val_top1_err": 0.5 + 0.1 * rank * (e == 3)} for e in (1, 2, 3)]  # one epoch, two runs
+        ckpt = dict(epoch=3, metrics=history, config={"lr": 0.01})
+        say(lambda: same_checkpoint_everywhere(ckpt, Path(out, "run", "last.pt"), "--resume"))
         Path(out, f"rank{rank}.txt").write_text("\n".join(said))
     finally:
         torch.distributed.destroy_process_group()
@@ -245,6 +248,7 @@ def test_the_processes_of_a_job_raise_one_error_together(tmp_path):
                         "--resume on a file system all nodes share, and run again")
         assert s[6] == (f"2 the processes read different stores ({host}:{tmp_path / 'store'}; {host}:{tmp_path / 'store'}); "
                         "pass --data a store on a file system all nodes share, or the same copy on every node")
+        assert s[7].startswith(f"2 the processes read different checkpoints ({ckpt} at epoch 3; {ckpt} at epoch 3); ")
 
 
 def test_placement_on_cpu_without_ddp():
