@@ -1,7 +1,8 @@
 """The `alexkit` command: a typer app whose commands turn flags into a frozen config and call one stage.
 
 Heavy imports (torch, ffcv, DALI) happen inside the commands, so `alexkit --help` stays instant.
-Every AlexkitError becomes one line on stderr and exit code 2; `--debug` shows the traceback.
+Every AlexkitError becomes one line on stderr and its exit code (2: bad usage or input; 1: a path
+the system refuses, out of memory, a lost peer); `--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ bench_app.command("loader")(_bench_loader.command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script: usage errors exit 2 (click's rule), AlexkitError one line + exit 2."""
+    """Entry point of the console script: usage errors exit 2 (click's rule), an AlexkitError is one line and its exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         app(args=argv, prog_name="alexkit")  # standalone: always ends with SystemExit

@@ -8,14 +8,16 @@ it with the rank of its class name in sorted order (for ImageNet: 0 = n01440764)
   class-folders       src/train/<class>/*, optional src/val/<class>/* (torchvision's ImageFolder
                       layout; any classes, not only ImageNet's)
   official-extracted  src/train/<wnid>/*, flat src/val/ILSVRC2012_val_*.JPEG (or src/ILSVRC2012_img_val.tar,
-                      read in place) and the devkit (folder ILSVRC2012_devkit_t12 anywhere under src,
-                      or ILSVRC2012_devkit_t12.tar.gz in src)
+                      read in place) and the devkit (a folder holding data/meta.mat and the ground
+                      truth, up to 3 levels under src outside the image folders; or
+                      ILSVRC2012_devkit_t12.tar[.gz] in src)
   official-tars       src/ILSVRC2012_img_train.tar (a tar of per-class tars), optional
                       src/ILSVRC2012_img_val.tar + the devkit; read in place, never extracted
 
 Classes are the folders (or per-class tars) of the train split; val images of other classes are
-left out with a warning. Train samples are ordered by class, then file; val samples by file (flat
-val) or by class, then file (val in class folders).
+left out with a warning. Train samples are ordered by class, then file name (from the official
+train tar: by class, then position in its per-class tar); val samples by file name (flat val) or
+by class, then file name (val in class folders).
 """
 
 from __future__ import annotations

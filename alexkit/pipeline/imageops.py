@@ -7,18 +7,17 @@ or another format under a .JPEG name; palette and alpha images) to RGB, resize t
 The resize is antialiased bilinear, PIL's definition: when shrinking by a factor f the triangle
 kernel is widened to 2f source pixels, so every source pixel contributes (torchvision's
 `Resize(256)` does the same on PIL images). Smaller images are upscaled with the same filter.
-Why this one: area averaging (OpenCV's INTER_AREA, what FFCV resizes with) saves only ~0.1 ms
-an image and aliases visibly on a zone plate; bicubic and Lanczos cost 60-100% more resize time.
-It runs as torch's uint8 kernel for this filter (vectorised: ~0.23 ms against PIL's ~0.67 ms for
-an ImageNet-sized photo), which computes the same weights as PIL and differs from PIL's "resize,
-then crop" only in rounding: at most 1 grey level, 0.003 on average on the bench's photos
-(tested). Alpha is dropped, as
+Why this one: area averaging (OpenCV's INTER_AREA, what FFCV resizes with) saves little time and
+aliases visibly on a zone plate; bicubic and Lanczos cost more resize time. It runs as torch's
+uint8 kernel for this filter (vectorised, several times faster than PIL's on an ImageNet-sized
+photo), which computes the same weights as PIL and differs from PIL's "resize, then crop" only in
+rounding, by at most 1 grey level (tested: `test_prepare.py::test_resize_and_crop_match_pil_reference`). Alpha is dropped, as
 `Image.convert("RGB")` does in every common ImageNet loader; EXIF orientation is ignored, as PIL
 does.
 
 Decoding: plain RGB and grayscale JPEGs (nearly all of ImageNet) are decoded by OpenCV's
 libjpeg-turbo; everything else (CMYK, PNG, palette, alpha, 16-bit ...) by PIL, then converted to
-RGB. `Image.open` reads only the header, so choosing costs ~15 microseconds. Both decoders give
+RGB. `Image.open` reads only the header, so choosing costs next to nothing. Both decoders give
 the same pixels for baseline and progressive JPEGs (tested).
 
 Two shortcuts, both giving the result of "resize the whole image, then crop":
@@ -27,23 +26,19 @@ Two shortcuts, both giving the result of "resize the whole image, then crop":
   - A JPEG much larger than needed is decoded by libjpeg at 1/2, 1/4 or 1/8 scale
     (`IMREAD_REDUCED_*`, or `Image.draft` on the PIL path) while the decoded image keeps at least
     DRAFT_MARGIN (2) times the resized size, so the bilinear filter still does the antialiasing.
-    Measured on photo-like JPEGs of 800x600 to 2048x1536 at size 256: PSNR against a Lanczos
-    resize of the full decode within 0.5 dB of the full-decode path (a margin of 1 would lose
-    ~2 dB); a third less time on images whose shorter side is 1024 px or more (most of ImageNet
-    is smaller and decodes in full). The resize keeps the exact source scale, so the reduced
-    decode shifts nothing.
+    Large photos save decoding time this way (most of ImageNet is smaller and decodes in full);
+    a margin of 1 would let the reduced decode's own filtering show. The resize keeps the exact
+    source scale, so the reduced decode shifts nothing.
 
 JPEG output: OpenCV's libjpeg-turbo encoder, quality `quality`, baseline, 4:2:0 chroma
-subsampling; byte for byte what PIL's `save(quality=...)` writes (tested), ~0.05 ms faster.
+subsampling; byte for byte what PIL's `save(quality=...)` writes (tested), and a little faster.
 
 `PixelSums` accumulates the training-set statistics from the resized pixels before JPEG encoding
 (the raw pixels of a raw store): the sum image and the sums of x and x x^T over all pixels, in
-float64 (exact here), merged across processes. This saves decoding every image a second time
-(~0.3 ms). Against the same statistics over the pixels decoded back from the q90 JPEGs, on the
-1000 photo-like images of `alexkit bench prepare` at 256 px: mean image within 0.75 grey levels
-(0.12 on average; JPEG error is nearly zero-mean), mean RGB within 0.01, largest eigenvalue
-within 0.4%, the two small ones 2% larger (4:2:0 subsampling removes some chroma variance from
-the stored pixels; smaller stores lose more).
+float64 (exact here), merged across processes. This saves decoding every image a second time.
+`alexkit bench prepare` prints how far these statistics are from the same ones over the pixels
+decoded back from the stored JPEGs (README quotes its figures: the mean image within 0.75 grey
+levels; JPEG error is nearly zero-mean, while 4:2:0 subsampling removes some chroma variance).
 """
 
 from __future__ import annotations

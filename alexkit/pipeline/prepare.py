@@ -2,8 +2,8 @@
 
 What DIR holds when it is finished (read through alexkit.pipeline.store.Store):
   train.beton, val.beton  fields `image` (RGBImageField, size x size, JPEG or raw RGB) and `label`
-                          (IntField), in the order find_dataset lists the split (train by class
-                          then file name, val by file name or by class folder); a plain `ffcv.loader.Loader` reads them
+                          (IntField), in the order find_dataset lists the split (see
+                          datasets/layouts.py); a plain `ffcv.loader.Loader` reads them
   stats.npz               over the training images, computed from the resized size x size pixels
                           before JPEG encoding: mean_image (size, size, 3) float32, mean_rgb (3,),
                           cov (3, 3), eigval (3,) descending, eigvec (3, 3) whose columns are the
