@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.ranks import agree, before_joining, lost_peers_said, on_every_rank
+from alexkit.ranks import agree, before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import check_same_store, find_checkpoint, moved_store
 
@@ -56,12 +55,11 @@ class EvalConfig:
         check_device(self.device)
         if self.show_classes < 0:
             raise AlexkitError(f"show_classes {self.show_classes}: must be 0 or more")
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # under torchrun: evaluate() checks, once all have joined
+        if launched() == 1:  # under torchrun: evaluate() checks, once all have joined
             self.check_outputs()
         if self.json_path is not None and self.predictions_path is not None and \
                 Path(self.json_path).resolve() == Path(self.predictions_path).resolve():  # fmt: skip
             raise AlexkitError(f"--json and --predictions both name {self.json_path}; give each its own file")
-
 
     def check_outputs(self) -> None:
         """Refuse now output files that could not be written: before an evaluation whose results would be lost."""
@@ -136,7 +134,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     from alexkit.model.placement import setup, teardown
     from alexkit.pipeline.store import reading
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched()
 
     def loaded() -> tuple[Path, object, dict]:
         ckpt_path = find_checkpoint(cfg.checkpoint)

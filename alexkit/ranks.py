@@ -24,6 +24,12 @@ from alexkit.errors import AlexkitError, refused, why
 T = TypeVar("T")
 
 
+def launched() -> int:
+    """How many processes torchrun started for this job (its WORLD_SIZE), 1 when run alone: known
+    before any process joins the others."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _together() -> bool:
     return dist.is_initialized() and dist.get_world_size() > 1
 
@@ -79,7 +85,7 @@ def before_joining(check: Callable[[], T]) -> tuple[T | None, AlexkitError | Non
     """check() before this process joins the others. Alone, as it is; under torchrun (WORLD_SIZE > 1)
     its error is handed back, for agree() to raise in every process once all have joined: a process
     that stopped before joining would leave the others waiting to join."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if launched() == 1:
         return check(), None
     return _met(check)
 

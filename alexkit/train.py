@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,7 +32,7 @@ from alexkit.model.placement import setup, teardown
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, Ticks, duration
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.ranks import agree, before_joining, lost_peers_said, on_every_rank
+from alexkit.ranks import agree, before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
@@ -191,7 +190,7 @@ def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict 
         stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
         ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
         cfg = _resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched()
     if not cfg.parallel.startswith("ddp") and world > 1:
         raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {world} processes would run that many "
                            "copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
@@ -277,8 +276,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)" if schedule.stopped else
             f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
         return
-    say(_start_line(run_dir, model, placement, _flags(amp, channels_last, compiled),
-                    (len(train_loader.reader), len(val_loader.reader)), cfg, schedule.lr, len(metrics)))  # fmt: skip
+    val_n = len(val_loader.reader)  # the whole split, all processes together
+    say(_start_line(run_dir, model, placement, _flags(amp, channels_last, compiled), (len(train_loader.reader), val_n),
+                    cfg, schedule.lr, len(metrics)))  # fmt: skip
     before = world_size_of(ckpt, run_dir) if ckpt is not None else world
     idle = idle_gpus_note(placement, torch.cuda.device_count()) if on_cuda else None
     if idle is not None:
@@ -322,7 +322,6 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         train_loss, train_err = loss_sum / seen_all, 1.0 - correct / seen_all
         if not math.isfinite(train_loss):
             raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr or use --init sturdy")
-        val_n = len(val_loader.reader)
         with Ticks(mode=mode) as ticks:  # shown once validation lasts 2 s: ImageNet's on a CPU, not the demo's
             def validated(n: int) -> None:  # n: this process's images; all processes go at about the same pace
                 ticks(f"validation {epoch + 1}/{cfg.epochs}", min(n * world, val_n), val_n, "images")

@@ -43,7 +43,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, refused
 from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, only_writer, usable_cores, write_atomic
