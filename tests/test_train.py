@@ -444,7 +444,8 @@ def test_the_latest_of_runs_started_in_one_second_is_the_last_numbered(tmp_path)
     assert latest_run(tmp_path).name == "20261129-120000-11"
 
 
-def test_a_file_system_without_locks_is_one_line_and_leaves_no_run_folder(store, tmp_path, monkeypatch):
+def _no_locks(monkeypatch) -> None:
+    """flock fails as on NFS without its lock service, or Lustre without -o flock."""
     import errno
     import fcntl
 
@@ -452,6 +453,10 @@ def test_a_file_system_without_locks_is_one_line_and_leaves_no_run_folder(store,
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
+
+
+def test_a_file_system_without_locks_is_one_line_and_leaves_no_run_folder(store, tmp_path, monkeypatch):
+    _no_locks(monkeypatch)
     with pytest.raises(AlexkitError, match=r"cannot lock .*\.train\.lock: No locks available; its file system offers no "
                                            r"file locks: use a folder on one that does") as failed:  # fmt: skip
         train(TrainConfig(data=store, out=tmp_path / "nfs-run", epochs=1, **TINY))
@@ -614,15 +619,8 @@ def test_gpu_defaults_train_and_checkpoints_load_on_cpu(store, tmp_path):
 
 def test_a_resume_on_a_file_system_without_locks_keeps_the_run(store, tmp_path, monkeypatch):
     """The no-locks refusal removes a folder it made itself, never a run it was asked to resume."""
-    import errno
-    import fcntl
-
     run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
-
-    def no_locks(f, how):
-        raise OSError(errno.ENOLCK, "No locks available")
-
-    monkeypatch.setattr(fcntl, "flock", no_locks)
+    _no_locks(monkeypatch)
     with pytest.raises(AlexkitError, match="its file system offers no file locks"):
         train(TrainConfig(resume=run, epochs=2))
     assert (run / "last.pt").is_file() and (run / "metrics.jsonl").is_file()
