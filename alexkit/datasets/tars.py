@@ -24,7 +24,7 @@ Entry = tuple[str, int, int]  # (member base name, absolute offset of its data, 
 Tick = Callable[[str, int, int, str], None]  # (what, done, total, unit): progress of a long listing
 
 
-def index_class_tars(path: Path, keep: Callable[[str], bool], tick: Tick | None = None) -> tuple[dict[str, list[Entry]], int]:
+def index_class_tars(path: Path, keep: Callable[[str], bool], tick: Tick) -> tuple[dict[str, list[Entry]], int]:
     """({per-class tar stem: [entries kept]}, how many other files the outer tar holds). `tick` hears
     of the megabytes indexed after each per-class tar."""
     per_class: dict[str, list[Entry]] = {}
@@ -50,8 +50,7 @@ def index_class_tars(path: Path, keep: Callable[[str], bool], tick: Tick | None 
                         if m.isfile() and keep(m.name):
                             entries.append((os.path.basename(m.name), m.offset_data, m.size))
                     _check_end(inner, raw, end, f"{path}: {member.name}", path.name)
-                if tick is not None:
-                    tick(f"indexing {path.name}", min(end // 1_000_000, total_mb), total_mb, "MB")
+                tick(f"indexing {path.name}", min(end // 1_000_000, total_mb), total_mb, "MB")
             _check_end(outer, raw, os.path.getsize(path), str(path), path.name)
     except (tarfile.TarError, EOFError) as exc:
         raise _damaged(path, exc) from exc
