@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -454,6 +456,21 @@ def test_a_damaged_header_inside_a_class_tar_is_an_error(tmp_path):
         find_dataset(tmp_path)
 
 
+def test_a_class_tar_cut_inside_a_member_is_an_error(tmp_path):
+    """A per-class tar stored cut off, its last image running past its end into the next class's tar."""
+    inner_bytes = io.BytesIO()
+    with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
+        for n in (1, 2):
+            add_member(inner, f"n01000001_{n}.JPEG", b"x" * 2000)
+    whole = inner_bytes.getvalue()
+    with tarfile.open(tmp_path / "ILSVRC2012_img_train.tar", "w") as outer:
+        add_member(outer, "n01000001.tar", whole[: 512 + 2048 + 512 + 1000])  # 1,000 of the second's 2,000 bytes
+        add_member(outer, "n02000002.tar", whole)
+    cut = r"n01000001.tar is cut off after 1 members \(n01000001_2.JPEG runs past its end\); download ILSVRC2012_img_train"
+    with pytest.raises(AlexkitError, match=cut):
+        find_dataset(tmp_path)
+
+
 @pytest.mark.parametrize("cut", [100, 512 + 100])
 def test_a_val_tar_cut_inside_a_header_is_an_error(tmp_path, cut):
     """Cut 100 bytes into the third member's header, or into its data (a download that stopped)."""
@@ -496,3 +513,69 @@ def test_the_train_folder_itself_or_the_dogs_tar_say_what_to_pass(tmp_path):
     tarfile.open(tmp_path / "dogs" / "ILSVRC2012_img_train_t3.tar", "w").close()
     with pytest.raises(AlexkitError, match="ILSVRC2012_img_train_t3.tar is the dogs subset .*; put ILSVRC2012_img_train.tar in"):
         find_dataset(tmp_path / "dogs")
+
+
+# --- tar listing: the plain-header reader must list exactly what tarfile lists ---
+
+SIZES = [0, 1, 511, 512, 513, 1500]  # around the 512-byte block
+
+
+def tarfile_listing(path: Path) -> list[tuple[str, int, int]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+
+
+def both_listings(path: Path):
+    """(the plain reader's listing or None, the listing alexkit uses) of a whole tar file."""
+    from alexkit.datasets.tars import _listing, _plain_listing
+
+    end = path.stat().st_size
+    with open(path, "rb") as raw:
+        return _plain_listing(raw, 0, end), _listing(raw, 0, end, str(path), path.name)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_plain_tars_are_listed_without_tarfile_and_as_tarfile_lists_them(tmp_path, fmt):
+    path = tmp_path / "plain.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        folder = tarfile.TarInfo("n01000001")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for k, size in enumerate(SIZES):
+            add_member(tar, f"n01000001/n01000001_{k}.JPEG", bytes([k + 1]) * size)
+        if fmt == tarfile.USTAR_FORMAT:  # a name of 107 characters, split into the prefix and name fields
+            add_member(tar, "d" * 90 + "/n01000001_6.JPEG", b"c" * 700)
+    plain, used = both_listings(path)
+    assert plain == used == tarfile_listing(path)
+    assert [size for _, _, size in plain] == SIZES + [700] * (fmt == tarfile.USTAR_FORMAT)
+
+
+def test_a_tar_from_gnu_tar_is_listed_without_tarfile(tmp_path):
+    """GNU tar's own headers (its magic, "./" folders, a name split nowhere), as ImageNet's tars were made."""
+    tar_exe = shutil.which("tar")
+    if tar_exe is None:
+        pytest.skip("needs GNU tar")
+    for k, size in enumerate(SIZES):
+        write(tmp_path / "src" / "sub" / f"n01000001_{k}.JPEG", bytes(size))
+    path = tmp_path / "gnu.tar"
+    subprocess.run([tar_exe, "-cf", str(path), "-C", str(tmp_path / "src"), "."], check=True)
+    plain, used = both_listings(path)
+    assert plain == used == tarfile_listing(path) and len(plain) == len(SIZES)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tars_with_other_headers_are_listed_by_tarfile(tmp_path, fmt):
+    """A link, and in GNU and pax tars a long name and one that is not ASCII: their headers are not
+    plain file headers, so tarfile lists the tar."""
+    path = tmp_path / "other.tar"
+    names = ["n01000001_" + "x" * 150 + ".JPEG", "n01000001_\u00e9.JPEG"] if fmt != tarfile.USTAR_FORMAT else []
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for k, name in enumerate(names):
+            add_member(tar, name, b"a" * 600 * (k + 1))
+        link = tarfile.TarInfo("n01000001_link.JPEG")
+        link.type, link.linkname = tarfile.SYMTYPE, "n01000001_9.JPEG"
+        tar.addfile(link)
+        add_member(tar, "n01000001_9.JPEG", b"b" * 513)
+    plain, used = both_listings(path)
+    assert plain is None
+    assert used == tarfile_listing(path) and [name for name, _, _ in used] == [*names, "n01000001_9.JPEG"]
