@@ -205,3 +205,33 @@ def test_build_from_checkpoint_round_trip():
     x = torch.randn(2, 3, 56, 56) * 60
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model.eval()(x))
+
+
+def test_forward_is_the_papers_layers_column_by_column():
+    """The whole forward pass redone by hand, each column on its own: conv1 padded at the bottom and
+    right, LRN after conv1 and conv2 only and within each column, conv3 reading both columns,
+    conv4 and conv5 each column's own, a pool after LRN1, LRN2 and conv5; then fc6-fc8."""
+    torch.manual_seed(0)
+    model = AlexNet(10, width=0.25, fc_features=16, input_size=56, init="sturdy").eval()
+    with torch.no_grad():
+        model.conv1.weight *= 20  # activations in the hundreds, where LRN changes them visibly
+    lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+
+    def columns(x, conv, lrn_after=False, cross=False):  # each column: conv (of both columns' input if cross)
+        outs = []
+        for w, b, part in zip(conv.weight.chunk(2), conv.bias.chunk(2), [x, x] if cross else x.chunk(2, dim=1)):
+            y = F.relu(F.conv2d(part, w, b, stride=conv.stride, padding=conv.padding))
+            outs.append(lrn(y) if lrn_after else y)
+        return torch.cat(outs, dim=1)
+
+    pool = lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True)  # noqa: E731
+    x = torch.randn(4, 3, 56, 56) * 60
+    with torch.no_grad():
+        h = pool(columns(F.pad(x, (0, model.pad1, 0, model.pad1)), model.conv1, lrn_after=True, cross=True))
+        h = pool(columns(h, model.conv2, lrn_after=True))
+        h = columns(h, model.conv3, cross=True)
+        h = pool(columns(columns(h, model.conv4), model.conv5))
+        h = F.relu(model.fc7(F.relu(model.fc6(h.flatten(1)))))
+        expected = model.fc8(h)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert model.pad1 > 0 and (expected - model.fc8.bias).abs().max() > 1e-3  # padding and signal both there
