@@ -156,7 +156,9 @@ def test_top5_among_eight_classes_matches_the_reference(tmp_path):
     assert [[int(r[f"top{j}"]) for j in range(1, 6)] for r in rows] == np.argsort(-ref, axis=1)[:, :5].tolist()
     hit5 = (np.argsort(-ref, axis=1)[:, :5] == labels[:, None]).any(axis=1)
     assert 0 < hit5.mean() < 1  # the case this is about: some labels outside the top 5
-    assert results["top5_err"] == pytest.approx(1 - hit5.mean())
+    assert results["top5_err"] == pytest.approx(1 - hit5.mean()) and results["top5_acc"] == pytest.approx(hit5.mean())
+    hit1 = np.argmax(ref, axis=1) == labels
+    assert results["top1_err"] == pytest.approx(1 - hit1.mean()) and results["top1_acc"] == pytest.approx(hit1.mean())
 
 
 def test_each_val_image_must_be_counted_exactly_once(setup):
