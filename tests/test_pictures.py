@@ -37,22 +37,27 @@ def test_val_views_are_the_images_crops_with_the_mean_added_back(store):
     assert captions[0] == "top-left" and captions[4] == "centre" and captions[9] == "centre mirrored"
 
 
-def test_train_tiles_are_crops_of_training_images(store):
-    """Every tile is a window of its training image (mirrored or not) shifted by one RGB lighting
-    offset: so the mean add-back, the window and the channel order are right."""
-    tiles, labels, indices = train_tiles(store, 6, seed=0)
-    train = store.split("train")
-    assert len(tiles) == 6 and labels == train.labels[indices].tolist()
-    c, s = store.crop, store.size
-    for tile, i in zip(tiles, indices):
-        img = train.pixels(i).astype(float)
-        best = np.inf
-        for src in (img, img[:, ::-1]):
-            for y in range(s - c + 1):
-                for x in range(s - c + 1):
-                    diff = tile - src[y : y + c, x : x + c]  # (C, C, 3): the lighting offset, constant
-                    best = min(best, np.abs(diff - np.median(diff, axis=(0, 1))).max())
-        assert best <= JPEG_TOL + 1  # + 1: rounding of the offset when the tile was made uint8
+@pytest.mark.parametrize("seed", [0, 1])
+def test_train_tiles_are_the_seeds_own_windows_flips_and_lighting(store, seed):
+    """Each tile is its image's window at the position the seed draws, mirrored as drawn, plus that
+    draw's lighting offset: the exact picture the network got, with the mean window added back."""
+    from alexkit.pipeline.augment import lighting_offsets, train_params
+    from alexkit.pipeline.loader import STREAM_AUGMENT, epoch_rng
+
+    tiles, _, indices = train_tiles(store, 6, seed=seed)
+    xs, ys, flips, alpha = train_params(epoch_rng(seed, 0, STREAM_AUGMENT, 0), 6, store.size, store.crop)
+    offsets = lighting_offsets(alpha, store.stats.eigval, store.stats.eigvec)  # (6, 3)
+    c, train = store.crop, store.split("train")
+    for tile, i, x, y, flip, offset in zip(tiles, indices, xs, ys, flips, offsets):
+        window = train.pixels(i)[y : y + c, x : x + c].astype(float)
+        want = np.clip((window[:, ::-1] if flip else window) + offset, 0, 255)
+        assert np.abs(tile - want).max() <= JPEG_TOL + 1  # + 1: rounding to uint8
+
+
+def test_train_tiles_of_a_store_smaller_than_the_count_are_all_its_images(tmp_path):
+    small = make_store(tmp_path / "small", train=5, val=2)
+    tiles, labels, indices = train_tiles(small, 16, seed=0)
+    assert len(tiles) == 5 and sorted(indices) == list(range(5))
 
 
 def test_grid_geometry_and_captions():
