@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from alexkit.evaluate import EvalConfig, evaluate
 from alexkit.pipeline.imageops import decode_resized
 from alexkit.predict import PredictConfig, list_images, load_image, predict
 from tests.test_evaluate import PROB_ATOL, make_run, make_store
+from tests.test_prepare import bomb_png
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,16 @@ def test_run_directory_is_enough_without_the_store(setup, tmp_path, capsys):
     assert "val1.png" in capsys.readouterr().out
 
 
+def test_a_run_whose_class_table_disagrees_with_its_checkpoint_is_refused(setup, tmp_path):
+    _, _, ckpt, folder = setup
+    run = tmp_path / "run"
+    shutil.copytree(ckpt.parent, run)
+    table = [{"index": i, "wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(2)]
+    (run / "classes.json").write_text(json.dumps(table))  # a valid table, of 2 classes where the net has 3
+    with pytest.raises(AlexkitError, match=r"best.pt has 3 classes but run .*run has 2; pass --data"):
+        predict(PredictConfig(images=(folder / "val1.png",), checkpoint=run, device="cpu"))
+
+
 def test_bad_inputs(setup, tmp_path):
     _, _, ckpt, _ = setup
     with pytest.raises(AlexkitError, match="does not exist"):
@@ -109,6 +121,16 @@ def test_an_unreadable_image_costs_only_itself(setup, tmp_path, capsys):
     assert out.count("val1.png") == 2 and f"skipped {tmp_path / 'bad.jpg'}: empty file" in err
     with pytest.raises(AlexkitError, match="no images"):
         PredictConfig(images=())
+
+
+def test_an_image_pil_refuses_outright_costs_only_itself(setup, tmp_path, capsys):
+    """PIL's decompression-bomb refusal is no OSError: it too skips just its file."""
+    _, _, ckpt, folder = setup
+    (tmp_path / "bomb.png").write_bytes(bomb_png())
+    with pytest.raises(AlexkitError, match=r"1 of 2 images could not be read \(first: .*bomb.png: too many pixels"):
+        predict(PredictConfig(images=(tmp_path / "bomb.png", folder / "val2.png"), checkpoint=ckpt, device="cpu"))
+    out, err = capsys.readouterr()
+    assert "val2.png" in out and f"skipped {tmp_path / 'bomb.png'}: too many pixels" in err
 
 
 def test_cli_predict_tta(setup):

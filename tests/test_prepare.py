@@ -13,10 +13,12 @@ import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,16 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+def bomb_png(side: int = 20_000) -> bytes:
+    """A valid PNG header for side x side pixels (400 million: past PIL's decompression-bomb limit)
+    and no pixels: PIL refuses it with DecompressionBombError, which is not an OSError."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def _reference(img: Image.Image, size: int) -> np.ndarray:
@@ -335,6 +347,7 @@ def test_bad_files_are_skipped_and_listed(tmp_path):
         "truncated.JPEG": _jpeg(_photo(np.random.default_rng(0), 60, 50))[:700],
         "text.JPEG": b"this is not an image\n" * 20,
         "header-only.png": _png(Image.new("RGB", (40, 40)))[:40],
+        "bomb.png": bomb_png(),
     }
     for name, data in bad.items():
         (src / "train" / WNIDS[1] / name).write_bytes(data)
@@ -344,9 +357,10 @@ def test_bad_files_are_skipped_and_listed(tmp_path):
     assert skipped["empty.JPEG"]["reason"] == "empty file"
     assert "not an image" in skipped["text.JPEG"]["reason"]
     assert "truncated" in skipped["truncated.JPEG"]["reason"]
+    assert skipped["bomb.png"]["reason"].startswith("too many pixels for a photo")
     assert all(s["split"] == "train" and "\n" not in s["reason"] for s in skipped.values())
     train = store.split("train")
-    assert len(train) == 9 and store.manifest["splits"]["train"]["skipped"] == 4
+    assert len(train) == 9 and store.manifest["splits"]["train"]["skipped"] == 5
     assert sorted(_decode_id(train.pixels(i)) for i in range(len(train))) == sorted(
         v for k, v in ids.items() if "_train_" in k
     )
