@@ -407,3 +407,19 @@ def test_a_damaged_jpeg_in_the_store_is_one_line_naming_the_file(tmp_path):
                                             r"damaged, rewrite it with `alexkit prepare SRC --out .* --force`") as info:
         list(loader)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["wider", "mixed"])
+def test_a_split_of_other_sizes_or_of_both_formats_is_refused(tmp_path, bad):
+    """An image wider than the manifest's size, or JPEG among raw pixels: one line, not a crash in DALI."""
+    store = write_store(tmp_path / "store", {"train": [np.zeros((SIZE, SIZE, 3), np.uint8)] * 2})
+    writer = BetonWriter(store.path / "train.beton", 2)
+    writer.add(np.zeros((SIZE, SIZE, 3), np.uint8), 0, mode=MODE_RAW, width=SIZE, height=SIZE)
+    if bad == "wider":
+        writer.add(np.zeros((SIZE, SIZE + 1, 3), np.uint8), 1, mode=MODE_RAW, width=SIZE + 1, height=SIZE)
+    else:
+        writer.add(jpeg(np.zeros((SIZE, SIZE, 3), np.uint8)), 1, mode=MODE_JPG, width=SIZE, height=SIZE)
+    writer.close()
+    why = f"images are not all {SIZE}x{SIZE} as manifest.json says" if bad == "wider" else "mixes JPEG and raw images"
+    with pytest.raises(AlexkitError, match=f"train.beton.*{why}.*; re-run `alexkit prepare`"):
+        make_loader(store, "train", batch_size=2)
