@@ -436,3 +436,17 @@ def test_torchrun_counts_every_image_once(setup, tmp_path):
         assert (x["label"], x["top1"], x["top2"]) == (y["label"], y["top1"], y["top2"])
         assert float(x["p1"]) == pytest.approx(float(y["p1"]), abs=PROB_ATOL)
     assert json.loads((tmp_path / "two.json").read_text())["n"] == 7
+
+
+def test_torchrun_with_more_processes_than_val_images(tmp_path):
+    """One val image, two processes: rank 1 reads none, and its empty rows (5 top columns where
+    3 classes give 3) must not break the gather."""
+    store = make_store(tmp_path / "store", classes=3, val=1, train=1)
+    ckpt, _ = make_run(tmp_path / "runs" / "r", store)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2", "-m", "alexkit",
+           "eval", "--checkpoint", str(ckpt), "--data", str(store.path), "--device", "cpu",
+           "--predictions", str(tmp_path / "two.csv")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    [row] = read_predictions(tmp_path / "two.csv")
+    assert (row["index"], row["label"]) == ("0", "0") and {"top3", "p3"} <= set(row) and "top4" not in row
