@@ -296,3 +296,29 @@ def test_ctrl_c_while_the_kernel_compiles_is_not_lost():
         if r.returncode == 0 and float(r.stdout) < at:
             continue  # this compilation ended before the signal came: nothing to hold
         assert r.returncode == 130, f"Ctrl-C {at:.1f} s into a {compile_s:.1f} s compilation was lost: {r.stdout}{r.stderr}"
+
+
+def test_no_copy_keeps_every_fed_batch_alive_until_the_pipeline_returns_it():
+    """With no_copy DALI reads the fed arrays in place and holds no reference to them: the graph
+    must, for each batch until the pipeline has returned it (and for the ones fed after it)."""
+    import gc
+    import weakref
+
+    S, n, fed = 16, 4, []
+
+    def source():
+        k = len(fed)
+        batch = eval_inputs([np.full((S, S, 3), k, np.uint8) for _ in range(n)], np.arange(k * n, k * n + n))
+        fed.append([weakref.ref(a) for a in batch[0]] + [weakref.ref(batch[1])])
+        return batch
+
+    cfg = GraphConfig(mode="center", size=S, crop=crop_size(S), encoded=False, batch_size=n, prefetch=2, fused=False)
+    pipe = build_graph(cfg, np.zeros((S, S, 3), np.float32), source, no_copy=True)
+    pipe.build()
+    for step in range(6):
+        views, index = pipe.run()
+        gc.collect()
+        assert np.asarray(index.as_array()).tolist() == list(range(step * n, step * n + n))
+        assert np.all(np.asarray(views.as_array()) == step)
+        assert all(ref() is not None for refs in fed[step:] for ref in refs), f"a batch fed at or after {step} was freed"
+    assert len(fed) > 6  # the pipeline fed ahead of what it returned
