@@ -31,6 +31,7 @@ from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import BetonReader, BetonWriter
 from alexkit.pipeline.prepare import PrepareConfig, prepare
 from alexkit.pipeline.store import Store
+from tests.test_pipeline import sigint_as_default
 
 SIZE = 32
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # sorted: labels 0, 1, 2
@@ -662,7 +663,8 @@ def test_kill_9_mid_run_leaves_no_complete_store_and_rerun_succeeds(tmp_path):
 def test_ctrl_c_stops_cleanly(tmp_path):
     src, out = _sample_tree(tmp_path / "src", 60), tmp_path / "store"
     cmd = [sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", "32", "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as from a terminal, even where pytest itself was started with it ignored (`cmd &`, nohup)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
     deadline = time.monotonic() + 60
     while not (out / "train.beton.partial").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
