@@ -92,6 +92,46 @@ def test_samples_never_straddle_pages(tmp_path, monkeypatch):
     assert all((r.pixels(i) == _image(i)).all() for i in range(6))
 
 
+def test_a_sample_one_byte_past_the_page_starts_the_next_page(tmp_path, monkeypatch):
+    monkeypatch.setattr(beton, "PAGE_SIZE", 4096)
+    w = BetonWriter(tmp_path / "p.beton", 3)
+    w.add(np.zeros(4096 - 1000, np.uint8), 0, mode=MODE_RAW, width=1, height=1)  # 1,000 bytes of the page left
+    w.add(np.zeros(1001, np.uint8), 1, mode=MODE_RAW, width=1, height=1)
+    w.add(np.zeros(1000, np.uint8), 2, mode=MODE_RAW, width=1, height=1)  # fits the rest of that page
+    w.close()
+    r = BetonReader(tmp_path / "p.beton")
+    pages = [(p // 4096, (p + n - 1) // 4096) for p, n in zip(r.ptr, r.size)]
+    assert all(first == last for first, last in pages) and pages[1][0] == pages[0][0] + 1 == pages[2][0]
+
+
+def test_a_sample_larger_than_a_page_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(beton, "PAGE_SIZE", 4096)
+    w = BetonWriter(tmp_path / "p.beton", 1)
+    with pytest.raises(ValueError, match="page"):
+        w.add(np.zeros(4097, np.uint8), 0, mode=MODE_RAW, width=1, height=1)
+    w.abort()
+
+
+def test_the_allocation_table_is_ffcvs_and_the_reader_follows_its_sample_ids(tmp_path):
+    """The table starts on a page boundary and names each row's sample; FFCV's own writer leaves
+    the rows out of sample order, so the reader must go by sample_id, not by row."""
+    path = tmp_path / "p.beton"
+    w = BetonWriter(path, 4)
+    for i in range(4):
+        w.add(_image(i), i, mode=MODE_RAW, width=24, height=24)
+    w.close()
+    header = np.fromfile(path, beton.HEADER, 1)[0]
+    table = int(header["alloc_table_ptr"])
+    assert table % beton.PAGE_SIZE == 0
+    rows = np.fromfile(path, beton.ALLOC, 4, offset=table)
+    assert rows["sample_id"].tolist() == [0, 1, 2, 3]
+    with open(path, "r+b") as f:
+        f.seek(table)
+        f.write(rows[::-1].tobytes())
+    r = BetonReader(path)
+    assert all((r.pixels(i) == _image(i)).all() for i in range(4))
+
+
 def test_abort_leaves_nothing(tmp_path):
     path = tmp_path / "a.beton"
     w = _write(path, 3)
