@@ -386,7 +386,38 @@ def test_a_crashing_decoder_costs_only_its_file(tmp_path, monkeypatch):
     assert len(store.split("train")) == 12
 
 
+def test_a_crash_keeps_the_statistics_of_the_other_images_of_its_chunk(tmp_path, monkeypatch):
+    """With one worker and 37 images, work goes out in chunks of several images: the crasher's
+    chunk is redone without it, and its other images still count in the mean and PCA."""
+    real = imageops.convert
+
+    def crash_on_marker(data, *args, **kw):
+        if data.startswith(b"CRASH"):
+            os._exit(11)
+        return real(data, *args, **kw)
+
+    monkeypatch.setattr(imageops, "convert", crash_on_marker)
+    src = tmp_path / "src"
+    _class_folder_tree(src, train_per_class=12, val_per_class=1)
+    (src / "train" / WNIDS[0] / "boom.JPEG").write_bytes(b"CRASH")
+    out = _run(src, tmp_path / "store", workers=1)
+    with np.load(out / "stats.npz") as stats:
+        assert int(stats["images"]) == len(Store(out).split("train")) == 36
+
+
 # --- statistics ---
+
+
+def test_a_grey_datasets_covariance_gives_no_negative_variance():
+    """Grey images vary along (1, 1, 1) only: a rank-1 covariance, whose zero eigenvalues the solver
+    returns as tiny negatives. Their square roots would make every lighting shift NaN."""
+    from alexkit.pipeline.augment import lighting_offsets
+    from alexkit.pipeline.store import eigen
+
+    grey = np.ones(3) / np.sqrt(3)
+    eigval, eigvec = eigen(np.outer(grey, grey) * 1234.567)
+    assert (eigval >= 0).all() and eigval[0] == pytest.approx(1234.567)
+    assert np.isfinite(lighting_offsets(np.full((4, 3), 0.1), eigval, eigvec)).all()
 
 
 def _moments(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -607,8 +638,43 @@ def test_finished_store_is_kept_unless_force(tmp_path, capsys):
     assert (out / "manifest.json").stat().st_mtime_ns == before
     with pytest.raises(AlexkitError, match="--force"):
         _run(src, out, size=48)
+    with pytest.raises(AlexkitError, match=r"made with .*quality 90.* \(asked: .*quality 50.*--force"):
+        _run(src, out, quality=50)
+    other = _sample_tree(tmp_path / "other", 4)  # the same settings, another source
+    with pytest.raises(AlexkitError, match=f"holds a finished store of {src} .*asked: {other}.*--force"):
+        _run(other, out)
     _run(src, out, size=48, force=True)
     assert Store(out).size == 48
+
+
+def test_a_class_added_while_interrupted_makes_the_kept_train_split_redone(tmp_path):
+    """An empty class folder that sorts first shifts every label by one: train's records of its
+    source must see that, not only its files."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    (out / "manifest.json").unlink()  # as if interrupted at the very end
+    (src / "train" / "a000").mkdir()
+    _run(src, out)
+    store = Store(out)
+    assert store.classes[0]["wnid"] == "a000" and min(store.split("train").labels) == 1
+
+
+def test_a_kept_train_split_whose_statistics_are_gone_is_redone(tmp_path):
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    (out / "manifest.json").unlink()
+    (out / "stats.npz").unlink()
+    _run(src, out)
+    assert Store(out).stats.mean_image.shape == (SIZE, SIZE, 3)
+
+
+def test_a_train_split_of_which_no_image_decodes_is_one_error(tmp_path):
+    for wnid in WNIDS[:2]:
+        (tmp_path / "src" / "train" / wnid).mkdir(parents=True)
+        (tmp_path / "src" / "train" / wnid / "x.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(AlexkitError, match=r"no image of the train split of .*src could be decoded"):
+        _run(tmp_path / "src", tmp_path / "store")
+    assert not (tmp_path / "store" / "manifest.json").exists()
 
 
 def test_a_rebuild_that_fails_leaves_no_manifest_vouching_for_the_old_store(tmp_path, monkeypatch):
