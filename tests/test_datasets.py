@@ -579,3 +579,99 @@ def test_tars_with_other_headers_are_listed_by_tarfile(tmp_path, fmt):
     plain, used = both_listings(path)
     assert plain is None
     assert used == tarfile_listing(path) and [name for name, _, _ in used] == [*names, "n01000001_9.JPEG"]
+
+
+# --- edges that once went unchecked ---
+
+
+def test_official_extracted_with_a_devkit_folder_among_other_folders(tmp_path):
+    write_official_extracted(tmp_path)
+    for name in ("docs", "scripts", "zz"):
+        (tmp_path / name).mkdir()
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data")
+    assert_official_labels(find_dataset(tmp_path))
+
+
+def test_a_stray_meta_mat_does_not_hide_the_devkit_tar(tmp_path):
+    write_official_extracted(tmp_path)
+    write(tmp_path / "stuff" / "meta.mat", b"not the devkit")  # no ground truth beside it
+    write_devkit_tar(tmp_path / "ILSVRC2012_devkit_t12.tar.gz")
+    assert_official_labels(find_dataset(tmp_path))
+
+
+def test_val_image_number_zero_is_an_error(tmp_path):
+    """The ground truth's lines are numbered from 1: image 0 has none (not the last line's label)."""
+    write_official_extracted(tmp_path)
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data")
+    write(tmp_path / "val" / val_name(0))
+    with pytest.raises(AlexkitError, match=rf"{val_name(0)}: no line 0 in ILSVRC2012_validation_ground_truth.txt"):
+        find_dataset(tmp_path)
+
+
+def test_a_kaggle_csv_without_its_header_is_refused(tmp_path):
+    from alexkit.datasets.devkit import read_kaggle_solution
+
+    path = tmp_path / "LOC_val_solution.csv"
+    path.write_text(f"{val_name(1)[:-5]},n01000001 1 2 3 4\n")  # the first row would be lost as a header
+    with pytest.raises(AlexkitError, match="LOC_val_solution.csv: expected the header ImageId,PredictionString"):
+        read_kaggle_solution(path)
+
+
+def test_val_class_folders_win_over_a_val_tar_beside_them(tmp_path):
+    write(tmp_path / "train" / "a" / "1.jpg")
+    write(tmp_path / "val" / "a" / "2.jpg")
+    tarfile.open(tmp_path / "ILSVRC2012_img_val.tar", "w").close()
+    assert [s.name for s in find_dataset(tmp_path).splits["val"]] == ["val/a/2.jpg"]
+
+
+def test_warnings_count_empty_classes_and_the_images_left_out(tmp_path):
+    write(tmp_path / "train" / "a" / "1.jpg")
+    (tmp_path / "train" / "b").mkdir()
+    for name in ("2.jpg", "3.jpg"):
+        write(tmp_path / "val" / "c" / name)  # a class absent from train
+    warnings = find_dataset(tmp_path).warnings
+    assert any("1 classes in" in w and "have no images (e.g. b)" in w for w in warnings), warnings
+    assert any(w.startswith("2 images in") and "belong to classes with no train/ folder; left out" in w for w in warnings), warnings
+
+
+def test_a_class_tar_found_twice_in_the_train_tar_keeps_both(tmp_path):
+    with tarfile.open(tmp_path / "ILSVRC2012_img_train.tar", "w") as outer:
+        for n, folder in ((1, "a"), (2, "b")):
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w") as tar:
+                add_member(tar, f"n01000001_{n}.JPEG", b"x" * 10)
+            add_member(outer, f"{folder}/n01000001.tar", inner.getvalue())
+    assert [s.name.rsplit("/", 1)[-1] for s in find_dataset(tmp_path).splits["train"]] == ["n01000001_1.JPEG", "n01000001_2.JPEG"]
+
+
+def test_a_train_tar_cut_inside_a_class_tars_header_is_an_error(tmp_path):
+    """The outer tar's listing is checked to end whole too: a cut there loses the classes after it."""
+    write_official_tars(tmp_path)
+    path = tmp_path / "ILSVRC2012_img_train.tar"
+    with tarfile.open(path) as tar:
+        third = tar.getmembers()[2].offset
+    with open(path, "r+b") as f:
+        f.truncate(third + 100)
+    with pytest.raises(AlexkitError, match=r"ILSVRC2012_img_train.tar (is cut off|has a damaged header) after 2 members"):
+        find_dataset(tmp_path)
+
+
+def test_an_empty_member_of_a_tar_reads_as_no_bytes(tmp_path):
+    from alexkit.datasets.layouts import Sample
+
+    path = tmp_path / "t.tar"
+    path.write_bytes(b"x" * 5000)
+    assert read_sample_bytes(Sample(str(path), 0, offset=1024, size=0, name="t.tar/empty.JPEG")) == b""
+
+
+def test_nearly_and_over_full_imagenet_warn(monkeypatch):
+    from alexkit.datasets import layouts
+
+    wnids = [f"n{k:08d}" for k in range(1000)]
+    [warning] = layouts._full_imagenet_checks(wnids[:950], {})
+    assert warning.startswith("WARNING: 950 wnid classes, not ImageNet's 1000")
+    monkeypatch.setattr(layouts, "FULL_IMAGENET", {"classes": 1000, "train": 3, "val": 1})
+    samples = tuple(layouts.Sample("x", 0) for _ in range(4))
+    assert layouts._full_imagenet_checks(wnids, {"train": samples[:3], "val": samples[:1]}) == []
+    [warning] = layouts._full_imagenet_checks(wnids, {"train": samples, "val": samples[:1]})
+    assert "train has 4 images, not 3" in warning
