@@ -809,12 +809,14 @@ def test_a_source_without_val_is_prepared_with_a_warning(tmp_path, capsys):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_cli_unwritable_out_exits_2(tmp_path):
+def test_cli_unwritable_out_exits_1(tmp_path):
+    """A path the system refuses: exit code 1 (2 is for bad flags and bad input)."""
     (tmp_path / "src" / "train" / "a").mkdir(parents=True)
     (tmp_path / "src" / "train" / "a" / "x.JPEG").write_bytes(_coded(1, 30, 30))
     (tmp_path / "locked").mkdir(mode=0o555)
     r = _cli(str(tmp_path / "src"), "--out", str(tmp_path / "locked" / "store"))
-    assert r.returncode == 2 and r.stderr.startswith("error: cannot write")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == f"error: cannot write to {tmp_path / 'locked' / 'store'} (Permission denied); choose an --out folder you can write to\n"
 
 
 def test_cli_end_to_end_and_summary(tmp_path):
