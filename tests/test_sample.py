@@ -91,6 +91,48 @@ def test_real_world_oddities_are_present(sample):
     assert seen["huge"] >= 1 and seen["small"] >= 10
 
 
+def test_oddities_sit_where_the_docstring_says(sample):
+    """The module docstring's positions in the class-major train order g (and in val), and the usual
+    140-400 px shorter side elsewhere."""
+    train = [sample / "train" / f"n9900000{k}" / f"n9900000{k}_{n}.JPEG" for k in range(1, 5) for n in range(1, 31)]
+    for g, path in enumerate(train):
+        with Image.open(path) as image:
+            assert (image.mode == "CMYK", image.format == "PNG", image.size == (40, 30)) == (g == 1, g == 2, g == 11), g
+            assert image.mode == "L" if g % 19 == 5 else image.mode != "L", g
+            assert bool(image.info.get("progressive")) == (g % 23 == 3 and g != 2), g  # g = 2 is the PNG
+            if g != 11 and g % 211 != 7:
+                assert 140 <= min(image.size) < 400, (g, image.size)
+    for i, path in enumerate(sorted((sample / "val").glob("*.JPEG")), start=1):
+        with Image.open(path) as image:
+            assert ((image.mode == "L"), bool(image.info.get("progressive"))) == (i % 13 == 4, i % 17 == 6), i
+
+
+def test_val_classes_are_shuffled_and_meta_counts_the_train_images(sample):
+    import scipy.io
+
+    truth = (sample / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().split()
+    assert sorted(truth) != truth and len(set(truth[:5])) > 1  # not class by class
+    synsets = scipy.io.loadmat(sample / "ILSVRC2012_devkit_t12" / "data" / "meta.mat", squeeze_me=True)["synsets"]
+    leaves = [r for r in synsets if int(r["num_children"]) == 0]
+    assert len(leaves) == 4 and all(int(r["num_train_images"]) == 30 for r in leaves)
+
+
+def test_the_documented_defaults_and_more_than_ten_classes(tmp_path):
+    import inspect
+
+    from alexkit.cli import sample as sample_cli
+    from alexkit.datasets.sample import MAX_CLASSES, class_specs
+
+    library = inspect.signature(write_sample_dataset).parameters
+    flags = inspect.signature(sample_cli.command).parameters
+    for name, flag, default in (("num_classes", "classes", 10), ("train_per_class", "train_per_class", 100),
+                                ("val_per_class", "val_per_class", 20)):  # fmt: skip
+        assert library[name].default == flags[flag].default.default == default, name
+    assert MAX_CLASSES == 224 and len(set(class_specs(224))) == 224
+    out = write_sample_dataset(tmp_path / "s", num_classes=12, train_per_class=1, val_per_class=0)
+    assert len(list((out / "train").iterdir())) == 12
+
+
 def test_bad_arguments_and_destinations(tmp_path):
     with pytest.raises(AlexkitError, match="--classes 0"):
         write_sample_dataset(tmp_path / "a", num_classes=0)
@@ -157,6 +199,8 @@ def test_overwrite_keeps_the_old_dataset_until_the_new_one_is_whole(tmp_path):
     write_sample_dataset(out, num_classes=2, train_per_class=2, val_per_class=1, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
     assert len(list((out / "train").iterdir())) == 2
+    write_sample_dataset(out, num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # the old copy is gone once the new one is in
 
 
 def run_cli(args: list[str]) -> int:
@@ -181,3 +225,13 @@ def test_cli(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert run_cli(args + ["--overwrite", "--classes", "3"]) == 0
     assert len(find_dataset(out).classes) == 3
+
+
+def test_cli_passes_the_seed_and_says_next(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    small = ["--classes", "1", "--train-per-class", "1", "--val-per-class", "0"]
+    assert run_cli(["sample", str(a), *small, "--seed", "0"]) == 0
+    assert f"next: alexkit prepare {a}\n" in capsys.readouterr().out
+    assert run_cli(["sample", str(b), *small, "--seed", "1"]) == 0
+    name = "train/n99000001/n99000001_1.JPEG"
+    assert (a / name).read_bytes() != (b / name).read_bytes()
