@@ -60,11 +60,14 @@ def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch):
     (N copies of predict's output, a prepare whose ranks fight over the lock)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     for args in (["prepare", str(tmp_path / "src"), "--out", str(tmp_path / "store")], ["predict", "x.JPEG"],
-                 ["bench", "train"], ["show-batch", "--out", str(tmp_path / "pics")]):  # fmt: skip
+                 ["bench", "train"], ["bench", "loader"], ["bench", "prepare"], ["show-batch", "--out", str(tmp_path / "pics")],
+                 ["sample", str(tmp_path / "sample")], ["plot"], ["doctor"]):  # fmt: skip
         r = run(*args, cwd=tmp_path)
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert r.returncode == 2 and len(lines) == 1, r.stderr
         assert lines[0].startswith(f"error: `alexkit {args[0]}` runs in one process, but torchrun started 2")
+        assert lines[0].endswith("run it without torchrun (only train and eval use torchrun's processes), or unset "
+                                 "WORLD_SIZE where no launcher started this")  # fmt: skip
     assert list(tmp_path.iterdir()) == []
 
 
@@ -149,3 +152,158 @@ def test_doctor_marks_what_fails_and_only_that(monkeypatch):
     rows, problems, _ = doctor.checks()
     assert {name for name, _, ok in rows if not ok} == {"ffcv native library"}
     assert len(problems) == 1 and "FFCV's native library does not load" in problems[0]
+
+
+# --- in this process: flags reach the stages, errors reach the user ---
+
+
+def exit_of(args: list[str]) -> int:
+    from alexkit.cli.main import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def stage_catcher(monkeypatch, module: str, name: str) -> dict:
+    """Puts a recorder in place of the stage a command calls, so a test sees the config it gets."""
+    import importlib
+
+    seen = {}
+
+    def record(cfg, *rest):
+        seen["cfg"] = cfg
+        return "RUN" if name == "train" else None
+
+    monkeypatch.setattr(importlib.import_module(module), name, record)
+    return seen
+
+
+FLAGS_AND_FIELDS = [  # (stage module, stage, arguments with a value other than the default for every flag, fields)
+    ("alexkit.train", "train",
+     ["train", "--data", "D", "--out", "O", "--epochs", "3", "--batch-size", "64", "--lr", "0.02", "--momentum", "0.8",
+      "--weight-decay", "0.001", "--decay-biases", "--lr-scaling", "linear", "--warmup-epochs", "1", "--patience", "2",
+      "--max-lr-drops", "1", "--seed", "7", "--device", "cpu", "--parallel", "columns", "--amp", "off",
+      "--channels-last", "off", "--compile", "off", "--width", "0.5", "--fc-features", "128", "--dropout", "0.3",
+      "--init", "sturdy", "--progress", "plain"],
+     dict(data="D", out="O", epochs=3, batch_size=64, lr=0.02, momentum=0.8, weight_decay=0.001, decay_biases=True,
+          lr_scaling="linear", warmup_epochs=1, patience=2, max_lr_drops=1, seed=7, device="cpu", parallel="columns",
+          amp="off", channels_last="off", compile="off", width=0.5, fc_features=128, dropout=0.3, init="sturdy",
+          progress="plain")),
+    ("alexkit.evaluate", "evaluate",
+     ["eval", "--checkpoint", "c.pt", "--data", "D", "--tta", "--batch-size", "7", "--device", "cpu", "--json", "j.json",
+      "--predictions", "p.csv"],
+     dict(checkpoint="c.pt", data="D", tta=True, batch_size=7, device="cpu", json_path="j.json", predictions_path="p.csv")),
+    ("alexkit.predict", "predict",
+     ["predict", "a.JPEG", "b.JPEG", "--checkpoint", "c.pt", "--data", "D", "--tta", "--top", "3", "--device", "cpu"],
+     dict(images=("a.JPEG", "b.JPEG"), checkpoint="c.pt", data="D", tta=True, top_k=3, device="cpu")),
+    ("alexkit.pipeline.prepare", "prepare",
+     ["prepare", "SRC", "--out", "O", "--size", "64", "--format", "raw", "--quality", "80", "--workers", "1", "--force"],
+     dict(src="SRC", out="O", size=64, format="raw", quality=80, workers=1, force=True)),
+    ("alexkit.pictures", "show_batch",
+     ["show-batch", "--data", "D", "--out", "O", "--count", "4", "--val-index", "2", "--seed", "5"],
+     dict(data="D", out="O", count=4, val_index=2, seed=5)),
+    ("alexkit.pictures", "plot", ["plot", "r1", "r2", "--out", "x.svg"], dict(runs=("r1", "r2"), out="x.svg")),
+    ("alexkit.bench.loader", "bench_loader",
+     ["bench", "loader", "--prefetch", "3", "--images", "7", "--batch-size", "4", "--threads", "2", "--no-baselines",
+      "--work", "W", "--epochs", "3", "--memory-epochs", "2"],
+     dict(prefetch=3, images=7, batch_size=4, threads=2, baselines=False, work="W", epochs=3, memory_epochs=2)),
+    ("alexkit.bench.train", "bench_train",
+     ["bench", "train", "--data", "D", "--batch-size", "8", "--steps", "2", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+      "--amp", "off", "--channels-last", "off", "--compile", "off", "--width", "0.5", "--fc-features", "16"],
+     dict(data="D", batch_size=8, steps=2, repeats=1, warmup=0, device="cpu", amp="off", channels_last="off", compile="off",
+          width=0.5, fc_features=16)),
+    ("alexkit.train", "train", ["train", "--resume", "R", "--epochs", "5"], dict(resume="R", epochs=5)),
+]
+
+
+@pytest.mark.parametrize("module, stage, args, fields", FLAGS_AND_FIELDS, ids=["-".join(c[2][:2]) if c[2][0] == "bench" else " ".join(c[2][:2]) for c in FLAGS_AND_FIELDS])
+def test_every_flag_reaches_its_config(monkeypatch, module, stage, args, fields):
+    from pathlib import Path
+
+    seen = stage_catcher(monkeypatch, module, stage)
+    assert exit_of(args) == 0
+    for field, want in fields.items():
+        got = getattr(seen["cfg"], field)
+        got = str(got) if isinstance(got, Path) else tuple(map(str, got)) if isinstance(got, tuple) else got
+        assert got in (want, str(Path(want).resolve()) if isinstance(want, str) else want), (stage, field, got, want)
+
+
+def test_train_says_next_eval_of_its_run(monkeypatch, capsys):
+    stage_catcher(monkeypatch, "alexkit.train", "train")
+    assert exit_of(["train", "--device", "cpu"]) == 0
+    assert "next: alexkit eval --checkpoint RUN --tta" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("error, code", [("AlexkitError", 2), ("PathRefused", 1), ("OutOfMemory", 1), ("OSError", 1), ("RuntimeError", 1)])
+def test_exit_codes_one_line_on_stderr_and_debug(monkeypatch, capsys, error, code):
+    """Each kind of error: its exit code, one line on stderr and nothing on stdout; --debug raises it
+    (so its traceback shows)."""
+    import alexkit.errors
+    import alexkit.pictures
+    from alexkit.cli.main import main
+
+    raised = {"OSError": OSError(28, "No space left on device"), "RuntimeError": RuntimeError("boom")}.get(error) or \
+        getattr(alexkit.errors, error)("bad")  # fmt: skip
+
+    def fail(cfg):
+        raise raised
+
+    monkeypatch.setattr(alexkit.pictures, "plot", fail)
+    assert exit_of(["plot", "r"]) == code
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    if error in ("OSError", "RuntimeError"):  # no file named: where to see more
+        assert "--debug" in err
+    with pytest.raises(type(raised)):
+        main(["--debug", "plot", "r"])
+
+
+def test_an_error_of_one_process_is_printed_by_that_process(monkeypatch, capsys):
+    """An error only rank 1 raises (not one raised everywhere) is printed there: no other rank knows it."""
+    import alexkit.pictures
+    from alexkit.errors import AlexkitError
+
+    def fail(cfg):
+        raise AlexkitError("only here")
+
+    monkeypatch.setattr(alexkit.pictures, "plot", fail)
+    monkeypatch.setenv("RANK", "1")
+    assert exit_of(["plot", "r"]) == 2
+    assert capsys.readouterr().err == "error: only here\n"
+
+
+def test_doctor_problems_exit_2_on_stderr(monkeypatch, capsys):
+    from alexkit import doctor
+
+    monkeypatch.setattr(doctor, "checks", lambda: ([("ffcv", "x", False)], ["FFCV is broken; reinstall it"], 0))
+    assert exit_of(["doctor"]) == 2
+    out, err = capsys.readouterr()
+    assert "error: FFCV is broken; reinstall it" in err and "FFCV is broken" not in out
+
+
+def test_bench_help_lists_its_three_benchmarks(capsys):
+    assert exit_of(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f" {name} " in out for name in ("prepare", "train", "loader")), out
+    assert exit_of(["bench", "loader", "-h"]) == 0
+
+
+def test_require_names_the_module_and_the_fix(monkeypatch):
+    """A module that is missing, or whose native library does not load (an OSError, not an
+    ImportError): one line with the fix either way."""
+    import importlib
+
+    from alexkit.errors import MissingDependency, require
+
+    with pytest.raises(MissingDependency, match=r"cannot import no_such_module \(ModuleNotFoundError: .*\); pip install it$"):
+        require("no_such_module", fix="pip install it")
+
+    def native_library_missing(name):
+        raise OSError("libturbojpeg.so.0: cannot open shared object file")
+
+    monkeypatch.setattr(importlib, "import_module", native_library_missing)
+    with pytest.raises(MissingDependency, match="libturbojpeg.so.0.*; reinstall ffcv$"):
+        require("ffcv", fix="reinstall ffcv")

@@ -26,15 +26,13 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks that print images/s side by side with baselines.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-_state = {"debug": False}
-
-
 TORCHRUN_COMMANDS = ("train", "eval")  # the others would run once per process, side by side
 
 
 @app.callback()
 def _root(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    _state["debug"] = debug
+    # --debug is declared here for --help and parsing; main() reads it from the arguments itself,
+    # since the errors it decides about may come before or after this runs.
     world = os.environ.get("WORLD_SIZE", "1")
     if world.isdigit() and int(world) > 1 and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
         raise AlexkitError(f"`alexkit {ctx.invoked_subcommand}` runs in one process, but torchrun started {world} "
