@@ -31,8 +31,8 @@ TORCHRUN_COMMANDS = ("train", "eval")  # the others would run once per process, 
 
 @app.callback()
 def _root(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    # --debug is declared here for --help and parsing; main() reads it from the arguments itself,
-    # since the errors it decides about may come before or after this runs.
+    # --debug is declared here for parsing and --help; main() reads it from the arguments itself,
+    # as it handles the errors after typer has returned.
     world = os.environ.get("WORLD_SIZE", "1")
     if world.isdigit() and int(world) > 1 and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
         raise AlexkitError(f"`alexkit {ctx.invoked_subcommand}` runs in one process, but torchrun started {world} "
