@@ -1,4 +1,7 @@
-"""`alexkit bench loader`: a tiny smoke run of every pipeline (figures are printed, never asserted)."""
+"""`alexkit bench loader`: a tiny run of every pipeline, and its figures' arithmetic checked on
+measurements whose answer is known. No test asserts a speed."""
+
+import pytest
 
 from alexkit.bench.loader import BenchLoaderConfig, bench_loader
 from alexkit.paths import usable_cores
@@ -12,7 +15,9 @@ def test_bench_runs_every_pipeline_on_both_stores(tmp_path, capsys):
         assert {(p, fmt, m) for p in ("alexkit DALI", "alexkit DALI ops only") for m in ("train", "center", "tencrop")} <= rows
         assert {("(b) FFCV Loader", fmt, "train"), ("(b) FFCV Loader", fmt, "center")} <= rows
     assert {("(a) PIL + DataLoader", "source JPEGs", m) for m in ("train", "center")} <= rows
-    assert all(row["images_per_s"] > 0 and row["cpu_ms_per_image"] > 0 for row in r["rows"])
+    for row in r["rows"]:  # CPU time per image x images per second = the cores the pipeline kept busy
+        busy = row["cpu_ms_per_image"] * row["images_per_s"] / 1e3
+        assert 0.1 < busy < usable_cores() + 1, (row, busy)
     assert (r["settings"]["threads"], r["settings"]["workers"]) == (default_threads(), usable_cores())
     assert all(len(epochs) == 10 for epochs in r["memory"].values())
     out = capsys.readouterr().out
@@ -28,3 +33,107 @@ def test_bad_settings_are_one_line_errors(tmp_path):
                     (dict(source=tmp_path), "goes with --store")]:  # fmt: skip
         with pytest.raises(AlexkitError, match=why):
             BenchLoaderConfig(**kw)
+
+
+# --- the figures: each from a measurement whose answer is known ---
+
+
+def _burn(cpu_s: float) -> None:
+    """Busy for `cpu_s` seconds of this process's CPU time."""
+    import time
+
+    end = time.process_time() + cpu_s
+    while time.process_time() < end:
+        pass
+
+
+def test_images_per_s_and_cpu_per_image_count_images_over_each_epoch():
+    """Epochs of 3 batches of 8 images, each batch sleeping 20 ms and using 5 ms of CPU: at most 400
+    images/s (the sleeps alone), and 5 / 8 = 0.625 ms of CPU per image."""
+    import time
+
+    from alexkit.bench.loader import Runner, interleaved
+
+    def epoch(e):
+        for _ in range(3):
+            time.sleep(0.02)
+            _burn(0.005)
+            yield list(range(8)), None
+
+    [r] = interleaved([Runner("p", "s", "train", epoch)], 3)
+    assert len(r.rates) == len(r.cpu) == 3
+    assert all(100 < rate <= 24 / 0.06 for rate in r.rates), r.rates
+    assert all(0.5e-3 < cpu < 1.5e-3 for cpu in r.cpu), r.cpu  # seconds per image; /proc ticks are 10 ms
+
+
+def test_a_row_is_the_median_of_the_epochs_after_the_warm_up_and_ratios_say_how_many_times(capsys):
+    from alexkit.bench.loader import Runner, _print_summary, _row
+
+    row = _row(Runner("alexkit DALI", "jpg", "train", None, rates=[99.0, 10.0, 20.0, 30.0, 40.0], cpu=[9.0, 1e-3, 2e-3, 3e-3, 4e-3]))
+    assert (row["images_per_s"], row["min"], row["max"], row["cpu_ms_per_image"]) == (25.0, 10.0, 40.0, pytest.approx(2.5))
+    baseline = dict(pipeline="(a) PIL + DataLoader", store="source JPEGs", mode="train", images_per_s=5.0, cpu_ms_per_image=12.5)
+    _print_summary([row, baseline], {})
+    assert "alexkit jpg train vs (a) 5.00x by images/s, 5.00x by CPU time" in capsys.readouterr().out
+
+
+def test_cpu_seconds_counts_this_process_and_its_live_and_ended_children():
+    import multiprocessing
+    import time
+
+    from alexkit.bench import cpu_seconds
+
+    fork = multiprocessing.get_context("fork")
+    hold, before = fork.Event(), cpu_seconds()
+    live = fork.Process(target=_hold_after_burning, args=(0.4, hold))
+    live.start()
+    while _state(live.pid) != "S":  # until it has burnt its CPU time and waits
+        time.sleep(0.05)
+    assert 0.3 < cpu_seconds() - before < 0.8  # a live worker's time, from /proc
+    hold.set()
+    live.join()
+    ended = fork.Process(target=_burn, args=(0.4,))
+    ended.start()
+    ended.join()
+    _burn(0.2)
+    assert 0.9 < cpu_seconds() - before < 1.6  # both children, ended and reaped, and this process
+
+
+def _hold_after_burning(cpu_s, hold) -> None:
+    _burn(cpu_s)
+    hold.wait(60)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_memory_mib_sees_an_allocation_in_anonymous_memory_and_the_peak():
+    import numpy as np
+
+    from alexkit.bench.loader import memory_mib
+
+    before = memory_mib()
+    block = np.ones(200 * 2**20, np.uint8)  # 200 MiB, touched
+    during = memory_mib()
+    del block
+    after = memory_mib()
+    assert 197 < during["anon"] - before["anon"] < 203, (before, during)  # MiB: 1024 kB each
+    assert during["file"] > 0 and during["anon"] + during["file"] <= during["rss"] + 1
+    assert during["rss"] > after["rss"] + 150  # freed
+    assert after["peak"] > after["rss"] + 150 and after["peak"] >= during["rss"] - 2  # the kernel updates the peak lazily
+
+
+def test_the_pil_baseline_cuts_the_centre_of_the_resized_image_and_subtracts_the_mean(tmp_path):
+    """A 120x60 image, black in its left quarter: shorter side to 32 makes it 64x32, and the centre
+    32x32 (then its centre 24) holds none of the black; 200 - a mean of 50 is 150."""
+    import numpy as np
+    from PIL import Image
+
+    from alexkit.bench.loader import _PilImages
+
+    rgb = np.full((60, 120, 3), 200, np.uint8)
+    rgb[:, :30] = 0
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    image, _ = _PilImages([tmp_path / "a.jpg"], np.full((32, 32, 3), 50, np.float32), 32, 24, train=False)[0]
+    assert tuple(image.shape) == (3, 24, 24) and 140 < float(image.min()) <= float(image.max()) < 160
