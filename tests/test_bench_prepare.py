@@ -1,8 +1,10 @@
-"""`alexkit bench prepare`: a tiny smoke run (figures are printed, never asserted)."""
+"""`alexkit bench prepare`: a tiny run of the three routes, and the table's arithmetic. No test
+asserts a speed."""
 
 import numpy as np
 
 from alexkit.bench.prepare import BenchPrepareConfig, bench_prepare, photo_like
+from alexkit.paths import usable_cores
 
 
 def test_photo_like_images_have_photo_statistics():
@@ -15,6 +17,24 @@ def test_bench_runs_all_three_routes(capsys):
     r = bench_prepare(BenchPrepareConfig(images=6, workers=2, size=32, repeats=1))
     assert set(r["routes"]) == {"(a) one process, PIL", "(b) FFCV DatasetWriter", "(c) alexkit prepare"}
     assert all(len(v) == 1 and v[0] > 0 for v in r["routes"].values())
+    for name, (rate,) in r["routes"].items():  # CPU time per image x images per second = the cores kept busy
+        busy = r["cpu_ms_per_image"][name][0] * rate / 1e3
+        assert 0.1 < busy < usable_cores() + 1, (name, busy)  # FFCV's workers, never joined by it, included
     assert r["agreement_mean_abs"] < 3  # (a) and (c) make the same pictures
     out = capsys.readouterr().out
     assert "vs (b)" in out and "generated photo-like JPEGs" in out
+
+
+def test_the_table_gives_medians_and_how_many_times_a_route_is_to_a_and_b(capsys):
+    from alexkit.bench.prepare import _print_table
+
+    r = dict(images=4, mean_kb=1.0, size=32, quality=90, workers=1, cpu="c", agreement_mean_abs=0.0,
+             stats_vs_decoded={"mean_image_max": 0.0, "mean_image_mean": 0.0, "eigval_ratio": [1, 1, 1]},
+             routes={"(a) one process, PIL": [1.0, 2.0, 9.0], "(b) FFCV DatasetWriter": [4.0, 4.0, 40.0],
+                     "(c) alexkit prepare": [8.0, 1.0, 80.0]},
+             cpu_ms_per_image={"(a) one process, PIL": [3.0, 5.0, 1.0], "(b) FFCV DatasetWriter": [1.0] * 3,
+                               "(c) alexkit prepare": [1.0] * 3})  # fmt: skip
+    _print_table(r)
+    rows = {line[:24].strip(): line[24:].split() for line in capsys.readouterr().out.splitlines()}
+    assert rows["(c) alexkit prepare"] == ["8", "1-80", "4.00x", "2.00x", "1.00"]
+    assert rows["(a) one process, PIL"] == ["2", "1-9", "1.00x", "0.50x", "3.00"]
