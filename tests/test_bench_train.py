@@ -1,0 +1,52 @@
+"""`alexkit bench train`: a tiny run on the CPU, and its figures' arithmetic. No test asserts a speed."""
+
+import time
+
+import torch
+
+from alexkit.bench.train import BenchTrainConfig, _timed_windows, bench_train
+from alexkit.model import AlexNet
+from alexkit.train import TrainConfig, make_optimizer
+from tests.test_evaluate import make_store
+
+
+def test_timed_windows_count_images_after_the_warm_up():
+    """2 warm-up steps, then 3 windows of 2 steps of 4 images: the windows' images over their rates
+    are the seconds they took, which fit inside the whole call and fill most of it."""
+    torch.manual_seed(0)
+    model = AlexNet(4, width=0.25, fc_features=16, input_size=56, init="sturdy")
+    optimizer, used = make_optimizer(model, TrainConfig(), lr=0.01), []
+
+    def batches():
+        while True:
+            used.append(1)
+            yield torch.randn(4, 3, 56, 56) * 60, torch.randint(0, 4, (4,))
+
+    cfg = BenchTrainConfig(batch_size=4, steps=2, repeats=3, warmup=2, device="cpu")
+    start = time.perf_counter()
+    rates = _timed_windows(model, optimizer, batches(), cfg, False, torch.device("cpu"))
+    took = time.perf_counter() - start
+    assert len(rates) == 3 and len(used) == 2 + 3 * 2
+    timed = sum(2 * 4 / rate for rate in rates)
+    assert 0.3 * took < timed <= took, (timed, took)
+
+
+def test_bench_train_rows_and_the_ratio_to_synthetic(tmp_path, capsys):
+    store = make_store(tmp_path / "store", size=64, train=12, val=2)
+    r = bench_train(BenchTrainConfig(data=store.path, batch_size=4, steps=2, repeats=3, warmup=1, device="cpu",
+                                     width=0.25, fc_features=16, compile="off"))  # fmt: skip
+    synthetic, real = r["rows"]
+    assert (synthetic["input"], real["input"]) == ("synthetic on-device", "real pipeline")
+    assert all(row["min"] <= row["images_per_s"] <= row["max"] for row in r["rows"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].startswith("real pipeline") and printed[-1].endswith(f"{real['images_per_s'] / synthetic['images_per_s']:.0%}")
+    assert printed[-2].endswith("100%")
+
+
+def test_the_ratio_column_is_each_row_over_synthetic(capsys):
+    from alexkit.bench.train import _print
+
+    rows = [dict(input="synthetic on-device", images_per_s=200.0, min=190.0, max=210.0),
+            dict(input="real pipeline", images_per_s=150.0, min=140.0, max=160.0)]  # fmt: skip
+    _print("CPU", "settings", rows, None)
+    assert [line.split()[-1] for line in capsys.readouterr().out.splitlines()[2:]] == ["100%", "75%"]
