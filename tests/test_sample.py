@@ -9,10 +9,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from alexkit.cli.main import main
 from alexkit.datasets import find_dataset, write_sample_dataset
 from alexkit.datasets.sample import COLOURS, class_specs
 from alexkit.errors import AlexkitError
+from tests.test_cli import exit_of
 
 # 4 classes x 30 train covers every train oddity position (g = 1, 2, 3, 5, 7, 11); 4 x 5 val.
 ARGS = dict(num_classes=4, train_per_class=30, val_per_class=5, seed=3)
@@ -203,35 +203,26 @@ def test_overwrite_keeps_the_old_dataset_until_the_new_one_is_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # the old copy is gone once the new one is in
 
 
-def run_cli(args: list[str]) -> int:
-    """Exit status of `alexkit ARGS` run in this process."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
-
-
 def test_cli(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["sample", str(out), "--classes", "2", "--train-per-class", "3", "--val-per-class", "2", "--seed", "1"]
-    assert run_cli(args) == 0
+    assert exit_of(args) == 0
     printed = capsys.readouterr().out
     assert "wrote 6 train + 4 val images of 2 classes" in printed and str(out) in printed
     ds = find_dataset(out)
     assert (ds.layout, len(ds.splits["train"]), len(ds.splits["val"])) == ("official-extracted", 6, 4)
 
-    assert run_cli(args) == 2
+    assert exit_of(args) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert run_cli(args + ["--overwrite", "--classes", "3"]) == 0
+    assert exit_of(args + ["--overwrite", "--classes", "3"]) == 0
     assert len(find_dataset(out).classes) == 3
 
 
 def test_cli_passes_the_seed_and_says_next(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     small = ["--classes", "1", "--train-per-class", "1", "--val-per-class", "0"]
-    assert run_cli(["sample", str(a), *small, "--seed", "0"]) == 0
+    assert exit_of(["sample", str(a), *small, "--seed", "0"]) == 0
     assert f"next: alexkit prepare {a}\n" in capsys.readouterr().out
-    assert run_cli(["sample", str(b), *small, "--seed", "1"]) == 0
+    assert exit_of(["sample", str(b), *small, "--seed", "1"]) == 0
     name = "train/n99000001/n99000001_1.JPEG"
     assert (a / name).read_bytes() != (b / name).read_bytes()
