@@ -675,3 +675,77 @@ def test_nearly_and_over_full_imagenet_warn(monkeypatch):
     assert layouts._full_imagenet_checks(wnids, {"train": samples[:3], "val": samples[:1]}) == []
     [warning] = layouts._full_imagenet_checks(wnids, {"train": samples, "val": samples[:1]})
     assert "train has 4 images, not 3" in warning
+
+
+# --- damaged and odd headers (found by comparing the two readers on 240,000 mutated tars) ---
+
+
+def one_member_tar(size_field: bytes | None = None, mtime_field: bytes | None = None, kind=tarfile.REGTYPE) -> bytes:
+    """A ustar tar of a.JPEG (3 bytes; or a folder of that name) and b.JPEG, with fields of the first
+    header replaced and its checksum made right again, as a writer (not a damaged download) would
+    leave them."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("a.JPEG", "b.JPEG"):
+            info = tarfile.TarInfo(name)
+            info.type = kind if name == "a.JPEG" else tarfile.REGTYPE
+            info.size = 3 if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(b"abc") if info.isfile() else None)
+    data = bytearray(buffer.getvalue())
+    for field, at in ((size_field, 124), (mtime_field, 136)):
+        if field is not None:
+            data[at : at + 12] = field.ljust(12, b"\0")
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+    return bytes(data)
+
+
+def listings(data: bytes, start: int = 0, end: int | None = None):
+    """(the plain reader's listing or None, tarfile's listing or the error it ends in)."""
+    from alexkit.datasets import tars
+
+    end = len(data) if end is None else end
+    plain = tars._plain_listing(io.BytesIO(data), start, end)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tars, "_plain_listing", lambda *args: None)
+            by_tarfile = tars._listing(io.BytesIO(data), start, end, "t.tar", "t.tar")
+    except (AlexkitError, tarfile.TarError) as exc:
+        by_tarfile = exc
+    return plain, by_tarfile
+
+
+def test_a_negative_size_is_a_damaged_header_not_a_loop():
+    """tarfile takes "-1000" for a size and goes back to an earlier header, for ever."""
+    import signal
+
+    def too_long(*args):
+        raise TimeoutError("the listing went round in circles")
+
+    signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(10)
+    try:
+        plain, by_tarfile = listings(one_member_tar(size_field=b"-1000"))
+    finally:
+        signal.alarm(0)
+    assert plain is None and "t.tar has a damaged header after 0 members" in str(by_tarfile)
+
+
+def test_odd_headers_are_listed_alike_by_both_readers():
+    plain, by_tarfile = listings(one_member_tar(mtime_field=b"9"))  # not octal: tarfile refuses the header
+    assert plain is None and isinstance(by_tarfile, tarfile.TarError)
+    folder = one_member_tar(size_field=b"7000", kind=tarfile.DIRTYPE)  # a folder's size is no data
+    assert listings(folder) == ([("b.JPEG", 1024, 3)], [("b.JPEG", 1024, 3)])
+    plain, by_tarfile = listings(b"")
+    assert plain is None and isinstance(by_tarfile, tarfile.ReadError)  # an empty file is no tar
+
+
+def test_a_class_tar_without_end_blocks_ends_where_its_member_does():
+    """Both readers stop at the member's end instead of reading the next class tar's header."""
+    inner = one_member_tar()[: 4 * 512]  # two members, no end blocks
+    outer = io.BytesIO()
+    with tarfile.open(fileobj=outer, mode="w") as tar:
+        add_member(tar, "n01000001.tar", inner)
+        add_member(tar, "n02000002.tar", one_member_tar())
+    plain, by_tarfile = listings(outer.getvalue(), 512, 512 + len(inner))
+    assert plain == by_tarfile == [("a.JPEG", 1024, 3), ("b.JPEG", 2048, 3)]

@@ -18,6 +18,7 @@ sends that tar to tarfile, which lists it and raises its errors.
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -77,15 +78,35 @@ def _listing(raw, start: int, end: int, what: str, download: str) -> list[Entry]
         return found
     raw.seek(start)  # a TarFile started there reports offsets from the start of `raw`
     found = []
-    with tarfile.open(fileobj=raw, mode="r:") as tar:
+    with tarfile.open(fileobj=_Bounded(raw, end), mode="r:") as tar:  # which sees nothing past `end`
         for m in tar:
-            if m.offset_data + m.size > end:
+            if m.size < 0:  # tarfile takes "-1000" for a size, and would go back and forth
+                raise AlexkitError(f"{what} has a damaged header after {len(found):,} members; download {download} again")
+            if not m.isdir() and m.offset_data + m.size > end:  # a folder's size is no data: not skipped
                 raise AlexkitError(f"{what} is cut off after {len(found):,} members ({m.name} runs past its end); "
                                    f"download {download} again")  # fmt: skip
             if m.isfile():
                 found.append((m.name, m.offset_data, m.size))
         _check_end(tar, raw, end, what, download)
     return found
+
+
+class _Bounded:
+    """`raw` for tarfile, ending at `end`: a tar inside another ends where its member does, even
+    without end blocks, instead of running on into the next member's header."""
+
+    def __init__(self, raw, end: int):
+        self.raw, self.end = raw, end
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.end - self.raw.tell())
+        return self.raw.read(left if n is None or n < 0 else min(n, left))
+
+    def seek(self, *args) -> int:
+        return self.raw.seek(*args)
+
+    def tell(self) -> int:
+        return self.raw.tell()
 
 
 _FILE, _DIRECTORY = b"0", b"5"  # the type flags of a plain tar's headers (GNU tar's and tarfile's)
@@ -95,6 +116,8 @@ def _plain_listing(raw, start: int, end: int) -> list[Entry] | None:
     """`_listing`'s entries, read as tarfile reads them, where every header is a plain file or
     folder header with a good checksum and the tar ends whole; else None (tarfile takes over)."""
     found, at = [], start
+    if end == start:
+        return None  # an empty file is no tar: tarfile says so
     while at < end:
         raw.seek(at)
         header = raw.read(_BLOCK)
@@ -106,8 +129,8 @@ def _plain_listing(raw, start: int, end: int) -> list[Entry] | None:
         if kind not in (_FILE, _DIRECTORY) or stored_sum != 256 + sum(header) - sum(header[148:156]):
             return None  # a long name, pax or sparse header, a link; a damaged header
         size = _octal(header[124:136])
-        if size is None:
-            return None  # base-256 (a member of 8 GiB or more), or not a number
+        if size is None or size < 0 or not all(_PLAIN_NUMBER.fullmatch(header, a, b) for a, b in _OTHER_NUMBERS):
+            return None  # base-256 (a member of 8 GiB or more), not a number, or negative: tarfile decides
         data = at + _BLOCK
         if kind == _DIRECTORY:  # as in tarfile: a folder's size, if any, is not skipped
             at = data
@@ -118,6 +141,13 @@ def _plain_listing(raw, start: int, end: int) -> list[Entry] | None:
         found.append((f"{prefix}/{name}" if prefix else name, data, size))
         at = data + -(-size // _BLOCK) * _BLOCK
     return found if at == end else None
+
+
+# mode, uid, gid, mtime, devmajor, devminor: not needed here, but tarfile refuses a header where one
+# is not a number, and so must this reader, to list exactly what tarfile lists. A field of the plain
+# form (spaces, octal digits, then spaces or NULs) is one tarfile reads; any other goes to tarfile.
+_OTHER_NUMBERS = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345))
+_PLAIN_NUMBER = re.compile(rb" *[0-7]*[ \0]*")
 
 
 def _octal(field: bytes) -> int | None:
