@@ -10,8 +10,8 @@ where its last member ends, which GNU tar accepts too), so each listing is check
 
 Listing is the slow part: tarfile spends ~17 us of Python per header, ~22 s for the train tar's 1.28
 million. A tar of plain file and folder headers (short names, no links, as ImageNet's image names
-are) is listed by `_plain_listing`, which checks what tarfile checks but builds no objects, ~6 us a
-header (`scripts/tar_listing_speed.py`); any other header (a long name, pax, a link, a bad checksum
+are) is listed by `_plain_listing`, which builds no objects, ~6 us a header
+(`scripts/tar_listing_speed.py`); any other header (a long name, pax, a link, a bad checksum
 or number, a cut) sends that tar to tarfile, which lists it and raises its errors. The two agree
 entry for entry wherever the plain reader answers (tests/test_datasets.py).
 """
