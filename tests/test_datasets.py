@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -525,13 +527,34 @@ def tarfile_listing(path: Path) -> list[tuple[str, int, int]]:
         return [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
 
 
-def both_listings(path: Path):
-    """(the plain reader's listing or None, the listing alexkit uses) of a whole tar file."""
-    from alexkit.datasets.tars import _listing, _plain_listing
+def listings(data: bytes, start: int = 0, end: int | None = None):
+    """(the plain reader's listing or None, tarfile's listing or the error it ends in)."""
+    from alexkit.datasets import tars
 
-    end = path.stat().st_size
-    with open(path, "rb") as raw:
-        return _plain_listing(raw, 0, end), _listing(raw, 0, end, str(path), path.name)
+    end = len(data) if end is None else end
+    plain = tars._plain_listing(io.BytesIO(data), start, end)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tars, "_plain_listing", lambda *args: None)
+            by_tarfile = tars._listing(io.BytesIO(data), start, end, "t.tar", "t.tar")
+    except (AlexkitError, tarfile.TarError) as exc:
+        by_tarfile = exc
+    return plain, by_tarfile
+
+
+@contextlib.contextmanager
+def at_most(seconds: int):
+    """The block, failed if it runs longer: a listing that goes round in circles is a failure, not a hung suite."""
+    def too_long(*args):
+        raise TimeoutError(f"still running after {seconds} s: a listing went round in circles")
+
+    before = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
@@ -545,8 +568,8 @@ def test_plain_tars_are_listed_without_tarfile_and_as_tarfile_lists_them(tmp_pat
             add_member(tar, f"n01000001/n01000001_{k}.JPEG", bytes([k + 1]) * size)
         if fmt == tarfile.USTAR_FORMAT:  # a name of 107 characters, split into the prefix and name fields
             add_member(tar, "d" * 90 + "/n01000001_6.JPEG", b"c" * 700)
-    plain, used = both_listings(path)
-    assert plain == used == tarfile_listing(path)
+    plain, by_tarfile = listings(path.read_bytes())
+    assert plain == by_tarfile == tarfile_listing(path)
     assert [size for _, _, size in plain] == SIZES + [700] * (fmt == tarfile.USTAR_FORMAT)
 
 
@@ -559,8 +582,8 @@ def test_a_tar_from_gnu_tar_is_listed_without_tarfile(tmp_path):
         write(tmp_path / "src" / "sub" / f"n01000001_{k}.JPEG", bytes(size))
     path = tmp_path / "gnu.tar"
     subprocess.run([tar_exe, "-cf", str(path), "-C", str(tmp_path / "src"), "."], check=True)
-    plain, used = both_listings(path)
-    assert plain == used == tarfile_listing(path) and len(plain) == len(SIZES)
+    plain, by_tarfile = listings(path.read_bytes())
+    assert plain == by_tarfile == tarfile_listing(path) and len(plain) == len(SIZES)
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
@@ -576,9 +599,9 @@ def test_tars_with_other_headers_are_listed_by_tarfile(tmp_path, fmt):
         link.type, link.linkname = tarfile.SYMTYPE, "n01000001_9.JPEG"
         tar.addfile(link)
         add_member(tar, "n01000001_9.JPEG", b"b" * 513)
-    plain, used = both_listings(path)
+    plain, by_tarfile = listings(path.read_bytes())
     assert plain is None
-    assert used == tarfile_listing(path) and [name for name, _, _ in used] == [*names, "n01000001_9.JPEG"]
+    assert by_tarfile == tarfile_listing(path) and [name for name, _, _ in by_tarfile] == [*names, "n01000001_9.JPEG"]
 
 
 # --- edges that once went unchecked ---
@@ -700,34 +723,10 @@ def one_member_tar(size_field: bytes | None = None, mtime_field: bytes | None = 
     return bytes(data)
 
 
-def listings(data: bytes, start: int = 0, end: int | None = None):
-    """(the plain reader's listing or None, tarfile's listing or the error it ends in)."""
-    from alexkit.datasets import tars
-
-    end = len(data) if end is None else end
-    plain = tars._plain_listing(io.BytesIO(data), start, end)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(tars, "_plain_listing", lambda *args: None)
-            by_tarfile = tars._listing(io.BytesIO(data), start, end, "t.tar", "t.tar")
-    except (AlexkitError, tarfile.TarError) as exc:
-        by_tarfile = exc
-    return plain, by_tarfile
-
-
 def test_a_negative_size_is_a_damaged_header_not_a_loop():
     """tarfile takes "-1000" for a size and goes back to an earlier header, for ever."""
-    import signal
-
-    def too_long(*args):
-        raise TimeoutError("the listing went round in circles")
-
-    signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(10)
-    try:
+    with at_most(10):
         plain, by_tarfile = listings(one_member_tar(size_field=b"-1000"))
-    finally:
-        signal.alarm(0)
     assert plain is None and "t.tar has a damaged header after 0 members" in str(by_tarfile)
 
 
@@ -757,58 +756,54 @@ def test_the_plain_reader_lists_what_tarfile_lists_on_thousands_of_mutated_tars(
     bytes flipped, cuts and garbage: wherever the plain reader gives a listing, tarfile gives the
     same one."""
     import random
-    import signal
 
-    def too_long(*args):
-        raise TimeoutError("a listing went round in circles")
-
-    signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(60)
     rng = random.Random(0)
+    names = ["a.JPEG", "d/b.JPEG", "é.JPEG", "x" * 99, "y" * 130, "z" * 90 + "/c.JPEG"]
     numbers = [b"-1000", b"0", b"7", b"1000", b"77777", b" 12 ", b"1_0", b"+4", b"99", b"", b"\x80" + bytes(10) + b"\x02"]
     fields = [(0, 100), (100, 108), (124, 136), (136, 148), (156, 157), (257, 265), (329, 337), (345, 500)]
-    compared = answered = 0
-    for case in range(3000):
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=rng.choice([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])) as tar:
-            for _ in range(rng.randint(0, 3)):
-                info = tarfile.TarInfo(rng.choice(["a.JPEG", "d/b.JPEG", "é.JPEG", "x" * 99, "y" * 130, "z" * 90 + "/c.JPEG"]))
-                info.type = rng.choice([tarfile.REGTYPE] * 6 + [tarfile.DIRTYPE, tarfile.SYMTYPE])
-                info.size = rng.choice([0, 1, 511, 512, 513]) if info.isfile() else 0
-                try:
-                    tar.addfile(info, io.BytesIO(bytes(info.size)) if info.isfile() else None)
-                except ValueError:  # a name ustar cannot hold
-                    pass
-        data = bytearray(buffer.getvalue())
-        if rng.random() < 0.25:  # written without end blocks: the tar ends where its last member does
-            with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
-                ends = [m.offset_data + (-(-m.size // 512) * 512 if m.isfile() else 0) for m in tar]
-            del data[max(ends, default=0) :]
-        for _ in range(rng.randint(0, 2)):
-            at = 512 * rng.randrange(max(1, len(data) // 512))
-            how = rng.random()
-            if how < 0.6 and at + 512 <= len(data):  # a field, then the checksum made right again
-                lo, hi = rng.choice(fields)
-                data[lo + at : hi + at] = rng.choice(numbers + [b"5", b"x", b"\0"])[: hi - lo].ljust(hi - lo, b"\0")
-                data[at + 148 : at + 156] = b" " * 8
-                data[at + 148 : at + 156] = b"%06o\0 " % sum(data[at : at + 512])
-            elif how < 0.8:
-                del data[rng.randrange(len(data) + 1) :]
-            elif how < 0.9:
-                data += bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 512])))
-            elif data:
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        data, start, end = bytes(data), 0, len(data)
-        if rng.random() < 0.3:  # inside a train tar, between other members
-            outer = io.BytesIO()
-            with tarfile.open(fileobj=outer, mode="w") as tar:
-                add_member(tar, "n01000001.tar", data)
-                add_member(tar, "n02000002.tar", b"y" * 600)
-            data, start, end = outer.getvalue(), 512, 512 + len(data)
-        plain, by_tarfile = listings(data, start, end)
-        compared += 1
-        if plain is not None:
-            answered += 1
-            assert plain == by_tarfile, (case, plain, by_tarfile)
-    signal.alarm(0)
+    with at_most(60):
+        compared = answered = 0
+        for case in range(3000):
+            buffer = io.BytesIO()
+            fmt = rng.choice([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+            with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+                for _ in range(rng.randint(0, 3)):
+                    info = tarfile.TarInfo(rng.choice(names))
+                    info.type = rng.choice([tarfile.REGTYPE] * 6 + [tarfile.DIRTYPE, tarfile.SYMTYPE])
+                    info.size = rng.choice([0, 1, 511, 512, 513]) if info.isfile() else 0
+                    try:
+                        tar.addfile(info, io.BytesIO(bytes(info.size)) if info.isfile() else None)
+                    except ValueError:  # a name ustar cannot hold
+                        pass
+            data = bytearray(buffer.getvalue())
+            if rng.random() < 0.25:  # written without end blocks: the tar ends where its last member does
+                with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+                    ends = [m.offset_data + (-(-m.size // 512) * 512 if m.isfile() else 0) for m in tar]
+                del data[max(ends, default=0) :]
+            for _ in range(rng.randint(0, 2)):
+                at = 512 * rng.randrange(max(1, len(data) // 512))
+                how = rng.random()
+                if how < 0.6 and at + 512 <= len(data):  # a field, then the checksum made right again
+                    lo, hi = rng.choice(fields)
+                    data[lo + at : hi + at] = rng.choice(numbers + [b"5", b"x", b"\0"])[: hi - lo].ljust(hi - lo, b"\0")
+                    data[at + 148 : at + 156] = b" " * 8
+                    data[at + 148 : at + 156] = b"%06o\0 " % sum(data[at : at + 512])
+                elif how < 0.8:
+                    del data[rng.randrange(len(data) + 1) :]
+                elif how < 0.9:
+                    data += bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 512])))
+                elif data:
+                    data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            data, start, end = bytes(data), 0, len(data)
+            if rng.random() < 0.3:  # inside a train tar, between other members
+                outer = io.BytesIO()
+                with tarfile.open(fileobj=outer, mode="w") as tar:
+                    add_member(tar, "n01000001.tar", data)
+                    add_member(tar, "n02000002.tar", b"y" * 600)
+                data, start, end = outer.getvalue(), 512, 512 + len(data)
+            plain, by_tarfile = listings(data, start, end)
+            compared += 1
+            if plain is not None:
+                answered += 1
+                assert plain == by_tarfile, (case, plain, by_tarfile)
     assert answered > compared / 5  # the plain reader answered often enough for this to mean something

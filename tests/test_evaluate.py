@@ -418,16 +418,21 @@ def test_cli_eval_tta(setup, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["tta"] is True
 
 
+def eval_on_two_processes(*args: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node=2 -m alexkit eval ARGS --device cpu`: two gloo processes."""
+    # --local-addr: a CI machine's hostname may not resolve, and --standalone hands it to the workers.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2",
+           "-m", "alexkit", "eval", *args, "--device", "cpu"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def test_torchrun_counts_every_image_once(setup, tmp_path):
     """Two gloo processes on CPU: the gathered CSV equals the single-process one, row for row."""
     _, store, ckpt, _ = setup
     single, double = tmp_path / "one.csv", tmp_path / "two.csv"
     evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=True, batch_size=2, device="cpu", predictions_path=single))
-    # --local-addr: a CI machine's hostname may not resolve, and --standalone hands it to the workers.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2", "-m", "alexkit",
-           "eval", "--tta", "--checkpoint", str(ckpt), "--data", str(store.path), "--batch-size", "2",
-           "--device", "cpu", "--predictions", str(double), "--json", str(tmp_path / "two.json")]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = eval_on_two_processes("--tta", "--checkpoint", str(ckpt), "--data", str(store.path), "--batch-size", "2",
+                              "--predictions", str(double), "--json", str(tmp_path / "two.json"))  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("throughput") == 1  # rank 0 alone reports
     a, b = read_predictions(single), read_predictions(double)
@@ -443,10 +448,7 @@ def test_torchrun_with_more_processes_than_val_images(tmp_path):
     3 classes give 3) must not break the gather."""
     store = make_store(tmp_path / "store", classes=3, val=1, train=1)
     ckpt, _ = make_run(tmp_path / "runs" / "r", store)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2", "-m", "alexkit",
-           "eval", "--checkpoint", str(ckpt), "--data", str(store.path), "--device", "cpu",
-           "--predictions", str(tmp_path / "two.csv")]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = eval_on_two_processes("--checkpoint", str(ckpt), "--data", str(store.path), "--predictions", str(tmp_path / "two.csv"))
     assert r.returncode == 0, r.stdout + r.stderr
     [row] = read_predictions(tmp_path / "two.csv")
     assert (row["index"], row["label"]) == ("0", "0") and {"top3", "p3"} <= set(row) and "top4" not in row

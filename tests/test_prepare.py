@@ -367,16 +367,22 @@ def test_bad_files_are_skipped_and_listed(tmp_path):
     )
 
 
-def test_a_crashing_decoder_costs_only_its_file(tmp_path, monkeypatch):
-    """A worker that dies (a native decoder crash) is replaced; only the culprit is skipped."""
+def crash_on_marker(monkeypatch) -> None:
+    """The decoder crashes its worker on a file whose bytes start with CRASH, as a segfault in a
+    native decoder would (the forked workers inherit the patch)."""
     real = imageops.convert
 
-    def crash_on_marker(data, *args, **kw):
+    def convert(data, *args, **kw):
         if data.startswith(b"CRASH"):
-            os._exit(11)  # what a segfault in a native decoder looks like to the pool
+            os._exit(11)
         return real(data, *args, **kw)
 
-    monkeypatch.setattr(imageops, "convert", crash_on_marker)  # inherited by the forked workers
+    monkeypatch.setattr(imageops, "convert", convert)
+
+
+def test_a_crashing_decoder_costs_only_its_file(tmp_path, monkeypatch):
+    """A worker that dies (a native decoder crash) is replaced; only the culprit is skipped."""
+    crash_on_marker(monkeypatch)
     src = tmp_path / "src"
     _class_folder_tree(src, train_per_class=4, val_per_class=1)
     (src / "train" / WNIDS[0] / "boom.JPEG").write_bytes(b"CRASH")
@@ -389,14 +395,7 @@ def test_a_crashing_decoder_costs_only_its_file(tmp_path, monkeypatch):
 def test_a_crash_keeps_the_statistics_of_the_other_images_of_its_chunk(tmp_path, monkeypatch):
     """With one worker and 37 images, work goes out in chunks of several images: the crasher's
     chunk is redone without it, and its other images still count in the mean and PCA."""
-    real = imageops.convert
-
-    def crash_on_marker(data, *args, **kw):
-        if data.startswith(b"CRASH"):
-            os._exit(11)
-        return real(data, *args, **kw)
-
-    monkeypatch.setattr(imageops, "convert", crash_on_marker)
+    crash_on_marker(monkeypatch)
     src = tmp_path / "src"
     _class_folder_tree(src, train_per_class=12, val_per_class=1)
     (src / "train" / WNIDS[0] / "boom.JPEG").write_bytes(b"CRASH")
