@@ -30,12 +30,13 @@ from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
 from alexkit.model.placement import setup, teardown
 from alexkit.paths import DEFAULT_STORE
-from alexkit.progress import Progress, Ticks, duration
+from alexkit.progress import Progress, Ticks
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
 from alexkit.ranks import agree, before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
+from alexkit.train_report import Rate, flags, most_waited, start_line, summary, timed
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
 Auto = Literal["auto", "on", "off"]
@@ -277,7 +278,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
             f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
         return
     val_n = len(val_loader.reader)  # the whole split, all processes together
-    say(_start_line(run_dir, model, placement, _flags(amp, channels_last, compiled), (len(train_loader.reader), val_n),
+    say(start_line(run_dir, model, placement, flags(amp, channels_last, compiled), (len(train_loader.reader), val_n),
                     cfg, schedule.lr, len(metrics)))  # fmt: skip
     before = world_size_of(ckpt, run_dir) if ckpt is not None else world
     idle = idle_gpus_note(placement, torch.cuda.device_count()) if on_cuda else None
@@ -300,9 +301,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         net.train()
         sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
         started = time.perf_counter()
-        clock = _Rate(per_rank * world)  # after the first step: not the start-up (graph build, compile)
+        clock = Rate(per_rank * world)  # after the first step: not the start-up (graph build, compile)
         with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, per_done=per_rank * world, fields=("loss", "lr"), mode=mode) as bar:
-            for step, ((images, labels, _), waited) in enumerate(_timed(train_loader)):
+            for step, ((images, labels, _), waited) in enumerate(timed(train_loader)):
                 lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -335,7 +336,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                    seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
         if placement.is_main:
-            say(_summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1))
+            say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1))
             is_best = val_top1 <= min(m["val_top1_err"] for m in metrics)
             save_checkpoint(run_dir, dict(
                 format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
@@ -377,56 +378,6 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device,
     return 1.0 - top1 / n, 1.0 - top5 / n
 
 
-class _Rate:
-    """Images/s of the steps after the first, and the share of their time spent waiting for the loader:
-    the first step carries the epoch's start-up (the loader's graph build and first decode,
-    torch.compile) and would hide the steady figures."""
-
-    def __init__(self, batch: int):
-        self.batch, self.since, self.steps, self.now = batch, None, 0, None
-        self.waited, self.waited_all = 0.0, 0.0  # seconds waiting for batches: after the first step; in all
-
-    def step(self, waited: float = 0.0) -> float | None:
-        """Call after each step, with the seconds it waited for its batch; the rate so far, None after the first."""
-        self.now = time.perf_counter()
-        self.waited_all += waited
-        if self.since is None:
-            self.since = self.now
-        else:
-            self.steps += 1
-            self.waited += waited
-        return self.rate()
-
-    def rate(self) -> float | None:
-        return self.steps * self.batch / (self.now - self.since) if self.steps else None
-
-    def wait_share(self) -> float | None:
-        return self.waited / (self.now - self.since) if self.steps else None
-
-
-def _timed(batches):
-    """(batch, seconds the caller waited for it), batch after batch. The whole iterable is consumed
-    as by a for loop, so a loader's end-of-epoch work still runs."""
-    it = iter(batches)
-    while True:
-        asked = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        yield batch, time.perf_counter() - asked
-
-
-def most_waited(clock: _Rate, seconds: float, device: torch.device) -> float:
-    """An epoch's data wait (a share of `clock`'s steps, or of all `seconds` for an epoch of one step);
-    under torchrun the most of any process, since one that waits holds the others up at the all-reduce."""
-    share = clock.wait_share()
-    waits = torch.tensor([share if share is not None else clock.waited_all / seconds], dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(waits, op=dist.ReduceOp.MAX)
-    return waits.item()
-
-
 def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> float:
     """Linear ramp from 1/(warmup steps) to 1 over the first `warmup_epochs` epochs."""
     total = warmup_epochs * steps
@@ -437,46 +388,6 @@ def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> flo
 def resolve_auto(value: Auto, on_cuda: bool) -> bool:
     """An --amp / --channels-last / --compile value: "auto" means on for CUDA, off on the CPU."""
     return on_cuda if value == "auto" else value == "on"
-
-
-def _summary(row: dict, epochs_left: int) -> str:
-    """One epoch's line; with epochs to go, how long they would take at this epoch's pace (at most:
-    the plateau schedule may stop the run earlier)."""
-    left = ""
-    if epochs_left > 0:
-        left = f" | {epochs_left} epoch{'s' * (epochs_left != 1)} to go at most, {duration(row['seconds'] * epochs_left)}"
-    return (f"epoch {row['epoch']}: lr {row['lr']:.2g} train loss {row['train_loss']:.3f} "
-            f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%} "
-            f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:,.0f} images/s, data wait {row['data_wait']:.0%}, "
-            f"{duration(row['seconds'])}{left}")  # fmt: skip
-
-
-def _flags(amp: bool, channels_last: bool, compiled: bool) -> str:
-    """"bf16, channels-last, compiled", or "float32" when all three are off."""
-    on = [name for name, flag in (("bf16", amp), ("channels-last", channels_last), ("compiled", compiled)) if flag]
-    return ", ".join(on) if on else "float32"
-
-
-def _start_line(run_dir: Path, model: nn.Module, placement: Placement, flags: str, images: tuple[int, int],
-                cfg: TrainConfig, lr: float, done: int) -> str:  # fmt: skip
-    """What the run is about to do, in one line: where it writes, the net and where it runs, the data
-    (`images`: train and val counts), the recipe (`lr`: the current one)."""
-    params = sum(p.numel() for p in model.parameters())
-    start = f"resuming after epoch {done}; " if done else ""
-    return (f"run {run_dir}: {start}AlexNet of {params:,} parameters on {_where(placement)} ({flags}); "
-            f"{images[0]:,} train / {images[1]:,} val images; batch {cfg.batch_size}, lr {lr:g}, "
-            f"at most {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}")  # fmt: skip
-
-
-def _where(placement: Placement) -> str:
-    """"cuda:0", "cuda:0 and cuda:1, a column each", "8 processes x 1 GPU with ddp", "2 processes on cpu with ddp"."""
-    n, per, on_cuda = placement.world_size, len(placement.devices), placement.device.type == "cuda"
-    if n > 1:
-        each = f" x {per} GPU{'s' * (per != 1)}" if on_cuda else " on cpu"
-        return f"{n} processes{each} with {placement.parallel}"
-    if per == 2:
-        return " and ".join(map(str, placement.devices)) + ", a column each" if on_cuda else "cpu, both columns"
-    return str(placement.device)
 
 
 # --- resume ---

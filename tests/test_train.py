@@ -304,11 +304,11 @@ def test_plateau_schedule_drops_three_times_then_stops():
 
 def test_images_per_s_leave_out_the_first_step(monkeypatch):
     """The first step carries the start-up (graph build, compilation): the rate starts after it."""
-    from alexkit import train as train_module
+    from alexkit import train_report
 
     clock = iter([10.0, 10.5, 11.0])  # the first step ends 10 s into the epoch; the next two take 0.5 s each
-    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
-    rate = train_module._Rate(batch=64)
+    monkeypatch.setattr(train_report.time, "perf_counter", lambda: next(clock))
+    rate = train_report.Rate(batch=64)
     assert rate.step(waited=3.0) is None and rate.rate() is None and rate.wait_share() is None
     assert rate.step(waited=0.1) == pytest.approx(64 / 0.5) and rate.step(waited=0.2) == pytest.approx(2 * 64 / 1.0)
     assert rate.wait_share() == pytest.approx(0.3 / 1.0)  # the first step's wait (the start-up) left out
@@ -316,9 +316,9 @@ def test_images_per_s_leave_out_the_first_step(monkeypatch):
 
 
 def test_data_wait_is_the_time_spent_asking_for_batches(monkeypatch):
-    """_timed hands on each batch with the seconds between asking and getting it, and lets the
+    """timed hands on each batch with the seconds between asking and getting it, and lets the
     iterable finish (a loader's end-of-epoch work runs after its last batch)."""
-    from alexkit import train as train_module
+    from alexkit import train_report
 
     ended = []
 
@@ -328,8 +328,8 @@ def test_data_wait_is_the_time_spent_asking_for_batches(monkeypatch):
         ended.append(True)
 
     clock = iter([0.0, 0.25, 1.0, 1.5, 2.0])  # asked at 0 and 1 and 2; got a at 0.25, b at 1.5; 2: the end
-    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
-    assert list(train_module._timed(batches())) == [("a", 0.25), ("b", 0.5)]
+    monkeypatch.setattr(train_report.time, "perf_counter", lambda: next(clock))
+    assert list(train_report.timed(batches())) == [("a", 0.25), ("b", 0.5)]
     assert ended == [True]
 
 
@@ -524,7 +524,7 @@ def test_bad_values_are_one_line_errors():
 
 
 def test_epoch_lines_say_how_long_the_rest_would_take_at_most():
-    from alexkit.train import _summary
+    from alexkit.train_report import summary as _summary
 
     row = dict(epoch=1, lr=0.01, train_loss=6.9, train_top1_err=0.999, val_top1_err=0.998, val_top5_err=0.99,
                images_per_s=3000.0, data_wait=0.021, seconds=427.0)  # fmt: skip
@@ -641,7 +641,7 @@ def test_a_resume_may_repeat_the_runs_flags_and_change_its_parallel_but_not_its_
 def test_the_data_wait_in_metrics_is_the_time_spent_waiting_for_batches(store, tmp_path, monkeypatch):
     from alexkit import train as train_module
 
-    monkeypatch.setattr(train_module, "_timed", lambda batches: ((b, 10.0) for b in batches))  # as if 10 s per batch
+    monkeypatch.setattr(train_module, "timed", lambda batches: ((b, 10.0) for b in batches))  # as if 10 s per batch
     run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
     assert _metrics(run)[0]["data_wait"] > 1  # more waiting than the steps' real time: the figure is the waits'
 
@@ -670,7 +670,7 @@ def test_a_run_starts_with_one_line_saying_what_it_will_do(store, tmp_path, caps
 
 def test_the_start_line_says_where_the_processes_run():
     from alexkit.model.placement import Placement
-    from alexkit.train import _where
+    from alexkit.train_report import where as _where
 
     gpu = lambda i: torch.device("cuda", i)  # noqa: E731 (a device object: no CUDA needed)
     cpu = torch.device("cpu")
@@ -685,7 +685,7 @@ def test_the_start_line_says_where_the_processes_run():
 def _waits_worker(rank: int, out: str) -> None:
     import torch.distributed as dist
 
-    from alexkit.train import _Rate, most_waited
+    from alexkit.train_report import Rate as _Rate, most_waited
 
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
     try:
