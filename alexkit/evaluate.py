@@ -28,7 +28,7 @@ import numpy as np
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
-from alexkit.ranks import agree, before_joining, launched, lost_peers_said, on_every_rank
+from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import check_same_store, find_checkpoint, moved_store
 
@@ -143,9 +143,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     found, error = before_joining(loaded)
     ckpt_path, model, ckpt = found or (None, None, None)
     joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
-    placement = setup("ddp" if world > 1 else "none", cfg.device)
+    placement = setup("ddp" if world > 1 else "none", cfg.device, error)
     try:
-        agree(error)
         on_every_rank(lambda: cfg.check_outputs() if placement.is_main and world > 1 else None)  # rank 0 writes them
         same_checkpoint_everywhere(ckpt, ckpt_path, "--checkpoint")
         store_path = on_every_rank(lambda: store_of(ckpt, ckpt_path, cfg.data))

@@ -5,6 +5,11 @@ process that stopped alone at such a check would leave the others waiting in the
 (until torch's timeout: 30 min with gloo), so every check is shared: an error any process meets is
 raised in all of them, naming the process and host it came from, and the checkpoint and store they
 read must be the same ones. Alone (no process group), each helper is the plain check.
+
+An error met before joining would leave the others waiting to join: torchrun's agent stops the
+other processes of its own node, but the node holding the rendezvous store waits for a process of
+another node until torch's timeout. So the processes meet first, in that store (`meet`): each says
+its error and the backend it would join with, and all raise the first error before any joins.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -47,11 +53,20 @@ def agree(error: AlexkitError | None) -> None:
         if error is not None:
             raise error
         return
-    said = _gather(None if error is None else (str(error), error.exit_code, socket.gethostname()))
-    for rank, one in enumerate(said):
+    _raise_first(_gather(_said(error)), dist.get_rank(), error)
+
+
+def _said(error: AlexkitError | None) -> list | None:
+    return None if error is None else [str(error), error.exit_code, socket.gethostname()]
+
+
+def _raise_first(said: list, rank: int, error: AlexkitError | None) -> None:
+    """Raise the first error (by rank) in `said` (each process's _said), naming the process it came
+    from where that is another than `rank`."""
+    for other, one in enumerate(said):
         if one is not None:
             text, exit_code, host = one
-            raise _everywhere(text if rank == dist.get_rank() else f"{text} (said by process {rank} on {host})",
+            raise _everywhere(text if other == rank else f"{text} (said by process {other} on {host})",
                               exit_code) from error
 
 
@@ -83,11 +98,68 @@ def on_every_rank(check: Callable[[], T]) -> T:
 
 def before_joining(check: Callable[[], T]) -> tuple[T | None, AlexkitError | None]:
     """check() before this process joins the others. Alone, as it is; under torchrun (WORLD_SIZE > 1)
-    its error is handed back, for agree() to raise in every process once all have joined: a process
-    that stopped before joining would leave the others waiting to join."""
+    its error is handed back, for `meet` (through placement.setup) to raise in every process: a
+    process that stopped before joining would leave the others waiting to join."""
     if launched() == 1:
         return check(), None
     return _met(check)
+
+
+def join(backend: str | None, rank: int, world_size: int, error: AlexkitError | None) -> None:
+    """Join torchrun's process group with `backend` once `meet` found no error in any process (and
+    the same backend in all); `error`: this process's, None if it met none (then `backend` is set)."""
+    store, rank, world_size = next(dist.rendezvous("env://", rank, world_size))  # as init_process_group's own
+    meet(store, rank, world_size, backend, error)
+    dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank, world_size=world_size)
+
+
+MEET_WAIT = timedelta(minutes=10)  # for every process to reach meet: they start together, then read a checkpoint
+
+
+def meet(store: dist.Store, rank: int, world_size: int, backend: str | None, error: AlexkitError | None,
+         wait: timedelta = MEET_WAIT) -> None:
+    """Before joining: each process says, in the rendezvous `store`, the error it met (None: none) and
+    the backend it would join with, and reads what every other said. Then every process raises the
+    first error by rank, or else one naming a process whose backend differs from process 0's (a node
+    where `--device auto` found no CUDA), or one naming the processes that said nothing within `wait`;
+    if none raises, all may join with `backend`."""
+    # The store outlives a group, and a process may join again: the n-th meeting of each process is one.
+    key = f"alexkit/meet/{store.add(f'alexkit/meetings/{rank}', 1)}/{{}}".format
+    store.set(key(rank), json.dumps([_said(error), backend, socket.gethostname()]))
+    keys = [key(r) for r in range(world_size)]
+    try:
+        store.wait(keys, wait)
+        said = [json.loads(store.get(k)) for k in keys]
+    except RuntimeError as exc:  # the wait ran out, or the store is gone with the process that held it
+        raise _not_met(store, keys, wait, exc) from exc
+    if store.add(key("read"), 1) == world_size:
+        store.set(key("all-read"), "")
+    try:
+        _raise_first([one for one, _, _ in said], rank, error)
+        backends = [(backend, host) for _, backend, host in said]
+        other = next((r for r, (b, _) in enumerate(backends) if b != backends[0][0]), None)
+        if other is not None:
+            cuda, cpu = (0, other) if backends[0][0] == "nccl" else (other, 0)
+            raise _everywhere(f"CUDA is available to process {cuda} on {backends[cuda][1]} but not to process {cpu} "
+                              f"on {backends[cpu][1]}, and a job's processes must all use GPUs or all the CPU: fix "
+                              f"that node's GPUs (nvidia-smi lists them), or pass --device cpu")  # fmt: skip
+    except AlexkitError:
+        if rank == 0:  # it may hold the store (it does without torchrun's agent): it leaves once all have read
+            with contextlib.suppress(RuntimeError):
+                store.wait([key("all-read")], timedelta(seconds=60))
+        raise
+
+
+def _not_met(store: dist.Store, keys: list[str], wait: timedelta, exc: RuntimeError) -> PeerLost:
+    """The error for a meet that some process never reached: those processes, where the store still
+    answers; else (the process that held it stopped) the store's own error."""
+    try:
+        missing = [str(r) for r, k in enumerate(keys) if not store.check([k])]
+    except RuntimeError:
+        return peer_lost(exc, "run again")
+    which = f"process {missing[0]}" if len(missing) == 1 else f"processes {', '.join(missing)}"
+    return PeerLost(f"{which} of this job did not start within {wait.total_seconds():g} s; see its own error, then "
+                    "run again")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from alexkit.model.placement import setup, teardown
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, Ticks
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
-from alexkit.ranks import agree, before_joining, launched, lost_peers_said, on_every_rank
+from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import moved_store, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
@@ -158,9 +158,8 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
 
     found, error = before_joining(lambda: _resume_from(cfg, given))
     ckpt, cfg = found if error is None else (None, cfg)
-    placement = setup(cfg.parallel if error is None else "ddp", cfg.device)
+    placement = setup(cfg.parallel if error is None else "ddp", cfg.device, error)
     try:
-        agree(error)
         with contextlib.ExitStack() as held:
 
             def open_store():

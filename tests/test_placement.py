@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import alexkit.model.placement as placement_module
 from alexkit.errors import AlexkitError
 from alexkit.model import AlexNet
 from alexkit.model.placement import ColumnAlexNet, Placement, alexnet_state_dict, load_alexnet_state_dict, place, setup
@@ -24,9 +25,9 @@ def test_ddp_ranks_are_global_never_local(monkeypatch):
         monkeypatch.setenv(name, value)
     joined = []
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group", lambda backend, rank, world_size: joined.append((backend, rank, world_size)))
+    monkeypatch.setattr(placement_module, "join", lambda *how: joined.append(how))
     placement = setup("ddp", "cpu")
-    assert (placement.rank, placement.world_size, joined) == (3, 4, [("gloo", 3, 4)])
+    assert (placement.rank, placement.world_size, joined) == (3, 4, [("gloo", 3, 4, None)])
 
 CPU2 = (torch.device("cpu"), torch.device("cpu"))
 SMALL = dict(width=0.25, fc_features=64, input_size=63, dropout=0.0)
@@ -117,12 +118,16 @@ def test_training_under_torchrun_without_ddp_is_refused(monkeypatch, tmp_path, p
     from alexkit.train import TrainConfig, train
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    joined = []  # the error waits until the process has joined the others (no group here: said at once)
-    monkeypatch.setattr(train_module, "setup", lambda parallel, device: joined.append(parallel) or Placement(
-        parallel, 0, 2, (torch.device("cpu"),)))  # fmt: skip
+    joined = []  # the error goes to setup as a ddp join, which raises it in every process (test_ranks.py)
+
+    def setup(parallel, device, error):
+        joined.append((parallel, str(error)))
+        raise error
+
+    monkeypatch.setattr(train_module, "setup", setup)
     with pytest.raises(AlexkitError, match=f"--parallel {parallel} under torchrun with 2 processes .* pass --parallel ddp"):
         train(TrainConfig(data=tmp_path, parallel=parallel, device="cpu"))
-    assert joined == ["ddp"]
+    assert [p for p, _ in joined] == ["ddp"] and joined[0][1].startswith(f"--parallel {parallel} under torchrun")
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +310,8 @@ def test_idle_gpus_are_named_with_the_torchrun_line_that_uses_them(monkeypatch):
 def test_each_process_takes_its_own_gpus_and_joins_with_nccl(monkeypatch):
     """CUDA faked as 4 GPUs (no GPU needed; nothing here starts CUDA): process 1 of ddp-columns takes
     GPUs 2 and 3; ddp places by LOCAL_RANK whatever cuda:N says; a GPU past the last is a one-line
-    error; GPU processes join with NCCL."""
+    error, handed to the join (which raises it in every process: test_ranks.py); GPU processes join
+    with NCCL."""
     import torch.distributed as dist
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -313,7 +319,13 @@ def test_each_process_takes_its_own_gpus_and_joins_with_nccl(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     joined = []
-    monkeypatch.setattr(dist, "init_process_group", lambda backend, rank, world_size: joined.append(backend))
+
+    def join(backend, rank, world_size, error):
+        joined.append(backend)
+        if error is not None:
+            raise error
+
+    monkeypatch.setattr(placement_module, "join", join)
     for name, value in dict(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2").items():
         monkeypatch.setenv(name, value)
     assert [d.index for d in setup("ddp-columns", "cuda").devices] == [2, 3]
@@ -322,6 +334,7 @@ def test_each_process_takes_its_own_gpus_and_joins_with_nccl(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "4")
     with pytest.raises(AlexkitError, match="needs GPU 4, but only 4 are visible"):
         setup("ddp", "cuda")
+    assert joined[-1] is None  # no backend: this process met an error
 
 
 def _last_write_worker(rank: int, out: str) -> None:

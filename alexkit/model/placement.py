@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from alexkit.errors import AlexkitError
 from alexkit.model.alexnet import COLUMNS, AlexNet
 from alexkit.model.lrn import LocalResponseNorm
+from alexkit.ranks import agree, before_joining, join, on_every_rank
 
 Parallel = Literal["none", "columns", "ddp", "ddp-columns"]
 SPLIT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # halved by output rows
@@ -176,35 +177,52 @@ def check_device(device: str) -> None:
         raise AlexkitError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
-def setup(parallel: Parallel, device: str) -> Placement:
-    """Pick this process's device(s); for DDP, join the process group torchrun describes."""
-    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise AlexkitError(f"--device {device}: CUDA is not available here; use --device cpu")
+def setup(parallel: Parallel, device: str, error: AlexkitError | None = None) -> Placement:
+    """Pick this process's device(s); for DDP, join the process group torchrun describes. `error`: one
+    this process met before (ranks.before_joining): raised in every process, before any joins."""
     rank, world_size, local_rank = 0, 1, 0
-    if parallel.startswith("ddp"):
+    ddp = parallel.startswith("ddp")
+    if ddp:
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             raise AlexkitError(f"--parallel {parallel} needs torchrun: torchrun --nproc-per-node=N -m alexkit train ...")
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if ddp and not dist.is_initialized():
+        chosen, mine = before_joining(lambda: _devices(parallel, device, local_rank))
+        if chosen is not None:
+            _use(chosen)
+        join(None if chosen is None else "nccl" if chosen[0].type == "cuda" else "gloo", rank, world_size, error or mine)
+    else:  # alone, or in a group that the caller joined
+        agree(error)
+        chosen = on_every_rank(lambda: _devices(parallel, device, local_rank))
+        _use(chosen)
+    return Placement(parallel, rank, world_size, chosen)
+
+
+def _devices(parallel: Parallel, device: str, local_rank: int) -> tuple[torch.device, ...]:
+    """This process's device(s): one, or two for the columns."""
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise AlexkitError(f"--device {device}: CUDA is not available here; use --device cpu")
     per_process = 2 if parallel.endswith("columns") else 1
     if not want_cuda:
-        devices = (torch.device("cpu"),) * per_process
-    elif device.startswith("cuda:") and not parallel.startswith("ddp"):
+        return (torch.device("cpu"),) * per_process
+    if device.startswith("cuda:") and not parallel.startswith("ddp"):
         first = int(device.split(":")[1])
         devices = tuple(torch.device("cuda", first + i) for i in range(per_process))
     else:
         devices = tuple(torch.device("cuda", local_rank * per_process + i) for i in range(per_process))
-    if want_cuda and devices[-1].index >= torch.cuda.device_count():
+    if devices[-1].index >= torch.cuda.device_count():
         fix = {"columns": "use --parallel none", "ddp": "use fewer processes per node"}.get(
             parallel, "use fewer processes per node, or --parallel ddp")
         raise AlexkitError(f"--parallel {parallel} needs GPU {devices[-1].index}, but only "
                            f"{torch.cuda.device_count()} are visible; {fix}")  # fmt: skip
-    if want_cuda:
+    return devices
+
+
+def _use(devices: tuple[torch.device, ...]) -> None:
+    if devices[0].type == "cuda":
         torch.cuda.set_device(devices[0])
-    if parallel.startswith("ddp") and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo", rank=rank, world_size=world_size)
-    return Placement(parallel, rank, world_size, devices)
 
 
 def place(model: AlexNet, placement: Placement, channels_last: bool = False) -> nn.Module:

@@ -1,0 +1,138 @@
+"""The processes of a torchrun job meet before joining: an error met by one is raised by all, at once."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from alexkit.errors import AlexkitError, PathRefused
+from alexkit.ranks import PeerLost, meet
+
+HOST = socket.gethostname()
+
+
+def meeting(said: list[tuple[str | None, AlexkitError | None]], wait: timedelta = timedelta(seconds=60)) -> list:
+    """Each process (a thread here, with its own client of one real TCPStore) meets with its (backend,
+    error); what each raised, or None."""
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    raised: list = [None] * len(said)
+
+    def process(rank: int) -> None:
+        store = dist.TCPStore("127.0.0.1", server.port, is_master=False)
+        try:
+            meet(store, rank, len(said), *said[rank], wait=wait)
+        except AlexkitError as exc:
+            raised[rank] = exc
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(len(said))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return raised
+
+
+def test_processes_that_met_no_error_and_chose_one_backend_go_on():
+    assert meeting([("gloo", None)] * 3) == [None] * 3
+    assert meeting([("nccl", None)] * 2) == [None] * 2
+
+
+def test_the_first_error_is_raised_in_every_process_with_its_exit_code():
+    """Process 1 found no store, process 2 was refused a path: all three raise process 1's error, the
+    others naming where it came from, and none joins (a process that stopped alone before joining left
+    the others waiting to join)."""
+    refused = PathRefused("/nfs/s/manifest.json: Permission denied; check that path")
+    raised = meeting([("gloo", None), (None, AlexkitError("store /nfs/s does not exist")), (None, refused)])
+    assert [str(e) for e in raised] == [f"store /nfs/s does not exist (said by process 1 on {HOST})",
+                                        "store /nfs/s does not exist",
+                                        f"store /nfs/s does not exist (said by process 1 on {HOST})"]  # fmt: skip
+    assert [(e.exit_code, e.everywhere) for e in raised] == [(2, True)] * 3
+    raised = meeting([(None, refused), ("gloo", None)])
+    assert [(str(e).split(" (said")[0], e.exit_code) for e in raised] == [(str(refused), 1)] * 2
+
+
+@pytest.mark.parametrize("backends, cuda, cpu", [(["gloo", "nccl", "gloo"], 1, 0), (["nccl", "nccl", "gloo"], 0, 2)])
+def test_a_process_without_cuda_among_processes_with_it_is_named(backends, cuda, cpu):
+    """`--device auto` on a node whose GPUs are not seen: it would join with gloo, the others with NCCL."""
+    raised = meeting([(b, None) for b in backends])
+    said = (f"CUDA is available to process {cuda} on {HOST} but not to process {cpu} on {HOST}, and a job's processes "
+            "must all use GPUs or all the CPU: fix that node's GPUs (nvidia-smi lists them), or pass --device cpu")
+    assert [str(e) for e in raised] == [said] * 3
+
+
+def test_a_process_that_never_comes_is_named_after_the_wait():
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    with pytest.raises(PeerLost, match=r"^processes 1, 2 of this job did not start within 1 s; see its own error, then run again$"):
+        meet(server, 0, 3, "gloo", None, wait=timedelta(seconds=1))
+
+
+WORKER = '''
+import os, sys
+import torch
+rank = int(os.environ["RANK"])
+if rank == 1:  # a node that sees GPUS GPUs, where process 0 sees none (no GPU is started: CUDA is faked)
+    torch.cuda.is_available = lambda: True
+    torch.cuda.device_count = lambda: int(os.environ["GPUS"])
+    torch.cuda.set_device = lambda device: None
+from alexkit.errors import AlexkitError
+from alexkit.model.placement import setup
+try:
+    setup("ddp", "auto")
+    said = "joined"
+except AlexkitError as exc:
+    said = f"{exc.exit_code} {exc}"
+open(os.path.join(sys.argv[1], f"rank{rank}.txt"), "w").write(said)
+'''
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_under_torchrun_each_process_says_the_error_another_met_before_joining(tmp_path, gpus):
+    """torchrun, two processes; process 1 sees faked GPUs. With one, it has no GPU for LOCAL_RANK 1;
+    with two it would join with NCCL and process 0 with gloo. Each process says the error itself (it
+    is not stopped by torchrun's agent, which is on another node when the job has several)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1",
+                          "--nproc-per-node=2", str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "GPUS": str(gpus)})  # fmt: skip
+    said = [(tmp_path / f"rank{r}.txt").read_text() if (tmp_path / f"rank{r}.txt").exists() else run.stderr[-2000:]
+            for r in range(2)]  # fmt: skip
+    if gpus == 1:
+        error = "--parallel ddp needs GPU 1, but only 1 are visible; use fewer processes per node"
+        assert said == [f"2 {error} (said by process 1 on {HOST})", f"2 {error}"]
+    else:
+        assert said == [f"2 CUDA is available to process 1 on {HOST} but not to process 0 on {HOST}, and a job's "
+                        "processes must all use GPUs or all the CPU: fix that node's GPUs (nvidia-smi lists them), or "
+                        "pass --device cpu"] * 2  # fmt: skip
+
+
+def test_processes_that_join_again_meet_again_in_the_same_store():
+    """torchrun's store outlives a process group: a second meeting is not answered by the first's."""
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    stores = [dist.TCPStore("127.0.0.1", server.port, is_master=False) for _ in range(2)]
+    raised: list = [None, None]
+
+    def process(rank: int, said: list) -> None:
+        try:
+            for backend, error in said:
+                meet(stores[rank], rank, 2, backend, error, wait=timedelta(seconds=30))
+                time.sleep(rank)  # process 1 comes late to the second: process 0 must wait for it
+        except AlexkitError as exc:
+            raised[rank] = exc
+
+    threads = [threading.Thread(target=process, args=(0, [("gloo", None), ("gloo", None)])),
+               threading.Thread(target=process, args=(1, [("gloo", None), (None, AlexkitError("second time"))]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [str(e) for e in raised] == [f"second time (said by process 1 on {HOST})", "second time"]
