@@ -79,14 +79,15 @@ WORKER = '''
 import os, sys
 import torch
 rank = int(os.environ["RANK"])
-if rank == 1:  # a node that sees GPUS GPUs, where process 0 sees none (no GPU is started: CUDA is faked)
+if rank == 1 and os.environ["GPUS"] != "0":  # a node that sees GPUS GPUs, where process 0 sees none (faked)
     torch.cuda.is_available = lambda: True
     torch.cuda.device_count = lambda: int(os.environ["GPUS"])
     torch.cuda.set_device = lambda device: None
 from alexkit.errors import AlexkitError
 from alexkit.model.placement import setup
+before = AlexkitError("--resume r/last.pt does not exist") if rank == 1 and os.environ["GPUS"] == "0" else None
 try:
-    setup("ddp", "auto")
+    setup("ddp", "auto", before)
     said = "joined"
 except AlexkitError as exc:
     said = f"{exc.exit_code} {exc}"
@@ -94,11 +95,12 @@ open(os.path.join(sys.argv[1], f"rank{rank}.txt"), "w").write(said)
 '''
 
 
-@pytest.mark.parametrize("gpus", [1, 2])
+@pytest.mark.parametrize("gpus", [0, 1, 2])
 def test_under_torchrun_each_process_says_the_error_another_met_before_joining(tmp_path, gpus):
-    """torchrun, two processes; process 1 sees faked GPUs. With one, it has no GPU for LOCAL_RANK 1;
-    with two it would join with NCCL and process 0 with gloo. Each process says the error itself (it
-    is not stopped by torchrun's agent, which is on another node when the job has several)."""
+    """torchrun, two processes. With 0, process 1 hands setup() an error it met before (a checkpoint
+    missing on its node); else it sees faked GPUs: with one, it has no GPU for LOCAL_RANK 1; with two
+    it would join with NCCL and process 0 with gloo. Each process says the error itself (it is not
+    stopped by torchrun's agent, which is on another node when the job has several)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1",
@@ -106,7 +108,9 @@ def test_under_torchrun_each_process_says_the_error_another_met_before_joining(t
                          capture_output=True, text=True, timeout=120, env={**os.environ, "GPUS": str(gpus)})  # fmt: skip
     said = [(tmp_path / f"rank{r}.txt").read_text() if (tmp_path / f"rank{r}.txt").exists() else run.stderr[-2000:]
             for r in range(2)]  # fmt: skip
-    if gpus == 1:
+    if gpus == 0:
+        assert said == [f"2 --resume r/last.pt does not exist (said by process 1 on {HOST})", "2 --resume r/last.pt does not exist"]
+    elif gpus == 1:
         error = "--parallel ddp needs GPU 1, but only 1 are visible; use fewer processes per node"
         assert said == [f"2 {error} (said by process 1 on {HOST})", f"2 {error}"]
     else:
