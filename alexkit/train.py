@@ -13,6 +13,7 @@ epoch).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -142,6 +143,17 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.T
     return loss.detach(), logits.detach()
 
 
+def compile_quietly(net: nn.Module) -> nn.Module:
+    """torch.compile(net), without dynamo's warning, from every process, that it does not trace DDP's
+    profiler label (record_function) in forward: it concerns profiling only."""
+    logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_not_profiler_label)  # added once
+    return torch.compile(net)
+
+
+def _not_profiler_label(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Profiler record function")
+
+
 def fast_cuda() -> None:
     """cuDNN picks the fastest kernels for AlexNet's fixed shapes; fp32 matmuls (outside autocast) use TF32."""
     torch.backends.cudnn.benchmark = True
@@ -254,7 +266,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         schedule.load_state_dict(ckpt["scheduler"])
         metrics = ckpt["metrics"]
         set_rng_state(ckpt["rng"])
-    step_net = torch.compile(net) if compiled else net
+    step_net = compile_quietly(net) if compiled else net
 
     per_rank = cfg.batch_size // world
     common = dict(device=dev, rank=placement.rank, world_size=world, seed=cfg.seed,
