@@ -617,6 +617,48 @@ def test_gpu_defaults_train_and_checkpoints_load_on_cpu(store, tmp_path):
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own import
+def test_the_gpu_defaults_run_on_the_cpu_too(store, tmp_path):
+    """bf16 autocast (the loader then gives bf16 images), channels-last and torch.compile are the
+    defaults on CUDA. Turned on here, the same code trains, saves plain AlexNet's weights (not the
+    compiled wrapper's), resumes and evaluates on the CPU (about a minute: the compile)."""
+    from alexkit.evaluate import EvalConfig, evaluate
+
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, amp="on", channels_last="on", compile="on", **TINY))
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["amp"] and config["resolved"]["channels_last"] and config["resolved"]["compile"]
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert set(last["model"]) == set(AlexNet(**last["model_args"]).state_dict())
+    assert all(v.dtype == torch.float32 for v in last["model"].values())  # autocast leaves the weights in fp32
+    train(TrainConfig(resume=run, epochs=2))
+    rows = _metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2] and all(math.isfinite(r["train_loss"]) for r in rows)
+    results = evaluate(EvalConfig(checkpoint=run / "last.pt", tta=True, device="cpu"))
+    assert results["n"] == NUM_CLASSES * 16 and results["tta"] and 0 <= results["top1_err"] < 1 - 1 / NUM_CLASSES
+
+
+def test_compiling_drops_only_dynamos_profiler_label_warning():
+    """Under DDP every process printed dynamo's warning that DDP's record_function is not traced
+    (`torchrun ... train --parallel ddp --compile on` showed it from each rank); other warnings stay."""
+    import logging
+
+    from alexkit.train import compile_quietly
+
+    logger = logging.getLogger("torch._dynamo.variables.ctx_manager")  # where dynamo warns it
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        compile_quietly(torch.nn.Linear(2, 2))  # lazy: nothing compiles until called
+        logger.warning("Profiler record function %s will be ignored", "<class 'record_function'>")
+        logger.warning("Graph break: %s", "something else")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["Graph break: something else"]
+
+
 def test_a_resume_on_a_file_system_without_locks_keeps_the_run(store, tmp_path, monkeypatch):
     """The no-locks refusal removes a folder it made itself, never a run it was asked to resume."""
     run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
