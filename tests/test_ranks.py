@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -139,3 +140,46 @@ def test_processes_that_join_again_meet_again_in_the_same_store():
     for t in threads:
         t.join(timeout=60)
     assert [str(e) for e in raised] == [f"second time (said by process 1 on {HOST})", "second time"]
+
+
+class SlowReads:
+    """A client of the store over a slow link: each read arrives half a second late."""
+
+    def __init__(self, store: dist.Store):
+        self.store = store
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def get(self, key: str) -> bytes:
+        time.sleep(0.5)
+        return self.store.get(key)
+
+
+def test_process_0_holding_the_store_leaves_only_once_the_others_have_read_it():
+    """Without torchrun's agent (env:// by hand) process 0 holds the store and stops at the error it
+    met: a slow reader must still get that error, not a broken connection."""
+    held = {"store": dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)}
+    port = held["store"].port
+    raised: list = [None, None]
+
+    def process0() -> None:
+        try:
+            meet(held["store"], 0, 2, None, AlexkitError("no store here"), wait=timedelta(seconds=30))
+        except AlexkitError as exc:
+            raised[0] = str(exc)
+        held.clear()
+        gc.collect()  # the process ends: the store it held goes with it
+
+    def process1() -> None:
+        try:
+            meet(SlowReads(dist.TCPStore("127.0.0.1", port, is_master=False)), 1, 2, "gloo", None, wait=timedelta(seconds=30))
+        except AlexkitError as exc:
+            raised[1] = str(exc)
+
+    threads = [threading.Thread(target=process0), threading.Thread(target=process1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert raised == ["no store here", f"no store here (said by process 0 on {HOST})"]
