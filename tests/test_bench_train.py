@@ -50,3 +50,9 @@ def test_the_ratio_column_is_each_row_over_synthetic(capsys):
             dict(input="real pipeline", images_per_s=150.0, min=140.0, max=160.0)]  # fmt: skip
     _print("CPU", "settings", rows, None)
     assert [line.split()[-1] for line in capsys.readouterr().out.splitlines()[2:]] == ["100%", "75%"]
+
+
+def test_a_row_is_the_median_of_its_windows_with_their_range():
+    from alexkit.bench.train import row
+
+    assert row("real pipeline", [900.0, 100.0, 200.0]) == dict(input="real pipeline", images_per_s=200.0, min=100.0, max=900.0)

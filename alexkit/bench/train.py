@@ -84,7 +84,7 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
     rows = []
     for name, batches in [("synthetic on-device", synthetic), ("real pipeline", real)][: 2 if store else 1]:
         rates = _timed_windows(net, optimizer, batches(), cfg, amp, dev)
-        rows.append(dict(input=name, images_per_s=statistics.median(rates), min=min(rates), max=max(rates)))
+        rows.append(row(name, rates))
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     settings = (f"batch {cfg.batch_size}, {size}x{size}, width {cfg.width}, {'bf16 autocast' if amp else 'fp32'}"
                 f"{', channels-last' if channels_last else ''}{', compiled' if compiled else ''}; "
@@ -92,6 +92,12 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
     missing = f"{cfg.data} is not a finished store (no manifest.json)" if Path(cfg.data).exists() else f"no store at {cfg.data}"
     _print(device_name, settings, rows, None if store else f"{missing}: real pipeline not measured")
     return dict(device=device_name, settings=settings, rows=rows)
+
+
+def row(name: str, rates: list[float]) -> dict:
+    """A table row: the median of the windows' images/s (one slow window, a page fault or a
+    compile, moves a mean), with their range."""
+    return dict(input=name, images_per_s=statistics.median(rates), min=min(rates), max=max(rates))
 
 
 def _timed_windows(net, optimizer, batches, cfg: BenchTrainConfig, amp: bool, dev: torch.device) -> list[float]:
