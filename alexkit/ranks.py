@@ -108,7 +108,10 @@ def before_joining(check: Callable[[], T]) -> tuple[T | None, AlexkitError | Non
 def join(backend: str | None, rank: int, world_size: int, error: AlexkitError | None) -> None:
     """Join torchrun's process group with `backend` once `meet` found no error in any process (and
     the same backend in all); `error`: this process's, None if it met none (then `backend` is set)."""
-    store, rank, world_size = next(dist.rendezvous("env://", rank, world_size))  # as init_process_group's own
+    try:
+        store, rank, world_size = next(dist.rendezvous("env://", rank, world_size))  # as init_process_group's own
+    except ValueError as exc:  # MASTER_ADDR or MASTER_PORT unset: RANK and WORLD_SIZE were set by hand
+        raise AlexkitError(f"{exc}; start the job with torchrun, which sets it") from exc
     meet(store, rank, world_size, backend, error)
     dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank, world_size=world_size)
 

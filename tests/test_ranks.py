@@ -183,3 +183,13 @@ def test_process_0_holding_the_store_leaves_only_once_the_others_have_read_it():
     for t in threads:
         t.join(timeout=60)
     assert raised == ["no store here", f"no store here (said by process 0 on {HOST})"]
+
+
+def test_ranks_set_by_hand_without_the_rendezvous_address_are_one_line(monkeypatch):
+    from alexkit.model.placement import setup
+
+    for name, value in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(AlexkitError, match="env:// rendezvous: .*MASTER_ADDR.*; start the job with torchrun, which sets it$"):
+        setup("ddp", "cpu")
