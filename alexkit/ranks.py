@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 
 from alexkit.errors import AlexkitError, refused, why
 
@@ -105,14 +106,21 @@ def before_joining(check: Callable[[], T]) -> tuple[T | None, AlexkitError | Non
     return _met(check)
 
 
-def join(backend: str | None, rank: int, world_size: int, error: AlexkitError | None) -> None:
+def join(backend: str | None, rank: int, world_size: int, error: AlexkitError | None, device: str) -> None:
     """Join torchrun's process group with `backend` once `meet` found no error in any process (and
-    the same backend in all); `error`: this process's, None if it met none (then `backend` is set)."""
-    try:
-        store, rank, world_size = next(dist.rendezvous("env://", rank, world_size))  # as init_process_group's own
+    the same backend in all); `error`: this process's, None if it met none (then `backend` is set);
+    `device`: the --device it was given."""
+    try:  # as init_process_group's own rendezvous, but bounded by MEET_WAIT (without torchrun process 0
+        # holds the store and waits here for every other process to connect)
+        store, rank, world_size = next(dist.rendezvous("env://", rank, world_size, timeout=MEET_WAIT))
     except ValueError as exc:  # MASTER_ADDR or MASTER_PORT unset: RANK and WORLD_SIZE were set by hand
         raise AlexkitError(f"{exc}; start the job with torchrun, which sets it") from exc
-    meet(store, rank, world_size, backend, error)
+    except RuntimeError as exc:
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        raise PeerLost(f"the processes of this job did not all reach its store at {where} within "
+                       f"{MEET_WAIT.total_seconds():g} s ({why(exc)}); see their own errors, then run again") from exc
+    meet(store, rank, world_size, backend, error, device)
+    store.set_timeout((default_pg_nccl_timeout if backend == "nccl" else None) or default_pg_timeout)  # torch's own
     dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank, world_size=world_size)
 
 
@@ -120,49 +128,62 @@ MEET_WAIT = timedelta(minutes=10)  # for every process to reach meet: they start
 
 
 def meet(store: dist.Store, rank: int, world_size: int, backend: str | None, error: AlexkitError | None,
-         wait: timedelta = MEET_WAIT) -> None:
-    """Before joining: each process says, in the rendezvous `store`, the error it met (None: none) and
-    the backend it would join with, and reads what every other said. Then every process raises the
-    first error by rank, or else one naming a process whose backend differs from process 0's (a node
-    where `--device auto` found no CUDA), or one naming the processes that said nothing within `wait`;
-    if none raises, all may join with `backend`."""
-    # The store outlives a group, and a process may join again: the n-th meeting of each process is one.
-    key = f"alexkit/meet/{store.add(f'alexkit/meetings/{rank}', 1)}/{{}}".format
-    store.set(key(rank), json.dumps([_said(error), backend, socket.gethostname()]))
+         device: str = "auto", wait: timedelta = MEET_WAIT) -> None:
+    """Before joining: each process says, in the rendezvous `store`, the error it met (None: none), the
+    backend it would join with and its --device, and reads what every other said. Then every process
+    raises the first error by rank, or else one naming a process whose backend differs from process
+    0's, or one naming the processes that said nothing within `wait`; if none raises, all may join.
+
+    One meeting per process, at fixed keys. A torchrun restart (--max-restarts) keeps the store: its
+    new processes may read what the old ones said, the same unless an old one met an error."""
+    key = "alexkit/meet/{}".format
+    store.set(key(rank), json.dumps([_said(error), backend, socket.gethostname(), device]))
     keys = [key(r) for r in range(world_size)]
     try:
         store.wait(keys, wait)
         said = [json.loads(store.get(k)) for k in keys]
     except RuntimeError as exc:  # the wait ran out, or the store is gone with the process that held it
-        raise _not_met(store, keys, wait, exc) from exc
+        raise _not_met(store, keys, rank, wait, exc) from exc
     if store.add(key("read"), 1) == world_size:
         store.set(key("all-read"), "")
     try:
-        _raise_first([one for one, _, _ in said], rank, error)
-        backends = [(backend, host) for _, backend, host in said]
-        other = next((r for r, (b, _) in enumerate(backends) if b != backends[0][0]), None)
-        if other is not None:
-            cuda, cpu = (0, other) if backends[0][0] == "nccl" else (other, 0)
-            raise _everywhere(f"CUDA is available to process {cuda} on {backends[cuda][1]} but not to process {cpu} "
-                              f"on {backends[cpu][1]}, and a job's processes must all use GPUs or all the CPU: fix "
-                              f"that node's GPUs (nvidia-smi lists them), or pass --device cpu")  # fmt: skip
+        _raise_first([one[0] for one in said], rank, error)
+        _same_backend([one[1:] for one in said])
     except AlexkitError:
-        if rank == 0:  # it may hold the store (it does without torchrun's agent): it leaves once all have read
-            with contextlib.suppress(RuntimeError):
+        if rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # without torchrun's agent
+            with contextlib.suppress(RuntimeError):  # process 0 holds the store: it leaves once all have read
                 store.wait([key("all-read")], timedelta(seconds=60))
         raise
 
 
-def _not_met(store: dist.Store, keys: list[str], wait: timedelta, exc: RuntimeError) -> PeerLost:
+def _same_backend(said: list) -> None:
+    """Raise if a process would join with another backend than process 0: (backend, host, device) each."""
+    other = next((r for r, one in enumerate(said) if one[0] != said[0][0]), None)
+    if other is None:
+        return
+    cuda, cpu = (0, other) if said[0][0] == "nccl" else (other, 0)
+    (_, cuda_host, cuda_device), (_, cpu_host, cpu_device) = said[cuda], said[cpu]
+    fix = (f"{cpu_host} finds no CUDA: fix its GPUs (nvidia-smi lists them), or pass --device cpu to all"
+           if cpu_device == "auto" else "pass the same --device to all")  # fmt: skip
+    raise _everywhere(f"process {cuda} on {cuda_host} would train on GPUs (--device {cuda_device}) and process {cpu} "
+                      f"on {cpu_host} on the CPU (--device {cpu_device}), and a job's processes must all use GPUs or "
+                      f"all the CPU; {fix}")  # fmt: skip
+
+
+def _not_met(store: dist.Store, keys: list[str], rank: int, wait: timedelta, exc: RuntimeError) -> PeerLost:
     """The error for a meet that some process never reached: those processes, where the store still
-    answers; else (the process that held it stopped) the store's own error."""
+    answers (said by process 0 alone when it is not among them); else (the process that held the
+    store stopped) the store's own error."""
     try:
-        missing = [str(r) for r, k in enumerate(keys) if not store.check([k])]
+        missing = [r for r, k in enumerate(keys) if not store.check([k])]
     except RuntimeError:
         return peer_lost(exc, "run again")
-    which = f"process {missing[0]}" if len(missing) == 1 else f"processes {', '.join(missing)}"
-    return PeerLost(f"{which} of this job did not start within {wait.total_seconds():g} s; see its own error, then "
-                    "run again")  # fmt: skip
+    which, whose = (f"process {missing[0]}", "its") if len(missing) == 1 else \
+        (f"processes {', '.join(map(str, missing))}", "their")
+    error = PeerLost(f"{which} of this job did not come within {wait.total_seconds():g} s (stopped before joining, or "
+                     f"still starting); see {whose} own error, then run again")  # fmt: skip
+    error.everywhere = 0 not in missing  # process 0 is waiting too, and says it once for all
+    return error
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ def test_ddp_ranks_are_global_never_local(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(placement_module, "join", lambda *how: joined.append(how))
     placement = setup("ddp", "cpu")
-    assert (placement.rank, placement.world_size, joined) == (3, 4, [("gloo", 3, 4, None)])
+    assert (placement.rank, placement.world_size, joined) == (3, 4, [("gloo", 3, 4, None, "cpu")])
 
 CPU2 = (torch.device("cpu"), torch.device("cpu"))
 SMALL = dict(width=0.25, fc_features=64, input_size=63, dropout=0.0)
@@ -320,7 +320,7 @@ def test_each_process_takes_its_own_gpus_and_joins_with_nccl(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     joined = []
 
-    def join(backend, rank, world_size, error):
+    def join(backend, rank, world_size, error, device):
         joined.append(backend)
         if error is not None:
             raise error
@@ -335,6 +335,16 @@ def test_each_process_takes_its_own_gpus_and_joins_with_nccl(monkeypatch):
     with pytest.raises(AlexkitError, match="needs GPU 4, but only 4 are visible"):
         setup("ddp", "cuda")
     assert joined[-1] is None  # no backend: this process met an error
+    monkeypatch.setenv("LOCAL_RANK", "1")
+
+    def busy(device):
+        raise RuntimeError("CUDA error: CUDA-capable device(s) is/are busy or unavailable")
+
+    monkeypatch.setattr(torch.cuda, "set_device", busy)  # the first CUDA call: it joins the meeting too
+    with pytest.raises(AlexkitError, match=r"^cuda:1 on .* cannot be used \(RuntimeError: CUDA error: CUDA-capable device\(s\) "
+                                           r"is/are busy or unavailable\); check it with nvidia-smi"):  # fmt: skip
+        setup("ddp", "cuda")
+    assert joined[-1] is None
 
 
 def _last_write_worker(rank: int, out: str) -> None:

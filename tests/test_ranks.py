@@ -60,19 +60,36 @@ def test_the_first_error_is_raised_in_every_process_with_its_exit_code():
     assert [(str(e).split(" (said")[0], e.exit_code) for e in raised] == [(str(refused), 1)] * 2
 
 
-@pytest.mark.parametrize("backends, cuda, cpu", [(["gloo", "nccl", "gloo"], 1, 0), (["nccl", "nccl", "gloo"], 0, 2)])
-def test_a_process_without_cuda_among_processes_with_it_is_named(backends, cuda, cpu):
-    """`--device auto` on a node whose GPUs are not seen: it would join with gloo, the others with NCCL."""
-    raised = meeting([(b, None) for b in backends])
-    said = (f"CUDA is available to process {cuda} on {HOST} but not to process {cpu} on {HOST}, and a job's processes "
-            "must all use GPUs or all the CPU: fix that node's GPUs (nvidia-smi lists them), or pass --device cpu")
-    assert [str(e) for e in raised] == [said] * 3
+AUTO_FIX = f"{HOST} finds no CUDA: fix its GPUs (nvidia-smi lists them), or pass --device cpu to all"
+
+
+@pytest.mark.parametrize("said, cuda, cpu, fix", [
+    ([("gloo", None), ("nccl", None), ("gloo", None)], 1, 0, AUTO_FIX),
+    ([("nccl", None), ("nccl", None), ("gloo", None)], 0, 2, AUTO_FIX),
+    ([("nccl", None, "auto"), ("gloo", None, "cpu")], 0, 1, "pass the same --device to all"),
+])  # fmt: skip
+def test_a_process_on_the_cpu_among_processes_on_gpus_is_named(said, cuda, cpu, fix):
+    """`--device auto` on a node whose GPUs are not seen, or `--device cpu` on one node only: it would
+    join with gloo, the others with NCCL."""
+    raised = meeting(said)
+    devices = [one[2] if len(one) > 2 else "auto" for one in said]
+    text = (f"process {cuda} on {HOST} would train on GPUs (--device {devices[cuda]}) and process {cpu} on {HOST} on "
+            f"the CPU (--device {devices[cpu]}), and a job's processes must all use GPUs or all the CPU; {fix}")
+    assert [str(e) for e in raised] == [text] * len(said)
 
 
 def test_a_process_that_never_comes_is_named_after_the_wait():
+    """Said by process 0 for all the processes waiting, unless process 0 is the one missing."""
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    with pytest.raises(PeerLost, match=r"^processes 1, 2 of this job did not start within 1 s; see its own error, then run again$"):
+    with pytest.raises(PeerLost) as raised:
         meet(server, 0, 3, "gloo", None, wait=timedelta(seconds=1))
+    assert str(raised.value) == ("processes 1, 2 of this job did not come within 1 s (stopped before joining, or still "
+                                 "starting); see their own error, then run again")  # fmt: skip
+    assert raised.value.everywhere
+    other = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    with pytest.raises(PeerLost, match=r"^process 0 of this job did not come within 1 s .*; see its own error") as raised:
+        meet(other, 1, 2, "gloo", None, wait=timedelta(seconds=1))
+    assert not raised.value.everywhere  # process 0 is not there to say it
 
 
 WORKER = '''
@@ -114,32 +131,32 @@ def test_under_torchrun_each_process_says_the_error_another_met_before_joining(t
         error = "--parallel ddp needs GPU 1, but only 1 are visible; use fewer processes per node"
         assert said == [f"2 {error} (said by process 1 on {HOST})", f"2 {error}"]
     else:
-        assert said == [f"2 CUDA is available to process 1 on {HOST} but not to process 0 on {HOST}, and a job's "
-                        "processes must all use GPUs or all the CPU: fix that node's GPUs (nvidia-smi lists them), or "
-                        "pass --device cpu"] * 2  # fmt: skip
+        assert said == [f"2 process 1 on {HOST} would train on GPUs (--device auto) and process 0 on {HOST} on the CPU "
+                        f"(--device auto), and a job's processes must all use GPUs or all the CPU; {AUTO_FIX}"] * 2
 
 
-def test_processes_that_join_again_meet_again_in_the_same_store():
-    """torchrun's store outlives a process group: a second meeting is not answered by the first's."""
+def test_after_a_restart_the_new_processes_meet_in_the_store_the_old_ones_left():
+    """torchrun --max-restarts keeps the store: process 1 stopped before its meeting, process 0 waited
+    in it; the restarted pair meets (each process meets once, at fixed keys)."""
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    stores = [dist.TCPStore("127.0.0.1", server.port, is_master=False) for _ in range(2)]
-    raised: list = [None, None]
+    with pytest.raises(PeerLost, match="^process 1 of this job did not come"):
+        meet(dist.TCPStore("127.0.0.1", server.port, is_master=False), 0, 2, "gloo", None, wait=timedelta(seconds=1))
+    raised: list = ["not yet", "not yet"]
 
-    def process(rank: int, said: list) -> None:
+    def process(rank: int) -> None:
         try:
-            for backend, error in said:
-                meet(stores[rank], rank, 2, backend, error, wait=timedelta(seconds=30))
-                time.sleep(rank)  # process 1 comes late to the second: process 0 must wait for it
+            meet(dist.TCPStore("127.0.0.1", server.port, is_master=False), rank, 2, "gloo", None, wait=timedelta(seconds=30))
+            raised[rank] = None
         except AlexkitError as exc:
             raised[rank] = exc
 
-    threads = [threading.Thread(target=process, args=(0, [("gloo", None), ("gloo", None)])),
-               threading.Thread(target=process, args=(1, [("gloo", None), (None, AlexkitError("second time"))]))]
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in (1, 0)]
     for t in threads:
         t.start()
+        time.sleep(0.5)  # process 1 of the new pair first: it finds process 0's old key
     for t in threads:
         t.join(timeout=60)
-    assert [str(e) for e in raised] == [f"second time (said by process 1 on {HOST})", "second time"]
+    assert raised == [None, None]
 
 
 class SlowReads:

@@ -13,6 +13,7 @@ placement (`alexnet_state_dict`, `load_alexnet_state_dict`).
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, why
 from alexkit.model.alexnet import COLUMNS, AlexNet
 from alexkit.model.lrn import LocalResponseNorm
 from alexkit.ranks import agree, before_joining, join, on_every_rank
@@ -188,14 +189,12 @@ def setup(parallel: Parallel, device: str, error: AlexkitError | None = None) ->
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if ddp and not dist.is_initialized():
-        chosen, mine = before_joining(lambda: _devices(parallel, device, local_rank))
-        if chosen is not None:
-            _use(chosen)
-        join(None if chosen is None else "nccl" if chosen[0].type == "cuda" else "gloo", rank, world_size, error or mine)
+        chosen, mine = before_joining(lambda: _use(_devices(parallel, device, local_rank)))
+        backend = None if chosen is None else "nccl" if chosen[0].type == "cuda" else "gloo"
+        join(backend, rank, world_size, error or mine, device)
     else:  # alone, or in a group that the caller joined
         agree(error)
-        chosen = on_every_rank(lambda: _devices(parallel, device, local_rank))
-        _use(chosen)
+        chosen = on_every_rank(lambda: _use(_devices(parallel, device, local_rank)))
     return Placement(parallel, rank, world_size, chosen)
 
 
@@ -220,9 +219,15 @@ def _devices(parallel: Parallel, device: str, local_rank: int) -> tuple[torch.de
     return devices
 
 
-def _use(devices: tuple[torch.device, ...]) -> None:
+def _use(devices: tuple[torch.device, ...]) -> tuple[torch.device, ...]:
+    """`devices`, made current: the first CUDA call, where a busy or broken GPU fails."""
     if devices[0].type == "cuda":
-        torch.cuda.set_device(devices[0])
+        try:
+            torch.cuda.set_device(devices[0])
+        except RuntimeError as exc:
+            raise AlexkitError(f"{devices[0]} on {socket.gethostname()} cannot be used ({why(exc)}); check it with "
+                               "nvidia-smi (busy, exclusive mode, driver), or use another") from exc  # fmt: skip
+    return devices
 
 
 def place(model: AlexNet, placement: Placement, channels_last: bool = False) -> nn.Module:
