@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -72,7 +73,8 @@ def _raise_first(said: list, rank: int, error: AlexkitError | None) -> None:
 
 
 def _everywhere(text: str, exit_code: int = AlexkitError.exit_code) -> AlexkitError:
-    """An error that every process raises at once: the command line lets rank 0 alone print it."""
+    """An error that every process raises at once: the command line lets the first process of each node
+    alone print it."""
     error = AlexkitError(text)
     error.exit_code, error.everywhere = exit_code, True
     return error
@@ -117,8 +119,8 @@ def join(backend: str | None, rank: int, world_size: int, error: AlexkitError | 
         raise AlexkitError(f"{exc}; start the job with torchrun, which sets it") from exc
     except RuntimeError as exc:
         where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-        raise PeerLost(f"the processes of this job did not all reach its store at {where} within "
-                       f"{MEET_WAIT.total_seconds():g} s ({why(exc)}); see their own errors, then run again") from exc
+        raise PeerLost(f"the processes of this job did not all reach its store at {where} ({why(exc)}); see their own "
+                       "errors, then run again") from exc  # fmt: skip
     meet(store, rank, world_size, backend, error, device)
     store.set_timeout((default_pg_nccl_timeout if backend == "nccl" else None) or default_pg_timeout)  # torch's own
     dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank, world_size=world_size)
@@ -134,17 +136,19 @@ def meet(store: dist.Store, rank: int, world_size: int, backend: str | None, err
     raises the first error by rank, or else one naming a process whose backend differs from process
     0's, or one naming the processes that said nothing within `wait`; if none raises, all may join.
 
-    One meeting per process, at fixed keys. A torchrun restart (--max-restarts) keeps the store: its
-    new processes may read what the old ones said, the same unless an old one met an error."""
+    The keys are fixed, and the last process to read them deletes them: the store outlives the
+    processes (a torchrun restart keeps it), and a later meeting must not read this one."""
     key = "alexkit/meet/{}".format
     store.set(key(rank), json.dumps([_said(error), backend, socket.gethostname(), device]))
     keys = [key(r) for r in range(world_size)]
+    _wait_for_all(store, keys, rank == 0, wait)
     try:
-        store.wait(keys, wait)
         said = [json.loads(store.get(k)) for k in keys]
-    except RuntimeError as exc:  # the wait ran out, or the store is gone with the process that held it
-        raise _not_met(store, keys, rank, wait, exc) from exc
+    except RuntimeError as exc:  # the store is gone with the process that held it
+        raise peer_lost(exc, "run again") from exc
     if store.add(key("read"), 1) == world_size:
+        for k in (*keys, key("read")):
+            store.delete_key(k)
         store.set(key("all-read"), "")
     try:
         _raise_first([one[0] for one in said], rank, error)
@@ -153,6 +157,7 @@ def meet(store: dist.Store, rank: int, world_size: int, backend: str | None, err
         if rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # without torchrun's agent
             with contextlib.suppress(RuntimeError):  # process 0 holds the store: it leaves once all have read
                 store.wait([key("all-read")], timedelta(seconds=60))
+                store.delete_key(key("all-read"))
         raise
 
 
@@ -170,20 +175,37 @@ def _same_backend(said: list) -> None:
                       f"all the CPU; {fix}")  # fmt: skip
 
 
-def _not_met(store: dist.Store, keys: list[str], rank: int, wait: timedelta, exc: RuntimeError) -> PeerLost:
-    """The error for a meet that some process never reached: those processes, where the store still
-    answers (said by process 0 alone when it is not among them); else (the process that held the
-    store stopped) the store's own error."""
+def _wait_for_all(store: dist.Store, keys: list[str], zero_came: bool, wait: timedelta) -> None:
+    """Until every process has said its part (keys[r] for process r), or raise PeerLost naming the
+    processes that did not within `wait`, or saying the store is gone. Process 0 says that error once
+    for all (`everywhere`) where it came: where it waits too, or where it came and its node then
+    stopped with the store. `zero_came`: this is process 0."""
+    deadline = time.monotonic() + wait.total_seconds()
+    failed: RuntimeError | None = None
     try:
-        missing = [r for r, k in enumerate(keys) if not store.check([k])]
-    except RuntimeError:
-        return peer_lost(exc, "run again")
+        while True:
+            zero_came = store.check(keys[:1]) or zero_came  # raises where the store is gone
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [r for r, k in enumerate(keys) if not store.check([k])]
+                break
+            try:
+                store.wait(keys, timedelta(seconds=min(5.0, left)))  # in slices: see whether process 0 came
+                return
+            except RuntimeError as exc:  # the slice ran out, or the store is gone: the next check tells
+                failed = exc
+    except RuntimeError as exc:  # the store is gone with the process that held it
+        error = peer_lost(failed or exc, "run again")
+        error.everywhere = zero_came
+        raise error from exc
+    if not missing:
+        return
     which, whose = (f"process {missing[0]}", "its") if len(missing) == 1 else \
         (f"processes {', '.join(map(str, missing))}", "their")
     error = PeerLost(f"{which} of this job did not come within {wait.total_seconds():g} s (stopped before joining, or "
                      f"still starting); see {whose} own error, then run again")  # fmt: skip
-    error.everywhere = 0 not in missing  # process 0 is waiting too, and says it once for all
-    return error
+    error.everywhere = zero_came
+    raise error from failed
 
 
 @contextlib.contextmanager

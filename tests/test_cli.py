@@ -71,8 +71,9 @@ def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_error_every_process_raises_is_printed_by_rank_0_alone(monkeypatch, capsys):
-    """ranks.agree raises one error in every process of a torchrun job: one line per job, not per process."""
+def test_an_error_every_process_raises_is_printed_by_the_first_process_of_each_node(monkeypatch, capsys):
+    """ranks.agree raises one error in every process of a torchrun job: one line per node (each node's
+    log says why it stopped), not per process."""
     import alexkit.train
     from alexkit.cli.main import main
     from alexkit.errors import AlexkitError
@@ -83,8 +84,10 @@ def test_an_error_every_process_raises_is_printed_by_rank_0_alone(monkeypatch, c
         raise error
 
     monkeypatch.setattr(alexkit.train, "train", fails_everywhere)
-    for rank, printed in (("1", ""), ("0", "error: store /nfs/s does not exist (said by process 1 on node2)\n")):
+    line = "error: store /nfs/s does not exist (said by process 1 on node2)\n"
+    for rank, local_rank, printed in (("1", "1", ""), ("0", "0", line), ("2", "0", line), ("3", "1", "")):  # 2 nodes of 2
         monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
         with pytest.raises(SystemExit) as done:
             main(["train"])
         assert done.value.code == 2 and capsys.readouterr().err == printed

@@ -20,10 +20,10 @@ from alexkit.ranks import PeerLost, meet
 HOST = socket.gethostname()
 
 
-def meeting(said: list[tuple[str | None, AlexkitError | None]], wait: timedelta = timedelta(seconds=60)) -> list:
-    """Each process (a thread here, with its own client of one real TCPStore) meets with its (backend,
-    error); what each raised, or None."""
-    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+def meeting(said: list[tuple], wait: timedelta = timedelta(seconds=60), server: dist.TCPStore | None = None) -> list:
+    """Each process (a thread here, with its own client of one real TCPStore: `server`, else a new
+    one) meets with its (backend, error[, device]); what each raised, or None."""
+    server = server or dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     raised: list = [None] * len(said)
 
     def process(rank: int) -> None:
@@ -135,28 +135,38 @@ def test_under_torchrun_each_process_says_the_error_another_met_before_joining(t
                         f"(--device auto), and a job's processes must all use GPUs or all the CPU; {AUTO_FIX}"] * 2
 
 
-def test_after_a_restart_the_new_processes_meet_in_the_store_the_old_ones_left():
-    """torchrun --max-restarts keeps the store: process 1 stopped before its meeting, process 0 waited
-    in it; the restarted pair meets (each process meets once, at fixed keys)."""
-    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    with pytest.raises(PeerLost, match="^process 1 of this job did not come"):
-        meet(dist.TCPStore("127.0.0.1", server.port, is_master=False), 0, 2, "gloo", None, wait=timedelta(seconds=1))
+def restarted_pair(port: int, late: int) -> list:
+    """Processes 0 and 1 of a restarted job meeting in the store at `port`, with no error, process
+    `late` arriving half a second after the other; what each raised, or None."""
     raised: list = ["not yet", "not yet"]
 
     def process(rank: int) -> None:
         try:
-            meet(dist.TCPStore("127.0.0.1", server.port, is_master=False), rank, 2, "gloo", None, wait=timedelta(seconds=30))
+            meet(dist.TCPStore("127.0.0.1", port, is_master=False), rank, 2, "gloo", None, wait=timedelta(seconds=30))
             raised[rank] = None
         except AlexkitError as exc:
             raised[rank] = exc
 
-    threads = [threading.Thread(target=process, args=(rank,)) for rank in (1, 0)]
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in (1 - late, late)]
     for t in threads:
         t.start()
-        time.sleep(0.5)  # process 1 of the new pair first: it finds process 0's old key
+        time.sleep(0.5)
     for t in threads:
         t.join(timeout=60)
-    assert raised == [None, None]
+    return raised
+
+
+def test_after_a_restart_the_new_processes_meet_in_the_store_the_old_ones_left():
+    """torchrun --max-restarts keeps the store. Process 1 stopped before its meeting while process 0
+    waited in it: the restarted pair meets, process 1 first (it finds process 0's old key). Process 1
+    met an error, and both stopped: the restarted pair, process 1 late, does not read it again."""
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    with pytest.raises(PeerLost, match="^process 1 of this job did not come"):
+        meet(dist.TCPStore("127.0.0.1", server.port, is_master=False), 0, 2, "gloo", None, wait=timedelta(seconds=1))
+    assert restarted_pair(server.port, late=0) == [None, None]
+    said = [("gloo", None), (None, AlexkitError("x"))]
+    assert [str(e) for e in meeting(said, server=server)] == [f"x (said by process 1 on {HOST})", "x"]
+    assert restarted_pair(server.port, late=1) == [None, None]
 
 
 class SlowReads:
@@ -210,3 +220,33 @@ def test_ranks_set_by_hand_without_the_rendezvous_address_are_one_line(monkeypat
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(AlexkitError, match="env:// rendezvous: .*MASTER_ADDR.*; start the job with torchrun, which sets it$"):
         setup("ddp", "cpu")
+
+
+def test_where_the_store_goes_with_process_0_after_it_came_process_0_has_said_why():
+    """Process 0, on the node that holds the store, names process 2 and stops, and the store goes with
+    it: process 1 then says the store is gone, and leaves the saying to process 0 (one line a job)."""
+    held = {"store": dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)}
+    port = held["store"].port
+    raised: list = [None, None]
+
+    def process0() -> None:
+        try:
+            meet(held["store"], 0, 3, "gloo", None, wait=timedelta(seconds=2))
+        except PeerLost as exc:
+            raised[0] = (str(exc), exc.everywhere)  # not exc: its traceback would keep the store alive
+        held.clear()
+        gc.collect()
+
+    def process1() -> None:
+        try:
+            meet(dist.TCPStore("127.0.0.1", port, is_master=False), 1, 3, "gloo", None, wait=timedelta(seconds=30))
+        except PeerLost as exc:
+            raised[1] = (str(exc), exc.everywhere)
+
+    threads = [threading.Thread(target=process0), threading.Thread(target=process1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert raised[0][0].startswith("process 2 of this job did not come within 2 s") and raised[0][1]
+    assert raised[1][0].startswith("another process of this job stopped or lost its connection") and raised[1][1]

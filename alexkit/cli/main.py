@@ -13,7 +13,6 @@ import sys
 import typer
 
 from alexkit.errors import AlexkitError, refused
-from alexkit.progress import talks
 
 app = typer.Typer(
     name="alexkit",
@@ -79,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     except AlexkitError as exc:
         if debug:
             raise
-        if not getattr(exc, "everywhere", False) or talks():  # one line per job, not per process
-            print(f"error: {exc}", file=sys.stderr)
+        if not getattr(exc, "everywhere", False) or os.environ.get("LOCAL_RANK", "0") == "0":  # one line per node
+            print(f"error: {exc}", file=sys.stderr)  # (torchrun's LOCAL_RANK): each node's log says why it stopped
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

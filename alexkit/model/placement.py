@@ -226,7 +226,7 @@ def _use(devices: tuple[torch.device, ...]) -> tuple[torch.device, ...]:
             torch.cuda.set_device(devices[0])
         except RuntimeError as exc:
             raise AlexkitError(f"{devices[0]} on {socket.gethostname()} cannot be used ({why(exc)}); check it with "
-                               "nvidia-smi (busy, exclusive mode, driver), or use another") from exc  # fmt: skip
+                               "nvidia-smi (busy, exclusive mode, driver), or hide it with CUDA_VISIBLE_DEVICES") from exc  # fmt: skip
     return devices
 
 
