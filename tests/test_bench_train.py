@@ -12,7 +12,8 @@ from tests.test_evaluate import make_store
 
 def test_timed_windows_count_images_after_the_warm_up():
     """2 warm-up steps, then 3 windows of 2 steps of 4 images: the windows' images over their rates
-    are the seconds they took, which fit inside the whole call and fill most of it."""
+    are the seconds they took, which fit inside the whole call and hold the 6 timed batches' 20 ms
+    sleeps (a bound that holds however slow the first steps are)."""
     torch.manual_seed(0)
     model = AlexNet(4, width=0.25, fc_features=16, input_size=56, init="sturdy")
     optimizer, used = make_optimizer(model, TrainConfig(), lr=0.01), []
@@ -20,6 +21,7 @@ def test_timed_windows_count_images_after_the_warm_up():
     def batches():
         while True:
             used.append(1)
+            time.sleep(0.02)
             yield torch.randn(4, 3, 56, 56) * 60, torch.randint(0, 4, (4,))
 
     cfg = BenchTrainConfig(batch_size=4, steps=2, repeats=3, warmup=2, device="cpu")
@@ -28,7 +30,7 @@ def test_timed_windows_count_images_after_the_warm_up():
     took = time.perf_counter() - start
     assert len(rates) == 3 and len(used) == 2 + 3 * 2
     timed = sum(2 * 4 / rate for rate in rates)
-    assert 0.3 * took < timed <= took, (timed, took)
+    assert 6 * 0.02 <= timed <= took, (timed, took)
 
 
 def test_bench_train_rows_and_the_ratio_to_synthetic(tmp_path, capsys):
