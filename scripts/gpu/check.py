@@ -187,6 +187,8 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if not ONLY or "train" in ONLY:  # a rerun on a warm machine: no earlier run or figures
         shutil.rmtree(RUN_DIR, ignore_errors=True)
+    if not ONLY or "ddp_nccl" in ONLY:  # its --out must not hold an earlier run
+        shutil.rmtree(f"{RUN_DIR}-ddp", ignore_errors=True)
     LOADER_JSON.unlink(missing_ok=True)
     RUN_DIR.parent.mkdir(parents=True, exist_ok=True)
     try:
