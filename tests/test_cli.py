@@ -91,6 +91,10 @@ def test_an_error_every_process_raises_is_printed_by_the_first_process_of_each_n
         with pytest.raises(SystemExit) as done:
             main(["train"])
         assert done.value.code == 2 and capsys.readouterr().err == printed
+    monkeypatch.delenv("LOCAL_RANK")  # RANK and WORLD_SIZE set by hand: no node is known, each process says it
+    with pytest.raises(SystemExit):
+        main(["train"])
+    assert capsys.readouterr().err == line
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -105,6 +105,12 @@ def test_odd_fc_features_cannot_be_split():
         ColumnAlexNet(AlexNet(10, width=0.25, fc_features=33, input_size=56), CPU2)
 
 
+def test_an_error_handed_to_setup_alone_is_raised(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(AlexkitError, match="^x$"):
+        setup("none", "cpu", AlexkitError("x"))
+
+
 def test_ddp_needs_torchrun(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(AlexkitError, match="torchrun"):
@@ -316,7 +322,8 @@ def test_each_process_takes_its_own_gpus_and_joins_with_nccl(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     joined = []
 
@@ -330,7 +337,7 @@ def test_each_process_takes_its_own_gpus_and_joins_with_nccl(monkeypatch):
         monkeypatch.setenv(name, value)
     assert [d.index for d in setup("ddp-columns", "cuda").devices] == [2, 3]
     assert [d.index for d in setup("ddp", "cuda:0").devices] == [1]
-    assert joined == ["nccl", "nccl"]
+    assert joined == ["nccl", "nccl"] and current == [torch.device("cuda", 2), torch.device("cuda", 1)]  # column 0's
     monkeypatch.setenv("LOCAL_RANK", "4")
     with pytest.raises(AlexkitError, match="needs GPU 4, but only 4 are visible"):
         setup("ddp", "cuda")

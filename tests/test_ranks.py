@@ -252,3 +252,100 @@ def test_where_the_store_goes_with_process_0_after_it_came_process_0_has_said_wh
     assert not any(t.is_alive() for t in threads), "process 1 still waits for a store that is gone"
     assert raised[0][0].startswith("process 2 of this job did not come within 2 s") and raised[0][1]
     assert raised[1][0].startswith("another process of this job stopped or lost its connection") and raised[1][1]
+
+
+def test_a_meeting_whose_wait_ran_out_as_the_last_process_came_goes_on():
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    meet(server, 0, 1, "gloo", None, wait=timedelta(0))  # nobody missing at the deadline: no error
+
+
+def test_process_0_alone_with_an_error_raises_it_at_once():
+    """Without torchrun's agent process 0 waits for the readers before it raises: here it is the last
+    reader itself, so it must not wait out that wait's 60 s."""
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    raised: list = []
+
+    def process0() -> None:
+        try:
+            meet(server, 0, 1, None, AlexkitError("x"), wait=timedelta(seconds=5))
+        except AlexkitError as exc:
+            raised.append(str(exc))
+
+    t = threading.Thread(target=process0, daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive() and raised == ["x"]
+
+
+def test_a_process_that_came_before_process_0_learns_that_it_came():
+    """Process 1 comes first and waits; process 0 comes a second later, holding the store, names the
+    missing process 2 and stops, and the store goes with it. Process 1 checks between waits whether
+    process 0 came, so it leaves the saying to process 0 (one line a job)."""
+    held = {"store": dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)}
+    port = held["store"].port
+    raised: dict = {}
+
+    def process(rank: int, wait: timedelta) -> None:
+        store = held["store"] if rank == 0 else dist.TCPStore("127.0.0.1", port, is_master=False)
+        try:
+            meet(store, rank, 3, "gloo", None, wait=wait)
+        except PeerLost as exc:
+            raised[rank] = (str(exc), exc.everywhere)
+        if rank == 0:
+            del store
+            held.clear()
+            gc.collect()
+
+    threads = [threading.Thread(target=process, args=(1, timedelta(minutes=10)), daemon=True),
+               threading.Thread(target=process, args=(0, timedelta(seconds=7)), daemon=True)]  # fmt: skip
+    threads[0].start()
+    time.sleep(1)
+    threads[1].start()
+    for t in threads:
+        t.join(timeout=60)
+    assert raised[0] == ("process 2 of this job did not come within 7 s (stopped before joining, or still starting); "
+                         "see its own error, then run again", True)  # fmt: skip
+    assert raised[1][0].startswith("another process of this job stopped or lost its connection") and raised[1][1]
+
+
+def test_a_store_nobody_holds_is_named_after_the_meetings_wait(monkeypatch):
+    """RANK, WORLD_SIZE and MASTER_* set by hand, and process 0 never started: the join gives up after
+    MEET_WAIT (here 2 s; torch's client retries stretch it), naming the store."""
+    import alexkit.ranks as ranks
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    monkeypatch.setattr(ranks, "MEET_WAIT", timedelta(seconds=2))
+    for name, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="False").items():
+        monkeypatch.setenv(name, value)
+    raised: list = []
+
+    def process1() -> None:
+        try:
+            ranks.join("gloo", 1, 2, None, "cpu")
+        except PeerLost as exc:
+            raised.append(str(exc))
+
+    t = threading.Thread(target=process1, daemon=True)
+    t.start()
+    t.join(timeout=60)  # not torch's 30 minutes
+    assert not t.is_alive() and raised[0].startswith(f"the processes of this job did not all reach its store at 127.0.0.1:{port} ")
+
+
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+def test_after_the_meeting_the_store_gets_torchs_own_timeout_back(monkeypatch, backend):
+    """The rendezvous waits at most MEET_WAIT; the group then keeps torch's default for the backend."""
+    import alexkit.ranks as ranks
+    from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="False").items():
+        monkeypatch.setenv(name, value)
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, store, rank, world_size: joined.append(store))
+    ranks.join(backend, 0, 1, None, "cpu")
+    expected = (default_pg_nccl_timeout if backend == "nccl" else None) or default_pg_timeout
+    assert joined[0].underlying_store.timeout == expected
