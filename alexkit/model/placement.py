@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from alexkit.errors import AlexkitError, why
 from alexkit.model.alexnet import COLUMNS, AlexNet
 from alexkit.model.lrn import LocalResponseNorm
-from alexkit.ranks import agree, before_joining, join, on_every_rank
+from alexkit.ranks import agree, before_joining, join
 
 Parallel = Literal["none", "columns", "ddp", "ddp-columns"]
 SPLIT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # halved by output rows
@@ -188,13 +188,12 @@ def setup(parallel: Parallel, device: str, error: AlexkitError | None = None) ->
             raise AlexkitError(f"--parallel {parallel} needs torchrun: torchrun --nproc-per-node=N -m alexkit train ...")
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    chosen, mine = before_joining(lambda: _use(_devices(parallel, device, local_rank)))
     if ddp and not dist.is_initialized():
-        chosen, mine = before_joining(lambda: _use(_devices(parallel, device, local_rank)))
         backend = None if chosen is None else "nccl" if chosen[0].type == "cuda" else "gloo"
         join(backend, rank, world_size, error or mine, device)
     else:  # alone, or in a group that the caller joined
-        agree(error)
-        chosen = on_every_rank(lambda: _use(_devices(parallel, device, local_rank)))
+        agree(error or mine)
     return Placement(parallel, rank, world_size, chosen)
 
 
