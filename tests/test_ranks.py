@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import socket
@@ -20,6 +21,20 @@ from alexkit.ranks import PeerLost, meet
 HOST = socket.gethostname()
 
 
+def together(*processes, apart: float = 0.0, within: float = 60) -> None:
+    """Run the processes (threads standing in for them) at once, or `apart` seconds apart in order;
+    all must end within `within` seconds (a meeting that waits out its own wait fails here, not by
+    hanging the tests)."""
+    threads = [threading.Thread(target=process, daemon=True) for process in processes]
+    for i, t in enumerate(threads):
+        if i:
+            time.sleep(apart)
+        t.start()
+    for t in threads:
+        t.join(timeout=within)
+    assert not any(t.is_alive() for t in threads), "a process still waits"
+
+
 def meeting(said: list[tuple], wait: timedelta = timedelta(seconds=60), server: dist.TCPStore | None = None) -> list:
     """Each process (a thread here, with its own client of one real TCPStore: `server`, else a new
     one) meets with its (backend, error[, device]); what each raised, or None."""
@@ -33,11 +48,7 @@ def meeting(said: list[tuple], wait: timedelta = timedelta(seconds=60), server: 
         except AlexkitError as exc:
             raised[rank] = exc
 
-    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(len(said))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    together(*(functools.partial(process, rank) for rank in range(len(said))), within=120)
     return raised
 
 
@@ -147,12 +158,7 @@ def restarted_pair(port: int, late: int) -> list:
         except AlexkitError as exc:
             raised[rank] = exc
 
-    threads = [threading.Thread(target=process, args=(rank,)) for rank in (1 - late, late)]
-    for t in threads:
-        t.start()
-        time.sleep(0.5)
-    for t in threads:
-        t.join(timeout=60)
+    together(functools.partial(process, 1 - late), functools.partial(process, late), apart=0.5)
     return raised
 
 
@@ -204,11 +210,7 @@ def test_process_0_holding_the_store_leaves_only_once_the_others_have_read_it():
         except AlexkitError as exc:
             raised[1] = str(exc)
 
-    threads = [threading.Thread(target=process0), threading.Thread(target=process1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    together(process0, process1)
     assert raised == ["no store here", f"no store here (said by process 0 on {HOST})"]
 
 
@@ -244,12 +246,7 @@ def test_where_the_store_goes_with_process_0_after_it_came_process_0_has_said_wh
         except PeerLost as exc:
             raised[1] = (str(exc), exc.everywhere)
 
-    threads = [threading.Thread(target=process0, daemon=True), threading.Thread(target=process1, daemon=True)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "process 1 still waits for a store that is gone"
+    together(process0, process1)  # process 1 must not wait for a store that is gone
     assert raised[0][0].startswith("process 2 of this job did not come within 2 s") and raised[0][1]
     assert raised[1][0].startswith("another process of this job stopped or lost its connection") and raised[1][1]
 
@@ -271,10 +268,8 @@ def test_process_0_alone_with_an_error_raises_it_at_once():
         except AlexkitError as exc:
             raised.append(str(exc))
 
-    t = threading.Thread(target=process0, daemon=True)
-    t.start()
-    t.join(timeout=30)
-    assert not t.is_alive() and raised == ["x"]
+    together(process0, within=30)
+    assert raised == ["x"]
 
 
 def test_a_process_that_came_before_process_0_learns_that_it_came():
@@ -296,13 +291,8 @@ def test_a_process_that_came_before_process_0_learns_that_it_came():
             held.clear()
             gc.collect()
 
-    threads = [threading.Thread(target=process, args=(1, timedelta(minutes=10)), daemon=True),
-               threading.Thread(target=process, args=(0, timedelta(seconds=7)), daemon=True)]  # fmt: skip
-    threads[0].start()
-    time.sleep(1)
-    threads[1].start()
-    for t in threads:
-        t.join(timeout=60)
+    together(functools.partial(process, 1, timedelta(minutes=10)), functools.partial(process, 0, timedelta(seconds=7)),
+             apart=1)  # fmt: skip
     assert raised[0] == ("process 2 of this job did not come within 7 s (stopped before joining, or still starting); "
                          "see its own error, then run again", True)  # fmt: skip
     assert raised[1][0].startswith("another process of this job stopped or lost its connection") and raised[1][1]
@@ -327,10 +317,8 @@ def test_a_store_nobody_holds_is_named_after_the_meetings_wait(monkeypatch):
         except PeerLost as exc:
             raised.append(str(exc))
 
-    t = threading.Thread(target=process1, daemon=True)
-    t.start()
-    t.join(timeout=60)  # not torch's 30 minutes
-    assert not t.is_alive() and raised[0].startswith(f"the processes of this job did not all reach its store at 127.0.0.1:{port} ")
+    together(process1)  # within 60 s, not torch's 30 minutes
+    assert raised[0].startswith(f"the processes of this job did not all reach its store at 127.0.0.1:{port} ")
 
 
 @pytest.mark.parametrize("backend", ["gloo", "nccl"])
