@@ -63,7 +63,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto (CUDA if present), cpu, cuda, cuda:N
     parallel: Parallel = "none"
-    amp: Auto = "auto"  # bf16 autocast; auto: on for CUDA, off on CPU
+    amp: Auto = "auto"  # bf16 autocast; auto: on for CUDA with bf16 tensor cores (resolve_auto), off on CPU
     channels_last: Auto = "auto"  # auto: on for CUDA
     compile: Auto = "auto"  # torch.compile; auto: on for CUDA
     width: float = 1.0  # network size (see AlexNet); the defaults are the paper's net
@@ -247,7 +247,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
     if cfg.batch_size % world:
         raise AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
     on_cuda = dev.type == "cuda"
-    amp, channels_last, compiled = (resolve_auto(v, on_cuda) for v in (cfg.amp, cfg.channels_last, cfg.compile))
+    amp, channels_last, compiled = resolve_auto(cfg.amp, cfg.channels_last, cfg.compile, dev)
     base_lr = cfg.lr * (cfg.batch_size / PAPER_BATCH if cfg.lr_scaling == "linear" else 1.0)
     if on_cuda:
         fast_cuda()
@@ -396,9 +396,13 @@ def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> flo
     return min(1.0, done / total) if total else 1.0
 
 
-def resolve_auto(value: Auto, on_cuda: bool) -> bool:
-    """An --amp / --channels-last / --compile value: "auto" means on for CUDA, off on the CPU."""
-    return on_cuda if value == "auto" else value == "on"
+def resolve_auto(amp: Auto, channels_last: Auto, compile: Auto, device: torch.device) -> tuple[bool, bool, bool]:
+    """--amp, --channels-last, --compile: "auto" means on for CUDA and off on the CPU, except that
+    bf16 autocast is on only for GPUs with bf16 tensor cores (compute capability 8.0 on: A100, RTX 30xx
+    and later). Older ones would emulate bf16 and gain nothing; they train in fp32 unless --amp on."""
+    on_cuda = device.type == "cuda"
+    bf16 = on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    return tuple(on if v == "auto" else v == "on" for v, on in ((amp, bf16), (channels_last, on_cuda), (compile, on_cuda)))
 
 
 # --- resume ---

@@ -16,7 +16,7 @@ import torch
 
 from alexkit.errors import AlexkitError
 from alexkit.model import AlexNet, build_from_checkpoint
-from alexkit.train import PlateauSchedule, TrainConfig, _warmup_factor, dropout_seed, make_optimizer, train, validate
+from alexkit.train import PlateauSchedule, TrainConfig, _warmup_factor, dropout_seed, make_optimizer, resolve_auto, train, validate
 
 NUM_CLASSES = 4
 # The CPU demo's net at the store's 56 px crops: fast, and it learns the sample classes in seconds.
@@ -606,15 +606,24 @@ def test_a_cpu_run_on_a_gpu_machine_leaves_cuda_alone(store, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_defaults_train_and_checkpoints_load_on_cpu(store, tmp_path):
-    """On CUDA the defaults turn on bf16 autocast, channels-last and torch.compile."""
+    """On CUDA the defaults turn on channels-last, torch.compile and, on GPUs with bf16 tensor cores,
+    bf16 autocast."""
     run = train(TrainConfig(data=store, out=tmp_path / "gpu", epochs=4, dropout=0.0,
                             **{**TINY, "device": "cuda"}))  # fmt: skip
     config = json.loads((run / "config.json").read_text())
-    assert config["resolved"]["amp"] and config["resolved"]["channels_last"] and config["resolved"]["compile"]
+    assert config["resolved"]["channels_last"] and config["resolved"]["compile"]
+    assert config["resolved"]["amp"] == (torch.cuda.get_device_capability()[0] >= 8)
     rows = _metrics(run)
     assert all(math.isfinite(r["train_loss"]) for r in rows) and rows[-1]["train_loss"] < rows[0]["train_loss"]
     model = build_from_checkpoint(torch.load(run / "last.pt", map_location="cpu", weights_only=True))
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_auto_speedups_are_off_on_the_cpu_and_flags_win():
+    cpu = torch.device("cpu")
+    assert resolve_auto("auto", "auto", "auto", cpu) == (False, False, False)
+    assert resolve_auto("on", "on", "on", cpu) == (True, True, True)
+    assert resolve_auto("off", "on", "off", cpu) == (False, True, False)
 
 
 @pytest.mark.slow

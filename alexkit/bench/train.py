@@ -48,7 +48,7 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
     from alexkit.pipeline.store import Store
 
     dev = setup("none", cfg.device).device
-    amp, channels_last, compiled = (resolve_auto(v, dev.type == "cuda") for v in (cfg.amp, cfg.channels_last, cfg.compile))
+    amp, channels_last, compiled = resolve_auto(cfg.amp, cfg.channels_last, cfg.compile, dev)
     if dev.type == "cuda":
         fast_cuda()
     store = Store(cfg.data) if (Path(cfg.data) / "manifest.json").is_file() else None

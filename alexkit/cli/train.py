@@ -12,7 +12,7 @@ from alexkit.progress import talks
 
 # Options `alexkit bench train` shares with `alexkit train` (same names, defaults and help).
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda, cuda:N.")
-AMP = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA), on, off.")
+AMP = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA GPUs with bf16 tensor cores), on, off.")
 CHANNELS_LAST = typer.Option("auto", "--channels-last", help="auto (on for CUDA), on, off.")
 COMPILE = typer.Option("auto", "--compile", help="torch.compile: auto (on for CUDA), on, off.")
 WIDTH = typer.Option(1.0, "--width", help="Scale every conv's channels, up to 8 (0.25 for a quick CPU run).")

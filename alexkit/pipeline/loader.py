@@ -289,7 +289,10 @@ class Loader:
 
     def _to_torch(self, views, index):
         """DALI outputs -> torch without copies: DLPack hands over DALI's buffers (kept alive by
-        the executor's reference counting), on the GPU as on the CPU."""
+        the executor's reference counting), on the GPU as on the CPU. On the GPU, torch's stream
+        waits for DALI's work on the batch (DALI's __dlpack__ is given torch's stream), and a
+        released buffer goes back to DALI only after a device-wide synchronise (DALI's DLPack
+        deleter), so kernels torch has queued but not run never see it overwritten."""
         with torch.device(self.device):
             images = torch.from_dlpack(views.as_tensor())  # (N, 3, C, C) float32 or (N, C, C, 3); tencrop (N, 10, ...)
         indices = torch.from_dlpack(index.as_tensor()).clone()  # (N,) int64, CPU; ours, not the fed array
