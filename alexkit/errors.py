@@ -1,6 +1,8 @@
 """The error type for bad usage and bad input: a problem and its fix, printed on one line, exit code 2
 (a path the system refuses, an OSError, is one line too, exit code 1: see cli/main.py)."""
 
+import contextlib
+
 
 class AlexkitError(Exception):
     """Bad usage or bad input. The message names the file or value and says how to fix it."""
@@ -13,6 +15,23 @@ def why(exc: BaseException) -> str:
     cut-off file, typically) as "empty or cut off"."""
     text = str(exc).strip()
     return f"{exc.__class__.__name__}: {text.splitlines()[0] if text else 'empty or cut off'}"
+
+
+def alike(error: AlexkitError) -> AlexkitError:
+    """Mark an error that every process of a torchrun job meets alike (it follows from the flags and the
+    job's size alone): the command line lets the first process of each node print it, not all."""
+    error.everywhere = True
+    return error
+
+
+@contextlib.contextmanager
+def alike_everywhere():
+    """alike() for every AlexkitError the block raises: a command's checks of its flags."""
+    try:
+        yield
+    except AlexkitError as exc:
+        alike(exc)
+        raise
 
 
 class PathRefused(AlexkitError):

@@ -27,7 +27,7 @@ from typing import Callable, TypeVar
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 
-from alexkit.errors import AlexkitError, refused, why
+from alexkit.errors import AlexkitError, alike, refused, why
 
 T = TypeVar("T")
 
@@ -75,8 +75,8 @@ def _raise_first(said: list, rank: int, error: AlexkitError | None) -> None:
 def _everywhere(text: str, exit_code: int = AlexkitError.exit_code) -> AlexkitError:
     """An error that every process raises at once: the command line lets the first process of each node
     alone print it."""
-    error = AlexkitError(text)
-    error.exit_code, error.everywhere = exit_code, True
+    error = alike(AlexkitError(text))
+    error.exit_code = exit_code
     return error
 
 

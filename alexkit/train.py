@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from alexkit.errors import AlexkitError, OutOfMemory, refused
+from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
@@ -245,7 +245,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
 
     world, dev = placement.world_size, placement.device
     if cfg.batch_size % world:
-        raise AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
+        raise alike(AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"))
     on_cuda = dev.type == "cuda"
     amp, channels_last, compiled = resolve_auto(cfg.amp, cfg.channels_last, cfg.compile, dev)
     base_lr = cfg.lr * (cfg.batch_size / PAPER_BATCH if cfg.lr_scaling == "linear" else 1.0)

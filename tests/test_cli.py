@@ -97,6 +97,20 @@ def test_an_error_every_process_raises_is_printed_by_the_first_process_of_each_n
     assert capsys.readouterr().err == line
 
 
+@pytest.mark.parametrize("args", [["train", "--epochs", "0"], ["eval", "--batch-size", "0"], ["show-batch"]])
+def test_errors_of_the_flags_alone_are_printed_once_per_node(monkeypatch, capsys, args):
+    """A bad flag, or a command that torchrun must not start: every process of the job meets the same
+    error, and only each node's first process prints it."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    said = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert exit_of(args) == 2
+        said.append(capsys.readouterr().err)
+    assert said[0].startswith("error: ") and len(said[0].splitlines()) == 1 and said[1] == "", said
+
+
 def test_debug_shows_traceback(tmp_path):
     r = run("--debug", "prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "store"))
     assert r.returncode != 0 and "Traceback" in r.stderr
@@ -246,8 +260,8 @@ def test_train_says_next_eval_of_its_run(monkeypatch, capsys):
 
 @pytest.mark.parametrize("error, code", [("AlexkitError", 2), ("PathRefused", 1), ("OutOfMemory", 1), ("OSError", 1), ("RuntimeError", 1)])
 def test_exit_codes_one_line_on_stderr_and_debug(monkeypatch, capsys, error, code):
-    """Each kind of error: its exit code, one line on stderr and nothing on stdout; --debug raises it
-    (so its traceback shows)."""
+    """Each kind of error: its exit code, one line on stderr and nothing on stdout; --debug shows the
+    traceback instead, with the same exit code (an unexpected error is Python's own: exit 1)."""
     import alexkit.errors
     import alexkit.pictures
     from alexkit.cli.main import main
@@ -264,8 +278,13 @@ def test_exit_codes_one_line_on_stderr_and_debug(monkeypatch, capsys, error, cod
     assert out == "" and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     if error in ("OSError", "RuntimeError"):  # no file named: where to see more
         assert "--debug" in err
-    with pytest.raises(type(raised)):
-        main(["--debug", "plot", "r"])
+    if error == "RuntimeError":
+        with pytest.raises(RuntimeError):
+            main(["--debug", "plot", "r"])
+        return
+    assert exit_of(["--debug", "plot", "r"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.rstrip().endswith(str(raised)), err
 
 
 def test_an_error_of_one_process_is_printed_by_that_process(monkeypatch, capsys):

@@ -752,3 +752,15 @@ def test_under_torchrun_the_data_wait_is_the_most_of_any_process(tmp_path):
 
     mp.spawn(_waits_worker, args=(str(tmp_path),), nprocs=2, join=True)
     assert [float((tmp_path / f"rank{r}.txt").read_text()) for r in range(2)] == [0.4, 0.4]
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_said_once_per_node(tmp_path):
+    """Every process of the job meets it alike (the flags and the job's size decide), so it is marked
+    for each node's first process alone to print; nothing is written first."""
+    from alexkit.model.placement import Placement
+    from alexkit.train import _train
+
+    cpu = torch.device("cpu")
+    with pytest.raises(AlexkitError, match="--batch-size 15 does not split evenly over 2 processes") as raised:
+        _train(TrainConfig(batch_size=15, device="cpu"), None, Placement("ddp", 1, 2, (cpu,)), None, tmp_path / "run")
+    assert raised.value.everywhere and not (tmp_path / "run").exists()

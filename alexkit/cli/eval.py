@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from alexkit.errors import alike_everywhere
+
 
 def command(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="A .pt file or a run directory (its best.pt).", show_default="the latest run's best.pt"),
@@ -13,12 +15,13 @@ def command(
     tta: bool = typer.Option(False, "--tta", help="The paper's ten views (4 corners + centre, each mirrored), softmax averaged."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per batch (ten-crop feeds 10 views each)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)."),
-    json_path: Path = typer.Option(None, "--json", metavar="PATH", help="Write the results with per-class figures as JSON."),
-    predictions: Path = typer.Option(None, "--predictions", metavar="PATH", help="Write a CSV: index, label, top1..top5, p1..p5 per val image."),
+    json_path: Path = typer.Option(None, "--json", metavar="<path>", help="Write the results with per-class figures as JSON."),
+    predictions: Path = typer.Option(None, "--predictions", metavar="<path>", help="Write a CSV: index, label, top1..top5, p1..p5 per val image."),
 ) -> None:
     """Evaluate a checkpoint on the store's val split; every image counts once, also under torchrun."""
     from alexkit.evaluate import EvalConfig, evaluate
 
-    cfg = EvalConfig(checkpoint=checkpoint, data=data, tta=tta, batch_size=batch_size, device=device,
-                     json_path=json_path, predictions_path=predictions)  # fmt: skip
+    with alike_everywhere():  # checks of the flags alone (files are checked later, under torchrun)
+        cfg = EvalConfig(checkpoint=checkpoint, data=data, tta=tta, batch_size=batch_size, device=device,
+                         json_path=json_path, predictions_path=predictions)  # fmt: skip
     evaluate(cfg)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import typer
 
-from alexkit.errors import AlexkitError, refused
+from alexkit.errors import AlexkitError, alike, refused
 
 app = typer.Typer(
     name="alexkit",
@@ -34,9 +35,9 @@ def _root(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help=
     # as it handles the errors after typer has returned.
     world = os.environ.get("WORLD_SIZE", "1")
     if world.isdigit() and int(world) > 1 and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
-        raise AlexkitError(f"`alexkit {ctx.invoked_subcommand}` runs in one process, but torchrun started {world} "
+        raise alike(AlexkitError(f"`alexkit {ctx.invoked_subcommand}` runs in one process, but torchrun started {world} "
                            f"(WORLD_SIZE={world}): run it without torchrun (only {' and '.join(TORCHRUN_COMMANDS)} use "
-                           "torchrun's processes), or unset WORLD_SIZE where no launcher started this")  # fmt: skip
+                           "torchrun's processes), or unset WORLD_SIZE where no launcher started this"))  # fmt: skip
 
 
 # --- command registration: one line per command, each module defines `command` ---
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except AlexkitError as exc:
         if debug:
-            raise
-        if not getattr(exc, "everywhere", False) or os.environ.get("LOCAL_RANK", "0") == "0":  # one line per node
+            traceback.print_exc()  # and still the error's own exit code
+        elif not getattr(exc, "everywhere", False) or os.environ.get("LOCAL_RANK", "0") == "0":  # one line per node
             print(f"error: {exc}", file=sys.stderr)  # (torchrun's LOCAL_RANK): each node's log says why it stopped
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except OSError as exc:  # a path that cannot be read or written: name it, without a traceback
         if debug:
-            raise
+            traceback.print_exc()
+            sys.exit(1)
         said = refused(exc, "check that path (its folder, permissions, free space) or choose another") if exc.filename \
             else f"{exc.strerror or exc}; run again with --debug for the traceback"  # fmt: skip
         print(f"error: {said}", file=sys.stderr)

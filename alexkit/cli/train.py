@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from alexkit.errors import alike_everywhere
 from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE
 from alexkit.progress import talks
 
@@ -54,13 +55,14 @@ def command(
     """
     from alexkit.train import TrainConfig, train
 
-    cfg = TrainConfig(
-        data=data, out=out, resume=resume, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, decay_biases=decay_biases, lr_scaling=lr_scaling, warmup_epochs=warmup_epochs,
-        patience=patience, max_lr_drops=max_lr_drops, seed=seed, device=device, parallel=parallel, amp=amp,
-        channels_last=channels_last, compile=compile, width=width, fc_features=fc_features, dropout=dropout,
-        init=init, progress=progress,
-    )  # fmt: skip
+    with alike_everywhere():  # checks of the flags alone: each torchrun process meets them
+        cfg = TrainConfig(
+            data=data, out=out, resume=resume, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, decay_biases=decay_biases, lr_scaling=lr_scaling, warmup_epochs=warmup_epochs,
+            patience=patience, max_lr_drops=max_lr_drops, seed=seed, device=device, parallel=parallel, amp=amp,
+            channels_last=channels_last, compile=compile, width=width, fc_features=fc_features, dropout=dropout,
+            init=init, progress=progress,
+        )  # fmt: skip
     # Resuming, the run's own settings hold except for the flags given here, even at their default.
     # (By the enum member's name: typer may bring click's ParameterSource or its own copy.)
     given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
