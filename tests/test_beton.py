@@ -163,7 +163,7 @@ def test_broken_files_are_one_line_errors_naming_the_file(tmp_path, keep):
     data = good.read_bytes()
     bad = tmp_path / "bad.beton"
     bad.write_bytes(data[:keep])
-    with pytest.raises(AlexkitError, match=r"bad\.beton is not a readable \.beton \(.*\); rewrite the store with `alexkit prepare --force`"):
+    with pytest.raises(AlexkitError, match=r"bad\.beton is not a readable \.beton \(.*\); rewrite the store with `alexkit prepare SRC --out .+ --force`"):
         BetonReader(bad)
 
 
@@ -303,3 +303,22 @@ def test_write_atomic_names_the_file_asked_for_when_the_rename_fails(tmp_path):
     with pytest.raises(OSError) as info:
         write_atomic(tmp_path / "x.json", "data")
     assert info.value.filename == str(tmp_path / "x.json") and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_the_fix_for_a_damaged_store_is_the_line_that_writes_it_again(tmp_path):
+    """From manifest.json: the source, and the settings that are not prepare's defaults (a raw store has
+    no quality); SRC where the manifest cannot be read. Paths are quoted for the shell."""
+    import json
+
+    from alexkit.pipeline.store import rewrite
+
+    store = tmp_path / "my store"
+    store.mkdir()
+    manifest = {"source": {"path": "/data/image net"}, "settings": {"size": 256, "format": "raw", "quality": 90}}
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    assert rewrite(store) == f"rewrite the store with `alexkit prepare '/data/image net' --out '{store}' --format raw --force`"
+    manifest["settings"] = {"size": 128, "format": "jpg", "quality": 75}
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    assert rewrite(store).endswith(" --size 128 --quality 75 --force`")
+    (store / "manifest.json").write_text("{")
+    assert rewrite(store) == f"rewrite the store with `alexkit prepare SRC --out '{store}' --force`"

@@ -233,11 +233,20 @@ def test_a_resume_after_the_project_folder_moved_reads_its_store_there(store, tm
 
 
 def test_a_damaged_store_is_refused_before_the_run_folder_is_made(store, tmp_path):
+    """A stats.npz that does not load, or whose mean image is not of the store's size: the fix is the
+    prepare line that writes this store again, from the source its manifest names."""
     damaged = tmp_path / "store"
     shutil.copytree(store, damaged)
+    rewrite = f"rewrite the store with `alexkit prepare {store.parent / 'src'} --out {damaged} --size 64 --force`"
     (damaged / "stats.npz").write_bytes(b"")
-    with pytest.raises(AlexkitError, match=r"stats.npz is not a stats.npz written by `alexkit prepare` \(EOFError"):
+    with pytest.raises(AlexkitError, match=r"stats.npz is not a stats.npz written by `alexkit prepare` \(EOFError.*\); ") as info:
         train(TrainConfig(data=damaged, out=tmp_path / "run", epochs=1, **TINY))
+    assert str(info.value).endswith(rewrite)
+    with np.load(store / "stats.npz") as z:
+        np.savez(damaged / "stats.npz", **dict(z, mean_image=z["mean_image"][:32]))
+    with pytest.raises(AlexkitError, match=r"stats.npz holds a 32x64 mean image, but the store's images are 64x64") as info:
+        train(TrainConfig(data=damaged, out=tmp_path / "run", epochs=1, **TINY))
+    assert str(info.value).endswith(rewrite)
     assert not (tmp_path / "run").exists()
 
 

@@ -166,7 +166,9 @@ class BetonReader:
         return self.num_samples
 
     def _broken(self, why: str) -> AlexkitError:
-        return AlexkitError(f"{self.path} is not a readable .beton ({why}); rewrite the store with `alexkit prepare --force`")
+        from alexkit.pipeline.store import rewrite  # store imports this module
+
+        return AlexkitError(f"{self.path} is not a readable .beton ({why}); {rewrite(self.path.parent)}")
 
     def raw_bytes(self, i: int) -> np.ndarray:
         """The stored bytes of sample i: JPEG bytes (mode 0) or H*W*3 pixels (mode 1); a memmap view."""

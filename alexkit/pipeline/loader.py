@@ -59,7 +59,7 @@ from alexkit.pipeline.augment import lighting_offsets, train_params
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW
 from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_inputs, train_inputs
 from alexkit.pipeline.kernel import is_compiled
-from alexkit.pipeline.store import Store
+from alexkit.pipeline.store import Store, rewrite
 
 STREAM_ORDER, STREAM_AUGMENT = 0, 1  # independent random streams drawn from (seed, epoch, ...)
 # The one-pass CPU kernel (kernel.py) compiles in about 2.2 s once per process and saves 0.05-0.15
@@ -235,7 +235,7 @@ class Loader:
         lines = [l.strip() for l in text.splitlines() if l.strip()]
         after = lines.index("encountered:") + 1 if "encountered:" in lines else 0
         reason = next((l for l in lines[after:] if not l.startswith(("Critical error", "Current pipeline"))), lines[0])
-        fix = (f"the store is damaged, rewrite it with `alexkit prepare SRC --out {self.store.path} --force`"
+        fix = (f"the store is damaged: {rewrite(self.store.path)}"
                if "fn.decoders." in text and "memory" not in text.lower() else "run again with --debug for DALI's whole message")  # fmt: skip
         return AlexkitError(f"{self.reader.path}: DALI could not process a batch of epoch {epoch + 1} ({reason}); {fix}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,7 +42,7 @@ class Stats:
             if stats.mean_image.ndim != 3 or stats.mean_image.shape[2] != 3 or stats.eigval.shape != (3,) or stats.eigvec.shape != (3, 3):
                 raise ValueError("arrays of the wrong shape")
         except (EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # an OSError names its path itself
-            raise AlexkitError(f"{path} is not a stats.npz written by `alexkit prepare` ({why(exc)}); {_REWRITE}") from exc
+            raise AlexkitError(f"{path} is not a stats.npz written by `alexkit prepare` ({why(exc)}); {_fix(path)}") from exc
         return stats
 
 
@@ -74,12 +75,32 @@ def read_classes(path: Path) -> list[dict]:
         if not isinstance(classes, list) or [c.get("index") for c in classes] != list(range(len(classes))) or not classes:
             raise ValueError("not a list of classes indexed 0, 1, 2, ...")
     except (ValueError, AttributeError) as exc:  # an OSError names its path itself
-        raise AlexkitError(f"{path} is not a classes.json written by `alexkit prepare` ({why(exc)}); {_REWRITE}") from exc
+        raise AlexkitError(f"{path} is not a classes.json written by `alexkit prepare` ({why(exc)}); {_fix(path)}") from exc
     return classes
 
 
-_REWRITE = ("copy it again from the store (a run keeps copies of its store's files), or rewrite the store with "
-            "`alexkit prepare SRC --out STORE --force`")  # fmt: skip
+def rewrite(store: Path) -> str:
+    """How to write `store` again: the `alexkit prepare` line with its source and settings as its
+    manifest.json records them (SRC where it cannot be read)."""
+    store = Path(store)
+    try:
+        manifest = json.loads((store / "manifest.json").read_text())
+        src, settings = manifest["source"]["path"], manifest["settings"]
+        given = {k: settings[k] for k, default in (("size", 256), ("format", "jpg"), ("quality", 90)) if settings[k] != default}
+        if settings["format"] != "jpg":
+            given.pop("quality", None)  # a raw store has none
+        flags = "".join(f" --{k} {v}" for k, v in given.items())
+        src = shlex.quote(src)
+    except (OSError, ValueError, KeyError, TypeError):
+        src, flags = "SRC", ""
+    return f"rewrite the store with `alexkit prepare {src} --out {shlex.quote(str(store))}{flags} --force`"
+
+
+def _fix(path: Path) -> str:
+    """The fix for a damaged store file at `path`, or a run's copy of one."""
+    if (path.parent / "manifest.json").is_file():  # a store's own file
+        return rewrite(path.parent)
+    return "copy it again from the store it came from (a run keeps copies of its store's files)"
 
 
 LOCK = ".prepare.lock"  # prepare holds it exclusively while it writes; trainings and evaluations, shared
@@ -101,7 +122,7 @@ class Store:
             what = ("is a file, not a store folder" if self.path.is_file() else "does not exist" if not self.path.is_dir()
                     else f"has no {', '.join(missing)}")  # fmt: skip
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {self.path}` first")
-        manifest, fix = self.path / "manifest.json", f"rewrite the store with `alexkit prepare SRC --out {self.path} --force`"
+        manifest, fix = self.path / "manifest.json", rewrite(self.path)
         try:
             self.manifest = json.loads(manifest.read_text())
             version, self.size = self.manifest["format_version"], int(self.manifest["settings"]["size"])
@@ -114,7 +135,11 @@ class Store:
 
     @cached_property
     def stats(self) -> Stats:
-        return Stats.load(self.path / "stats.npz")
+        stats = Stats.load(self.path / "stats.npz")
+        if stats.mean_image.shape[:2] != (self.size, self.size):
+            raise AlexkitError(f"{self.path / 'stats.npz'} holds a {'x'.join(map(str, stats.mean_image.shape[:2]))} mean image, "
+                               f"but the store's images are {self.size}x{self.size} (manifest.json); {rewrite(self.path)}")  # fmt: skip
+        return stats
 
     @cached_property
     def classes(self) -> list[dict]:
