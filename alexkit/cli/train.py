@@ -25,7 +25,8 @@ def command(
     data: Path = typer.Option(DEFAULT_STORE, "--data", help="Store written by `alexkit prepare`."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory.",
                                          show_default=f"{DEFAULT_RUNS}/<YYYYmmdd-HHMMSS>"),  # fmt: skip
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run (its directory or a .pt) to --epochs."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run (its directory or a .pt); its own "
+                                          "settings hold (--epochs included) except the flags given."),
     epochs: int = typer.Option(90, "--epochs", help="Epochs at most; training also stops after the last lr drop."),
     batch_size: int = typer.Option(128, "--batch-size", help="Global batch, split over DDP processes."),
     lr: float = typer.Option(0.01, "--lr", help="Initial learning rate; with --lr-scaling linear, the rate for a batch of 128."),
