@@ -30,7 +30,8 @@ LOADER_JSON = RUN_DIR.parent / "alexkit-check-loader.json"
 ONLY = [s for s in os.environ.get("CHECK_STEPS", "").split(",") if s]  # a rerun of some steps only
 BUDGET_S = float(os.environ.get("CHECK_BUDGET_S", "450"))
 PY = sys.executable
-GPU_TESTS = ["tests/test_pipeline.py", "tests/test_loader.py", "tests/test_train.py", "tests/test_placement.py"]
+PIPELINE_GPU_TESTS = ["tests/test_pipeline.py", "tests/test_loader.py"]  # GPU == CPU graphs and loader: no compile, quick
+TRAIN_GPU_TESTS = ["tests/test_train.py", "tests/test_placement.py"]  # a compiled 4-epoch run; two-GPU columns
 
 INSTALL = """
 import importlib, importlib.metadata as md, os, sys
@@ -103,17 +104,18 @@ print("JSON " + json.dumps(rows))
 
 def steps() -> list[dict]:
     """(name, command, time limit in s, least time worth starting it with, needs CUDA). Ordered by how
-    much each result matters: the measurements the issues ask for first."""
+    much each result matters, the quicker of two alike first: the measurements the issues ask for,
+    the GPU == CPU tests, one run end to end and NCCL's join, then the slower tests of training."""
     alexkit = [PY, "-m", "alexkit"]
+    pytest_gpu = [PY, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider"]
     return [
         dict(name="install", cmd=[PY, "-c", INSTALL], limit=90, least=10, gpu=False),
         dict(name="nvidia_smi", cmd=["nvidia-smi"], limit=20, least=5, gpu=True),
         dict(name="gpu_loader", cmd=[PY, "-c", GPU_LOADER, str(STORE), "5"], limit=90, least=40, gpu=True),
+        dict(name="pytest_gpu_pipeline", cmd=[*pytest_gpu, *PIPELINE_GPU_TESTS], limit=90, least=30, gpu=True),
         dict(name="bench_train", cmd=[*alexkit, "bench", "train", "--data", str(STORE), "--steps", "60", "--repeats", "3",
                                       "--warmup", "15"], limit=200, least=90, gpu=True,
              note="full width, bf16, channels-last, torch.compile (auto on CUDA)"),
-        dict(name="pytest_gpu", cmd=[PY, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider", *GPU_TESTS],
-             limit=240, least=60, gpu=True, note="the two-GPU placement test skips on one GPU"),
         # Batch 125: the store's 250 val images in two equal batches, so validation compiles once
         # (training compiles its own graph; a partial last batch would add a third).
         dict(name="train", cmd=[*alexkit, "train", "--data", str(STORE), "--epochs", "1", "--batch-size", "125",
@@ -124,6 +126,8 @@ def steps() -> list[dict]:
                                    "train", "--parallel", "ddp", "--data", str(STORE), "--epochs", "1", "--batch-size", "125",
                                    "--compile", "off", "--out", f"{RUN_DIR}-ddp", "--progress", "plain"],
              limit=120, least=45, gpu=True, note="one process: the meeting in torchrun's store, then NCCL's join"),
+        dict(name="pytest_gpu_train", cmd=[*pytest_gpu, *TRAIN_GPU_TESTS], limit=180, least=60, gpu=True,
+             note="the two-GPU placement test skips on one GPU"),
         dict(name="doctor", cmd=[*alexkit, "doctor"], limit=60, least=10, gpu=False, ok_rc=(0, 2),
              note="where ffcv is not installed its two rows fail and doctor exits 2; the DALI rows are what count"),
         dict(name="bench_loader_cpu", cmd=[*alexkit, "bench", "loader", "--store", str(STORE), "--no-baselines",
@@ -172,7 +176,7 @@ def figures(name: str, output: str) -> object:
     if name == "eval_tta" and (RUN_DIR / "eval.json").is_file():
         result = json.loads((RUN_DIR / "eval.json").read_text())
         return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
-    if name in ("bench_train", "pytest_gpu", "train"):
+    if name in ("bench_train", "pytest_gpu_pipeline", "pytest_gpu_train", "train"):
         keep = ("images/s", "passed", "skipped", "failed", "error", "synthetic", "real pipeline", "epoch")
         return [line for line in output.splitlines() if any(k in line for k in keep)][-12:]
     return None
