@@ -24,6 +24,11 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def counted(n: int, noun: str, nouns: str = "") -> str:
+    """1 class, 2 classes, 1,000 images: `nouns` is the plural where adding an s is wrong."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
 class Progress:
     """with Progress("train", total=steps, per_done=128, fields=("loss", "lr")) as p: p.update(done, rate=..., loss=...)
 

@@ -152,7 +152,7 @@ def test_val_classes_missing_from_train_are_left_out_with_a_warning(tmp_path):
     write(tmp_path / "val" / "c" / "3.jpg")
     ds = find_dataset(tmp_path)
     assert [(s.name, s.label) for s in ds.splits["val"]] == [("val/c/3.jpg", 1)]
-    assert any("1 images" in w and "left out" in w for w in ds.warnings)
+    assert any(w.startswith("1 image in") and "left out" in w for w in ds.warnings), ds.warnings
 
 
 # --- official extracted ---
@@ -443,7 +443,7 @@ def test_per_class_tars_beside_class_folders_warn_when_not_extracted(tmp_path):
     ds = find_dataset(tmp_path)
     assert [c.wnid for c in ds.classes] == SORTED_WNIDS[:2]
     [warning] = ds.warnings
-    assert warning.startswith(f"WARNING: 1 per-class tars in {tmp_path / 'train'} have no class folder (e.g. n03000003.tar)")
+    assert warning.startswith(f"WARNING: 1 per-class tar in {tmp_path / 'train'} without a class folder (e.g. n03000003.tar)")
 
 
 def test_a_damaged_header_inside_a_class_tar_is_an_error(tmp_path):
@@ -653,8 +653,32 @@ def test_warnings_count_empty_classes_and_the_images_left_out(tmp_path):
     for name in ("2.jpg", "3.jpg"):
         write(tmp_path / "val" / "c" / name)  # a class absent from train
     warnings = find_dataset(tmp_path).warnings
-    assert any("1 classes in" in w and "have no images (e.g. b)" in w for w in warnings), warnings
-    assert any(w.startswith("2 images in") and "belong to classes with no train/ folder; left out" in w for w in warnings), warnings
+    assert f"1 class of 2 in {tmp_path / 'train'} without images (e.g. b); each keeps its label" in warnings, warnings
+    assert any(w.startswith("2 images in") and "of classes with no train/ folder; left out" in w for w in warnings), warnings
+
+
+def test_a_train_folder_whose_class_folders_hold_no_images_is_an_error_naming_them(tmp_path):
+    (tmp_path / "train" / "n01000001").mkdir(parents=True)
+    with pytest.raises(AlexkitError) as info:
+        find_dataset(tmp_path)
+    assert str(info.value).startswith(f"no images in {tmp_path / 'train'}: its 1 class folder (n01000001) holds no file "
+                                      "ending in one of .bmp .gif .jfif .jpe .jpeg .jpg ")  # fmt: skip
+    assert str(info.value).endswith(f"(any case); put each class's images in {tmp_path / 'train'}/<class>/ and run again")
+    write(tmp_path / "train" / "n02000002" / "notes.txt")  # files there, none an image by its name
+    with pytest.raises(AlexkitError, match=r"its 2 class folders \(e\.g\. n01000001\) hold no file .*\(any case\); "
+                                           r"1 other file ignored \(e\.g\. train/n02000002/notes\.txt\); put each"):  # fmt: skip
+        find_dataset(tmp_path)
+
+
+def test_a_train_tar_whose_class_tars_hold_no_images_is_an_error(tmp_path):
+    with tarfile.open(tmp_path / "ILSVRC2012_img_train.tar", "w") as outer:
+        inner = io.BytesIO()
+        with tarfile.open(fileobj=inner, mode="w") as tar:
+            add_member(tar, "README.txt", b"not an image")
+        add_member(outer, "n01000001.tar", inner.getvalue())
+    with pytest.raises(AlexkitError, match=r"^no images in .*ILSVRC2012_img_train\.tar: its 1 per-class tar \(n01000001\) "
+                                           r"holds no file ending in one of .*; use the official ILSVRC2012_img_train\.tar$"):  # fmt: skip
+        find_dataset(tmp_path)
 
 
 def test_a_class_tar_found_twice_in_the_train_tar_keeps_both(tmp_path):

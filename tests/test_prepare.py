@@ -671,9 +671,29 @@ def test_a_train_split_of_which_no_image_decodes_is_one_error(tmp_path):
     for wnid in WNIDS[:2]:
         (tmp_path / "src" / "train" / wnid).mkdir(parents=True)
         (tmp_path / "src" / "train" / wnid / "x.JPEG").write_bytes(b"not a jpeg")
-    with pytest.raises(AlexkitError, match=r"no image of the train split of .*src could be decoded"):
+    with pytest.raises(AlexkitError, match=r"^none of the train split's 2 images in .*src could be decoded \(first: "):
         _run(tmp_path / "src", tmp_path / "store")
     assert not (tmp_path / "store" / "manifest.json").exists()
+
+
+def test_a_train_split_of_empty_class_folders_says_no_images_were_found(tmp_path):
+    """0 files is not "none could be decoded": the error names the folder and the names looked for."""
+    (tmp_path / "src" / "train" / WNIDS[0]).mkdir(parents=True)
+    r = _cli(str(tmp_path / "src"), "--out", str(tmp_path / "store"))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"error: no images in {tmp_path / 'src' / 'train'}: its 1 class folder ({WNIDS[0]}) holds "
+                               "no file ending in one of .bmp ")  # fmt: skip
+    assert r.stderr.count("\n") == 1 and "decoded" not in r.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_counts_of_one_are_singular(tmp_path, capsys):
+    (tmp_path / "src" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "src" / "train" / "a" / "x.JPEG").write_bytes(_coded(1, 30, 30))
+    _run(tmp_path / "src", tmp_path / "store")
+    printed = capsys.readouterr().out
+    assert "class-folders: 1 class, train 1 image\n" in printed, printed
+    assert "train: 1 image written to" in printed and "store ready: " in printed and "(train 1 image, " in printed
 
 
 def test_a_rebuild_that_fails_leaves_no_manifest_vouching_for_the_old_store(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from alexkit.progress import Progress, duration
+from alexkit.progress import Progress, counted, duration
 
 
 def test_plain_lines_count_rate_and_eta_in_the_unit_of_the_work(capsys):
@@ -32,6 +32,11 @@ def test_rich_into_a_pipe_is_plain_and_none_is_silent(capsys):
 
 def test_duration():
     assert [duration(s) for s in (6, 245, 3723)] == ["6s", "4m05s", "1h02m03s"]
+
+
+def test_counted():
+    assert [counted(n, "image") for n in (0, 1, 2, 1000)] == ["0 images", "1 image", "2 images", "1,000 images"]
+    assert counted(1, "class", "classes") == "1 class" and counted(3, "class", "classes") == "3 classes"
 
 
 def test_ticks_show_a_long_part_and_keep_a_quick_scan_quiet(capsys):

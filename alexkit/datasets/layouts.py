@@ -30,6 +30,7 @@ from pathlib import Path
 from alexkit.datasets import devkit as dk
 from alexkit.datasets.tars import Tick, index_class_tars, index_flat_tar
 from alexkit.errors import AlexkitError
+from alexkit.progress import counted
 
 LAYOUTS = ("class-folders", "official-extracted", "official-tars", "kaggle")
 IMAGE_EXTENSIONS = frozenset(
@@ -202,7 +203,7 @@ def _tars(src: Path, tick: Tick) -> Dataset:
     for label, wnid in enumerate(wnids):
         for name, offset, size in per_class.pop(wnid):  # in tar order: each class's part of the file is read front to back
             train.append(Sample(path, label, offset, size, f"{TRAIN_TAR}/{wnid}.tar/{name}"))
-    _warn_empty_classes(wnids, train, f"{src / TRAIN_TAR}", notes)
+    _check_empty_classes(wnids, train, f"{src / TRAIN_TAR}", ("per-class tar", f"use the official {TRAIN_TAR}"), notes)
     splits = {"train": tuple(train)}
     kit = dk.find_devkit(src)
     if (src / VAL_TAR).is_file():
@@ -260,12 +261,13 @@ def _class_folder_split(src: Path, split: str, notes: list[str], tick: Tick, exp
     if expected is not None:
         samples.sort(key=lambda s: s.name)
         if skipped:
-            notes.append(f"{skipped} images in {top} belong to classes with no train/ folder; left out")
+            notes.append(f"{counted(skipped, 'image')} in {top} of classes with no train/ folder; left out")
     else:
-        _warn_empty_classes(classes, samples, str(top), notes)
+        fix = f"put each class's images in {top}/<class>/ and run again"
+        _check_empty_classes(classes, samples, str(top), ("class folder", fix), notes, others)
         _warn_unextracted_tars(top, wnids, notes)
     if others:
-        notes.append(f"{len(others)} files in {top} are not images by extension and were ignored (e.g. {others[0]})")
+        notes.append(f"{counted(len(others), 'file')} in {top} not images by extension, ignored (e.g. {others[0]})")
     return classes, tuple(samples)
 
 
@@ -276,7 +278,7 @@ def _warn_unextracted_tars(top: Path, classes: list[str], notes: list[str]) -> N
     missing = [t for t in tars if t.removesuffix(".tar") not in classes]
     if missing:
         notes.append(
-            f"WARNING: {len(missing)} per-class tars in {top} have no class folder (e.g. {missing[0]}): their classes "
+            f"WARNING: {counted(len(missing), 'per-class tar')} in {top} without a class folder (e.g. {missing[0]}): their classes "
             f"are absent and later classes' labels shift; extract each into {top}/<wnid>/ and run again"
         )
 
@@ -328,7 +330,7 @@ def _labelled(src: Path, rows, wnids: list[str], where: str, notes: list[str]) -
         else:
             samples.append(Sample(row[2], label, row[3], row[4], row[0]))
     if skipped:
-        notes.append(f"{skipped} val images in {where} belong to classes absent from train; left out")
+        notes.append(f"{counted(skipped, 'val image')} in {where} of classes absent from train; left out")
     samples.sort(key=lambda s: s.name)
     return tuple(samples)
 
@@ -348,19 +350,29 @@ def _compare_with_devkit(wnids: list[str], kit: dk.Devkit, notes: list[str]) -> 
     leaves = {wnid for wnid, _ in kit.leaves.values()}
     if set(wnids) != leaves:
         notes.append(
-            f"train has {len(wnids)} classes, the devkit ({kit.source}) lists {len(leaves)} "
+            f"train has {counted(len(wnids), 'class', 'classes')}, the devkit ({kit.source}) lists {len(leaves)} "
             f"({len(leaves - set(wnids))} absent from train, {len(set(wnids) - leaves)} unknown to it): labels are "
             f"ranks among the {len(wnids)} train classes, not the standard {len(leaves)}-way indices"
         )
 
 
-def _warn_empty_classes(classes: list[str], samples: list[Sample], where: str, notes: list[str]) -> None:
+def _check_empty_classes(classes: list[str], samples: list[Sample], where: str, unit: tuple[str, str], notes: list[str],
+                         others: list[str] | None = None) -> None:
+    """A warning naming the train classes with no images; an error where no class has any (nothing to
+    prepare or train on). `unit`: what a class is in `where` ("class folder"), and the fix."""
     counts = [0] * len(classes)
     for s in samples:
         counts[s.label] += 1
     empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty and len(empty) == len(classes):
+        endings = " ".join(sorted(IMAGE_EXTENSIONS))
+        also = f"; {counted(len(others), 'other file')} ignored (e.g. {others[0]})" if others else ""
+        which, hold = (empty[0], "holds") if len(classes) == 1 else (f"e.g. {empty[0]}", "hold")
+        raise AlexkitError(f"no images in {where}: its {counted(len(classes), unit[0])} ({which}) {hold} no file "
+                           f"ending in one of {endings} (any case){also}; {unit[1]}")  # fmt: skip
     if empty:
-        notes.append(f"{len(empty)} classes in {where} have no images (e.g. {empty[0]}); they keep their label")
+        notes.append(f"{counted(len(empty), 'class', 'classes')} of {len(classes):,} in {where} without images (e.g. "
+                     f"{empty[0]}); each keeps its label")  # fmt: skip
 
 
 def _full_imagenet_checks(wnids: list[str], splits: dict[str, tuple[Sample, ...]]) -> list[str]:

@@ -46,7 +46,7 @@ from typing import Literal
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, refused
 from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, only_writer, usable_cores, write_atomic
-from alexkit.progress import Progress, Ticks, duration
+from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
@@ -171,8 +171,8 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
         _warn(f"{src} has no val split (or no val images): `alexkit train`, `eval` and `show-batch` need one; add val "
               "images in one of the layouts in README.md and run again")  # fmt: skip
     counts = {name: len(samples) for name, samples in ds.splits.items()}
-    listed = ", ".join(f"{n} {c:,} images" for n, c in counts.items())
-    print(f"{ds.layout}: {len(ds.classes):,} classes, {listed}", flush=True)
+    listed = ", ".join(f"{n} {counted(c, 'image')}" for n, c in counts.items())
+    print(f"{ds.layout}: {counted(len(ds.classes), 'class', 'classes')}, {listed}", flush=True)
     _check_free_space(out, sum(counts.values()), cfg)
 
     _remove(out / MANIFEST)  # from here on the store is incomplete until manifest.json is back
@@ -184,7 +184,7 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
             fingerprint = _fingerprint(name, ds, settings)  # 1.28M file sizes and times: seconds
             record = _completed_split(out, name, fingerprint)
             if record is not None:
-                print(f"{name}: kept from an earlier run ({record['images']:,} images)", flush=True)
+                print(f"{name}: kept from an earlier run ({counted(record['images'], 'image')})", flush=True)
             else:
                 record = _write_split(out, name, ds, cfg, fingerprint, workers)
             records[name] = record
@@ -230,9 +230,10 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
                     sums.merge(chunk_sums)
                 converted += len(results)
                 progress.update(converted, skipped=len(skipped))
-        if with_stats and sums.images == 0:
+        if with_stats and sums.images == 0:  # there were some: find_dataset refuses a train split of no files
             first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
-            raise AlexkitError(f"no image of the train split of {ds.root} could be decoded{first}; check the source files")
+            raise AlexkitError(f"none of the train split's {counted(len(samples), 'image')} in {ds.root} could be "
+                               f"decoded{first}; check the source files")  # fmt: skip
         count = writer.close()
     except BaseException as exc:  # Ctrl-C included: leave no partial file behind
         if writer is not None:
@@ -258,7 +259,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
     }
     _write_json(done, record)
     rate = record["images_per_s"]
-    print(f"{name}: {count:,} images written to {beton} in {seconds:.1f} s ({rate:,.0f} images/s), {len(skipped)} skipped", flush=True)
+    print(f"{name}: {counted(count, 'image')} written to {beton} in {seconds:.1f} s ({rate:,.0f} images/s), {len(skipped)} skipped", flush=True)
     return record
 
 
@@ -332,7 +333,7 @@ def _manifest(src: Path, ds: Dataset, settings: dict, records: dict, scan_s: flo
 
 
 def _summary(out: Path, manifest: dict) -> None:
-    parts = [f"{name} {s['images']:,} images" for name, s in manifest["splits"].items()]
+    parts = [f"{name} {counted(s['images'], 'image')}" for name, s in manifest["splits"].items()]
     size = sum(s["bytes"] for s in manifest["splits"].values())  # for copies to other nodes, say
     parts.append(f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB")
     skipped = len(manifest["skipped"])
