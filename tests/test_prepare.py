@@ -795,10 +795,29 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         assert "\n" not in str(info.value)
 
 
-def _cli(*args, cwd=None):
+def _cli(*args, cwd=None, prefix=()):
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    cmd = [sys.executable, "-m", "alexkit", "prepare", *args]
+    cmd = [*prefix, sys.executable, "-m", "alexkit", "prepare", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def _bound_by_permissions(tmp_path: Path) -> list[str]:
+    """The command prefix under which a child process is refused what file permissions refuse: none
+    for a user; for root, setpriv without the capabilities that bypass them. Skips the test where
+    root cannot drop them (no setpriv, or a container that forbids it)."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+    locked = tmp_path / "permission-probe"
+    locked.mkdir(mode=0o555)
+    try:
+        r = subprocess.run([*prefix, "sh", "-c", f"touch {locked}/x"], capture_output=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("running as root without setpriv: cannot drop the capabilities that bypass file permissions")
+    if r.returncode == 0 or b"Permission denied" not in r.stderr:
+        pytest.skip(f"running as root, and setpriv could not drop the capabilities that bypass file permissions: {r.stderr!r}")
+    locked.rmdir()
+    return prefix
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path):
@@ -827,15 +846,43 @@ def test_a_source_without_val_is_prepared_with_a_warning(tmp_path, capsys):
     assert "has no val split (or no val images): `alexkit train`, `eval` and `show-batch` need one" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_cli_unwritable_out_exits_1(tmp_path):
     """A path the system refuses: exit code 1 (2 is for bad flags and bad input)."""
+    prefix = _bound_by_permissions(tmp_path)
     (tmp_path / "src" / "train" / "a").mkdir(parents=True)
     (tmp_path / "src" / "train" / "a" / "x.JPEG").write_bytes(_coded(1, 30, 30))
     (tmp_path / "locked").mkdir(mode=0o555)
-    r = _cli(str(tmp_path / "src"), "--out", str(tmp_path / "locked" / "store"))
+    r = _cli(str(tmp_path / "src"), "--out", str(tmp_path / "locked" / "store"), prefix=prefix)
     assert r.returncode == 1, r.stderr
     assert r.stderr == f"error: cannot write to {tmp_path / 'locked' / 'store'} (Permission denied); choose an --out folder you can write to\n"
+
+
+def test_a_rerun_on_a_finished_read_only_store_has_nothing_to_do(tmp_path):
+    """A finished store nobody may write (a shared copy, a read-only mount) is still the store asked
+    for: a rerun says so and exits 0; other settings or --force need writing, and are refused."""
+    prefix = _bound_by_permissions(tmp_path)
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    lock = out / ".prepare.lock"
+    files = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p != lock}
+
+    def unlocked_copy():  # a copy of the store without its dot file, in a read-only folder
+        out.chmod(0o755)
+        lock.unlink()
+        out.chmod(0o555)
+
+    try:
+        for made_so in (lambda: lock.chmod(0o444), lambda: out.chmod(0o555), unlocked_copy):
+            made_so()  # first another user's lock file in a folder one may write in, then the folder read-only too
+            r = _cli(str(src), "--out", str(out), "--size", str(SIZE), prefix=prefix)
+            assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr
+            for flags in (["--size", str(SIZE + 8)], ["--size", str(SIZE), "--force"]):
+                r = _cli(str(src), "--out", str(out), *flags, prefix=prefix)
+                assert r.returncode == 1 and r.stderr.count("\n") == 1, (flags, r.stderr)
+                assert "Permission denied" in r.stderr and r.stderr.startswith("error: "), r.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == files
+    finally:
+        out.chmod(0o755)
 
 
 def test_cli_end_to_end_and_summary(tmp_path):

@@ -19,8 +19,9 @@ Never a broken store: files are written under temporary names and renamed when c
 manifest.json, the mark of a finished store, is written last and removed first. An interrupted
 run (Ctrl-C, kill -9, a full disk) leaves no manifest.json; running again keeps each split whose
 done-record matches the settings and sources, and redoes the rest. A finished store is left as
-it is unless `force`. A file that cannot be decoded is skipped and listed with its reason;
-a worker process that dies (a crash in a native decoder) costs only the file that killed it.
+it is unless `force` (a rerun that finds it writes nothing, so needs no write access to it). A file
+that cannot be decoded is skipped and listed with its reason; a worker process that dies (a crash
+in a native decoder) costs only the file that killed it.
 
 Speed: the per-image work (imageops.convert: decode, resize, encode, then the statistics' sums in
 the same pass) runs in a pool of processes over chunks of samples, a bounded number of chunks in
@@ -99,7 +100,12 @@ class PrepareConfig:
 
 def prepare(cfg: PrepareConfig) -> Path:
     """Write the store for cfg.src into cfg.out (see the module docstring); return cfg.out."""
-    src, out, made = _check_paths(cfg)
+    try:
+        src, out, made = _check_paths(cfg)
+    except PathRefused:  # a read-only folder: fine if there is nothing to write
+        if _finished_as_asked(cfg, cfg.out, cfg.src.absolute()):
+            return cfg.out
+        raise
     try:
         with _only_writer(out):
             try:
@@ -118,6 +124,21 @@ def prepare(cfg: PrepareConfig) -> Path:
         if not cfg.force and _finished(out, src, cfg.settings()):
             return out
         raise
+    except OSError:  # the lock file cannot be opened for writing (another user's store): as above
+        if _finished_as_asked(cfg, out, src):
+            return out
+        raise
+
+
+def _finished_as_asked(cfg: PrepareConfig, out: Path, src: Path) -> bool:
+    """Where `out` cannot be written: True, and says so, if it holds the finished store asked for (a rerun
+    writes nothing, so needs no write access, nor the lock); else False, and the refusal stands."""
+    if cfg.force:
+        return False
+    try:
+        return _finished(out, src, cfg.settings())
+    except AlexkitError:  # a store of other settings: replacing it is what cannot be done
+        return False
 
 
 def _finished(out: Path, src: Path, settings: dict) -> bool:
