@@ -218,6 +218,37 @@ PANELS = [  # (title, [(metrics key, line style, label suffix)], y scale)
 ]
 
 
+def curves(data: list[tuple[Path, list[dict]]]):
+    """The matplotlib Figure that plot writes, of (run, its epoch records) pairs."""
+    require("matplotlib", fix="install it with `pip install 'alexkit[plot]'` (or `pip install matplotlib`)")
+    from matplotlib.figure import Figure  # not pyplot: no display, no global figure to close
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    fig = Figure(figsize=(11, 7.5), constrained_layout=True)
+    axes = fig.subplots(2, 2)
+    for ax, (title, series, yscale) in zip(axes.flat, PANELS):
+        for colour, (run, records) in enumerate(data):
+            for key, style, suffix in series:
+                pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+                if pts:
+                    x, y = zip(*pts)
+                    ax.plot(x, y, style, color=f"C{colour}", marker="." if len(pts) < 30 else None,
+                            label=f"{run.name}{suffix}")  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
+        ax.set_yscale(yscale)
+        if yscale == "linear":  # losses and errors are >= 0: a flat 0 (top-5 of <= 5 classes) is drawn 0..4%, not -4..4%
+            ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+        if "error" in title:
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    fig.suptitle(", ".join(str(r) for r, _ in data))
+    return fig
+
+
 def plot(cfg: PlotConfig) -> Path:
     """Write one picture (.png, .pdf or .svg) with four panels (loss, top-1, top-5, lr) against epoch; one colour per run."""
     runs = list(cfg.runs)
@@ -234,31 +265,7 @@ def plot(cfg: PlotConfig) -> Path:
         data.append((r, read_metrics(r)))
     if not data:
         raise AlexkitError(f"none of {', '.join(map(str, runs))} has a finished epoch yet; plot after the first epoch ends")
-    matplotlib = require("matplotlib", fix="install it with `pip install 'alexkit[plot]'` (or `pip install matplotlib`)")
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
-    for ax, (title, series, yscale) in zip(axes.flat, PANELS):
-        for colour, (run, records) in enumerate(data):
-            for key, style, suffix in series:
-                pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
-                if pts:
-                    x, y = zip(*pts)
-                    ax.plot(x, y, style, color=f"C{colour}", marker="." if len(pts) < 30 else None,
-                            label=f"{run.name}{suffix}")  # fmt: skip
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
-        ax.set_yscale(yscale)
-        ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize=8)
-        if "error" in title:
-            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    fig.suptitle(", ".join(str(r) for r, _ in data))
+    fig = curves(data)
     write_atomic(cfg.out, lambda f: fig.savefig(f, format=Path(cfg.out).suffix[1:].lower(), dpi=100))
-    plt.close(fig)
     print(f"wrote {cfg.out}")
     return cfg.out

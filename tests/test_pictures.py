@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from alexkit.errors import AlexkitError
-from alexkit.pictures import PlotConfig, ShowBatchConfig, grid, plot, read_metrics, show_batch, train_tiles, val_view_tiles
+from alexkit.pictures import PlotConfig, ShowBatchConfig, curves, grid, plot, read_metrics, show_batch, train_tiles, val_view_tiles
 from tests.test_evaluate import make_store
 
 JPEG_TOL = 3  # grey levels: PIL's and DALI's JPEG decoders may round a few pixels differently
@@ -122,6 +122,18 @@ def test_plot_two_runs(tmp_path):
     for rgb in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
         assert (np.abs(px - rgb).sum(1) < 30).sum() > 200
     assert len(read_metrics(tmp_path / "a")) == 6
+
+
+def test_error_and_loss_axes_start_at_zero_even_when_every_value_is_zero(tmp_path):
+    """A top-5 error of 0 at every epoch (5 classes or fewer): 0% at the bottom, not -4%..4%."""
+    write_run(tmp_path / "a", 3, 0.9)
+    records = [{**r, "val_top5_err": 0.0} for r in read_metrics(tmp_path / "a")]
+    fig = curves([(tmp_path / "a", records)])
+    limits = {ax.get_title(): ax.get_ylim() for ax in fig.axes}
+    assert limits["top-5 error (val)"][0] == 0 and limits["top-5 error (val)"][1] > 0, limits
+    for title in ("training loss", "top-1 error"):
+        assert limits[title][0] == 0 and limits[title][1] > 0.9, limits
+    assert limits["learning rate"][0] > 0, limits  # log scale
 
 
 def test_plot_passes_over_a_run_still_in_its_first_epoch(tmp_path, capsys):
