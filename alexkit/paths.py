@@ -70,6 +70,26 @@ def only_writer(lock: Path, busy: str, being_read: str | None = None):
         yield
 
 
+def held_by_another(lock: Path) -> bool:
+    """Whether another process holds the file `lock` with only_writer now: a shared flock tried without
+    waiting, on the file only if it exists (none is made), and let go at once. False where the file
+    system has no locks."""
+    import fcntl
+
+    try:
+        f = open(lock, "rb")  # read-only: a shared lock needs no write access, on NFS too
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # ENOLCK, ENOSYS
+            return False
+        return False
+
+
 def _lock_shared(f) -> bool:
     import fcntl
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused, why
-from alexkit.paths import DEFAULT_RUNS, NoLocks, latest_run, only_writer, temporaries, write_atomic
+from alexkit.paths import DEFAULT_RUNS, NoLocks, held_by_another, latest_run, only_writer, temporaries, write_atomic
 from alexkit.progress import talks
 from alexkit.ranks import agree
 
@@ -255,9 +255,16 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
     path = Path(path)
     if path.is_dir():
         found = [path / n for n in prefer if (path / n).is_file()]
-        if not found and "best.pt" not in prefer and (path / "best.pt").is_file():  # killed between the two saves
-            raise AlexkitError(f"run {path} has best.pt but no {' or '.join(prefer)}: it was stopped while saving its first "
-                               f"epoch; go on from best.pt: alexkit train --resume {path}/best.pt")  # fmt: skip
+        resuming = "best.pt" not in prefer
+        if not found and held_by_another(path / ".train.lock"):  # a training in its first epoch
+            then = (f"it is still training; resume it once that training has ended: alexkit train --resume {path}" if resuming
+                    else "wait for that, then run this command again")  # fmt: skip
+            raise AlexkitError(f"run {path} is still in its first epoch (an `alexkit train` holds its .train.lock) and writes "
+                               f"its {' and '.join(prefer)} when that epoch ends; {then}")  # fmt: skip
+        if not found and resuming and (path / "best.pt").is_file():
+            how = (f"run {path} has best.pt but no last.pt: it was stopped while saving its first epoch"  # between the two saves
+                   if (path / "config.json").is_file() else f"{path} has best.pt but no last.pt (nor a run's config.json)")  # fmt: skip
+            raise AlexkitError(f"{how}; go on from best.pt: alexkit train --resume {path}/best.pt")
         if not found and (path / "config.json").is_file():
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "
                                f"train it again with `alexkit train --out {path}` and the flags it had")  # fmt: skip

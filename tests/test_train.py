@@ -369,6 +369,11 @@ def test_resume_refuses_an_earlier_checkpoint_of_the_run_but_can_branch_from_a_c
     branch = train(TrainConfig(resume=tmp_path / "branch" / "best.pt", epochs=2))
     assert branch == tmp_path / "branch" and [r["epoch"] for r in _metrics(branch)] == [1, 2]
     assert len(_metrics(run)) == 1  # the original run is untouched
+    (tmp_path / "copy").mkdir()  # best.pt alone, copied into a new folder: no run stopped there
+    shutil.copyfile(run / "best.pt", tmp_path / "copy" / "best.pt")
+    with pytest.raises(AlexkitError, match=r"copy has best.pt but no last.pt \(nor a run's config.json\); go on from best.pt: "
+                                           f"alexkit train --resume {tmp_path}/copy/best.pt$"):  # fmt: skip
+        train(TrainConfig(resume=tmp_path / "copy", epochs=2))
     (run / "last.pt").unlink()  # as if killed between best.pt's save and last.pt's in its first epoch
     with pytest.raises(AlexkitError, match=f"run {run} has best.pt but no last.pt: it was stopped while saving its first "
                                            f"epoch; go on from best.pt: alexkit train --resume {run}/best.pt"):  # fmt: skip
@@ -424,6 +429,38 @@ def test_one_run_directory_one_writer(store, tmp_path, monkeypatch):
     monkeypatch.setattr(runs.time, "strftime", lambda fmt: "20261129-120000")
     assert runs.run_dir(None, None, True).name == "20261129-120000"
     assert runs.run_dir(None, None, True).name == "20261129-120000-2"
+
+
+def test_a_run_still_in_its_first_epoch_is_said_to_be_training_not_stopped(store, tmp_path):
+    """Another process holds the run's .train.lock (real flock, as `alexkit train` does) and no
+    checkpoint is written yet: resume and eval say it is still training; once it lets go, stopped."""
+    from alexkit.evaluate import EvalConfig, evaluate
+    from alexkit.paths import only_writer
+
+    run = tmp_path / "young"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    hold = "import sys; from alexkit.paths import only_writer\nwith only_writer(sys.argv[1], 'busy'): print('held', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run / ".train.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(AlexkitError, match=f"run {run} is still in its first epoch .* writes its last.pt when that epoch ends; "
+                                               f"it is still training; resume it once that training has ended"):  # fmt: skip
+            train(TrainConfig(resume=run, epochs=2))
+        with pytest.raises(AlexkitError, match="still in its first epoch .* writes its best.pt and last.pt when that epoch "
+                                               "ends; wait for that, then run this command again"):  # fmt: skip
+            evaluate(EvalConfig(checkpoint=run, data=store, device="cpu"))
+        with pytest.raises(AlexkitError, match="held"):  # the holder still holds it
+            with only_writer(run / ".train.lock", "held"):
+                pass
+    finally:
+        holder.communicate("", timeout=30)
+    with pytest.raises(AlexkitError, match="it stopped before its first epoch ended; train it again"):
+        train(TrainConfig(resume=run, epochs=2))
+    (run / ".train.lock").unlink()  # a run folder without a lock file: none is made by looking
+    with pytest.raises(AlexkitError, match="it stopped before its first epoch ended"):
+        evaluate(EvalConfig(checkpoint=run, data=store, device="cpu"))
+    assert not (run / ".train.lock").exists()
 
 
 def test_a_run_folder_that_cannot_be_made_is_one_line(store, tmp_path):
