@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +103,23 @@ def load_checkpoint(path: Path):
     try:
         model = build_from_checkpoint(ckpt)
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:  # weights that do not fit their model_args
-        why = str(exc).splitlines()[0]
-        raise AlexkitError(f"{path}: its weights do not fit its model_args ({exc.__class__.__name__}: {why}); "
+        raise AlexkitError(f"{path}: its weights do not fit its model_args ({misfit(exc)}); "
                            "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
     return model.eval(), ckpt
+
+
+def misfit(exc: Exception) -> str:
+    """The first concrete line of a load_state_dict error, whose own first line ("Error(s) in loading
+    state_dict for AlexNet:") names no weight: "conv1.weight is [96, 3, 11, 11] in the file but [48, 3,
+    11, 11] by its model_args, and 15 more", or 'Missing key(s) in state_dict: "fc8.weight"'."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [exc.__class__.__name__]
+    concrete = lines[1:] if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1 else lines
+    shapes = r"size mismatch for (\S+): copying a param with shape torch.Size\((.*?)\) from checkpoint, the shape in current model is torch.Size\((.*?)\)\."
+    first = re.fullmatch(shapes, concrete[0])
+    said = f"{first[1]} is {first[2]} in the file but {first[3]} by its model_args" if first else concrete[0].rstrip(". ")
+    if len(said) > 200:  # a long list of keys
+        said = said[:200] + "..."
+    return said + (f", and {len(concrete) - 1} more" if len(concrete) > 1 else "")
 
 
 def store_of(ckpt: dict, ckpt_path: Path, data: Path | None) -> Path:

@@ -29,6 +29,7 @@ from alexkit.progress import talks
 from alexkit.ranks import agree
 
 CHECKPOINT_FORMAT = 1
+ZIP_START = b"PK\x03\x04"  # the first bytes of every file torch.save writes (a zip archive)
 
 
 def run_dir(resume: Path | None, out: Path | None, is_main: bool) -> Path:
@@ -282,9 +283,18 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
 def read_checkpoint(path: Path) -> dict:
     """The checkpoint dict in `path` (on the CPU), checked to be one `alexkit train` wrote."""
     try:
+        with open(path, "rb") as f:
+            head, size = f.read(4), f.seek(0, 2)
+    except OSError as exc:  # permissions; a folder
+        raise refused(exc, "pass a best.pt/last.pt written by `alexkit train`", path) from exc
+    try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise AlexkitError(f"cannot load checkpoint {path} ({why(exc)}); "
+        said = why(exc).split(". ")[0]  # torch goes on for lines about weights_only or its zip reader
+        if head == ZIP_START[: len(head)]:  # a zip, as torch.save writes, or its start (or nothing): cut off or broken
+            raise AlexkitError(f"checkpoint {path} is truncated or damaged ({size:,} bytes; {said}); copy it again from "
+                               "where it was written, or pass another best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+        raise AlexkitError(f"cannot load checkpoint {path}: not a file torch.save wrote, or damaged from its start ({said}); "
                            "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT or "model_args" not in ckpt:
         found = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__

@@ -328,8 +328,14 @@ def test_damaged_run_files_are_one_line_errors_naming_them(setup, tmp_path):
     _, store, ckpt, _ = setup
     run = tmp_path / "run"
     shutil.copytree(ckpt.parent, run)
-    (run / "best.pt").write_bytes(b"")
-    with pytest.raises(AlexkitError, match=r"cannot load checkpoint .*best.pt \(.*empty or cut off\)"):
+    whole = ckpt.read_bytes()
+    for cut in (0, 100, len(whole) // 2):  # torch says EOFError, or that its zip reader found no central directory
+        (run / "best.pt").write_bytes(whole[:cut])
+        with pytest.raises(AlexkitError, match=rf"checkpoint .*best.pt is truncated or damaged \({cut:,} bytes; .*\); copy it again "
+                                               "from where it was written, or pass another best.pt/last.pt"):  # fmt: skip
+            evaluate(EvalConfig(checkpoint=run, data=store.path, device="cpu"))
+    (run / "best.pt").write_bytes(b"hello")
+    with pytest.raises(AlexkitError, match=r"cannot load checkpoint .*best.pt: not a file torch.save wrote, or damaged from its start"):
         evaluate(EvalConfig(checkpoint=run, data=store.path, device="cpu"))
     shutil.copyfile(ckpt, run / "best.pt")
     for name, damage in (("stats.npz", b""), ("stats.npz", (ckpt.parent / "stats.npz").read_bytes()[:100]),
@@ -403,8 +409,34 @@ def test_a_missing_store_or_mismatched_weights_are_one_line_errors(setup, tmp_pa
         evaluate(EvalConfig(checkpoint=tmp_path / "moved.pt", device="cpu"))
     bad = dict(moved, model_args=dict(moved["model_args"], fc_features=16))
     torch.save(bad, tmp_path / "bad.pt")
-    with pytest.raises(AlexkitError, match="bad.pt: its weights do not fit its model_args"):
+    with pytest.raises(AlexkitError, match=r"bad.pt: its weights do not fit its model_args \(fc6.weight is \[32, 64\] in the file "
+                                           r"but \[16, 64\] by its model_args, and 4 more\); pass"):  # fmt: skip
         evaluate(EvalConfig(checkpoint=tmp_path / "bad.pt", data=store.path, device="cpu"))
+    torch.save(dict(moved, model_args=dict(moved["model_args"], width=0.5)), tmp_path / "wide.pt")
+    with pytest.raises(AlexkitError, match=r"wide.pt: its weights do not fit its model_args \(conv1.weight is \[24, 3, 11, 11\] "
+                                           r"in the file but \[48, 3, 11, 11\] by its model_args, and \d+ more\)"):  # fmt: skip
+        evaluate(EvalConfig(checkpoint=tmp_path / "wide.pt", data=store.path, device="cpu"))
+    model = dict(moved["model"])
+    del model["fc8.bias"]
+    torch.save(dict(moved, model=model), tmp_path / "short.pt")
+    with pytest.raises(AlexkitError, match=r'short.pt: its weights do not fit its model_args \(Missing key\(s\) in state_dict: "fc8.bias"\); '):
+        evaluate(EvalConfig(checkpoint=tmp_path / "short.pt", data=store.path, device="cpu"))
+
+
+def test_a_truncated_checkpoint_is_one_line_in_eval_predict_and_resume(setup, tmp_path):
+    _, store, ckpt, _ = setup
+    run = tmp_path / "run"
+    shutil.copytree(ckpt.parent, run)
+    for name in ("best.pt", "last.pt"):  # as a copy that stopped half-way leaves them
+        (run / name).write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    Image.fromarray(photo(np.random.default_rng(0), SIZE)).save(tmp_path / "a.jpg")
+    env = {**os.environ, "COLUMNS": "200"}
+    for args in (["eval", "--checkpoint", str(run), "--data", str(store.path)], ["predict", str(tmp_path / "a.jpg"), "--checkpoint", str(run)],
+                 ["train", "--resume", str(run)]):  # fmt: skip
+        r = subprocess.run([sys.executable, "-m", "alexkit", *args, "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2, r.stderr
+        [line] = r.stderr.splitlines()
+        assert re.fullmatch(r"error: checkpoint .*/run/(best|last).pt is truncated or damaged \([\d,]+ bytes; .*\); copy it again .*", line), line
 
 
 def test_cli_eval_tta(setup, tmp_path):
