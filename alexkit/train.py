@@ -29,7 +29,7 @@ from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
-from alexkit.model.placement import setup, teardown
+from alexkit.model.placement import setup, teardown, under_torchrun
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, Ticks
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
@@ -201,7 +201,13 @@ def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict 
         check_resumable(ckpt_path)
         stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
         ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
-        cfg = _resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
+        named = "parallel" in given if given is not None else cfg.parallel != TrainConfig.parallel
+        asked, cfg = cfg, _resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
+        if cfg.parallel.startswith("ddp") and not named and not under_torchrun():  # not setup's "--parallel ddp needs torchrun"
+            n = world_size_of(ckpt, ckpt_path.parent) or "N"
+            raise AlexkitError(f"{ckpt_path.parent} was trained with --parallel {cfg.parallel}; resume it under torchrun: "
+                               f"torchrun --nproc-per-node={n} -m alexkit train --resume {asked.resume}, or in this one process "
+                               f"with --parallel {'columns' if cfg.parallel == 'ddp-columns' else 'none'}")  # fmt: skip
     world = launched()
     if not cfg.parallel.startswith("ddp") and world > 1:
         raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {world} processes would run that many "

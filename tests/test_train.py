@@ -610,7 +610,8 @@ def test_dropout_draws_differ_by_rank_and_epoch():
 
 def test_ddp_training_under_torchrun(store, tmp_path):
     """Two gloo processes train one run and resume it: rank 0 alone reports and writes, and the
-    checkpoint loads alone."""
+    checkpoint loads alone. Resumed without torchrun, the run says how (not that a --parallel the
+    user never gave needs torchrun), and goes on alone with --parallel none."""
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2",
                 "-m", "alexkit", "train"]  # fmt: skip
@@ -629,6 +630,21 @@ def test_ddp_training_under_torchrun(store, tmp_path):
     assert last["world_size"] == 2 and last["epoch"] == 2
     assert not any(k.startswith("module.") for k in last["model"])  # the unwrapped model, loadable alone
     build_from_checkpoint(last)
+    alone = [sys.executable, "-m", "alexkit", "train", "--resume", str(out), "--epochs", "3", "--device", "cpu"]
+    r = subprocess.run(alone, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"error: {out} was trained with --parallel ddp; resume it under torchrun: torchrun --nproc-per-node=2 -m alexkit train "
+        f"--resume {out}, or in this one process with --parallel none"], r.stderr  # fmt: skip
+    with pytest.raises(AlexkitError, match="trained with --parallel ddp; resume it under torchrun"):  # given=None: no --parallel
+        train(TrainConfig(resume=out, epochs=3, device="cpu"))
+    told = TrainConfig(resume=out, epochs=3, parallel="none", device="cpu", progress="none")  # as the message says
+    train(told, {"resume", "epochs", "parallel", "device", "progress"})  # --parallel none given, though it is the default
+    assert [row["epoch"] for row in _metrics(out)] == [1, 2, 3]
+    (tmp_path / "columns").mkdir()  # a run of ddp-columns goes on alone with --parallel columns
+    last = torch.load(out / "last.pt", weights_only=True)
+    torch.save(dict(last, config=dict(last["config"], parallel="ddp-columns")), tmp_path / "columns" / "last.pt")
+    with pytest.raises(AlexkitError, match="trained with --parallel ddp-columns; .* in this one process with --parallel columns$"):
+        train(TrainConfig(resume=tmp_path / "columns", device="cpu"), {"resume", "device"})
 
 
 def test_a_cpu_run_on_a_gpu_machine_leaves_cuda_alone(store, tmp_path):

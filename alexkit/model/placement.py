@@ -178,13 +178,18 @@ def check_device(device: str) -> None:
         raise AlexkitError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
+def under_torchrun() -> bool:
+    """Whether torchrun (or a launcher like it) started this process: it sets RANK and WORLD_SIZE."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def setup(parallel: Parallel, device: str, error: AlexkitError | None = None) -> Placement:
     """Pick this process's device(s); for DDP, join the process group torchrun describes. `error`: one
     this process met before (ranks.before_joining): raised in every process, before any joins."""
     rank, world_size, local_rank = 0, 1, 0
     ddp = parallel.startswith("ddp")
     if ddp:
-        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        if not under_torchrun():
             raise AlexkitError(f"--parallel {parallel} needs torchrun: torchrun --nproc-per-node=N -m alexkit train ...")
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
