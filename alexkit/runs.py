@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused, why
 from alexkit.paths import DEFAULT_RUNS, NoLocks, held_by_another, latest_run, only_writer, temporaries, write_atomic
-from alexkit.progress import talks
+from alexkit.progress import counted, talks
 from alexkit.ranks import agree
 
 CHECKPOINT_FORMAT = 1
@@ -254,14 +254,11 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
             print(f"note: {newest} has no checkpoint yet; using {run}", file=sys.stderr)
         path = run
     path = Path(path)
+    resuming = "best.pt" not in prefer
     if path.is_dir():
         found = [path / n for n in prefer if (path / n).is_file()]
-        resuming = "best.pt" not in prefer
-        if not found and held_by_another(path / ".train.lock"):  # a training in its first epoch
-            then = (f"it is still training; resume it once that training has ended: alexkit train --resume {path}" if resuming
-                    else "wait for that, then run this command again")  # fmt: skip
-            raise AlexkitError(f"run {path} is still in its first epoch (an `alexkit train` holds its .train.lock) and writes "
-                               f"its {' and '.join(prefer)} when that epoch ends; {then}")  # fmt: skip
+        if not found:
+            _said_if_training(path, prefer, resuming)
         if not found and resuming and (path / "best.pt").is_file():
             how = (f"run {path} has best.pt but no last.pt: it was stopped while saving its first epoch"  # between the two saves
                    if (path / "config.json").is_file() else f"{path} has best.pt but no last.pt (nor a run's config.json)")  # fmt: skip
@@ -276,8 +273,20 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
             raise AlexkitError(f"run directory {path} has no {' or '.join(prefer)}; pass a .pt file written by `alexkit train`")
         path = found[0]
     if not path.is_file():
+        if path.name in ("best.pt", "last.pt"):
+            _said_if_training(path.parent, (path.name,), resuming)
         raise AlexkitError(f"checkpoint {path} does not exist; pass a run directory or a .pt file")
     return path
+
+
+def _said_if_training(run: Path, names: tuple[str, ...], resuming: bool) -> None:
+    """A run with none of `names` yet whose .train.lock another process holds is in its first epoch:
+    an error that says so (not that it stopped, nor that the file does not exist)."""
+    if held_by_another(run / ".train.lock"):
+        then = (f"it is still training; resume it once that training has ended: alexkit train --resume {run}" if resuming
+                else "wait for that, then run this command again")  # fmt: skip
+        raise AlexkitError(f"run {run} is still in its first epoch (an `alexkit train` holds its .train.lock) and writes "
+                           f"its {' and '.join(names)} when that epoch ends; {then}")  # fmt: skip
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -292,7 +301,7 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as exc:
         said = why(exc).split(". ")[0]  # torch goes on for lines about weights_only or its zip reader
         if head == ZIP_START[: len(head)]:  # a zip, as torch.save writes, or its start (or nothing): cut off or broken
-            raise AlexkitError(f"checkpoint {path} is truncated or damaged ({size:,} bytes; {said}); copy it again from "
+            raise AlexkitError(f"checkpoint {path} is truncated or damaged ({counted(size, 'byte')}; {said}); copy it again from "
                                "where it was written, or pass another best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
         raise AlexkitError(f"cannot load checkpoint {path}: not a file torch.save wrote, or damaged from its start ({said}); "
                            "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip

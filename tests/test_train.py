@@ -450,6 +450,11 @@ def test_a_run_still_in_its_first_epoch_is_said_to_be_training_not_stopped(store
         with pytest.raises(AlexkitError, match="still in its first epoch .* writes its best.pt and last.pt when that epoch "
                                                "ends; wait for that, then run this command again"):  # fmt: skip
             evaluate(EvalConfig(checkpoint=run, data=store, device="cpu"))
+        with pytest.raises(AlexkitError, match=f"run {run} is still in its first epoch .* writes its last.pt when that "
+                                               "epoch ends; it is still training"):  # the file named, not the folder
+            train(TrainConfig(resume=run / "last.pt", epochs=2))
+        with pytest.raises(AlexkitError, match="still in its first epoch .* writes its best.pt when that epoch ends; wait"):
+            evaluate(EvalConfig(checkpoint=run / "best.pt", data=store, device="cpu"))
         with pytest.raises(AlexkitError, match="held"):  # the holder still holds it
             with only_writer(run / ".train.lock", "held"):
                 pass
@@ -457,6 +462,8 @@ def test_a_run_still_in_its_first_epoch_is_said_to_be_training_not_stopped(store
         holder.communicate("", timeout=30)
     with pytest.raises(AlexkitError, match="it stopped before its first epoch ended; train it again"):
         train(TrainConfig(resume=run, epochs=2))
+    with pytest.raises(AlexkitError, match="checkpoint .*last.pt does not exist"):
+        train(TrainConfig(resume=run / "last.pt", epochs=2))
     (run / ".train.lock").unlink()  # a run folder without a lock file: none is made by looking
     with pytest.raises(AlexkitError, match="it stopped before its first epoch ended"):
         evaluate(EvalConfig(checkpoint=run, data=store, device="cpu"))
