@@ -36,10 +36,11 @@ def test_timed_windows_count_images_after_the_warm_up():
 def test_bench_train_rows_and_the_ratio_to_synthetic(tmp_path, capsys):
     store = make_store(tmp_path / "store", size=64, train=12, val=2)
     r = bench_train(BenchTrainConfig(data=store.path, batch_size=4, steps=2, repeats=3, warmup=1, device="cpu",
-                                     width=0.25, fc_features=16, compile="off"))  # fmt: skip
+                                     width=0.25, fc_features=16, channels_last="on", compile="off"))  # fmt: skip
     synthetic, real = r["rows"]
     assert (synthetic["input"], real["input"]) == ("synthetic on-device", "real pipeline")
     assert all(row["min"] <= row["images_per_s"] <= row["max"] for row in r["rows"])
+    assert "fp32, channels-last; median" in r["settings"]  # --channels-last on, --compile off: each its own
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1].startswith("real pipeline") and printed[-1].endswith(f"{real['images_per_s'] / synthetic['images_per_s']:.0%}")
     assert printed[-2].endswith("100%")

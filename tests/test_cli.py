@@ -284,7 +284,7 @@ def test_exit_codes_one_line_on_stderr_and_debug(monkeypatch, capsys, error, cod
         return
     assert exit_of(["--debug", "plot", "r"]) == code
     err = capsys.readouterr().err
-    assert err.startswith("Traceback") and err.rstrip().endswith(str(raised)), err
+    assert err.startswith("Traceback") and err.rstrip().endswith(str(raised)) and "\nerror: " not in err, err
 
 
 def test_an_error_of_one_process_is_printed_by_that_process(monkeypatch, capsys):

@@ -404,8 +404,9 @@ def test_a_damaged_jpeg_in_the_store_is_one_line_naming_the_file(tmp_path):
         f.write(b"\xff\xd9" * 40)  # end-of-image markers where the scan should go on
     loader = make_loader(Store(store.path), "train", batch_size=4, seed=0)
     with pytest.raises(AlexkitError, match=r"train.beton: DALI could not process a batch of epoch 1 \(.+\); the store is "
-                                            r"damaged: rewrite the store with `alexkit prepare .+ --out .+ --force`") as info:
+                                            r"damaged: rewrite the store with `alexkit prepare .+ --force`") as info:
         list(loader)
+    assert f" --out {store.path} " in str(info.value)  # the store's folder, not the .beton
     assert "\n" not in str(info.value)
 
 

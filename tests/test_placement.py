@@ -111,9 +111,14 @@ def test_an_error_handed_to_setup_alone_is_raised(monkeypatch):
         setup("none", "cpu", AlexkitError("x"))
 
 
-def test_ddp_needs_torchrun(monkeypatch):
-    monkeypatch.delenv("RANK", raising=False)
-    with pytest.raises(AlexkitError, match="torchrun"):
+@pytest.mark.parametrize("only", [None, "RANK", "WORLD_SIZE"])
+def test_ddp_needs_torchrun(monkeypatch, only):
+    """torchrun sets both RANK and WORLD_SIZE; one of them alone (exported by a container, say) is not torchrun."""
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    if only:
+        monkeypatch.setenv(only, "0" if only == "RANK" else "2")
+    with pytest.raises(AlexkitError, match="--parallel ddp needs torchrun"):
         setup("ddp", "cpu")
 
 

@@ -876,6 +876,8 @@ def test_a_rerun_on_a_finished_read_only_store_has_nothing_to_do(tmp_path):
             made_so()  # first another user's lock file in a folder one may write in, then the folder read-only too
             r = _cli(str(src), "--out", str(out), "--size", str(SIZE), prefix=prefix)
             assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr
+            r = _cli("src", "--out", "store", "--size", str(SIZE), cwd=tmp_path, prefix=prefix)  # relative: the same store
+            assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr
             for flags in (["--size", str(SIZE + 8)], ["--size", str(SIZE), "--force"]):
                 r = _cli(str(src), "--out", str(out), *flags, prefix=prefix)
                 assert r.returncode == 1 and r.stderr.count("\n") == 1, (flags, r.stderr)

@@ -247,6 +247,10 @@ def test_a_damaged_store_is_refused_before_the_run_folder_is_made(store, tmp_pat
     with pytest.raises(AlexkitError, match=r"stats.npz holds a 32x64 mean image, but the store's images are 64x64") as info:
         train(TrainConfig(data=damaged, out=tmp_path / "run", epochs=1, **TINY))
     assert str(info.value).endswith(rewrite)
+    with np.load(store / "stats.npz") as z:
+        np.savez(damaged / "stats.npz", **dict(z, mean_image=z["mean_image"][:, :32]))
+    with pytest.raises(AlexkitError, match=r"stats.npz holds a 64x32 mean image"):
+        train(TrainConfig(data=damaged, out=tmp_path / "run", epochs=1, **TINY))
     assert not (tmp_path / "run").exists()
 
 
@@ -516,6 +520,15 @@ def test_a_file_system_without_locks_is_one_line_and_leaves_no_run_folder(store,
     assert failed.value.exit_code == 1 and not (tmp_path / "nfs-run").exists()
 
 
+def test_a_file_system_without_locks_never_says_a_run_is_in_its_first_epoch(tmp_path, monkeypatch):
+    """Where flock fails, no lock can be held: a run without a checkpoint is not "still training"."""
+    from alexkit.paths import held_by_another
+
+    (tmp_path / ".train.lock").touch()
+    _no_locks(monkeypatch)
+    assert not held_by_another(tmp_path / ".train.lock")
+
+
 def test_a_resume_that_another_training_overtook_is_refused(store, tmp_path, monkeypatch):
     """B reads last.pt; before B holds the lock, A (another resume of the run) writes a newer one."""
     import os
@@ -693,6 +706,23 @@ def test_auto_speedups_are_off_on_the_cpu_and_flags_win():
     assert resolve_auto("auto", "auto", "auto", cpu) == (False, False, False)
     assert resolve_auto("on", "on", "on", cpu) == (True, True, True)
     assert resolve_auto("off", "on", "off", cpu) == (False, True, False)
+
+
+def test_each_speedup_flag_reaches_its_own_setting(store, tmp_path):
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, amp="on", channels_last="off", compile="off", **TINY))
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert (resolved["amp"], resolved["channels_last"], resolved["compile"]) == (True, False, False)
+
+
+@pytest.mark.parametrize("tensor_cores", [True, False])
+def test_auto_bf16_on_cuda_follows_the_gpus_bf16_tensor_cores(monkeypatch, tensor_cores):
+    """torch's is_bf16_supported() counts emulation as support (a T4 says True); only the answer
+    without emulation turns bf16 on. Channels-last and compile are on for CUDA either way. (torch's
+    answer is stood in for here: no CUDA on this machine; resolve_auto reads only the device's type.)"""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or tensor_cores)
+    cuda = torch.device("cuda")
+    assert resolve_auto("auto", "auto", "auto", cuda) == (tensor_cores, True, True)
+    assert resolve_auto("on", "off", "auto", cuda) == (True, False, True)
 
 
 @pytest.mark.slow
