@@ -114,7 +114,8 @@ def misfit(exc: Exception) -> str:
     11, 11] by its model_args, and 15 more", or 'Missing key(s) in state_dict: "fc8.weight"'."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [exc.__class__.__name__]
     concrete = lines[1:] if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1 else lines
-    shapes = r"size mismatch for (\S+): copying a param with shape torch.Size\((.*?)\) from checkpoint, the shape in current model is torch.Size\((.*?)\)\."
+    shapes = (r"size mismatch for (\S+): copying a param with shape torch.Size\((.*?)\) from checkpoint, "
+              r"the shape in current model is torch.Size\((.*?)\)\.")
     first = re.fullmatch(shapes, concrete[0])
     said = f"{first[1]} is {first[2]} in the file but {first[3]} by its model_args" if first else concrete[0].rstrip(". ")
     if len(said) > 200:  # a long list of keys

@@ -36,8 +36,8 @@ def _root(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help=
     world = os.environ.get("WORLD_SIZE", "1")
     if world.isdigit() and int(world) > 1 and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
         raise alike(AlexkitError(f"`alexkit {ctx.invoked_subcommand}` runs in one process, but torchrun started {world} "
-                           f"(WORLD_SIZE={world}): run it without torchrun (only {' and '.join(TORCHRUN_COMMANDS)} use "
-                           "torchrun's processes), or unset WORLD_SIZE where no launcher started this"))  # fmt: skip
+                                 f"(WORLD_SIZE={world}): run it without torchrun (only {' and '.join(TORCHRUN_COMMANDS)} "
+                                 "use torchrun's processes), or unset WORLD_SIZE where no launcher started this"))  # fmt: skip
 
 
 # --- command registration: one line per command, each module defines `command` ---
