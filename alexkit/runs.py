@@ -17,7 +17,10 @@ import subprocess
 import sys
 import time
 from importlib import metadata
+from collections.abc import Collection
+from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +30,9 @@ from alexkit.errors import AlexkitError, refused, why
 from alexkit.paths import DEFAULT_RUNS, NoLocks, held_by_another, latest_run, only_writer, temporaries, write_atomic
 from alexkit.progress import counted, talks
 from alexkit.ranks import agree
+
+if TYPE_CHECKING:
+    from alexkit.train import TrainConfig
 
 CHECKPOINT_FORMAT = 1
 ZIP_START = b"PK\x03\x04"  # the first bytes of every file torch.save writes (a zip archive)
@@ -229,6 +235,41 @@ def moved_store(named: str, run: Path) -> Path | None:
         print(f"note: {run} was trained on {named}, which is not there; reading {candidate}, the store of that name "
               "beside its runs folder, once it matches the run's copies of its classes and mean image", file=sys.stderr)  # fmt: skip
     return candidate
+
+
+# Fields a resumed run may change; any other flag given with --resume must match the run's own.
+RESUME_MAY_CHANGE = ("resume", "epochs", "data", "device", "parallel", "progress")
+
+
+def resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None, run: Path) -> TrainConfig:
+    """The resumed run's config, with the fields named in `given` taken from `cfg` (None: those not
+    at their default).
+
+    Only RESUME_MAY_CHANGE fields may differ from the run's own; any other flag that differs is an
+    error, not silently ignored. Without --data, a store gone because the folder holding it and the
+    runs moved is looked for beside the runs folder (moved_store).
+    """
+    defaults, merged = type(cfg)(), {}
+    if given is None:
+        given = [f.name for f in fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)]
+    for f in fields(cfg):
+        mine, theirs = getattr(cfg, f.name), saved.get(f.name, getattr(defaults, f.name))  # older runs: the default
+        theirs = Path(theirs) if f.name in ("data", "out", "resume") and theirs is not None else theirs
+        if f.name not in given or mine == theirs:
+            merged[f.name] = theirs
+        elif f.name in RESUME_MAY_CHANGE:
+            merged[f.name] = mine
+        elif f.name == "out":
+            raise AlexkitError(f"--out {mine}: a resumed run stays in its own folder ({cfg.resume}); drop --out")
+        else:
+            flag = "--" + f.name.replace("_", "-")
+            raise AlexkitError(f"{flag} {mine} differs from the resumed run's {theirs}; drop {flag} or start a new run")
+    if "data" not in given and merged["data"] is not None:
+        merged["data"] = moved_store(str(merged["data"]), run) or merged["data"]
+    if merged["parallel"].endswith("columns") != saved["parallel"].endswith("columns"):
+        raise AlexkitError(f"--parallel {merged['parallel']}: the run was trained with --parallel {saved['parallel']}, "
+                           "whose optimizer state is laid out differently; resume with or without columns as it was")  # fmt: skip
+    return type(cfg)(**merged)
 
 
 def world_size_of(ckpt: dict, run: Path) -> int | None:

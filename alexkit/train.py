@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Collection, Literal
 
@@ -35,15 +35,12 @@ from alexkit.progress import Progress, Ticks
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
 from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
-from alexkit.runs import moved_store, rng_state, world_size_of
+from alexkit.runs import resumed_config, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 from alexkit.train_report import Rate, flags, most_waited, start_line, summary, timed
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
 Auto = Literal["auto", "on", "off"]
-# Fields a resumed run may change; any other flag given with --resume must match the run's own.
-RESUME_MAY_CHANGE = ("resume", "epochs", "data", "device", "parallel", "progress")
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -202,7 +199,7 @@ def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict 
         stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
         ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
         named = "parallel" in given if given is not None else cfg.parallel != TrainConfig.parallel
-        asked, cfg = cfg, _resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
+        asked, cfg = cfg, resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
         if cfg.parallel.startswith("ddp") and not named and not under_torchrun():  # not setup's "--parallel ddp needs torchrun"
             n = world_size_of(ckpt, ckpt_path.parent) or "N"
             raise AlexkitError(f"{ckpt_path.parent} was trained with --parallel {cfg.parallel}; resume it under torchrun: "
@@ -411,39 +408,6 @@ def resolve_auto(amp: Auto, channels_last: Auto, compile: Auto, device: torch.de
     return tuple(on if v == "auto" else v == "on" for v, on in ((amp, bf16), (channels_last, on_cuda), (compile, on_cuda)))
 
 
-# --- resume ---
-
-
 def _config_dict(cfg: TrainConfig) -> dict:
+    """The config as config.json and checkpoints keep it: plain values, paths as strings."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-
-
-def _resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None, run: Path) -> TrainConfig:
-    """The resumed run's config, with the fields named in `given` taken from `cfg` (None: those not
-    at their default).
-
-    Only RESUME_MAY_CHANGE fields may differ from the run's own; any other flag that differs is an
-    error, not silently ignored. Without --data, a store gone because the folder holding it and the
-    runs moved is looked for beside the runs folder (runs.moved_store).
-    """
-    defaults, merged = TrainConfig(), {}
-    if given is None:
-        given = [f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)]
-    for f in fields(TrainConfig):
-        mine, theirs = getattr(cfg, f.name), saved.get(f.name, getattr(defaults, f.name))  # older runs: the default
-        theirs = Path(theirs) if f.name in ("data", "out", "resume") and theirs is not None else theirs
-        if f.name not in given or mine == theirs:
-            merged[f.name] = theirs
-        elif f.name in RESUME_MAY_CHANGE:
-            merged[f.name] = mine
-        elif f.name == "out":
-            raise AlexkitError(f"--out {mine}: a resumed run stays in its own folder ({cfg.resume}); drop --out")
-        else:
-            flag = "--" + f.name.replace("_", "-")
-            raise AlexkitError(f"{flag} {mine} differs from the resumed run's {theirs}; drop {flag} or start a new run")
-    if "data" not in given and merged["data"] is not None:
-        merged["data"] = moved_store(str(merged["data"]), run) or merged["data"]
-    if merged["parallel"].endswith("columns") != saved["parallel"].endswith("columns"):
-        raise AlexkitError(f"--parallel {merged['parallel']}: the run was trained with --parallel {saved['parallel']}, "
-                           "whose optimizer state is laid out differently; resume with or without columns as it was")  # fmt: skip
-    return TrainConfig(**merged)

@@ -777,15 +777,16 @@ def test_a_resume_on_a_file_system_without_locks_keeps_the_run(store, tmp_path, 
 
 
 def test_a_resume_may_repeat_the_runs_flags_and_change_its_parallel_but_not_its_columns(tmp_path):
-    from alexkit.train import _config_dict, _resumed_config
+    from alexkit.runs import resumed_config
+    from alexkit.train import _config_dict
 
     saved = _config_dict(TrainConfig(data=tmp_path, lr=0.02))  # --parallel none
-    same = _resumed_config(TrainConfig(resume=tmp_path, lr=0.02), saved, {"resume", "lr"}, tmp_path)  # its own --lr again
+    same = resumed_config(TrainConfig(resume=tmp_path, lr=0.02), saved, {"resume", "lr"}, tmp_path)  # its own --lr again
     assert same.lr == 0.02
-    ddp = _resumed_config(TrainConfig(resume=tmp_path, parallel="ddp"), saved, {"resume", "parallel"}, tmp_path)
+    ddp = resumed_config(TrainConfig(resume=tmp_path, parallel="ddp"), saved, {"resume", "parallel"}, tmp_path)
     assert ddp.parallel == "ddp"
     with pytest.raises(AlexkitError, match="laid out differently"):
-        _resumed_config(TrainConfig(resume=tmp_path, parallel="columns"), saved, {"resume", "parallel"}, tmp_path)
+        resumed_config(TrainConfig(resume=tmp_path, parallel="columns"), saved, {"resume", "parallel"}, tmp_path)
 
 
 def test_the_data_wait_in_metrics_is_the_time_spent_waiting_for_batches(store, tmp_path, monkeypatch):
