@@ -201,9 +201,10 @@ def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict 
         named = "parallel" in given if given is not None else cfg.parallel != TrainConfig.parallel
         asked, cfg = cfg, resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
         if cfg.parallel.startswith("ddp") and not named and not under_torchrun():  # not setup's "--parallel ddp needs torchrun"
-            n = world_size_of(ckpt, ckpt_path.parent) or "N"
-            raise AlexkitError(f"{ckpt_path.parent} was trained with --parallel {cfg.parallel}; resume it under torchrun: "
-                               f"torchrun --nproc-per-node={n} -m alexkit train --resume {asked.resume}, or in this one process "
+            n = world_size_of(ckpt, ckpt_path.parent)
+            by, on_one = (f" by {n} processes", f"on one node: torchrun --nproc-per-node={n}") if n else ("", "torchrun")
+            raise AlexkitError(f"{ckpt_path.parent} was trained with --parallel {cfg.parallel}{by}; resume it under torchrun "
+                               f"as it was started ({on_one} -m alexkit train --resume {asked.resume}), or in this one process "
                                f"with --parallel {'columns' if cfg.parallel == 'ddp-columns' else 'none'}")  # fmt: skip
     world = launched()
     if not cfg.parallel.startswith("ddp") and world > 1:
