@@ -313,8 +313,16 @@ def test_idle_gpus_are_named_with_the_torchrun_line_that_uses_them(monkeypatch):
     assert idle_gpus_note(one, visible=1) is None
     columns = idle_gpus_note(Placement("columns", 0, 1, (gpu(0), gpu(1))), visible=8)
     assert "this node uses 2;" in columns and "--nproc-per-node=4 -m alexkit train --parallel ddp-columns" in columns
+    columns = Placement("columns", 0, 1, (gpu(0), gpu(1)))  # columns take GPUs two at a time
+    assert idle_gpus_note(columns, visible=3) is None  # one process more would need a fourth
+    assert idle_gpus_note(columns, visible=5).endswith("to train on 4 of them: torchrun --standalone --nproc-per-node=2 -m "
+                                                       "alexkit train --parallel ddp-columns ...")  # fmt: skip
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun with eight processes on this node
     assert idle_gpus_note(Placement("ddp", 0, 16, (gpu(0),)), visible=8) is None
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # under torchrun (maybe on several nodes): no --standalone line
+    assert idle_gpus_note(Placement("ddp", 0, 4, (gpu(0),)), visible=8) == ("note: 8 GPUs are visible and this node uses 2; "
+                                                                            "to train on all of them, start torchrun with "
+                                                                            "--nproc-per-node=8")  # fmt: skip
     assert idle_gpus_note(Placement("none", 0, 1, (torch.device("cpu"),)), visible=8) is None
 
 

@@ -165,11 +165,15 @@ def idle_gpus_note(placement: Placement, visible: int) -> str | None:
         return None
     per_process = len(placement.devices)
     used = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * per_process  # this node's share (torchrun sets it)
-    if visible <= used:
+    usable = visible // per_process * per_process  # columns take GPUs two at a time
+    if usable <= used:
         return None
+    said = f"note: {visible} GPUs are visible and this node uses {used}; to train on {'all' if usable == visible else usable} of them"
+    nproc = f"--nproc-per-node={usable // per_process}"
+    if "LOCAL_WORLD_SIZE" in os.environ:  # under torchrun already, maybe on several nodes: its other flags stand
+        return f"{said}, start torchrun with {nproc}"
     parallel = "ddp-columns" if per_process == 2 else "ddp"
-    return (f"note: {visible} GPUs are visible and this node uses {used}; to train on all of them: torchrun "
-            f"--standalone --nproc-per-node={visible // per_process} -m alexkit train --parallel {parallel} ...")
+    return f"{said}: torchrun --standalone {nproc} -m alexkit train --parallel {parallel} ..."
 
 
 def check_device(device: str) -> None:
