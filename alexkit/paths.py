@@ -8,10 +8,18 @@ before the work (check_output), and how many cores this process may use.
 
 import contextlib
 import re
+import shlex
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from alexkit.errors import AlexkitError, PathRefused
+
+
+def word(path) -> str:
+    """A path as one word of a command printed for the user to copy into a shell: quoted where it
+    needs to be (spaces, quotes), and a relative path that starts with "-" as ./-..., not an option."""
+    text = str(path)
+    return shlex.quote("./" + text if text.startswith("-") else text)
 
 DEFAULT_STORE = Path("alexkit-store")  # written by `alexkit prepare`, read by train/eval
 DEFAULT_RUNS = Path("alexkit-runs")  # one sub-directory per `alexkit train` run

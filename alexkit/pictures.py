@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, require
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, check_output, latest_run, write_atomic
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, check_output, latest_run, word, write_atomic
 
 TILE_MIN = 160  # tiles are scaled up (nearest) to at least this many pixels so small crops stay visible
 
@@ -192,7 +192,7 @@ def read_metrics(run: Path) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise AlexkitError(f"{path} line {n} is not JSON ({exc.msg}); `alexkit train --resume {run}` rewrites "
+                raise AlexkitError(f"{path} line {n} is not JSON ({exc.msg}); `alexkit train --resume {word(run)}` rewrites "
                                    "the file from last.pt (add --epochs N, N the epochs done, to train no further)") from exc  # fmt: skip
             if not isinstance(record, dict) or "epoch" not in record:
                 raise AlexkitError(f"{path} line {n} is not an epoch record of `alexkit train` (no \"epoch\")")

@@ -20,6 +20,7 @@ import numpy as np
 
 from alexkit.datasets.layouts import IMAGE_EXTENSIONS
 from alexkit.errors import AlexkitError
+from alexkit.paths import word
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def list_images(paths) -> list[Path]:
             if not found:
                 hint = ""
                 if any(f.is_dir() and not f.name.startswith(".") for f in p.iterdir()):  # a train/ folder, say
-                    hint = f"; its sub-folders are not searched: pass them (`alexkit predict {p}/*`)"
+                    hint = f"; its sub-folders are not searched: pass them in its place ({word(p)}/*)"
                 raise AlexkitError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
             files += found
         elif p.is_file():

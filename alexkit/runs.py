@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused, why
-from alexkit.paths import DEFAULT_RUNS, NoLocks, held_by_another, latest_run, only_writer, temporaries, write_atomic
+from alexkit.paths import DEFAULT_RUNS, NoLocks, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
 from alexkit.progress import counted, talks
 from alexkit.ranks import agree
 
@@ -115,7 +115,7 @@ def _moved_on(run_dir: Path, ckpt: dict | None) -> str | None:
     """What makes the run folder no longer the one this run started from, or None."""
     if ckpt is None:
         if (run_dir / "last.pt").exists():
-            return f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out"
+            return f"{run_dir} already holds a run; continue it with --resume {word(run_dir)} or pick another --out"
         return None
     stat = ckpt["path"].stat()
     if (stat.st_size, stat.st_mtime_ns) != ckpt["stat"]:
@@ -195,7 +195,7 @@ def check_resumable(ckpt_path: Path) -> None:
     last = ckpt_path.parent / "last.pt"
     if ckpt_path.name != "last.pt" and last.is_file():
         raise AlexkitError(f"--resume {ckpt_path}: a run continues from its last.pt, and resuming from {ckpt_path.name} would "
-                           f"overwrite the epochs after it; pass --resume {ckpt_path.parent}, or copy {ckpt_path} into a "
+                           f"overwrite the epochs after it; pass --resume {word(ckpt_path.parent)}, or copy {ckpt_path} into a "
                            f"new folder and resume from there to branch off")  # fmt: skip
 
 
@@ -303,10 +303,10 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
         if not found and resuming and (path / "best.pt").is_file():
             how = (f"run {path} has best.pt but no last.pt: it was stopped while saving its first epoch"  # between the two saves
                    if (path / "config.json").is_file() else f"{path} has best.pt but no last.pt (nor a run's config.json)")  # fmt: skip
-            raise AlexkitError(f"{how}; go on from best.pt: alexkit train --resume {path}/best.pt")
+            raise AlexkitError(f"{how}; go on from best.pt: alexkit train --resume {word(path / 'best.pt')}")
         if not found and (path / "config.json").is_file():
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "
-                               f"train it again with `alexkit train --out {path}` and the flags it had")  # fmt: skip
+                               f"train it again with `alexkit train --out {word(path)}` and the flags it had")  # fmt: skip
         inner = latest_run(path, having=prefer) if not found else None
         if inner is not None:
             raise AlexkitError(f"{path} is a folder of runs, not a run; pass one of them, e.g. the latest: {inner}")
@@ -324,7 +324,7 @@ def _said_if_training(run: Path, names: tuple[str, ...], resuming: bool) -> None
     """A run with none of `names` yet whose .train.lock another process holds is in its first epoch:
     an error that says so (not that it stopped, nor that the file does not exist)."""
     if held_by_another(run / ".train.lock"):
-        then = (f"it is still training; resume it once that training has ended: alexkit train --resume {run}" if resuming
+        then = (f"it is still training; resume it once that training has ended: alexkit train --resume {word(run)}" if resuming
                 else "wait for that, then run this command again")  # fmt: skip
         raise AlexkitError(f"run {run} is still in its first epoch (an `alexkit train` holds its .train.lock) and writes "
                            f"its {' and '.join(names)} when that epoch ends; {then}")  # fmt: skip

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
 from alexkit.model.placement import setup, teardown, under_torchrun
-from alexkit.paths import DEFAULT_STORE
-from alexkit.progress import Progress, Ticks
+from alexkit.paths import DEFAULT_STORE, word
+from alexkit.progress import Progress, Ticks, counted
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
 from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
@@ -201,11 +202,7 @@ def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict 
         named = "parallel" in given if given is not None else cfg.parallel != TrainConfig.parallel
         asked, cfg = cfg, resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
         if cfg.parallel.startswith("ddp") and not named and not under_torchrun():  # not setup's "--parallel ddp needs torchrun"
-            n = world_size_of(ckpt, ckpt_path.parent)
-            by, on_one = (f" by {n} processes", f"on one node: torchrun --nproc-per-node={n}") if n else ("", "torchrun")
-            raise AlexkitError(f"{ckpt_path.parent} was trained with --parallel {cfg.parallel}{by}; resume it under torchrun "
-                               f"as it was started ({on_one} -m alexkit train --resume {asked.resume}), or in this one process "
-                               f"with --parallel {'columns' if cfg.parallel == 'ddp-columns' else 'none'}")  # fmt: skip
+            raise _resume_ddp_under_torchrun(cfg.parallel, ckpt_path.parent, world_size_of(ckpt, ckpt_path.parent), asked, given)
     world = launched()
     if not cfg.parallel.startswith("ddp") and world > 1:
         raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {world} processes would run that many "
@@ -213,10 +210,23 @@ def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict 
     return ckpt, cfg
 
 
+def _resume_ddp_under_torchrun(parallel: Parallel, run: Path, n: int | None, asked: TrainConfig,
+                               given: Collection[str] | None) -> AlexkitError:
+    """A ddp run resumed by one process, not told --parallel: the torchrun line that resumes it, with
+    the flags given here that a resume may change, or --parallel for one process."""
+    names = given if given is not None else [f for f in ("epochs", "data", "device", "progress")
+                                             if getattr(asked, f) != getattr(TrainConfig, f)]  # fmt: skip
+    flags = "".join(f" --{f} {word(getattr(asked, f))}" for f in ("epochs", "data", "device", "progress") if f in names)
+    by, on_one = (f" by {n} processes", f"on one node: torchrun --nproc-per-node={n}") if n else ("", "torchrun")
+    return AlexkitError(f"{run} was trained with --parallel {parallel}{by}; resume it under torchrun as it was started "
+                        f"({on_one} -m alexkit train --resume {word(asked.resume)}{flags}), or in this one process with "
+                        f"--parallel {'columns' if parallel == 'ddp-columns' else 'none'}")  # fmt: skip
+
+
 def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:
     """_train, with a failure the run survives (its saved epochs are whole) said as how to go on."""
     def then() -> str:
-        return f"continue with `alexkit train --resume {run_dir}`" if (run_dir / "last.pt").is_file() else "run again"
+        return f"continue with `alexkit train --resume {word(run_dir)}`" if (run_dir / "last.pt").is_file() else "run again"
 
     try:
         with lost_peers_said(then):
@@ -225,6 +235,10 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
         if not exc.filename:  # not about a file (a closed pipe on stdout, say)
             raise
         raise refused(exc, f"fix that (free space, permissions), then {then()}") from exc
+    except KeyboardInterrupt:  # Ctrl-C: the command line says "interrupted"; this says how to go on
+        if placement.is_main and (run_dir / "last.pt").is_file():
+            print(f"note: the run keeps its last whole epoch; {then()}", file=sys.stderr)
+        raise
     except torch.OutOfMemoryError as exc:  # another job on the GPU, or a --batch-size too large for it
         said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
         raise OutOfMemory(f"{said} (at {cfg.batch_size // placement.world_size} images per process on {placement.device}); "
@@ -288,9 +302,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
     if schedule.stopped or len(metrics) >= cfg.epochs:  # a finished run: its files stay as they are...
         # ...except metrics.jsonl where a kill between the last checkpoint and its write left it behind
         if placement.is_main and write_metrics(run_dir, metrics, only_if_different=True):
-            say(f"note: {run_dir}/metrics.jsonl was behind last.pt; rewritten from it")
-        say(f"{run_dir} already ended after its last lr drop ({len(metrics)} epochs)" if schedule.stopped else
-            f"{run_dir} already has {len(metrics)} epochs; pass a larger --epochs to continue it")  # fmt: skip
+            say(f"note: {run_dir}/metrics.jsonl did not match last.pt (an epoch behind, or damaged); rewritten from it")
+        say(f"{run_dir} already ended after its last lr drop ({counted(len(metrics), 'epoch')})" if schedule.stopped else
+            f"{run_dir} already has {counted(len(metrics), 'epoch')}; pass a larger --epochs to continue it")  # fmt: skip
         return
     val_n = len(val_loader.reader)  # the whole split, all processes together
     say(start_line(run_dir, model, placement, flags(amp, channels_last, compiled), (len(train_loader.reader), val_n),

@@ -226,3 +226,17 @@ def test_cli_passes_the_seed_and_says_next(tmp_path, capsys):
     assert exit_of(["sample", str(b), *small, "--seed", "1"]) == 0
     name = "train/n99000001/n99000001_1.JPEG"
     assert (a / name).read_bytes() != (b / name).read_bytes()
+
+
+def test_the_next_command_runs_as_printed_with_odd_folder_names(tmp_path, capsys, monkeypatch):
+    """A folder with a space, a quote, a non-ASCII letter and a leading "-": the printed command, split
+    as a shell splits it, names that folder (and not an option)."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    small = ["--classes", "1", "--train-per-class", "1", "--val-per-class", "0"]
+    assert exit_of(["sample", "./-my data's ü", *small]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("next: "))
+    words = shlex.split(line.removeprefix("next: "))
+    assert words[:2] == ["alexkit", "prepare"] and not words[2].startswith("-")
+    assert Path(words[2]).resolve() == (tmp_path / "-my data's ü").resolve() and len(words) == 3

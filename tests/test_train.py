@@ -179,7 +179,7 @@ def test_a_full_disk_in_the_last_epoch_is_one_line_and_a_resume_mends_metrics(st
     capsys.readouterr()
     train(TrainConfig(resume=run, epochs=2))
     assert [r["epoch"] for r in _metrics(run)] == [1, 2]
-    assert "metrics.jsonl was behind last.pt; rewritten from it" in capsys.readouterr().out
+    assert "metrics.jsonl did not match last.pt (an epoch behind, or damaged); rewritten from it" in capsys.readouterr().out
 
 
 def test_running_out_of_gpu_memory_is_one_line_with_the_fix_and_the_resume(store, tmp_path, monkeypatch):
@@ -654,7 +654,8 @@ def test_ddp_training_under_torchrun(store, tmp_path):
     r = subprocess.run(alone, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.splitlines() == [
         f"error: {out} was trained with --parallel ddp by 2 processes; resume it under torchrun as it was started (on one "
-        f"node: torchrun --nproc-per-node=2 -m alexkit train --resume {out}), or in this one process with --parallel none"], r.stderr  # fmt: skip
+        f"node: torchrun --nproc-per-node=2 -m alexkit train --resume {out} --epochs 3 --device cpu), or in this one process "
+        "with --parallel none"], r.stderr  # fmt: skip: the flags given, kept
     with pytest.raises(AlexkitError, match="trained with --parallel ddp by 2 processes; resume it under torchrun"):  # given=None
         train(TrainConfig(resume=out, epochs=3, device="cpu"))
     told = TrainConfig(resume=out, epochs=3, parallel="none", device="cpu", progress="none")  # as the message says
@@ -665,7 +666,7 @@ def test_ddp_training_under_torchrun(store, tmp_path):
     del last["world_size"]  # and a process count not known (an older run's checkpoint, alone)
     torch.save(dict(last, config=dict(last["config"], parallel="ddp-columns")), tmp_path / "columns" / "last.pt")
     with pytest.raises(AlexkitError, match=r"trained with --parallel ddp-columns; resume it under torchrun as it was started "
-                                           r"\(torchrun -m alexkit train --resume .*columns\), or in this one process with "
+                                           r"\(torchrun -m alexkit train --resume .*columns --device cpu\), or in this one process with "
                                            r"--parallel columns$"):  # fmt: skip
         train(TrainConfig(resume=tmp_path / "columns", device="cpu"), {"resume", "device"})
 
@@ -867,3 +868,23 @@ def test_a_batch_that_does_not_split_over_the_processes_is_said_once_per_node(tm
     with pytest.raises(AlexkitError, match="--batch-size 15 does not split evenly over 2 processes") as raised:
         _train(TrainConfig(batch_size=15, device="cpu"), None, Placement("ddp", 1, 2, (cpu,)), None, tmp_path / "run")
     assert raised.value.everywhere and not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_says_how_to_go_on_once_an_epoch_is_saved(store, tmp_path):
+    """SIGINT to a real `alexkit train` after its first checkpoint: exit 130, and the resume line (with
+    the run's folder quoted for the shell) besides "interrupted"."""
+    import signal
+    import time
+
+    run = tmp_path / "a run"
+    cmd = [sys.executable, "-m", "alexkit", "train", "--data", str(store), "--out", str(run), "--epochs", "200",
+           "--batch-size", "16", "--width", "0.25", "--fc-features", "128", "--device", "cpu", "--progress", "none"]  # fmt: skip
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "last.pt").is_file() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert f"note: the run keeps its last whole epoch; continue with `alexkit train --resume '{run}'`" in err, err
+    assert err.rstrip().endswith("interrupted"), err

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from alexkit.paths import word
 from alexkit.progress import Progress
 
 
@@ -46,4 +47,4 @@ def command(
         f"layout: official extracted ImageNet: {out}/train/<wnid>/*.JPEG, {out}/val/ILSVRC2012_val_*.JPEG, "
         f"{out}/ILSVRC2012_devkit_t12/data/{{meta.mat, ILSVRC2012_validation_ground_truth.txt}}"
     )
-    print(f"next: alexkit prepare {out}")
+    print(f"next: alexkit prepare {word(out)}")

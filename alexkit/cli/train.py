@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from alexkit.errors import alike_everywhere
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, word
 from alexkit.progress import talks
 
 # Options `alexkit bench train` shares with `alexkit train` (same names, defaults and help).
@@ -69,4 +69,4 @@ def command(
     given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     run_dir = train(cfg, given)
     if talks():
-        print(f"run: {run_dir}\nnext: alexkit eval --checkpoint {run_dir} --tta")
+        print(f"run: {run_dir}\nnext: alexkit eval --checkpoint {word(run_dir)} --tta")

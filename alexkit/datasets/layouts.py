@@ -30,6 +30,7 @@ from pathlib import Path
 from alexkit.datasets import devkit as dk
 from alexkit.datasets.tars import Tick, index_class_tars, index_flat_tar
 from alexkit.errors import AlexkitError
+from alexkit.paths import word
 from alexkit.progress import counted
 
 LAYOUTS = ("class-folders", "official-extracted", "official-tars", "kaggle")
@@ -111,7 +112,7 @@ def find_dataset(src: Path, tick: Tick = _quiet) -> Dataset:
         raise AlexkitError(f"{src} is not a folder{hint}; {_SUPPORTED}")
     found = _visible(src)
     if not found:
-        raise AlexkitError(f"{src} is empty; put a dataset there (or run `alexkit sample {src}`); {_SUPPORTED}")
+        raise AlexkitError(f"{src} is empty; put a dataset there (or run `alexkit sample {word(src)}`); {_SUPPORTED}")
     if (src / KAGGLE_DATA / "train").is_dir():
         return _kaggle(src, tick)
     if (src / "train").is_dir():

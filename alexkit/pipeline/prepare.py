@@ -46,7 +46,7 @@ from typing import Literal
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, refused
-from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, only_writer, usable_cores, write_atomic
+from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, only_writer, usable_cores, word, write_atomic
 from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
@@ -390,7 +390,7 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
         )
     if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
         elsewhere = src.resolve().parent / "alexkit-store"
-        raise AlexkitError(f"--out {out} is inside the source {src}; write the store elsewhere, e.g. --out {elsewhere}")
+        raise AlexkitError(f"--out {out} is inside the source {src}; write the store elsewhere, e.g. --out {word(elsewhere)}")
     if out.exists() and not out.is_dir():
         raise AlexkitError(f"--out {out} is a file; choose a folder")
     try:

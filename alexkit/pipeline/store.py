@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shlex
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, why
-from alexkit.paths import shared_reader, write_atomic
+from alexkit.paths import shared_reader, word, write_atomic
 from alexkit.pipeline.beton import BetonReader
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, crop_size
 
@@ -90,10 +89,10 @@ def rewrite(store: Path) -> str:
         if settings["format"] != "jpg":
             given.pop("quality", None)  # a raw store has none
         flags = "".join(f" --{k} {v}" for k, v in given.items())
-        src = shlex.quote(src)
+        src = word(src)
     except (OSError, ValueError, KeyError, TypeError):
         src, flags = "SRC", ""
-    return f"rewrite the store with `alexkit prepare {src} --out {shlex.quote(str(store))}{flags} --force`"
+    return f"rewrite the store with `alexkit prepare {src} --out {word(store)}{flags} --force`"
 
 
 def _fix(path: Path) -> str:
@@ -121,7 +120,7 @@ class Store:
         if not self.path.is_dir() or missing:
             what = ("is a file, not a store folder" if self.path.is_file() else "does not exist" if not self.path.is_dir()
                     else f"has no {', '.join(missing)}")  # fmt: skip
-            raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {self.path}` first")
+            raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {word(self.path)}` first")
         manifest, fix = self.path / "manifest.json", rewrite(self.path)
         try:
             self.manifest = json.loads(manifest.read_text())
