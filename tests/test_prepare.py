@@ -830,12 +830,17 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
         "out inside src": [str(tmp_path / "src"), "--out", str(tmp_path / "src" / "store")],
         "out is src": [str(tmp_path / "src"), "--out", str(tmp_path / "src")],
         "bad format": [str(tmp_path / "src"), "--format", "png"],
+        "out a dangling link": [str(tmp_path / "src"), "--out", str(tmp_path / "link")],
     }
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
     for what, args in cases.items():
         r = _cli(*args, "--out", str(tmp_path / "o")) if "--out" not in args else _cli(*args)
         assert r.returncode == 2, (what, r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (what, r.stderr)
+        if what == "out a dangling link":
+            assert lines[0] == f"error: --out {tmp_path / 'link'} is a link to {tmp_path / 'gone'}, which does not exist; " \
+                               "make that folder, or remove the link"  # fmt: skip
     assert not (tmp_path / "src" / "store").exists()
     assert not (tmp_path / "o").exists()  # a run that failed before writing anything leaves no folder
 

@@ -393,6 +393,9 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
         raise AlexkitError(f"--out {out} is inside the source {src}; write the store elsewhere, e.g. --out {word(elsewhere)}")
     if out.exists() and not out.is_dir():
         raise AlexkitError(f"--out {out} is a file; choose a folder")
+    if out.is_symlink() and not out.exists():  # mkdir would find it there, and writing into it fail
+        raise AlexkitError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; make that folder, or "
+                           "remove the link")  # fmt: skip
     try:
         try:
             out.mkdir(parents=True)
