@@ -217,16 +217,26 @@ def _resume_ddp_under_torchrun(parallel: Parallel, run: Path, n: int | None, ask
     names = given if given is not None else [f for f in ("epochs", "data", "device", "progress")
                                              if getattr(asked, f) != getattr(TrainConfig, f)]  # fmt: skip
     flags = "".join(f" --{f} {word(getattr(asked, f))}" for f in ("epochs", "data", "device", "progress") if f in names)
-    by, on_one = (f" by {n} processes", f"on one node: torchrun --nproc-per-node={n}") if n else ("", "torchrun")
+    by, on_one = ((f" by {counted(n, 'process', 'processes')}", f"on one node: torchrun --nproc-per-node={n}") if n
+                  else ("", "torchrun"))  # fmt: skip
     return AlexkitError(f"{run} was trained with --parallel {parallel}{by}; resume it under torchrun as it was started "
                         f"({on_one} -m alexkit train --resume {word(asked.resume)}{flags}), or in this one process with "
                         f"--parallel {'columns' if parallel == 'ddp-columns' else 'none'}")  # fmt: skip
 
 
+def how_to_go_on(parallel: Parallel, run_dir: Path) -> str:
+    """After a run stopped: how to continue it from its last.pt, or "run again" before it has one."""
+    if not (run_dir / "last.pt").is_file():
+        return "run again"
+    if parallel.startswith("ddp"):  # one process alone would be refused (_resume_ddp_under_torchrun)
+        return f"continue with torchrun started as this job was, running `-m alexkit train --resume {word(run_dir)}`"
+    return f"continue with `alexkit train --resume {word(run_dir)}`"
+
+
 def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:
     """_train, with a failure the run survives (its saved epochs are whole) said as how to go on."""
     def then() -> str:
-        return f"continue with `alexkit train --resume {word(run_dir)}`" if (run_dir / "last.pt").is_file() else "run again"
+        return how_to_go_on(cfg.parallel, run_dir)
 
     try:
         with lost_peers_said(then):

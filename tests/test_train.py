@@ -888,3 +888,17 @@ def test_ctrl_c_says_how_to_go_on_once_an_epoch_is_saved(store, tmp_path):
     assert child.returncode == 130, err
     assert f"note: the run keeps its last whole epoch; continue with `alexkit train --resume '{run}'`" in err, err
     assert err.rstrip().endswith("interrupted"), err
+
+
+def test_how_to_go_on_after_a_stop_names_torchrun_for_a_ddp_run(tmp_path):
+    """A ddp run's processes came from torchrun, and one process alone would be refused its resume."""
+    from alexkit.train import how_to_go_on
+
+    run = tmp_path / "a run"
+    run.mkdir()
+    assert how_to_go_on("none", run) == "run again"  # no epoch saved yet
+    (run / "last.pt").write_bytes(b"")
+    assert how_to_go_on("columns", run) == f"continue with `alexkit train --resume '{run}'`"
+    for parallel in ("ddp", "ddp-columns"):
+        assert how_to_go_on(parallel, run) == ("continue with torchrun started as this job was, running "
+                                               f"`-m alexkit train --resume '{run}'`")  # fmt: skip

@@ -115,7 +115,7 @@ def steps() -> list[dict]:
         dict(name="pytest_gpu_pipeline", cmd=[*pytest_gpu, *PIPELINE_GPU_TESTS], limit=90, least=30, gpu=True),
         dict(name="bench_train", cmd=[*alexkit, "bench", "train", "--data", str(STORE), "--steps", "60", "--repeats", "3",
                                       "--warmup", "15"], limit=200, least=90, gpu=True,
-             note="full width, bf16, channels-last, torch.compile (auto on CUDA)"),
+             note="full width; bf16 (on GPUs with bf16 tensor cores), channels-last, torch.compile: auto on CUDA"),
         # Batch 125: the store's 250 val images in two equal batches, so validation compiles once
         # (training compiles its own graph; a partial last batch would add a third).
         dict(name="train", cmd=[*alexkit, "train", "--data", str(STORE), "--epochs", "1", "--batch-size", "125",
