@@ -272,6 +272,29 @@ def resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None,
     return type(cfg)(**merged)
 
 
+def resume_ddp_under_torchrun(parallel: str, run: Path, n: int | None, asked: TrainConfig,
+                               given: Collection[str] | None) -> AlexkitError:
+    """A ddp run resumed by one process, not told --parallel: the torchrun line that resumes it, with
+    the flags given here that a resume may change, or --parallel for one process."""
+    names = given if given is not None else [f for f in ("epochs", "data", "device", "progress")
+                                             if getattr(asked, f) != getattr(type(asked), f)]  # fmt: skip
+    flags = "".join(f" --{f} {word(getattr(asked, f))}" for f in ("epochs", "data", "device", "progress") if f in names)
+    by, on_one = ((f" by {counted(n, 'process', 'processes')}", f"on one node: torchrun --nproc-per-node={n}") if n
+                  else ("", "torchrun"))  # fmt: skip
+    return AlexkitError(f"{run} was trained with --parallel {parallel}{by}; resume it under torchrun as it was started "
+                        f"({on_one} -m alexkit train --resume {word(asked.resume)}{flags}), or in this one process with "
+                        f"--parallel {'columns' if parallel == 'ddp-columns' else 'none'}")  # fmt: skip
+
+
+def how_to_go_on(parallel: str, run_dir: Path) -> str:
+    """After a run stopped: how to continue it from its last.pt, or "run again" before it has one."""
+    if not (run_dir / "last.pt").is_file():
+        return "run again"
+    if parallel.startswith("ddp"):  # one process alone would be refused (resume_ddp_under_torchrun)
+        return f"continue with torchrun started as this job was, running `-m alexkit train --resume {word(run_dir)}`"
+    return f"continue with `alexkit train --resume {word(run_dir)}`"
+
+
 def world_size_of(ckpt: dict, run: Path) -> int | None:
     """How many processes trained a checkpoint's epochs: in the checkpoint, or (older runs) in the
     run folder's config.json; None if neither says."""

@@ -31,12 +31,12 @@ from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
 from alexkit.model.placement import setup, teardown, under_torchrun
-from alexkit.paths import DEFAULT_STORE, word
+from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, Ticks, counted
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
 from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
-from alexkit.runs import resumed_config, rng_state, world_size_of
+from alexkit.runs import how_to_go_on, resume_ddp_under_torchrun, resumed_config, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 from alexkit.train_report import Rate, flags, most_waited, start_line, summary, timed
 
@@ -202,35 +202,12 @@ def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict 
         named = "parallel" in given if given is not None else cfg.parallel != TrainConfig.parallel
         asked, cfg = cfg, resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
         if cfg.parallel.startswith("ddp") and not named and not under_torchrun():  # not setup's "--parallel ddp needs torchrun"
-            raise _resume_ddp_under_torchrun(cfg.parallel, ckpt_path.parent, world_size_of(ckpt, ckpt_path.parent), asked, given)
+            raise resume_ddp_under_torchrun(cfg.parallel, ckpt_path.parent, world_size_of(ckpt, ckpt_path.parent), asked, given)
     world = launched()
     if not cfg.parallel.startswith("ddp") and world > 1:
         raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {world} processes would run that many "
                            "copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
     return ckpt, cfg
-
-
-def _resume_ddp_under_torchrun(parallel: Parallel, run: Path, n: int | None, asked: TrainConfig,
-                               given: Collection[str] | None) -> AlexkitError:
-    """A ddp run resumed by one process, not told --parallel: the torchrun line that resumes it, with
-    the flags given here that a resume may change, or --parallel for one process."""
-    names = given if given is not None else [f for f in ("epochs", "data", "device", "progress")
-                                             if getattr(asked, f) != getattr(TrainConfig, f)]  # fmt: skip
-    flags = "".join(f" --{f} {word(getattr(asked, f))}" for f in ("epochs", "data", "device", "progress") if f in names)
-    by, on_one = ((f" by {counted(n, 'process', 'processes')}", f"on one node: torchrun --nproc-per-node={n}") if n
-                  else ("", "torchrun"))  # fmt: skip
-    return AlexkitError(f"{run} was trained with --parallel {parallel}{by}; resume it under torchrun as it was started "
-                        f"({on_one} -m alexkit train --resume {word(asked.resume)}{flags}), or in this one process with "
-                        f"--parallel {'columns' if parallel == 'ddp-columns' else 'none'}")  # fmt: skip
-
-
-def how_to_go_on(parallel: Parallel, run_dir: Path) -> str:
-    """After a run stopped: how to continue it from its last.pt, or "run again" before it has one."""
-    if not (run_dir / "last.pt").is_file():
-        return "run again"
-    if parallel.startswith("ddp"):  # one process alone would be refused (_resume_ddp_under_torchrun)
-        return f"continue with torchrun started as this job was, running `-m alexkit train --resume {word(run_dir)}`"
-    return f"continue with `alexkit train --resume {word(run_dir)}`"
 
 
 def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:

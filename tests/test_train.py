@@ -892,7 +892,7 @@ def test_ctrl_c_says_how_to_go_on_once_an_epoch_is_saved(store, tmp_path):
 
 def test_how_to_go_on_after_a_stop_names_torchrun_for_a_ddp_run(tmp_path):
     """A ddp run's processes came from torchrun, and one process alone would be refused its resume."""
-    from alexkit.train import how_to_go_on
+    from alexkit.runs import how_to_go_on
 
     run = tmp_path / "a run"
     run.mkdir()
