@@ -3,7 +3,8 @@
 The default locations are chosen so that `prepare` -> `train` -> `eval` chain with no flags; all are
 relative to the current directory: run the three commands from the same place. The rest: atomic
 writes (write_atomic and its temporaries), one writer per folder (only_writer), probing an output
-before the work (check_output), and how many cores this process may use.
+before the work (check_output), how many cores this process may use, and a path as a word of a
+command printed for the user to copy (word).
 """
 
 import contextlib
@@ -14,15 +15,15 @@ from typing import BinaryIO, Callable
 
 from alexkit.errors import AlexkitError, PathRefused
 
+DEFAULT_STORE = Path("alexkit-store")  # written by `alexkit prepare`, read by train/eval
+DEFAULT_RUNS = Path("alexkit-runs")  # one sub-directory per `alexkit train` run
+
 
 def word(path) -> str:
     """A path as one word of a command printed for the user to copy into a shell: quoted where it
     needs to be (spaces, quotes), and a relative path that starts with "-" as ./-..., not an option."""
     text = str(path)
     return shlex.quote("./" + text if text.startswith("-") else text)
-
-DEFAULT_STORE = Path("alexkit-store")  # written by `alexkit prepare`, read by train/eval
-DEFAULT_RUNS = Path("alexkit-runs")  # one sub-directory per `alexkit train` run
 
 
 def latest_run(runs: Path = DEFAULT_RUNS, having: tuple[str, ...] = ("best.pt", "last.pt")) -> Path | None:

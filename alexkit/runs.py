@@ -16,9 +16,9 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib import metadata
 from collections.abc import Collection
 from dataclasses import fields
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -241,6 +241,15 @@ def moved_store(named: str, run: Path) -> Path | None:
 RESUME_MAY_CHANGE = ("resume", "epochs", "data", "device", "parallel", "progress")
 
 
+def flags_given(cfg: TrainConfig, given: Collection[str] | None) -> Collection[str]:
+    """The fields named on the command line (`given`), or for a caller without one (None), those of
+    `cfg` not at their default."""
+    if given is not None:
+        return given
+    defaults = type(cfg)()
+    return [f.name for f in fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)]
+
+
 def resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None, run: Path) -> TrainConfig:
     """The resumed run's config, with the fields named in `given` taken from `cfg` (None: those not
     at their default).
@@ -249,9 +258,7 @@ def resumed_config(cfg: TrainConfig, saved: dict, given: Collection[str] | None,
     error, not silently ignored. Without --data, a store gone because the folder holding it and the
     runs moved is looked for beside the runs folder (moved_store).
     """
-    defaults, merged = type(cfg)(), {}
-    if given is None:
-        given = [f.name for f in fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)]
+    defaults, merged, given = type(cfg)(), {}, flags_given(cfg, given)
     for f in fields(cfg):
         mine, theirs = getattr(cfg, f.name), saved.get(f.name, getattr(defaults, f.name))  # older runs: the default
         theirs = Path(theirs) if f.name in ("data", "out", "resume") and theirs is not None else theirs
@@ -276,9 +283,8 @@ def resume_ddp_under_torchrun(parallel: str, run: Path, n: int | None, asked: Tr
                                given: Collection[str] | None) -> AlexkitError:
     """A ddp run resumed by one process, not told --parallel: the torchrun line that resumes it, with
     the flags given here that a resume may change, or --parallel for one process."""
-    names = given if given is not None else [f for f in ("epochs", "data", "device", "progress")
-                                             if getattr(asked, f) != getattr(type(asked), f)]  # fmt: skip
-    flags = "".join(f" --{f} {word(getattr(asked, f))}" for f in ("epochs", "data", "device", "progress") if f in names)
+    kept = [f for f in RESUME_MAY_CHANGE if f not in ("resume", "parallel") and f in flags_given(asked, given)]
+    flags = "".join(f" --{f} {word(getattr(asked, f))}" for f in kept)
     by, on_one = ((f" by {counted(n, 'process', 'processes')}", f"on one node: torchrun --nproc-per-node={n}") if n
                   else ("", "torchrun"))  # fmt: skip
     return AlexkitError(f"{run} was trained with --parallel {parallel}{by}; resume it under torchrun as it was started "

@@ -36,7 +36,7 @@ from alexkit.progress import Progress, Ticks, counted
 from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
 from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
-from alexkit.runs import how_to_go_on, resume_ddp_under_torchrun, resumed_config, rng_state, world_size_of
+from alexkit.runs import flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, rng_state, world_size_of
 from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
 from alexkit.train_report import Rate, flags, most_waited, start_line, summary, timed
 
@@ -199,7 +199,7 @@ def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict 
         check_resumable(ckpt_path)
         stat = ckpt_path.stat()  # before reading: claim_run checks it is still the run's latest
         ckpt = dict(read_checkpoint(ckpt_path), path=ckpt_path, stat=(stat.st_size, stat.st_mtime_ns))
-        named = "parallel" in given if given is not None else cfg.parallel != TrainConfig.parallel
+        named = "parallel" in flags_given(cfg, given)
         asked, cfg = cfg, resumed_config(cfg, ckpt["config"], given, ckpt_path.parent)
         if cfg.parallel.startswith("ddp") and not named and not under_torchrun():  # not setup's "--parallel ddp needs torchrun"
             raise resume_ddp_under_torchrun(cfg.parallel, ckpt_path.parent, world_size_of(ckpt, ckpt_path.parent), asked, given)

@@ -168,7 +168,8 @@ def idle_gpus_note(placement: Placement, visible: int) -> str | None:
     usable = visible // per_process * per_process  # columns take GPUs two at a time
     if usable <= used:
         return None
-    said = f"note: {visible} GPUs are visible and this node uses {used}; to train on {'all' if usable == visible else usable} of them"
+    which = "all" if usable == visible else usable
+    said = f"note: {visible} GPUs are visible and this node uses {used}; to train on {which} of them"
     nproc = f"--nproc-per-node={usable // per_process}"
     if "LOCAL_WORLD_SIZE" in os.environ:  # under torchrun already, maybe on several nodes: its other flags stand
         return f"{said}, start torchrun with {nproc}"
