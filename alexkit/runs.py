@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Collection
 from dataclasses import fields
 from importlib import metadata
@@ -375,11 +377,35 @@ def read_checkpoint(path: Path) -> dict:
                                "where it was written, or pass another best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
         raise AlexkitError(f"cannot load checkpoint {path}: not a file torch.save wrote, or damaged from its start ({said}); "
                            "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+    failed = _failed_crc(path)
+    if failed:
+        raise AlexkitError(f"checkpoint {path} is damaged ({failed}); copy it again from where it was written, or pass "
+                           "another best.pt/last.pt written by `alexkit train`")  # fmt: skip
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT or "model_args" not in ckpt:
         found = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise AlexkitError(f"{path} is not an alexkit checkpoint of format {CHECKPOINT_FORMAT} (found {found}); "
                            "pass a best.pt/last.pt written by `alexkit train`")  # fmt: skip
     return ckpt
+
+
+def _failed_crc(path: Path) -> str | None:
+    """What in the zip archive torch.save wrote fails its check, or None. torch.save stores a CRC-32 of
+    every record but torch.load never checks them, so a checkpoint with bytes changed inside a tensor
+    loads as weights nobody trained. Reading the records again takes less time than the load."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for record in archive.infolist():
+                if record.CRC == 0 and record.file_size:  # written with torch.serialization.set_crc32_options(False)
+                    continue
+                try:
+                    with archive.open(record) as f:
+                        while f.read(1 << 24):
+                            pass
+                except (zipfile.BadZipFile, EOFError, ValueError, zlib.error):
+                    return f"record {record.filename} fails its CRC-32 check"
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        return f"its zip directory: {why(exc)}"
+    return None
 
 
 def rng_state() -> dict:

@@ -26,6 +26,7 @@ from alexkit.evaluate import EvalConfig, evaluate, find_checkpoint, predict_log_
 from alexkit.model import AlexNet
 from alexkit.pipeline.beton import MODE_JPG, BetonWriter
 from alexkit.pipeline.store import Store
+from alexkit.runs import read_checkpoint
 
 SIZE = 48  # stored side; the crop is 42
 PROB_ATOL = 2e-5  # float32 forward of the same pixels in a different batch layout, CSV written with 6 digits
@@ -421,6 +422,28 @@ def test_a_missing_store_or_mismatched_weights_are_one_line_errors(setup, tmp_pa
     torch.save(dict(moved, model=model), tmp_path / "short.pt")
     with pytest.raises(AlexkitError, match=r'short.pt: its weights do not fit its model_args \(Missing key\(s\) in state_dict: "fc8.bias"\); '):
         evaluate(EvalConfig(checkpoint=tmp_path / "short.pt", data=store.path, device="cpu"))
+
+
+def test_a_checkpoint_with_bytes_changed_inside_a_tensor_is_damaged_not_loaded(setup, tmp_path):
+    """torch.load does not check the CRC-32s torch.save stores; reading them again does."""
+    _, store, ckpt, _ = setup
+    run = tmp_path / "run"
+    shutil.copytree(ckpt.parent, run)
+    data = bytearray(ckpt.read_bytes())
+    middle = len(data) // 2  # inside the largest tensor (fc6's weights)
+    data[middle : middle + 1000] = bytes(1000)
+    (run / "best.pt").write_bytes(data)
+    torch.load(run / "best.pt", weights_only=True)  # what would have been trained on or evaluated
+    with pytest.raises(AlexkitError, match=r"checkpoint .*best.pt is damaged \(record .*/data/\d+ fails its CRC-32 check\); copy it again "
+                                           "from where it was written, or pass another best.pt/last.pt"):  # fmt: skip
+        evaluate(EvalConfig(checkpoint=run, data=store.path, device="cpu"))
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)  # records without a CRC-32 (all zero) are taken as they are
+    try:
+        torch.save(torch.load(ckpt, weights_only=True), run / "best.pt")
+    finally:
+        torch.serialization.set_crc32_options(before)
+    assert read_checkpoint(run / "best.pt")["model_args"] == read_checkpoint(ckpt)["model_args"]
 
 
 def test_a_truncated_checkpoint_is_one_line_in_eval_predict_and_resume(setup, tmp_path):
