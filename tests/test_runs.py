@@ -1,0 +1,88 @@
+"""runs.py and paths.py on their own, without training: the run folder's claim, metrics.jsonl, the
+hints printed for the user."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from alexkit import runs
+from alexkit.errors import AlexkitError
+
+
+def test_a_finished_runs_metrics_are_left_as_they_are_when_they_already_say_so(tmp_path):
+    """A resume of a finished run rewrites metrics.jsonl (and says so) only where it differs from last.pt."""
+    metrics = [{"epoch": 1, "loss": 1.5}, {"epoch": 2, "loss": 1.25}]
+    assert runs.write_metrics(tmp_path, metrics)
+    os.utime(tmp_path / "metrics.jsonl", ns=(10**9, 10**9))
+    assert not runs.write_metrics(tmp_path, metrics, only_if_different=True)
+    assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == 10**9
+    assert runs.write_metrics(tmp_path, metrics[:1], only_if_different=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1, "loss": 1.5}\n'
+
+
+def test_a_resume_whose_last_pt_went_away_while_it_started_says_to_check_it(tmp_path):
+    """The run folder is the resumed run's own: the fix is to look at it, not to choose another --out."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    gone = dict(path=run / "last.pt", stat=(123, 456))  # read, then removed before the claim
+    with pytest.raises(AlexkitError, match=r"last.pt: No such file or directory; check it and resume again$") as failed:
+        with runs.claim_run(run, True, gone):
+            pass
+    assert failed.value.exit_code == 1 and (run / "config.json").is_file()
+
+
+def test_a_new_run_that_lost_the_race_for_an_empty_folder_leaves_the_winners_folder(tmp_path, monkeypatch):
+    """Two `alexkit train --out RUN` started at once into a missing folder: the second finds the
+    first's lock and gives up, removing nothing (the folder is the first's now)."""
+    import contextlib
+
+    run = tmp_path / "run"
+
+    @contextlib.contextmanager
+    def won_by_another(lock, busy, being_read=None):
+        (run / "config.json").write_text("{}")  # the other training, holding the lock, writes its files
+        raise AlexkitError(busy)
+        yield
+
+    monkeypatch.setattr(runs, "only_writer", won_by_another)
+    with pytest.raises(AlexkitError, match="another `alexkit train` is writing .*run; wait for it to end, or choose another --out"):
+        with runs.claim_run(run, True, None):
+            pass
+    assert (run / "config.json").is_file()
+
+
+def test_a_checkpoint_of_another_format_version_is_refused_by_name(tmp_path):
+    """A checkpoint of a later (or no) format_version, model_args and all, is one line naming the
+    version found, not loaded as if its layout were this version's."""
+    import torch
+
+    model_args = dict(num_classes=4, input_size=56)
+    for version, found in ((2, "2"), (None, "None")):
+        torch.save(dict(format_version=version, model_args=model_args, model={}), tmp_path / "last.pt")
+        with pytest.raises(AlexkitError, match=rf"last.pt is not an alexkit checkpoint of format 1 \(found {found}\); pass a best.pt"):
+            runs.read_checkpoint(tmp_path / "last.pt")
+    torch.save(dict(format_version=1, model_args=model_args, model={}), tmp_path / "last.pt")
+    assert runs.read_checkpoint(tmp_path / "last.pt")["model_args"] == model_args
+
+
+def test_a_path_in_a_printed_command_is_one_word_and_never_an_option():
+    from alexkit.paths import word
+
+    assert word("-run") == "./-run"  # `--resume -run` would be read as an option
+    assert word("a run") == "'a run'"
+    assert word("/abs/-run") == "/abs/-run"
+
+
+def test_the_latest_run_is_a_run_folder_not_any_folder_holding_a_checkpoint(tmp_path):
+    """A folder beside the runs with a copied best.pt but no config.json is not taken for the latest run."""
+    from alexkit.paths import latest_run
+
+    (tmp_path / "20261129-120000").mkdir()
+    (tmp_path / "20261129-120000" / "config.json").write_text("{}")
+    (tmp_path / "20261129-120000" / "best.pt").write_bytes(b"")
+    (tmp_path / "zz-copies").mkdir()  # sorts after every YYYYmmdd name
+    (tmp_path / "zz-copies" / "best.pt").write_bytes(b"")
+    assert latest_run(tmp_path).name == "20261129-120000"
