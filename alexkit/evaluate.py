@@ -31,7 +31,7 @@ from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
 from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
-from alexkit.runs import check_same_store, find_checkpoint, moved_store
+from alexkit.runs import RUN_FILES, check_same_store, find_checkpoint, moved_store
 
 TOP_K = 5
 LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
@@ -67,6 +67,24 @@ class EvalConfig:
         for path, flag in ((self.json_path, "--json"), (self.predictions_path, "--predictions")):
             if path is not None:
                 check_output(path, flag)
+
+    def check_spares(self, ckpt_path: Path, store_path: Path) -> None:
+        """Refuse output files that would overwrite what eval reads or what `train` writes: a file in
+        the store's folder, the checkpoint, a run file's name beside it, or any other existing
+        checkpoint or store file."""
+        for path, flag in ((self.json_path, "--json"), (self.predictions_path, "--predictions")):
+            if path is None:
+                continue
+            target = Path(path).resolve()
+            if target.parent == store_path.resolve():
+                what = f"is in the folder of the store {store_path}"
+            elif target.parent == ckpt_path.resolve().parent and target.name in RUN_FILES:
+                what = f"would overwrite the {target.name} of the run {ckpt_path.parent}"
+            elif target.suffix in (".pt", ".beton", ".npz") and target.is_file():
+                what = f"would overwrite a {target.suffix} file"
+            else:
+                continue
+            raise AlexkitError(f"{flag} {path} {what}; name another file")
 
 
 def predict_log_probs(model, images):
@@ -163,6 +181,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         on_every_rank(lambda: cfg.check_outputs() if placement.is_main and world > 1 else None)  # rank 0 writes them
         same_checkpoint_everywhere(ckpt, ckpt_path, "--checkpoint")
         store_path = on_every_rank(lambda: store_of(ckpt, ckpt_path, cfg.data))
+        on_every_rank(lambda: cfg.check_spares(ckpt_path, store_path) if placement.is_main else None)  # before the work
         with contextlib.ExitStack() as held:
             on_every_rank(lambda: held.enter_context(reading(store_path)))  # no `prepare --force` replaces it meanwhile
             with lost_peers_said(lambda: "run again"):
@@ -211,11 +230,13 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
                    seconds=seconds, images_per_s=results["n"] / seconds, processes=placement.world_size,
                    device=str(placement.device))  # fmt: skip
     if placement.is_main:
-        print("\n".join(report(results, cfg.show_classes)))  # first: the figures are never lost to a failing write
-        if cfg.predictions_path is not None:
-            write_predictions(cfg.predictions_path, rows)
-        if cfg.json_path is not None:
-            write_atomic(cfg.json_path, json.dumps(results, indent=1) + "\n")
+        try:
+            print("\n".join(report(results, cfg.show_classes)))  # first: the figures are never lost to a failing write
+        finally:  # nor the files to a failing print (stdout a pipe whose reader has gone)
+            if cfg.predictions_path is not None:
+                write_predictions(cfg.predictions_path, rows)
+            if cfg.json_path is not None:
+                write_atomic(cfg.json_path, json.dumps(results, indent=1) + "\n")
     return results
 
 

@@ -81,8 +81,11 @@ class Progress:
             self.last_line = now
             eta = (now - self.started) * (self.total - done) / max(done, 1)
             extra = "".join(f", {name} {value}" for name, value in self.values.items())
-            print(f"{self.title}: {done:,}/{self.total:,} ({100 * done / max(self.total, 1):.0f}%) {rate:,.0f} {self.unit}/s, "
-                  f"ETA {duration(eta)}{extra}", flush=True)  # fmt: skip
+            try:
+                print(f"{self.title}: {done:,}/{self.total:,} ({100 * done / max(self.total, 1):.0f}%) {rate:,.0f} {self.unit}/s, "
+                      f"ETA {duration(eta)}{extra}", flush=True)  # fmt: skip
+            except BrokenPipeError:  # stdout's reader has gone (`| head`): the work goes on, unshown, to
+                self.mode = "none"  # what it saves before its own lines meet the closed pipe
 
 
 class Ticks:

@@ -106,9 +106,12 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
             raise
 
 
+RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "stats.npz", "classes.json")  # what train writes in a run
+
+
 def _mend(run_dir: Path) -> None:
     """Remove the temporaries of a training killed while writing (its lock is ours now)."""
-    for name in ("last.pt", "best.pt", "config.json", "metrics.jsonl", "stats.npz", "classes.json"):
+    for name in RUN_FILES:
         for tmp in [*temporaries(run_dir / name), run_dir / f"{name}.partial"]:
             tmp.unlink(missing_ok=True)
 

@@ -218,14 +218,14 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
     try:
         with lost_peers_said(then):
             _train(cfg, ckpt, placement, store, run_dir)
-    except OSError as exc:  # a full disk, say
-        if not exc.filename:  # not about a file (a closed pipe on stdout, say)
-            raise
-        raise refused(exc, f"fix that (free space, permissions), then {then()}") from exc
-    except KeyboardInterrupt:  # Ctrl-C: the command line says "interrupted"; this says how to go on
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or the reader of stdout's pipe gone: say how to go on
         if placement.is_main and (run_dir / "last.pt").is_file():
             print(f"note: the run keeps its last whole epoch; {then()}", file=sys.stderr)
         raise
+    except OSError as exc:  # a full disk, say
+        if not exc.filename:  # not about a file (a socket, say)
+            raise
+        raise refused(exc, f"fix that (free space, permissions), then {then()}") from exc
     except torch.OutOfMemoryError as exc:  # another job on the GPU, or a --batch-size too large for it
         said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
         raise OutOfMemory(f"{said} (at {cfg.batch_size // placement.world_size} images per process on {placement.device}); "
@@ -351,14 +351,14 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                    data_wait=data_wait,
                    seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
-        if placement.is_main:
-            say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1))
+        if placement.is_main:  # saved, then said: a summary that cannot be printed (a closed pipe) loses no epoch
             is_best = val_top1 <= min(m["val_top1_err"] for m in metrics)
             save_checkpoint(run_dir, dict(
                 format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
                 optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
                 config=_config_dict(cfg), metrics=metrics, rng=rng_state(), world_size=world), is_best)  # fmt: skip
             write_metrics(run_dir, metrics)
+            say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1))
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
 

@@ -324,6 +324,33 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
         assert refused.value.exit_code == 1  # a path the system refuses, not a bad value
 
 
+def test_eval_outputs_never_overwrite_the_checkpoint_the_run_or_the_store(setup, tmp_path):
+    """--json/--predictions naming best.pt, a run's own file, a store file or any other .pt/.beton/.npz
+    are refused before the evaluation, each file left as it was; a file of another kind is overwritten."""
+    _, store, ckpt, _ = setup
+    run = tmp_path / "run"
+    shutil.copytree(ckpt.parent, run)
+    kept = tmp_path / "kept"
+    shutil.copytree(store.path, kept)
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"a checkpoint")
+    before = {p: p.read_bytes() for p in [*run.iterdir(), *kept.iterdir(), other] if p.is_file()}
+    for flag, path, what in (("json_path", run / "best.pt", "would overwrite the best.pt of the run .*run"),
+                             ("predictions_path", run / "last.pt", "would overwrite the last.pt of the run .*run"),
+                             ("json_path", run / "metrics.jsonl", "would overwrite the metrics.jsonl of the run .*run"),
+                             ("predictions_path", kept / "val.beton", "is in the folder of the store .*kept"),
+                             ("json_path", kept / "manifest.json", "is in the folder of the store .*kept"),
+                             ("json_path", kept / "eval.json", "is in the folder of the store .*kept"),
+                             ("json_path", other, "would overwrite a .pt file")):  # fmt: skip
+        flag_name = "--json" if flag == "json_path" else "--predictions"
+        with pytest.raises(AlexkitError, match=rf"{flag_name} .*{path.name} {what}; name another file"):
+            evaluate(EvalConfig(checkpoint=run, data=kept, device="cpu", **{flag: path}))
+    assert {p: p.read_bytes() for p in before} == before
+    (run / "eval.json").write_text("an earlier evaluation")
+    evaluate(EvalConfig(checkpoint=run, data=kept, device="cpu", json_path=run / "eval.json"))
+    assert json.loads((run / "eval.json").read_text())["n"] == len(store.split("val"))
+
+
 def test_damaged_run_files_are_one_line_errors_naming_them(setup, tmp_path):
     """A zero-byte or cut-off checkpoint, stats.npz or classes.json: the file named, with the fix."""
     _, store, ckpt, _ = setup
@@ -460,6 +487,19 @@ def test_a_truncated_checkpoint_is_one_line_in_eval_predict_and_resume(setup, tm
         assert r.returncode == 2, r.stderr
         [line] = r.stderr.splitlines()
         assert re.fullmatch(r"error: checkpoint .*/run/(best|last).pt is truncated or damaged \([\d,]+ bytes; .*\); copy it again .*", line), line
+
+
+def test_eval_writes_its_files_when_stdout_is_a_closed_pipe(setup, tmp_path):
+    """`alexkit eval --json E | head -0`: the figures cannot be printed, the files are still written."""
+    _, store, ckpt, _ = setup
+    read, write = os.pipe()
+    os.close(read)  # no reader: the first print fails (EPIPE)
+    cmd = [sys.executable, "-m", "alexkit", "eval", "--checkpoint", str(ckpt), "--data", str(store.path), "--device", "cpu",
+           "--json", str(tmp_path / "e.json"), "--predictions", str(tmp_path / "p.csv")]  # fmt: skip
+    r = subprocess.run(cmd, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(write)
+    assert r.returncode == 1, r.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == len(read_predictions(tmp_path / "p.csv")) == len(store.split("val"))
 
 
 def test_cli_eval_tta(setup, tmp_path):

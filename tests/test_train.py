@@ -890,6 +890,25 @@ def test_ctrl_c_says_how_to_go_on_once_an_epoch_is_saved(store, tmp_path):
     assert err.rstrip().endswith("interrupted"), err
 
 
+def test_a_closed_stdout_loses_no_epoch_and_says_how_to_go_on(store, tmp_path):
+    """`alexkit train | head -2`: the epoch whose summary cannot be printed is saved first, and the
+    resume line goes to stderr."""
+    import torch
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "alexkit", "train", "--data", str(store), "--out", str(run), "--epochs", "3",
+           "--batch-size", "16", "--width", "0.25", "--fc-features", "64", "--device", "cpu", "--progress", "none"]  # fmt: skip
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = [child.stdout.readline() for _ in range(2)]  # the run's line, then epoch 1's summary
+    assert first[1].startswith("epoch 1:"), first
+    child.stdout.close()  # as head does once it has its lines
+    err = child.stderr.read()
+    assert child.wait(timeout=300) == 1, err
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2  # epoch 2 ended, unsaid
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert f"note: the run keeps its last whole epoch; continue with `alexkit train --resume {run}`" in err, err
+
+
 def test_how_to_go_on_after_a_stop_names_torchrun_for_a_ddp_run(tmp_path):
     """A ddp run's processes came from torchrun, and one process alone would be refused its resume."""
     from alexkit.runs import how_to_go_on
