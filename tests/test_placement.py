@@ -129,6 +129,7 @@ def test_training_under_torchrun_without_ddp_is_refused(monkeypatch, tmp_path, p
     from alexkit.train import TrainConfig, train
 
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
     joined = []  # the error goes to setup as a ddp join, which raises it in every process (test_ranks.py)
 
     def setup(parallel, device, error):

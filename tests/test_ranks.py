@@ -224,6 +224,21 @@ def test_ranks_set_by_hand_without_the_rendezvous_address_are_one_line(monkeypat
         setup("ddp", "cpu")
 
 
+@pytest.mark.parametrize("env, said", [
+    (dict(WORLD_SIZE="2"), "WORLD_SIZE=2 is set but RANK is not, and torchrun sets both; unset WORLD_SIZE, or start the job with torchrun"),
+    (dict(WORLD_SIZE="abc"), "WORLD_SIZE='abc' in the environment is not a count of processes; unset it"),
+    (dict(WORLD_SIZE="0"), "WORLD_SIZE='0' in the environment is not a count of processes"),
+    (dict(WORLD_SIZE="2", RANK="x"), "RANK='x' in the environment is not a process number; unset it"),
+])  # fmt: skip
+def test_launcher_variables_left_in_the_shell_are_one_line_naming_them(env, said, tmp_path):
+    """Not torchrun's `--parallel ddp needs torchrun` for a training that never asked for ddp, nor
+    a ValueError from int()."""
+    for parallel in ("none", "ddp"):
+        r = subprocess.run([sys.executable, "-m", "alexkit", "train", "--data", str(tmp_path), "--parallel", parallel, "--device", "cpu"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300", **env})  # fmt: skip
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and said in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
 def test_where_the_store_goes_with_process_0_after_it_came_process_0_has_said_why():
     """Process 0, on the node that holds the store, names process 2 and stops, and the store goes with
     it: process 1 then says the store is gone at once (not after its own 10-minute wait), and leaves

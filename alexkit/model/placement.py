@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from alexkit.errors import AlexkitError, why
 from alexkit.model.alexnet import COLUMNS, AlexNet
 from alexkit.model.lrn import LocalResponseNorm
-from alexkit.ranks import agree, before_joining, join
+from alexkit.ranks import agree, before_joining, from_launcher, join
 
 Parallel = Literal["none", "columns", "ddp", "ddp-columns"]
 SPLIT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # halved by output rows
@@ -164,7 +164,7 @@ def idle_gpus_note(placement: Placement, visible: int) -> str | None:
     if placement.device.type != "cuda":
         return None
     per_process = len(placement.devices)
-    used = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * per_process  # this node's share (torchrun sets it)
+    used = from_launcher("LOCAL_WORLD_SIZE", 1, least=1) * per_process  # this node's share (torchrun sets it)
     usable = visible // per_process * per_process  # columns take GPUs two at a time
     if usable <= used:
         return None
@@ -194,10 +194,10 @@ def setup(parallel: Parallel, device: str, error: AlexkitError | None = None) ->
     rank, world_size, local_rank = 0, 1, 0
     ddp = parallel.startswith("ddp")
     if ddp:
-        if not under_torchrun():
-            raise AlexkitError(f"--parallel {parallel} needs torchrun: torchrun --nproc-per-node=N -m alexkit train ...")
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if not under_torchrun():  # `error`: one met alone (only WORLD_SIZE set, by hand), which said to meet the others
+            raise error or AlexkitError(f"--parallel {parallel} needs torchrun: torchrun --nproc-per-node=N -m alexkit train ...")
+        rank, world_size = from_launcher("RANK", 0), from_launcher("WORLD_SIZE", 1, least=1)
+        local_rank = from_launcher("LOCAL_RANK", 0)
     chosen, mine = before_joining(lambda: _use(_devices(parallel, device, local_rank)))
     if ddp and not dist.is_initialized():
         backend = None if chosen is None else "nccl" if chosen[0].type == "cuda" else "gloo"

@@ -44,7 +44,6 @@ are dropped and that epoch starts afresh (same batches either way).
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from alexkit.pipeline.beton import MODE_JPG, MODE_RAW
 from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_inputs, train_inputs
 from alexkit.pipeline.kernel import is_compiled
 from alexkit.pipeline.store import Store, rewrite
+from alexkit.ranks import from_launcher
 
 STREAM_ORDER, STREAM_AUGMENT = 0, 1  # independent random streams drawn from (seed, epoch, ...)
 # The one-pass CPU kernel (kernel.py) compiles in about 2.2 s once per process and saves 0.05-0.15
@@ -151,7 +151,7 @@ def default_threads() -> int:
     operators, on a page of the store). JPEG train on 2 cores, `alexkit bench loader --threads 2`
     against its default 3: 3,954 -> 4,423 and 4,369 images/s."""
     cores = usable_cores()
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) + 1
+    return max(1, cores // from_launcher("LOCAL_WORLD_SIZE", 1, least=1)) + 1
 
 
 class Loader:
