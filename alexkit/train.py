@@ -41,6 +41,7 @@ from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state
 from alexkit.train_report import Rate, flags, most_waited, start_line, summary, timed
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
+MAX_FC_FEATURES = 4 * 4096  # fc6 and fc7 up to 4x the paper's (fc7 alone then holds 268M weights)
 Auto = Literal["auto", "on", "off"]
 
 @dataclass(frozen=True)
@@ -75,16 +76,21 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
         object.__setattr__(self, "data", self.data.resolve())  # so that eval finds it from anywhere
-        checks = {
-            "--epochs": self.epochs >= 1, "--batch-size": self.batch_size >= 1, "--lr": 0 < self.lr < math.inf,
-            "--momentum": 0 <= self.momentum < 1, "--weight-decay": 0 <= self.weight_decay < math.inf,
-            "--warmup-epochs": self.warmup_epochs >= 0, "--patience": self.patience >= 1,
-            "--max-lr-drops": self.max_lr_drops >= 0, "--width": 0 < self.width <= 8,
-            "--fc-features": self.fc_features >= 2, "--dropout": 0 <= self.dropout < 1, "--seed": 0 <= self.seed < 2**32,
+        checks = {  # flag: (within its range, the range)
+            "--epochs": (self.epochs >= 1, "at least 1"), "--batch-size": (self.batch_size >= 1, "at least 1"),
+            "--lr": (0 < self.lr < math.inf, "above 0"), "--momentum": (0 <= self.momentum < 1, "from 0 to below 1"),
+            "--weight-decay": (0 <= self.weight_decay < math.inf, "0 or more"),
+            "--warmup-epochs": (self.warmup_epochs >= 0, "0 or more"), "--patience": (self.patience >= 1, "at least 1"),
+            "--max-lr-drops": (self.max_lr_drops >= 0, "0 or more"), "--width": (0 < self.width <= 8, "above 0, at most 8"),
+            "--fc-features": (2 <= self.fc_features <= MAX_FC_FEATURES, f"from 2 to {MAX_FC_FEATURES:,}"),
+            "--dropout": (0 <= self.dropout < 1, "from 0 to below 1"), "--seed": (0 <= self.seed < 2**32, f"from 0 to {2**32 - 1:,}"),
         }  # fmt: skip
-        for flag, ok in checks.items():
+        for flag, (ok, allowed) in checks.items():
             if not ok:
-                raise AlexkitError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))} is out of range; see `alexkit train --help`")
+                raise AlexkitError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))} is out of range: {allowed}")
+        if self.lr_scaling == "linear" and not self.lr * self.batch_size / PAPER_BATCH < math.inf:
+            raise AlexkitError(f"--lr {self.lr} scaled linearly to --batch-size {self.batch_size} is not a finite number; "
+                               "pass a smaller --lr")  # fmt: skip
         choices = {"lr_scaling": ("none", "linear"), "amp": ("auto", "on", "off"), "channels_last": ("auto", "on", "off"),
                    "compile": ("auto", "on", "off"), "init": ("paper", "sturdy"),
                    "parallel": ("none", "columns", "ddp", "ddp-columns"), "progress": ("auto", "rich", "plain", "none")}  # fmt: skip

@@ -584,9 +584,13 @@ def test_bad_values_are_one_line_errors():
         TrainConfig(parallel="model")
     with pytest.raises(AlexkitError, match="--device"):
         TrainConfig(device="tpu")
-    for flag, value in (("lr", math.inf), ("lr", math.nan), ("weight_decay", math.inf), ("width", 9.0)):
-        with pytest.raises(AlexkitError, match=f"--{flag.replace('_', '-')} {value} is out of range"):
+    for flag, value, allowed in (("lr", math.inf, "above 0"), ("lr", math.nan, "above 0"), ("weight_decay", math.inf, "0 or more"),
+                                 ("width", 9.0, "above 0, at most 8"), ("fc_features", 10**20, "from 2 to 16,384"),
+                                 ("seed", 2**32, "from 0 to 4,294,967,295")):  # fmt: skip
+        with pytest.raises(AlexkitError, match=f"^--{flag.replace('_', '-')} {value} is out of range: {allowed}$"):
             TrainConfig(**{flag: value})
+    with pytest.raises(AlexkitError, match=r"^--lr 1e\+308 scaled linearly to --batch-size 256 is not a finite number; pass a smaller --lr$"):
+        TrainConfig(lr=1e308, lr_scaling="linear", batch_size=256)
 
 
 def test_epoch_lines_say_how_long_the_rest_would_take_at_most():
