@@ -199,9 +199,10 @@ def check_resumable(ckpt_path: Path) -> None:
     of the run (best.pt) it would overwrite the epochs after it."""
     last = ckpt_path.parent / "last.pt"
     if ckpt_path.name != "last.pt" and last.is_file():
+        branch = (f", or copy {ckpt_path} into a new folder NEW and branch off with --resume NEW/{ckpt_path.name}"
+                  if ckpt_path.suffix == ".pt" else "")  # fmt: skip
         raise AlexkitError(f"--resume {ckpt_path}: a run continues from its last.pt, and resuming from {ckpt_path.name} would "
-                           f"overwrite the epochs after it; pass --resume {word(ckpt_path.parent)}, or copy {ckpt_path} into a "
-                           f"new folder and resume from there to branch off")  # fmt: skip
+                           f"overwrite the epochs after it; pass --resume {word(ckpt_path.parent)}{branch}")  # fmt: skip
 
 
 def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> None:
@@ -375,7 +376,7 @@ def read_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         said = why(exc).split(". ")[0]  # torch goes on for lines about weights_only or its zip reader
-        if head == ZIP_START[: len(head)]:  # a zip, as torch.save writes, or its start (or nothing): cut off or broken
+        if head == ZIP_START[: len(head)] and not _another_zip(path):  # torch.save's zip, or its start: cut off or broken
             raise AlexkitError(f"checkpoint {path} is truncated or damaged ({counted(size, 'byte')}; {said}); copy it again from "
                                "where it was written, or pass another best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
         raise AlexkitError(f"cannot load checkpoint {path}: not a file torch.save wrote, or damaged from its start ({said}); "
@@ -389,6 +390,15 @@ def read_checkpoint(path: Path) -> dict:
         raise AlexkitError(f"{path} is not an alexkit checkpoint of format {CHECKPOINT_FORMAT} (found {found}); "
                            "pass a best.pt/last.pt written by `alexkit train`")  # fmt: skip
     return ckpt
+
+
+def _another_zip(path: Path) -> bool:
+    """Whether `path` is a whole zip archive without the data.pkl of every torch.save (a stats.npz, say)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return not any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def _failed_crc(path: Path) -> str | None:

@@ -365,6 +365,8 @@ def test_damaged_run_files_are_one_line_errors_naming_them(setup, tmp_path):
     (run / "best.pt").write_bytes(b"hello")
     with pytest.raises(AlexkitError, match=r"cannot load checkpoint .*best.pt: not a file torch.save wrote, or damaged from its start"):
         evaluate(EvalConfig(checkpoint=run, data=store.path, device="cpu"))
+    with pytest.raises(AlexkitError, match=r"cannot load checkpoint .*stats.npz: not a file torch.save wrote, or damaged from its start"):
+        evaluate(EvalConfig(checkpoint=run / "stats.npz", data=store.path, device="cpu"))  # a zip, but numpy's
     shutil.copyfile(ckpt, run / "best.pt")
     for name, damage in (("stats.npz", b""), ("stats.npz", (ckpt.parent / "stats.npz").read_bytes()[:100]),
                          ("classes.json", b""), ("classes.json", b'[{"index": 1}]')):  # fmt: skip

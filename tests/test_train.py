@@ -366,8 +366,11 @@ def test_resume_refuses_an_earlier_checkpoint_of_the_run_but_can_branch_from_a_c
     import shutil
 
     run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
-    with pytest.raises(AlexkitError, match="overwrite the epochs after it"):
+    with pytest.raises(AlexkitError, match=rf"overwrite the epochs after it; pass --resume {run}, or copy {run}/best.pt into a new "
+                                           "folder NEW and branch off with --resume NEW/best.pt$"):  # fmt: skip
         train(TrainConfig(resume=run / "best.pt", epochs=2))
+    with pytest.raises(AlexkitError, match=rf"^--resume {run}/config.json: a run continues from its last.pt, .*; pass --resume {run}$"):
+        train(TrainConfig(resume=run / "config.json", epochs=2))
     (tmp_path / "branch").mkdir()
     shutil.copyfile(run / "best.pt", tmp_path / "branch" / "best.pt")
     branch = train(TrainConfig(resume=tmp_path / "branch" / "best.pt", epochs=2))
