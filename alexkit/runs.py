@@ -84,6 +84,8 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
             busy = f"another `alexkit train` is writing {run_dir}; wait for it to end" + ("" if ckpt else ", or choose another --out")
             try:
                 fresh = not run_dir.exists() or not any(run_dir.iterdir())
+                if not fresh and ckpt is None:
+                    _check_only_runs_files(run_dir)  # before its lock file goes in
                 run_dir.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(only_writer(run_dir / ".train.lock", busy))
                 moved_on = _moved_on(run_dir, ckpt)
@@ -114,6 +116,15 @@ def _mend(run_dir: Path) -> None:
     for name in RUN_FILES:
         for tmp in [*temporaries(run_dir / name), run_dir / f"{name}.partial"]:
             tmp.unlink(missing_ok=True)
+
+
+def _check_only_runs_files(run_dir: Path) -> None:
+    """A new run goes into a new or empty folder, or one a run left before its first epoch ended."""
+    others = sorted((p.name for p in run_dir.iterdir() if p.name not in (*RUN_FILES, ".train.lock") and p.suffix != ".partial"),
+                    key=lambda name: (name.startswith("."), name))  # fmt: skip
+    if others:  # a store, a dataset, the working folder: the run's files would land among them
+        said = f"{others[0]}, and {counted(len(others) - 1, 'other')}" if len(others) > 1 else others[0]
+        raise AlexkitError(f"--out {run_dir} holds what is not a run's ({said}); pick a new or empty folder")
 
 
 def _moved_on(run_dir: Path, ckpt: dict | None) -> str | None:

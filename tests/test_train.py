@@ -103,6 +103,22 @@ def test_resume_refuses_a_changed_recipe(store, tmp_path):
         train(TrainConfig(data=store, out=run, epochs=1, **TINY))
 
 
+def test_a_new_run_goes_only_into_a_folder_of_no_other_files(store, tmp_path):
+    """--out naming the store, a dataset or the working folder would scatter the run's files among
+    theirs: refused, nothing written there (no lock file either); an empty folder is taken."""
+    before = sorted(p.name for p in store.iterdir())
+    with pytest.raises(AlexkitError, match=rf"^--out {store} holds what is not a run's \(manifest.json, and \d+ others\); pick a new or empty folder$"):
+        train(TrainConfig(data=store, out=store, epochs=1, **TINY))
+    assert sorted(p.name for p in store.iterdir()) == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("")
+    with pytest.raises(AlexkitError, match=r"holds what is not a run's \(todo.txt\)"):
+        train(TrainConfig(data=store, out=tmp_path / "notes", epochs=1, **TINY))
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
+    (tmp_path / "empty").mkdir()
+    assert (train(TrainConfig(data=store, out=tmp_path / "empty", epochs=1, **TINY)) / "last.pt").is_file()
+
+
 def test_defaults_are_the_papers_recipe_and_the_command_line_keeps_them():
     import typer.main
 
