@@ -84,7 +84,7 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
             busy = f"another `alexkit train` is writing {run_dir}; wait for it to end" + ("" if ckpt else ", or choose another --out")
             try:
                 fresh = not run_dir.exists() or not any(run_dir.iterdir())
-                if not fresh and ckpt is None:
+                if not fresh and ckpt is None and not (run_dir / "last.pt").exists():  # (a run: said below)
                     _check_only_runs_files(run_dir)  # before its lock file goes in
                 run_dir.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(only_writer(run_dir / ".train.lock", busy))

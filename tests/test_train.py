@@ -99,7 +99,8 @@ def test_resume_refuses_a_changed_recipe(store, tmp_path):
     run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
     with pytest.raises(AlexkitError, match="--lr 0.5 differs"):
         train(TrainConfig(resume=run, epochs=2, lr=0.5))
-    with pytest.raises(AlexkitError, match="already holds a run"):
+    (run / "eval.json").write_text("{}")  # as `alexkit eval --json RUN/eval.json` leaves
+    with pytest.raises(AlexkitError, match="already holds a run; continue it with --resume"):
         train(TrainConfig(data=store, out=run, epochs=1, **TINY))
 
 
