@@ -166,6 +166,17 @@ def check_output(path: Path, flag: str) -> None:
         raise PathRefused(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror or exc}); choose another path") from exc
 
 
+def check_folder(path: Path, flag: str) -> None:
+    """A folder that `flag` names, to be made or written in: refused now if it, or a folder above it,
+    is a file (the system would say "Not a directory" once the work is done)."""
+    for above in (Path(path), *Path(path).parents):
+        if above.exists():
+            if not above.is_dir():
+                where = "is a file" if above == Path(path) else f"is under {above}, which is a file"
+                raise AlexkitError(f"{flag} {path} {where}; give a folder")
+            return
+
+
 def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
     """Write `data` (text, bytes, or a function that writes to a binary file, such as a torch.save)
     to `path` all or nothing: a temporary file, fsync, rename, fsync of the folder. A reader (or a

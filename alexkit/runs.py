@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused, why
-from alexkit.paths import DEFAULT_RUNS, NoLocks, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
+from alexkit.paths import DEFAULT_RUNS, NoLocks, check_folder, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
 from alexkit.progress import counted, talks
 from alexkit.ranks import agree
 
@@ -83,6 +83,8 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
         if is_main:
             busy = f"another `alexkit train` is writing {run_dir}; wait for it to end" + ("" if ckpt else ", or choose another --out")
             try:
+                if ckpt is None:  # (a resumed run's folder holds its checkpoint)
+                    check_folder(run_dir, "--out")
                 fresh = not run_dir.exists() or not any(run_dir.iterdir())
                 if not fresh and ckpt is None and not (run_dir / "last.pt").exists():  # (a run: said below)
                     _check_only_runs_files(run_dir)  # before its lock file goes in
