@@ -63,7 +63,8 @@ class BeingRead(AlexkitError):
 def only_writer(lock: Path, busy: str, being_read: str | None = None):
     """Hold an exclusive flock on the file `lock` (made if needed) while the block runs; if another
     process holds it, AlexkitError(busy), or BeingRead(being_read) where only readers do. The lock
-    goes with the file's closing, also when the process dies."""
+    goes with the file's closing, also when the process dies. Yields the open lock file (for flock
+    to make the lock shared for a while, as prepare --force does while it builds)."""
     import fcntl
 
     with open(lock, "a+") as f:  # readable too: NFS refuses a shared lock on a write-only file
@@ -76,7 +77,7 @@ def only_writer(lock: Path, busy: str, being_read: str | None = None):
         except OSError as exc:  # ENOLCK, ENOSYS: e.g. NFS without its lock service, Lustre without -o flock
             raise NoLocks(f"cannot lock {lock}: {exc.strerror or exc}; its file system offers no file locks: "
                           "use a folder on one that does (a local disk, or NFS with locking)") from exc
-        yield
+        yield f
 
 
 def held_by_another(lock: Path) -> bool:

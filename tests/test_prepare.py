@@ -7,6 +7,7 @@ colour encodes a per-file id, so order and labels are checked exactly after the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -696,19 +697,201 @@ def test_counts_of_one_are_singular(tmp_path, capsys):
     assert "train: 1 image written to" in printed and "store ready: " in printed and "(train 1 image, " in printed
 
 
-def test_a_rebuild_that_fails_leaves_no_manifest_vouching_for_the_old_store(tmp_path, monkeypatch):
+# --- --force: the old store stays whole until the new one replaces it ---
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """The store's files and their bytes (not its lock file, nor a rebuild under way in .prepare-new)."""
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".prepare.lock"}
+
+
+def test_a_force_rebuild_that_fails_leaves_the_old_store_whole(tmp_path, monkeypatch):
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
     _run(src, out)
+    before = _files(out)
+    real_add = BetonWriter.add
 
-    def fails(self, *args, **kw):
-        raise OSError(5, "Input/output error")
+    def fails_in_val(self, *args, **kw):
+        if self.path.name == "val.beton":  # train is written by then: a rebuild that failed half-way
+            raise OSError(5, "Input/output error")
+        return real_add(self, *args, **kw)
 
-    monkeypatch.setattr(BetonWriter, "add", fails)
+    monkeypatch.setattr(BetonWriter, "add", fails_in_val)
     with pytest.raises(AlexkitError, match="Input/output error"):
+        _run(src, out, size=48, force=True)
+    assert _files(out) == before  # byte for byte
+    store = Store(out).check("train", "val")
+    assert store.size == SIZE and len(store.split("train")) == 6
+
+
+def test_cli_force_rebuild_of_an_undecodable_source_leaves_the_old_store_whole(tmp_path):
+    """The review's case: every train image of the new source is empty; exit 2, and the old store is
+    still all there (it used to keep only classes.json and the lock)."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    before = _files(out)
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    for f in (bad / "train").rglob("*.JPEG"):
+        f.write_bytes(b"")
+    r = _cli(str(bad), "--out", str(out), "--size", str(SIZE), "--workers", "2", "--force")
+    assert r.returncode == 2 and r.stderr.startswith("error: none of the train split's 6 images"), r.stderr
+    assert _files(out) == before and not (out / ".prepare-new").exists()
+    Store(out).check("train", "val")
+
+
+def test_a_force_rebuild_gives_the_new_settings_and_drops_what_the_new_source_lacks(tmp_path, capsys):
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    _run(src, out, size=48, force=True)
+    store = Store(out).check("train", "val")
+    assert store.size == 48 and store.split("val").pixels(0).shape == (48, 48, 3)
+    assert store.stats.mean_image.shape == (48, 48, 3)
+    assert json.loads((out / "train.done.json").read_text())["settings"]["size"] == 48  # records moved with their files
+    assert not (out / ".prepare-new").exists() and not list(out.rglob("*.partial"))
+    assert "store ready: " + str(out) in capsys.readouterr().out
+    shutil.rmtree(src / "val")  # the same source without its val split: the old val.beton must not stay
+    _run(src, out, size=48, force=True)
+    assert sorted(p.name for p in out.iterdir()) == [".prepare.lock", "classes.json", "manifest.json", "stats.npz",
+                                                     "train.beton", "train.done.json"]  # fmt: skip
+
+
+def test_a_force_rebuild_of_an_unfinished_store_keeps_its_files_until_the_end(tmp_path, monkeypatch):
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    (out / "manifest.json").unlink()  # as if interrupted at the very end
+    before = _files(out)
+
+    def ctrl_c(self, *args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BetonWriter, "add", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
         _run(src, out, force=True)
-    assert not (out / "manifest.json").exists()  # the store is incomplete now, and says so
-    with pytest.raises(AlexkitError, match="has no .*manifest.json"):
-        Store(out)
+    assert _files(out) == before  # its finished splits are still there for a plain rerun to keep
+    monkeypatch.undo()
+    _run(src, out)
+    assert Store(out).size == SIZE
+
+
+def test_readers_see_the_old_store_while_a_force_rebuild_runs(tmp_path, monkeypatch):
+    """The rebuild holds the store's lock shared until its end: a training may start on the old store
+    meanwhile; the new one is then put in place by a rerun once it has ended, converting nothing again."""
+    from alexkit.pipeline import prepare as stage
+    from alexkit.pipeline.store import reading
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    before = _files(out)
+    real_write_split = stage._write_split
+    seen = []
+
+    def write_split_under_a_reader(*args, **kw):
+        with reading(out):  # a training starting now: it is let in, and reads the old store
+            seen.append(Store(out).check("train", "val").size)
+        return real_write_split(*args, **kw)
+
+    monkeypatch.setattr(stage, "_write_split", write_split_under_a_reader)
+    _run(src, out, size=48, force=True)
+    assert seen == [SIZE, SIZE] and Store(out).size == 48
+
+    before = _files(out)
+    with contextlib.ExitStack() as training:  # one that starts during the rebuild and still runs at its end
+        started = []
+
+        def write_split_and_stay(*args, **kw):
+            if not started:
+                started.append(training.enter_context(reading(out)))
+            return real_write_split(*args, **kw)
+
+        monkeypatch.setattr(stage, "_write_split", write_split_and_stay)
+        with pytest.raises(AlexkitError, match=r"the new store is complete in .*\.prepare-new, but .* is being read by "
+                                               r"`alexkit train` or `eval`; run this command again once they end"):  # fmt: skip
+            _run(src, out, size=40, force=True)
+        assert _files(out) == before
+        with pytest.raises(AlexkitError, match="being read"):  # still read: nothing moves
+            _run(src, out, size=40, force=True)
+    monkeypatch.setattr(stage, "_write_split", real_write_split)
+    _run(src, out, size=40, force=True)
+    assert Store(out).size == 40 and not (out / ".prepare-new").exists()
+
+
+def test_a_second_force_rebuild_is_refused_while_one_runs(tmp_path, monkeypatch):
+    from alexkit.pipeline import prepare as stage
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    real_write_split, errors = stage._write_split, []
+
+    def write_split_racing(*args, **kw):
+        if not errors:
+            for force in (True, False):
+                with pytest.raises(AlexkitError) as info:
+                    _run(src, out, size=40, force=force)
+                errors.append(str(info.value))
+        return real_write_split(*args, **kw)
+
+    monkeypatch.setattr(stage, "_write_split", write_split_racing)
+    _run(src, out, size=48, force=True)
+    assert errors[0].startswith(f"another `alexkit prepare --force` is rebuilding {out} (in {out / '.prepare-new'})")
+    assert "holds a finished store" in errors[1] and "pass --force" in errors[1]  # the old one, still whole
+    assert Store(out).size == 48
+
+
+def test_an_interrupted_force_rebuild_resumes_and_the_old_store_stays_meanwhile(tmp_path, monkeypatch, capsys):
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    before = _files(out)
+    real_add = BetonWriter.add
+
+    def ctrl_c_in_val(self, *args, **kw):
+        if self.path.name == "val.beton":
+            raise KeyboardInterrupt
+        return real_add(self, *args, **kw)
+
+    monkeypatch.setattr(BetonWriter, "add", ctrl_c_in_val)
+    with pytest.raises(KeyboardInterrupt):
+        _run(src, out, size=48, force=True)
+    assert _files(out) == before and Store(out).check("train", "val").size == SIZE
+    assert (out / ".prepare-new" / "train.done.json").is_file()
+    capsys.readouterr()
+    _run(src, out)  # a plain rerun keeps the old store, and says what is left beside it
+    captured = capsys.readouterr()
+    assert "nothing to do" in captured.out and "holds an unfinished `alexkit prepare --force` rebuild" in captured.err
+    monkeypatch.undo()
+    _run(src, out, size=48, force=True)
+    assert "train: kept from an earlier run" in capsys.readouterr().out  # the rebuild's own train split
+    assert Store(out).check("train", "val").size == 48 and not (out / ".prepare-new").exists()
+
+
+def test_a_move_into_place_that_was_interrupted_is_finished_by_the_next_run(tmp_path, monkeypatch, capsys):
+    """Stopped between its renames, OUT holds some new files and some old, and no manifest.json: it must
+    not look finished, and the next prepare on it finishes the move before anything else."""
+    from alexkit.pipeline import prepare as stage
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    real_rename, renamed = stage._rename, []
+
+    def killed_after_two(a, b):
+        if len(renamed) == 2:
+            raise KeyboardInterrupt
+        renamed.append(b.name)
+        real_rename(a, b)
+
+    monkeypatch.setattr(stage, "_rename", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        _run(src, out, size=48, force=True)
+    assert renamed == ["train.beton", "stats.npz"] and not (out / "train.done.json").exists()
+    assert pytest.raises(AlexkitError, Store, out)
+    monkeypatch.undo()
+    capsys.readouterr()
+    _run(src, out, size=48)  # not even --force: the move is finished, then the store is the one asked for
+    printed = capsys.readouterr().out
+    assert "putting in place the store that an interrupted `prepare --force` finished" in printed and "nothing to do" in printed
+    store = Store(out).check("train", "val")
+    assert store.size == 48 and store.split("val").pixels(0).shape == (48, 48, 3)
+    assert not (out / ".prepare-new").exists()
 
 
 def _children(pid: int) -> list[int]:
@@ -742,6 +925,28 @@ def test_kill_9_mid_run_leaves_no_complete_store_and_rerun_succeeds(tmp_path):
     store = Store(out)
     assert len(store.split("train")) == 180 and len(store.split("val")) == 12
     assert not list(out.glob("*.partial"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_kill_9_mid_force_rebuild_keeps_the_old_store_and_rerun_succeeds(tmp_path):
+    src, out = _sample_tree(tmp_path / "src", 60), tmp_path / "store"  # 180 train images
+    _run(src, out)
+    before = _files(out)
+    cmd = [sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", "48", "--workers", "2", "--force"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (out / ".prepare-new" / "train.beton.partial").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "prepare finished before it could be killed: " + proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _files(out) == before and Store(out).check("train", "val").size == SIZE
+
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    store = Store(out).check("train", "val")
+    assert store.size == 48 and len(store.split("train")) == 180 and len(store.split("val")) == 12
+    assert not (out / ".prepare-new").exists() and not list(out.rglob("*.partial"))
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")

@@ -19,12 +19,13 @@ def command(
     format: str = typer.Option("jpg", "--format", help="jpg (~31 KB per 256 px image: ~40 GB for ImageNet) or raw (192 KB: ~260 GB, no decoding)."),
     quality: int = typer.Option(90, "--quality", help="JPEG quality, 1-100."),
     workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Worker processes.", show_default="all cores"),
-    force: bool = typer.Option(False, "--force", help="Rebuild a finished store."),
+    force: bool = typer.Option(False, "--force", help="Rebuild the store from the source, in OUT/.prepare-new; the old store stays "
+                               "whole and readable until the new one replaces it (needs room for both)."),
 ) -> None:
     """Write OUT/{train,val}.beton, stats.npz (mean image, RGB eigen-decomposition), classes.json, manifest.json.
 
     Undecodable files are skipped and listed in manifest.json.
-    An interrupted run resumes (finished splits are kept); a finished store is left alone unless --force.
+    An interrupted run resumes (finished splits are kept), --force too; a finished store is left alone unless --force.
     """
     from alexkit.pipeline.prepare import PrepareConfig, prepare
 

@@ -12,6 +12,8 @@ What DIR holds when it is finished (read through alexkit.pipeline.store.Store):
   manifest.json           format version, source, settings, counts per split and per class,
                           every skipped file with its reason, timings; written LAST
   <split>.done.json       per-split completion record (settings + a digest of the sample list)
+  .prepare.lock           held by prepare while it writes, shared by the trainings and evaluations that read
+  .prepare-new/           only during a --force rebuild: the new store, built as above, until it replaces the old
 
 The store keeps the mean image; the loader subtracts it (stored pixels stay uint8 and JPEG-able).
 
@@ -22,6 +24,13 @@ done-record matches the settings and sources, and redoes the rest. A finished st
 it is unless `force` (a rerun that finds it writes nothing, so needs no write access to it). A file
 that cannot be decoded is skipped and listed with its reason; a worker process that dies (a crash
 in a native decoder) costs only the file that killed it.
+
+`force` on a folder that holds a store (finished or not) never touches the old one until the new one
+is complete: the new store is built in OUT/.prepare-new (resumed there like any store if interrupted),
+while the old one stays whole and readable by trainings (prepare holds the lock shared meanwhile); then
+each new file is renamed over its old one, manifest.json out first and back in last (_move_in). A run
+stopped during those renames leaves OUT unfinished, and the next prepare on OUT completes them first.
+The rebuild needs room for both stores.
 
 Speed: the per-image work (imageops.convert: decode, resize, encode, then the statistics' sums in
 the same pass) runs in a pool of processes over chunks of samples, a bounded number of chunks in
@@ -46,7 +55,7 @@ from typing import Literal
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, refused
-from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, only_writer, usable_cores, word, write_atomic
+from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, held_by_another, only_writer, usable_cores, word, write_atomic
 from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
@@ -58,6 +67,8 @@ FORMATS = ("jpg", "raw")
 MIN_SIZE, MAX_SIZE = 16, 1024  # 1024 px raw (3 MiB) still fits a .beton page
 MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
 SPLITS = ("train", "val")
+STORE_FILES = (MANIFEST, STATS, CLASSES, *(f"{n}{end}" for n in SPLITS for end in (".beton", ".done.json")))
+STAGING = ".prepare-new"  # a --force rebuild's new store, inside OUT (same file system: renames are atomic)
 # q90 at 256 px: 30.6 KB per image in bench loader's JPEG store of photo-like sources (its
 # BetonReader's size.mean()); only for the free-space warning.
 JPEG_BYTES_PER_PIXEL = 0.47
@@ -107,9 +118,9 @@ def prepare(cfg: PrepareConfig) -> Path:
             return cfg.out
         raise
     try:
-        with _only_writer(out):
+        with _only_writer(out) as lock:
             try:
-                return _prepare(cfg, src, out)
+                return _prepare(cfg, src, out, lock)
             except BaseException as exc:
                 if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
                     _remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
@@ -123,6 +134,9 @@ def prepare(cfg: PrepareConfig) -> Path:
     except BeingRead:  # a training or evaluation reads the store: fine if there is nothing to write
         if not cfg.force and _finished(out, src, cfg.settings()):
             return out
+        if held_by_another(out / STAGING / LOCK):  # it holds the store's lock shared, as readers do
+            raise AlexkitError(f"another `alexkit prepare --force` is rebuilding {out} (in {out / STAGING}); wait for it "
+                               "to end, or choose another --out") from None  # fmt: skip
         raise
     except OSError:  # the lock file cannot be opened for writing (another user's store): as above
         if _finished_as_asked(cfg, out, src):
@@ -175,12 +189,105 @@ def _only_writer(out: Path):
                        "end, or choose another --out")  # fmt: skip
 
 
-def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
+def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
     for tmp in out.glob(".*.partial"):  # write_atomic's, left by a prepare killed while writing (the lock is ours)
         tmp.unlink()
+    staging = out / STAGING
+    if isinstance(_read_json(staging / MANIFEST), dict) and not (out / MANIFEST).exists():
+        print(f"{out}: putting in place the store that an interrupted `prepare --force` finished in {staging}", flush=True)
+        _move_in(staging, out)  # first: until then OUT is a mix of old and new files
+        shutil.rmtree(staging)
     settings = cfg.settings()
+    if not cfg.force and staging.is_dir():
+        _warn(f"{staging} holds an unfinished `alexkit prepare --force` rebuild; run that command again to finish it, "
+              "or remove the folder to free its space")  # fmt: skip
     if not cfg.force and _finished(out, src, settings):
         return out
+    if cfg.force and any((out / name).exists() for name in STORE_FILES):
+        return _rebuild(cfg, src, out, lock)
+    manifest = _build(cfg, src, out, keep=not cfg.force)
+    _summary(out, manifest)
+    return out
+
+
+def _rebuild(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
+    """--force where `out` holds a store, finished or not: build the new one in out/.prepare-new (keeping
+    what an interrupted --force finished there) while the old one stays whole; then move it in."""
+    import fcntl
+
+    staging = out / STAGING
+    staging.mkdir(exist_ok=True)
+    with only_writer(staging / LOCK, f"another `alexkit prepare --force` is rebuilding {out}; wait for it to end"):
+        try:
+            for tmp in staging.glob(".*.partial"):
+                tmp.unlink()
+            # Shared from here, as a training holds it: the old store stays readable for hours of conversion.
+            _relock(lock, fcntl.LOCK_SH, f"another `alexkit prepare` took {out} meanwhile; run again once it ends")
+            manifest = _build(cfg, src, staging, keep=True)
+            _relock(lock, fcntl.LOCK_EX, f"the new store is complete in {staging}, but {out} is being read by `alexkit "
+                                         f"train` or `eval`; run this command again once they end to put it in place "
+                                         "(nothing is converted again)")  # fmt: skip
+            _move_in(staging, out)
+        except BaseException:
+            _remove_if_only_lock(staging)  # a rebuild that failed before writing anything leaves no folder
+            raise
+    shutil.rmtree(staging)  # its lock file and nothing else: every store file was moved out (OUT's lock is ours)
+    _summary(out, manifest)
+    return out
+
+
+def _relock(lock, how: int, busy: str) -> None:
+    """Turn the lock held on the open file `lock` into `how` (fcntl.LOCK_SH or LOCK_EX) without waiting."""
+    import fcntl
+
+    try:
+        fcntl.flock(lock, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AlexkitError(busy) from None
+
+
+def _move_in(staging: Path, out: Path) -> None:
+    """Replace the store in `out` by the complete one in `staging`, one atomic rename per file: out's
+    manifest.json goes first (unfinished from then on), a split's done-record before its files and
+    comes back after them, manifest.json last. Each step is skipped once done: a prepare stopped here
+    finishes the move on its next run."""
+    splits = _read_json(staging / MANIFEST)["splits"]
+    _remove(out / MANIFEST)
+    for name in SPLITS:
+        done, files = f"{name}.done.json", [f"{name}.beton", *([STATS] if name == "train" else [])]
+        if name not in splits:  # the new source has no such split (val): the old one's must not stay
+            _remove(out / done)
+            _remove(out / f"{name}.beton")
+        elif (staging / done).exists():  # not moved yet: its record is the last of its files to move
+            _remove(out / done)  # an old record must never vouch for a new file, nor a new one for an old
+            for file in files:
+                _rename(staging / file, out / file)
+            _rename(staging / done, out / done)
+    _rename(staging / CLASSES, out / CLASSES)
+    _fsync_folder(out)  # every file above is in place before the manifest vouches for them
+    _rename(staging / MANIFEST, out / MANIFEST)
+    _fsync_folder(out)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """os.replace, if `src` is still there (a move resumed after an interruption finds some moved)."""
+    if src.exists():
+        _remove(dst)  # and the .beton writer's temporary beside it, left by an old interrupted run
+        os.replace(src, dst)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool) -> dict:
+    """Scan `src` and write the store into `out`, reusing (if `keep`) each split an earlier run finished
+    there with these settings and sources; return its manifest, written last."""
+    settings = cfg.settings()
     started = time.perf_counter()
     print(f"scanning {src} ...", flush=True)
     with Ticks() as ticks:
@@ -197,7 +304,7 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
     _check_free_space(out, sum(counts.values()), cfg)
 
     _remove(out / MANIFEST)  # from here on the store is incomplete until manifest.json is back
-    _clear(out, keep=() if cfg.force else tuple(ds.splits))
+    _clear(out, keep=tuple(ds.splits) if keep else ())
 
     records = {}
     with Workers(cfg.workers) as workers:
@@ -213,8 +320,7 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path) -> Path:
     _write_json(out / CLASSES, [{"index": c.index, "wnid": c.wnid, "name": c.name} for c in ds.classes])
     manifest = _manifest(src, ds, settings, records, scan_s, time.perf_counter() - started)
     _write_json(out / MANIFEST, manifest)  # last: the store is now complete
-    _summary(out, manifest)
-    return out
+    return manifest
 
 
 # --- one split ---
@@ -416,8 +522,9 @@ def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
     need = images * per_image * 1.05 + 2 * PAGE_SIZE
     free = shutil.disk_usage(out).free
     if free < need:
+        both = " (--force keeps the old store until the new one is complete: both need room)" if out.name == STAGING else ""
         _warn(
-            f"{out} has {free / 1e9:.1f} GB free, the store needs about {need / 1e9:.1f} GB; "
+            f"{out} has {free / 1e9:.1f} GB free, the store needs about {need / 1e9:.1f} GB{both}; "
             f"the run may stop on a full disk (rerun resumes)"
         )
 
