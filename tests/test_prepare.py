@@ -1050,6 +1050,51 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
     assert not (tmp_path / "o").exists()  # a run that failed before writing anything leaves no folder
 
 
+def test_empty_paths_are_refused(tmp_path):
+    """Typer makes "" the current folder: `--out ""` would scatter the store's files there."""
+    src = _sample_tree(tmp_path / "src", 2)
+    for args, start in (([str(src), "--out", ""], 'error: --out "" names no folder'),
+                        (["", "--out", str(tmp_path / "store")], 'error: SRC "" names no folder')):
+        r = _cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.startswith(start) and r.stderr.count("\n") == 1, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_an_out_folder_holding_other_files_is_refused(tmp_path):
+    """`--out .`, `--out /`, `--out runs`: a folder with files but none of a store's is not written into."""
+    src = _sample_tree(tmp_path / "src", 2)
+    runs = tmp_path / "runs"
+    (runs / "20250101-120000").mkdir(parents=True)
+    (runs / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in runs.iterdir())
+    r = _cli(str(src), "--out", str(runs))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == (f"error: --out {runs} is a folder that holds no store but other files (20250101-120000, notes.txt); "
+                        f"pass a new or empty folder, e.g. --out {runs / 'alexkit-store'}\n")  # fmt: skip
+    assert sorted(p.name for p in runs.iterdir()) == before
+    r = _cli(str(src), "--out", ".", cwd=tmp_path)  # the current folder, which holds the source
+    assert r.returncode == 2 and "error: --out . is a folder that holds no store but other files (runs, src)" in r.stderr
+    r = _cli(str(src), "--out", "/")
+    assert r.returncode == 2 and r.stderr.startswith("error: --out / is a folder that holds no store but other files (")
+    assert "and " in r.stderr and "e.g. --out /alexkit-store\n" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "src"]
+
+
+@pytest.mark.parametrize("left", [[], [".prepare.lock"], ["train.beton.partial"], [".stats.npz.host-4242-0a0b0c0d.partial"],
+                                  ["train.done.json", "train.beton"], [".prepare-new"]])  # fmt: skip
+def test_an_empty_or_unfinished_store_folder_is_written(tmp_path, left):
+    """What an interrupted prepare leaves (only its lock, only a temporary...) is a store to resume."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    out.mkdir()
+    for name in left:
+        if name == ".prepare-new":  # an interrupted --force's folder
+            (out / name).mkdir()
+        else:
+            (out / name).write_bytes(b"")
+    _run(src, out)
+    assert len(Store(out).check("train", "val").split("train")) == 6
+
+
 def test_a_source_without_val_is_prepared_with_a_warning(tmp_path, capsys):
     _class_folder_tree(tmp_path / "src", val_per_class=0)
     _run(tmp_path / "src", tmp_path / "store")

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from alexkit.paths import DEFAULT_STORE, usable_cores
 
 
-
+# SRC and --out are taken as text, made Paths by PrepareConfig: typer would make "" the current folder.
 def command(
-    src: Path = typer.Argument(
+    src: str = typer.Argument(
         ..., metavar="SRC", help="Dataset folder: class folders, the official tars or extracted tree + devkit, or Kaggle's download."
     ),
-    out: Path = typer.Option(DEFAULT_STORE, "--out", "-o", help="Store folder to write (train/eval read it)."),
+    out: str = typer.Option(DEFAULT_STORE, "--out", "-o", metavar="OUT",
+                            help="Store folder to write (train/eval read it): a new or empty folder, or a store."),
     size: int = typer.Option(256, "--size", help="Stored side: shorter side resized to it, centre crop (256: the paper)."),
     format: str = typer.Option("jpg", "--format", help="jpg (~31 KB per 256 px image: ~40 GB for ImageNet) or raw (192 KB: ~260 GB, no decoding)."),
     quality: int = typer.Option(90, "--quality", help="JPEG quality, 1-100."),

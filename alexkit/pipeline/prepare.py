@@ -30,7 +30,8 @@ is complete: the new store is built in OUT/.prepare-new (resumed there like any 
 while the old one stays whole and readable by trainings (prepare holds the lock shared meanwhile); then
 each new file is renamed over its old one, manifest.json out first and back in last (_move_in). A run
 stopped during those renames leaves OUT unfinished, and the next prepare on OUT completes them first.
-The rebuild needs room for both stores.
+The rebuild needs room for both stores. An --out folder that holds other files than a store's is
+refused: a store's files would be scattered among them.
 
 Speed: the per-image work (imageops.convert: decode, resize, encode, then the statistics' sums in
 the same pass) runs in a pool of processes over chunks of samples, a bounded number of chunks in
@@ -85,6 +86,12 @@ class PrepareConfig:
     force: bool = False  # rebuild a finished store
 
     def __post_init__(self):
+        if str(self.src) == "":  # Path("") would be the current folder
+            raise AlexkitError('SRC "" names no folder; pass the folder that holds your ImageNet (or run `alexkit sample '
+                               'DIR` for a small demo set)')  # fmt: skip
+        if str(self.out) == "":
+            raise AlexkitError(f'--out "" names no folder (it would be the current one); pass the store\'s folder, e.g. '
+                               f"--out {DEFAULT_STORE}")  # fmt: skip
         object.__setattr__(self, "src", Path(self.src).expanduser())
         object.__setattr__(self, "out", Path(self.out).expanduser())
         if self.format not in FORMATS:
@@ -502,6 +509,10 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
     if out.is_symlink() and not out.exists():  # mkdir would find it there, and writing into it fail
         raise AlexkitError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; make that folder, or "
                            "remove the link")  # fmt: skip
+    others = _not_a_store(out)
+    if others:  # `--out .`, `--out /`, a folder of runs: the store's files would be scattered among theirs
+        raise AlexkitError(f"--out {out} is a folder that holds no store but other files ({others}); pass a new or "
+                           f"empty folder, e.g. --out {word(out / DEFAULT_STORE.name)}")  # fmt: skip
     try:
         try:
             out.mkdir(parents=True)
@@ -515,6 +526,20 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
         why = exc.strerror or exc
         raise PathRefused(f"cannot write to {out} ({why}); choose an --out folder you can write to") from exc
     return src, out, made
+
+
+def _not_a_store(out: Path) -> str:
+    """A few names of what `out` holds if it is a folder with files but none of a store's, nor of prepare's
+    own (its lock, temporaries, a rebuild): "" for a new folder, an empty one, or a store, even unfinished."""
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError:  # none, or not listable: the write probe says what is wrong
+        return ""
+    ours = {*STORE_FILES, LOCK, STAGING}
+    if not names or any(n in ours or n.startswith(".alexkit-write-test-") or
+                        (n.endswith(".partial") and any(n.startswith((f, f".{f}.")) for f in STORE_FILES)) for n in names):  # fmt: skip
+        return ""
+    return ", ".join(names[:3]) + (f" and {counted(len(names) - 3, 'other')}" if len(names) > 3 else "")
 
 
 def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
