@@ -857,7 +857,7 @@ def test_an_interrupted_force_rebuild_resumes_and_the_old_store_stays_meanwhile(
     capsys.readouterr()
     _run(src, out)  # a plain rerun keeps the old store, and says what is left beside it
     captured = capsys.readouterr()
-    assert "nothing to do" in captured.out and "holds an unfinished `alexkit prepare --force` rebuild" in captured.err
+    assert "nothing to do" in captured.out and "holds an `alexkit prepare --force` rebuild that has not replaced" in captured.err
     monkeypatch.undo()
     _run(src, out, size=48, force=True)
     assert "train: kept from an earlier run" in capsys.readouterr().out  # the rebuild's own train split

@@ -206,11 +206,11 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
         shutil.rmtree(staging)
     settings = cfg.settings()
     if not cfg.force and staging.is_dir():
-        _warn(f"{staging} holds an unfinished `alexkit prepare --force` rebuild; run that command again to finish it, "
-              "or remove the folder to free its space")  # fmt: skip
+        _warn(f"{staging} holds an `alexkit prepare --force` rebuild that has not replaced the store; run that command "
+              "again to finish it, or remove the folder to free its space")  # fmt: skip
     if not cfg.force and _finished(out, src, settings):
         return out
-    if cfg.force and any((out / name).exists() for name in STORE_FILES):
+    if cfg.force and (staging.is_dir() or any((out / name).exists() for name in STORE_FILES)):
         return _rebuild(cfg, src, out, lock)
     manifest = _build(cfg, src, out, keep=not cfg.force)
     _summary(out, manifest)
@@ -279,7 +279,7 @@ def _move_in(staging: Path, out: Path) -> None:
 def _rename(src: Path, dst: Path) -> None:
     """os.replace, if `src` is still there (a move resumed after an interruption finds some moved)."""
     if src.exists():
-        _remove(dst)  # and the .beton writer's temporary beside it, left by an old interrupted run
+        dst.with_name(dst.name + ".partial").unlink(missing_ok=True)  # the .beton writer's, left by an old interrupted run
         os.replace(src, dst)
 
 
@@ -535,11 +535,17 @@ def _not_a_store(out: Path) -> str:
         names = sorted(p.name for p in out.iterdir())
     except OSError:  # none, or not listable: the write probe says what is wrong
         return ""
-    ours = {*STORE_FILES, LOCK, STAGING}
-    if not names or any(n in ours or n.startswith(".alexkit-write-test-") or
-                        (n.endswith(".partial") and any(n.startswith((f, f".{f}.")) for f in STORE_FILES)) for n in names):  # fmt: skip
+    if not names or any(map(_ours, names)):
         return ""
     return ", ".join(names[:3]) + (f" and {counted(len(names) - 3, 'other')}" if len(names) > 3 else "")
+
+
+def _ours(name: str) -> bool:
+    """A name in OUT that a store or prepare itself puts there: a store file, the lock, a rebuild's folder,
+    a temporary (the .beton writer's NAME.partial, write_atomic's .NAME.*.partial, the write probe)."""
+    if name in (*STORE_FILES, LOCK, STAGING) or name.startswith(".alexkit-write-test-"):
+        return True
+    return name.endswith(".partial") and any(name.startswith((f"{f}.", f".{f}.")) for f in STORE_FILES)
 
 
 def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
