@@ -9,8 +9,8 @@ import pytest
 EXPECTED = ["doctor", "sample", "prepare", "train", "eval", "predict", "show-batch", "plot", "bench"]
 
 
-def run(*args, cwd=None):
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+def run(*args, cwd=None, columns=200):
+    env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
     return subprocess.run([sys.executable, "-m", "alexkit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
@@ -37,6 +37,41 @@ def test_each_command_help_shows_defaults(cmd):
 def test_unknown_command_and_option_exit_2():
     assert run("no-such-command").returncode == 2
     assert run("doctor", "--no-such-flag").returncode == 2
+
+
+USAGE_ERRORS = [  # (arguments, the command whose help the line points at, what the line says)
+    (["train", "--epochs", "abc"], "alexkit train", "--epochs 'abc': input should be a valid integer"),
+    (["train", "--seed", "1.5"], "alexkit train", "--seed '1.5': input should be a valid integer"),
+    (["train", "--lr", ""], "alexkit train", "--lr '': input should be a valid number"),
+    (["train", "--no-such-flag"], "alexkit train", "no such option: --no-such-flag"),
+    (["train", "--epochs"], "alexkit train", "option '--epochs' requires an argument"),
+    (["predict"], "alexkit predict", "missing argument 'IMAGE...'"),
+    (["eval", "--tta", "true"], "alexkit eval", "got unexpected extra argument(s) (true)"),
+    (["prepare", "src", "-j", "two"], "alexkit prepare", "--workers 'two': input should be a valid integer"),
+    (["no-such-command"], "alexkit", "no such command 'no-such-command'"),
+    (["bench", "no-such"], "alexkit bench", "no such command 'no-such'"),
+    (["bench", "train", "--width", "wide"], "alexkit bench train", "--width 'wide': input should be a valid number"),
+    (["bench", "loader", "--baselines=no"], "alexkit bench loader", "option '--baselines' does not take a value"),
+    (["bench", "prepare", "--size"], "alexkit bench prepare", "option '--size' requires an argument"),
+]
+
+
+@pytest.mark.parametrize("args, command, said", USAGE_ERRORS, ids=[" ".join(a) for a, _, _ in USAGE_ERRORS])
+def test_a_usage_error_is_one_line_naming_the_help_to_read(args, command, said):
+    """Click's own message on one line, even in a narrow terminal (not a box of 6 to 12 lines), exit 2."""
+    r = run(*args, columns=20)
+    assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+    assert r.stderr.startswith(f"error: {said}") and r.stderr.endswith(f"; see {command} -h\n"), r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_help_and_doctor_stay_readable_in_a_narrow_terminal():
+    """Narrower than 80 columns, rich would cut every word to a letter or two; the lines wrap instead."""
+    r = run("train", "--help", columns=20)
+    assert r.returncode == 0 and "…" not in r.stdout, r.stdout
+    assert "Initial learning rate; with --lr-scaling" in r.stdout and "--fc-features" in r.stdout
+    r = run("doctor", columns=20)
+    assert r.returncode == 0 and "…" not in r.stdout and "ffcv native library" in r.stdout, r.stdout
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder no one can create files in")
@@ -97,7 +132,8 @@ def test_an_error_every_process_raises_is_printed_by_the_first_process_of_each_n
     assert capsys.readouterr().err == line
 
 
-@pytest.mark.parametrize("args", [["train", "--epochs", "0"], ["eval", "--batch-size", "0"], ["show-batch"]])
+@pytest.mark.parametrize("args", [["train", "--epochs", "0"], ["eval", "--batch-size", "0"], ["show-batch"],
+                                  ["train", "--epochs", "abc"], ["eval", "--no-such-flag"]])
 def test_errors_of_the_flags_alone_are_printed_once_per_node(monkeypatch, capsys, args):
     """A bad flag, or a command that torchrun must not start: every process of the job meets the same
     error, and only each node's first process prints it."""

@@ -7,6 +7,7 @@ import typer
 
 def command() -> None:
     """Versions of Python, torch, DALI, FFCV, numpy, pillow; whether the native pieces work here."""
+    from alexkit.cli.main import MIN_COLUMNS
     from alexkit.doctor import checks
 
     rows, problems, gpus = checks()
@@ -20,7 +21,9 @@ def command() -> None:
         table = Table(title="alexkit doctor", show_header=False)
         for name, detail, ok in rows:
             table.add_row(name, str(detail), "[green]ok[/green]" if ok else "[red]MISSING[/red]")
-        Console().print(table)
+        console = Console()
+        console.width = max(console.width, MIN_COLUMNS)  # narrower, every cell would be cut to "pyt…"
+        console.print(table)
     if problems:
         for p in problems:
             typer.echo(f"error: {p}", err=True)

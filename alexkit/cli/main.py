@@ -2,28 +2,56 @@
 
 Heavy imports (torch, ffcv, DALI) happen inside the commands, so `alexkit --help` stays instant.
 Every AlexkitError becomes one line on stderr and its exit code (2: bad usage or input; 1: a path
-the system refuses, out of memory, a lost peer); `--debug` shows the traceback.
+the system refuses, out of memory, a lost peer); `--debug` shows the traceback. A usage error that
+click finds (an unknown flag, a value that is not a number) is one line too, exit code 2.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 import traceback
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from alexkit.errors import AlexkitError, alike, refused
 
+MIN_COLUMNS = 80  # narrower, rich would cut words in help and tables to a letter or two: the terminal wraps lines instead
+
+
+class _Flagged:
+    """What alexkit's commands and groups add to typer's: every usage error knowing its command."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except typer.TyperException as exc:
+            if getattr(exc, "ctx", None) is None:  # click leaves it out of some (`--epochs` with no value)
+                exc.ctx = ctx
+            raise
+
+
+class Command(_Flagged, TyperCommand):
+    pass
+
+
+class Group(_Flagged, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="alexkit",
+    cls=Group,
     help="AlexNet (Krizhevsky et al. 2012) on ImageNet: prepare -> train -> eval --tta.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-bench_app = typer.Typer(help="Benchmarks that print images/s side by side with baselines.", no_args_is_help=True)
+bench_app = typer.Typer(cls=Group, help="Benchmarks that print images/s side by side with baselines.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 TORCHRUN_COMMANDS = ("train", "eval")  # the others would run once per process, side by side
@@ -53,29 +81,58 @@ from alexkit.cli import train as _train  # noqa: E402
 from alexkit.cli import bench_train as _bench_train  # noqa: E402
 from alexkit.cli import bench_loader as _bench_loader  # noqa: E402
 
-app.command("doctor")(_doctor.command)
-app.command("sample")(_sample.command)
-app.command("prepare")(_prepare.command)
-bench_app.command("prepare")(_bench_prepare.command)
-app.command("eval")(_eval.command)
-app.command("predict")(_predict.command)
-app.command("show-batch")(_show_batch.command)
-app.command("plot")(_plot.command)
-app.command("train")(_train.command)
-bench_app.command("train")(_bench_train.command)
-bench_app.command("loader")(_bench_loader.command)
+app.command("doctor", cls=Command)(_doctor.command)
+app.command("sample", cls=Command)(_sample.command)
+app.command("prepare", cls=Command)(_prepare.command)
+bench_app.command("prepare", cls=Command)(_bench_prepare.command)
+app.command("eval", cls=Command)(_eval.command)
+app.command("predict", cls=Command)(_predict.command)
+app.command("show-batch", cls=Command)(_show_batch.command)
+app.command("plot", cls=Command)(_plot.command)
+app.command("train", cls=Command)(_train.command)
+bench_app.command("train", cls=Command)(_bench_train.command)
+bench_app.command("loader", cls=Command)(_bench_loader.command)
 # --- end of command registration ---
 
 
+def usage_line(exc: typer.TyperException) -> str:
+    """Click's message about a usage error on one line, with the value it refused where click leaves
+    it out, and the command whose help tells more: "--epochs 'abc': input should be a valid integer,
+    unable to parse string as an integer; see alexkit train -h"."""
+    said = " ".join(exc.format_message().split()).rstrip(".")
+    errors = getattr(exc.__cause__, "errors", None)  # typer's pydantic check that refused the value
+    value = errors()[0].get("input") if callable(errors) and errors() else None
+    bad_value = re.fullmatch(r"Invalid value for ((?:'[^']*'(?: / )?)+): (.)(.*)", said)  # hints: "'--workers' / '-j'"
+    if bad_value:
+        hints, first, rest = bad_value.groups()
+        flag = re.match(r"'([^']*)'", hints)[1]
+        said = f"{flag}{'' if value is None else ' ' + repr(value)}: {first.lower()}{rest}"
+    elif said[1:2].islower():
+        said = said[0].lower() + said[1:]
+    ctx = getattr(exc, "ctx", None)
+    return f"{said}; see {ctx.command_path if ctx else 'alexkit'} -h"
+
+
+def _wide_enough() -> None:
+    """--help at least MIN_COLUMNS wide: the terminal wraps its lines, rather than rich cutting its words."""
+    if shutil.get_terminal_size().columns < MIN_COLUMNS:
+        from typer import rich_utils
+
+        rich_utils.MAX_WIDTH = MIN_COLUMNS
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script: usage errors exit 2 (click's rule), an AlexkitError is one line and its exit code."""
+    """Entry point of the console script: a usage error or an AlexkitError is one line and its exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    _wide_enough()
     try:
-        app(args=argv, prog_name="alexkit")  # standalone: always ends with SystemExit
-    except SystemExit as exc:
-        if exc.code == 130:  # typer turns Ctrl-C into exit 130 itself, before the handler below
-            print("interrupted", file=sys.stderr)
-        raise
+        code = app(args=argv, prog_name="alexkit", standalone_mode=False)  # errors reach the handlers below
+    except typer.TyperException as exc:  # click's usage errors: flags alone, so alike in every torchrun process
+        if exc.__class__.__name__ == "NoArgsIsHelpError":  # `alexkit` alone: the help is printed already
+            sys.exit(exc.exit_code)  # (typer itself tells this one by its name)
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # one line per node, as for alike() errors
+            print(f"error: {usage_line(exc)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except AlexkitError as exc:
         if debug:
             traceback.print_exc()  # and still the error's own exit code
@@ -96,5 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
+        if isinstance(exc, typer.Abort) and exc.__cause__ is not None:  # click's wrapping of an EOFError
+            exc = exc.__cause__
         print(f"error: {exc.__class__.__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C into exit code 130 itself, before the handler above
+        print("interrupted", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit's code, or 0 after a command's end
