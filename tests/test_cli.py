@@ -1,6 +1,7 @@
 """The command line: help, exit codes, one-line errors, doctor."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -72,6 +73,16 @@ def test_help_and_doctor_stay_readable_in_a_narrow_terminal():
     assert "Initial learning rate; with --lr-scaling" in r.stdout and "--fc-features" in r.stdout
     r = run("doctor", columns=20)
     assert r.returncode == 0 and "…" not in r.stdout and "ffcv native library" in r.stdout, r.stdout
+
+
+def test_flags_show_no_metavar():
+    """`--tta true` is a usage error: the help must not show a flag taking a <bool>."""
+    for args in (["--help"], ["train", "-h"], ["eval", "-h"], ["predict", "-h"], ["prepare", "-h"], ["sample", "-h"],
+                 ["bench", "-h"], ["bench", "loader", "-h"]):  # fmt: skip
+        r = run(*args)
+        assert r.returncode == 0 and "<bool>" not in r.stdout and "--help" in r.stdout, r.stdout
+    out = run("eval", "-h").stdout
+    assert re.search(r"--tta +The paper's ten views", out) and re.search(r"--batch-size +<int> +Images per batch", out), out
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder no one can create files in")

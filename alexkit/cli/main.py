@@ -23,7 +23,15 @@ MIN_COLUMNS = 80  # narrower, rich would cut words in help and tables to a lette
 
 
 class _Flagged:
-    """What alexkit's commands and groups add to typer's: every usage error knowing its command."""
+    """What alexkit's commands and groups add to typer's: flags shown without a metavar (a flag takes
+    no value, and `--tta true` is an error), and every usage error knowing its command."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # typer would show <bool>
+        return params
 
     def parse_args(self, ctx, args):
         try:
