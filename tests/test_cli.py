@@ -85,6 +85,81 @@ def test_flags_show_no_metavar():
     assert re.search(r"--tta +The paper's ten views", out) and re.search(r"--batch-size +<int> +Images per batch", out), out
 
 
+def test_every_option_says_what_it_does():
+    import typer
+
+    from alexkit.cli.main import app
+
+    def walk(command, path):
+        for param in command.params:
+            if param.param_type_name == "option":
+                yield path, param
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    silent = [f"{path} {param.opts[0]}" for path, param in walk(typer.main.get_command(app), "alexkit") if not param.help]
+    assert silent == []
+
+
+def test_resume_help_names_the_flags_a_resume_may_change():
+    import inspect
+
+    from alexkit.cli import train
+    from alexkit.runs import RESUME_MAY_CHANGE
+
+    said = inspect.signature(train.command).parameters["resume"].default.help
+    named = sorted(f.group(1) for f in re.finditer(r"--([a-z-]+)", said.split("Of the flags")[1]))
+    assert named == sorted(f for f in RESUME_MAY_CHANGE if f != "resume"), said
+    assert "refused" in said
+
+
+@pytest.mark.parametrize("args, said", [
+    (["train", "--momentum", "1"], "--momentum: 1.0 is out of range: at least 0 and below 1; see alexkit train -h"),
+    (["train", "--seed", "4294967296"], "--seed: 4294967296 is out of range: at least 0 and at most 4294967295; see alexkit train -h"),
+    (["train", "--lr", "inf"], "--lr: inf is not a finite number; see alexkit train -h"),
+    (["bench", "train", "--width", "0"], "--width: 0.0 is out of range: above 0 and at most 8; see alexkit bench train -h"),
+    (["show-batch", "--seed", "-1"], "--seed: -1 is out of range: at least 0 and at most 4294967295; see alexkit show-batch -h"),
+    (["show-batch", "--seed", "4294967296"], "--seed: 4294967296 is out of range: at least 0 and at most 4294967295; see alexkit show-batch -h"),
+])  # fmt: skip
+def test_a_value_out_of_range_is_refused_naming_the_range_and_the_command(args, said):
+    r = run(*args)
+    assert r.returncode == 2 and r.stderr == f"error: {said}\n", r.stderr
+
+
+def test_the_ranges_the_command_line_checks_are_train_configs():
+    """train's flags check their ranges as they are parsed (to say the range and the command); TrainConfig
+    checks them for callers from Python. On each side of each end, the two must agree."""
+    import inspect
+
+    from alexkit.cli import train
+    from alexkit.errors import AlexkitError
+    from alexkit.train import TrainConfig
+
+    def config_takes(name, value):
+        try:
+            TrainConfig(**{name: value})
+        except AlexkitError:
+            return False
+        return True
+
+    checked = 0
+    for name, param in inspect.signature(train.command).parameters.items():
+        allowed = getattr(param.default, "callback", None)
+        if not isinstance(allowed, train.Range):
+            continue
+        whole = isinstance(param.default.default, int)
+        step, beyond = (1, []) if whole else (1e-9, [float("inf")])  # an int flag cannot be given inf
+        ends = [e for e in (allowed.low, allowed.high) if e is not None and e != float("inf")]
+        for value in [v for e in ends for v in (e - step, e, e + step)] + beyond:
+            try:
+                cli_takes = allowed(value) == value
+            except Exception:
+                cli_takes = False
+            assert cli_takes == config_takes(name, value), (name, value)
+        checked += 1
+    assert checked == 12
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder no one can create files in")
 def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     r = run("sample", "/proc/alexkit-sample", "--classes", "1", "--train-per-class", "1", "--val-per-class", "0")

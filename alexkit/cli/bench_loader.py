@@ -14,7 +14,7 @@ def command(
     source: Optional[Path] = typer.Option(None, "--source", help="With --store: a folder of the source JPEGs, for baseline (a)."),
     work: Optional[Path] = typer.Option(None, "--work", help="Keep the made inputs here, reused next time (default: a temporary folder)."),
     images: int = typer.Option(1000, "--images", help="How many source images to make."),
-    batch_size: int = typer.Option(128, "--batch-size"),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per batch."),
     epochs: int = typer.Option(5, "--epochs", help="Epochs per row; the first is a warm-up."),
     threads: Optional[int] = typer.Option(None, "--threads", help="DALI threads and baseline workers (default: cores + 1 DALI threads, one worker per core)."),
     prefetch: int = typer.Option(2, "--prefetch", help="Batches DALI prepares ahead."),

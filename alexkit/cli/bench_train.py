@@ -12,7 +12,7 @@ from alexkit.paths import DEFAULT_STORE
 
 def command(
     data: Path = typer.Option(DEFAULT_STORE, "--data", help="Store for the real-pipeline row (absent: synthetic only)."),
-    batch_size: int = typer.Option(128, "--batch-size"),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per step."),
     steps: int = typer.Option(50, "--steps", help="Steps per timed window."),
     repeats: int = typer.Option(3, "--repeats", help="Timed windows; the median is reported."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed steps first (compilation, cuDNN autotuning)."),

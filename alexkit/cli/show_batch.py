@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from alexkit.cli.train import SEED_RANGE, ranged
 from alexkit.paths import DEFAULT_STORE
 
 
@@ -14,7 +15,7 @@ def command(
     out: Path = typer.Option(Path("alexkit-pictures"), "--out", help="Folder for train-batch.png and val-views.png."),
     count: int = typer.Option(16, "--count", help="Training crops in the grid."),
     val_index: int = typer.Option(0, "--val-index", help="Position in val.beton of the image whose ten views are drawn."),
-    seed: int = typer.Option(0, "--seed", help="Loader seed: the same seed draws the same crops, flips and lighting."),
+    seed: int = ranged(0, "--seed", "Loader seed: the same seed draws the same crops, flips and lighting.", SEED_RANGE),
 ) -> None:
     """Draw augmented training crops with class names, and the ten views of one val image."""
     from alexkit.pictures import ShowBatchConfig, show_batch
