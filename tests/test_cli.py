@@ -160,6 +160,39 @@ def test_the_ranges_the_command_line_checks_are_train_configs():
     assert checked == 12
 
 
+def test_sample_counts_one_class_as_one_class(tmp_path):
+    r = run("sample", str(tmp_path / "s"), "--classes", "1", "--train-per-class", "1", "--val-per-class", "1")
+    assert r.returncode == 0 and " of 1 class (red disc) to " in r.stdout, r.stdout + r.stderr
+
+
+def test_plot_takes_a_metrics_file_and_says_what_a_folder_of_runs_is(tmp_path, monkeypatch):
+    run_dir = tmp_path / "runs" / "20240101-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    r = run("plot", str(tmp_path / "runs"))
+    assert r.returncode == 2 and r.stderr == (f"error: {tmp_path / 'runs'} is a folder of runs, not a run; pass some of "
+                                              f"them, e.g. the latest: {run_dir}\n"), r.stderr  # fmt: skip
+    seen = stage_catcher(monkeypatch, "alexkit.pictures", "plot")
+    assert exit_of(["plot", str(run_dir / "metrics.jsonl"), str(run_dir), "--out", str(tmp_path / "c.svg")]) == 0
+    assert seen["cfg"].runs == (run_dir, run_dir)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["show-batch", "--out", "afile/pictures"], "--out afile/pictures is inside afile, which is a file; name a folder or choose another path"),
+    (["show-batch", "--out", "afile"], "--out afile is a file; name a folder or choose another path"),
+    (["bench", "loader", "--work", "afile"], "--work afile is a file; name a folder or choose another path"),
+    (["bench", "loader", "--work", "afile/w"], "--work afile/w is inside afile, which is a file; name a folder or choose another path"),
+])  # fmt: skip
+def test_a_folder_flag_naming_a_file_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, said):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    seen = stage_catcher(monkeypatch, "alexkit.bench.loader", "bench_loader")  # no minutes of benchmark if it passes
+    assert exit_of(args) == 2 and seen == {}
+    assert capsys.readouterr().err == f"error: {said}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder no one can create files in")
 def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     r = run("sample", "/proc/alexkit-sample", "--classes", "1", "--train-per-class", "1", "--val-per-class", "0")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from alexkit.paths import word
-from alexkit.progress import Progress
+from alexkit.progress import Progress, counted
 
 
 def command(
@@ -40,7 +40,7 @@ def command(
     megabytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     names = ", ".join(class_name(spec) for spec in class_specs(classes)[:5]) + (", ..." if classes > 5 else "")
     print(
-        f"wrote {classes * train_per_class:,} train + {classes * val_per_class:,} val images of {classes} classes "
+        f"wrote {classes * train_per_class:,} train + {classes * val_per_class:,} val images of {counted(classes, 'class', 'classes')} "
         f"({names}) to {out} ({megabytes:.1f} MB, {seconds:.1f} s)"
     )
     print(

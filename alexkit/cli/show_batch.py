@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from alexkit.cli import check_folder
 from alexkit.cli.train import SEED_RANGE, ranged
 from alexkit.paths import DEFAULT_STORE
 
@@ -20,4 +21,5 @@ def command(
     """Draw augmented training crops with class names, and the ten views of one val image."""
     from alexkit.pictures import ShowBatchConfig, show_batch
 
+    check_folder(out, "--out")  # before the store is read
     show_batch(ShowBatchConfig(data=data, out=out, count=count, val_index=val_index, seed=seed))
