@@ -114,12 +114,12 @@ def test_resume_help_names_the_flags_a_resume_may_change():
 
 
 @pytest.mark.parametrize("args, said", [
-    (["train", "--momentum", "1"], "--momentum: 1.0 is out of range: at least 0 and below 1; see alexkit train -h"),
-    (["train", "--seed", "4294967296"], "--seed: 4294967296 is out of range: at least 0 and at most 4294967295; see alexkit train -h"),
+    (["train", "--momentum", "1"], "--momentum: 1.0 is out of range: from 0 to below 1; see alexkit train -h"),
+    (["train", "--seed", "4294967296"], "--seed: 4294967296 is out of range: from 0 to 4,294,967,295; see alexkit train -h"),
     (["train", "--lr", "inf"], "--lr: inf is not a finite number; see alexkit train -h"),
-    (["bench", "train", "--width", "0"], "--width: 0.0 is out of range: above 0 and at most 8; see alexkit bench train -h"),
-    (["show-batch", "--seed", "-1"], "--seed: -1 is out of range: at least 0 and at most 4294967295; see alexkit show-batch -h"),
-    (["show-batch", "--seed", "4294967296"], "--seed: 4294967296 is out of range: at least 0 and at most 4294967295; see alexkit show-batch -h"),
+    (["bench", "train", "--width", "0"], "--width: 0.0 is out of range: above 0, at most 8; see alexkit bench train -h"),
+    (["show-batch", "--seed", "-1"], "--seed: -1 is out of range: from 0 to 4,294,967,295; see alexkit show-batch -h"),
+    (["show-batch", "--seed", "4294967296"], "--seed: 4294967296 is out of range: from 0 to 4,294,967,295; see alexkit show-batch -h"),
 ])  # fmt: skip
 def test_a_value_out_of_range_is_refused_naming_the_range_and_the_command(args, said):
     r = run(*args)
@@ -179,10 +179,10 @@ def test_plot_takes_a_metrics_file_and_says_what_a_folder_of_runs_is(tmp_path, m
 
 
 @pytest.mark.parametrize("args, said", [
-    (["show-batch", "--out", "afile/pictures"], "--out afile/pictures is inside afile, which is a file; name a folder or choose another path"),
-    (["show-batch", "--out", "afile"], "--out afile is a file; name a folder or choose another path"),
-    (["bench", "loader", "--work", "afile"], "--work afile is a file; name a folder or choose another path"),
-    (["bench", "loader", "--work", "afile/w"], "--work afile/w is inside afile, which is a file; name a folder or choose another path"),
+    (["show-batch", "--out", "afile/pictures"], "--out afile/pictures is under afile, which is a file; give a folder"),
+    (["show-batch", "--out", "afile"], "--out afile is a file; give a folder"),
+    (["bench", "loader", "--work", "afile"], "--work afile is a file; give a folder"),
+    (["bench", "loader", "--work", "afile/w"], "--work afile/w is under afile, which is a file; give a folder"),
 ])  # fmt: skip
 def test_a_folder_flag_naming_a_file_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, said):
     monkeypatch.chdir(tmp_path)

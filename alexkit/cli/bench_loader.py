@@ -24,8 +24,7 @@ def command(
 ) -> None:
     """Print images/s of the train, center and tencrop graphs, side by side with the baselines, and memory per epoch."""
     from alexkit.bench.loader import BenchLoaderConfig, bench_loader
-    from alexkit.cli import check_folder
-    from alexkit.paths import check_output, write_atomic
+    from alexkit.paths import check_folder, check_output, write_atomic
 
     check_folder(work, "--work")  # before the inputs are made
     if json_out is not None:

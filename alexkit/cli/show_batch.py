@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from alexkit.cli import check_folder
 from alexkit.cli.train import SEED_RANGE, ranged
-from alexkit.paths import DEFAULT_STORE
+from alexkit.paths import DEFAULT_STORE, check_folder
 
 
 def command(

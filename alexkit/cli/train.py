@@ -20,18 +20,21 @@ class Range:
     value outside is a usage error naming the range and the command. TrainConfig checks the same
     ranges for callers from Python; tests/test_cli.py keeps the two alike."""
 
-    low: float | None = None
+    low: float
     high: float = math.inf  # inf: no limit (a value must still be finite)
     above: bool = False  # low itself is out
     below: bool = False  # high itself is out
 
-    def __str__(self) -> str:
-        ends = [] if self.low is None else [f"{'above' if self.above else 'at least'} {self.low}"]
-        ends += [] if self.high == math.inf else [f"{'below' if self.below else 'at most'} {self.high}"]
-        return " and ".join(ends)
+    def __str__(self) -> str:  # as TrainConfig says it
+        low, high = (f"{x:,}" if isinstance(x, int) else f"{x}" for x in (self.low, self.high))
+        if self.high == math.inf:
+            return f"above {low}" if self.above else f"at least {low}"
+        if self.above:
+            return f"above {low}, {'below' if self.below else 'at most'} {high}"
+        return f"from {low} to {'below ' if self.below else ''}{high}"
 
     def __call__(self, value: float) -> float:
-        low_ok = self.low is None or (value > self.low if self.above else value >= self.low)
+        low_ok = value > self.low if self.above else value >= self.low
         high_ok = value < self.high if self.below else value <= self.high
         if not math.isfinite(value):
             raise typer.BadParameter(f"{value} is not a finite number")
@@ -53,7 +56,7 @@ AMP = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA GPUs 
 CHANNELS_LAST = typer.Option("auto", "--channels-last", help="auto (on for CUDA), on, off.")
 COMPILE = typer.Option("auto", "--compile", help="torch.compile: auto (on for CUDA), on, off.")
 WIDTH = ranged(1.0, "--width", "Scale every conv's channels (0.25 for a quick CPU run).", Range(0, 8, above=True))
-FC_FEATURES = ranged(4096, "--fc-features", "Width of fc6 and fc7.", Range(2))
+FC_FEATURES = ranged(4096, "--fc-features", "Width of fc6 and fc7.", Range(2, 4 * 4096))  # train.MAX_FC_FEATURES
 
 
 def command(
