@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # stdout a pipe whose reader has gone (`| head`): the work saved what it had, as
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # `yes | head` stops without a word;
+        sys.exit(1)  # (and Python's last flush of stdout finds somewhere to go)
     except OSError as exc:  # a path that cannot be read or written: name it, without a traceback
         if debug:
             traceback.print_exc()

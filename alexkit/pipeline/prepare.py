@@ -131,6 +131,8 @@ def prepare(cfg: PrepareConfig) -> Path:
             except BaseException as exc:
                 if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
                     _remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
+                if isinstance(exc, BrokenPipeError):  # stdout's reader has gone (`| head`): nothing to fix in OUT
+                    raise
                 if isinstance(exc, OSError):  # a full disk, a permission, a symlink loop: past the checks above
                     raise refused(exc, "fix that and run again (finished splits are kept)", out) from exc
                 raise
