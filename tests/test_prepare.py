@@ -1077,6 +1077,11 @@ def test_an_out_folder_holding_other_files_is_refused(tmp_path):
     r = _cli(str(src), "--out", "/")
     assert r.returncode == 2 and r.stderr.startswith("error: --out / is a folder that holds no store but other files (")
     assert "and " in r.stderr and "e.g. --out /alexkit-store\n" in r.stderr, r.stderr
+    run = runs / "20250101-120000"  # a training run: its copies of the store's stats.npz and classes.json make it no store
+    for name in ("classes.json", "config.json", "last.pt", "stats.npz"):
+        (run / name).write_bytes(b"")
+    r = _cli(str(src), "--out", str(run))
+    assert r.returncode == 2 and "holds no store but other files (classes.json, config.json, last.pt and 1 other)" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "src"]
 
 
