@@ -867,7 +867,7 @@ def test_an_interrupted_force_rebuild_resumes_and_the_old_store_stays_meanwhile(
 def test_a_move_into_place_that_was_interrupted_is_finished_by_the_next_run(tmp_path, monkeypatch, capsys):
     """Stopped between its renames, OUT holds some new files and some old, and no manifest.json: it must
     not look finished, and the next prepare on it finishes the move before anything else."""
-    from alexkit.pipeline import prepare as stage
+    from alexkit.pipeline import storedir as stage
 
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
     _run(src, out)

@@ -28,7 +28,7 @@ in a native decoder) costs only the file that killed it.
 `force` on a folder that holds a store (finished or not) never touches the old one until the new one
 is complete: the new store is built in OUT/.prepare-new (resumed there like any store if interrupted),
 while the old one stays whole and readable by trainings (prepare holds the lock shared meanwhile); then
-each new file is renamed over its old one, manifest.json out first and back in last (_move_in). A run
+each new file is renamed over its old one, manifest.json out first and back in last (storedir.move_in). A run
 stopped during those renames leaves OUT unfinished, and the next prepare on OUT completes them first.
 The rebuild needs room for both stores. An --out folder that holds other files than a store's is
 refused: a store's files would be scattered among them.
@@ -43,9 +43,7 @@ dataset size. About 1.7 CPU ms per ImageNet-like JPEG at 256 px, statistics incl
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -56,20 +54,18 @@ from typing import Literal
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, refused
-from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, held_by_another, only_writer, usable_cores, word, write_atomic
+from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, held_by_another, only_writer, usable_cores, word
 from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
 from alexkit.pipeline.store import LOCK, write_stats
+from alexkit.pipeline.storedir import CLASSES, MANIFEST, SPLITS, STAGING, STATS, STORE_FILES, clear
+from alexkit.pipeline.storedir import move_in, not_a_store, read_json, relock, remove, remove_if_only_lock, write_json
 from alexkit.pipeline.workers import Workers, chunks
 
 FORMATS = ("jpg", "raw")
 MIN_SIZE, MAX_SIZE = 16, 1024  # 1024 px raw (3 MiB) still fits a .beton page
-MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
-SPLITS = ("train", "val")
-STORE_FILES = (MANIFEST, STATS, CLASSES, *(f"{n}{end}" for n in SPLITS for end in (".beton", ".done.json")))
-STAGING = ".prepare-new"  # a --force rebuild's new store, inside OUT (same file system: renames are atomic)
 # q90 at 256 px: 30.6 KB per image in bench loader's JPEG store of photo-like sources (its
 # BetonReader's size.mean()); only for the free-space warning.
 JPEG_BYTES_PER_PIXEL = 0.47
@@ -130,7 +126,7 @@ def prepare(cfg: PrepareConfig) -> Path:
                 return _prepare(cfg, src, out, lock)
             except BaseException as exc:
                 if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
-                    _remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
+                    remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
                 if isinstance(exc, BrokenPipeError):  # stdout's reader has gone (`| head`): nothing to fix in OUT
                     raise
                 if isinstance(exc, OSError):  # a full disk, a permission, a symlink loop: past the checks above
@@ -138,7 +134,7 @@ def prepare(cfg: PrepareConfig) -> Path:
                 raise
     except NoLocks:  # taking the lock failed: nor can any other prepare hold one there, so the folder is ours
         if made:
-            _remove_if_only_lock(out)
+            remove_if_only_lock(out)
         raise
     except BeingRead:  # a training or evaluation reads the store: fine if there is nothing to write
         if not cfg.force and _finished(out, src, cfg.settings()):
@@ -167,7 +163,7 @@ def _finished_as_asked(cfg: PrepareConfig, out: Path, src: Path) -> bool:
 def _finished(out: Path, src: Path, settings: dict) -> bool:
     """True, and says so, where `out` holds a finished store of `src` with these settings; an error
     where it holds a finished store of something else; False where it holds none (work to do)."""
-    finished = _read_json(out / MANIFEST)
+    finished = read_json(out / MANIFEST)
     if not isinstance(finished, dict):
         return False
     if finished.get("settings") != settings or finished.get("source", {}).get("path") != str(src):
@@ -181,16 +177,6 @@ def _finished(out: Path, src: Path, settings: dict) -> bool:
     return True
 
 
-def _remove_if_only_lock(out: Path) -> None:
-    """Remove `out`, which this process made, if it holds nothing but the lock file."""
-    try:
-        if [p.name for p in out.iterdir()] == [LOCK]:
-            (out / LOCK).unlink()
-            out.rmdir()
-    except OSError:  # another prepare opened a lock file of its own meanwhile: the folder is theirs
-        pass
-
-
 def _only_writer(out: Path):
     """Hold out/.prepare.lock: two runs writing one store would rename each other's files."""
     return only_writer(out / LOCK, f"another `alexkit prepare` is writing {out}; wait for it to end, or choose another --out",
@@ -202,9 +188,9 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
     for tmp in out.glob(".*.partial"):  # write_atomic's, left by a prepare killed while writing (the lock is ours)
         tmp.unlink()
     staging = out / STAGING
-    if isinstance(_read_json(staging / MANIFEST), dict) and not (out / MANIFEST).exists():
+    if isinstance(read_json(staging / MANIFEST), dict) and not (out / MANIFEST).exists():
         print(f"{out}: putting in place the store that an interrupted `prepare --force` finished in {staging}", flush=True)
-        _move_in(staging, out)  # first: until then OUT is a mix of old and new files
+        move_in(staging, out)  # first: until then OUT is a mix of old and new files
         shutil.rmtree(staging)
     settings = cfg.settings()
     if not cfg.force and staging.is_dir():
@@ -231,66 +217,18 @@ def _rebuild(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
             for tmp in staging.glob(".*.partial"):
                 tmp.unlink()
             # Shared from here, as a training holds it: the old store stays readable for hours of conversion.
-            _relock(lock, fcntl.LOCK_SH, f"another `alexkit prepare` took {out} meanwhile; run again once it ends")
+            relock(lock, fcntl.LOCK_SH, f"another `alexkit prepare` took {out} meanwhile; run again once it ends")
             manifest = _build(cfg, src, staging, keep=True)
-            _relock(lock, fcntl.LOCK_EX, f"the new store is complete in {staging}, but {out} is being read by `alexkit "
+            relock(lock, fcntl.LOCK_EX, f"the new store is complete in {staging}, but {out} is being read by `alexkit "
                                          f"train` or `eval`; run this command again once they end to put it in place "
                                          "(nothing is converted again)")  # fmt: skip
-            _move_in(staging, out)
+            move_in(staging, out)
         except BaseException:
-            _remove_if_only_lock(staging)  # a rebuild that failed before writing anything leaves no folder
+            remove_if_only_lock(staging)  # a rebuild that failed before writing anything leaves no folder
             raise
     shutil.rmtree(staging)  # its lock file and nothing else: every store file was moved out (OUT's lock is ours)
     _summary(out, manifest)
     return out
-
-
-def _relock(lock, how: int, busy: str) -> None:
-    """Turn the lock held on the open file `lock` into `how` (fcntl.LOCK_SH or LOCK_EX) without waiting."""
-    import fcntl
-
-    try:
-        fcntl.flock(lock, how | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise AlexkitError(busy) from None
-
-
-def _move_in(staging: Path, out: Path) -> None:
-    """Replace the store in `out` by the complete one in `staging`, one atomic rename per file: out's
-    manifest.json goes first (unfinished from then on), a split's done-record before its files and
-    comes back after them, manifest.json last. Each step is skipped once done: a prepare stopped here
-    finishes the move on its next run."""
-    splits = _read_json(staging / MANIFEST)["splits"]
-    _remove(out / MANIFEST)
-    for name in SPLITS:
-        done, files = f"{name}.done.json", [f"{name}.beton", *([STATS] if name == "train" else [])]
-        if name not in splits:  # the new source has no such split (val): the old one's must not stay
-            _remove(out / done)
-            _remove(out / f"{name}.beton")
-        elif (staging / done).exists():  # not moved yet: its record is the last of its files to move
-            _remove(out / done)  # an old record must never vouch for a new file, nor a new one for an old
-            for file in files:
-                _rename(staging / file, out / file)
-            _rename(staging / done, out / done)
-    _rename(staging / CLASSES, out / CLASSES)
-    _fsync_folder(out)  # every file above is in place before the manifest vouches for them
-    _rename(staging / MANIFEST, out / MANIFEST)
-    _fsync_folder(out)
-
-
-def _rename(src: Path, dst: Path) -> None:
-    """os.replace, if `src` is still there (a move resumed after an interruption finds some moved)."""
-    if src.exists():
-        dst.with_name(dst.name + ".partial").unlink(missing_ok=True)  # the .beton writer's, left by an old interrupted run
-        os.replace(src, dst)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool) -> dict:
@@ -312,8 +250,8 @@ def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool) -> dict:
     print(f"{ds.layout}: {counted(len(ds.classes), 'class', 'classes')}, {listed}", flush=True)
     _check_free_space(out, sum(counts.values()), cfg)
 
-    _remove(out / MANIFEST)  # from here on the store is incomplete until manifest.json is back
-    _clear(out, keep=tuple(ds.splits) if keep else ())
+    remove(out / MANIFEST)  # from here on the store is incomplete until manifest.json is back
+    clear(out, keep=tuple(ds.splits) if keep else ())
 
     records = {}
     with Workers(cfg.workers) as workers:
@@ -326,9 +264,9 @@ def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool) -> dict:
                 record = _write_split(out, name, ds, cfg, fingerprint, workers)
             records[name] = record
 
-    _write_json(out / CLASSES, [{"index": c.index, "wnid": c.wnid, "name": c.name} for c in ds.classes])
+    write_json(out / CLASSES, [{"index": c.index, "wnid": c.wnid, "name": c.name} for c in ds.classes])
     manifest = _manifest(src, ds, settings, records, scan_s, time.perf_counter() - started)
-    _write_json(out / MANIFEST, manifest)  # last: the store is now complete
+    write_json(out / MANIFEST, manifest)  # last: the store is now complete
     return manifest
 
 
@@ -340,10 +278,10 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
     samples = ds.splits[name]
     beton, done = out / f"{name}.beton", out / f"{name}.done.json"
     with_stats = name == "train"
-    _remove(done)  # first: an old record must never vouch for the file written now
-    _remove(beton)
+    remove(done)  # first: an old record must never vouch for the file written now
+    remove(beton)
     if with_stats:
-        _remove(out / STATS)
+        remove(out / STATS)
     mode = MODE_JPG if cfg.format == "jpg" else MODE_RAW
     sums = imageops.PixelSums(cfg.size)
     per_class = [0] * len(ds.classes)
@@ -393,7 +331,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
         "images_per_s": round(len(samples) / max(seconds, 1e-9), 1),
         "bytes": beton.stat().st_size,
     }
-    _write_json(done, record)
+    write_json(done, record)
     rate = record["images_per_s"]
     print(f"{name}: {counted(count, 'image')} written to {beton} in {seconds:.1f} s ({rate:,.0f} images/s), {len(skipped)} skipped", flush=True)
     return record
@@ -401,7 +339,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
 
 def _completed_split(out: Path, name: str, fingerprint: dict) -> dict | None:
     """The done-record of a split finished earlier with the same settings and samples, else None."""
-    record = _read_json(out / f"{name}.done.json")
+    record = read_json(out / f"{name}.done.json")
     if record is None or not (out / f"{name}.beton").is_file():
         return None
     if name == "train" and not (out / STATS).is_file():
@@ -511,7 +449,7 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
     if out.is_symlink() and not out.exists():  # mkdir would find it there, and writing into it fail
         raise AlexkitError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; make that folder, or "
                            "remove the link")  # fmt: skip
-    others = _not_a_store(out)
+    others = not_a_store(out)
     if others:  # `--out .`, `--out /`, a folder of runs: the store's files would be scattered among theirs
         raise AlexkitError(f"--out {out} is a folder that holds no store but other files ({others}); pass a new or "
                            f"empty folder, e.g. --out {word(out / DEFAULT_STORE.name)}")  # fmt: skip
@@ -530,26 +468,6 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
     return src, out, made
 
 
-def _not_a_store(out: Path) -> str:
-    """A few names of what `out` holds if it is a folder with files but none of a store's, nor of prepare's
-    own (its lock, temporaries, a rebuild): "" for a new folder, an empty one, or a store, even unfinished."""
-    try:
-        names = sorted(p.name for p in out.iterdir())
-    except OSError:  # none, or not listable: the write probe says what is wrong
-        return ""
-    if not names or any(_ours(name) and name not in (STATS, CLASSES) for name in names):  # (a run holds copies of those)
-        return ""
-    return ", ".join(names[:3]) + (f" and {counted(len(names) - 3, 'other')}" if len(names) > 3 else "")
-
-
-def _ours(name: str) -> bool:
-    """A name in OUT that a store or prepare itself puts there: a store file, the lock, a rebuild's folder,
-    a temporary (the .beton writer's NAME.partial, write_atomic's .NAME.*.partial, the write probe)."""
-    if name in (*STORE_FILES, LOCK, STAGING) or name.startswith(".alexkit-write-test-"):
-        return True
-    return name.endswith(".partial") and any(name.startswith((f"{f}.", f".{f}.")) for f in STORE_FILES)
-
-
 def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
     per_image = cfg.size * cfg.size * (3 if cfg.format == "raw" else JPEG_BYTES_PER_PIXEL)
     need = images * per_image * 1.05 + 2 * PAGE_SIZE
@@ -562,34 +480,3 @@ def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
         )
 
 
-def _read_json(path: Path) -> dict | list | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, obj) -> None:
-    write_atomic(path, _dumps(obj))
-
-
-def _dumps(obj) -> str:
-    """Indented JSON, with lists of numbers (per-class counts) kept on one line."""
-    text = json.dumps(obj, indent=1)
-    return re.sub(r"\[[-+.\deE,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text) + "\n"
-
-
-def _clear(out: Path, keep: tuple[str, ...]) -> None:
-    """Remove the files of every split not in `keep` (and the statistics, unless train is kept)."""
-    for name in SPLITS:
-        if name not in keep:
-            _remove(out / f"{name}.done.json")
-            _remove(out / f"{name}.beton")
-    if "train" not in keep:
-        _remove(out / STATS)
-
-
-def _remove(path: Path) -> None:
-    """A store file, and the .beton writer's temporary beside it (write_atomic clears its own)."""
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + ".partial").unlink(missing_ok=True)

@@ -1,0 +1,132 @@
+"""A store folder's files, apart from converting images into them (prepare.py): which names belong
+to a store (or to prepare itself: its lock, its temporaries, a rebuild's folder), its JSON records,
+clearing a split, and moving a store that `prepare --force` rebuilt in OUT/.prepare-new over the old
+one, one atomic rename per file, so that the old store stays whole until the new one is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from alexkit.errors import AlexkitError
+from alexkit.paths import write_atomic
+from alexkit.pipeline.store import LOCK
+from alexkit.progress import counted
+
+MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
+SPLITS = ("train", "val")
+STORE_FILES = (MANIFEST, STATS, CLASSES, *(f"{n}{end}" for n in SPLITS for end in (".beton", ".done.json")))
+STAGING = ".prepare-new"  # a --force rebuild's new store, inside OUT (same file system: renames are atomic)
+
+
+def remove_if_only_lock(out: Path) -> None:
+    """Remove `out`, which this process made, if it holds nothing but the lock file."""
+    try:
+        if [p.name for p in out.iterdir()] == [LOCK]:
+            (out / LOCK).unlink()
+            out.rmdir()
+    except OSError:  # another prepare opened a lock file of its own meanwhile: the folder is theirs
+        pass
+
+
+def relock(lock, how: int, busy: str) -> None:
+    """Turn the lock held on the open file `lock` into `how` (fcntl.LOCK_SH or LOCK_EX) without waiting."""
+    import fcntl
+
+    try:
+        fcntl.flock(lock, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AlexkitError(busy) from None
+
+
+def move_in(staging: Path, out: Path) -> None:
+    """Replace the store in `out` by the complete one in `staging`, one atomic rename per file: out's
+    manifest.json goes first (unfinished from then on), a split's done-record before its files and
+    comes back after them, manifest.json last. Each step is skipped once done: a prepare stopped here
+    finishes the move on its next run."""
+    splits = read_json(staging / MANIFEST)["splits"]
+    remove(out / MANIFEST)
+    for name in SPLITS:
+        done, files = f"{name}.done.json", [f"{name}.beton", *([STATS] if name == "train" else [])]
+        if name not in splits:  # the new source has no such split (val): the old one's must not stay
+            remove(out / done)
+            remove(out / f"{name}.beton")
+        elif (staging / done).exists():  # not moved yet: its record is the last of its files to move
+            remove(out / done)  # an old record must never vouch for a new file, nor a new one for an old
+            for file in files:
+                _rename(staging / file, out / file)
+            _rename(staging / done, out / done)
+    _rename(staging / CLASSES, out / CLASSES)
+    fsync_folder(out)  # every file above is in place before the manifest vouches for them
+    _rename(staging / MANIFEST, out / MANIFEST)
+    fsync_folder(out)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """os.replace, if `src` is still there (a move resumed after an interruption finds some moved)."""
+    if src.exists():
+        dst.with_name(dst.name + ".partial").unlink(missing_ok=True)  # the .beton writer's, left by an old interrupted run
+        os.replace(src, dst)
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def not_a_store(out: Path) -> str:
+    """A few names of what `out` holds if it is a folder with files but none of a store's, nor of prepare's
+    own (its lock, temporaries, a rebuild): "" for a new folder, an empty one, or a store, even unfinished."""
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError:  # none, or not listable: the write probe says what is wrong
+        return ""
+    if not names or any(_ours(name) and name not in (STATS, CLASSES) for name in names):  # (a run holds copies of those)
+        return ""
+    return ", ".join(names[:3]) + (f" and {counted(len(names) - 3, 'other')}" if len(names) > 3 else "")
+
+
+def _ours(name: str) -> bool:
+    """A name in OUT that a store or prepare itself puts there: a store file, the lock, a rebuild's folder,
+    a temporary (the .beton writer's NAME.partial, write_atomic's .NAME.*.partial, the write probe)."""
+    if name in (*STORE_FILES, LOCK, STAGING) or name.startswith(".alexkit-write-test-"):
+        return True
+    return name.endswith(".partial") and any(name.startswith((f"{f}.", f".{f}.")) for f in STORE_FILES)
+
+
+def read_json(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, dumps(obj))
+
+
+def dumps(obj) -> str:
+    """Indented JSON, with lists of numbers (per-class counts) kept on one line."""
+    text = json.dumps(obj, indent=1)
+    return re.sub(r"\[[-+.\deE,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text) + "\n"
+
+
+def clear(out: Path, keep: tuple[str, ...]) -> None:
+    """Remove the files of every split not in `keep` (and the statistics, unless train is kept)."""
+    for name in SPLITS:
+        if name not in keep:
+            remove(out / f"{name}.done.json")
+            remove(out / f"{name}.beton")
+    if "train" not in keep:
+        remove(out / STATS)
+
+
+def remove(path: Path) -> None:
+    """A store file, and the .beton writer's temporary beside it (write_atomic clears its own)."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".partial").unlink(missing_ok=True)
