@@ -640,6 +640,8 @@ def test_finished_store_is_kept_unless_force(tmp_path, capsys):
         _run(src, out, size=48)
     with pytest.raises(AlexkitError, match=r"made with .*quality 90.* \(asked: .*quality 50.*--force"):
         _run(src, out, quality=50)
+    with pytest.raises(AlexkitError, match=r"made with size \d+, format jpg, quality 90 \(asked: .*, size \d+, format raw\); pass --force"):
+        _run(src, out, format="raw")  # a raw store has no quality to name
     other = _sample_tree(tmp_path / "other", 4)  # the same settings, another source
     with pytest.raises(AlexkitError, match=f"holds a finished store of {src} .*asked: {other}.*--force"):
         _run(other, out)

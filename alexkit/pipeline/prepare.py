@@ -427,7 +427,8 @@ def _warn(text: str) -> None:
 
 
 def _describe(settings: dict) -> str:
-    return ", ".join(f"{k} {settings.get(k)}" for k in ("size", "format", "quality"))
+    """size 256, format jpg, quality 90; a raw store has no quality to name."""
+    return ", ".join(f"{k} {settings.get(k)}" for k in ("size", "format", "quality") if settings.get(k) is not None)
 
 
 # --- files ---
