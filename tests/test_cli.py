@@ -386,6 +386,7 @@ FLAGS_AND_FIELDS = [  # (stage module, stage, arguments with a value other than 
      ["bench", "loader", "--prefetch", "3", "--images", "7", "--batch-size", "4", "--threads", "2", "--no-baselines",
       "--work", "W", "--epochs", "3", "--memory-epochs", "2"],
      dict(prefetch=3, images=7, batch_size=4, threads=2, baselines=False, work="W", epochs=3, memory_epochs=2)),
+    ("alexkit.bench.loader", "bench_loader", ["bench", "loader", "--images", "300"], dict(images=300, work=None)),  # no --work: a temporary one
     ("alexkit.bench.train", "bench_train",
      ["bench", "train", "--data", "D", "--batch-size", "8", "--steps", "2", "--repeats", "1", "--warmup", "0", "--device", "cpu",
       "--amp", "off", "--channels-last", "off", "--compile", "off", "--width", "0.5", "--fc-features", "16"],

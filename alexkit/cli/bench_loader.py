@@ -26,7 +26,8 @@ def command(
     from alexkit.bench.loader import BenchLoaderConfig, bench_loader
     from alexkit.paths import check_folder, check_output, write_atomic
 
-    check_folder(work, "--work")  # before the inputs are made
+    if work is not None:
+        check_folder(work, "--work")  # before the inputs are made
     if json_out is not None:
         check_output(json_out, "--json")  # before minutes of benchmark whose figures would be lost
     result = bench_loader(BenchLoaderConfig(store=store, source=source, work=work, images=images, batch_size=batch_size,
