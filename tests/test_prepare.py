@@ -1074,6 +1074,9 @@ def test_an_out_folder_holding_other_files_is_refused(tmp_path):
     assert r.stderr == (f"error: --out {runs} is a folder that holds no store but other files (20250101-120000, notes.txt); "
                         f"pass a new or empty folder, e.g. --out {runs / 'alexkit-store'}\n")  # fmt: skip
     assert sorted(p.name for p in runs.iterdir()) == before
+    for out, said in (("notes.txt", "is a file"), ("notes.txt/store", f"is under {runs}/notes.txt, which is a file")):
+        r = _cli(str(src), "--out", str(runs / out))
+        assert (r.returncode, r.stderr) == (2, f"error: --out {runs}/{out} {said}; give a folder\n")
     r = _cli(str(src), "--out", ".", cwd=tmp_path)  # the current folder, which holds the source
     assert r.returncode == 2 and "error: --out . is a folder that holds no store but other files (runs, src)" in r.stderr
     r = _cli(str(src), "--out", "/")

@@ -54,7 +54,7 @@ from typing import Literal
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, refused
-from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, held_by_another, only_writer, usable_cores, word
+from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, check_folder, held_by_another, only_writer, usable_cores, word
 from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
@@ -445,8 +445,7 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
     if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
         elsewhere = src.resolve().parent / "alexkit-store"
         raise AlexkitError(f"--out {out} is inside the source {src}; write the store elsewhere, e.g. --out {word(elsewhere)}")
-    if out.exists() and not out.is_dir():
-        raise AlexkitError(f"--out {out} is a file; choose a folder")
+    check_folder(out, "--out")  # a file, or a path under one
     if out.is_symlink() and not out.exists():  # mkdir would find it there, and writing into it fail
         raise AlexkitError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; make that folder, or "
                            "remove the link")  # fmt: skip
