@@ -70,13 +70,13 @@ class EvalConfig:
 
     def check_spares(self, ckpt_path: Path, store_path: Path) -> None:
         """Refuse output files that would overwrite what eval reads or what `train` writes: a file in
-        the store's folder, the checkpoint, a run file's name beside it, or any other existing
+        the store's folder (or below it), the checkpoint, a run file's name beside it, or any other existing
         checkpoint or store file."""
         for path, flag in ((self.json_path, "--json"), (self.predictions_path, "--predictions")):
             if path is None:
                 continue
             target = Path(path).resolve()
-            if target.parent == store_path.resolve():
+            if target.is_relative_to(store_path.resolve()):
                 what = f"is in the folder of the store {store_path}"
             elif target.parent == ckpt_path.resolve().parent and target.name in RUN_FILES:
                 what = f"would overwrite the {target.name} of the run {ckpt_path.parent}"

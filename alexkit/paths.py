@@ -3,7 +3,7 @@
 The default locations are chosen so that `prepare` -> `train` -> `eval` chain with no flags; all are
 relative to the current directory: run the three commands from the same place. The rest: atomic
 writes (write_atomic and its temporaries), one writer per folder (only_writer), probing an output
-before the work (check_output), how many cores this process may use, and a path as a word of a
+before the work (check_output, check_folder), how many cores this process may use, and a path as a word of a
 command printed for the user to copy (word).
 """
 

@@ -29,6 +29,14 @@ def counted(n: int, noun: str, nouns: str = "") -> str:
     return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
 
 
+def some(names: list[str], shown: int = 3) -> str:
+    """The first `shown` of `names` (dot files last, as `ls` shows them) and how many more:
+    "a, b, c and 2 others"."""
+    names = sorted(names, key=lambda name: (name.startswith("."), name))
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {counted(more, 'other')}" if more > 0 else "")
+
+
 class Progress:
     """with Progress("train", total=steps, per_done=128, fields=("loss", "lr")) as p: p.update(done, rate=..., loss=...)
 

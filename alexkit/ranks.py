@@ -10,6 +10,8 @@ An error met before joining would leave the others waiting to join: torchrun's a
 other processes of its own node, but the node holding the rendezvous store waits for a process of
 another node until torch's timeout. So the processes meet first, in that store (`meet`): each says
 its error and the backend it would join with, and all raise the first error before any joins.
+torchrun's environment variables are read in one place (launched, from_launcher): a value that is
+no number, or WORLD_SIZE without RANK (left set in a shell), is one line naming it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ A run directory holds config.json, metrics.jsonl (one line per epoch), last.pt a
 copies of the store's stats.npz and classes.json, so a run can be used without its store.
 A checkpoint is a dict of plain values and state_dicts: format_version, model (the unwrapped
 AlexNet's state_dict), model_args, optimizer, scheduler, epoch, config, metrics, rng, world_size.
+Reading one checks the CRC-32 of every record torch.save stored (torch.load does not), so bytes
+changed inside the weights are refused as damage. A new run goes into a new or empty folder.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused, why
 from alexkit.paths import DEFAULT_RUNS, NoLocks, check_folder, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
-from alexkit.progress import counted, talks
+from alexkit.progress import counted, some, talks
 from alexkit.ranks import agree
 
 if TYPE_CHECKING:
@@ -122,11 +124,9 @@ def _mend(run_dir: Path) -> None:
 
 def _check_only_runs_files(run_dir: Path) -> None:
     """A new run goes into a new or empty folder, or one a run left before its first epoch ended."""
-    others = sorted((p.name for p in run_dir.iterdir() if p.name not in (*RUN_FILES, ".train.lock") and p.suffix != ".partial"),
-                    key=lambda name: (name.startswith("."), name))  # fmt: skip
+    others = [p.name for p in run_dir.iterdir() if p.name not in (*RUN_FILES, ".train.lock") and p.suffix != ".partial"]
     if others:  # a store, a dataset, the working folder: the run's files would land among them
-        said = f"{others[0]}, and {counted(len(others) - 1, 'other')}" if len(others) > 1 else others[0]
-        raise AlexkitError(f"--out {run_dir} holds what is not a run's ({said}); pick a new or empty folder")
+        raise AlexkitError(f"--out {run_dir} holds what is not a run's ({some(others)}); pick a new or empty folder")
 
 
 def _moved_on(run_dir: Path, ckpt: dict | None) -> str | None:
@@ -212,10 +212,12 @@ def check_resumable(ckpt_path: Path) -> None:
     of the run (best.pt) it would overwrite the epochs after it."""
     last = ckpt_path.parent / "last.pt"
     if ckpt_path.name != "last.pt" and last.is_file():
-        branch = (f", or copy {ckpt_path} into a new folder NEW and branch off with --resume NEW/{ckpt_path.name}"
-                  if ckpt_path.suffix == ".pt" else "")  # fmt: skip
+        if ckpt_path.suffix != ".pt":  # config.json, say: no checkpoint at all
+            raise AlexkitError(f"--resume {ckpt_path} is no checkpoint; a run continues from its last.pt: pass --resume "
+                               f"{word(ckpt_path.parent)}")  # fmt: skip
         raise AlexkitError(f"--resume {ckpt_path}: a run continues from its last.pt, and resuming from {ckpt_path.name} would "
-                           f"overwrite the epochs after it; pass --resume {word(ckpt_path.parent)}{branch}")  # fmt: skip
+                           f"overwrite the epochs after it; pass --resume {word(ckpt_path.parent)}, or copy {ckpt_path} "
+                           f"into a new folder NEW and branch off with --resume NEW/{ckpt_path.name}")  # fmt: skip
 
 
 def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> None:

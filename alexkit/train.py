@@ -79,9 +79,9 @@ class TrainConfig:
         checks = {  # flag: (within its range, the range)
             "--epochs": (self.epochs >= 1, "at least 1"), "--batch-size": (self.batch_size >= 1, "at least 1"),
             "--lr": (0 < self.lr < math.inf, "above 0"), "--momentum": (0 <= self.momentum < 1, "from 0 to below 1"),
-            "--weight-decay": (0 <= self.weight_decay < math.inf, "0 or more"),
-            "--warmup-epochs": (self.warmup_epochs >= 0, "0 or more"), "--patience": (self.patience >= 1, "at least 1"),
-            "--max-lr-drops": (self.max_lr_drops >= 0, "0 or more"), "--width": (0 < self.width <= 8, "above 0, at most 8"),
+            "--weight-decay": (0 <= self.weight_decay < math.inf, "at least 0"),
+            "--warmup-epochs": (self.warmup_epochs >= 0, "at least 0"), "--patience": (self.patience >= 1, "at least 1"),
+            "--max-lr-drops": (self.max_lr_drops >= 0, "at least 0"), "--width": (0 < self.width <= 8, "above 0, at most 8"),
             "--fc-features": (2 <= self.fc_features <= MAX_FC_FEATURES, f"from 2 to {MAX_FC_FEATURES:,}"),
             "--dropout": (0 <= self.dropout < 1, "from 0 to below 1"), "--seed": (0 <= self.seed < 2**32, f"from 0 to {2**32 - 1:,}"),
         }  # fmt: skip

@@ -108,7 +108,7 @@ def test_resume_help_names_the_flags_a_resume_may_change():
     from alexkit.runs import RESUME_MAY_CHANGE
 
     said = inspect.signature(train.command).parameters["resume"].default.help
-    named = sorted(f.group(1) for f in re.finditer(r"--([a-z-]+)", said.split("Of the flags")[1]))
+    named = sorted(f.group(1) for f in re.finditer(r"--([a-z-]+)", said.split("included; only")[1]))
     assert named == sorted(f for f in RESUME_MAY_CHANGE if f != "resume"), said
     assert "refused" in said
 
@@ -264,6 +264,8 @@ def test_errors_of_the_flags_alone_are_printed_once_per_node(monkeypatch, capsys
         assert exit_of(args) == 2
         said.append(capsys.readouterr().err)
     assert said[0].startswith("error: ") and len(said[0].splitlines()) == 1 and said[1] == "", said
+    monkeypatch.setenv("LOCAL_RANK", "x")  # no number: the process cannot tell it is not the node's first, so it says it
+    assert exit_of(args) == 2 and capsys.readouterr().err.startswith("error: ")
 
 
 def test_debug_shows_traceback(tmp_path):

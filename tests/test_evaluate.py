@@ -332,6 +332,7 @@ def test_eval_outputs_never_overwrite_the_checkpoint_the_run_or_the_store(setup,
     shutil.copytree(ckpt.parent, run)
     kept = tmp_path / "kept"
     shutil.copytree(store.path, kept)
+    (kept / ".prepare-new").mkdir()  # as a `prepare --force` under way has it
     other = tmp_path / "other.pt"
     other.write_bytes(b"a checkpoint")
     before = {p: p.read_bytes() for p in [*run.iterdir(), *kept.iterdir(), other] if p.is_file()}
@@ -341,6 +342,7 @@ def test_eval_outputs_never_overwrite_the_checkpoint_the_run_or_the_store(setup,
                              ("predictions_path", kept / "val.beton", "is in the folder of the store .*kept"),
                              ("json_path", kept / "manifest.json", "is in the folder of the store .*kept"),
                              ("json_path", kept / "eval.json", "is in the folder of the store .*kept"),
+                             ("json_path", kept / ".prepare-new" / "e.json", "is in the folder of the store .*kept"),
                              ("json_path", other, "would overwrite a .pt file")):  # fmt: skip
         flag_name = "--json" if flag == "json_path" else "--predictions"
         with pytest.raises(AlexkitError, match=rf"{flag_name} .*{path.name} {what}; name another file"):

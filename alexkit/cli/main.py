@@ -3,7 +3,8 @@
 Heavy imports (torch, ffcv, DALI) happen inside the commands, so `alexkit --help` stays instant.
 Every AlexkitError becomes one line on stderr and its exit code (2: bad usage or input; 1: a path
 the system refuses, out of memory, a lost peer); `--debug` shows the traceback. A usage error that
-click finds (an unknown flag, a value that is not a number) is one line too, exit code 2.
+click finds (an unknown flag, a value that is not a number) is one line too, exit code 2. A closed
+stdout (`| head`) ends a command with exit code 1 and no word, after what it saved.
 """
 
 from __future__ import annotations
@@ -129,6 +130,13 @@ def _wide_enough() -> None:
         rich_utils.MAX_WIDTH = MIN_COLUMNS
 
 
+def _first_on_node() -> bool:
+    """Whether this process is its node's first (torchrun's LOCAL_RANK 0), or alone; a LOCAL_RANK that
+    is no number counts as first, so that an error is never silent."""
+    local_rank = os.environ.get("LOCAL_RANK", "0")
+    return not local_rank.isdigit() or int(local_rank) == 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: a usage error or an AlexkitError is one line and its exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -138,13 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # click's usage errors: flags alone, so alike in every torchrun process
         if exc.__class__.__name__ == "NoArgsIsHelpError":  # `alexkit` alone: the help is printed already
             sys.exit(exc.exit_code)  # (typer itself tells this one by its name)
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # one line per node, as for alike() errors
+        if _first_on_node():  # one line per node, as for alike() errors
             print(f"error: {usage_line(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except AlexkitError as exc:
         if debug:
             traceback.print_exc()  # and still the error's own exit code
-        elif not getattr(exc, "everywhere", False) or os.environ.get("LOCAL_RANK", "0") == "0":  # one line per node
+        elif not getattr(exc, "everywhere", False) or _first_on_node():  # one line per node
             print(f"error: {exc}", file=sys.stderr)  # (torchrun's LOCAL_RANK): each node's log says why it stopped
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -51,7 +51,7 @@ def ranged(default: float, flag: str, help: str, allowed: Range):
 SEED_RANGE = Range(0, 2**32 - 1)  # torch's and DALI's seeds are 32-bit
 
 # Options `alexkit bench train` shares with `alexkit train` (same names, defaults and help).
-DEVICE = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda, cuda:N.")
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")
 AMP = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA GPUs with bf16 tensor cores), on, off.")
 CHANNELS_LAST = typer.Option("auto", "--channels-last", help="auto (on for CUDA), on, off.")
 COMPILE = typer.Option("auto", "--compile", help="torch.compile: auto (on for CUDA), on, off.")
@@ -62,12 +62,11 @@ FC_FEATURES = ranged(4096, "--fc-features", "Width of fc6 and fc7.", Range(2, 4 
 def command(
     ctx: typer.Context,
     data: Path = typer.Option(DEFAULT_STORE, "--data", help="Store written by `alexkit prepare`."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory.",
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write: a new or empty one.",
                                          show_default=f"{DEFAULT_RUNS}/<YYYYmmdd-HHMMSS>"),  # fmt: skip
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run (its directory or a .pt) with its own "
-                                          "settings, --epochs included. Of the flags, only --epochs, --data, --device, "
-                                          "--parallel and --progress may change them: another that differs from the "
-                                          "run's is refused."),  # fmt: skip  # runs.RESUME_MAY_CHANGE
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run (its folder or a .pt) with its own "
+                                          "settings, --epochs included; only --epochs, --data, --device, --parallel and "
+                                          "--progress may differ from the run's, and another flag that differs is refused."),  # fmt: skip  # runs.RESUME_MAY_CHANGE
     epochs: int = ranged(90, "--epochs", "Epochs at most; training also stops after the last lr drop.", Range(1)),
     batch_size: int = ranged(128, "--batch-size", "Global batch, split over DDP processes.", Range(1)),
     lr: float = ranged(0.01, "--lr", "Initial learning rate; with --lr-scaling linear, the rate for a batch of 128.",

@@ -30,8 +30,8 @@ is complete: the new store is built in OUT/.prepare-new (resumed there like any 
 while the old one stays whole and readable by trainings (prepare holds the lock shared meanwhile); then
 each new file is renamed over its old one, manifest.json out first and back in last (storedir.move_in). A run
 stopped during those renames leaves OUT unfinished, and the next prepare on OUT completes them first.
-The rebuild needs room for both stores. An --out folder that holds other files than a store's is
-refused: a store's files would be scattered among them.
+The rebuild needs room for both stores. An --out folder that holds other files but none of a
+store's (nor prepare's own) is refused: a store's files would be scattered among them.
 
 Speed: the per-image work (imageops.convert: decode, resize, encode, then the statistics' sums in
 the same pass) runs in a pool of processes over chunks of samples, a bounded number of chunks in

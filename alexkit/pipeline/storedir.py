@@ -13,7 +13,7 @@ from pathlib import Path
 from alexkit.errors import AlexkitError
 from alexkit.paths import write_atomic
 from alexkit.pipeline.store import LOCK
-from alexkit.progress import counted
+from alexkit.progress import some
 
 MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
 SPLITS = ("train", "val")
@@ -88,7 +88,7 @@ def not_a_store(out: Path) -> str:
         return ""
     if not names or any(_ours(name) and name not in (STATS, CLASSES) for name in names):  # (a run holds copies of those)
         return ""
-    return ", ".join(names[:3]) + (f" and {counted(len(names) - 3, 'other')}" if len(names) > 3 else "")
+    return some(names)
 
 
 def _ours(name: str) -> bool:
