@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, check_ranges
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
 from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
@@ -49,8 +49,7 @@ class EvalConfig:
     show_classes: int = 5  # how many best and worst classes to print
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise AlexkitError(f"--batch-size {self.batch_size}: must be at least 1")
+        check_ranges(("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"))
         from alexkit.model.placement import check_device
 
         check_device(self.device)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.datasets.layouts import IMAGE_EXTENSIONS
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, check_ranges
 from alexkit.paths import word
 
 
@@ -36,10 +36,7 @@ class PredictConfig:
     def __post_init__(self):
         if not self.images:
             raise AlexkitError("no images given; pass image files or folders: alexkit predict IMAGE...")
-        if self.top_k < 1:
-            raise AlexkitError(f"--top {self.top_k}: must be at least 1")
-        if self.batch_size < 1:
-            raise AlexkitError(f"--batch-size {self.batch_size}: must be at least 1")
+        check_ranges(("--top", self.top_k, self.top_k >= 1, "at least 1"), ("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"))
         from alexkit.model.placement import check_device
 
         check_device(self.device)

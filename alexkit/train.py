@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
+from alexkit.errors import AlexkitError, OutOfMemory, alike, check_ranges, refused
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
@@ -85,9 +85,7 @@ class TrainConfig:
             "--fc-features": (2 <= self.fc_features <= MAX_FC_FEATURES, f"from 2 to {MAX_FC_FEATURES:,}"),
             "--dropout": (0 <= self.dropout < 1, "from 0 to below 1"), "--seed": (0 <= self.seed < 2**32, f"from 0 to {2**32 - 1:,}"),
         }  # fmt: skip
-        for flag, (ok, allowed) in checks.items():
-            if not ok:
-                raise AlexkitError(f"{flag} {getattr(self, flag[2:].replace('-', '_'))} is out of range: {allowed}")
+        check_ranges(*((flag, getattr(self, flag[2:].replace("-", "_")), ok, allowed) for flag, (ok, allowed) in checks.items()))
         if self.lr_scaling == "linear" and not self.lr * self.batch_size / PAPER_BATCH < math.inf:
             raise AlexkitError(f"--lr {self.lr} scaled linearly to --batch-size {self.batch_size} is not a finite number; "
                                "pass a smaller --lr")  # fmt: skip

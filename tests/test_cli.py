@@ -491,3 +491,22 @@ def test_require_names_the_module_and_the_fix(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", native_library_missing)
     with pytest.raises(MissingDependency, match="libturbojpeg.so.0.*; reinstall ffcv$"):
         require("ffcv", fix="reinstall ffcv")
+
+
+@pytest.mark.parametrize("config, fields, said", [
+    ("alexkit.bench.train:BenchTrainConfig", dict(steps=0), "--steps 0 is out of range: at least 1"),
+    ("alexkit.bench.train:BenchTrainConfig", dict(warmup=-1), "--warmup -1 is out of range: at least 0"),
+    ("alexkit.bench.loader:BenchLoaderConfig", dict(epochs=1), "--epochs 1 is out of range: at least 2 (the first is not timed)"),
+    ("alexkit.bench.loader:BenchLoaderConfig", dict(prefetch=0), "--prefetch 0 is out of range: at least 1"),
+    ("alexkit.bench.prepare:BenchPrepareConfig", dict(quality=101), "--quality 101 is out of range: from 1 to 100"),
+    ("alexkit.evaluate:EvalConfig", dict(batch_size=0), "--batch-size 0 is out of range: at least 1"),
+    ("alexkit.predict:PredictConfig", dict(images=("a.jpg",), top_k=0), "--top 0 is out of range: at least 1"),
+])  # fmt: skip
+def test_out_of_range_values_name_the_flag_the_value_and_the_range(config, fields, said):
+    import importlib
+
+    from alexkit.errors import AlexkitError
+
+    module, name = config.split(":")
+    with pytest.raises(AlexkitError, match=f"^{re.escape(said)}$"):
+        getattr(importlib.import_module(module), name)(**fields)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.bench import cpu_seconds
-from alexkit.errors import AlexkitError
+from alexkit.errors import check_ranges
 from alexkit.paths import usable_cores
 
 # ImageNet-like (width, height) and how often each occurs: mostly Flickr's 500 px on the long
@@ -51,10 +51,9 @@ class BenchPrepareConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.images < 1 or self.workers < 1 or self.repeats < 1:
-            raise AlexkitError("--images, --workers and --repeats must be at least 1")
-        if not 16 <= self.size <= 1024 or not 1 <= self.quality <= 100:
-            raise AlexkitError(f"--size {self.size} / --quality {self.quality}: size 16-1024, quality 1-100")
+        check_ranges(("--images", self.images, self.images >= 1, "at least 1"), ("--workers", self.workers, self.workers >= 1, "at least 1"),
+                     ("--repeats", self.repeats, self.repeats >= 1, "at least 1"), ("--size", self.size, 16 <= self.size <= 1024, "from 16 to 1024"),
+                     ("--quality", self.quality, 1 <= self.quality <= 100, "from 1 to 100"))  # fmt: skip
 
 
 def bench_prepare(cfg: BenchPrepareConfig) -> dict:
