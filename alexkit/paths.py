@@ -134,7 +134,7 @@ def shared_reader(lock: Path, busy: str, wait_s: float = 5.0):
         except OSError:  # none, and a folder this user cannot write in (or not a store)
             yield
             return
-    with os.fdopen(fd, "rb") as f:
+    with os.fdopen(fd, "rb") as f:  # (yielded: prepare --force beside readers turns it exclusive at its end)
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -146,7 +146,7 @@ def shared_reader(lock: Path, busy: str, wait_s: float = 5.0):
                 time.sleep(0.05)
             except OSError:
                 break
-        yield
+        yield f
 
 
 def check_output(path: Path, flag: str) -> None:

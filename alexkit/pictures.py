@@ -42,6 +42,13 @@ class ShowBatchConfig:
 
 def show_batch(cfg: ShowBatchConfig) -> list[Path]:
     """Write DIR/train-batch.png and DIR/val-views.png; return the paths written."""
+    from alexkit.pipeline.store import reading
+
+    with reading(cfg.data):  # as train and eval read it: no `prepare --force` moves a new store in meanwhile
+        return _show_batch(cfg)
+
+
+def _show_batch(cfg: ShowBatchConfig) -> list[Path]:
     from alexkit.pipeline.store import Store
 
     store = Store(cfg.data)

@@ -32,6 +32,7 @@ from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import BetonReader, BetonWriter
 from alexkit.pipeline.prepare import PrepareConfig, prepare
 from alexkit.pipeline.store import Store
+from alexkit.pipeline.storedir import STORE_FILES
 from tests.test_pipeline import sigint_as_default
 
 SIZE = 32
@@ -530,30 +531,32 @@ def test_a_second_prepare_on_the_same_out_is_refused(tmp_path):
     assert len(Store(out).split("train")) == 6
 
 
-def test_a_store_being_read_is_not_rebuilt_under_its_readers(tmp_path, capsys):
-    """A training holds its store shared for days: --force would replace the files it reads, and
-    its run would no longer match any store. A rerun with nothing to do is still fine."""
+def test_a_store_being_read_is_rebuilt_beside_its_readers_and_moved_in_after_them(tmp_path, capsys):
+    """A training holds its store shared for days: --force builds the new store in .prepare-new
+    meanwhile, leaves the files it reads alone, and moves the new one in on a rerun once the
+    training has ended (converting nothing again). A rerun with nothing to do is still fine."""
     from alexkit.pipeline.store import reading
 
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
     _run(src, out)
-    before = (out / "train.beton").stat()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     with reading(out):  # as if `alexkit train` were reading it
-        with pytest.raises(AlexkitError, match=r"store is being read by `alexkit train` or `eval`, whose store it would "
-                                               r"change; wait for them to end, or choose another --out"):  # fmt: skip
-            _run(src, out, force=True)
+        with pytest.raises(AlexkitError, match=rf"^the new store is complete in {out}/.prepare-new, but {out} is being read by "
+                                               r"`alexkit train` or `eval`; run this command again once they end"):  # fmt: skip
+            _run(src, out, size=SIZE + 8, force=True)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+        assert Store(out / ".prepare-new").size == SIZE + 8
         with pytest.raises(AlexkitError, match="holds a finished store .* pass --force to replace it"):
             _run(src, out, size=SIZE + 8)  # other settings: what a reader going away would not change
         capsys.readouterr()
         assert _run(src, out) == out and "nothing to do" in capsys.readouterr().out
-    assert (out / "train.beton").stat().st_mtime_ns == before.st_mtime_ns and (out / "manifest.json").is_file()
-    _run(src, out, force=True)  # once the reader has gone
-    assert (out / "train.beton").stat().st_mtime_ns != before.st_mtime_ns
+    _run(src, out, size=SIZE + 8, force=True)  # once the reader has gone
+    said = capsys.readouterr().out
+    assert "train: kept from an earlier run" in said and "val: kept from an earlier run" in said  # nothing converted again
+    assert Store(out).size == SIZE + 8 and not (out / ".prepare-new").exists()
     (out / ".prepare.lock").unlink()  # a store copied without its dot file: its readers make it again
     with reading(out):
         assert stat.S_IMODE((out / ".prepare.lock").stat().st_mode) == 0o666  # other users' prepares may lock it too
-        with pytest.raises(AlexkitError, match="being read"):
-            _run(src, out, force=True)
     with reading(src):  # not a store (no manifest.json): nothing is left in it
         pass
     assert not (src / ".prepare.lock").exists()
@@ -835,8 +838,8 @@ def test_a_second_force_rebuild_is_refused_while_one_runs(tmp_path, monkeypatch)
 
     monkeypatch.setattr(stage, "_write_split", write_split_racing)
     _run(src, out, size=48, force=True)
-    assert errors[0].startswith(f"another `alexkit prepare --force` is rebuilding {out} (in {out / '.prepare-new'})")
-    assert "holds a finished store" in errors[1] and "pass --force" in errors[1]  # the old one, still whole
+    for error in errors:  # the second --force, and a plain prepare of other settings (not "pass --force")
+        assert error.startswith(f"another `alexkit prepare --force` is rebuilding {out} (in {out / '.prepare-new'})"), error
     assert Store(out).size == 48
 
 
@@ -885,7 +888,9 @@ def test_a_move_into_place_that_was_interrupted_is_finished_by_the_next_run(tmp_
     with pytest.raises(KeyboardInterrupt):
         _run(src, out, size=48, force=True)
     assert renamed == ["train.beton", "stats.npz"] and not (out / "train.done.json").exists()
-    assert pytest.raises(AlexkitError, Store, out)
+    with pytest.raises(AlexkitError, match=rf"^store {out} is half replaced: an `alexkit prepare --force` stopped while moving "
+                                           rf"its new store in; finish that with `alexkit prepare {src} --out {out} --size 48`$"):  # fmt: skip
+        Store(out)  # as train, eval and show-batch would say
     monkeypatch.undo()
     capsys.readouterr()
     _run(src, out, size=48)  # not even --force: the move is finished, then the store is the one asked for
@@ -1172,3 +1177,19 @@ def test_cli_end_to_end_and_summary(tmp_path):
         want = np.asarray(Image.open(io.BytesIO(_jpeg(want))), float)  # the same JPEG q90 loss
         assert np.abs(train.pixels(i) - want).mean() < 2, (name, kind)
     assert kind == ("PNG", "RGB")
+
+
+def test_what_a_stopped_force_leaves_without_a_file_of_the_new_store_goes_without_a_word(tmp_path, capsys):
+    """A --force stopped before its first file, or right after its move (its folder holding only its
+    lock), and a write probe of a killed prepare: removed by the next prepare, with no warning of a
+    rebuild left to finish."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    (out / ".prepare-new").mkdir()
+    (out / ".prepare-new" / ".prepare.lock").write_bytes(b"")
+    (out / ".alexkit-write-test-999999").write_bytes(b"")
+    capsys.readouterr()
+    _run(src, out)
+    captured = capsys.readouterr()
+    assert "nothing to do" in captured.out and ".prepare-new" not in captured.err, captured
+    assert sorted(p.name for p in out.iterdir()) == sorted([".prepare.lock", *STORE_FILES])

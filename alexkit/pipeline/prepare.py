@@ -54,13 +54,14 @@ from typing import Literal
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, refused
-from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, check_folder, held_by_another, only_writer, usable_cores, word
+from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, check_folder, held_by_another, only_writer, shared_reader
+from alexkit.paths import usable_cores, word
 from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
 from alexkit.pipeline.store import LOCK, write_stats
-from alexkit.pipeline.storedir import CLASSES, MANIFEST, SPLITS, STAGING, STATS, STORE_FILES, clear
+from alexkit.pipeline.storedir import CLASSES, MANIFEST, PROBE, SPLITS, STAGING, STATS, STORE_FILES, clear
 from alexkit.pipeline.storedir import move_in, not_a_store, read_json, relock, remove, remove_if_only_lock, write_json
 from alexkit.pipeline.workers import Workers, chunks
 
@@ -136,12 +137,20 @@ def prepare(cfg: PrepareConfig) -> Path:
         if made:
             remove_if_only_lock(out)
         raise
-    except BeingRead:  # a training or evaluation reads the store: fine if there is nothing to write
-        if not cfg.force and _finished(out, src, cfg.settings()):
-            return out
-        if held_by_another(out / STAGING / LOCK):  # it holds the store's lock shared, as readers do
+    except BeingRead:  # a training or evaluation reads the store (or a --force rebuilds it: it holds the lock as they do)
+        rebuilding = held_by_another(out / STAGING / LOCK)
+        if not cfg.force:
+            try:
+                if _finished(out, src, cfg.settings()):  # nothing to write
+                    return out
+            except AlexkitError:  # other settings: say first that a rebuild is under way, where one is
+                if not rebuilding:
+                    raise
+        if rebuilding:
             raise AlexkitError(f"another `alexkit prepare --force` is rebuilding {out} (in {out / STAGING}); wait for it "
                                "to end, or choose another --out") from None  # fmt: skip
+        if cfg.force and (out / MANIFEST).is_file():  # a finished store: the new one can be built beside it meanwhile
+            return _rebuild_beside_readers(cfg, src, out)
         raise
     except OSError:  # the lock file cannot be opened for writing (another user's store): as above
         if _finished_as_asked(cfg, out, src):
@@ -185,9 +194,10 @@ def _only_writer(out: Path):
 
 
 def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
-    for tmp in out.glob(".*.partial"):  # write_atomic's, left by a prepare killed while writing (the lock is ours)
-        tmp.unlink()
+    for tmp in [*out.glob(".*.partial"), *out.glob(f"{PROBE}*")]:  # left by a prepare killed while writing (the lock
+        tmp.unlink(missing_ok=True)  # is ours; a probe of another prepare's _check_paths may go: it says missing_ok)
     staging = out / STAGING
+    remove_if_only_lock(staging)  # a --force stopped before its first file, or just after its move: nothing to keep
     if isinstance(read_json(staging / MANIFEST), dict) and not (out / MANIFEST).exists():
         print(f"{out}: putting in place the store that an interrupted `prepare --force` finished in {staging}", flush=True)
         move_in(staging, out)  # first: until then OUT is a mix of old and new files
@@ -205,13 +215,30 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
     return out
 
 
+def _rebuild_beside_readers(cfg: PrepareConfig, src: Path, out: Path) -> Path:
+    """--force while trainings or evaluations read the finished store in `out`: the new store is built
+    in out/.prepare-new holding out's lock shared, as they do, and moved in only once they have ended."""
+    with shared_reader(out / LOCK, f"`alexkit prepare` is writing {out}; wait for it to end, or choose another --out") as lock:
+        if lock is None:  # a lock file this user cannot open: nothing can be moved in either
+            raise PathRefused(f"cannot open {out / LOCK} for the rebuild; choose an --out folder you can write to")
+        try:
+            return _rebuild(cfg, src, out, lock)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):  # stdout's reader has gone (`| head`): nothing to fix in OUT
+                raise
+            raise refused(exc, "fix that and run again (finished splits are kept)", out) from exc
+
+
 def _rebuild(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
     """--force where `out` holds a store, finished or not: build the new one in out/.prepare-new (keeping
     what an interrupted --force finished there) while the old one stays whole; then move it in."""
     import fcntl
 
     staging = out / STAGING
-    staging.mkdir(exist_ok=True)
+    try:
+        staging.mkdir(exist_ok=True)
+    except FileExistsError:  # a file of that name: not the rebuild's
+        raise AlexkitError(f"{staging} is a file, where a --force rebuild builds the new store; remove it") from None
     with only_writer(staging / LOCK, f"another `alexkit prepare --force` is rebuilding {out}; wait for it to end"):
         try:
             for tmp in staging.glob(".*.partial"):
@@ -219,6 +246,8 @@ def _rebuild(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
             # Shared from here, as a training holds it: the old store stays readable for hours of conversion.
             relock(lock, fcntl.LOCK_SH, f"another `alexkit prepare` took {out} meanwhile; run again once it ends")
             manifest = _build(cfg, src, staging, keep=True)
+            # (flock turns a shared lock exclusive by letting go first: a failure here leaves none, and the
+            # process stops next; a probing prepare holding it for a moment can cause one, said as readers)
             relock(lock, fcntl.LOCK_EX, f"the new store is complete in {staging}, but {out} is being read by `alexkit "
                                          f"train` or `eval`; run this command again once they end to put it in place "
                                          "(nothing is converted again)")  # fmt: skip
@@ -459,9 +488,9 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
             made = True
         except FileExistsError:  # there already, or made by another process just now: not ours to remove
             made = False
-        probe = out / f".alexkit-write-test-{os.getpid()}"  # per process: two runs must not delete each other's
+        probe = out / f"{PROBE}{os.getpid()}"  # per process: two runs must not delete each other's
         probe.write_bytes(b"")
-        probe.unlink()
+        probe.unlink(missing_ok=True)  # (a prepare holding the lock clears any it finds, a killed one's)
     except OSError as exc:
         why = exc.strerror or exc
         raise PathRefused(f"cannot write to {out} ({why}); choose an --out folder you can write to") from exc

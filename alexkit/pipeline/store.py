@@ -81,9 +81,15 @@ def read_classes(path: Path) -> list[dict]:
 def rewrite(store: Path) -> str:
     """How to write `store` again: the `alexkit prepare` line with its source and settings as its
     manifest.json records them (SRC where it cannot be read)."""
+    return f"rewrite the store with `{prepare_line(store, store)} --force`"
+
+
+def prepare_line(built: Path, store: Path) -> str:
+    """`alexkit prepare SRC --out STORE` with the source and settings that the manifest.json in
+    `built` (the store, or the folder of its --force rebuild) records; SRC where it cannot be read."""
     store = Path(store)
     try:
-        manifest = json.loads((store / "manifest.json").read_text())
+        manifest = json.loads((Path(built) / "manifest.json").read_text())
         src, settings = manifest["source"]["path"], manifest["settings"]
         given = {k: settings[k] for k, default in (("size", 256), ("format", "jpg"), ("quality", 90)) if settings[k] != default}
         if settings["format"] != "jpg":
@@ -92,7 +98,7 @@ def rewrite(store: Path) -> str:
         src = word(src)
     except (OSError, ValueError, KeyError, TypeError):
         src, flags = "SRC", ""
-    return f"rewrite the store with `alexkit prepare {src} --out {word(store)}{flags} --force`"
+    return f"alexkit prepare {src} --out {word(store)}{flags}"
 
 
 def _fix(path: Path) -> str:
@@ -103,6 +109,7 @@ def _fix(path: Path) -> str:
 
 
 LOCK = ".prepare.lock"  # prepare holds it exclusively while it writes; trainings and evaluations, shared
+STAGING = ".prepare-new"  # a --force rebuild's new store, inside the store (same file system: renames are atomic)
 
 
 def reading(path: Path):
@@ -120,6 +127,9 @@ class Store:
         if not self.path.is_dir() or missing:
             what = ("is a file, not a store folder" if self.path.is_file() else "does not exist" if not self.path.is_dir()
                     else f"has no {', '.join(missing)}")  # fmt: skip
+            if "manifest.json" in missing and (self.path / STAGING / "manifest.json").is_file():
+                raise AlexkitError(f"store {self.path} is half replaced: an `alexkit prepare --force` stopped while moving its "
+                                   f"new store in; finish that with `{prepare_line(self.path / STAGING, self.path)}`")  # fmt: skip
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {word(self.path)}` first")
         manifest, fix = self.path / "manifest.json", rewrite(self.path)
         try:

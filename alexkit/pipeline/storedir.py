@@ -12,20 +12,21 @@ from pathlib import Path
 
 from alexkit.errors import AlexkitError
 from alexkit.paths import write_atomic
-from alexkit.pipeline.store import LOCK
+from alexkit.pipeline.store import LOCK, STAGING
 from alexkit.progress import some
 
 MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
 SPLITS = ("train", "val")
 STORE_FILES = (MANIFEST, STATS, CLASSES, *(f"{n}{end}" for n in SPLITS for end in (".beton", ".done.json")))
-STAGING = ".prepare-new"  # a --force rebuild's new store, inside OUT (same file system: renames are atomic)
+PROBE = ".alexkit-write-test-"  # + PID: the file with which prepare finds out whether OUT can be written
 
 
 def remove_if_only_lock(out: Path) -> None:
-    """Remove `out`, which this process made, if it holds nothing but the lock file."""
+    """Remove `out` (made by this process, or a --force's folder no process holds) if it holds nothing
+    but the lock file, or nothing."""
     try:
-        if [p.name for p in out.iterdir()] == [LOCK]:
-            (out / LOCK).unlink()
+        if [p.name for p in out.iterdir()] in ([LOCK], []):
+            (out / LOCK).unlink(missing_ok=True)
             out.rmdir()
     except OSError:  # another prepare opened a lock file of its own meanwhile: the folder is theirs
         pass
@@ -94,7 +95,7 @@ def not_a_store(out: Path) -> str:
 def _ours(name: str) -> bool:
     """A name in OUT that a store or prepare itself puts there: a store file, the lock, a rebuild's folder,
     a temporary (the .beton writer's NAME.partial, write_atomic's .NAME.*.partial, the write probe)."""
-    if name in (*STORE_FILES, LOCK, STAGING) or name.startswith(".alexkit-write-test-"):
+    if name in (*STORE_FILES, LOCK, STAGING) or name.startswith(PROBE):
         return True
     return name.endswith(".partial") and any(name.startswith((f"{f}.", f".{f}.")) for f in STORE_FILES)
 
