@@ -54,7 +54,7 @@ from typing import Literal
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, refused
-from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, check_folder, held_by_another, only_writer, shared_reader
+from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, check_folder, held_by_another, only_writer
 from alexkit.paths import usable_cores, word
 from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
@@ -62,7 +62,8 @@ from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
 from alexkit.pipeline.store import LOCK, write_stats
 from alexkit.pipeline.storedir import CLASSES, MANIFEST, PROBE, SPLITS, STAGING, STATS, STORE_FILES, clear
-from alexkit.pipeline.storedir import move_in, not_a_store, read_json, relock, remove, remove_if_only_lock, write_json
+from alexkit.pipeline.storedir import move_in, not_a_store, read_json, rebuild, rebuild_beside_readers, remove, remove_if_only_lock
+from alexkit.pipeline.storedir import write_json
 from alexkit.pipeline.workers import Workers, chunks
 
 FORMATS = ("jpg", "raw")
@@ -150,7 +151,7 @@ def prepare(cfg: PrepareConfig) -> Path:
             raise AlexkitError(f"another `alexkit prepare --force` is rebuilding {out} (in {out / STAGING}); wait for it "
                                "to end, or choose another --out") from None  # fmt: skip
         if cfg.force and (out / MANIFEST).is_file():  # a finished store: the new one can be built beside it meanwhile
-            return _rebuild_beside_readers(cfg, src, out)
+            return _rebuild(cfg, src, out)
         raise
     except OSError:  # the lock file cannot be opened for writing (another user's store): as above
         if _finished_as_asked(cfg, out, src):
@@ -215,48 +216,13 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
     return out
 
 
-def _rebuild_beside_readers(cfg: PrepareConfig, src: Path, out: Path) -> Path:
-    """--force while trainings or evaluations read the finished store in `out`: the new store is built
-    in out/.prepare-new holding out's lock shared, as they do, and moved in only once they have ended."""
-    with shared_reader(out / LOCK, f"`alexkit prepare` is writing {out}; wait for it to end, or choose another --out") as lock:
-        if lock is None:  # a lock file this user cannot open: nothing can be moved in either
-            raise PathRefused(f"cannot open {out / LOCK} for the rebuild; choose an --out folder you can write to")
-        try:
-            return _rebuild(cfg, src, out, lock)
-        except OSError as exc:
-            if isinstance(exc, BrokenPipeError):  # stdout's reader has gone (`| head`): nothing to fix in OUT
-                raise
-            raise refused(exc, "fix that and run again (finished splits are kept)", out) from exc
+def _rebuild(cfg: PrepareConfig, src: Path, out: Path, lock=None) -> Path:
+    """--force where `out` holds a store: built beside it (storedir.rebuild), holding `lock` (out's,
+    exclusive), or, where trainings or evaluations read the store (None), its lock shared as theirs."""
+    def build(staging: Path) -> dict:
+        return _build(cfg, src, staging, keep=True)  # keeping what an interrupted --force finished there
 
-
-def _rebuild(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
-    """--force where `out` holds a store, finished or not: build the new one in out/.prepare-new (keeping
-    what an interrupted --force finished there) while the old one stays whole; then move it in."""
-    import fcntl
-
-    staging = out / STAGING
-    try:
-        staging.mkdir(exist_ok=True)
-    except FileExistsError:  # a file of that name: not the rebuild's
-        raise AlexkitError(f"{staging} is a file, where a --force rebuild builds the new store; remove it") from None
-    with only_writer(staging / LOCK, f"another `alexkit prepare --force` is rebuilding {out}; wait for it to end"):
-        try:
-            for tmp in staging.glob(".*.partial"):
-                tmp.unlink()
-            # Shared from here, as a training holds it: the old store stays readable for hours of conversion.
-            relock(lock, fcntl.LOCK_SH, f"another `alexkit prepare` took {out} meanwhile; run again once it ends")
-            manifest = _build(cfg, src, staging, keep=True)
-            # (flock turns a shared lock exclusive by letting go first: a failure here leaves none, and the
-            # process stops next; a probing prepare holding it for a moment can cause one, said as readers)
-            relock(lock, fcntl.LOCK_EX, f"the new store is complete in {staging}, but {out} is being read by `alexkit "
-                                         f"train` or `eval`; run this command again once they end to put it in place "
-                                         "(nothing is converted again)")  # fmt: skip
-            move_in(staging, out)
-        except BaseException:
-            remove_if_only_lock(staging)  # a rebuild that failed before writing anything leaves no folder
-            raise
-    shutil.rmtree(staging)  # its lock file and nothing else: every store file was moved out (OUT's lock is ours)
-    _summary(out, manifest)
+    _summary(out, rebuild(out, build, lock) if lock is not None else rebuild_beside_readers(out, build))
     return out
 
 

@@ -1,17 +1,20 @@
 """A store folder's files, apart from converting images into them (prepare.py): which names belong
 to a store (or to prepare itself: its lock, its temporaries, a rebuild's folder), its JSON records,
-clearing a split, and moving a store that `prepare --force` rebuilt in OUT/.prepare-new over the old
-one, one atomic rename per file, so that the old store stays whole until the new one is complete."""
+clearing a split, and a `prepare --force` rebuild: the new store built in OUT/.prepare-new (by a
+function prepare.py hands in) under the locks that keep the old store whole and readable, then moved
+over the old one, one atomic rename per file."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from alexkit.errors import AlexkitError
-from alexkit.paths import write_atomic
+from alexkit.errors import AlexkitError, PathRefused, refused
+from alexkit.paths import only_writer, shared_reader, write_atomic
 from alexkit.pipeline.store import LOCK, STAGING
 from alexkit.progress import some
 
@@ -30,6 +33,51 @@ def remove_if_only_lock(out: Path) -> None:
             out.rmdir()
     except OSError:  # another prepare opened a lock file of its own meanwhile: the folder is theirs
         pass
+
+
+def rebuild_beside_readers(out: Path, build: Callable[[Path], dict]) -> dict:
+    """rebuild, while trainings or evaluations read the finished store in `out`: the new store is built
+    holding out's lock shared, as they do, and moved in only once they have ended."""
+    with shared_reader(out / LOCK, f"`alexkit prepare` is writing {out}; wait for it to end, or choose another --out") as lock:
+        if lock is None:  # a lock file this user cannot open: nothing can be moved in either
+            raise PathRefused(f"cannot open {out / LOCK} for the rebuild; choose an --out folder you can write to")
+        try:
+            return rebuild(out, build, lock)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):  # stdout's reader has gone (`| head`): nothing to fix in OUT
+                raise
+            raise refused(exc, "fix that and run again (finished splits are kept)", out) from exc
+
+
+def rebuild(out: Path, build: Callable[[Path], dict], lock) -> dict:
+    """A --force where `out` holds a store, finished or not: build(out/.prepare-new) writes the new one
+    there while the old one stays whole; then it is moved in (move_in). `lock`: out's lock file, held
+    exclusive or shared. Returns the new store's manifest."""
+    import fcntl
+
+    staging = out / STAGING
+    try:
+        staging.mkdir(exist_ok=True)
+    except FileExistsError:  # a file of that name: not the rebuild's
+        raise AlexkitError(f"{staging} is a file, where a --force rebuild builds the new store; remove it") from None
+    with only_writer(staging / LOCK, f"another `alexkit prepare --force` is rebuilding {out}; wait for it to end"):
+        try:
+            for tmp in staging.glob(".*.partial"):
+                tmp.unlink()
+            # Shared from here, as a training holds it: the old store stays readable for hours of conversion.
+            relock(lock, fcntl.LOCK_SH, f"another `alexkit prepare` took {out} meanwhile; run again once it ends")
+            manifest = build(staging)
+            # (flock turns a shared lock exclusive by letting go first: a failure here leaves none, and the
+            # process stops next; a probing prepare holding it for a moment can cause one, said as readers)
+            relock(lock, fcntl.LOCK_EX, f"the new store is complete in {staging}, but {out} is being read by `alexkit "
+                                         f"train` or `eval`; run this command again once they end to put it in place "
+                                         "(nothing is converted again)")  # fmt: skip
+            move_in(staging, out)
+        except BaseException:
+            remove_if_only_lock(staging)  # a rebuild that failed before writing anything leaves no folder
+            raise
+    shutil.rmtree(staging)  # its lock file and nothing else: every store file was moved out (OUT's lock is ours)
+    return manifest
 
 
 def relock(lock, how: int, busy: str) -> None:
