@@ -114,7 +114,7 @@ def predict_top(model, images, k: int):
 def load_checkpoint(path: Path):
     """(model in eval mode on CPU, checkpoint dict) from a file written by `alexkit train`."""
     from alexkit.model import build_from_checkpoint
-    from alexkit.runs import read_checkpoint
+    from alexkit.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(path)
     try:

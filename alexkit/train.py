@@ -33,11 +33,12 @@ from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, che
 from alexkit.model.placement import setup, teardown, under_torchrun
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, Ticks, counted
-from alexkit.runs import CHECKPOINT_FORMAT, check_resumable, check_same_store, claim_run, find_checkpoint, read_checkpoint
+from alexkit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from alexkit.runs import check_resumable, check_same_store, claim_run, find_checkpoint
 from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
-from alexkit.runs import flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, rng_state, world_size_of
-from alexkit.runs import run_dir as make_run_dir, save_checkpoint, set_rng_state, write_metrics, write_run_files
+from alexkit.runs import flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, world_size_of
+from alexkit.runs import run_dir as make_run_dir, write_metrics, write_run_files
 from alexkit.train_report import Rate, flags, most_waited, start_line, summary, timed
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it

@@ -4,7 +4,7 @@ paper's AlexNet (its weights and an SGD momentum buffer of the same size, as tra
     .venv/bin/python scripts/checkpoint_check_speed.py [--repeats 5] [--work /tmp/checkpoint-check]
 
 torch.load does not check the CRC-32 that torch.save stores for every record; alexkit.runs checks
-them after the load (runs._failed_crc). Each is timed `--repeats` times, alternately, with the file
+them after the load (checkpoints.failed_crc). Each is timed `--repeats` times, alternately, with the file
 in the page cache; the medians are printed.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from alexkit.model import AlexNet
-from alexkit.runs import _failed_crc
+from alexkit.checkpoints import failed_crc
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--repeats", type=int, default=5)
@@ -33,7 +33,7 @@ for _ in range(args.repeats):
     torch.load(path, map_location="cpu", weights_only=True)
     loads.append(time.perf_counter() - start)
     start = time.perf_counter()
-    assert _failed_crc(path) is None
+    assert failed_crc(path) is None
     checks.append(time.perf_counter() - start)
 load, check = statistics.median(loads), statistics.median(checks)
 print(f"{path}: {path.stat().st_size / 1e6:,.0f} MB; torch.load {load:.3f} s, CRC-32 check {check:.3f} s "

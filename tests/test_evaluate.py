@@ -26,7 +26,7 @@ from alexkit.evaluate import EvalConfig, evaluate, find_checkpoint, predict_log_
 from alexkit.model import AlexNet
 from alexkit.pipeline.beton import MODE_JPG, BetonWriter
 from alexkit.pipeline.store import Store
-from alexkit.runs import read_checkpoint
+from alexkit.checkpoints import read_checkpoint
 
 SIZE = 48  # stored side; the crop is 42
 PROB_ATOL = 2e-5  # float32 forward of the same pixels in a different batch layout, CSV written with 6 digits

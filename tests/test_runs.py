@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from alexkit import runs
+from alexkit import checkpoints, runs
 from alexkit.errors import AlexkitError
 
 
@@ -63,9 +63,9 @@ def test_a_checkpoint_of_another_format_version_is_refused_by_name(tmp_path):
     for version, found in ((2, "2"), (None, "None")):
         torch.save(dict(format_version=version, model_args=model_args, model={}), tmp_path / "last.pt")
         with pytest.raises(AlexkitError, match=rf"last.pt is not an alexkit checkpoint of format 1 \(found {found}\); pass a best.pt"):
-            runs.read_checkpoint(tmp_path / "last.pt")
+            checkpoints.read_checkpoint(tmp_path / "last.pt")
     torch.save(dict(format_version=1, model_args=model_args, model={}), tmp_path / "last.pt")
-    assert runs.read_checkpoint(tmp_path / "last.pt")["model_args"] == model_args
+    assert checkpoints.read_checkpoint(tmp_path / "last.pt")["model_args"] == model_args
 
 
 def test_a_path_in_a_printed_command_is_one_word_and_never_an_option():

@@ -584,7 +584,7 @@ def test_resume_removes_what_a_kill_during_a_save_left(store, tmp_path):
 def test_best_pt_is_written_before_last_pt(tmp_path):
     """A kill between the two leaves last.pt an epoch behind (trained again on resume), never
     best.pt behind the best epoch. Here last.pt cannot be replaced (a folder stands in its way)."""
-    from alexkit.runs import save_checkpoint
+    from alexkit.checkpoints import save_checkpoint
 
     (tmp_path / "last.pt").mkdir()
     with pytest.raises(OSError):

@@ -1,0 +1,114 @@
+"""Checkpoints: the file `alexkit train` writes after every epoch and train/eval/predict read back.
+
+A checkpoint is a dict of plain values and state_dicts, loadable with torch.load(..., weights_only=True):
+format_version, model (the unwrapped AlexNet's state_dict), model_args, optimizer, scheduler, epoch,
+config, metrics, rng (every generator's state, for an exact resume), world_size. It is written to a
+temporary name and renamed (paths.write_atomic). Reading one checks the CRC-32 of every record
+torch.save stored (torch.load does not), so bytes changed inside the weights are refused as damage.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alexkit.errors import AlexkitError, refused, why
+from alexkit.paths import write_atomic
+from alexkit.progress import counted
+
+CHECKPOINT_FORMAT = 1
+ZIP_START = b"PK\x03\x04"  # the first bytes of every file torch.save writes (a zip archive)
+
+
+def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
+    """last.pt, and best.pt when is_best, each written atomically (write_atomic: fsync, rename);
+    serialized once. best.pt first, last.pt a copy of it: a kill in between leaves last.pt one
+    epoch behind, which the resume trains again, never a best.pt behind the best epoch."""
+    first = path / ("best.pt" if is_best else "last.pt")
+    write_atomic(first, lambda f: torch.save(ckpt, f))
+    if is_best:
+        with open(first, "rb") as best:
+            write_atomic(path / "last.pt", lambda f: shutil.copyfileobj(best, f))
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint dict in `path` (on the CPU), checked to be one `alexkit train` wrote."""
+    try:
+        with open(path, "rb") as f:
+            head, size = f.read(4), f.seek(0, 2)
+    except OSError as exc:  # permissions; a folder
+        raise refused(exc, "pass a best.pt/last.pt written by `alexkit train`", path) from exc
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        said = why(exc).split(". ")[0]  # torch goes on for lines about weights_only or its zip reader
+        if head == ZIP_START[: len(head)] and not _another_zip(path):  # torch.save's zip, or its start: cut off or broken
+            raise AlexkitError(f"checkpoint {path} is truncated or damaged ({counted(size, 'byte')}; {said}); copy it again from "
+                               "where it was written, or pass another best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+        raise AlexkitError(f"cannot load checkpoint {path}: not a file torch.save wrote, or damaged from its start ({said}); "
+                           "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+    failed = failed_crc(path)
+    if failed:
+        raise AlexkitError(f"checkpoint {path} is damaged ({failed}); copy it again from where it was written, or pass "
+                           "another best.pt/last.pt written by `alexkit train`")  # fmt: skip
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT or "model_args" not in ckpt:
+        found = ckpt.get("format_version") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise AlexkitError(f"{path} is not an alexkit checkpoint of format {CHECKPOINT_FORMAT} (found {found}); "
+                           "pass a best.pt/last.pt written by `alexkit train`")  # fmt: skip
+    return ckpt
+
+
+def _another_zip(path: Path) -> bool:
+    """Whether `path` is a whole zip archive without the data.pkl of every torch.save (a stats.npz, say)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return not any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def failed_crc(path: Path) -> str | None:
+    """What in the zip archive torch.save wrote fails its check, or None. torch.save stores a CRC-32 of
+    every record but torch.load never checks them, so a checkpoint with bytes changed inside a tensor
+    loads as weights nobody trained. Reading the records again takes less time than the load."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for record in archive.infolist():
+                if record.CRC == 0 and record.file_size:  # written with torch.serialization.set_crc32_options(False)
+                    continue
+                try:
+                    with archive.open(record) as f:
+                        while f.read(1 << 24):
+                            pass
+                except (zipfile.BadZipFile, EOFError, ValueError, zlib.error):
+                    return f"record {record.filename} fails its CRC-32 check"
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        return f"its zip directory: {why(exc)}"
+    return None
+
+
+def rng_state() -> dict:
+    """torch, CUDA, NumPy and Python RNG states as tensors and plain values (weights_only loads them)."""
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],  # not started by a CPU run
+                numpy=[np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                python=random.getstate())  # fmt: skip
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_initialized():  # a run on CUDA has started it by now; a CPU run needs none
+        # One state per GPU the saving process saw; a machine with fewer GPUs takes the first ones.
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
