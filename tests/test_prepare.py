@@ -1193,3 +1193,15 @@ def test_what_a_stopped_force_leaves_without_a_file_of_the_new_store_goes_withou
     captured = capsys.readouterr()
     assert "nothing to do" in captured.out and ".prepare-new" not in captured.err, captured
     assert sorted(p.name for p in out.iterdir()) == sorted([".prepare.lock", *STORE_FILES])
+
+
+def test_a_force_rebuild_from_a_source_of_other_classes_moves_in_its_class_table(tmp_path):
+    """--force from a source with other classes: classes.json is the new source's (the one its labels
+    index), as a fresh prepare of that source writes it, not the old store's."""
+    out = tmp_path / "store"
+    _run(_sample_tree(tmp_path / "three", 2), out)
+    src = write_sample_dataset(tmp_path / "four", num_classes=4, train_per_class=2, val_per_class=2)
+    _run(src, out, force=True)
+    _run(src, tmp_path / "fresh")
+    assert (out / "classes.json").read_bytes() == (tmp_path / "fresh" / "classes.json").read_bytes()
+    assert len(json.loads((out / "classes.json").read_text())) == 4 and Store(out).num_classes == 4
