@@ -1205,3 +1205,16 @@ def test_a_force_rebuild_from_a_source_of_other_classes_moves_in_its_class_table
     _run(src, tmp_path / "fresh")
     assert (out / "classes.json").read_bytes() == (tmp_path / "fresh" / "classes.json").read_bytes()
     assert len(json.loads((out / "classes.json").read_text())) == 4 and Store(out).num_classes == 4
+
+
+def test_an_empty_rebuild_folder_of_a_stopped_force_goes_without_a_word(tmp_path, capsys):
+    """A --force stopped between making .prepare-new and its lock file leaves the folder empty: the next
+    prepare removes it, with no warning of a rebuild left to finish."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    (out / ".prepare-new").mkdir()
+    capsys.readouterr()
+    _run(src, out)
+    captured = capsys.readouterr()
+    assert "nothing to do" in captured.out and ".prepare-new" not in captured.err, captured
+    assert not (out / ".prepare-new").exists()
