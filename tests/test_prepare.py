@@ -1218,3 +1218,13 @@ def test_an_empty_rebuild_folder_of_a_stopped_force_goes_without_a_word(tmp_path
     captured = capsys.readouterr()
     assert "nothing to do" in captured.out and ".prepare-new" not in captured.err, captured
     assert not (out / ".prepare-new").exists()
+
+
+def test_an_out_folder_holding_only_a_killed_prepares_write_probe_is_written(tmp_path):
+    """A prepare killed between its write probe and its lock leaves only the probe in a new --out:
+    that is prepare's own file, not "other files" to refuse the folder for."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    out.mkdir()
+    (out / ".alexkit-write-test-999999").write_bytes(b"")
+    _run(src, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([".prepare.lock", *STORE_FILES])
