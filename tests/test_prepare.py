@@ -1228,3 +1228,16 @@ def test_an_out_folder_holding_only_a_killed_prepares_write_probe_is_written(tmp
     (out / ".alexkit-write-test-999999").write_bytes(b"")
     _run(src, out)
     assert sorted(p.name for p in out.iterdir()) == sorted([".prepare.lock", *STORE_FILES])
+
+
+def test_a_rerun_on_a_source_without_val_keeps_its_finished_train_split(tmp_path, capsys):
+    """A source with no val split, interrupted after its train split: the rerun keeps train and its
+    statistics (clearing the missing val split must not take stats.npz with it)."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    shutil.rmtree(src / "val")
+    _run(src, out)
+    (out / "manifest.json").unlink()  # as if killed after the train split was done
+    capsys.readouterr()
+    _run(src, out)
+    assert "train: kept from an earlier run" in capsys.readouterr().out
+    assert Store(out).check("train").stats.mean_image.shape == (SIZE, SIZE, 3)
