@@ -1241,3 +1241,27 @@ def test_a_rerun_on_a_source_without_val_keeps_its_finished_train_split(tmp_path
     _run(src, out)
     assert "train: kept from an earlier run" in capsys.readouterr().out
     assert Store(out).check("train").stats.mean_image.shape == (SIZE, SIZE, 3)
+
+
+def test_prepare_with_stdout_a_closed_pipe_ends_without_a_word(tmp_path):
+    """`alexkit prepare ... | head -0`, plain and as a --force beside a reading training: exit code 1
+    and nothing on stderr (no error about OUT), as `yes | head` ends."""
+    from alexkit.pipeline.store import reading
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+
+    def closed_stdout(*args):
+        read, write = os.pipe()
+        os.close(read)  # no reader: the first print fails (EPIPE)
+        try:
+            return subprocess.run([sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", str(SIZE),
+                                   *args], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+        finally:
+            os.close(write)
+
+    r = closed_stdout()
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    _run(src, out)
+    with reading(out):  # the --force builds beside it: the break comes inside the rebuild
+        r = closed_stdout("--force")
+    assert r.returncode == 1 and r.stderr == "", r.stderr
