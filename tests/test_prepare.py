@@ -1265,3 +1265,16 @@ def test_prepare_with_stdout_a_closed_pipe_ends_without_a_word(tmp_path):
     with reading(out):  # the --force builds beside it: the break comes inside the rebuild
         r = closed_stdout("--force")
     assert r.returncode == 1 and r.stderr == "", r.stderr
+
+
+def test_a_force_on_a_folder_left_with_only_an_unfinished_rebuild_resumes_it(tmp_path, capsys):
+    """OUT's store files removed by hand (`rm store/*` leaves the dot folder) while .prepare-new holds an
+    unfinished rebuild: --force resumes that rebuild (converting nothing again) and moves it in."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out / ".prepare-new")
+    (out / ".prepare-new" / "manifest.json").unlink()  # as a --force interrupted before its manifest leaves it
+    capsys.readouterr()
+    _run(src, out, force=True)
+    said = capsys.readouterr().out
+    assert "train: kept from an earlier run" in said and "val: kept from an earlier run" in said
+    assert sorted(p.name for p in out.iterdir()) == sorted([".prepare.lock", *STORE_FILES])
