@@ -1278,3 +1278,17 @@ def test_a_force_on_a_folder_left_with_only_an_unfinished_rebuild_resumes_it(tmp
     said = capsys.readouterr().out
     assert "train: kept from an earlier run" in said and "val: kept from an earlier run" in said
     assert sorted(p.name for p in out.iterdir()) == sorted([".prepare.lock", *STORE_FILES])
+
+
+def test_a_split_the_source_no_longer_has_goes_with_its_half_written_file(tmp_path):
+    """Interrupted while writing val, then rerun on the source without its val split: the old
+    val.beton.partial (the .beton writer's, as large as the split) goes with the split."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    for name in ("manifest.json", "val.beton", "val.done.json"):
+        (out / name).unlink()
+    (out / "val.beton.partial").write_bytes(b"half a file")
+    shutil.rmtree(src / "val")
+    _run(src, out)
+    assert sorted(p.name for p in out.iterdir()) == [".prepare.lock", "classes.json", "manifest.json", "stats.npz",
+                                                     "train.beton", "train.done.json"]  # fmt: skip
