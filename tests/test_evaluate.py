@@ -551,3 +551,24 @@ def test_torchrun_with_more_processes_than_val_images(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     [row] = read_predictions(tmp_path / "two.csv")
     assert (row["index"], row["label"]) == ("0", "0") and {"top3", "p3"} <= set(row) and "top4" not in row
+
+
+def test_eval_outputs_are_refused_only_where_they_would_overwrite(tmp_path, monkeypatch):
+    """check_spares refuses a run file's name only beside the checkpoint, a .pt/.beton/.npz only where one
+    exists (.npz included: another store's stats), and a store's folder named by a relative path too;
+    a config.json elsewhere, or a new file of any suffix, is written."""
+    run, store, elsewhere = tmp_path / "run", tmp_path / "store", tmp_path / "elsewhere"
+    for folder in (run, store, elsewhere):
+        folder.mkdir()
+    ckpt = run / "best.pt"
+    (elsewhere / "stats.npz").write_bytes(b"another store's statistics")
+    for flag, path in (("json_path", elsewhere / "config.json"), ("predictions_path", elsewhere / "metrics.jsonl"),
+                       ("json_path", elsewhere / "new.pt"), ("predictions_path", elsewhere / "new.npz")):  # fmt: skip
+        EvalConfig(**{flag: path}).check_spares(ckpt, store)  # nothing to overwrite: allowed
+    with pytest.raises(AlexkitError, match=r"--json .*elsewhere/stats.npz would overwrite a .npz file; name another file"):
+        EvalConfig(json_path=elsewhere / "stats.npz").check_spares(ckpt, store)
+    with pytest.raises(AlexkitError, match=r"--predictions .*config.json would overwrite the config.json of the run"):
+        EvalConfig(predictions_path=run / "config.json").check_spares(ckpt, store)
+    monkeypatch.chdir(store)
+    with pytest.raises(AlexkitError, match=r"--json e.json is in the folder of the store"):
+        EvalConfig(json_path=Path("e.json")).check_spares(ckpt, store)
