@@ -86,3 +86,16 @@ def test_the_latest_run_is_a_run_folder_not_any_folder_holding_a_checkpoint(tmp_
     (tmp_path / "zz-copies").mkdir()  # sorts after every YYYYmmdd name
     (tmp_path / "zz-copies" / "best.pt").write_bytes(b"")
     assert latest_run(tmp_path).name == "20261129-120000"
+
+
+def test_a_folder_a_run_left_before_its_first_epoch_ended_takes_a_new_run(tmp_path):
+    """A run killed before its first last.pt leaves its lock file, some run files and write_atomic's
+    temporaries: a new run may go there; a file of another kind refuses the folder."""
+    from alexkit.runs import _check_only_runs_files
+
+    for name in (".train.lock", "config.json", "stats.npz", ".metrics.jsonl.abc123.partial", "last.pt.partial"):
+        (tmp_path / name).write_bytes(b"")
+    _check_only_runs_files(tmp_path)
+    (tmp_path / "todo.txt").write_text("")
+    with pytest.raises(AlexkitError, match=r"holds what is not a run's \(todo.txt\); pick a new or empty folder"):
+        _check_only_runs_files(tmp_path)
