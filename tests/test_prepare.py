@@ -1292,3 +1292,29 @@ def test_a_split_the_source_no_longer_has_goes_with_its_half_written_file(tmp_pa
     _run(src, out)
     assert sorted(p.name for p in out.iterdir()) == [".prepare.lock", "classes.json", "manifest.json", "stats.npz",
                                                      "train.beton", "train.done.json"]  # fmt: skip
+
+
+def test_a_move_stopped_after_a_whole_split_keeps_that_splits_done_record(tmp_path, monkeypatch):
+    """Stopped once train's three files are in OUT (its done-record last) and before val's: the next
+    prepare moves val and the rest, and train's record, already in place, stays with its files."""
+    from alexkit.pipeline import storedir as stage
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    real_rename, renamed = stage._rename, []
+
+    def killed_after_three(a, b):
+        if len(renamed) == 3:
+            raise KeyboardInterrupt
+        renamed.append(b.name)
+        real_rename(a, b)
+
+    monkeypatch.setattr(stage, "_rename", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        _run(src, out, size=48, force=True)
+    assert renamed == ["train.beton", "stats.npz", "train.done.json"]
+    monkeypatch.undo()
+    _run(src, out, size=48)
+    assert sorted(p.name for p in out.iterdir()) == sorted([".prepare.lock", *STORE_FILES])
+    assert json.loads((out / "train.done.json").read_text())["settings"]["size"] == 48
+    assert Store(out).check("train", "val").size == 48
