@@ -4,7 +4,8 @@ Heavy imports (torch, ffcv, DALI) happen inside the commands, so `alexkit --help
 Every AlexkitError becomes one line on stderr and its exit code (2: bad usage or input; 1: a path
 the system refuses, out of memory, a lost peer); `--debug` shows the traceback. A usage error that
 click finds (an unknown flag, a value that is not a number) is one line too, exit code 2. A closed
-stdout (`| head`) ends a command with exit code 1 and no word, after what it saved.
+stdout (`| head`) ends a command with exit code 1 and no word, after what it saved: typer's own
+handling of EPIPE, which it keeps with standalone_mode=False too.
 """
 
 from __future__ import annotations
@@ -158,9 +159,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # stdout a pipe whose reader has gone (`| head`): the work saved what it had, as
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # `yes | head` stops without a word;
-        sys.exit(1)  # (and Python's last flush of stdout finds somewhere to go)
     except OSError as exc:  # a path that cannot be read or written: name it, without a traceback
         if debug:
             traceback.print_exc()
