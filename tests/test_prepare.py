@@ -869,24 +869,31 @@ def test_an_interrupted_force_rebuild_resumes_and_the_old_store_stays_meanwhile(
     assert Store(out).check("train", "val").size == 48 and not (out / ".prepare-new").exists()
 
 
-def test_a_move_into_place_that_was_interrupted_is_finished_by_the_next_run(tmp_path, monkeypatch, capsys):
-    """Stopped between its renames, OUT holds some new files and some old, and no manifest.json: it must
-    not look finished, and the next prepare on it finishes the move before anything else."""
+def _force_to_48_stopped_after_renames(tmp_path, monkeypatch, n: int) -> tuple[Path, Path, list[str]]:
+    """A store prepared at SIZE, then `--force --size 48` stopped (Ctrl-C) after `n` renames of its move:
+    (src, out, the names renamed into out)."""
     from alexkit.pipeline import storedir as stage
 
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
     _run(src, out)
     real_rename, renamed = stage._rename, []
 
-    def killed_after_two(a, b):
-        if len(renamed) == 2:
+    def stopped_after_n(a, b):
+        if len(renamed) == n:
             raise KeyboardInterrupt
         renamed.append(b.name)
         real_rename(a, b)
 
-    monkeypatch.setattr(stage, "_rename", killed_after_two)
+    monkeypatch.setattr(stage, "_rename", stopped_after_n)
     with pytest.raises(KeyboardInterrupt):
         _run(src, out, size=48, force=True)
+    return src, out, renamed
+
+
+def test_a_move_into_place_that_was_interrupted_is_finished_by_the_next_run(tmp_path, monkeypatch, capsys):
+    """Stopped between its renames, OUT holds some new files and some old, and no manifest.json: it must
+    not look finished, and the next prepare on it finishes the move before anything else."""
+    src, out, renamed = _force_to_48_stopped_after_renames(tmp_path, monkeypatch, 2)
     assert renamed == ["train.beton", "stats.npz"] and not (out / "train.done.json").exists()
     with pytest.raises(AlexkitError, match=rf"^store {out} is half replaced: an `alexkit prepare --force` stopped while moving "
                                            rf"its new store in; finish that with `alexkit prepare {src} --out {out} --size 48`$"):  # fmt: skip
@@ -1297,21 +1304,7 @@ def test_a_split_the_source_no_longer_has_goes_with_its_half_written_file(tmp_pa
 def test_a_move_stopped_after_a_whole_split_keeps_that_splits_done_record(tmp_path, monkeypatch):
     """Stopped once train's three files are in OUT (its done-record last) and before val's: the next
     prepare moves val and the rest, and train's record, already in place, stays with its files."""
-    from alexkit.pipeline import storedir as stage
-
-    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
-    _run(src, out)
-    real_rename, renamed = stage._rename, []
-
-    def killed_after_three(a, b):
-        if len(renamed) == 3:
-            raise KeyboardInterrupt
-        renamed.append(b.name)
-        real_rename(a, b)
-
-    monkeypatch.setattr(stage, "_rename", killed_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        _run(src, out, size=48, force=True)
+    src, out, renamed = _force_to_48_stopped_after_renames(tmp_path, monkeypatch, 3)
     assert renamed == ["train.beton", "stats.npz", "train.done.json"]
     monkeypatch.undo()
     _run(src, out, size=48)
