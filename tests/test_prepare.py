@@ -755,7 +755,13 @@ def test_a_force_rebuild_gives_the_new_settings_and_drops_what_the_new_source_la
     assert json.loads((out / "train.done.json").read_text())["settings"]["size"] == 48  # records moved with their files
     assert not (out / ".prepare-new").exists() and not list(out.rglob("*.partial"))
     assert "store ready: " + str(out) in capsys.readouterr().out
-    shutil.rmtree(src / "val")  # the same source without its val split: the old val.beton must not stay
+    shutil.rmtree(src / "val")  # the same source without its val split: it would take the store's away
+    before = _files(out)
+    with pytest.raises(AlexkitError, match=rf"^{src} has no val split .*, so the rebuilt store would have none, .*; {out} keeps "
+                                           "its own: add val images .*, or choose another --out$"):  # fmt: skip
+        _run(src, out, size=48, force=True)
+    assert _files(out) == before and not (out / ".prepare-new").exists()
+    (out / "val.beton").unlink()  # a val split removed by hand, its record left: the record must not stay either
     _run(src, out, size=48, force=True)
     assert sorted(p.name for p in out.iterdir()) == [".prepare.lock", "classes.json", "manifest.json", "stats.npz",
                                                      "train.beton", "train.done.json"]  # fmt: skip

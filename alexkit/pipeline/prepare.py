@@ -220,15 +220,16 @@ def _rebuild(cfg: PrepareConfig, src: Path, out: Path, lock=None) -> Path:
     """--force where `out` holds a store: built beside it (storedir.rebuild), holding `lock` (out's,
     exclusive), or, where trainings or evaluations read the store (None), its lock shared as theirs."""
     def build(staging: Path) -> dict:
-        return _build(cfg, src, staging, keep=True)  # keeping what an interrupted --force finished there
+        return _build(cfg, src, staging, keep=True, replacing=out)  # keeping what an interrupted --force finished there
 
     _summary(out, rebuild(out, build, lock) if lock is not None else rebuild_beside_readers(out, build))
     return out
 
 
-def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool) -> dict:
+def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path | None = None) -> dict:
     """Scan `src` and write the store into `out`, reusing (if `keep`) each split an earlier run finished
-    there with these settings and sources; return its manifest, written last."""
+    there with these settings and sources; return its manifest, written last. `replacing`: the store a
+    --force rebuild will replace, whose val split a source without one must not take away."""
     settings = cfg.settings()
     started = time.perf_counter()
     print(f"scanning {src} ...", flush=True)
@@ -237,6 +238,10 @@ def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool) -> dict:
     scan_s = time.perf_counter() - started
     for warning in ds.warnings:
         _warn(warning)
+    if not ds.splits.get("val") and replacing is not None and (replacing / "val.beton").is_file():
+        raise AlexkitError(f"{src} has no val split (or no val images), so the rebuilt store would have none, and "
+                           f"`alexkit train`, `eval` and `show-batch` need one; {replacing} keeps its own: add val images "
+                           "in one of the layouts in README.md, or choose another --out")  # fmt: skip
     if not ds.splits.get("val"):
         _warn(f"{src} has no val split (or no val images): `alexkit train`, `eval` and `show-batch` need one; add val "
               "images in one of the layouts in README.md and run again")  # fmt: skip
