@@ -42,6 +42,7 @@ dataset size. About 1.7 CPU ms per ImageNet-like JPEG at 256 px, statistics incl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -125,14 +126,11 @@ def prepare(cfg: PrepareConfig) -> Path:
     try:
         with _only_writer(out) as lock:
             try:
-                return _prepare(cfg, src, out, lock)
-            except BaseException as exc:
+                with _writing(out):
+                    return _prepare(cfg, src, out, lock)
+            except BaseException:
                 if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
                     remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
-                if isinstance(exc, BrokenPipeError):  # stdout's reader has gone (`| head`): nothing to fix in OUT
-                    raise
-                if isinstance(exc, OSError):  # a full disk, a permission, a symlink loop: past the checks above
-                    raise refused(exc, "fix that and run again (finished splits are kept)", out) from exc
                 raise
     except NoLocks:  # taking the lock failed: nor can any other prepare hold one there, so the folder is ours
         if made:
@@ -151,12 +149,25 @@ def prepare(cfg: PrepareConfig) -> Path:
             raise AlexkitError(f"another `alexkit prepare --force` is rebuilding {out} (in {out / STAGING}); wait for it "
                                "to end, or choose another --out") from None  # fmt: skip
         if cfg.force and (out / MANIFEST).is_file():  # a finished store: the new one can be built beside it meanwhile
-            return _rebuild(cfg, src, out)
+            with _writing(out):
+                return _rebuild(cfg, src, out)
         raise
     except OSError:  # the lock file cannot be opened for writing (another user's store): as above
         if _finished_as_asked(cfg, out, src):
             return out
         raise
+
+
+@contextlib.contextmanager
+def _writing(out: Path):
+    """An OSError past the checks of _check_paths (a full disk, a permission, a symlink loop) said as
+    one line naming OUT; not a closed stdout (`| head`), which is nothing to fix in OUT."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise refused(exc, "fix that and run again (finished splits are kept)", out) from exc
 
 
 def _finished_as_asked(cfg: PrepareConfig, out: Path, src: Path) -> bool:

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from alexkit.errors import AlexkitError, PathRefused, refused
+from alexkit.errors import AlexkitError, PathRefused
 from alexkit.paths import only_writer, shared_reader, write_atomic
 from alexkit.pipeline.store import LOCK, STAGING
 from alexkit.progress import some
@@ -41,12 +41,7 @@ def rebuild_beside_readers(out: Path, build: Callable[[Path], dict]) -> dict:
     with shared_reader(out / LOCK, f"`alexkit prepare` is writing {out}; wait for it to end, or choose another --out") as lock:
         if lock is None:  # a lock file this user cannot open: nothing can be moved in either
             raise PathRefused(f"cannot open {out / LOCK} for the rebuild; choose an --out folder you can write to")
-        try:
-            return rebuild(out, build, lock)
-        except OSError as exc:
-            if isinstance(exc, BrokenPipeError):  # stdout's reader has gone (`| head`): nothing to fix in OUT
-                raise
-            raise refused(exc, "fix that and run again (finished splits are kept)", out) from exc
+        return rebuild(out, build, lock)
 
 
 def rebuild(out: Path, build: Callable[[Path], dict], lock) -> dict:
