@@ -34,14 +34,6 @@ def alike_everywhere():
         raise
 
 
-def check_ranges(*checks: tuple[str, object, bool, str]) -> None:
-    """Each check (flag, value, whether it is within its range, the range): the first value outside
-    is one line naming the flag, the value and the range ("--steps 0 is out of range: at least 1")."""
-    for flag, value, within, allowed in checks:
-        if not within:
-            raise AlexkitError(f"{flag} {value} is out of range: {allowed}")
-
-
 class PathRefused(AlexkitError):
     """A path the system refuses (permissions, a full disk, a read-only file system): exit code 1."""
 

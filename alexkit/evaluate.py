@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.errors import AlexkitError, check_ranges
+from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
+from alexkit.ranges import AT_LEAST_1, check_ranges
 from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import RUN_FILES, check_same_store, find_checkpoint, moved_store
@@ -49,7 +50,7 @@ class EvalConfig:
     show_classes: int = 5  # how many best and worst classes to print
 
     def __post_init__(self):
-        check_ranges(("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"))
+        check_ranges(("--batch-size", self.batch_size, AT_LEAST_1))
         from alexkit.model.placement import check_device
 
         check_device(self.device)

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.datasets.layouts import IMAGE_EXTENSIONS
-from alexkit.errors import AlexkitError, check_ranges
+from alexkit.errors import AlexkitError
 from alexkit.paths import word
+from alexkit.ranges import AT_LEAST_1, check_ranges
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class PredictConfig:
     def __post_init__(self):
         if not self.images:
             raise AlexkitError("no images given; pass image files or folders: alexkit predict IMAGE...")
-        check_ranges(("--top", self.top_k, self.top_k >= 1, "at least 1"), ("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"))
+        check_ranges(("--top", self.top_k, AT_LEAST_1), ("--batch-size", self.batch_size, AT_LEAST_1))
         from alexkit.model.placement import check_device
 
         check_device(self.device)

@@ -4,29 +4,31 @@
     lr 0.01 divided by 10 when validation top-1 error stops improving for `patience` epochs, at most
     3 times, then stop; at most 90 epochs. Optional linear lr scaling (lr * batch / 128) with warm-up.
 
-What a run directory holds, and how checkpoints are written and read: alexkit/runs.py. Resuming
-is exact at epoch boundaries with the same number of processes: the loader's order and
-augmentation depend only on (seed, epoch, rank), and each epoch reseeds dropout from (seed, rank,
-epoch).
+What a run directory holds: alexkit/runs.py; how checkpoints are written and read:
+alexkit/checkpoints.py. Resuming is exact at epoch boundaries with the same number of processes: the
+loader's order and augmentation depend only on (seed, epoch, rank), and each epoch reseeds dropout
+from (seed, rank, epoch).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Collection, Literal
+from typing import Callable, Collection, Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from alexkit.errors import AlexkitError, OutOfMemory, alike, check_ranges, refused
+from alexkit import ranges
+from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
@@ -42,8 +44,8 @@ from alexkit.runs import run_dir as make_run_dir, write_metrics, write_run_files
 from alexkit.train_report import Rate, flags, most_waited, start_line, summary, timed
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
-MAX_FC_FEATURES = 4 * 4096  # fc6 and fc7 up to 4x the paper's (fc7 alone then holds 268M weights)
 Auto = Literal["auto", "on", "off"]
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -77,26 +79,22 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
         object.__setattr__(self, "data", self.data.resolve())  # so that eval finds it from anywhere
-        checks = {  # flag: (within its range, the range)
-            "--epochs": (self.epochs >= 1, "at least 1"), "--batch-size": (self.batch_size >= 1, "at least 1"),
-            "--lr": (0 < self.lr < math.inf, "above 0"), "--momentum": (0 <= self.momentum < 1, "from 0 to below 1"),
-            "--weight-decay": (0 <= self.weight_decay < math.inf, "at least 0"),
-            "--warmup-epochs": (self.warmup_epochs >= 0, "at least 0"), "--patience": (self.patience >= 1, "at least 1"),
-            "--max-lr-drops": (self.max_lr_drops >= 0, "at least 0"), "--width": (0 < self.width <= 8, "above 0, at most 8"),
-            "--fc-features": (2 <= self.fc_features <= MAX_FC_FEATURES, f"from 2 to {MAX_FC_FEATURES:,}"),
-            "--dropout": (0 <= self.dropout < 1, "from 0 to below 1"), "--seed": (0 <= self.seed < 2**32, f"from 0 to {2**32 - 1:,}"),
-        }  # fmt: skip
-        check_ranges(*((flag, getattr(self, flag[2:].replace("-", "_")), ok, allowed) for flag, (ok, allowed) in checks.items()))
+        ranges.check_ranges(*((f"--{name.replace('_', '-')}", getattr(self, name), allowed)
+                               for name, allowed in ranges.TRAIN.items()))  # fmt: skip
         if self.lr_scaling == "linear" and not self.lr * self.batch_size / PAPER_BATCH < math.inf:
             raise AlexkitError(f"--lr {self.lr} scaled linearly to --batch-size {self.batch_size} is not a finite number; "
                                "pass a smaller --lr")  # fmt: skip
-        choices = {"lr_scaling": ("none", "linear"), "amp": ("auto", "on", "off"), "channels_last": ("auto", "on", "off"),
-                   "compile": ("auto", "on", "off"), "init": ("paper", "sturdy"),
-                   "parallel": ("none", "columns", "ddp", "ddp-columns"), "progress": ("auto", "rich", "plain", "none")}  # fmt: skip
-        for name, allowed in choices.items():
+        for name, allowed in _choices().items():
             if getattr(self, name) not in allowed:
                 raise AlexkitError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         check_device(self.device)
+
+
+@functools.cache
+def _choices() -> dict[str, tuple[str, ...]]:
+    """TrainConfig's modes and their allowed values, from the Literal types of its fields."""
+    hints = get_type_hints(TrainConfig)
+    return {name: get_args(hint) for name, hint in hints.items() if get_origin(hint) is Literal}
 
 
 class PlateauSchedule:

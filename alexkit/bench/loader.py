@@ -40,9 +40,10 @@ import numpy as np
 
 from alexkit.bench import cpu_seconds
 from alexkit.bench.prepare import cpu_name, write_photo_like
-from alexkit.errors import AlexkitError, check_ranges, require
+from alexkit.errors import AlexkitError, require
 from alexkit.paths import usable_cores
 from alexkit.pipeline.loader import check_images, default_threads
+from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 
 CLASSES = 10  # the class folders of bench prepare's photo-like sources
 _KEEP: list = []
@@ -67,10 +68,10 @@ class BenchLoaderConfig:
 
     def __post_init__(self):
         threads = 1 if self.threads is None else self.threads
-        check_ranges(*((flag, value, value >= 1, "at least 1") for flag, value in (
+        check_ranges(*((flag, value, AT_LEAST_1) for flag, value in (
             ("--images", self.images), ("--batch-size", self.batch_size), ("--prefetch", self.prefetch),
             ("--threads", threads), ("--memory-epochs", self.memory_epochs))),
-            ("--epochs", self.epochs, self.epochs >= 2, "at least 2 (the first is not timed)"))  # fmt: skip
+            ("--epochs", self.epochs, Range(2, why="the first is not timed")))  # fmt: skip
         if self.store is None and self.images < self.batch_size:
             raise AlexkitError(f"--images {self.images} is fewer than one --batch-size ({self.batch_size}); make at least one batch")
         if self.store is not None and not (Path(self.store) / "manifest.json").is_file():

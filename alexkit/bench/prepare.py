@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.bench import cpu_seconds
-from alexkit.errors import check_ranges
 from alexkit.paths import usable_cores
+from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 
 # ImageNet-like (width, height) and how often each occurs: mostly Flickr's 500 px on the long
 # side, some larger photos, a few small ones. Mean ~500 x 420 pixels.
@@ -51,9 +51,9 @@ class BenchPrepareConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_ranges(("--images", self.images, self.images >= 1, "at least 1"), ("--workers", self.workers, self.workers >= 1, "at least 1"),
-                     ("--repeats", self.repeats, self.repeats >= 1, "at least 1"), ("--size", self.size, 16 <= self.size <= 1024, "from 16 to 1024"),
-                     ("--quality", self.quality, 1 <= self.quality <= 100, "from 1 to 100"))  # fmt: skip
+        check_ranges(("--images", self.images, AT_LEAST_1), ("--workers", self.workers, AT_LEAST_1),
+                     ("--repeats", self.repeats, AT_LEAST_1), ("--size", self.size, Range(16, 1024)),
+                     ("--quality", self.quality, Range(1, 100)))  # fmt: skip
 
 
 def bench_prepare(cfg: BenchPrepareConfig) -> dict:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from alexkit.errors import check_ranges
 from alexkit.paths import DEFAULT_STORE
+from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 from alexkit.train import Auto, TrainConfig, fast_cuda, make_optimizer, resolve_auto, train_step
 
 
@@ -35,9 +35,8 @@ class BenchTrainConfig:
     fc_features: int = 4096
 
     def __post_init__(self):
-        check_ranges(("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"),
-                     ("--steps", self.steps, self.steps >= 1, "at least 1"), ("--repeats", self.repeats, self.repeats >= 1, "at least 1"),
-                     ("--warmup", self.warmup, self.warmup >= 0, "at least 0"))  # fmt: skip
+        check_ranges(("--batch-size", self.batch_size, AT_LEAST_1), ("--steps", self.steps, AT_LEAST_1),
+                     ("--repeats", self.repeats, AT_LEAST_1), ("--warmup", self.warmup, Range(0)))
         TrainConfig(device=self.device, amp=self.amp, channels_last=self.channels_last, compile=self.compile,
                     width=self.width, fc_features=self.fc_features)  # fmt: skip  # validates the shared fields
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from alexkit.cli.train import SEED_RANGE, ranged
+from alexkit.cli.train import ranged
 from alexkit.paths import DEFAULT_STORE, check_folder
+from alexkit.ranges import SEED
 
 
 def command(
@@ -15,7 +16,7 @@ def command(
     out: Path = typer.Option(Path("alexkit-pictures"), "--out", help="Folder for train-batch.png and val-views.png."),
     count: int = typer.Option(16, "--count", help="Training crops in the grid."),
     val_index: int = typer.Option(0, "--val-index", help="Position in val.beton of the image whose ten views are drawn."),
-    seed: int = ranged(0, "--seed", "Loader seed: the same seed draws the same crops, flips and lighting.", SEED_RANGE),
+    seed: int = ranged(0, "--seed", "Loader seed: the same seed draws the same crops, flips and lighting.", SEED),
 ) -> None:
     """Draw augmented training crops with class names, and the ten views of one val image."""
     from alexkit.pictures import ShowBatchConfig, show_batch

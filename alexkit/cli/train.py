@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -12,51 +11,31 @@ import typer
 from alexkit.errors import alike_everywhere
 from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, word
 from alexkit.progress import talks
-
-
-@dataclass(frozen=True)
-class Range:
-    """A flag's allowed values: said in its help, and checked as the command line is parsed, so that a
-    value outside is a usage error naming the range and the command. TrainConfig checks the same
-    ranges for callers from Python; tests/test_cli.py keeps the two alike."""
-
-    low: float
-    high: float = math.inf  # inf: no limit (a value must still be finite)
-    above: bool = False  # low itself is out
-    below: bool = False  # high itself is out
-
-    def __str__(self) -> str:  # as TrainConfig says it
-        low, high = (f"{x:,}" if isinstance(x, int) else f"{x}" for x in (self.low, self.high))
-        if self.high == math.inf:
-            return f"above {low}" if self.above else f"at least {low}"
-        if self.above:
-            return f"above {low}, {'below' if self.below else 'at most'} {high}"
-        return f"from {low} to {'below ' if self.below else ''}{high}"
-
-    def __call__(self, value: float) -> float:
-        low_ok = value > self.low if self.above else value >= self.low
-        high_ok = value < self.high if self.below else value <= self.high
-        if not math.isfinite(value):
-            raise typer.BadParameter(f"{value} is not a finite number")
-        if not (low_ok and high_ok):
-            raise typer.BadParameter(f"{value} is out of range: {self}")
-        return value
+from alexkit.ranges import TRAIN, Range
 
 
 def ranged(default: float, flag: str, help: str, allowed: Range):
-    """An option whose help ends with its range, refusing a value outside it as it is parsed."""
-    return typer.Option(default, flag, help=f"{help} Range: {allowed}.", callback=allowed)
+    """An option whose help ends with its range, refusing a value outside it as the command line is
+    parsed, so that the error is a usage error naming the command (the config would refuse it too)."""
 
+    def check(value: float) -> float:
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        if value not in allowed:
+            raise typer.BadParameter(f"{value} is out of range: {allowed}")
+        return value
 
-SEED_RANGE = Range(0, 2**32 - 1)  # torch's and DALI's seeds are 32-bit
+    check.allowed = allowed  # for tests/test_cli.py
+    return typer.Option(default, flag, help=f"{help} Range: {allowed}.", callback=check)
+
 
 # Options `alexkit bench train` shares with `alexkit train` (same names, defaults and help).
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")
 AMP = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA GPUs with bf16 tensor cores), on, off.")
 CHANNELS_LAST = typer.Option("auto", "--channels-last", help="auto (on for CUDA), on, off.")
 COMPILE = typer.Option("auto", "--compile", help="torch.compile: auto (on for CUDA), on, off.")
-WIDTH = ranged(1.0, "--width", "Scale every conv's channels (0.25 for a quick CPU run).", Range(0, 8, above=True))
-FC_FEATURES = ranged(4096, "--fc-features", "Width of fc6 and fc7.", Range(2, 4 * 4096))  # train.MAX_FC_FEATURES
+WIDTH = ranged(1.0, "--width", "Scale every conv's channels (0.25 for a quick CPU run).", TRAIN["width"])
+FC_FEATURES = ranged(4096, "--fc-features", "Width of fc6 and fc7.", TRAIN["fc_features"])
 
 
 def command(
@@ -67,19 +46,19 @@ def command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run (its folder or a .pt) with its own "
                                           "settings, --epochs included; only --epochs, --data, --device, --parallel and "
                                           "--progress may differ from the run's, and another flag that differs is refused."),  # fmt: skip  # runs.RESUME_MAY_CHANGE
-    epochs: int = ranged(90, "--epochs", "Epochs at most; training also stops after the last lr drop.", Range(1)),
-    batch_size: int = ranged(128, "--batch-size", "Global batch, split over DDP processes.", Range(1)),
+    epochs: int = ranged(90, "--epochs", "Epochs at most; training also stops after the last lr drop.", TRAIN["epochs"]),
+    batch_size: int = ranged(128, "--batch-size", "Global batch, split over DDP processes.", TRAIN["batch_size"]),
     lr: float = ranged(0.01, "--lr", "Initial learning rate; with --lr-scaling linear, the rate for a batch of 128.",
-                       Range(0, above=True)),  # fmt: skip
-    momentum: float = ranged(0.9, "--momentum", "SGD momentum (the paper's 0.9).", Range(0, 1, below=True)),
-    weight_decay: float = ranged(5e-4, "--weight-decay", "SGD weight decay, on weights (the paper's 5e-4).", Range(0)),
+                       TRAIN["lr"]),  # fmt: skip
+    momentum: float = ranged(0.9, "--momentum", "SGD momentum (the paper's 0.9).", TRAIN["momentum"]),
+    weight_decay: float = ranged(5e-4, "--weight-decay", "SGD weight decay, on weights (the paper's 5e-4).", TRAIN["weight_decay"]),
     decay_biases: bool = typer.Option(False, "--decay-biases", help="Also decay biases (the paper's authors did not)."),
     lr_scaling: str = typer.Option("none", "--lr-scaling", help="none, or linear: lr * batch-size / 128."),
-    warmup_epochs: int = ranged(0, "--warmup-epochs", "Ramp the lr up linearly over these epochs.", Range(0)),
-    patience: int = ranged(5, "--patience", "Epochs without a better val top-1 error before lr / 10.", Range(1)),
-    max_lr_drops: int = ranged(3, "--max-lr-drops", "lr drops before the next plateau ends training.", Range(0)),
+    warmup_epochs: int = ranged(0, "--warmup-epochs", "Ramp the lr up linearly over these epochs.", TRAIN["warmup_epochs"]),
+    patience: int = ranged(5, "--patience", "Epochs without a better val top-1 error before lr / 10.", TRAIN["patience"]),
+    max_lr_drops: int = ranged(3, "--max-lr-drops", "lr drops before the next plateau ends training.", TRAIN["max_lr_drops"]),
     seed: int = ranged(0, "--seed", "Seed of the initial weights, dropout and the loader's crops, flips and lighting.",
-                       SEED_RANGE),  # fmt: skip
+                       TRAIN["seed"]),  # fmt: skip
     device: str = DEVICE,
     parallel: str = typer.Option("none", "--parallel",
                                  help="none; columns (the paper's two GPUs); ddp or ddp-columns under torchrun."),  # fmt: skip
@@ -88,7 +67,7 @@ def command(
     compile: str = COMPILE,
     width: float = WIDTH,
     fc_features: int = FC_FEATURES,
-    dropout: float = ranged(0.5, "--dropout", "Chance of zeroing each output of fc6 and fc7 in training.", Range(0, 1, below=True)),
+    dropout: float = ranged(0.5, "--dropout", "Chance of zeroing each output of fc6 and fc7 in training.", TRAIN["dropout"]),
     init: str = typer.Option("paper", "--init", help="paper, or sturdy (biases 0.1, gains kept at any width) when the paper's init stays at chance."),
     progress: str = typer.Option("auto", "--progress", help="Progress bars: auto, rich, plain or none (rank 0 only; epoch summaries always print)."),
 ) -> None:
