@@ -30,7 +30,8 @@ from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
 from alexkit.progress import Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
-from alexkit.ranks import before_joining, launched, lost_peers_said, on_every_rank
+from alexkit.launcher import launched
+from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.runs import RUN_FILES, check_same_store, find_checkpoint, moved_store
 

@@ -9,14 +9,6 @@ import sys
 import time
 
 
-def talks() -> bool:
-    """Whether this process talks to people: alone, or rank 0 of a torchrun job (read from torchrun's
-    RANK, so that it holds before the process group exists)."""
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 def duration(seconds: float) -> str:
     """1h02m03s, 4m05s or 6s."""
     seconds = int(round(seconds))

@@ -10,8 +10,7 @@ An error met before joining would leave the others waiting to join: torchrun's a
 other processes of its own node, but the node holding the rendezvous store waits for a process of
 another node until torch's timeout. So the processes meet first, in that store (`meet`): each says
 its error and the backend it would join with, and all raise the first error before any joins.
-torchrun's environment variables are read in one place (launched, from_launcher): a value that is
-no number, or WORLD_SIZE without RANK (left set in a shell), is one line naming it.
+torchrun's process numbers are read in alexkit/launcher.py.
 """
 
 from __future__ import annotations
@@ -30,30 +29,9 @@ import torch.distributed as dist
 from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 
 from alexkit.errors import AlexkitError, alike, refused, why
+from alexkit.launcher import launched
 
 T = TypeVar("T")
-
-
-def launched() -> int:
-    """How many processes torchrun started for this job (its WORLD_SIZE), 1 when run alone: known
-    before any process joins the others."""
-    world = from_launcher("WORLD_SIZE", 1, least=1)
-    if world > 1 and "RANK" not in os.environ:  # left in the shell, say: every process would take itself for rank 0
-        raise alike(AlexkitError(f"WORLD_SIZE={world} is set but RANK is not, and torchrun sets both; unset WORLD_SIZE, "
-                                 "or start the job with torchrun"))  # fmt: skip
-    return world
-
-
-def from_launcher(name: str, default: int, least: int = 0) -> int:
-    """The whole number torchrun puts in the environment variable `name` (WORLD_SIZE, RANK,
-    LOCAL_RANK, LOCAL_WORLD_SIZE), `default` where it is unset; anything else is one line naming it."""
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    if not value.strip().isdigit() or int(value) < least:
-        raise alike(AlexkitError(f"{name}={value!r} in the environment is not {'a count of processes' if least else 'a process number'}; "
-                                 f"unset it (torchrun sets it for the processes it starts)"))  # fmt: skip
-    return int(value)
 
 
 def _together() -> bool:

@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused
 from alexkit.paths import DEFAULT_RUNS, NoLocks, check_folder, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
-from alexkit.progress import counted, some, talks
+from alexkit.launcher import talks
+from alexkit.progress import counted, some
 from alexkit.ranks import agree
 
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ handling of EPIPE, which it keeps with standalone_mode=False too.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sys
@@ -20,6 +19,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from alexkit.errors import AlexkitError, alike, refused
+from alexkit.launcher import first_on_node, started
 
 MIN_COLUMNS = 80  # narrower, rich would cut words in help and tables to a letter or two: the terminal wraps lines instead
 
@@ -71,8 +71,8 @@ TORCHRUN_COMMANDS = ("train", "eval")  # the others would run once per process, 
 def _root(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
     # --debug is declared here for parsing and --help; main() reads it from the arguments itself,
     # as it handles the errors after typer has returned.
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.isdigit() and int(world) > 1 and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
+    world = started()
+    if world > 1 and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
         raise alike(AlexkitError(f"`alexkit {ctx.invoked_subcommand}` runs in one process, but torchrun started {world} "
                                  f"(WORLD_SIZE={world}): run it without torchrun (only {' and '.join(TORCHRUN_COMMANDS)} "
                                  "use torchrun's processes), or unset WORLD_SIZE where no launcher started this"))  # fmt: skip
@@ -131,13 +131,6 @@ def _wide_enough() -> None:
         rich_utils.MAX_WIDTH = MIN_COLUMNS
 
 
-def _first_on_node() -> bool:
-    """Whether this process is its node's first (torchrun's LOCAL_RANK 0), or alone; a LOCAL_RANK that
-    is no number counts as first, so that an error is never silent."""
-    local_rank = os.environ.get("LOCAL_RANK", "0")
-    return not local_rank.isdigit() or int(local_rank) == 0
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: a usage error or an AlexkitError is one line and its exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -147,13 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # click's usage errors: flags alone, so alike in every torchrun process
         if exc.__class__.__name__ == "NoArgsIsHelpError":  # `alexkit` alone: the help is printed already
             sys.exit(exc.exit_code)  # (typer itself tells this one by its name)
-        if _first_on_node():  # one line per node, as for alike() errors
+        if first_on_node():  # one line per node, as for alike() errors
             print(f"error: {usage_line(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except AlexkitError as exc:
         if debug:
             traceback.print_exc()  # and still the error's own exit code
-        elif not getattr(exc, "everywhere", False) or _first_on_node():  # one line per node
+        elif not getattr(exc, "everywhere", False) or first_on_node():  # one line per node
             print(f"error: {exc}", file=sys.stderr)  # (torchrun's LOCAL_RANK): each node's log says why it stopped
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import typer
 
 from alexkit.errors import alike_everywhere
 from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, word
-from alexkit.progress import talks
+from alexkit.launcher import talks
 from alexkit.ranges import TRAIN, Range
 
 

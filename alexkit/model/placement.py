@@ -12,7 +12,6 @@ placement (`alexnet_state_dict`, `load_alexnet_state_dict`).
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from alexkit.errors import AlexkitError, why
 from alexkit.model.alexnet import COLUMNS, AlexNet
 from alexkit.model.lrn import LocalResponseNorm
-from alexkit.ranks import agree, before_joining, from_launcher, join
+from alexkit.launcher import from_launcher, under_torchrun
+from alexkit.ranks import agree, before_joining, join
 
 Parallel = Literal["none", "columns", "ddp", "ddp-columns"]
 SPLIT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # halved by output rows
@@ -164,14 +164,15 @@ def idle_gpus_note(placement: Placement, visible: int) -> str | None:
     if placement.device.type != "cuda":
         return None
     per_process = len(placement.devices)
-    used = from_launcher("LOCAL_WORLD_SIZE", 1, least=1) * per_process  # this node's share (torchrun sets it)
+    on_node = from_launcher("LOCAL_WORLD_SIZE", 0, least=1)  # processes torchrun started on this node; 0: none
+    used = max(on_node, 1) * per_process  # this node's share
     usable = visible // per_process * per_process  # columns take GPUs two at a time
     if usable <= used:
         return None
     which = "all" if usable == visible else usable
     said = f"note: {visible} GPUs are visible and this node uses {used}; to train on {which} of them"
     nproc = f"--nproc-per-node={usable // per_process}"
-    if "LOCAL_WORLD_SIZE" in os.environ:  # under torchrun already, maybe on several nodes: its other flags stand
+    if on_node:  # under torchrun already, maybe on several nodes: its other flags stand
         return f"{said}, start torchrun with {nproc}"
     parallel = "ddp-columns" if per_process == 2 else "ddp"
     return f"{said}: torchrun --standalone {nproc} -m alexkit train --parallel {parallel} ..."
@@ -181,11 +182,6 @@ def check_device(device: str) -> None:
     """A --device value must be auto, cpu, cuda or cuda:N."""
     if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise AlexkitError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
-
-
-def under_torchrun() -> bool:
-    """Whether torchrun (or a launcher like it) started this process: it sets RANK and WORLD_SIZE."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def setup(parallel: Parallel, device: str, error: AlexkitError | None = None) -> Placement:

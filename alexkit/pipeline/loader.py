@@ -59,7 +59,7 @@ from alexkit.pipeline.beton import MODE_JPG, MODE_RAW
 from alexkit.pipeline.graphs import MODES, GraphConfig, Mode, build_graph, eval_inputs, train_inputs
 from alexkit.pipeline.kernel import is_compiled
 from alexkit.pipeline.store import Store, rewrite
-from alexkit.ranks import from_launcher
+from alexkit.launcher import from_launcher
 
 STREAM_ORDER, STREAM_AUGMENT = 0, 1  # independent random streams drawn from (seed, epoch, ...)
 # The one-pass CPU kernel (kernel.py) compiles in about 2.2 s once per process and saves 0.05-0.15
