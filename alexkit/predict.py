@@ -125,12 +125,12 @@ def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[n
     """(mean image (S, S, 3) float32, class table, where they came from): `data`'s store if given,
     else the run directory's copies, else the store the checkpoint names (or DEFAULT_STORE)."""
     from alexkit.evaluate import store_of
-    from alexkit.pipeline.store import Stats, Store, read_classes, reading
+    from alexkit.pipeline.store import CLASSES, STATS, Stats, Store, read_classes, reading
     from alexkit.runs import check_same_store
 
     run = ckpt_path.parent
-    if data is None and (run / "stats.npz").is_file() and (run / "classes.json").is_file():
-        return Stats.load(run / "stats.npz").mean_image, read_classes(run / "classes.json"), f"run {run}"
+    if data is None and (run / STATS).is_file() and (run / CLASSES).is_file():
+        return Stats.load(run / STATS).mean_image, read_classes(run / CLASSES), f"run {run}"
     path = store_of(ckpt, ckpt_path, data)
     with reading(path):  # its files read whole, with no `prepare --force` moving a new store in meanwhile
         store = Store(path)

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from alexkit.errors import AlexkitError, refused
 from alexkit.paths import DEFAULT_RUNS, NoLocks, check_folder, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
 from alexkit.launcher import talks
+from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
 from alexkit.progress import counted, some
 from alexkit.ranks import agree
 
@@ -105,7 +106,7 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
             raise
 
 
-RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "stats.npz", "classes.json")  # what train writes in a run
+RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", STATS, CLASSES)  # what train writes in a run
 
 
 def _mend(run_dir: Path) -> None:
@@ -148,7 +149,7 @@ def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
     versions["cuda"] = torch.version.cuda  # None for a CPU build
     config = dict(config, versions=versions, python=sys.version.split()[0], git_commit=_git_commit(), argv=sys.argv)
     write_atomic(path / "config.json", json.dumps(config, indent=2) + "\n")
-    for name in ("stats.npz", "classes.json"):  # a resumed run's were checked equal (check_same_store)
+    for name in (STATS, CLASSES):  # a resumed run's were checked equal (check_same_store)
         write_atomic(path / name, (store.path / name).read_bytes())
     write_metrics(path, metrics)
 
@@ -207,15 +208,13 @@ def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> Non
     the store the run was trained on: the same crop and classes, and the same class table and mean
     image as the run's copies where `run` holds them."""
     check_compatible(model_args, ckpt_path, size=store.size, num_classes=store.num_classes, source=f"store {store.path}")
-    from alexkit.pipeline.store import Stats, read_classes
-
     fix = f"pass --data with the store that {run} was trained on"
-    if (run / "classes.json").is_file() and read_classes(run / "classes.json") != store.classes:
-        raise AlexkitError(f"store {store.path} has other classes than {run / 'classes.json'}; {fix}")
-    if (run / "stats.npz").is_file():
-        mean = Stats.load(run / "stats.npz").mean_image
+    if (run / CLASSES).is_file() and read_classes(run / CLASSES) != store.classes:
+        raise AlexkitError(f"store {store.path} has other classes than {run / CLASSES}; {fix}")
+    if (run / STATS).is_file():
+        mean = Stats.load(run / STATS).mean_image
         if mean.shape != store.stats.mean_image.shape or np.abs(mean - store.stats.mean_image).max() > 0.01:
-            raise AlexkitError(f"store {store.path} has another mean image than {run / 'stats.npz'}; {fix}")
+            raise AlexkitError(f"store {store.path} has another mean image than {run / STATS}; {fix}")
 
 
 def moved_store(named: str, run: Path) -> Path | None:
@@ -225,7 +224,7 @@ def moved_store(named: str, run: Path) -> Path | None:
     copies of the store's classes and mean image (check_same_store compares them), and the run
     folder's config records the same store (its files are this run's)."""
     candidate = Path(run).resolve().parent.parent / Path(named).name
-    needed = [candidate / "manifest.json", run / "classes.json", run / "stats.npz"]
+    needed = [candidate / MANIFEST, run / CLASSES, run / STATS]
     if Path(named).is_dir() or candidate == Path(named) or not all(p.is_file() for p in needed):
         return None
     try:

@@ -43,6 +43,7 @@ from alexkit.bench.prepare import cpu_name, write_photo_like
 from alexkit.errors import AlexkitError, require
 from alexkit.paths import usable_cores
 from alexkit.pipeline.loader import check_images, default_threads
+from alexkit.pipeline.store import MANIFEST
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 
 CLASSES = 10  # the class folders of bench prepare's photo-like sources
@@ -74,7 +75,7 @@ class BenchLoaderConfig:
             ("--epochs", self.epochs, Range(2, why="the first is not timed")))  # fmt: skip
         if self.store is None and self.images < self.batch_size:
             raise AlexkitError(f"--images {self.images} is fewer than one --batch-size ({self.batch_size}); make at least one batch")
-        if self.store is not None and not (Path(self.store) / "manifest.json").is_file():
+        if self.store is not None and not (Path(self.store) / MANIFEST).is_file():
             raise AlexkitError(f"--store {self.store} is not a finished store (no manifest.json); run `alexkit prepare` first")
         if self.source is not None and (self.store is None or not Path(self.source).is_dir()):
             what = "is not a folder" if self.store is not None else "goes with --store (without it the sources are made)"

@@ -203,9 +203,9 @@ def _stats_agreement(store: Path) -> dict:
     statistics over its decoded JPEGs: what skipping a second decode of every image costs."""
     from alexkit.pipeline.beton import BetonReader
     from alexkit.pipeline.imageops import PixelSums
-    from alexkit.pipeline.store import Stats, eigen
+    from alexkit.pipeline.store import STATS, Stats, eigen
 
-    stats, reader = Stats.load(store / "stats.npz"), BetonReader(store / "train.beton")
+    stats, reader = Stats.load(store / STATS), BetonReader(store / "train.beton")
     sums = PixelSums(stats.mean_image.shape[0])  # prepare's own sums, over the decoded images
     for i in range(len(reader)):
         sums.add(np.ascontiguousarray(reader.pixels(i)))  # (S, S, 3) uint8, decoded with PIL

@@ -45,13 +45,13 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
     """Print and return {"device", "settings", "rows": [{"input", "images_per_s", "min", "max"}, ...]}."""
     from alexkit.model import AlexNet
     from alexkit.model.placement import setup
-    from alexkit.pipeline.store import Store
+    from alexkit.pipeline.store import MANIFEST, Store
 
     dev = setup("none", cfg.device).device
     amp, channels_last, compiled = resolve_auto(cfg.amp, cfg.channels_last, cfg.compile, dev)
     if dev.type == "cuda":
         fast_cuda()
-    store = Store(cfg.data) if (Path(cfg.data) / "manifest.json").is_file() else None
+    store = Store(cfg.data) if (Path(cfg.data) / MANIFEST).is_file() else None
     size, classes = (store.crop, store.num_classes) if store else (224, 1000)
 
     torch.manual_seed(0)

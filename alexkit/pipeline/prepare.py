@@ -60,9 +60,9 @@ from alexkit.paths import usable_cores, word
 from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
-from alexkit.pipeline.constants import STORE_FORMAT_VERSION, STORE_SIZE
-from alexkit.pipeline.store import LOCK, write_stats
-from alexkit.pipeline.storedir import CLASSES, MANIFEST, PROBE, SPLITS, STAGING, STATS, STORE_FILES, clear
+from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE
+from alexkit.pipeline.store import CLASSES, LOCK, MANIFEST, SPLITS, STAGING, STATS, write_stats
+from alexkit.pipeline.storedir import PROBE, STORE_FILES, clear
 from alexkit.pipeline.storedir import move_in, not_a_store, read_json, rebuild, rebuild_beside_readers, remove, remove_if_only_lock
 from alexkit.pipeline.storedir import write_json
 from alexkit.pipeline.workers import Workers, chunks
@@ -79,8 +79,8 @@ class PrepareConfig:
     src: Path
     out: Path = DEFAULT_STORE
     size: int = STORE_SIZE  # stored images are size x size
-    format: Literal["jpg", "raw"] = "jpg"
-    quality: int = 90  # JPEG quality, 1-100 (ignored for raw)
+    format: Literal["jpg", "raw"] = STORE_FORMAT
+    quality: int = STORE_QUALITY  # JPEG quality, 1-100 (ignored for raw)
     workers: int = field(default_factory=usable_cores)
     force: bool = False  # rebuild a finished store
 

@@ -15,7 +15,15 @@ import numpy as np
 from alexkit.errors import AlexkitError, why
 from alexkit.paths import shared_reader, word, write_atomic
 from alexkit.pipeline.beton import BetonReader
-from alexkit.pipeline.constants import STORE_FORMAT_VERSION, crop_size
+from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE, crop_size
+
+# The names of a store's files (prepare.py's docstring says what each holds), and of prepare's own beside them.
+MANIFEST = "manifest.json"  # written last and removed first: the mark of a finished store
+STATS = "stats.npz"
+CLASSES = "classes.json"
+SPLITS = ("train", "val")  # each a SPLIT.beton, with its SPLIT.done.json record
+LOCK = ".prepare.lock"  # prepare holds it exclusively while it writes; trainings and evaluations, shared
+STAGING = ".prepare-new"  # a --force rebuild's new store, inside the store (same file system: renames are atomic)
 
 
 @dataclass(frozen=True)
@@ -89,9 +97,10 @@ def prepare_line(built: Path, store: Path) -> str:
     `built` (the store, or the folder of its --force rebuild) records; SRC where it cannot be read."""
     store = Path(store)
     try:
-        manifest = json.loads((Path(built) / "manifest.json").read_text())
+        manifest = json.loads((Path(built) / MANIFEST).read_text())
         src, settings = manifest["source"]["path"], manifest["settings"]
-        given = {k: settings[k] for k, default in (("size", 256), ("format", "jpg"), ("quality", 90)) if settings[k] != default}
+        defaults = {"size": STORE_SIZE, "format": STORE_FORMAT, "quality": STORE_QUALITY}  # PrepareConfig's
+        given = {k: settings[k] for k, default in defaults.items() if settings[k] != default}
         if settings["format"] != "jpg":
             given.pop("quality", None)  # a raw store has none
         flags = "".join(f" --{k} {v}" for k, v in given.items())
@@ -103,13 +112,9 @@ def prepare_line(built: Path, store: Path) -> str:
 
 def _fix(path: Path) -> str:
     """The fix for a damaged store file at `path`, or a run's copy of one."""
-    if (path.parent / "manifest.json").is_file():  # a store's own file
+    if (path.parent / MANIFEST).is_file():  # a store's own file
         return rewrite(path.parent)
     return "copy it again from the store it came from (a run keeps copies of its store's files)"
-
-
-LOCK = ".prepare.lock"  # prepare holds it exclusively while it writes; trainings and evaluations, shared
-STAGING = ".prepare-new"  # a --force rebuild's new store, inside the store (same file system: renames are atomic)
 
 
 def reading(path: Path):
@@ -123,15 +128,15 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        missing = [n for n in ("stats.npz", "classes.json", "manifest.json") if not (self.path / n).is_file()]
+        missing = [n for n in (STATS, CLASSES, MANIFEST) if not (self.path / n).is_file()]
         if not self.path.is_dir() or missing:
             what = ("is a file, not a store folder" if self.path.is_file() else "does not exist" if not self.path.is_dir()
                     else f"has no {', '.join(missing)}")  # fmt: skip
-            if "manifest.json" in missing and (self.path / STAGING / "manifest.json").is_file():
+            if MANIFEST in missing and (self.path / STAGING / MANIFEST).is_file():
                 raise AlexkitError(f"store {self.path} is half replaced: an `alexkit prepare --force` stopped while moving its "
                                    f"new store in; finish that with `{prepare_line(self.path / STAGING, self.path)}`")  # fmt: skip
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {word(self.path)}` first")
-        manifest, fix = self.path / "manifest.json", rewrite(self.path)
+        manifest, fix = self.path / MANIFEST, rewrite(self.path)
         try:
             self.manifest = json.loads(manifest.read_text())
             version, self.size = self.manifest["format_version"], int(self.manifest["settings"]["size"])
@@ -144,16 +149,16 @@ class Store:
 
     @cached_property
     def stats(self) -> Stats:
-        stats = Stats.load(self.path / "stats.npz")
+        stats = Stats.load(self.path / STATS)
         if stats.mean_image.shape[:2] != (self.size, self.size):
-            raise AlexkitError(f"{self.path / 'stats.npz'} holds a {'x'.join(map(str, stats.mean_image.shape[:2]))} mean image, "
+            raise AlexkitError(f"{self.path / STATS} holds a {'x'.join(map(str, stats.mean_image.shape[:2]))} mean image, "
                                f"but the store's images are {self.size}x{self.size} (manifest.json); {rewrite(self.path)}")  # fmt: skip
         return stats
 
     @cached_property
     def classes(self) -> list[dict]:
         """[{"index": 0, "wnid": "n01440764", "name": "tench, Tinca tinca"}, ...]"""
-        return read_classes(self.path / "classes.json")
+        return read_classes(self.path / CLASSES)
 
     @property
     def num_classes(self) -> int:

@@ -15,11 +15,9 @@ from pathlib import Path
 
 from alexkit.errors import AlexkitError, PathRefused
 from alexkit.paths import only_writer, shared_reader, write_atomic
-from alexkit.pipeline.store import LOCK, STAGING
+from alexkit.pipeline.store import CLASSES, LOCK, MANIFEST, SPLITS, STAGING, STATS
 from alexkit.progress import some
 
-MANIFEST, STATS, CLASSES = "manifest.json", "stats.npz", "classes.json"
-SPLITS = ("train", "val")
 STORE_FILES = (MANIFEST, STATS, CLASSES, *(f"{n}{end}" for n in SPLITS for end in (".beton", ".done.json")))
 PROBE = ".alexkit-write-test-"  # + PID: the file with which prepare finds out whether OUT can be written
 
