@@ -65,7 +65,7 @@ from alexkit.pipeline.store import CLASSES, LOCK, MANIFEST, SPLITS, STAGING, STA
 from alexkit.pipeline.storedir import PROBE, STORE_FILES, clear
 from alexkit.pipeline.storedir import move_in, not_a_store, read_json, rebuild, rebuild_beside_readers, remove, remove_if_only_lock
 from alexkit.pipeline.storedir import write_json
-from alexkit.pipeline.workers import Workers, chunks
+from alexkit.pipeline.workers import ConvertJob, Workers, chunks
 
 FORMATS = ("jpg", "raw")
 MIN_SIZE, MAX_SIZE = 16, 1024  # 1024 px raw (3 MiB) still fits a .beton page
@@ -302,7 +302,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
     try:
         writer = BetonWriter(beton, capacity=len(samples))
         with Progress(name, len(samples), fields=("skipped",)) as progress:
-            job = (cfg.size, cfg.format, cfg.quality, with_stats)
+            job = ConvertJob(size=cfg.size, format=cfg.format, quality=cfg.quality, with_stats=with_stats)
             for results, chunk_sums in workers.run(chunks(samples, cfg.workers), job):
                 for index, payload, reason in results:
                     sample = samples[index]

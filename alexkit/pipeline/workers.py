@@ -13,11 +13,21 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import NamedTuple
 
 from alexkit.datasets import Sample, read_sample_bytes
 from alexkit.pipeline import imageops
 
 CHUNK = 64  # samples per task: large enough to amortise the hand-over, small enough to balance
+
+
+class ConvertJob(NamedTuple):
+    """What a worker makes of every sample of a split (pickled to it with each chunk)."""
+
+    size: int  # stored side, px
+    format: str  # "jpg" or "raw"
+    quality: int  # JPEG quality (unused for raw)
+    with_stats: bool  # also sum the pixels for stats.npz (the train split)
 
 
 def chunks(samples: tuple[Sample, ...], workers: int) -> Iterator[list[tuple[int, Sample]]]:
@@ -27,18 +37,18 @@ def chunks(samples: tuple[Sample, ...], workers: int) -> Iterator[list[tuple[int
         yield list(enumerate(samples[start : start + step], start))
 
 
-def convert_chunk(chunk: list[tuple[int, Sample]], size: int, fmt: str, quality: int, with_stats: bool):
+def convert_chunk(chunk: list[tuple[int, Sample]], job: ConvertJob):
     """In a worker: convert each sample; a failure of one file is caught and becomes its skip reason.
 
     Returns ([(index, stored bytes or RGB array, None) or (index, None, reason)], PixelSums or None).
     """
-    sums = imageops.PixelSums(size) if with_stats else None
+    sums = imageops.PixelSums(job.size) if job.with_stats else None
     results = []
     for index, sample in chunk:
         data = None
         try:
             data = read_sample_bytes(sample)
-            stored, rgb = imageops.convert(data, size, fmt, quality)
+            stored, rgb = imageops.convert(data, job.size, job.format, job.quality)
         except Exception as exc:  # anything one file can do: bad bytes, decoder errors, memory
             results.append((index, None, imageops.skip_reason(exc, data)))
             continue
@@ -104,12 +114,12 @@ class Workers:
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def run(self, chunks: Iterator[list], job: tuple) -> Iterator[tuple[list, imageops.PixelSums | None]]:
-        """Yield `convert_chunk(chunk, *job)` for every chunk, in order."""
+    def run(self, chunks: Iterator[list], job: ConvertJob) -> Iterator[tuple[list, imageops.PixelSums | None]]:
+        """Yield `convert_chunk(chunk, job)` for every chunk, in order."""
         pending: deque = deque()
         while True:
             while len(pending) < 2 * self.workers + 1 and (chunk := next(chunks, None)) is not None:
-                pending.append((chunk, self.pool.submit(convert_chunk, chunk, *job)))
+                pending.append((chunk, self.pool.submit(convert_chunk, chunk, job)))
             if not pending:
                 return
             chunk, future = pending.popleft()
@@ -118,14 +128,14 @@ class Workers:
             except BrokenProcessPool:
                 self._restart()
                 result = self._one_by_one(chunk, job)
-                pending = deque((c, self.pool.submit(convert_chunk, c, *job)) for c, _ in pending)
+                pending = deque((c, self.pool.submit(convert_chunk, c, job)) for c, _ in pending)
             yield result
 
-    def _one_by_one(self, chunk: list, job: tuple) -> tuple[list, imageops.PixelSums | None]:
-        results, sums = [], imageops.PixelSums(job[0]) if job[3] else None
+    def _one_by_one(self, chunk: list, job: ConvertJob) -> tuple[list, imageops.PixelSums | None]:
+        results, sums = [], imageops.PixelSums(job.size) if job.with_stats else None
         for item in chunk:
             try:
-                part, part_sums = self.pool.submit(convert_chunk, [item], *job).result()
+                part, part_sums = self.pool.submit(convert_chunk, [item], job).result()
             except BrokenProcessPool:
                 self._restart()
                 part, part_sums = [(item[0], None, "the decoder crashed its worker process")], None
