@@ -155,8 +155,8 @@ def _folders(src: Path, tick: Tick) -> Dataset:
                 f"{dk.META_FILE} and data/{dk.GROUND_TRUTH_FILE}) or {dk.DEVKIT_TARS[0]} in {src} (for Kaggle's "
                 f"download, pass the folder that holds {dk.KAGGLE_SOLUTION})"
             )
-        rows = [("val/" + f, kit.val_wnid(f)) for f in flat]
-        splits["val"] = _labelled(src, rows, wnids, f"{val_dir} (labels from {kit.source})", notes)
+        rows = [("val/" + f, kit.val_wnid(f), os.path.join(src, "val", f), 0, -1) for f in flat]  # whole files
+        splits["val"] = _labelled(rows, wnids, f"{val_dir} (labels from {kit.source})", notes)
         _compare_with_devkit(wnids, kit, notes)
     elif subdirs:
         splits["val"] = _class_folder_split(src, "val", notes, tick, expected=wnids)[1]
@@ -185,8 +185,8 @@ def _kaggle(src: Path, tick: Tick) -> Dataset:
             wnid = solution.get(os.path.splitext(f)[0])
             if wnid is None:
                 raise AlexkitError(f"{val_dir / f} has no row in {csv_path}; download {dk.KAGGLE_SOLUTION} again")
-            rows.append((f"{KAGGLE_DATA}/val/{f}", wnid))
-        splits["val"] = _labelled(src, rows, wnids, f"{val_dir} (labels from {csv_path})", notes)
+            rows.append((f"{KAGGLE_DATA}/val/{f}", wnid, os.path.join(src, KAGGLE_DATA, "val", f), 0, -1))  # a whole file
+        splits["val"] = _labelled(rows, wnids, f"{val_dir} (labels from {csv_path})", notes)
     return _dataset(src, "kaggle", wnids, _kaggle_names(src), splits, notes)
 
 
@@ -222,7 +222,7 @@ def _val_tar_split(src: Path, wnids: list[str], kit: dk.Devkit | None, notes: li
     path = str(src / VAL_TAR)
     rows = [(f"{VAL_TAR}/{name}", kit.val_wnid(name), path, offset, size) for name, offset, size in index_flat_tar(src / VAL_TAR, _is_image)]
     _compare_with_devkit(wnids, kit, notes)
-    return _labelled(src, rows, wnids, f"{src / VAL_TAR} (labels from {kit.source})", notes)
+    return _labelled(rows, wnids, f"{src / VAL_TAR} (labels from {kit.source})", notes)
 
 
 def _check_one_val_layout(val_dir: Path, flat: list[str], subdirs: list[str]) -> None:
@@ -318,18 +318,16 @@ def _scan_top(folder: Path) -> tuple[list[str], list[str]]:
 # --- labels, names, checks ---
 
 
-def _labelled(src: Path, rows, wnids: list[str], where: str, notes: list[str]) -> tuple[Sample, ...]:
-    """Val samples from (name, wnid) file rows or (name, wnid, path, offset, size) tar rows, by name."""
+def _labelled(rows, wnids: list[str], where: str, notes: list[str]) -> tuple[Sample, ...]:
+    """Val samples from (name, wnid, path, offset, size) rows (offset 0, size -1: a whole file), sorted by name."""
     index = {wnid: label for label, wnid in enumerate(wnids)}
     samples, skipped = [], 0
-    for row in rows:
-        label = index.get(row[1])
+    for name, wnid, path, offset, size in rows:
+        label = index.get(wnid)
         if label is None:
             skipped += 1
-        elif len(row) == 2:
-            samples.append(Sample(os.path.join(src, row[0]), label, name=row[0]))
         else:
-            samples.append(Sample(row[2], label, row[3], row[4], row[0]))
+            samples.append(Sample(path, label, offset, size, name))
     if skipped:
         notes.append(f"{counted(skipped, 'val image')} in {where} of classes absent from train; left out")
     samples.sort(key=lambda s: s.name)
