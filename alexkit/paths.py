@@ -208,7 +208,14 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fd = os.open(path.parent, os.O_RDONLY)
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the renames into `folder` durable: until its entry is synced, a power cut can undo them."""
+    import os
+
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

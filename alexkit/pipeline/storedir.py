@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alexkit.errors import AlexkitError, PathRefused
-from alexkit.paths import only_writer, shared_reader, write_atomic
+from alexkit.paths import fsync_folder, only_writer, shared_reader, write_atomic
 from alexkit.pipeline.store import CLASSES, LOCK, MANIFEST, SPLITS, STAGING, STATS
 from alexkit.progress import some
 
@@ -111,14 +111,6 @@ def _rename(src: Path, dst: Path) -> None:
     if src.exists():
         dst.with_name(dst.name + ".partial").unlink(missing_ok=True)  # the .beton writer's, left by an old interrupted run
         os.replace(src, dst)
-
-
-def fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def not_a_store(out: Path) -> str:
