@@ -5,11 +5,13 @@ format_version, model (the unwrapped AlexNet's state_dict), model_args, optimize
 config, metrics, rng (every generator's state, for an exact resume), world_size. It is written to a
 temporary name and renamed (paths.write_atomic). Reading one checks the CRC-32 of every record
 torch.save stored (torch.load does not), so bytes changed inside the weights are refused as damage.
+load_model builds the network a checkpoint describes, for eval and predict.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import zipfile
 import zlib
@@ -112,3 +114,31 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def load_model(path: Path):
+    """(model in eval mode on CPU, checkpoint dict) from a file written by `alexkit train`."""
+    from alexkit.model import build_from_checkpoint
+
+    ckpt = read_checkpoint(path)
+    try:
+        model = build_from_checkpoint(ckpt)
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:  # weights that do not fit their model_args
+        raise AlexkitError(f"{path}: its weights do not fit its model_args ({misfit(exc)}); "
+                           "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+    return model.eval(), ckpt
+
+
+def misfit(exc: Exception) -> str:
+    """The first concrete line of a load_state_dict error, whose own first line ("Error(s) in loading
+    state_dict for AlexNet:") names no weight: "conv1.weight is [96, 3, 11, 11] in the file but [48, 3,
+    11, 11] by its model_args, and 15 more", or 'Missing key(s) in state_dict: "fc8.weight"'."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [exc.__class__.__name__]
+    concrete = lines[1:] if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1 else lines
+    shapes = (r"size mismatch for (\S+): copying a param with shape torch.Size\((.*?)\) from checkpoint, "
+              r"the shape in current model is torch.Size\((.*?)\)\.")
+    first = re.fullmatch(shapes, concrete[0])
+    said = f"{first[1]} is {first[2]} in the file but {first[3]} by its model_args" if first else concrete[0].rstrip(". ")
+    if len(said) > 200:  # a long list of keys
+        said = said[:200] + "..."
+    return said + (f", and {len(concrete) - 1} more" if len(concrete) > 1 else "")

@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE, check_output, write_atomic
+from alexkit.paths import check_output, write_atomic
 from alexkit.progress import Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
 from alexkit.launcher import launched
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
-from alexkit.runs import RUN_FILES, check_same_store, find_checkpoint, moved_store
+from alexkit.runs import RUN_FILES, check_same_store, find_checkpoint, store_of
 
 TOP_K = 5
 LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
@@ -113,49 +112,6 @@ def predict_top(model, images, k: int):
     return log_p.exp(), top
 
 
-def load_checkpoint(path: Path):
-    """(model in eval mode on CPU, checkpoint dict) from a file written by `alexkit train`."""
-    from alexkit.model import build_from_checkpoint
-    from alexkit.checkpoints import read_checkpoint
-
-    ckpt = read_checkpoint(path)
-    try:
-        model = build_from_checkpoint(ckpt)
-    except (RuntimeError, TypeError, ValueError, KeyError) as exc:  # weights that do not fit their model_args
-        raise AlexkitError(f"{path}: its weights do not fit its model_args ({misfit(exc)}); "
-                           "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
-    return model.eval(), ckpt
-
-
-def misfit(exc: Exception) -> str:
-    """The first concrete line of a load_state_dict error, whose own first line ("Error(s) in loading
-    state_dict for AlexNet:") names no weight: "conv1.weight is [96, 3, 11, 11] in the file but [48, 3,
-    11, 11] by its model_args, and 15 more", or 'Missing key(s) in state_dict: "fc8.weight"'."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [exc.__class__.__name__]
-    concrete = lines[1:] if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1 else lines
-    shapes = (r"size mismatch for (\S+): copying a param with shape torch.Size\((.*?)\) from checkpoint, "
-              r"the shape in current model is torch.Size\((.*?)\)\.")
-    first = re.fullmatch(shapes, concrete[0])
-    said = f"{first[1]} is {first[2]} in the file but {first[3]} by its model_args" if first else concrete[0].rstrip(". ")
-    if len(said) > 200:  # a long list of keys
-        said = said[:200] + "..."
-    return said + (f", and {len(concrete) - 1} more" if len(concrete) > 1 else "")
-
-
-def store_of(ckpt: dict, ckpt_path: Path, data: Path | None) -> Path:
-    """`data` if given, else the store named by the checkpoint's training config (or, that folder
-    having moved with its runs, the store beside them: runs.moved_store), else DEFAULT_STORE."""
-    if data is not None:
-        return Path(data)
-    named = (ckpt.get("config") or {}).get("data")
-    if named and not Path(named).is_dir():
-        moved = moved_store(named, ckpt_path.parent)
-        if moved is None:
-            raise AlexkitError(f"{ckpt_path} was trained on the store {named}, which is not there (from here); pass --data with its place")
-        return moved
-    return Path(named) if named else DEFAULT_STORE
-
-
 def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate a checkpoint on the val split; print a summary on rank 0 and return the results.
 
@@ -165,6 +121,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     """
     import torch.distributed as dist
 
+    from alexkit.checkpoints import load_model
     from alexkit.model.placement import setup, teardown
     from alexkit.pipeline.store import reading
 
@@ -172,7 +129,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     def loaded() -> tuple[Path, object, dict]:
         ckpt_path = find_checkpoint(cfg.checkpoint)
-        return (ckpt_path, *load_checkpoint(ckpt_path))
+        return (ckpt_path, *load_model(ckpt_path))
 
     found, error = before_joining(loaded)
     ckpt_path, model, ckpt = found or (None, None, None)

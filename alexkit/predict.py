@@ -47,13 +47,14 @@ def predict(cfg: PredictConfig) -> list[dict]:
     """Classify each image; print its top-k and return [{"path", "top": [{"index", "wnid", "name", "prob"}]}]."""
     import torch
 
-    from alexkit.evaluate import load_checkpoint, predict_top
+    from alexkit.checkpoints import load_model
+    from alexkit.evaluate import predict_top
     from alexkit.model.placement import setup
     from alexkit.runs import check_compatible, find_checkpoint
 
     files = list_images(cfg.images)
     ckpt_path = find_checkpoint(cfg.checkpoint)
-    model, ckpt = load_checkpoint(ckpt_path)
+    model, ckpt = load_model(ckpt_path)
     mean_image, classes, source = stats_and_classes(ckpt_path, ckpt, cfg.data)
     size, crop = mean_image.shape[0], model.args["input_size"]
     check_compatible(model.args, ckpt_path, size=size, num_classes=len(classes), source=source)
@@ -124,7 +125,7 @@ def list_images(paths) -> list[Path]:
 def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[np.ndarray, list[dict], str]:
     """(mean image (S, S, 3) float32, class table, where they came from): `data`'s store if given,
     else the run directory's copies, else the store the checkpoint names (or DEFAULT_STORE)."""
-    from alexkit.evaluate import store_of
+    from alexkit.runs import store_of
     from alexkit.pipeline.store import CLASSES, STATS, Stats, Store, read_classes, reading
     from alexkit.runs import check_same_store
 

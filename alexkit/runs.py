@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused
-from alexkit.paths import DEFAULT_RUNS, NoLocks, check_folder, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, NoLocks, check_folder, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
 from alexkit.launcher import talks
 from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
 from alexkit.progress import counted, some
@@ -237,6 +237,20 @@ def moved_store(named: str, run: Path) -> Path | None:
         print(f"note: {run} was trained on {named}, which is not there; reading {candidate}, the store of that name "
               "beside its runs folder, once it matches the run's copies of its classes and mean image", file=sys.stderr)  # fmt: skip
     return candidate
+
+
+def store_of(ckpt: dict, ckpt_path: Path, data: Path | None) -> Path:
+    """`data` if given, else the store named by the checkpoint's training config (or, that folder
+    having moved with its runs, the store beside them: runs.moved_store), else DEFAULT_STORE."""
+    if data is not None:
+        return Path(data)
+    named = (ckpt.get("config") or {}).get("data")
+    if named and not Path(named).is_dir():
+        moved = moved_store(named, ckpt_path.parent)
+        if moved is None:
+            raise AlexkitError(f"{ckpt_path} was trained on the store {named}, which is not there (from here); pass --data with its place")
+        return moved
+    return Path(named) if named else DEFAULT_STORE
 
 
 # Fields a resumed run may change; any other flag given with --resume must match the run's own.
