@@ -28,19 +28,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexkit import ranges
+from alexkit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
+from alexkit.launcher import launched, under_torchrun
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
 from alexkit.model.placement import setup, teardown
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import Progress, Ticks, counted
-from alexkit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, set_rng_state
-from alexkit.runs import check_resumable, check_same_store, claim_run, find_checkpoint
-from alexkit.launcher import launched, under_torchrun
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
-from alexkit.runs import flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, world_size_of
+from alexkit.resume import check_resumable, flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, world_size_of
+from alexkit.runs import check_same_store, claim_run, find_checkpoint
 from alexkit.runs import run_dir as make_run_dir, write_metrics, write_run_files
 from alexkit.train_report import Rate, flags, most_waited, start_line, summary, timed
 

@@ -105,7 +105,7 @@ def test_resume_help_names_the_flags_a_resume_may_change():
     import inspect
 
     from alexkit.cli import train
-    from alexkit.runs import RESUME_MAY_CHANGE
+    from alexkit.resume import RESUME_MAY_CHANGE
 
     said = inspect.signature(train.command).parameters["resume"].default.help
     named = sorted(f.group(1) for f in re.finditer(r"--([a-z-]+)", said.split("included; only")[1]))

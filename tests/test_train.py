@@ -809,7 +809,7 @@ def test_a_resume_on_a_file_system_without_locks_keeps_the_run(store, tmp_path, 
 
 
 def test_a_resume_may_repeat_the_runs_flags_and_change_its_parallel_but_not_its_columns(tmp_path):
-    from alexkit.runs import resumed_config
+    from alexkit.resume import resumed_config
     from alexkit.train import _config_dict
 
     saved = _config_dict(TrainConfig(data=tmp_path, lr=0.02))  # --parallel none
@@ -940,7 +940,7 @@ def test_a_closed_stdout_loses_no_epoch_and_says_how_to_go_on(store, tmp_path):
 
 def test_how_to_go_on_after_a_stop_names_torchrun_for_a_ddp_run(tmp_path):
     """A ddp run's processes came from torchrun, and one process alone would be refused its resume."""
-    from alexkit.runs import how_to_go_on
+    from alexkit.resume import how_to_go_on
 
     run = tmp_path / "a run"
     run.mkdir()

@@ -45,7 +45,7 @@ def command(
                                          show_default=f"{DEFAULT_RUNS}/<YYYYmmdd-HHMMSS>"),  # fmt: skip
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run (its folder or a .pt) with its own "
                                           "settings, --epochs included; only --epochs, --data, --device, --parallel and "
-                                          "--progress may differ from the run's, and another flag that differs is refused."),  # fmt: skip  # runs.RESUME_MAY_CHANGE
+                                          "--progress may differ from the run's, and another flag that differs is refused."),  # fmt: skip  # resume.RESUME_MAY_CHANGE
     epochs: int = ranged(90, "--epochs", "Epochs at most; training also stops after the last lr drop.", TRAIN["epochs"]),
     batch_size: int = ranged(128, "--batch-size", "Global batch, split over DDP processes.", TRAIN["batch_size"]),
     lr: float = ranged(0.01, "--lr", "Initial learning rate; with --lr-scaling linear, the rate for a batch of 128.",
