@@ -136,26 +136,33 @@ def prepare(cfg: PrepareConfig) -> Path:
         if made:
             remove_if_only_lock(out)
         raise
-    except BeingRead:  # a training or evaluation reads the store (or a --force rebuilds it: it holds the lock as they do)
-        rebuilding = held_by_another(out / STAGING / LOCK)
-        if not cfg.force:
-            try:
-                if _finished(out, src, cfg.settings()):  # nothing to write
-                    return out
-            except AlexkitError:  # other settings: say first that a rebuild is under way, where one is
-                if not rebuilding:
-                    raise
-        if rebuilding:
-            raise AlexkitError(f"another `alexkit prepare --force` is rebuilding {out} (in {out / STAGING}); wait for it "
-                               "to end, or choose another --out") from None  # fmt: skip
-        if cfg.force and (out / MANIFEST).is_file():  # a finished store: the new one can be built beside it meanwhile
-            with _writing(out):
-                return _rebuild(cfg, src, out)
-        raise
+    except BeingRead as being_read:  # a training or evaluation reads the store (or a --force rebuilds it, as they do)
+        return _while_read(cfg, src, out, being_read)
     except OSError:  # the lock file cannot be opened for writing (another user's store): as above
         if _finished_as_asked(cfg, out, src):
             return out
         raise
+
+
+def _while_read(cfg: PrepareConfig, src: Path, out: Path, being_read: BeingRead) -> Path:
+    """Where trainings or evaluations hold the store's lock shared (or a --force rebuild does, as they
+    do): nothing to do if it is the store asked for, a --force builds the new one beside it, and
+    anything else waits for them (`being_read` says so)."""
+    rebuilding = held_by_another(out / STAGING / LOCK)
+    if not cfg.force:
+        try:
+            if _finished(out, src, cfg.settings()):  # nothing to write
+                return out
+        except AlexkitError:  # other settings: say first that a rebuild is under way, where one is
+            if not rebuilding:
+                raise
+    if rebuilding:
+        raise AlexkitError(f"another `alexkit prepare --force` is rebuilding {out} (in {out / STAGING}); wait for it "
+                           "to end, or choose another --out") from None  # fmt: skip
+    if cfg.force and (out / MANIFEST).is_file():  # a finished store: the new one can be built beside it meanwhile
+        with _writing(out):
+            return _rebuild(cfg, src, out)
+    raise being_read
 
 
 @contextlib.contextmanager
