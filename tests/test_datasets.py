@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import signal
 import subprocess
@@ -143,6 +144,27 @@ def test_custom_class_folders_train_only(tmp_path):
     assert [(c.wnid, c.name) for c in ds.classes] == [("cat", "cat"), ("dog", "dog"), ("zebra", "zebra")]
     assert [s.label for s in ds.splits["train"]] == [0, 0, 1, 1, 1, 2]
     assert ds.warnings == ()
+
+
+def test_a_link_back_up_inside_a_class_folder_is_an_error_naming_it(tmp_path):
+    """Followed, it would list the images under it without end (until the OS gives up, 40 links deep)."""
+    for cls in ("cat", "dog"):
+        write(tmp_path / "train" / cls / f"{cls}0.jpg")
+    (tmp_path / "train" / "dog" / "loop").symlink_to("..")
+    with pytest.raises(AlexkitError) as error:
+        find_dataset(tmp_path)
+    assert str(error.value) == (f"{tmp_path}/train/dog/loop is a link to {tmp_path}/train, which holds it, so the "
+                                "images under it would be listed without end; remove that link")  # fmt: skip
+
+
+def test_a_fifo_under_an_image_name_is_no_image(tmp_path):
+    """Its reader would wait for ever; it counts among the files that are not images."""
+    for cls in ("cat", "dog"):
+        write(tmp_path / "train" / cls / f"{cls}0.jpg")
+    os.mkfifo(tmp_path / "train" / "dog" / "pipe.jpg")
+    ds = find_dataset(tmp_path)
+    assert [s.name for s in ds.splits["train"]] == ["train/cat/cat0.jpg", "train/dog/dog0.jpg"]
+    assert any("train/dog/pipe.jpg" in w for w in ds.warnings), ds.warnings
 
 
 def test_val_classes_missing_from_train_are_left_out_with_a_warning(tmp_path):

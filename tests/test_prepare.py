@@ -342,6 +342,42 @@ def test_odd_files_decode_like_pil_convert_rgb():
     assert np.abs(cmyk_pixels - _reference(Image.fromarray(rgb), SIZE)).mean() < 3  # colours survive CMYK
 
 
+def test_16_bit_grey_keeps_its_top_8_bits():
+    """PIL's convert("RGB") clips 16-bit grey at 255, which would store a near-white image."""
+    grey16 = np.random.default_rng(7).integers(0, 65536, (36, 48)).astype(np.uint16)
+    img = Image.fromarray(grey16)
+    assert img.mode == "I;16"
+    got = np.asarray(imageops.decode_resized(_png(img), SIZE), dtype=int)
+    want = _reference(Image.fromarray((grey16 >> 8).astype(np.uint8)), SIZE)
+    assert np.abs(got - want).max() <= 1 and got.mean() < 200
+
+
+def test_an_image_longer_than_100_times_its_width_is_skipped_before_decoding():
+    """Its centre crop would be a sliver, and the resize up to the crop's far edge grows with the ratio."""
+    with pytest.raises(ValueError, match=r"3000x1 image: its sides are more than 100 times apart"):
+        imageops.decode_resized(_png(Image.new("RGB", (3000, 1))), SIZE)
+    assert imageops.decode_resized(_png(Image.new("RGB", (1000, 10))), SIZE).shape == (SIZE, SIZE, 3)  # 100:1 is kept
+
+
+def test_a_source_file_the_system_will_not_read_stops_prepare_naming_it(tmp_path):
+    """Not skipped like a bad image: whatever made it unreadable (permissions, a failing disk) may have
+    hit many files, and a quietly smaller dataset is worse than a stop. The error crosses from the
+    worker process as the one-line PathRefused (exit 1). A folder read as a file stands in for a file
+    root may not read (root reads any file)."""
+    from alexkit.datasets import Sample
+    from alexkit.errors import PathRefused
+    from alexkit.pipeline.workers import ConvertJob, Workers
+
+    job = ConvertJob(size=SIZE, format="jpg", quality=90, with_stats=True)
+    good = tmp_path / "good.JPEG"
+    good.write_bytes(_jpeg(_photo(np.random.default_rng(0), 40, 30)))
+    chunk = [(0, Sample(str(good), 0)), (1, Sample(str(tmp_path), 0))]
+    with Workers(1) as workers, pytest.raises(PathRefused) as refused:
+        list(workers.run(iter([chunk]), job))
+    assert str(refused.value).startswith(f"{tmp_path}: Is a directory; make it readable")
+    assert refused.value.exit_code == 1
+
+
 def test_bad_files_are_skipped_and_listed(tmp_path):
     src = tmp_path / "src"
     ids = _class_folder_tree(src, train_per_class=3, val_per_class=1)

@@ -284,21 +284,37 @@ def _warn_unextracted_tars(top: Path, classes: list[str], notes: list[str]) -> N
         )
 
 
-def _list_images(folder: Path, prefix: str, others: list[str]) -> list[str]:
-    """Sorted names "<prefix>/<file>" of the image files under `folder` (recursive, hidden skipped)."""
+def _list_images(folder: Path, prefix: str, others: list[str], above: frozenset = frozenset()) -> list[str]:
+    """Sorted names "<prefix>/<file>" of the image files under `folder` (recursive, hidden skipped;
+    what is not a regular file, a FIFO say, is one of the `others`). `above`: the (device, inode) of
+    the folders that hold this one, so that a link back up to one of them is an error, not a loop."""
+    st = os.stat(folder)
+    if (st.st_dev, st.st_ino) in above:
+        link = next((p for p in (folder, *folder.parents) if p.is_symlink()), folder)  # the one that leads back
+        raise AlexkitError(f"{link} is a link to {os.path.realpath(link)}, which holds it, so the images under it would be "
+                           "listed without end; remove that link")  # fmt: skip
+    above = above | {(st.st_dev, st.st_ino)}
     found = []
     with os.scandir(folder) as entries:
         for e in entries:
             if _hidden(e.name):
                 continue
             if e.is_dir():
-                found += _list_images(Path(e.path), f"{prefix}/{e.name}", others)
-            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                found += _list_images(Path(e.path), f"{prefix}/{e.name}", others, above)
+            elif _image_file(e):
                 found.append(f"{prefix}/{e.name}")
             else:
                 others.append(f"{prefix}/{e.name}")
     found.sort()
     return found
+
+
+def _image_file(entry: os.DirEntry) -> bool:
+    """A file with an image extension: a regular one, or a link to a file that is gone (reading it
+    then stops prepare with its name). A FIFO under an image name would block its reader for ever."""
+    if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+        return False
+    return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
 
 
 def _scan_top(folder: Path) -> tuple[list[str], list[str]]:
@@ -310,7 +326,7 @@ def _scan_top(folder: Path) -> tuple[list[str], list[str]]:
                 continue
             if e.is_dir():
                 dirs.append(e.name)
-            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+            elif _image_file(e):
                 files.append(e.name)
     return sorted(files), sorted(dirs)
 

@@ -17,8 +17,11 @@ does.
 
 Decoding: plain RGB and grayscale JPEGs (nearly all of ImageNet) are decoded by OpenCV's
 libjpeg-turbo; everything else (CMYK, PNG, palette, alpha, 16-bit ...) by PIL, then converted to
-RGB. `Image.open` reads only the header, so choosing costs next to nothing. Both decoders give
-the same pixels for baseline and progressive JPEGs (tested).
+RGB (16-bit grey keeps its top 8 bits: PIL's own conversion would clip it at 255, to white).
+`Image.open` reads only the header, so choosing costs next to nothing. Both decoders give the same
+pixels for baseline and progressive JPEGs (tested). An image whose sides are more than MAX_ASPECT
+times apart is skipped: its centre crop would hold a sliver of it, and the resize up to the crop's
+far edge grows with the ratio (gigabytes at 1:60,000).
 
 Two shortcuts, both giving the result of "resize the whole image, then crop":
   - Only the rows and columns under the crop are computed (the output stops at the crop's far
@@ -53,6 +56,7 @@ FILTER = Image.Resampling.BILINEAR  # the definition (PIL), used by references a
 DRAFT_MARGIN = 2  # decode at reduced scale only while keeping >= 2x the resized size per side
 FILTER_NAME = "PIL bilinear, antialiased (triangle kernel widened by the shrink factor)"
 REASON_CHARS = 200  # a skipped file's reason is cut to one short line
+MAX_ASPECT = 100  # longer side / shorter side; panoramas are about 10
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -88,6 +92,9 @@ def decode_rgb(data: bytes, size: int) -> tuple[np.ndarray, float, tuple[int, in
 
     img = Image.open(io.BytesIO(data))  # reads the header only
     width, height = img.size
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ValueError(f"a {width}x{height} image: its sides are more than {MAX_ASPECT} times apart, and its centre "
+                         f"crop would hold under 1/{MAX_ASPECT} of it")  # fmt: skip
     if img.format == "JPEG":
         factor = draft_factor(width, height, size)
         if img.mode in ("RGB", "L"):  # grey comes back as 3 equal channels, like convert("RGB")
@@ -99,8 +106,13 @@ def decode_rgb(data: bytes, size: int) -> tuple[np.ndarray, float, tuple[int, in
                 return rgb, 1 / factor, (width, height)
         img.draft("RGB", draft_size(width, height, size))  # CMYK and others: PIL, reduced alike
     factor = round(width / img.size[0])  # the draft's decoded width is ceil(width / factor)
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey (older PILs open PNGs as "I")
+        grey = np.asarray(img)
+        if img.mode != "I" or grey.max() > 255:  # 8-bit values in an "I" image stay as they are
+            grey = grey >> 8
+        img = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))  # mode L
     if img.mode != "RGB":
-        img = img.convert("RGB")  # CMYK (Adobe-inverted ones too), L, P, RGBA, LA, I;16 ...
+        img = img.convert("RGB")  # CMYK (Adobe-inverted ones too), L, P, RGBA, LA ...
     return np.array(img), 1 / factor, (width, height)  # decodes here; writable, as torch wants
 
 

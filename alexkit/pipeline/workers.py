@@ -16,6 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple
 
 from alexkit.datasets import Sample, read_sample_bytes
+from alexkit.errors import refused
 from alexkit.pipeline import imageops
 
 CHUNK = 64  # samples per task: large enough to amortise the hand-over, small enough to balance
@@ -45,17 +46,27 @@ def convert_chunk(chunk: list[tuple[int, Sample]], job: ConvertJob):
     sums = imageops.PixelSums(job.size) if job.with_stats else None
     results = []
     for index, sample in chunk:
-        data = None
+        data = _read(sample)
         try:
-            data = read_sample_bytes(sample)
             stored, rgb = imageops.convert(data, job.size, job.format, job.quality)
-        except Exception as exc:  # anything one file can do: bad bytes, decoder errors, memory
+        except Exception as exc:  # anything one file's bytes can do: bad bytes, decoder errors, memory
             results.append((index, None, imageops.skip_reason(exc, data)))
             continue
         if sums is not None:
             sums.add(rgb)
         results.append((index, stored, None))
     return results, sums
+
+
+def _read(sample: Sample) -> bytes:
+    """The sample's bytes. A file the system will not read (permissions, a failing disk) stops the run
+    rather than being skipped: whatever made it unreadable may have hit many more, and a quietly
+    smaller dataset is worse than a stop (which keeps the splits already finished)."""
+    try:
+        return read_sample_bytes(sample)
+    except OSError as exc:
+        raise refused(exc, "make it readable (its permissions, or copy it again) and run prepare again (finished "
+                      "splits are kept)", sample.path) from None  # fmt: skip
 
 
 def _init_worker(parent: int) -> None:
