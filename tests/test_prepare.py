@@ -540,6 +540,33 @@ def test_resume_keeps_a_finished_split(tmp_path):
     assert not list(out.glob("*.partial"))
 
 
+def test_the_source_by_a_link_or_by_dot_dot_is_the_same_source(tmp_path, capsys):
+    """A finished store of it has nothing to do, and an interrupted one keeps its finished split."""
+    src, out = _sample_tree(tmp_path / "src", 6), tmp_path / "store"
+    (tmp_path / "link").symlink_to(src)
+    (tmp_path / "sub").mkdir()
+    _run(src, out)
+    for other in (tmp_path / "link", tmp_path / "sub" / ".." / "src"):
+        capsys.readouterr()
+        _run(other, out)
+        assert "nothing to do" in capsys.readouterr().out
+    train_stat = (out / "train.beton").stat()
+    for name in ("manifest.json", "val.beton", "val.done.json"):  # as if killed while writing val
+        (out / name).unlink()
+    _run(tmp_path / "link", out)
+    assert (out / "train.beton").stat().st_mtime_ns == train_stat.st_mtime_ns  # kept, not rebuilt
+    assert "train: kept from an earlier run" in capsys.readouterr().out
+
+
+def test_too_little_free_space_is_a_warning_in_the_units_that_fit(tmp_path, capsys, monkeypatch):
+    """A small store's need is said in MB (not "0.0 GB"); the run goes on (a rerun resumes)."""
+    src = _sample_tree(tmp_path / "src", 2)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    _run(src, tmp_path / "store")
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'store'} has 0.0 MB free, the store needs about " in err and " MB; the run may stop" in err
+
+
 def test_a_source_file_replaced_under_the_same_name_makes_its_split_redone(tmp_path, capsys):
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
     _run(src, out)

@@ -120,7 +120,7 @@ def prepare(cfg: PrepareConfig) -> Path:
     try:
         src, out, made = _check_paths(cfg)
     except PathRefused:  # a read-only folder: fine if there is nothing to write
-        if _finished_as_asked(cfg, cfg.out, cfg.src.absolute()):
+        if _finished_as_asked(cfg, cfg.out, cfg.src.resolve()):
             return cfg.out
         raise
     try:
@@ -194,9 +194,10 @@ def _finished(out: Path, src: Path, settings: dict) -> bool:
     finished = read_json(out / MANIFEST)
     if not isinstance(finished, dict):
         return False
-    if finished.get("settings") != settings or finished.get("source", {}).get("path") != str(src):
+    recorded = finished.get("source", {}).get("path")
+    if finished.get("settings") != settings or recorded is None or Path(recorded).resolve() != src:
         raise AlexkitError(
-            f"{out} holds a finished store of {finished.get('source', {}).get('path')} made with "
+            f"{out} holds a finished store of {recorded} made with "
             f"{_describe(finished.get('settings', {}))} (asked: {src}, {_describe(settings)}); "
             f"pass --force to replace it, or choose another --out"
         )
@@ -427,11 +428,16 @@ def _manifest(src: Path, ds: Dataset, settings: dict, records: dict, scan_s: flo
 def _summary(out: Path, manifest: dict) -> None:
     parts = [f"{name} {counted(s['images'], 'image')}" for name, s in manifest["splits"].items()]
     size = sum(s["bytes"] for s in manifest["splits"].values())  # for copies to other nodes, say
-    parts.append(f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB")
+    parts.append(_amount(size))
     skipped = len(manifest["skipped"])
     files = "file" if skipped == 1 else "files"
     note = f"; {skipped} {files} skipped, listed with their reasons in {out / MANIFEST}" if skipped else "; no file skipped"
     print(f"store ready: {out} ({', '.join(parts)}{note}; {duration(manifest['timings']['total_s'])} in all)")
+
+
+def _amount(size: float) -> str:
+    """Bytes as 40.1 GB, or 33.6 MB below a gigabyte."""
+    return f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
 
 
 def _warn(text: str) -> None:
@@ -453,9 +459,9 @@ def _describe(settings: dict) -> str:
 
 
 def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
-    """(absolute src, out, whether this call made out) after the checks that need no scan;
+    """(resolved src, out, whether this call made out) after the checks that need no scan;
     AlexkitError on unusable paths."""
-    src, out = cfg.src.absolute(), cfg.out
+    src, out = cfg.src.resolve(), cfg.out  # resolved: the same folder by a link or `..` is the same source
     if not src.exists():
         raise AlexkitError(
             f"{src} does not exist; pass the folder that holds your ImageNet (or run `alexkit sample DIR` for a small demo set)"
@@ -493,7 +499,7 @@ def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
     if free < need:
         both = " (--force keeps the old store until the new one is complete: both need room)" if out.name == STAGING else ""
         _warn(
-            f"{out} has {free / 1e9:.1f} GB free, the store needs about {need / 1e9:.1f} GB{both}; "
+            f"{out} has {_amount(free)} free, the store needs about {_amount(need)}{both}; "
             f"the run may stop on a full disk (rerun resumes)"
         )
 
