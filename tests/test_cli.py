@@ -413,6 +413,48 @@ def test_every_flag_reaches_its_config(monkeypatch, module, stage, args, fields)
         assert got in (want, str(Path(want).resolve()) if isinstance(want, str) else want), (stage, field, got, want)
 
 
+AT_HOME = [  # (stage module, stage, arguments with every path flag and argument of a command under ~, fields)
+    ("alexkit.train", "train", ["train", "--data", "~/D", "--out=~/O"], ("data", "out")),
+    ("alexkit.train", "train", ["train", "--resume", "~/R"], ("resume",)),
+    ("alexkit.evaluate", "evaluate", ["eval", "--checkpoint", "~/c.pt", "--data=~/D", "--json", "~/j.json", "--predictions", "~/p.csv"],
+     ("checkpoint", "data", "json_path", "predictions_path")),
+    ("alexkit.predict", "predict", ["predict", "~/a.JPEG", "~/b", "--checkpoint", "~/c.pt", "--data", "~/D"], ("images", "checkpoint", "data")),
+    ("alexkit.pipeline.prepare", "prepare", ["prepare", "~/SRC", "--out", "~/O"], ("src", "out")),
+    ("alexkit.pictures", "show_batch", ["show-batch", "--data", "~/D", "--out", "~/O"], ("data", "out")),
+    ("alexkit.pictures", "plot", ["plot", "~/r1", "~/r2", "--out", "~/x.svg"], ("runs", "out")),
+    ("alexkit.bench.loader", "bench_loader", ["bench", "loader", "--store", "~/S", "--source", "~/J", "--work", "~/W", "--json", "~/b.json"],
+     ("store", "source", "work")),
+    ("alexkit.bench.prepare", "bench_prepare", ["bench", "prepare", "~/SRC"], ("src",)),
+    ("alexkit.bench.train", "bench_train", ["bench", "train", "--data", "~/D"], ("data",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("module, stage, args, fields", AT_HOME, ids=[" ".join(c[2][:2]) for c in AT_HOME])
+def test_a_path_starting_with_tilde_is_under_home_for_every_command(tmp_path, monkeypatch, module, stage, args, fields):
+    """The shell leaves `~` alone in quotes and after `=`: each command expands it, not only prepare and train."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "S").mkdir()  # bench loader's --store and --source are checked before its stage
+    (tmp_path / "S" / "manifest.json").write_text("{}")
+    (tmp_path / "J").mkdir()
+    seen = stage_catcher(monkeypatch, module, stage)
+    assert exit_of(args) == 0
+    for field in fields:
+        got = getattr(seen["cfg"], field)
+        for path in got if isinstance(got, tuple) else (got,):
+            assert str(path).startswith(f"{tmp_path}/"), (stage, field, got)
+
+
+def test_sample_under_tilde_writes_in_home_and_says_where(tmp_path):
+    """`alexkit sample '~/smp'` made ./~/smp and printed `next: alexkit prepare '~/smp'`, which prepare read as $HOME/smp."""
+    (tmp_path / "here").mkdir()
+    env = {**os.environ, "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "alexkit", "sample", "~/smp", "--classes", "1", "--train-per-class", "1",
+                        "--val-per-class", "1"], capture_output=True, text=True, cwd=tmp_path / "here", env=env, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "here").iterdir()) == [] and (tmp_path / "smp" / "train").is_dir()
+    assert r.stdout.endswith(f"next: alexkit prepare {tmp_path / 'smp'}\n"), r.stdout
+
+
 def test_train_says_next_eval_of_its_run(monkeypatch, capsys):
     stage_catcher(monkeypatch, "alexkit.train", "train")
     assert exit_of(["train", "--device", "cpu"]) == 0

@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import traceback
+from pathlib import Path
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -26,7 +27,8 @@ MIN_COLUMNS = 80  # narrower, rich would cut words in help and tables to a lette
 
 class _Flagged:
     """What alexkit's commands and groups add to typer's: flags shown without a metavar (a flag takes
-    no value, and `--tta true` is an error), and every usage error knowing its command."""
+    no value, and `--tta true` is an error), every usage error knowing its command, and a `~` at
+    the start of every path expanded, as the shell does (see _home)."""
 
     def get_params(self, ctx):
         params = super().get_params(ctx)
@@ -37,11 +39,28 @@ class _Flagged:
 
     def parse_args(self, ctx, args):
         try:
-            return super().parse_args(ctx, args)
+            rest = super().parse_args(ctx, args)
         except typer.TyperException as exc:
             if getattr(exc, "ctx", None) is None:  # click leaves it out of some (`--epochs` with no value)
                 exc.ctx = ctx
             raise
+        ctx.params = {name: _home(value) for name, value in ctx.params.items()}
+        return rest
+
+
+def _home(value):
+    """A path with its `~` expanded (lists and tuples of them too; anything else as it is). The shell
+    leaves `~` alone in quotes and after `=` (`--data=~/store`), and the commands would take it as a
+    folder named ~. Typer has made a Path of every Path-typed value by now; prepare takes its paths
+    as text, and PrepareConfig expands them. `~nosuchuser` stays as it is, as in the shell."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(map(_home, value))
+    if not isinstance(value, Path):
+        return value
+    try:
+        return value.expanduser()
+    except RuntimeError:  # no such user, or no home
+        return value
 
 
 class Command(_Flagged, TyperCommand):
