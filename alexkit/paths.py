@@ -169,8 +169,15 @@ def check_output(path: Path, flag: str) -> None:
 
 def check_folder(path: Path, flag: str) -> None:
     """A folder that `flag` names, to be made or written in: refused now if it, or a folder above it,
-    is a file (the system would say "Not a directory" once the work is done)."""
+    is a file (the system would say "Not a directory" once the work is done), or a link to nothing
+    (mkdir would say "File exists")."""
+    import os
+
     for above in (Path(path), *Path(path).parents):
+        if above.is_symlink() and not above.exists():
+            where = "is a link" if above == Path(path) else f"is under {above}, a link"
+            raise AlexkitError(f"{flag} {path} {where} to {os.readlink(above)}, which does not exist; make that folder, "
+                               "or remove the link")  # fmt: skip
         if above.exists():
             if not above.is_dir():
                 where = "is a file" if above == Path(path) else f"is under {above}, which is a file"

@@ -196,6 +196,21 @@ def test_a_folder_flag_naming_a_file_is_one_line_before_any_work(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+@pytest.mark.parametrize("args, said", [
+    (["show-batch", "--out", "link"], "--out link is a link to gone, which does not exist"),
+    (["show-batch", "--out", "link/pictures"], "--out link/pictures is under link, a link to gone, which does not exist"),
+    (["bench", "loader", "--work", "link"], "--work link is a link to gone, which does not exist"),
+])  # fmt: skip
+def test_a_folder_flag_naming_a_link_to_nothing_says_where_it_points(tmp_path, monkeypatch, capsys, args, said):
+    """Said as prepare says it, not the system's "File exists" once the work is done."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to("gone")
+    seen = stage_catcher(monkeypatch, "alexkit.bench.loader", "bench_loader")
+    assert exit_of(args) == 2 and seen == {}
+    assert capsys.readouterr().err == f"error: {said}; make that folder, or remove the link\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder no one can create files in")
 def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     r = run("sample", "/proc/alexkit-sample", "--classes", "1", "--train-per-class", "1", "--val-per-class", "0")

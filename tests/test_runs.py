@@ -34,6 +34,20 @@ def test_a_resume_whose_last_pt_went_away_while_it_started_says_to_check_it(tmp_
     assert failed.value.exit_code == 1 and (run / "config.json").is_file()
 
 
+@pytest.mark.parametrize("out, said", [
+    ("link", "--out {t}/link is a link to {t}/gone, which does not exist"),
+    ("link/run", "--out {t}/link/run is under {t}/link, a link to {t}/gone, which does not exist"),
+])  # fmt: skip
+def test_a_run_folder_that_is_a_link_to_nothing_is_named_with_where_it_points(tmp_path, out, said):
+    """`train --out LINK` where LINK points nowhere: mkdir would say only "File exists"."""
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(AlexkitError) as failed:
+        with runs.claim_run(tmp_path / out, True, None):
+            pass
+    assert str(failed.value) == said.format(t=tmp_path) + "; make that folder, or remove the link"
+    assert failed.value.exit_code == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+
+
 def test_a_new_run_that_lost_the_race_for_an_empty_folder_leaves_the_winners_folder(tmp_path, monkeypatch):
     """Two `alexkit train --out RUN` started at once into a missing folder: the second finds the
     first's lock and gives up, removing nothing (the folder is the first's now)."""
