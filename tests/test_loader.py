@@ -393,6 +393,19 @@ def test_a_broken_manifest_is_a_one_line_error(index_store, tmp_path):
         assert str(store / "manifest.json") in str(err.value) and "--force" in str(err.value)
 
 
+def test_a_file_given_as_the_store_is_told_to_pass_a_folder(index_store, tmp_path):
+    """`prepare SRC --out afile` would fail too: the fix is the store's folder, that of the file where it is in one."""
+    with pytest.raises(AlexkitError) as err:
+        Store(index_store.path / "manifest.json")
+    assert str(err.value) == (f"store {index_store.path / 'manifest.json'} is a file, not a store folder; "
+                              f"pass the store's folder instead: {index_store.path}")  # fmt: skip
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(AlexkitError) as err:
+        Store(tmp_path / "afile")
+    assert str(err.value) == (f"store {tmp_path / 'afile'} is a file, not a store folder; pass the store's folder instead "
+                              "(the --out of `alexkit prepare`, holding stats.npz, classes.json, manifest.json)")  # fmt: skip
+
+
 def test_a_damaged_jpeg_in_the_store_is_one_line_naming_the_file(tmp_path):
     rng = np.random.default_rng(3)
     store = write_store(tmp_path / "s", {"train": smooth_images(rng, 8, SIZE)}, fmt="jpg")

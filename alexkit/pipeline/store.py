@@ -135,6 +135,11 @@ class Store:
             if MANIFEST in missing and (self.path / STAGING / MANIFEST).is_file():
                 raise AlexkitError(f"store {self.path} is half replaced: an `alexkit prepare --force` stopped while moving its "
                                    f"new store in; finish that with `{prepare_line(self.path / STAGING, self.path)}`")  # fmt: skip
+            if self.path.is_file():  # prepare cannot write a store there: the store asked for is a folder
+                holder = self.path.parent
+                fix = (f"pass the store's folder instead: {word(holder)}" if (holder / MANIFEST).is_file()
+                       else f"pass the store's folder instead (the --out of `alexkit prepare`, holding {STATS}, {CLASSES}, {MANIFEST})")  # fmt: skip
+                raise AlexkitError(f"store {self.path} {what}; {fix}")
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {word(self.path)}` first")
         manifest, fix = self.path / MANIFEST, rewrite(self.path)
         try:
