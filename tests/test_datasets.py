@@ -653,6 +653,22 @@ def test_val_image_number_zero_is_an_error(tmp_path):
         find_dataset(tmp_path)
 
 
+def test_a_flat_val_file_misnamed_is_named_where_the_user_finds_it(tmp_path):
+    """Its path, not its name alone (among 50,000 val files, in a folder or in the val tar)."""
+    write_official_extracted(tmp_path)
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data")
+    write(tmp_path / "val" / "extra.JPEG")
+    with pytest.raises(AlexkitError) as err:
+        find_dataset(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'val' / 'extra.JPEG'}: flat val files must be named "), err.value
+    shutil.rmtree(tmp_path / "val")
+    with tarfile.open(tmp_path / "ILSVRC2012_img_val.tar", "w") as tar:  # train extracted, val still in its tar
+        add_member(tar, "extra.JPEG", b"bytes")
+    with pytest.raises(AlexkitError) as err:
+        find_dataset(tmp_path)
+    assert str(err.value).startswith(f"extra.JPEG in {tmp_path / 'ILSVRC2012_img_val.tar'}: flat val files must be named "), err.value
+
+
 def test_a_kaggle_csv_without_its_header_is_refused(tmp_path):
     from alexkit.datasets.devkit import read_kaggle_solution
 

@@ -42,17 +42,19 @@ class Devkit:
         """wnid -> readable name ("tench, Tinca tinca")."""
         return {wnid: words for wnid, words in self.leaves.values()}
 
-    def val_wnid(self, file_name: str) -> str:
-        """The wnid of a val image, from the number in its name (ILSVRC2012_val_00000001.JPEG = line 1)."""
+    def val_wnid(self, file_name: str, where: str | None = None) -> str:
+        """The wnid of a val image, from the number in its name (ILSVRC2012_val_00000001.JPEG = line 1);
+        `where` names the file in errors (its path, or its name in a tar), so the user can find it."""
         number = val_number(file_name)
+        where = where or file_name
         if number is None:
             raise AlexkitError(
-                f"{file_name}: flat val files must be named ILSVRC2012_val_<number>.JPEG to match "
+                f"{where}: flat val files must be named ILSVRC2012_val_<number>.JPEG to match "
                 f"{GROUND_TRUTH_FILE}; for val images of your own, use val/<class>/ folders"
             )
         if not 1 <= number <= len(self.val_ids):
             raise AlexkitError(
-                f"{file_name}: no line {number} in {GROUND_TRUTH_FILE} ({len(self.val_ids)} lines, "
+                f"{where}: no line {number} in {GROUND_TRUTH_FILE} ({len(self.val_ids)} lines, "
                 f"from {self.source}); use the devkit that came with these val images"
             )
         return self.leaves[self.val_ids[number - 1]][0]

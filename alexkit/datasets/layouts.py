@@ -155,7 +155,8 @@ def _folders(src: Path, tick: Tick) -> Dataset:
                 f"{dk.META_FILE} and data/{dk.GROUND_TRUTH_FILE}) or {dk.DEVKIT_TARS[0]} in {src} (for Kaggle's "
                 f"download, pass the folder that holds {dk.KAGGLE_SOLUTION})"
             )
-        rows = [("val/" + f, kit.val_wnid(f), os.path.join(src, "val", f), 0, -1) for f in flat]  # whole files
+        paths = [os.path.join(src, "val", f) for f in flat]
+        rows = [("val/" + f, kit.val_wnid(f, where=path), path, 0, -1) for f, path in zip(flat, paths)]  # whole files
         splits["val"] = _labelled(rows, wnids, f"{val_dir} (labels from {kit.source})", notes)
         _compare_with_devkit(wnids, kit, notes)
     elif subdirs:
@@ -220,7 +221,8 @@ def _val_tar_split(src: Path, wnids: list[str], kit: dk.Devkit | None, notes: li
             f"{dk.DEVKIT_NAME}/ folder) in {src}"
         )
     path = str(src / VAL_TAR)
-    rows = [(f"{VAL_TAR}/{name}", kit.val_wnid(name), path, offset, size) for name, offset, size in index_flat_tar(src / VAL_TAR, _is_image)]
+    rows = [(f"{VAL_TAR}/{name}", kit.val_wnid(name, where=f"{name} in {path}"), path, offset, size)
+            for name, offset, size in index_flat_tar(src / VAL_TAR, _is_image)]  # fmt: skip
     _compare_with_devkit(wnids, kit, notes)
     return _labelled(rows, wnids, f"{src / VAL_TAR} (labels from {kit.source})", notes)
 
