@@ -134,6 +134,31 @@ def test_class_folders_valprep(tmp_path):
     assert any("notes.txt" in w for w in ds.warnings)
 
 
+def test_a_file_beside_the_class_folders_is_counted_among_the_ignored_files(tmp_path):
+    """train/n99000010 as a file, not a folder: no class, and said so, as a file inside a class folder is."""
+    for wnid in ["n01000001", "n02000002"]:
+        write(tmp_path / "train" / wnid / f"{wnid}_1.JPEG")
+    write(tmp_path / "train" / "n01000001" / "notes.txt")
+    write(tmp_path / "train" / "n99000010")
+    write(tmp_path / "train" / "n03000003.tar")  # warned of on its own, as a per-class tar without its folder
+    ds = find_dataset(tmp_path)
+    assert [c.wnid for c in ds.classes] == ["n01000001", "n02000002"]
+    assert f"2 files in {tmp_path / 'train'} not images by extension, ignored (e.g. train/n01000001/notes.txt)" in ds.warnings
+    (tmp_path / "train" / "n01000001" / "notes.txt").unlink()
+    ds = find_dataset(tmp_path)
+    assert f"1 file in {tmp_path / 'train'} not images by extension, ignored (e.g. train/n99000010)" in ds.warnings
+
+
+def test_images_directly_in_train_are_said_to_be_in_no_class(tmp_path):
+    for wnid in ["n01000001", "n02000002"]:
+        write(tmp_path / "train" / wnid / f"{wnid}_1.JPEG")
+    write(tmp_path / "train" / "stray.JPEG")
+    ds = find_dataset(tmp_path)
+    assert [s.name for s in ds.splits["train"]] == ["train/n01000001/n01000001_1.JPEG", "train/n02000002/n02000002_1.JPEG"]
+    assert (f"1 image file directly in {tmp_path / 'train'}, in no class folder (e.g. stray.JPEG), left out; put each in "
+            f"{tmp_path / 'train'}/<class>/") in ds.warnings  # fmt: skip
+
+
 def test_custom_class_folders_train_only(tmp_path):
     for cls, count in [("zebra", 1), ("cat", 2), ("dog", 3)]:
         for n in range(count):

@@ -242,7 +242,11 @@ def _check_one_val_layout(val_dir: Path, flat: list[str], subdirs: list[str]) ->
 def _class_folder_split(src: Path, split: str, notes: list[str], tick: Tick, expected: list[str] | None = None):
     """(class names, samples) of src/<split>/<class>/**; with `expected`, classes come from train."""
     top = src / split
-    wnids = sorted(_scan_top(top)[1])
+    loose: list[str] = []
+    images_here, wnids = _scan_top(top, loose)
+    if images_here:
+        notes.append(f"{counted(len(images_here), 'image file')} directly in {top}, in no class folder (e.g. "
+                     f"{images_here[0]}), left out; put each in {top}/<class>/")  # fmt: skip
     if expected is None and not wnids:
         tars = sorted(top.glob("*.tar"))
         fix = (
@@ -261,6 +265,9 @@ def _class_folder_split(src: Path, split: str, notes: list[str], tick: Tick, exp
             continue
         label = index[wnid]  # one int object shared by the class's samples
         samples += [Sample(os.path.join(src, n), label, name=n) for n in names]
+    # files beside the class folders (train/n01440764 as a file, a README) are in no class; tars are
+    # not counted: per-class ones without their folder are warned of below, the others are archives
+    others += [f"{split}/{name}" for name in sorted(loose) if not name.endswith(".tar")]
     if expected is not None:
         samples.sort(key=lambda s: s.name)
         if skipped:
@@ -319,8 +326,9 @@ def _image_file(entry: os.DirEntry) -> bool:
     return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
 
 
-def _scan_top(folder: Path) -> tuple[list[str], list[str]]:
-    """(sorted image file names, sorted sub-folder names) directly in `folder`, hidden skipped."""
+def _scan_top(folder: Path, others: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(sorted image file names, sorted sub-folder names) directly in `folder`, hidden skipped; the
+    names of its other files are added to `others` where given."""
     files, dirs = [], []
     with os.scandir(folder) as entries:
         for e in entries:
@@ -330,6 +338,8 @@ def _scan_top(folder: Path) -> tuple[list[str], list[str]]:
                 dirs.append(e.name)
             elif _image_file(e):
                 files.append(e.name)
+            elif others is not None:
+                others.append(e.name)
     return sorted(files), sorted(dirs)
 
 
