@@ -176,7 +176,7 @@ def test_plot_takes_a_metrics_file_and_says_what_a_folder_of_runs_is(tmp_path, m
     r = run("plot", str(tmp_path / "runs"))
     assert r.returncode == 2 and r.stderr == (f"error: {tmp_path / 'runs'} is a folder of runs, not a run; pass some of "
                                               f"them, e.g. the latest: {run_dir}\n"), r.stderr  # fmt: skip
-    seen = stage_catcher(monkeypatch, "alexkit.pictures", "plot")
+    seen = stage_catcher(monkeypatch, "alexkit.plot", "plot")
     assert exit_of(["plot", str(run_dir / "metrics.jsonl"), str(run_dir), "--out", str(tmp_path / "c.svg")]) == 0
     assert seen["cfg"].runs == (run_dir, run_dir)
 
@@ -310,8 +310,8 @@ COMMANDS_AND_CONFIGS = [
     ("eval", "alexkit.evaluate:EvalConfig", {"predictions": "predictions_path"}),
     ("prepare", "alexkit.pipeline.prepare:PrepareConfig", {}),
     ("predict", "alexkit.predict:PredictConfig", {"top": "top_k"}),
-    ("show_batch", "alexkit.pictures:ShowBatchConfig", {}),
-    ("plot", "alexkit.pictures:PlotConfig", {}),
+    ("show_batch", "alexkit.show_batch:ShowBatchConfig", {}),
+    ("plot", "alexkit.plot:PlotConfig", {}),
     ("bench_train", "alexkit.bench.train:BenchTrainConfig", {}),
     ("bench_loader", "alexkit.bench.loader:BenchLoaderConfig", {}),
     ("bench_prepare", "alexkit.bench.prepare:BenchPrepareConfig", {}),
@@ -398,10 +398,10 @@ FLAGS_AND_FIELDS = [  # (stage module, stage, arguments with a value other than 
     ("alexkit.pipeline.prepare", "prepare",
      ["prepare", "SRC", "--out", "O", "--size", "64", "--format", "raw", "--quality", "80", "--workers", "1", "--force"],
      dict(src="SRC", out="O", size=64, format="raw", quality=80, workers=1, force=True)),
-    ("alexkit.pictures", "show_batch",
+    ("alexkit.show_batch", "show_batch",
      ["show-batch", "--data", "D", "--out", "O", "--count", "4", "--val-index", "2", "--seed", "5"],
      dict(data="D", out="O", count=4, val_index=2, seed=5)),
-    ("alexkit.pictures", "plot", ["plot", "r1", "r2", "--out", "x.svg"], dict(runs=("r1", "r2"), out="x.svg")),
+    ("alexkit.plot", "plot", ["plot", "r1", "r2", "--out", "x.svg"], dict(runs=("r1", "r2"), out="x.svg")),
     ("alexkit.bench.loader", "bench_loader",
      ["bench", "loader", "--prefetch", "3", "--images", "7", "--batch-size", "4", "--threads", "2", "--no-baselines",
       "--work", "W", "--epochs", "3", "--memory-epochs", "2"],
@@ -435,8 +435,8 @@ AT_HOME = [  # (stage module, stage, arguments with every path flag and argument
      ("checkpoint", "data", "json_path", "predictions_path")),
     ("alexkit.predict", "predict", ["predict", "~/a.JPEG", "~/b", "--checkpoint", "~/c.pt", "--data", "~/D"], ("images", "checkpoint", "data")),
     ("alexkit.pipeline.prepare", "prepare", ["prepare", "~/SRC", "--out", "~/O"], ("src", "out")),
-    ("alexkit.pictures", "show_batch", ["show-batch", "--data", "~/D", "--out", "~/O"], ("data", "out")),
-    ("alexkit.pictures", "plot", ["plot", "~/r1", "~/r2", "--out", "~/x.svg"], ("runs", "out")),
+    ("alexkit.show_batch", "show_batch", ["show-batch", "--data", "~/D", "--out", "~/O"], ("data", "out")),
+    ("alexkit.plot", "plot", ["plot", "~/r1", "~/r2", "--out", "~/x.svg"], ("runs", "out")),
     ("alexkit.bench.loader", "bench_loader", ["bench", "loader", "--store", "~/S", "--source", "~/J", "--work", "~/W", "--json", "~/b.json"],
      ("store", "source", "work")),
     ("alexkit.bench.prepare", "bench_prepare", ["bench", "prepare", "~/SRC"], ("src",)),
@@ -481,7 +481,7 @@ def test_exit_codes_one_line_on_stderr_and_debug(monkeypatch, capsys, error, cod
     """Each kind of error: its exit code, one line on stderr and nothing on stdout; --debug shows the
     traceback instead, with the same exit code (an unexpected error is Python's own: exit 1)."""
     import alexkit.errors
-    import alexkit.pictures
+    import alexkit.plot
     from alexkit.cli.main import main
 
     raised = {"OSError": OSError(28, "No space left on device"), "RuntimeError": RuntimeError("boom")}.get(error) or \
@@ -490,7 +490,7 @@ def test_exit_codes_one_line_on_stderr_and_debug(monkeypatch, capsys, error, cod
     def fail(cfg):
         raise raised
 
-    monkeypatch.setattr(alexkit.pictures, "plot", fail)
+    monkeypatch.setattr(alexkit.plot, "plot", fail)
     assert exit_of(["plot", "r"]) == code
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
@@ -507,13 +507,13 @@ def test_exit_codes_one_line_on_stderr_and_debug(monkeypatch, capsys, error, cod
 
 def test_an_error_of_one_process_is_printed_by_that_process(monkeypatch, capsys):
     """An error only rank 1 raises (not one raised everywhere) is printed there: no other rank knows it."""
-    import alexkit.pictures
+    import alexkit.plot
     from alexkit.errors import AlexkitError
 
     def fail(cfg):
         raise AlexkitError("only here")
 
-    monkeypatch.setattr(alexkit.pictures, "plot", fail)
+    monkeypatch.setattr(alexkit.plot, "plot", fail)
     monkeypatch.setenv("RANK", "1")
     assert exit_of(["plot", "r"]) == 2
     assert capsys.readouterr().err == "error: only here\n"

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from alexkit.errors import AlexkitError
-from alexkit.pictures import PlotConfig, ShowBatchConfig, curves, grid, plot, read_metrics, show_batch, train_tiles, val_view_tiles
+from alexkit.plot import PlotConfig, curves, plot, read_metrics
+from alexkit.show_batch import ShowBatchConfig, grid, show_batch, train_tiles, val_view_tiles
 from tests.test_evaluate import make_store
 
 JPEG_TOL = 3  # grey levels: PIL's and DALI's JPEG decoders may round a few pixels differently
@@ -91,12 +92,12 @@ def test_show_batch_bad_index(store, tmp_path):
 def test_show_batch_that_cannot_write_leaves_no_folder(store, tmp_path, monkeypatch):
     import errno
 
-    from alexkit import pictures
+    from alexkit import show_batch as stage
 
     def full(image, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(pictures, "_save", full)
+    monkeypatch.setattr(stage, "_save", full)
     with pytest.raises(OSError, match="No space left"):
         show_batch(ShowBatchConfig(data=store.path, out=tmp_path / "pics", count=4))
     assert not (tmp_path / "pics").exists()

@@ -12,7 +12,7 @@ def command(
     out: Path = typer.Option(Path("alexkit-curves.png"), "--out", help="Picture to write: .png, .pdf or .svg."),
 ) -> None:
     """Plot loss, top-1/top-5 error and learning rate per epoch from metrics.jsonl; several runs share the axes."""
-    from alexkit.pictures import PlotConfig, plot
+    from alexkit.plot import PlotConfig, plot
 
     plot(PlotConfig(runs=tuple(map(run_of, runs or ())), out=out))
 

@@ -19,7 +19,7 @@ def command(
     seed: int = ranged(0, "--seed", "Loader seed: the same seed draws the same crops, flips and lighting.", SEED),
 ) -> None:
     """Draw augmented training crops with class names, and the ten views of one val image."""
-    from alexkit.pictures import ShowBatchConfig, show_batch
+    from alexkit.show_batch import ShowBatchConfig, show_batch
 
     check_folder(out, "--out")  # before the store is read
     show_batch(ShowBatchConfig(data=data, out=out, count=count, val_index=val_index, seed=seed))

@@ -1,0 +1,117 @@
+"""`alexkit plot`: one picture (.png, .pdf or .svg) of training curves (loss, top-1/top-5 error,
+lr) from runs' metrics.jsonl, with matplotlib.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alexkit.errors import AlexkitError, require
+from alexkit.paths import DEFAULT_RUNS, check_output, latest_run, word, write_atomic
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    runs: tuple[Path, ...] = field(default_factory=tuple)  # run directories; empty: the latest run
+    out: Path = Path("alexkit-curves.png")  # .png, .pdf or .svg
+
+    def __post_init__(self):
+        if Path(self.out).suffix.lower() not in PLOT_FORMATS:
+            raise AlexkitError(f"--out {self.out}: name a {', '.join(PLOT_FORMATS)} file")
+        check_output(self.out, "--out")
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The per-epoch records of RUN/metrics.jsonl, in file order."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise AlexkitError(f"{path} does not exist; pass run directories written by `alexkit train`")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AlexkitError(f"{path} line {n} is not JSON ({exc.msg}); `alexkit train --resume {word(run)}` rewrites "
+                                   "the file from last.pt (add --epochs N, N the epochs done, to train no further)") from exc  # fmt: skip
+            if not isinstance(record, dict) or "epoch" not in record:
+                raise AlexkitError(f"{path} line {n} is not an epoch record of `alexkit train` (no \"epoch\")")
+            records.append(record)
+    if not records:
+        raise AlexkitError(f"{path} holds no epochs yet; plot after the first epoch ends")
+    return records
+
+
+def _no_epoch_yet(run: Path) -> bool:
+    """A run folder whose training has not finished an epoch: no metrics.jsonl yet, or an empty one."""
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        return not metrics.read_text().strip()
+    return (run / "config.json").is_file() or (run / ".train.lock").is_file()
+
+
+PANELS = [  # (title, [(metrics key, line style, label suffix)], y scale)
+    ("training loss", [("train_loss", "-", "")], "linear"),
+    ("top-1 error", [("val_top1_err", "-", " val"), ("train_top1_err", ":", " train")], "linear"),
+    ("top-5 error (val)", [("val_top5_err", "-", "")], "linear"),
+    ("learning rate", [("lr", "-", "")], "log"),
+]
+
+
+def curves(data: list[tuple[Path, list[dict]]]):
+    """The matplotlib Figure that plot writes, of (run, its epoch records) pairs."""
+    require("matplotlib", fix="install it with `pip install 'alexkit[plot]'` (or `pip install matplotlib`)")
+    from matplotlib.figure import Figure  # not pyplot: no display, no global figure to close
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    fig = Figure(figsize=(11, 7.5), constrained_layout=True)
+    axes = fig.subplots(2, 2)
+    for ax, (title, series, yscale) in zip(axes.flat, PANELS):
+        for colour, (run, records) in enumerate(data):
+            for key, style, suffix in series:
+                pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+                if pts:
+                    x, y = zip(*pts)
+                    ax.plot(x, y, style, color=f"C{colour}", marker="." if len(pts) < 30 else None,
+                            label=f"{run.name}{suffix}")  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
+        ax.set_yscale(yscale)
+        if yscale == "linear":  # losses and errors are >= 0: a flat 0 (top-5 of <= 5 classes) is drawn 0..4%, not -4..4%
+            ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+        if "error" in title:
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    fig.suptitle(", ".join(str(r) for r, _ in data))
+    return fig
+
+
+def plot(cfg: PlotConfig) -> Path:
+    """Write one picture (.png, .pdf or .svg) with four panels (loss, top-1, top-5, lr) against epoch; one colour per run."""
+    runs = list(cfg.runs)
+    if not runs:
+        run = latest_run()
+        if run is None:
+            raise AlexkitError(f"no run with a finished epoch under {DEFAULT_RUNS}/; pass run directories: alexkit plot RUN...")
+        runs = [run]
+    data = []
+    for r in map(Path, runs):
+        if len(runs) > 1 and _no_epoch_yet(r):  # a run just started: the others are still worth a picture
+            print(f"skipped {r}: it has no finished epoch yet", file=sys.stderr)
+            continue
+        data.append((r, read_metrics(r)))
+    if not data:
+        raise AlexkitError(f"none of {', '.join(map(str, runs))} has a finished epoch yet; plot after the first epoch ends")
+    fig = curves(data)
+    write_atomic(cfg.out, lambda f: fig.savefig(f, format=Path(cfg.out).suffix[1:].lower(), dpi=100))
+    print(f"wrote {cfg.out}")
+    return cfg.out
