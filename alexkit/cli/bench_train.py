@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from alexkit.cli import train
+from alexkit.cli.options import AMP, CHANNELS_LAST, COMPILE, FC_FEATURES, WIDTH
 from alexkit.paths import DEFAULT_STORE
 
 
@@ -17,11 +17,11 @@ def command(
     repeats: int = typer.Option(3, "--repeats", help="Timed windows; the median is reported."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed steps first (compilation, cuDNN autotuning)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N."),
-    amp: str = train.AMP,
-    channels_last: str = train.CHANNELS_LAST,
-    compile: str = train.COMPILE,
-    width: float = train.WIDTH,
-    fc_features: int = train.FC_FEATURES,
+    amp: str = AMP,
+    channels_last: str = CHANNELS_LAST,
+    compile: str = COMPILE,
+    width: float = WIDTH,
+    fc_features: int = FC_FEATURES,
 ) -> None:
     """Measure training images/s with synthetic on-device batches and with the real loader, side by side."""
     from alexkit.bench.train import BenchTrainConfig, bench_train

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from alexkit.cli.train import ranged
+from alexkit.cli.options import ranged
 from alexkit.paths import DEFAULT_STORE, check_folder
 from alexkit.ranges import SEED
 

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from alexkit.cli.options import AMP, CHANNELS_LAST, COMPILE, DEVICE, FC_FEATURES, WIDTH, ranged
 from alexkit.errors import alike_everywhere
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, word
 from alexkit.launcher import talks
-from alexkit.ranges import TRAIN, Range
-
-
-def ranged(default: float, flag: str, help: str, allowed: Range):
-    """An option whose help ends with its range, refusing a value outside it as the command line is
-    parsed, so that the error is a usage error naming the command (the config would refuse it too)."""
-
-    def check(value: float) -> float:
-        if not math.isfinite(value):
-            raise typer.BadParameter(f"{value} is not a finite number")
-        if value not in allowed:
-            raise typer.BadParameter(f"{value} is out of range: {allowed}")
-        return value
-
-    check.allowed = allowed  # for tests/test_cli.py
-    return typer.Option(default, flag, help=f"{help} Range: {allowed}.", callback=check)
-
-
-# Options `alexkit bench train` shares with `alexkit train` (same names, defaults and help).
-DEVICE = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")
-AMP = typer.Option("auto", "--amp", help="bf16 autocast: auto (on for CUDA GPUs with bf16 tensor cores), on, off.")
-CHANNELS_LAST = typer.Option("auto", "--channels-last", help="auto (on for CUDA), on, off.")
-COMPILE = typer.Option("auto", "--compile", help="torch.compile: auto (on for CUDA), on, off.")
-WIDTH = ranged(1.0, "--width", "Scale every conv's channels (0.25 for a quick CPU run).", TRAIN["width"])
-FC_FEATURES = ranged(4096, "--fc-features", "Width of fc6 and fc7.", TRAIN["fc_features"])
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, word
+from alexkit.ranges import TRAIN
 
 
 def command(
