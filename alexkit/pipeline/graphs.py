@@ -183,13 +183,10 @@ class _Graph:
         self.fn, self.types, self.cfg, self.mean_image = fn, types, cfg, mean_image
         self.device = "cpu" if cfg.device_id is None else "gpu"
         self.layout = "HWC" if cfg.channels_last else "CHW"  # of each output view
-        # On the CPU: the one-pass kernel where numba is installed, else DALI's operators. For
-        # train both take each sample's mean window from the source (_TrainSource), except raw
-        # pixels without the kernel, which cut it from a graph constant like the GPU.
-        cpu_train = cfg.mode == "train" and self.device == "cpu"
+        # On the CPU: the one-pass kernel where numba is installed, else DALI's operators.
         self.kernel = one_pass_op(cfg.channels_last) if self.device == "cpu" and cfg.fused else None
-        self.windows_fed = cpu_train and (self.kernel is not None or cfg.encoded)
-        self.input_names = ["data"] + _train_input_names(cfg.mode, cfg.encoded, self.kernel is not None, self.windows_fed) + ["index"]
+        self.route = _train_route(cfg, self.device, self.kernel is not None) if cfg.mode == "train" else None
+        self.input_names = ["data"] + (_TRAIN_INPUTS[self.route](cfg.encoded) if self.route else []) + ["index"]
 
     def inputs(self, source, no_copy: bool):
         """One DataNode per name in input_names, from the per-batch source (see _INPUT_SPECS)."""
@@ -259,15 +256,24 @@ class _Graph:
         views = self.kernel(mean_windows, data, corners, offset)
         return self.fn.squeeze(views, axes=[0]) if one else views
 
-    def train_views(self, data, offset, crop_x=None, crop_y=None, mirror=None, mean_window=None, mean_windows=None, corners=None):
-        if self.kernel is not None:  # one pass: window, mirror, layout, minus mean window, plus offset
-            if self.cfg.encoded:  # the decoder cuts the window; corners hold (0, 0, mirror)
-                data = self.decoded_window(data, crop_x, crop_y)
-            return self.kernel_views(mean_windows, data, corners, offset, one=True)  # (3, C, C) float
-        if mean_window is not None:  # (C, C, 3) float32, not mirrored
-            centred = self.decoded_window(data, crop_x, crop_y) - mean_window  # (C, C, 3) float
-            # The operator subtracts its `mean` argument: centred - (-offset) = pixels + offset - mean.
-            return self.fn.crop_mirror_normalize(centred, mirror=mirror, mean=-offset, dtype=self.types.FLOAT, output_layout=self.layout)
+    def train_views(self, **inputs):
+        """(3, C, C) float per sample by the route _train_route chose, from the inputs it names."""
+        return {"kernel": self.train_by_kernel, "fed": self.train_fed_mean, "constant": self.train_constant_mean}[self.route](**inputs)
+
+    def train_by_kernel(self, data, offset, mean_windows, corners, crop_x=None, crop_y=None):
+        """One pass: window, mirror, layout, minus the mean window, plus the offset."""
+        if self.cfg.encoded:  # the decoder cuts the window; corners hold (0, 0, mirror)
+            data = self.decoded_window(data, crop_x, crop_y)
+        return self.kernel_views(mean_windows, data, corners, offset, one=True)  # (3, C, C) float
+
+    def train_fed_mean(self, data, crop_x, crop_y, mirror, offset, mean_window):
+        """DALI's operators, the mean window fed per sample: (C, C, 3) float32, not mirrored."""
+        centred = self.decoded_window(data, crop_x, crop_y) - mean_window  # (C, C, 3) float
+        # The operator subtracts its `mean` argument: centred - (-offset) = pixels + offset - mean.
+        return self.fn.crop_mirror_normalize(centred, mirror=mirror, mean=-offset, dtype=self.types.FLOAT, output_layout=self.layout)
+
+    def train_constant_mean(self, data, crop_x, crop_y, mirror, offset):
+        """DALI's operators, the mean window cut from the mean image held as a graph constant."""
         pixels = self.stored_window(data, crop_x, crop_y, mirror)  # (3, C, C) uint8
         # The mean image's identical window minus the lighting shift (the operator subtracts its
         # per-channel `mean` argument): pixels - (mean - offset) = pixels + offset - mean.
@@ -314,13 +320,23 @@ _INPUT_SPECS = {
 }  # fmt: skip
 
 
-def _train_input_names(mode: str, encoded: bool, kernel: bool, windows_fed: bool) -> list[str]:
-    """The train graph's inputs between "data" and "index", by the path it takes."""
-    if mode != "train":
-        return []
-    if kernel:  # the decoder needs the normalised corner; raw pixels only the pixel corner
-        return (["crop_x", "crop_y"] if encoded else []) + ["offset", "mean_windows", "corners"]
-    return ["crop_x", "crop_y", "mirror", "offset"] + (["mean_window"] if windows_fed else [])
+def _train_route(cfg: GraphConfig, device: str, kernel: bool) -> str:
+    """How the train graph subtracts each sample's mean window: "kernel" (the one-pass CPU kernel, the
+    window fed per sample), "fed" (DALI's CPU operators from JPEG, the window fed per sample), or
+    "constant" (the mean image a graph constant: on the GPU, and from raw pixels on the CPU without
+    the kernel)."""
+    if kernel:
+        return "kernel"
+    return "fed" if device == "cpu" and cfg.encoded else "constant"
+
+
+# The train graph's inputs between "data" and "index", by route, from whether the store is JPEG.
+_TRAIN_INPUTS = {
+    # the decoder needs the normalised corner; raw pixels only the pixel corner (in `corners`)
+    "kernel": lambda encoded: (["crop_x", "crop_y"] if encoded else []) + ["offset", "mean_windows", "corners"],
+    "fed": lambda encoded: ["crop_x", "crop_y", "mirror", "offset", "mean_window"],
+    "constant": lambda encoded: ["crop_x", "crop_y", "mirror", "offset"],
+}
 
 
 class _TrainSource:
