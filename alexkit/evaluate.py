@@ -184,7 +184,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
     rows = _gather(_concat(parts), placement.world_size)
     _check_each_once(rows["index"], total, store)
     results = summarize(rows, store.classes)
-    results.update(tta=cfg.tta, checkpoint=str(ckpt_path), store=str(store.path), epoch=ckpt.get("epoch"),
+    results.update(tta=cfg.tta, checkpoint=str(ckpt_path.absolute()), store=str(store.path), epoch=ckpt.get("epoch"),
                    seconds=seconds, images_per_s=results["n"] / seconds, processes=placement.world_size,
                    device=str(placement.device))  # fmt: skip
     if placement.is_main:
@@ -209,10 +209,10 @@ def summarize(rows: dict, classes: list[dict]) -> dict:
         mine = label == c["index"]
         k = int(mine.sum())
         per_class.append({"index": c["index"], "wnid": c.get("wnid"), "name": c.get("name"), "n": k,
-                          "top1_err": float(1 - hit1[mine].mean()) if k else None,
-                          "top5_err": float(1 - hit5[mine].mean()) if k else None})  # fmt: skip
-    top1_err = float(1 - hit1.mean()) if n else float("nan")
-    top5_err = float(1 - hit5.mean()) if n else float("nan")
+                          "top1_err": float((~hit1[mine]).mean()) if k else None,
+                          "top5_err": float((~hit5[mine]).mean()) if k else None})  # fmt: skip
+    top1_err = float((~hit1).mean()) if n else float("nan")  # misses / n exactly (1 - mean carries float noise)
+    top5_err = float((~hit5).mean()) if n else float("nan")
     return {"top1_err": top1_err, "top5_err": top5_err, "top1_acc": 1 - top1_err, "top5_acc": 1 - top5_err,
             "n": n, "per_class": per_class}  # fmt: skip
 
@@ -236,7 +236,8 @@ def report(results: dict, show_classes: int) -> list[str]:
         k = min(show_classes, len(seen) // 2)
         fmt = lambda c: f"  {100 * c['top1_err']:5.1f}% top-1, {100 * c['top5_err']:5.1f}% top-5  (n={c['n']})  {c['index']} {c['name']}"  # noqa: E731
         lines += ["best classes (top-1 error):"] + [fmt(c) for c in seen[:k]]
-        lines += ["worst classes:"] + [fmt(c) for c in seen[::-1][:k]]
+        worst = sorted(seen, key=lambda c: (-c["top1_err"], -c["top5_err"], c["index"]))  # ties in index order
+        lines += ["worst classes:"] + [fmt(c) for c in worst[:k]]
     per_view = f" ({10 * results['images_per_s']:,.0f} views/s)" if results["tta"] else ""
     n = results["processes"]
     lines.append(f"throughput {results['images_per_s']:,.0f} images/s{per_view} on {results['device']} x "

@@ -243,13 +243,29 @@ def test_the_papers_figures_are_shown_beside_a_full_imagenet_ten_view_score():
         assert paper not in report({**results, **other}, show_classes=0)
 
 
+def test_errors_are_misses_over_n_exactly_and_tied_worst_classes_keep_index_order():
+    """1 - mean(hits) would give 0.04761904761904767 for 3 misses in 63; ties among the worst classes
+    are listed by class index, as among the best."""
+    from alexkit.evaluate import report
+
+    label = np.arange(63) % 3
+    top = np.stack([label, (label + 1) % 3], axis=1)  # (63, 2): right first, then another class
+    top[:3] = (label[:3, None] + 1) % 3  # images 0, 1, 2 (one of each class) missed in the top 2 as well
+    results = summarize({"label": label, "top": top}, [{"index": i, "name": f"c{i}"} for i in range(3)])
+    assert results["top1_err"] == results["top5_err"] == 3 / 63
+    assert [c["top1_err"] for c in results["per_class"]] == [1 / 21] * 3
+    results.update(tta=False, checkpoint="c.pt", store="s", epoch=1, seconds=1.0, images_per_s=63.0, processes=1, device="cpu")
+    lines = report(results, show_classes=1)
+    assert lines[lines.index("worst classes:") + 1].endswith(" 0 c0")
+
+
 def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):
     _, store, ckpt, _ = setup
     path = tmp_path / "r.json"
     evaluate(EvalConfig(checkpoint=ckpt, data=store.path, tta=True, device="cpu", json_path=path))
     out = json.loads(path.read_text())
     assert {"top1_err", "top5_err", "n", "tta", "checkpoint"} <= out.keys()
-    assert out["n"] == 7 and out["tta"] is True and out["checkpoint"] == str(ckpt)
+    assert out["n"] == 7 and out["tta"] is True and out["checkpoint"] == str(ckpt.absolute())
     per = out["per_class"]
     assert [c["n"] for c in per] == [3, 2, 2]  # labels i % 3 for i in 0..6
     weighted = sum(c["n"] * c["top1_err"] for c in per) / out["n"]
@@ -272,7 +288,7 @@ def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, 
         results = evaluate(EvalConfig(device="cpu"))
     finally:
         shutil.rmtree(stopped)  # the fixture's runs are shared with other tests
-    assert results["checkpoint"] == str(Path("alexkit-runs/r1/best.pt"))
+    assert results["checkpoint"] == str(Path("alexkit-runs/r1/best.pt").absolute())  # as the store: readable from anywhere
     assert "note: alexkit-runs/r2 has no checkpoint yet; using alexkit-runs/r1" in capsys.readouterr().err
     assert results["store"] == str(store.path) and results["n"] == 7
     assert find_checkpoint(root / "alexkit-runs" / "r1") == root / "alexkit-runs" / "r1" / "best.pt"
