@@ -340,7 +340,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         if dist.is_initialized():
             dist.all_reduce(totals)
         loss_sum, correct, seen_all = totals.tolist()
-        train_loss, train_err = loss_sum / seen_all, 1.0 - correct / seen_all
+        train_loss, train_err = loss_sum / seen_all, (seen_all - correct) / seen_all  # misses / n, as eval says it
         if not math.isfinite(train_loss):
             raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr or use --init sturdy")
         with Ticks(mode=mode) as ticks:  # shown once validation lasts 2 s: ImageNet's on a CPU, not the demo's
@@ -395,7 +395,7 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device,
     top1, top5, n = counts.tolist()
     if n == 0:
         raise AlexkitError("the validation split is empty; run `alexkit prepare` on a source with validation images")
-    return 1.0 - top1 / n, 1.0 - top5 / n
+    return (n - top1) / n, (n - top5) / n  # misses / n exactly, as eval says it
 
 
 def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> float:

@@ -56,6 +56,15 @@ def test_loss_falls_and_accuracy_beats_chance(learned_run):
     assert all(r["val_top5_err"] == 0.0 for r in rows)  # 4 classes: the top 5 always hold the label
 
 
+def test_eval_of_the_last_epoch_says_the_val_errors_training_recorded(learned_run, store):
+    """Both count misses / n over the same centre crops: the figures are equal, not merely close."""
+    from alexkit.evaluate import EvalConfig, evaluate
+
+    results = evaluate(EvalConfig(checkpoint=learned_run / "last.pt", data=store, device="cpu"))
+    last = _metrics(learned_run)[-1]
+    assert (results["top1_err"], results["top5_err"]) == (last["val_top1_err"], last["val_top5_err"])
+
+
 def test_run_directory_and_checkpoints(learned_run, store):
     names = {p.name for p in learned_run.iterdir()}
     assert names == {"config.json", "metrics.jsonl", "last.pt", "best.pt", "stats.npz", "classes.json", ".train.lock"}
