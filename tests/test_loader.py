@@ -404,6 +404,10 @@ def test_a_file_given_as_the_store_is_told_to_pass_a_folder(index_store, tmp_pat
         Store(tmp_path / "afile")
     assert str(err.value) == (f"store {tmp_path / 'afile'} is a file, not a store folder; pass the store's folder instead "
                               "(the --out of `alexkit prepare`, holding stats.npz, classes.json, manifest.json)")  # fmt: skip
+    with pytest.raises(AlexkitError) as err:  # a path under a file: `prepare --out` that path could not write it either
+        Store(index_store.path / "manifest.json" / "x")
+    assert str(err.value) == (f"store {index_store.path / 'manifest.json' / 'x'} is under {index_store.path / 'manifest.json'}, "
+                              f"which is a file; pass the store's folder instead: {index_store.path}")  # fmt: skip
 
 
 def test_a_damaged_jpeg_in_the_store_is_one_line_naming_the_file(tmp_path):

@@ -135,8 +135,10 @@ class Store:
             if MANIFEST in missing and (self.path / STAGING / MANIFEST).is_file():
                 raise AlexkitError(f"store {self.path} is half replaced: an `alexkit prepare --force` stopped while moving its "
                                    f"new store in; finish that with `{prepare_line(self.path / STAGING, self.path)}`")  # fmt: skip
-            if self.path.is_file():  # prepare cannot write a store there: the store asked for is a folder
-                holder = self.path.parent
+            above = next((p for p in self.path.parents if p.is_file()), None)  # prepare could not write there either
+            if self.path.is_file() or above is not None:
+                holder = self.path.parent if above is None else above.parent
+                what = what if above is None else f"is under {above}, which is a file"
                 fix = (f"pass the store's folder instead: {word(holder)}" if (holder / MANIFEST).is_file()
                        else f"pass the store's folder instead (the --out of `alexkit prepare`, holding {STATS}, {CLASSES}, {MANIFEST})")  # fmt: skip
                 raise AlexkitError(f"store {self.path} {what}; {fix}")
