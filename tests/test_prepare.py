@@ -1033,18 +1033,31 @@ def test_kill_9_mid_force_rebuild_keeps_the_old_store_and_rerun_succeeds(tmp_pat
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_ctrl_c_stops_cleanly(tmp_path):
+def _in_own_group_with_sigint_as_default() -> None:
+    sigint_as_default()
+    os.setpgrp()  # a process group of its own, which the test can signal as a batch system does
+
+
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_stops_cleanly(tmp_path, sig, code, said):
+    """SIGINT to prepare alone, as Ctrl-C; SIGTERM to prepare and its workers, as `kill` of a process
+    group or a batch system's time limit: no half-written file, the workers joined, one word said."""
     src, out = _sample_tree(tmp_path / "src", 60), tmp_path / "store"
     cmd = [sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", "32", "--workers", "2"]
     # Ctrl-C as from a terminal, even where pytest itself was started with it ignored (`cmd &`, nohup)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_in_own_group_with_sigint_as_default)  # fmt: skip
     deadline = time.monotonic() + 60
     while not (out / "train.beton.partial").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert proc.poll() is None, "prepare finished before it could be interrupted: " + proc.stderr.read()
+    assert proc.poll() is None, "prepare finished before it could be stopped: " + proc.stderr.read()
     workers = _children(proc.pid)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 130, proc.stderr.read()
+    if sig == signal.SIGTERM:
+        os.killpg(proc.pid, sig)  # the workers too: they leave it to prepare
+    else:
+        proc.send_signal(sig)
+    assert proc.wait(timeout=30) == code, proc.stderr.read()
+    assert proc.stderr.read().rstrip().endswith(said)
     assert not list(out.glob("*.partial")) and not (out / "manifest.json").exists()
     assert all(not Path(f"/proc/{w}").exists() for w in workers)  # joined, not orphaned
 

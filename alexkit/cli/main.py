@@ -10,9 +10,12 @@ handling of EPIPE, which it keeps with standalone_mode=False too.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -150,8 +153,46 @@ def _wide_enough() -> None:
         rich_utils.MAX_WIDTH = MIN_COLUMNS
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `docker stop`, a batch system's time limit), taken as Ctrl-C is: a command
+    removes what it had half written and says how to go on, then exits with 143 (128 + SIGTERM)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """Raise Terminated in the main thread on SIGTERM while the block runs (its default would end the
+    process at once, leaving temporary files and no word of how to go on)."""
+    def terminate(signum, frame):
+        _TERMINATED.append(signum)  # typer may turn the exception into exit code 130 before main() sees it
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_TERMINATED: list[int] = []  # SIGTERMs taken while main() ran
+
+
+def _stopped(exc: BaseException | None) -> int:
+    """Say why the command stopped early, "interrupted" (Ctrl-C) or "terminated" (SIGTERM); its exit code."""
+    term = isinstance(exc, Terminated) or bool(_TERMINATED)
+    print("terminated" if term else "interrupted", file=sys.stderr)
+    return 143 if term else 130
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: a usage error or an AlexkitError is one line and its exit code."""
+    with _sigterm_as_ctrl_c():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     _wide_enough()
     try:
@@ -168,9 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         elif not getattr(exc, "everywhere", False) or first_on_node():  # one line per node
             print(f"error: {exc}", file=sys.stderr)  # (torchrun's LOCAL_RANK): each node's log says why it stopped
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        sys.exit(_stopped(exc))
     except OSError as exc:  # a path that cannot be read or written: name it, without a traceback
         if debug:
             traceback.print_exc()
@@ -187,5 +227,5 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc.__class__.__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
     if code == 130:  # typer turns Ctrl-C into exit code 130 itself, before the handler above
-        print("interrupted", file=sys.stderr)
+        code = _stopped(None)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit's code, or 0 after a command's end

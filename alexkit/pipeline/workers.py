@@ -70,9 +70,10 @@ def _read(sample: Sample) -> bytes:
 
 
 def _init_worker(parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, and SIGTERM (sent to every
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # process of a batch job): a worker it ended would count as a crash
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _start until now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by _start until now
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -101,10 +102,10 @@ class Workers:
         self.pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        # Workers are born with Ctrl-C blocked, so none dies of it before _init_worker ignores it.
+        # Workers are born with Ctrl-C and SIGTERM blocked, so none dies of them before _init_worker ignores them.
         blocked = hasattr(signal, "pthread_sigmask")
         if blocked:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             pool = ProcessPoolExecutor(
                 self.workers, mp_context=self.context, initializer=_init_worker, initargs=(os.getpid(),)
@@ -112,7 +113,7 @@ class Workers:
             pool.submit(int).result()  # start every worker now, before a progress thread exists
         finally:
             if blocked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         return pool
 
     def _restart(self) -> None:
