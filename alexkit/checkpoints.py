@@ -16,6 +16,7 @@ import shutil
 import zipfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -40,22 +41,26 @@ def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """The checkpoint dict in `path` (on the CPU), checked to be one `alexkit train` wrote."""
+    """The checkpoint dict in `path` (on the CPU), checked to be one `alexkit train` wrote. The file is
+    opened once: its CRCs are checked in the file that was loaded, even if another is renamed over it
+    meanwhile (a training saving its next epoch)."""
     try:
-        with open(path, "rb") as f:
-            head, size = f.read(4), f.seek(0, 2)
+        f = open(path, "rb")
     except OSError as exc:  # permissions; a folder
         raise refused(exc, "pass a best.pt/last.pt written by `alexkit train`", path) from exc
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        said = why(exc).split(". ")[0]  # torch goes on for lines about weights_only or its zip reader
-        if head == ZIP_START[: len(head)] and not _another_zip(path):  # torch.save's zip, or its start: cut off or broken
-            raise AlexkitError(f"checkpoint {path} is truncated or damaged ({counted(size, 'byte')}; {said}); copy it again from "
-                               "where it was written, or pass another best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
-        raise AlexkitError(f"cannot load checkpoint {path}: not a file torch.save wrote, or damaged from its start ({said}); "
-                           "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
-    failed = failed_crc(path)
+    with f:
+        head, size = f.read(4), f.seek(0, 2)
+        f.seek(0)
+        try:
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            said = why(exc).split(". ")[0]  # torch goes on for lines about weights_only or its zip reader
+            if head == ZIP_START[: len(head)] and not _another_zip(f):  # torch.save's zip, or its start: cut off or broken
+                raise AlexkitError(f"checkpoint {path} is truncated or damaged ({counted(size, 'byte')}; {said}); copy it again from "
+                                   "where it was written, or pass another best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+            raise AlexkitError(f"cannot load checkpoint {path}: not a file torch.save wrote, or damaged from its start ({said}); "
+                               "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+        failed = failed_crc(f)
     if failed:
         raise AlexkitError(f"checkpoint {path} is damaged ({failed}); copy it again from where it was written, or pass "
                            "another best.pt/last.pt written by `alexkit train`")  # fmt: skip
@@ -66,21 +71,21 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def _another_zip(path: Path) -> bool:
-    """Whether `path` is a whole zip archive without the data.pkl of every torch.save (a stats.npz, say)."""
+def _another_zip(file: Path | BinaryIO) -> bool:
+    """Whether `file` is a whole zip archive without the data.pkl of every torch.save (a stats.npz, say)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(file) as archive:
             return not any(name.endswith("/data.pkl") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
 
 
-def failed_crc(path: Path) -> str | None:
+def failed_crc(file: Path | BinaryIO) -> str | None:
     """What in the zip archive torch.save wrote fails its check, or None. torch.save stores a CRC-32 of
     every record but torch.load never checks them, so a checkpoint with bytes changed inside a tensor
     loads as weights nobody trained. Reading the records again takes less time than the load."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(file) as archive:  # a file object given stays open
             for record in archive.infolist():
                 if record.CRC == 0 and record.file_size:  # written with torch.serialization.set_crc32_options(False)
                     continue
@@ -93,6 +98,13 @@ def failed_crc(path: Path) -> str | None:
     except (zipfile.BadZipFile, EOFError, ValueError) as exc:
         return f"its zip directory: {why(exc)}"
     return None
+
+
+def seed_all(seed: int) -> None:
+    """Seed every generator a checkpoint records (rng_state), so that two runs of one seed save the same states."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def rng_state() -> dict:

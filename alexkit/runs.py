@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from alexkit.errors import AlexkitError, refused
 from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, NoLocks, check_folder, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
 from alexkit.launcher import talks
 from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
-from alexkit.progress import some
+from alexkit.progress import counted, some
 from alexkit.ranks import agree
 
 
@@ -251,12 +252,15 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
         if not found:
             _said_if_training(path, prefer, resuming)
         if not found and resuming and (path / "best.pt").is_file():
-            how = (f"run {path} has best.pt but no last.pt: it was stopped while saving its first epoch"  # between the two saves
-                   if (path / "config.json").is_file() else f"{path} has best.pt but no last.pt (nor a run's config.json)")  # fmt: skip
+            epochs = _epochs_recorded(path)
+            how = (f"{path} has best.pt but no last.pt (nor a run's config.json)" if not (path / "config.json").is_file()
+                   else f"run {path} has best.pt but no last.pt, which is gone (its metrics.jsonl records "
+                        f"{counted(epochs, 'epoch')})" if epochs
+                   else f"run {path} has best.pt but no last.pt: it was stopped while saving its first epoch")  # fmt: skip
             raise AlexkitError(f"{how}; go on from best.pt: alexkit train --resume {word(path / 'best.pt')}")
         if not found and (path / "config.json").is_file():
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "
-                               f"train it again with `alexkit train --out {word(path)}` and the flags it had")  # fmt: skip
+                               f"{_train_again(path)}")
         inner = latest_run(path, having=prefer) if not found else None
         if inner is not None:
             raise AlexkitError(f"{path} is a folder of runs, not a run; pass one of them, e.g. the latest: {inner}")
@@ -268,6 +272,35 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
             _said_if_training(path.parent, (path.name,), resuming)
         raise AlexkitError(f"checkpoint {path} does not exist; pass a run directory or a .pt file")
     return path
+
+
+def _epochs_recorded(run: Path) -> int:
+    """The lines of RUN/metrics.jsonl (0 where it cannot be read)."""
+    try:
+        return sum(1 for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError):
+        return 0
+
+
+def _train_again(run: Path) -> str:
+    """How to train a run again that stopped before its first epoch ended: the `alexkit train` line that
+    started it (its config.json's argv) with its store and its folder as absolute paths (the line may
+    have named them relative to another working folder, or not at all); where config.json does not
+    say, a line to complete."""
+    try:
+        config = json.loads((run / "config.json").read_text())
+        argv, data, ddp = config["argv"], config["config"]["data"], str(config["config"]["parallel"]).startswith("ddp")
+        args = [str(a) for a in argv[argv.index("train") + 1 :]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"train it again with `alexkit train --out {word(run)}` and the flags it had"
+    kept, skip = [], False
+    for a in args:  # all but --data and --out
+        if skip or a in ("--data", "--out") or a.startswith(("--data=", "--out=")):
+            skip = not skip and a in ("--data", "--out")  # their value follows
+            continue
+        kept.append(shlex.quote(a))
+    line = " ".join(["train", *kept, "--data", word(data), "--out", word(run)])
+    return f"train it again under torchrun as it was started, running `-m alexkit {line}`" if ddp else f"train it again: `alexkit {line}`"
 
 
 def _said_if_training(run: Path, names: tuple[str, ...], resuming: bool) -> None:

@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexkit import ranges
-from alexkit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from alexkit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
 from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
 from alexkit.launcher import launched, under_torchrun
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
 from alexkit.model.placement import setup, teardown
-from alexkit.paths import DEFAULT_STORE
+from alexkit.paths import DEFAULT_STORE, word
 from alexkit.progress import Progress, Ticks, counted
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
@@ -222,9 +222,12 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
     try:
         with lost_peers_said(then):
             _train(cfg, ckpt, placement, store, run_dir)
-    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or the reader of stdout's pipe gone: say how to go on
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, SIGTERM, or the reader of stdout's pipe gone: say how to go on
         if placement.is_main and (run_dir / "last.pt").is_file():
             print(f"note: the run keeps its last whole epoch; {then()}", file=sys.stderr)
+        elif placement.is_main:
+            print(f"note: no epoch had ended, so there is nothing to continue; run the same command again (--out "
+                  f"{word(run_dir)} reuses this run's folder)", file=sys.stderr)  # fmt: skip
         raise
     except OSError as exc:  # a full disk, say
         if not exc.filename:  # not about a file (a socket, say)
@@ -261,7 +264,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
     if on_cuda:
         fast_cuda()
 
-    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    seed_all(cfg.seed)  # the same initial weights in every process
     model = AlexNet(store.num_classes, width=cfg.width, fc_features=cfg.fc_features, input_size=store.crop,
                     dropout=cfg.dropout, init=cfg.init)  # fmt: skip
     if ckpt is not None:

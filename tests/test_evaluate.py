@@ -312,7 +312,7 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
         find_checkpoint(tmp_path / "nope.pt")
     (tmp_path / "stopped").mkdir()
     (tmp_path / "stopped" / "config.json").write_text("{}")
-    with pytest.raises(AlexkitError, match=r"stopped before its first epoch ended; train it again with `alexkit train --out .*stopped`"):
+    with pytest.raises(AlexkitError, match=r"stopped before its first epoch ended; train it again with `alexkit train --out .*stopped` and the flags it had"):
         find_checkpoint(tmp_path / "stopped", prefer=("last.pt",))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(AlexkitError, match="not an alexkit checkpoint"):

@@ -3,6 +3,7 @@ hints printed for the user."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -113,3 +114,35 @@ def test_a_folder_a_run_left_before_its_first_epoch_ended_takes_a_new_run(tmp_pa
     (tmp_path / "todo.txt").write_text("")
     with pytest.raises(AlexkitError, match=r"holds what is not a run's \(todo.txt\); pick a new or empty folder"):
         _check_only_runs_files(tmp_path)
+
+
+@pytest.mark.parametrize("argv, parallel, said", [
+    (["/v/bin/alexkit", "--debug", "train", "--out", "elsewhere", "--epochs", "3", "--data", "my store"], "none",
+     "train it again: `alexkit train --epochs 3 --data '/s/my store' --out {run}`"),
+    (["/a/__main__.py", "train", "--out=x", "--parallel", "ddp"], "ddp",
+     "train it again under torchrun as it was started, running `-m alexkit train --parallel ddp --data '/s/my store' --out {run}`"),
+])  # fmt: skip
+def test_a_run_stopped_in_its_first_epoch_is_told_the_line_that_started_it(tmp_path, argv, parallel, said):
+    """From config.json's argv, with the store and the run's own folder as absolute paths (those given may
+    have been relative to another working folder, or absent)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"parallel": parallel, "data": "/s/my store"}, "argv": argv}))
+    with pytest.raises(AlexkitError) as error:
+        runs.find_checkpoint(run, prefer=("last.pt",))
+    assert str(error.value).endswith(said.format(run=run)), str(error.value)
+
+
+def test_a_run_whose_last_pt_is_gone_is_told_so_and_to_go_on_from_best_pt(tmp_path):
+    """Not "stopped while saving its first epoch" when metrics.jsonl records epochs."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "best.pt").write_bytes(b"")
+    with pytest.raises(AlexkitError, match="it was stopped while saving its first epoch; go on from best.pt"):
+        runs.find_checkpoint(run, prefer=("last.pt",))
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    with pytest.raises(AlexkitError) as error:
+        runs.find_checkpoint(run, prefer=("last.pt",))
+    assert str(error.value) == (f"run {run} has best.pt but no last.pt, which is gone (its metrics.jsonl records 2 "
+                                f"epochs); go on from best.pt: alexkit train --resume {run / 'best.pt'}")  # fmt: skip
