@@ -851,7 +851,7 @@ def test_a_force_rebuild_of_an_unfinished_store_keeps_its_files_until_the_end(tm
 def test_readers_see_the_old_store_while_a_force_rebuild_runs(tmp_path, monkeypatch):
     """The rebuild holds the store's lock shared until its end: a training may start on the old store
     meanwhile; the new one is then put in place by a rerun once it has ended, converting nothing again."""
-    from alexkit.pipeline import prepare as stage
+    from alexkit.pipeline import build as stage
     from alexkit.pipeline.store import reading
 
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
@@ -891,7 +891,7 @@ def test_readers_see_the_old_store_while_a_force_rebuild_runs(tmp_path, monkeypa
 
 
 def test_a_second_force_rebuild_is_refused_while_one_runs(tmp_path, monkeypatch):
-    from alexkit.pipeline import prepare as stage
+    from alexkit.pipeline import build as stage
 
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
     _run(src, out)

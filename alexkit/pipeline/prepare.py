@@ -32,46 +32,29 @@ each new file is renamed over its old one, manifest.json out first and back in l
 stopped during those renames leaves OUT unfinished, and the next prepare on OUT completes them first.
 The rebuild needs room for both stores. An --out folder that holds other files but none of a
 store's (nor prepare's own) is refused: a store's files would be scattered among them.
-
-Speed: the per-image work (imageops.convert: decode, resize, encode, then the statistics' sums in
-the same pass) runs in a pool of processes over chunks of samples, a bounded number of chunks in
-flight, results taken in order and written by the main process; memory stays flat whatever the
-dataset size. About 1.7 CPU ms per ImageNet-like JPEG at 256 px, statistics included (see
-`alexkit bench prepare`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
-import sys
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, refused
 from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, check_folder, held_by_another, only_writer
 from alexkit.paths import usable_cores, word
-from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
-from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
+from alexkit.pipeline.build import build, summary, warn
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE
-from alexkit.pipeline.store import CLASSES, LOCK, MANIFEST, SPLITS, STAGING, STATS, write_stats
-from alexkit.pipeline.storedir import PROBE, STORE_FILES, clear
-from alexkit.pipeline.storedir import move_in, not_a_store, read_json, rebuild, rebuild_beside_readers, remove, remove_if_only_lock
-from alexkit.pipeline.storedir import write_json
-from alexkit.pipeline.workers import ConvertJob, Workers, chunks
+from alexkit.pipeline.store import LOCK, MANIFEST, STAGING
+from alexkit.pipeline.storedir import PROBE, STORE_FILES, move_in, not_a_store, read_json, rebuild, rebuild_beside_readers
+from alexkit.pipeline.storedir import remove_if_only_lock
 
 FORMATS = ("jpg", "raw")
 MIN_SIZE, MAX_SIZE = 16, 1024  # 1024 px raw (3 MiB) still fits a .beton page
-# q90 at 256 px: 30.6 KB per image in bench loader's JPEG store of photo-like sources (its
-# BetonReader's size.mean()); only for the free-space warning.
-JPEG_BYTES_PER_PIXEL = 0.47
 
 
 @dataclass(frozen=True)
@@ -224,230 +207,25 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
         shutil.rmtree(staging)
     settings = cfg.settings()
     if not cfg.force and staging.is_dir():
-        _warn(f"{staging} holds an `alexkit prepare --force` rebuild that has not replaced the store; run that command "
-              "again to finish it, or remove the folder to free its space")  # fmt: skip
+        warn(f"{staging} holds an `alexkit prepare --force` rebuild that has not replaced the store; run that command "
+             "again to finish it, or remove the folder to free its space")  # fmt: skip
     if not cfg.force and _finished(out, src, settings):
         return out
     if cfg.force and (staging.is_dir() or any((out / name).exists() for name in STORE_FILES)):
         return _rebuild(cfg, src, out, lock)
-    manifest = _build(cfg, src, out, keep=not cfg.force)
-    _summary(out, manifest)
+    manifest = build(cfg, src, out, keep=not cfg.force)
+    summary(out, manifest)
     return out
 
 
 def _rebuild(cfg: PrepareConfig, src: Path, out: Path, lock=None) -> Path:
     """--force where `out` holds a store: built beside it (storedir.rebuild), holding `lock` (out's,
     exclusive), or, where trainings or evaluations read the store (None), its lock shared as theirs."""
-    def build(staging: Path) -> dict:
-        return _build(cfg, src, staging, keep=True, replacing=out)  # keeping what an interrupted --force finished there
+    def into(staging: Path) -> dict:
+        return build(cfg, src, staging, keep=True, replacing=out)  # keeping what an interrupted --force finished there
 
-    _summary(out, rebuild(out, build, lock) if lock is not None else rebuild_beside_readers(out, build))
+    summary(out, rebuild(out, into, lock) if lock is not None else rebuild_beside_readers(out, into))
     return out
-
-
-def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path | None = None) -> dict:
-    """Scan `src` and write the store into `out`, reusing (if `keep`) each split an earlier run finished
-    there with these settings and sources; return its manifest, written last. `replacing`: the store a
-    --force rebuild will replace, whose val split a source without one must not take away."""
-    settings = cfg.settings()
-    started = time.perf_counter()
-    print(f"scanning {src} ...", flush=True)
-    with Ticks() as ticks:
-        ds = find_dataset(src, ticks)
-    scan_s = time.perf_counter() - started
-    for warning in ds.warnings:
-        _warn(warning)
-    if not ds.splits.get("val") and replacing is not None and (replacing / "val.beton").is_file():
-        raise AlexkitError(f"{src} has no val split (or no val images), so the rebuilt store would have none, and "
-                           f"`alexkit train`, `eval` and `show-batch` need one; {replacing} keeps its own: add val images "
-                           "in one of the layouts in README.md, or choose another --out")  # fmt: skip
-    if not ds.splits.get("val"):
-        _warn(f"{src} has no val split (or no val images): `alexkit train`, `eval` and `show-batch` need one; add val "
-              "images in one of the layouts in README.md and run again")  # fmt: skip
-    counts = {name: len(samples) for name, samples in ds.splits.items()}
-    listed = ", ".join(f"{n} {counted(c, 'image')}" for n, c in counts.items())
-    print(f"{ds.layout}: {counted(len(ds.classes), 'class', 'classes')}, {listed}", flush=True)
-    _check_free_space(out, sum(counts.values()), cfg)
-
-    remove(out / MANIFEST)  # from here on the store is incomplete until manifest.json is back
-    clear(out, keep=tuple(ds.splits) if keep else ())
-
-    records = {}
-    with Workers(cfg.workers) as workers:
-        for name in [n for n in SPLITS if n in ds.splits]:
-            fingerprint = _fingerprint(name, ds, settings)  # 1.28M file sizes and times: seconds
-            record = _completed_split(out, name, fingerprint)
-            if record is not None:
-                print(f"{name}: kept from an earlier run ({counted(record['images'], 'image')})", flush=True)
-            else:
-                record = _write_split(out, name, ds, cfg, fingerprint, workers)
-            records[name] = record
-
-    write_json(out / CLASSES, [{"index": c.index, "wnid": c.wnid, "name": c.name} for c in ds.classes])
-    manifest = _manifest(src, ds, settings, records, scan_s, time.perf_counter() - started)
-    write_json(out / MANIFEST, manifest)  # last: the store is now complete
-    return manifest
-
-
-# --- one split ---
-
-
-def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerprint: dict, workers: Workers) -> dict:
-    """Convert and write one split; its .beton, (for train) stats.npz, then its done-record."""
-    samples = ds.splits[name]
-    beton, done = out / f"{name}.beton", out / f"{name}.done.json"
-    with_stats = name == "train"
-    remove(done)  # first: an old record must never vouch for the file written now
-    remove(beton)
-    if with_stats:
-        remove(out / STATS)
-    mode = MODE_JPG if cfg.format == "jpg" else MODE_RAW
-    sums = imageops.PixelSums(cfg.size)
-    per_class = [0] * len(ds.classes)
-    skipped: list[dict] = []
-    started = time.perf_counter()
-    writer, converted = None, 0
-    try:
-        writer = BetonWriter(beton, capacity=len(samples))
-        with Progress(name, len(samples), fields=("skipped",)) as progress:
-            job = ConvertJob(size=cfg.size, format=cfg.format, quality=cfg.quality, with_stats=with_stats)
-            for results, chunk_sums in workers.run(chunks(samples, cfg.workers), job):
-                for index, payload, reason in results:
-                    sample = samples[index]
-                    if payload is None:
-                        skipped.append({"split": name, "file": sample.name or sample.path, "reason": reason})
-                        continue
-                    writer.add(payload, sample.label, mode=mode, width=cfg.size, height=cfg.size)
-                    per_class[sample.label] += 1
-                if chunk_sums is not None:
-                    sums.merge(chunk_sums)
-                converted += len(results)
-                progress.update(converted, skipped=len(skipped))
-        if with_stats and sums.images == 0:  # there were some: find_dataset refuses a train split of no files
-            first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
-            raise AlexkitError(f"none of the train split's {counted(len(samples), 'image')} in {ds.root} could be "
-                               f"decoded{first}; check the source files")  # fmt: skip
-        count = writer.close()
-    except BaseException as exc:  # Ctrl-C included: leave no partial file behind
-        if writer is not None:
-            writer.abort()
-        beton.with_name(beton.name + ".partial").unlink(missing_ok=True)  # a writer that failed while starting
-        if isinstance(exc, OSError):
-            raise PathRefused(
-                f"cannot write {beton}: {exc.strerror or exc}; free space or fix permissions on {out} and run "
-                f"again (finished splits are kept)"
-            ) from exc
-        raise
-    seconds = time.perf_counter() - started
-    if with_stats:
-        write_stats(out / STATS, sums)
-    record = {
-        **fingerprint,
-        "images": count,
-        "skipped": skipped,
-        "per_class": per_class,
-        "seconds": round(seconds, 2),
-        "images_per_s": round(len(samples) / max(seconds, 1e-9), 1),
-        "bytes": beton.stat().st_size,
-    }
-    write_json(done, record)
-    rate = record["images_per_s"]
-    print(f"{name}: {counted(count, 'image')} written to {beton} in {seconds:.1f} s ({rate:,.0f} images/s), {len(skipped)} skipped", flush=True)
-    return record
-
-
-def _completed_split(out: Path, name: str, fingerprint: dict) -> dict | None:
-    """The done-record of a split finished earlier with the same settings and samples, else None."""
-    record = read_json(out / f"{name}.done.json")
-    if record is None or not (out / f"{name}.beton").is_file():
-        return None
-    if name == "train" and not (out / STATS).is_file():
-        return None
-    if any(record.get(k) != v for k, v in fingerprint.items()):
-        return None
-    return record
-
-
-def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
-    """What a finished split depends on: settings, source, and a digest of its sample list, with each
-    file's size and modification time (a file replaced under the same name makes the split redone)."""
-    digest, stats = hashlib.sha256(), {}
-    samples = ds.splits[name]
-    with Ticks() as ticks:
-        for i, s in enumerate(samples):
-            if s.path not in stats:  # a tar's members share their tar's
-                st = os.stat(s.path)
-                stats[s.path] = f"{st.st_size}\t{st.st_mtime_ns}"
-            digest.update(f"{s.name or s.path}\t{s.label}\t{s.size}\t{stats[s.path]}\n".encode("utf-8", "surrogateescape"))
-            if i % 10_000 == 0 or i + 1 == len(samples):
-                ticks(f"checking {name} files", i + 1, len(samples), "files")
-    return {
-        "split": name,
-        "settings": settings,
-        "source": str(ds.root),
-        "layout": ds.layout,
-        "samples": len(ds.splits[name]),
-        "digest": digest.hexdigest(),
-    }
-
-
-# --- progress and reporting ---
-
-
-def _manifest(src: Path, ds: Dataset, settings: dict, records: dict, scan_s: float, total_s: float) -> dict:
-    splits = {
-        name: {
-            "file": f"{name}.beton",
-            "sources": r["samples"],
-            "images": r["images"],
-            "skipped": len(r["skipped"]),
-            "per_class": r["per_class"],
-            "bytes": r["bytes"],
-            "seconds": r["seconds"],
-            "images_per_s": r["images_per_s"],
-        }
-        for name, r in records.items()
-    }
-    return {
-        "format_version": STORE_FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"path": str(src), "layout": ds.layout},
-        "settings": settings,
-        "classes": len(ds.classes),
-        "splits": splits,
-        "skipped": [item for r in records.values() for item in r["skipped"]],
-        "warnings": list(ds.warnings),
-        "timings": {
-            "scan_s": round(scan_s, 2),
-            **{f"{name}_s": r["seconds"] for name, r in records.items()},
-            "total_s": round(total_s, 2),
-        },
-    }
-
-
-def _summary(out: Path, manifest: dict) -> None:
-    parts = [f"{name} {counted(s['images'], 'image')}" for name, s in manifest["splits"].items()]
-    size = sum(s["bytes"] for s in manifest["splits"].values())  # for copies to other nodes, say
-    parts.append(_amount(size))
-    skipped = len(manifest["skipped"])
-    files = "file" if skipped == 1 else "files"
-    note = f"; {skipped} {files} skipped, listed with their reasons in {out / MANIFEST}" if skipped else "; no file skipped"
-    print(f"store ready: {out} ({', '.join(parts)}{note}; {duration(manifest['timings']['total_s'])} in all)")
-
-
-def _amount(size: float) -> str:
-    """Bytes as 40.1 GB, or 33.6 MB below a gigabyte."""
-    return f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
-
-
-def _warn(text: str) -> None:
-    line = text if text.upper().startswith("WARNING") else f"warning: {text}"
-    if sys.stderr.isatty():
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold yellow]{line}[/]", markup=True, highlight=False)
-    else:
-        print(line, file=sys.stderr, flush=True)
 
 
 def _describe(settings: dict) -> str:
@@ -487,17 +265,3 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
         why = exc.strerror or exc
         raise PathRefused(f"cannot write to {out} ({why}); choose an --out folder you can write to") from exc
     return src, out, made
-
-
-def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
-    per_image = cfg.size * cfg.size * (3 if cfg.format == "raw" else JPEG_BYTES_PER_PIXEL)
-    need = images * per_image * 1.05 + 2 * PAGE_SIZE
-    free = shutil.disk_usage(out).free
-    if free < need:
-        both = " (--force keeps the old store until the new one is complete: both need room)" if out.name == STAGING else ""
-        _warn(
-            f"{out} has {_amount(free)} free, the store needs about {_amount(need)}{both}; "
-            f"the run may stop on a full disk (rerun resumes)"
-        )
-
-

@@ -1,4 +1,4 @@
-"""A store folder's files, apart from converting images into them (prepare.py): which names belong
+"""A store folder's files, apart from converting images into them (build.py): which names belong
 to a store (or to prepare itself: its lock, its temporaries, a rebuild's folder), its JSON records,
 clearing a split, and a `prepare --force` rebuild: the new store built in OUT/.prepare-new (by a
 function prepare.py hands in) under the locks that keep the old store whole and readable, then moved

@@ -1,6 +1,6 @@
 """prepare's worker processes: each converts chunks of samples (read, decode, resize, crop,
 encode, statistics); results come back in order, and a file that crashes its worker costs only
-that file. Nothing here writes the store: the parent alone does (see prepare.py).
+that file. Nothing here writes the store: the parent alone does (see build.py).
 """
 
 from __future__ import annotations
