@@ -343,20 +343,35 @@ def test_odd_files_decode_like_pil_convert_rgb():
 
 
 def test_16_bit_grey_keeps_its_top_8_bits():
-    """PIL's convert("RGB") clips 16-bit grey at 255, which would store a near-white image."""
+    """PIL's convert("RGB") clips 16-bit grey at 255, which would store a near-white image. The same
+    for an "I" image (some PILs open 16-bit PNGs so, and TIFFs): the top 8 bits whatever the pixels
+    hold, so that a picture does not turn from white to black at one grey level."""
     grey16 = np.random.default_rng(7).integers(0, 65536, (36, 48)).astype(np.uint16)
     img = Image.fromarray(grey16)
     assert img.mode == "I;16"
-    got = np.asarray(imageops.decode_resized(_png(img), SIZE), dtype=int)
     want = _reference(Image.fromarray((grey16 >> 8).astype(np.uint8)), SIZE)
-    assert np.abs(got - want).max() <= 1 and got.mean() < 200
+    for data in (_png(img), _tiff(img.convert("I"))):
+        assert Image.open(io.BytesIO(data)).mode in ("I;16", "I")
+        got = np.asarray(imageops.decode_resized(data, SIZE), dtype=int)
+        assert np.abs(got - want).max() <= 1 and got.mean() < 200
+    for level in (255, 256):  # on either side of 8 bits: no jump
+        flat = _tiff(Image.fromarray(np.full((40, 40), level, np.int32)))
+        assert imageops.decode_resized(flat, SIZE).max() <= 1
+
+
+def _tiff(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "TIFF")
+    return out.getvalue()
 
 
 def test_an_image_longer_than_100_times_its_width_is_skipped_before_decoding():
-    """Its centre crop would be a sliver, and the resize up to the crop's far edge grows with the ratio."""
+    """By prepare: its centre crop would be a sliver, and the resize up to the crop's far edge grows with
+    the ratio. predict, shown such an image on purpose, still classifies it."""
     with pytest.raises(ValueError, match=r"3000x1 image: its sides are more than 100 times apart"):
-        imageops.decode_resized(_png(Image.new("RGB", (3000, 1))), SIZE)
-    assert imageops.decode_resized(_png(Image.new("RGB", (1000, 10))), SIZE).shape == (SIZE, SIZE, 3)  # 100:1 is kept
+        imageops.convert(_png(Image.new("RGB", (3000, 1))), SIZE, "raw", 90)
+    assert imageops.convert(_png(Image.new("RGB", (1000, 10))), SIZE, "raw", 90)[0].shape == (SIZE, SIZE, 3)  # 100:1 is kept
+    assert imageops.decode_resized(_png(Image.new("RGB", (3000, 10))), SIZE).shape == (SIZE, SIZE, 3)  # predict's
 
 
 def test_a_source_file_the_system_will_not_read_stops_prepare_naming_it(tmp_path):
@@ -376,6 +391,16 @@ def test_a_source_file_the_system_will_not_read_stops_prepare_naming_it(tmp_path
         list(workers.run(iter([chunk]), job))
     assert str(refused.value).startswith(f"{tmp_path}: Is a directory; make it readable")
     assert refused.value.exit_code == 1
+    cut = [(0, Sample(str(good), 0, offset=10**6, size=10, name="a.tar/x.JPEG"))]  # a tar member past its file's end
+    with Workers(1) as workers, pytest.raises(AlexkitError, match="the file is truncated, download it again"):
+        list(workers.run(iter([cut]), job))
+
+
+def test_a_source_that_is_a_link_to_nothing_is_named_as_typed(tmp_path):
+    (tmp_path / "imagenet").symlink_to(tmp_path / "gone")
+    with pytest.raises(AlexkitError) as error:
+        _run(tmp_path / "imagenet", tmp_path / "store")
+    assert str(error.value).startswith(f"{tmp_path / 'imagenet'} is a link to {tmp_path / 'gone'}, which does not exist; ")
 
 
 def test_bad_files_are_skipped_and_listed(tmp_path):

@@ -319,8 +319,8 @@ def _list_images(folder: Path, prefix: str, others: list[str], above: frozenset 
 
 
 def _image_file(entry: os.DirEntry) -> bool:
-    """A file with an image extension: a regular one, or a link to a file that is gone (reading it
-    then stops prepare with its name). A FIFO under an image name would block its reader for ever."""
+    """A file with an image extension: a regular one, or a link to a file that is gone (prepare then
+    stops, naming it). A FIFO under an image name would block its reader for ever."""
     if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
         return False
     return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))

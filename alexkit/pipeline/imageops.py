@@ -19,8 +19,8 @@ Decoding: plain RGB and grayscale JPEGs (nearly all of ImageNet) are decoded by 
 libjpeg-turbo; everything else (CMYK, PNG, palette, alpha, 16-bit ...) by PIL, then converted to
 RGB (16-bit grey keeps its top 8 bits: PIL's own conversion would clip it at 255, to white).
 `Image.open` reads only the header, so choosing costs next to nothing. Both decoders give the same
-pixels for baseline and progressive JPEGs (tested). An image whose sides are more than MAX_ASPECT
-times apart is skipped: its centre crop would hold a sliver of it, and the resize up to the crop's
+pixels for baseline and progressive JPEGs (tested). prepare skips an image whose sides are more than
+MAX_ASPECT times apart: its centre crop would hold a sliver of it, and the resize up to the crop's
 far edge grows with the ratio (gigabytes at 1:60,000).
 
 Two shortcuts, both giving the result of "resize the whole image, then crop":
@@ -85,16 +85,17 @@ def draft_factor(width: int, height: int, size: int) -> int:
     return next((f for f in (8, 4, 2) if fits >= f), 1)
 
 
-def decode_rgb(data: bytes, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+def decode_rgb(data: bytes, size: int, max_aspect: float | None = None) -> tuple[np.ndarray, float, tuple[int, int]]:
     """Decode an image file for a `size` store: ((h, w, 3) uint8 RGB, decoded pixels per source
-    pixel (1, 1/2, 1/4 or 1/8), the source's (width, height))."""
+    pixel (1, 1/2, 1/4 or 1/8), the source's (width, height)). `max_aspect`: a ValueError, before
+    decoding, for an image whose sides are further apart."""
     import cv2
 
     img = Image.open(io.BytesIO(data))  # reads the header only
     width, height = img.size
-    if max(width, height) > MAX_ASPECT * min(width, height):
-        raise ValueError(f"a {width}x{height} image: its sides are more than {MAX_ASPECT} times apart, and its centre "
-                         f"crop would hold under 1/{MAX_ASPECT} of it")  # fmt: skip
+    if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
+        raise ValueError(f"a {width}x{height} image: its sides are more than {max_aspect} times apart, and its centre "
+                         f"crop would hold under 1/{max_aspect} of it")  # fmt: skip
     if img.format == "JPEG":
         factor = draft_factor(width, height, size)
         if img.mode in ("RGB", "L"):  # grey comes back as 3 equal channels, like convert("RGB")
@@ -106,11 +107,9 @@ def decode_rgb(data: bytes, size: int) -> tuple[np.ndarray, float, tuple[int, in
                 return rgb, 1 / factor, (width, height)
         img.draft("RGB", draft_size(width, height, size))  # CMYK and others: PIL, reduced alike
     factor = round(width / img.size[0])  # the draft's decoded width is ceil(width / factor)
-    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey (older PILs open PNGs as "I")
-        grey = np.asarray(img)
-        if img.mode != "I" or grey.max() > 255:  # 8-bit values in an "I" image stay as they are
-            grey = grey >> 8
-        img = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))  # mode L
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey (some PILs open 16-bit PNGs as "I")
+        grey = np.clip(np.asarray(img), 0, 65535) >> 8  # the top 8 bits, whatever the pixels hold
+        img = Image.fromarray(grey.astype(np.uint8))  # mode L
     if img.mode != "RGB":
         img = img.convert("RGB")  # CMYK (Adobe-inverted ones too), L, P, RGBA, LA ...
     return np.array(img), 1 / factor, (width, height)  # decodes here; writable, as torch wants
@@ -136,9 +135,9 @@ def resize_crop(rgb: np.ndarray, scale: float, source: tuple[int, int], size: in
     return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy()[y0:, x0:])  # (size, size, 3)
 
 
-def decode_resized(data: bytes, size: int) -> np.ndarray:
+def decode_resized(data: bytes, size: int, max_aspect: float | None = None) -> np.ndarray:
     """Decode an image file to RGB, shorter side to `size`, centre crop: (size, size, 3) uint8."""
-    return resize_crop(*decode_rgb(data, size), size)
+    return resize_crop(*decode_rgb(data, size, max_aspect), size)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
@@ -157,7 +156,7 @@ def convert(data: bytes, size: int, fmt: str, quality: int) -> tuple[bytes | np.
     The store keeps JPEG bytes (fmt "jpg") or the pixels themselves ("raw"); the pixels also
     feed the statistics.
     """
-    rgb = decode_resized(data, size)
+    rgb = decode_resized(data, size, MAX_ASPECT)
     return (rgb if fmt == "raw" else encode_jpeg(rgb, quality)), rgb
 
 

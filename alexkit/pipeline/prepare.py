@@ -239,11 +239,12 @@ def _describe(settings: dict) -> str:
 def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
     """(resolved src, out, whether this call made out) after the checks that need no scan;
     AlexkitError on unusable paths."""
-    src, out = cfg.src.resolve(), cfg.out  # resolved: the same folder by a link or `..` is the same source
+    src, out = cfg.src.absolute(), cfg.out
     if not src.exists():
-        raise AlexkitError(
-            f"{src} does not exist; pass the folder that holds your ImageNet (or run `alexkit sample DIR` for a small demo set)"
-        )
+        gone = f"is a link to {os.readlink(src)}, which does not exist" if src.is_symlink() else "does not exist"
+        raise AlexkitError(f"{src} {gone}; pass the folder that holds your ImageNet (or run `alexkit sample DIR` for a "
+                           "small demo set)")  # fmt: skip
+    src = src.resolve()  # the same folder by a link or `..` is the same source
     if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
         elsewhere = src.resolve().parent / "alexkit-store"
         raise AlexkitError(f"--out {out} is inside the source {src}; write the store elsewhere, e.g. --out {word(elsewhere)}")

@@ -39,7 +39,8 @@ def chunks(samples: tuple[Sample, ...], workers: int) -> Iterator[list[tuple[int
 
 
 def convert_chunk(chunk: list[tuple[int, Sample]], job: ConvertJob):
-    """In a worker: convert each sample; a failure of one file is caught and becomes its skip reason.
+    """In a worker: convert each sample; a failure of one file's bytes (undecodable, say) is caught and
+    becomes its skip reason, while a file that cannot be read stops the run (_read).
 
     Returns ([(index, stored bytes or RGB array, None) or (index, None, reason)], PixelSums or None).
     """
