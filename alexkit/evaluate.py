@@ -184,7 +184,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
     rows = _gather(_concat(parts), placement.world_size)
     _check_each_once(rows["index"], total, store)
     results = summarize(rows, store.classes)
-    results.update(tta=cfg.tta, checkpoint=str(ckpt_path.absolute()), store=str(store.path), epoch=ckpt.get("epoch"),
+    results.update(tta=cfg.tta, checkpoint=str(ckpt_path.absolute()), store=str(store.path.absolute()), epoch=ckpt.get("epoch"),
                    seconds=seconds, images_per_s=results["n"] / seconds, processes=placement.world_size,
                    device=str(placement.device))  # fmt: skip
     if placement.is_main:

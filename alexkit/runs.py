@@ -299,7 +299,7 @@ def _train_again(run: Path) -> str:
             skip = not skip and a in ("--data", "--out")  # their value follows
             continue
         kept.append(shlex.quote(a))
-    line = " ".join(["train", *kept, "--data", word(data), "--out", word(run)])
+    line = " ".join(["train", *kept, "--data", word(data), "--out", word(run.absolute())])
     return f"train it again under torchrun as it was started, running `-m alexkit {line}`" if ddp else f"train it again: `alexkit {line}`"
 
 

@@ -292,6 +292,9 @@ def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, 
     assert "note: alexkit-runs/r2 has no checkpoint yet; using alexkit-runs/r1" in capsys.readouterr().err
     assert results["store"] == str(store.path) and results["n"] == 7
     assert find_checkpoint(root / "alexkit-runs" / "r1") == root / "alexkit-runs" / "r1" / "best.pt"
+    monkeypatch.chdir(store.path.parent)
+    results = evaluate(EvalConfig(checkpoint=root / "alexkit-runs" / "r1", data=Path(store.path.name), device="cpu"))
+    assert results["store"] == str(store.path)  # --data given relative: said whole, as the checkpoint is
 
 
 def test_a_store_that_prepare_is_writing_is_not_evaluated_on(setup):

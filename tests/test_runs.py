@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,14 @@ def test_a_run_whose_last_pt_is_gone_is_told_so_and_to_go_on_from_best_pt(tmp_pa
         runs.find_checkpoint(run, prefer=("last.pt",))
     assert str(error.value) == (f"run {run} has best.pt but no last.pt, which is gone (its metrics.jsonl records 2 "
                                 f"epochs); go on from best.pt: alexkit train --resume {run / 'best.pt'}")  # fmt: skip
+
+
+def test_the_line_that_started_a_run_names_its_folder_absolutely(tmp_path, monkeypatch):
+    """Given as a relative --resume, the folder is printed whole: the line works from any folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    config = {"config": {"parallel": "none", "data": "/s"}, "argv": ["alexkit", "train", "--epochs", "2"]}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AlexkitError) as error:
+        runs.find_checkpoint(Path("run"), prefer=("last.pt",))
+    assert str(error.value).endswith(f"train it again: `alexkit train --epochs 2 --data /s --out {tmp_path / 'run'}`")
