@@ -315,7 +315,7 @@ def test_the_fix_for_a_damaged_store_is_the_line_that_writes_it_again(tmp_path):
 
     store = tmp_path / "my store"
     store.mkdir()
-    manifest = {"source": {"path": "/data/image net"}, "settings": {"size": 256, "format": "raw", "quality": 90}}
+    manifest = {"source": {"path": "/data/image net"}, "settings": {"size": 256, "format": "raw", "quality": None}}
     (store / "manifest.json").write_text(json.dumps(manifest))
     assert rewrite(store) == f"rewrite the store with `alexkit prepare '/data/image net' --out '{store}' --format raw --force`"
     manifest["settings"] = {"size": 128, "format": "jpg", "quality": 75}

@@ -182,6 +182,15 @@ def test_a_link_back_up_inside_a_class_folder_is_an_error_naming_it(tmp_path):
                                 "images under it would be listed without end; remove that link")  # fmt: skip
 
 
+def test_a_link_to_nothing_under_an_image_name_is_listed_so_that_prepare_names_it(tmp_path):
+    """Not quietly one of the ignored files: an image the dataset should hold is missing."""
+    for cls in ("cat", "dog"):
+        write(tmp_path / "train" / cls / f"{cls}0.jpg")
+    (tmp_path / "train" / "dog" / "x.jpg").symlink_to(tmp_path / "gone.jpg")
+    ds = find_dataset(tmp_path)
+    assert [s.name for s in ds.splits["train"]] == ["train/cat/cat0.jpg", "train/dog/dog0.jpg", "train/dog/x.jpg"]
+
+
 def test_a_fifo_under_an_image_name_is_no_image(tmp_path):
     """Its reader would wait for ever; it counts among the files that are not images."""
     for cls in ("cat", "dog"):

@@ -257,6 +257,11 @@ def test_errors_are_misses_over_n_exactly_and_tied_worst_classes_keep_index_orde
     results.update(tta=False, checkpoint="c.pt", store="s", epoch=1, seconds=1.0, images_per_s=63.0, processes=1, device="cpu")
     lines = report(results, show_classes=1)
     assert lines[lines.index("worst classes:") + 1].endswith(" 0 c0")
+    top[1] = [(label[1] + 1) % 3, label[1]]  # class 1's miss has its label second: the same top-1, a better top-5
+    results.update(summarize({"label": label, "top": top}, [{"index": i, "name": f"c{i}"} for i in range(3)]))
+    lines = report(results, show_classes=1)
+    assert lines[lines.index("best classes (top-1 error):") + 1].endswith(" 1 c1")
+    assert lines[lines.index("worst classes:") + 1].endswith(" 0 c0")
 
 
 def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):

@@ -357,6 +357,8 @@ def test_16_bit_grey_keeps_its_top_8_bits():
     for level in (255, 256):  # on either side of 8 bits: no jump
         flat = _tiff(Image.fromarray(np.full((40, 40), level, np.int32)))
         assert imageops.decode_resized(flat, SIZE).max() <= 1
+    dark = Image.fromarray(np.full((36, 48), 200, np.uint16))  # I;16 whose values all fit 8 bits: still near black
+    assert imageops.decode_resized(_png(dark), SIZE).max() <= 1
 
 
 def _tiff(img: Image.Image) -> bytes:
@@ -371,6 +373,8 @@ def test_an_image_longer_than_100_times_its_width_is_skipped_before_decoding():
     with pytest.raises(ValueError, match=r"3000x1 image: its sides are more than 100 times apart"):
         imageops.convert(_png(Image.new("RGB", (3000, 1))), SIZE, "raw", 90)
     assert imageops.convert(_png(Image.new("RGB", (1000, 10))), SIZE, "raw", 90)[0].shape == (SIZE, SIZE, 3)  # 100:1 is kept
+    with pytest.raises(ValueError, match=r"1x3000 image"):  # tall as wide
+        imageops.convert(_png(Image.new("RGB", (1, 3000))), SIZE, "raw", 90)
     assert imageops.decode_resized(_png(Image.new("RGB", (3000, 10))), SIZE).shape == (SIZE, SIZE, 3)  # predict's
 
 
@@ -394,6 +398,22 @@ def test_a_source_file_the_system_will_not_read_stops_prepare_naming_it(tmp_path
     cut = [(0, Sample(str(good), 0, offset=10**6, size=10, name="a.tar/x.JPEG"))]  # a tar member past its file's end
     with Workers(1) as workers, pytest.raises(AlexkitError, match="the file is truncated, download it again"):
         list(workers.run(iter([cut]), job))
+
+
+def test_an_image_file_that_is_a_link_to_nothing_stops_prepare_naming_it(tmp_path):
+    from alexkit.errors import PathRefused
+
+    src = _sample_tree(tmp_path / "src", 2)
+    gone = next((src / "train").iterdir()) / "gone.JPEG"
+    gone.symlink_to(tmp_path / "nothing.JPEG")
+    with pytest.raises(PathRefused, match=f"^{gone}: No such file or directory; "):
+        _run(src, tmp_path / "store")
+
+
+def test_sizes_are_said_in_mb_below_a_gigabyte():
+    from alexkit.pipeline.build import _amount
+
+    assert (_amount(999e6), _amount(1e9), _amount(12.345e9)) == ("999.0 MB", "1.0 GB", "12.3 GB")
 
 
 def test_a_source_that_is_a_link_to_nothing_is_named_as_typed(tmp_path):
@@ -581,6 +601,12 @@ def test_the_source_by_a_link_or_by_dot_dot_is_the_same_source(tmp_path, capsys)
     _run(tmp_path / "link", out)
     assert (out / "train.beton").stat().st_mtime_ns == train_stat.st_mtime_ns  # kept, not rebuilt
     assert "train: kept from an earlier run" in capsys.readouterr().out
+    (src.parent / "moved").mkdir()
+    src.rename(src.parent / "moved" / "src")  # the source moved, with a link where it was: still the same one
+    src.symlink_to(src.parent / "moved" / "src")
+    capsys.readouterr()
+    _run(src, out)
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_too_little_free_space_is_a_warning_in_the_units_that_fit(tmp_path, capsys, monkeypatch):
@@ -1082,7 +1108,8 @@ def test_ctrl_c_or_sigterm_stops_cleanly(tmp_path, sig, code, said):
     else:
         proc.send_signal(sig)
     assert proc.wait(timeout=30) == code, proc.stderr.read()
-    assert proc.stderr.read().rstrip().endswith(said)
+    err = proc.stderr.read()
+    assert err.rstrip().endswith(said) and "Traceback" not in err, err  # no worker raised it
     assert not list(out.glob("*.partial")) and not (out / "manifest.json").exists()
     assert all(not Path(f"/proc/{w}").exists() for w in workers)  # joined, not orphaned
 

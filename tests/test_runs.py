@@ -120,7 +120,7 @@ def test_a_folder_a_run_left_before_its_first_epoch_ended_takes_a_new_run(tmp_pa
 @pytest.mark.parametrize("argv, parallel, said", [
     (["/v/bin/alexkit", "--debug", "train", "--out", "elsewhere", "--epochs", "3", "--data", "my store"], "none",
      "train it again: `alexkit train --epochs 3 --data '/s/my store' --out {run}`"),
-    (["/a/__main__.py", "train", "--out=x", "--parallel", "ddp"], "ddp",
+    (["/a/__main__.py", "train", "--out=x", "--data=rel", "--parallel", "ddp"], "ddp",
      "train it again under torchrun as it was started, running `-m alexkit train --parallel ddp --data '/s/my store' --out {run}`"),
 ])  # fmt: skip
 def test_a_run_stopped_in_its_first_epoch_is_told_the_line_that_started_it(tmp_path, argv, parallel, said):
@@ -142,6 +142,9 @@ def test_a_run_whose_last_pt_is_gone_is_told_so_and_to_go_on_from_best_pt(tmp_pa
     (run / "best.pt").write_bytes(b"")
     with pytest.raises(AlexkitError, match="it was stopped while saving its first epoch; go on from best.pt"):
         runs.find_checkpoint(run, prefer=("last.pt",))
+    (run / "metrics.jsonl").write_bytes(b"\xff\xfe")  # not UTF-8: no epoch can be read from it
+    with pytest.raises(AlexkitError, match="it was stopped while saving its first epoch; go on from best.pt"):
+        runs.find_checkpoint(run, prefer=("last.pt",))
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
     with pytest.raises(AlexkitError) as error:
         runs.find_checkpoint(run, prefer=("last.pt",))
@@ -158,3 +161,53 @@ def test_the_line_that_started_a_run_names_its_folder_absolutely(tmp_path, monke
     with pytest.raises(AlexkitError) as error:
         runs.find_checkpoint(Path("run"), prefer=("last.pt",))
     assert str(error.value).endswith(f"train it again: `alexkit train --epochs 2 --data /s --out {tmp_path / 'run'}`")
+
+
+@pytest.mark.parametrize("loaded, swapped_in, refused", [("good", "damaged", False), ("damaged", "good", True)])
+def test_the_crcs_checked_are_those_of_the_file_that_was_loaded(tmp_path, monkeypatch, loaded, swapped_in, refused):
+    """A checkpoint renamed over the path between the load and the CRC check (a training saving its
+    next epoch while an eval reads) changes nothing: the file read is the one opened."""
+    import torch
+
+    path = tmp_path / "last.pt"
+    torch.save({"format_version": checkpoints.CHECKPOINT_FORMAT, "model_args": {}, "w": torch.arange(4096.0)}, path)
+    good = path.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2 : len(good) // 2 + 100] = bytes(100)  # inside the tensor: torch.load does not see it
+    files = {"good": good, "damaged": bytes(damaged)}
+    path.write_bytes(files[loaded])
+    real_load = torch.load
+
+    def load_then_swap(*args, **kw):
+        ckpt = real_load(*args, **kw)
+        (tmp_path / "next.pt").write_bytes(files[swapped_in])
+        os.replace(tmp_path / "next.pt", path)
+        return ckpt
+
+    monkeypatch.setattr(checkpoints.torch, "load", load_then_swap)
+    if refused:
+        with pytest.raises(AlexkitError, match="fails its CRC-32 check"):
+            checkpoints.read_checkpoint(path)
+    else:
+        assert checkpoints.read_checkpoint(path)["format_version"] == checkpoints.CHECKPOINT_FORMAT
+
+
+def test_home_leaves_an_unknown_user_alone():
+    """As the shell does: `~nosuchuser/a` stays as typed, and is then a path like any other."""
+    from alexkit.cli.main import _home
+
+    assert _home(Path("~no_such_user_x/a")) == Path("~no_such_user_x/a")
+    assert _home([Path("~/a"), "text"]) == [Path("~/a").expanduser(), "text"]
+
+
+def test_only_rank_0_talks(monkeypatch):
+    """The first process of every other node (LOCAL_RANK 0) keeps quiet: one voice per job."""
+    from alexkit.launcher import talks
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert talks()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "2")
+    assert not talks()
+    monkeypatch.setenv("RANK", "0")
+    assert talks()

@@ -625,6 +625,22 @@ def test_a_failed_run_leaves_no_empty_folder(store, tmp_path, monkeypatch):
     assert not any((tmp_path / "alexkit-runs").iterdir())
 
 
+def test_validation_errors_are_misses_over_n_exactly():
+    """63 images of 7 classes, 3 of them with their class ranked last: 3/63 for top-1 and top-5 alike,
+    the figure eval gives, not 1 - 60/63."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from alexkit.train import error_rate, validate
+
+    labels = torch.arange(63) % 7
+    logits = F.one_hot(labels, 7).float()  # the class first
+    logits[:3] = 1 - logits[:3]  # the class last (top-5 of 7 leaves it out)
+    batches = [(logits[i : i + 16], labels[i : i + 16], torch.arange(i, min(i + 16, 63))) for i in range(0, 63, 16)]
+    assert validate(nn.Identity(), batches, amp=False, device=torch.device("cpu")) == (3 / 63, 3 / 63)
+    assert error_rate(60, 63) == 3 / 63 != 1 - 60 / 63
+
+
 def test_bad_values_are_one_line_errors():
     with pytest.raises(AlexkitError, match="--seed -1"):
         TrainConfig(seed=-1)
@@ -636,7 +652,8 @@ def test_bad_values_are_one_line_errors():
         TrainConfig(device="tpu")
     for flag, value, allowed in (("lr", math.inf, "above 0"), ("lr", math.nan, "above 0"), ("weight_decay", math.inf, "at least 0"),
                                  ("width", 9.0, "above 0, at most 8"), ("fc_features", 10**20, "from 2 to 16,384"),
-                                 ("seed", 2**32, "from 0 to 4,294,967,295")):  # fmt: skip
+                                 ("seed", 2**32, "from 0 to 4,294,967,295"), ("dropout", 1.0, "from 0 to below 1"),
+                                 ("momentum", 1.0, "from 0 to below 1")):  # fmt: skip
         with pytest.raises(AlexkitError, match=f"^--{flag.replace('_', '-')} {value} is out of range: {allowed}$"):
             TrainConfig(**{flag: value})
     with pytest.raises(AlexkitError, match=r"^--lr 1e\+308 scaled linearly to --batch-size 256 is not a finite number; pass a smaller --lr$"):
