@@ -225,9 +225,10 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
     except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, SIGTERM, or the reader of stdout's pipe gone: say how to go on
         if placement.is_main and (run_dir / "last.pt").is_file():
             print(f"note: the run keeps its last whole epoch; {then()}", file=sys.stderr)
-        elif placement.is_main:
-            print(f"note: no epoch had ended, so there is nothing to continue; run the same command again (--out "
-                  f"{word(run_dir)} reuses this run's folder)", file=sys.stderr)  # fmt: skip
+        elif placement.is_main:  # a folder without config.json goes with this run (claim_run)
+            reuse = f" (--out {word(run_dir)} reuses this run's folder)" if (run_dir / "config.json").is_file() else ""
+            print(f"note: no epoch had ended, so there is nothing to continue; run the same command again{reuse}",
+                  file=sys.stderr)  # fmt: skip
         raise
     except OSError as exc:  # a full disk, say
         if not exc.filename:  # not about a file (a socket, say)

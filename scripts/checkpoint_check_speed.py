@@ -3,8 +3,8 @@ paper's AlexNet (its weights and an SGD momentum buffer of the same size, as tra
 
     .venv/bin/python scripts/checkpoint_check_speed.py [--repeats 5] [--work /tmp/checkpoint-check]
 
-torch.load does not check the CRC-32 that torch.save stores for every record; alexkit.runs checks
-them after the load (checkpoints.failed_crc). Each is timed `--repeats` times, alternately, with the file
+torch.load does not check the CRC-32 that torch.save stores for every record; alexkit.checkpoints
+checks them after the load (failed_crc). Each is timed `--repeats` times, alternately, with the file
 in the page cache; the medians are printed.
 """
 

@@ -965,6 +965,21 @@ def test_ctrl_c_or_sigterm_says_how_to_go_on_once_an_epoch_is_saved(store, tmp_p
     assert not list(run.glob(".*.partial")), list(run.iterdir())
 
 
+def test_a_stop_before_the_run_folder_holds_anything_names_no_folder_to_reuse(store, tmp_path, monkeypatch, capsys):
+    """claim_run takes away a folder it made for a run that wrote nothing: the note must not send the
+    user to it."""
+    import alexkit.train as stage
+
+    def stopped(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "_train", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    assert not (tmp_path / "run").exists()
+    assert capsys.readouterr().err.strip() == "note: no epoch had ended, so there is nothing to continue; run the same command again"
+
+
 def test_ctrl_c_in_the_first_epoch_says_to_run_again(store, tmp_path):
     """Nothing to continue yet: the note says so, and names the folder to run in again."""
     import signal

@@ -17,12 +17,12 @@ from alexkit.ranges import TRAIN
 def command(
     ctx: typer.Context,
     data: Path = typer.Option(DEFAULT_STORE, "--data", help="Store written by `alexkit prepare`."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write: a new or empty one.",
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write: a new or empty one, or one a run left before its first epoch ended.",
                                          show_default=f"{DEFAULT_RUNS}/<YYYYmmdd-HHMMSS>"),  # fmt: skip
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run (its folder or a .pt) with its own "
                                           "settings, --epochs included; only --epochs, --data, --device, --parallel and "
                                           "--progress may differ from the run's, and another flag that differs is refused."),  # fmt: skip  # resume.RESUME_MAY_CHANGE
-    epochs: int = ranged(90, "--epochs", "Epochs at most; training also stops after the last lr drop.", TRAIN["epochs"]),
+    epochs: int = ranged(90, "--epochs", "Epochs at most; training also stops at the plateau after the last lr drop.", TRAIN["epochs"]),
     batch_size: int = ranged(128, "--batch-size", "Global batch, split over DDP processes.", TRAIN["batch_size"]),
     lr: float = ranged(0.01, "--lr", "Initial learning rate; with --lr-scaling linear, the rate for a batch of 128.",
                        TRAIN["lr"]),  # fmt: skip
