@@ -10,9 +10,12 @@ load_model builds the network a checkpoint describes, for eval and predict.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import shutil
+import signal
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -32,12 +35,34 @@ ZIP_START = b"PK\x03\x04"  # the first bytes of every file torch.save writes (a 
 def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
     """last.pt, and best.pt when is_best, each written atomically (write_atomic: fsync, rename);
     serialized once. best.pt first, last.pt a copy of it: a kill in between leaves last.pt one
-    epoch behind, which the resume trains again, never a best.pt behind the best epoch."""
+    epoch behind, which the resume trains again, never a best.pt behind the best epoch. Ctrl-C and
+    SIGTERM wait for the end of the save (_held)."""
     first = path / ("best.pt" if is_best else "last.pt")
-    write_atomic(first, lambda f: torch.save(ckpt, f))
-    if is_best:
-        with open(first, "rb") as best:
-            write_atomic(path / "last.pt", lambda f: shutil.copyfileobj(best, f))
+    with _held(signal.SIGINT, signal.SIGTERM):
+        write_atomic(first, lambda f: torch.save(ckpt, f))
+        if is_best:
+            with open(first, "rb") as best:
+                write_atomic(path / "last.pt", lambda f: shutil.copyfileobj(best, f))
+
+
+@contextlib.contextmanager
+def _held(*signals: int):
+    """The block runs to its end, and `signals` that came meanwhile are raised after it. A
+    KeyboardInterrupt inside torch.save leaves its zip writer half done, and torch then raises a
+    RuntimeError of its own ("unexpected pos ...") in place of the interrupt: the run would stop with
+    that error, and without saying how to go on. Only the main thread can hold signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: came.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: one set outside Python
+        for sig in dict.fromkeys(came):  # each once, in the order they came, to the handlers now back
+            signal.raise_signal(sig)
 
 
 def read_checkpoint(path: Path) -> dict:

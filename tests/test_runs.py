@@ -211,3 +211,26 @@ def test_only_rank_0_talks(monkeypatch):
     assert not talks()
     monkeypatch.setenv("RANK", "0")
     assert talks()
+
+
+def test_ctrl_c_during_a_checkpoint_save_comes_after_it(tmp_path, monkeypatch):
+    """A KeyboardInterrupt inside torch.save left its zip writer half done and torch raised a
+    RuntimeError of its own instead: the Ctrl-C waits for the end of the save, then is raised."""
+    import signal
+
+    import torch
+
+    real_save = torch.save
+
+    def interrupted_save(obj, f):
+        signal.raise_signal(signal.SIGINT)  # as if Ctrl-C came now, in the middle of the save
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoints.torch, "save", interrupted_save)
+    ckpt = {"format_version": checkpoints.CHECKPOINT_FORMAT, "model_args": {}, "w": torch.arange(1000.0)}
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_checkpoint(tmp_path, ckpt, is_best=True)
+    monkeypatch.undo()
+    for name in ("best.pt", "last.pt"):  # both whole
+        assert torch.equal(checkpoints.read_checkpoint(tmp_path / name)["w"], ckpt["w"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
