@@ -376,13 +376,13 @@ def dropout_seed(seed: int, epoch: int, rank: int) -> int:
     return seed * 1_000_003 + epoch * 1009 + rank
 
 
-@torch.no_grad()
 def error_rate(correct: float, n: float) -> float:
     """Misses / n, exactly as eval computes it (1 - correct / n carries float noise: 3 of 63 missed
     would be 0.04761904761904767, not 3/63)."""
     return (n - correct) / n
 
 
+@torch.no_grad()
 def validate(net: nn.Module, loader, amp: bool, device: torch.device,
              seen: Callable[[int], None] | None = None) -> tuple[float, float]:  # fmt: skip
     """Top-1 and top-5 error (fractions) over the loader's split, every image counted once across ranks.

@@ -637,7 +637,11 @@ def test_validation_errors_are_misses_over_n_exactly():
     logits = F.one_hot(labels, 7).float()  # the class first
     logits[:3] = 1 - logits[:3]  # the class last (top-5 of 7 leaves it out)
     batches = [(logits[i : i + 16], labels[i : i + 16], torch.arange(i, min(i + 16, 63))) for i in range(0, 63, 16)]
-    assert validate(nn.Identity(), batches, amp=False, device=torch.device("cpu")) == (3 / 63, 3 / 63)
+    grad = []
+    net = nn.Identity()
+    net.register_forward_hook(lambda module, inputs, output: grad.append(torch.is_grad_enabled()))
+    assert validate(net, batches, amp=False, device=torch.device("cpu")) == (3 / 63, 3 / 63)
+    assert grad == [False] * 4  # no autograd graph is built while validating
     assert error_rate(60, 63) == 3 / 63 != 1 - 60 / 63
 
 
