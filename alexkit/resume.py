@@ -7,7 +7,6 @@ files themselves are runs.py's, the checkpoint file checkpoints.py's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 from alexkit.errors import AlexkitError
 from alexkit.paths import word
 from alexkit.progress import counted
-from alexkit.runs import moved_store
+from alexkit.runs import moved_store, recorded
 
 if TYPE_CHECKING:
     from alexkit.train import TrainConfig
@@ -91,10 +90,7 @@ def world_size_of(ckpt: dict, run: Path) -> int | None:
     run folder's config.json; None if neither says."""
     if "world_size" in ckpt:
         return ckpt["world_size"]
-    try:
-        return json.loads((run / "config.json").read_text())["resolved"]["world_size"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return recorded(run, "resolved", "world_size")
 
 
 def check_resumable(ckpt_path: Path) -> None:

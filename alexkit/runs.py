@@ -26,6 +26,7 @@ from alexkit.errors import AlexkitError, refused
 from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, NoLocks, check_folder, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
 from alexkit.launcher import talks
 from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
+from alexkit.pipeline.storedir import read_json
 from alexkit.progress import counted, some
 from alexkit.ranks import agree
 
@@ -208,16 +209,21 @@ def moved_store(named: str, run: Path) -> Path | None:
     needed = [candidate / MANIFEST, run / CLASSES, run / STATS]
     if Path(named).is_dir() or candidate == Path(named) or not all(p.is_file() for p in needed):
         return None
-    try:
-        recorded = json.loads((run / "config.json").read_text())["config"]["data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if recorded != named:
+    if recorded(run, "config", "data") != named:
         return None
     if talks():
         print(f"note: {run} was trained on {named}, which is not there; reading {candidate}, the store of that name "
               "beside its runs folder, once it matches the run's copies of its classes and mean image", file=sys.stderr)  # fmt: skip
     return candidate
+
+
+def recorded(run: Path, *keys: str):
+    """What RUN/config.json holds under `keys` (recorded(run, "config", "data"): the store), or None
+    where the file, or a key on the way, is missing or unreadable."""
+    value = read_json(run / "config.json")
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def store_of(ckpt: dict, ckpt_path: Path, data: Path | None) -> Path:
@@ -287,12 +293,10 @@ def _train_again(run: Path) -> str:
     started it (its config.json's argv) with its store and its folder as absolute paths (the line may
     have named them relative to another working folder, or not at all); where config.json does not
     say, a line to complete."""
-    try:
-        config = json.loads((run / "config.json").read_text())
-        argv, data, ddp = config["argv"], config["config"]["data"], str(config["config"]["parallel"]).startswith("ddp")
-        args = [str(a) for a in argv[argv.index("train") + 1 :]]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    argv, data = recorded(run, "argv"), recorded(run, "config", "data")
+    if not isinstance(argv, list) or "train" not in argv or data is None:
         return f"train it again with `alexkit train --out {word(run)}` and the flags it had"
+    args, ddp = [str(a) for a in argv[argv.index("train") + 1 :]], str(recorded(run, "config", "parallel")).startswith("ddp")
     kept, skip = [], False
     for a in args:  # all but --data and --out
         if skip or a in ("--data", "--out") or a.startswith(("--data=", "--out=")):
