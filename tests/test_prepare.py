@@ -1083,12 +1083,12 @@ def test_kill_9_mid_force_rebuild_keeps_the_old_store_and_rerun_succeeds(tmp_pat
     assert not (out / ".prepare-new").exists() and not list(out.rglob("*.partial"))
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def _in_own_group_with_sigint_as_default() -> None:
     sigint_as_default()
     os.setpgrp()  # a process group of its own, which the test can signal as a batch system does
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_stops_cleanly(tmp_path, sig, code, said):
     """SIGINT to prepare alone, as Ctrl-C; SIGTERM to prepare and its workers, as `kill` of a process
