@@ -65,22 +65,6 @@ def test_eval_of_the_last_epoch_says_the_val_errors_training_recorded(learned_ru
     assert (results["top1_err"], results["top5_err"]) == (last["val_top1_err"], last["val_top5_err"])
 
 
-def test_two_runs_of_one_seed_save_the_same_generator_states(store, tmp_path):
-    """Every generator a checkpoint records is seeded, NumPy's and Python's too: the saved states are
-    the seed's, not noise from the process."""
-    import random
-
-    states = []
-    for name in ("a", "b"):
-        np.random.seed(None)
-        random.seed(None)
-        run = train(TrainConfig(data=store, out=tmp_path / name, epochs=1, seed=5, **TINY))
-        states.append(torch.load(run / "last.pt", weights_only=True)["rng"])
-    (np_a, np_b), (py_a, py_b) = [(a[k], b[k]) for a, b in [states] for k in ("numpy", "python")]
-    assert torch.equal(np_a[1], np_b[1]) and np_a[2:] == np_b[2:] and py_a == py_b
-    assert torch.equal(states[0]["torch"], states[1]["torch"])
-
-
 def test_run_directory_and_checkpoints(learned_run, store):
     names = {p.name for p in learned_run.iterdir()}
     assert names == {"config.json", "metrics.jsonl", "last.pt", "best.pt", "stats.npz", "classes.json", ".train.lock"}
@@ -101,11 +85,22 @@ def test_run_directory_and_checkpoints(learned_run, store):
 
 
 def test_resume_continues_exactly(store, tmp_path):
-    """Across an lr drop: with patience 1, epoch 2 does not improve on epoch 1, so epoch 3 runs at lr / 10."""
+    """Across an lr drop: with patience 1, epoch 2 does not improve on epoch 1, so epoch 3 runs at lr / 10.
+    Every generator a checkpoint records is seeded, NumPy's and Python's too, whatever the process's
+    own state: the saved states are the seed's, not noise."""
+    import random
+
+    def scrambled():  # the process's global generators in some state of their own
+        np.random.seed(None)
+        random.seed(None)
+
+    scrambled()
     whole = train(TrainConfig(data=store, out=tmp_path / "whole", epochs=3, patience=1, **TINY))
     assert [r["lr"] for r in _metrics(whole)] == pytest.approx([0.01, 0.01, 0.001])
+    scrambled()
     part = train(TrainConfig(data=store, out=tmp_path / "part", epochs=2, patience=1, **TINY))
     assert len(_metrics(part)) == 2
+    scrambled()
     resumed = train(TrainConfig(resume=part, epochs=3))  # everything else comes from the run itself
     assert resumed == part
 
@@ -118,6 +113,9 @@ def test_resume_continues_exactly(store, tmp_path):
         assert torch.equal(value, b["model"][name]), name
     for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(state_a["momentum_buffer"], state_b["momentum_buffer"])
+    (np_a, np_b), (py_a, py_b) = (a["rng"]["numpy"], b["rng"]["numpy"]), (a["rng"]["python"], b["rng"]["python"])
+    assert torch.equal(np_a[1], np_b[1]) and np_a[2:] == np_b[2:] and py_a == py_b
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
 
 
 def test_resume_refuses_a_changed_recipe(store, tmp_path):
