@@ -122,15 +122,17 @@ def test_a_folder_a_run_left_before_its_first_epoch_ended_takes_a_new_run(tmp_pa
      "train it again: `alexkit train --epochs 3 --data '/s/my store' --out {run}`"),
     (["/a/__main__.py", "train", "--out=x", "--data=rel", "--parallel", "ddp"], "ddp",
      "train it again under torchrun as it was started, running `-m alexkit train --parallel ddp --data '/s/my store' --out {run}`"),
+    (["alexkit", "train", "--epochs", "2"], "none", "train it again: `alexkit train --epochs 2 --data '/s/my store' --out {run}`"),
 ])  # fmt: skip
-def test_a_run_stopped_in_its_first_epoch_is_told_the_line_that_started_it(tmp_path, argv, parallel, said):
+def test_a_run_stopped_in_its_first_epoch_is_told_the_line_that_started_it(tmp_path, monkeypatch, argv, parallel, said):
     """From config.json's argv, with the store and the run's own folder as absolute paths (those given may
-    have been relative to another working folder, or absent)."""
+    have been relative to another working folder, or absent; the run is named here relatively)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": {"parallel": parallel, "data": "/s/my store"}, "argv": argv}))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(AlexkitError) as error:
-        runs.find_checkpoint(run, prefer=("last.pt",))
+        runs.find_checkpoint(Path("run"), prefer=("last.pt",))
     assert str(error.value).endswith(said.format(run=run)), str(error.value)
 
 
@@ -150,17 +152,6 @@ def test_a_run_whose_last_pt_is_gone_is_told_so_and_to_go_on_from_best_pt(tmp_pa
         runs.find_checkpoint(run, prefer=("last.pt",))
     assert str(error.value) == (f"run {run} has best.pt but no last.pt, which is gone (its metrics.jsonl records 2 "
                                 f"epochs); go on from best.pt: alexkit train --resume {run / 'best.pt'}")  # fmt: skip
-
-
-def test_the_line_that_started_a_run_names_its_folder_absolutely(tmp_path, monkeypatch):
-    """Given as a relative --resume, the folder is printed whole: the line works from any folder."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "run").mkdir()
-    config = {"config": {"parallel": "none", "data": "/s"}, "argv": ["alexkit", "train", "--epochs", "2"]}
-    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(AlexkitError) as error:
-        runs.find_checkpoint(Path("run"), prefer=("last.pt",))
-    assert str(error.value).endswith(f"train it again: `alexkit train --epochs 2 --data /s --out {tmp_path / 'run'}`")
 
 
 @pytest.mark.parametrize("loaded, swapped_in, refused", [("good", "damaged", False), ("damaged", "good", True)])
