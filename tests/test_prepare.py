@@ -1320,14 +1320,16 @@ def test_cli_end_to_end_and_summary(tmp_path):
     assert kind == ("PNG", "RGB")
 
 
-def test_what_a_stopped_force_leaves_without_a_file_of_the_new_store_goes_without_a_word(tmp_path, capsys):
-    """A --force stopped before its first file, or right after its move (its folder holding only its
-    lock), and a write probe of a killed prepare: removed by the next prepare, with no warning of a
-    rebuild left to finish."""
+@pytest.mark.parametrize("inside", [[], [".prepare.lock"]])
+def test_what_a_stopped_force_leaves_without_a_file_of_the_new_store_goes_without_a_word(tmp_path, capsys, inside):
+    """A --force stopped between making .prepare-new and its lock file (the folder empty), before its
+    first file, or right after its move (holding only its lock), and a write probe of a killed prepare:
+    removed by the next prepare, with no warning of a rebuild left to finish."""
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
     _run(src, out)
     (out / ".prepare-new").mkdir()
-    (out / ".prepare-new" / ".prepare.lock").write_bytes(b"")
+    for name in inside:
+        (out / ".prepare-new" / name).write_bytes(b"")
     (out / ".alexkit-write-test-999999").write_bytes(b"")
     capsys.readouterr()
     _run(src, out)
@@ -1346,19 +1348,6 @@ def test_a_force_rebuild_from_a_source_of_other_classes_moves_in_its_class_table
     _run(src, tmp_path / "fresh")
     assert (out / "classes.json").read_bytes() == (tmp_path / "fresh" / "classes.json").read_bytes()
     assert len(json.loads((out / "classes.json").read_text())) == 4 and Store(out).num_classes == 4
-
-
-def test_an_empty_rebuild_folder_of_a_stopped_force_goes_without_a_word(tmp_path, capsys):
-    """A --force stopped between making .prepare-new and its lock file leaves the folder empty: the next
-    prepare removes it, with no warning of a rebuild left to finish."""
-    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
-    _run(src, out)
-    (out / ".prepare-new").mkdir()
-    capsys.readouterr()
-    _run(src, out)
-    captured = capsys.readouterr()
-    assert "nothing to do" in captured.out and ".prepare-new" not in captured.err, captured
-    assert not (out / ".prepare-new").exists()
 
 
 def test_an_out_folder_holding_only_a_killed_prepares_write_probe_is_written(tmp_path):
