@@ -475,6 +475,38 @@ def test_a_crashing_decoder_costs_only_its_file(tmp_path, monkeypatch):
     assert len(store.split("train")) == 12
 
 
+def test_a_crash_while_another_worker_hands_back_a_large_result_does_not_hang(tmp_path):
+    """The pool's clean-up after a crash SIGTERMs the other workers, which ignore SIGTERM: one then
+    blocked writing a result larger than the pipe (a 160 px raw image: 77 kB) must still end. Run
+    in a process of its own, so that a hang fails the test at its timeout instead of stalling it."""
+    src = tmp_path / "src"
+    _class_folder_tree(src, train_per_class=2, val_per_class=1)
+    (src / "train" / WNIDS[0] / "boom.JPEG").write_bytes(b"CRASH")
+    out = tmp_path / "store"
+    script = f"""
+import os, time
+from pathlib import Path
+from alexkit.pipeline import imageops
+from alexkit.pipeline.prepare import PrepareConfig, prepare
+
+real = imageops.convert
+
+def convert(data, *args, **kw):
+    if data.startswith(b"CRASH"):
+        os._exit(11)
+    time.sleep(0.5)  # still converting when the crash is noticed: the result comes after
+    return real(data, *args, **kw)
+
+imageops.convert = convert
+prepare(PrepareConfig(src=Path({str(src)!r}), out=Path({str(out)!r}), size=160, format="raw", workers=2))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    store = Store(out)
+    assert [Path(s["file"]).name for s in store.manifest["skipped"]] == ["boom.JPEG"]
+    assert len(store.split("train")) == 2 * len(WNIDS)
+
+
 def test_a_crash_keeps_the_statistics_of_the_other_images_of_its_chunk(tmp_path, monkeypatch):
     """With one worker and 37 images, work goes out in chunks of several images: the crasher's
     chunk is redone without it, and its other images still count in the mean and PCA."""

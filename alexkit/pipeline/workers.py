@@ -118,6 +118,11 @@ class Workers:
         return pool
 
     def _restart(self) -> None:
+        # A worker died. The pool's own clean-up sends the others SIGTERM, which they ignore
+        # (_init_worker), and waits for them: one blocked handing back a result too large for the
+        # pipe, which the pool no longer reads, would be waited for for ever. SIGKILL ends them.
+        for worker in self.context.active_children():
+            worker.kill()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pool = self._start()
 
