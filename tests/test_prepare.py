@@ -450,6 +450,25 @@ def test_bad_files_are_skipped_and_listed(tmp_path):
     )
 
 
+def test_a_file_libjpeg_warns_about_is_kept_and_named(tmp_path, capfd):
+    """Stray bytes before a JPEG's end marker: libjpeg prints a warning to fd 2 and decodes the
+    image. The warning lands in the manifest under the file's name, never unnamed on stderr."""
+    src = tmp_path / "src"
+    _class_folder_tree(src, train_per_class=3, val_per_class=1)
+    stray = src / "train" / WNIDS[1] / "stray.JPEG"
+    photo = _jpeg(_photo(np.random.default_rng(1), 60, 50))
+    stray.write_bytes(photo[:-2] + bytes(40) + photo[-2:])
+    store = Store(_run(src, tmp_path / "store"))
+    out, err = capfd.readouterr()
+    assert store.manifest["skipped"] == [] and len(store.split("train")) == 10
+    [warned] = store.manifest["decoder_warnings"]
+    assert warned["split"] == "train" and Path(warned["file"]).name == "stray.JPEG"
+    assert warned["message"].startswith("Corrupt JPEG data: ") and "extraneous bytes" in warned["message"]
+    assert "Corrupt JPEG" not in err
+    assert "train: 10 images written" in out and "1 kept with a decoder warning" in out
+    assert "1 image kept with a decoder warning, listed in" in out
+
+
 def crash_on_marker(monkeypatch) -> None:
     """The decoder crashes its worker on a file whose bytes start with CRASH, as a segfault in a
     native decoder would (the forked workers inherit the patch)."""

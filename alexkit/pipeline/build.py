@@ -99,6 +99,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
     sums = imageops.PixelSums(cfg.size)
     per_class = [0] * len(ds.classes)
     skipped: list[dict] = []
+    decoder_warnings: list[dict] = []  # kept images the decoder printed a warning about
     started = time.perf_counter()
     writer, converted = None, 0
     try:
@@ -106,11 +107,13 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
         with Progress(name, len(samples), fields=("skipped",)) as progress:
             job = ConvertJob(size=cfg.size, format=cfg.format, quality=cfg.quality, with_stats=with_stats)
             for results, chunk_sums in workers.run(chunks(samples, cfg.workers), job):
-                for index, payload, reason in results:
+                for index, payload, said in results:
                     sample = samples[index]
                     if payload is None:
-                        skipped.append({"split": name, "file": sample.name or sample.path, "reason": reason})
+                        skipped.append({"split": name, "file": sample.name or sample.path, "reason": said})
                         continue
+                    if said:
+                        decoder_warnings.append({"split": name, "file": sample.name or sample.path, "message": said})
                     writer.add(payload, sample.label, mode=mode, width=cfg.size, height=cfg.size)
                     per_class[sample.label] += 1
                 if chunk_sums is not None:
@@ -139,6 +142,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
         **fingerprint,
         "images": count,
         "skipped": skipped,
+        "decoder_warnings": decoder_warnings,
         "per_class": per_class,
         "seconds": round(seconds, 2),
         "images_per_s": round(len(samples) / max(seconds, 1e-9), 1),
@@ -146,7 +150,9 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
     }
     write_json(done, record)
     rate = record["images_per_s"]
-    print(f"{name}: {counted(count, 'image')} written to {beton} in {seconds:.1f} s ({rate:,.0f} images/s), {len(skipped)} skipped", flush=True)
+    warned = f", {len(decoder_warnings)} kept with a decoder warning" if decoder_warnings else ""
+    print(f"{name}: {counted(count, 'image')} written to {beton} in {seconds:.1f} s ({rate:,.0f} images/s), "
+          f"{len(skipped)} skipped{warned}", flush=True)  # fmt: skip
     return record
 
 
@@ -210,6 +216,7 @@ def _manifest(src: Path, ds: Dataset, settings: dict, records: dict, scan_s: flo
         "classes": len(ds.classes),
         "splits": splits,
         "skipped": [item for r in records.values() for item in r["skipped"]],
+        "decoder_warnings": [item for r in records.values() for item in r.get("decoder_warnings", [])],
         "warnings": list(ds.warnings),
         "timings": {
             "scan_s": round(scan_s, 2),
@@ -227,6 +234,9 @@ def summary(out: Path, manifest: dict) -> None:
     skipped = len(manifest["skipped"])
     files = "file" if skipped == 1 else "files"
     note = f"; {skipped} {files} skipped, listed with their reasons in {out / MANIFEST}" if skipped else "; no file skipped"
+    warned = len(manifest["decoder_warnings"])
+    if warned:
+        note += f"; {counted(warned, 'image')} kept with a decoder warning, listed in {out / MANIFEST}"
     print(f"store ready: {out} ({', '.join(parts)}{note}; {duration(manifest['timings']['total_s'])} in all)")
 
 
