@@ -80,6 +80,8 @@ class EvalConfig:
                 what = f"is in the folder of the store {store_path}"
             elif target.parent == ckpt_path.resolve().parent and target.name in RUN_FILES:
                 what = f"would overwrite the {target.name} of the run {ckpt_path.parent}"
+            elif target.name in RUN_FILES and target.is_file() and (target.parent / "config.json").is_file():
+                what = f"would overwrite the {target.name} of the run {target.parent}"
             elif target.suffix in (".pt", ".beton", ".npz") and target.is_file():
                 what = f"would overwrite a {target.suffix} file"
             else:

@@ -578,9 +578,9 @@ def test_torchrun_with_more_processes_than_val_images(tmp_path):
 
 
 def test_eval_outputs_are_refused_only_where_they_would_overwrite(tmp_path, monkeypatch):
-    """check_spares refuses a run file's name only beside the checkpoint, a .pt/.beton/.npz only where one
-    exists (.npz included: another store's stats), and a store's folder named by a relative path too;
-    a config.json elsewhere, or a new file of any suffix, is written."""
+    """check_spares refuses a run file's name beside the checkpoint or over an existing file of another
+    run, a .pt/.beton/.npz only where one exists (.npz included: another store's stats), and a store's
+    folder named by a relative path too; a config.json elsewhere, or a new file of any suffix, is written."""
     run, store, elsewhere = tmp_path / "run", tmp_path / "store", tmp_path / "elsewhere"
     for folder in (run, store, elsewhere):
         folder.mkdir()
@@ -593,6 +593,13 @@ def test_eval_outputs_are_refused_only_where_they_would_overwrite(tmp_path, monk
         EvalConfig(json_path=elsewhere / "stats.npz").check_spares(ckpt, store)
     with pytest.raises(AlexkitError, match=r"--predictions .*config.json would overwrite the config.json of the run"):
         EvalConfig(predictions_path=run / "config.json").check_spares(ckpt, store)
+    other_run = tmp_path / "other-run"  # another run's files: a typo in a runs folder must not cost its curves
+    other_run.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        (other_run / name).write_text("{}\n")
+    with pytest.raises(AlexkitError, match=r"--json .*metrics.jsonl would overwrite the metrics.jsonl of the run .*other-run"):
+        EvalConfig(json_path=other_run / "metrics.jsonl").check_spares(ckpt, store)
+    EvalConfig(json_path=other_run / "eval.json").check_spares(ckpt, store)  # a new file beside them: allowed
     monkeypatch.chdir(store)
     with pytest.raises(AlexkitError, match=r"--json e.json is in the folder of the store"):
         EvalConfig(json_path=Path("e.json")).check_spares(ckpt, store)
