@@ -152,11 +152,18 @@ def shared_reader(lock: Path, busy: str, wait_s: float = 5.0):
 def check_output(path: Path, flag: str) -> None:
     """A file that `flag` names, to be written later: refused now, before any work, if it is a folder,
     or its folder does not exist or cannot be written (permissions, a read-only file system)."""
+    import os
     import tempfile
 
     path = Path(path)
     if path.is_dir():
         raise AlexkitError(f"{flag} {path} is a folder; give a file name")
+    if path.exists() and not path.is_file():  # a pipe or a device: written to as it is (write_atomic)
+        if not os.access(path, os.W_OK):
+            raise PathRefused(f"{flag} {path}: cannot write to it (permission denied); choose another path")
+        return
+    if path.is_symlink():  # written through: the file it leads to is replaced
+        path = path.resolve()
     if not path.parent.is_dir():
         what = "is a file" if path.parent.exists() else "does not exist"
         raise AlexkitError(f"{flag} {path}: its folder {path.parent} {what}; create it or choose another path")
@@ -190,12 +197,25 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     to `path` all or nothing: a temporary file, fsync, rename, fsync of the folder. A reader (or a
     run interrupted at any moment) sees the old file or the new one, never half. Each writer has
     its own temporary (.NAME.HOST-PID-RANDOM.partial), so two processes writing one file at once
-    leave one whole version of it, never a mix; those of writers killed on this host go first."""
+    leave one whole version of it, never a mix; those of writers killed on this host go first.
+
+    A link is written through: the file it leads to is the one replaced, and the link stays. A
+    path that is not a regular file (a pipe, /dev/stdout, /dev/null) is written to as it is, since
+    it cannot be replaced without destroying it."""
     import os
     import secrets
     import socket
 
     path = Path(path)
+    if path.exists() and not path.is_file():  # through a link too: /dev/stdout leads to /proc/self/fd/1
+        with open(path, "w" if isinstance(data, str) else "wb") as f:
+            if callable(data):
+                _write_through(data, f)
+            else:
+                f.write(data)
+        return
+    if path.is_symlink():
+        path = path.resolve()
     _remove_dead_temporaries(path)
     tmp = path.with_name(f"{partial_prefix(path)}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:

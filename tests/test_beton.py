@@ -191,6 +191,39 @@ def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_
     assert info.value.filename == str(tmp_path / "missing")  # an error about another file keeps its name
 
 
+def test_write_atomic_writes_through_links_and_into_pipes_without_replacing_them(tmp_path):
+    """A link's target is the file replaced (the link stays, a link to nothing makes its target); a
+    pipe, /dev/stdout or /dev/null is written to as it is: replaced by a file, it would be destroyed
+    (as root, /dev/null itself). check_output lets both through."""
+    import os
+    import stat
+    import threading
+
+    from alexkit.paths import check_output, write_atomic
+
+    target, link = tmp_path / "target.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    check_output(link, "--json")
+    write_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "made.json")
+    write_atomic(tmp_path / "dangling.json", b"made")
+    assert (tmp_path / "dangling.json").is_symlink() and (tmp_path / "made.json").read_bytes() == b"made"
+
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    check_output(fifo, "--predictions")
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    write_atomic(fifo, "a,b\n")
+    reader.join(timeout=30)
+    assert received == ["a,b\n"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    write_atomic(pathlib.Path(os.devnull), lambda f: f.write(b"nothing"))
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
 def test_a_full_disk_under_torch_save_is_an_oserror_naming_the_file(tmp_path):
     """torch.save turns a failed write into RuntimeError('unexpected pos ...'); write_atomic hands on
     the OSError itself, which the CLI prints as one line naming the file. A file size limit stands
