@@ -26,7 +26,7 @@ from alexkit.ranges import AT_LEAST_1, check_ranges
 
 @dataclass(frozen=True)
 class PredictConfig:
-    images: tuple[Path, ...] = field(default_factory=tuple)  # files, or folders (their image files, sorted)
+    images: tuple[str | Path, ...] = field(default_factory=tuple)  # files, or folders (their image files, sorted)
     checkpoint: Path | None = None  # a .pt file or a run directory; None: the latest run's best.pt
     data: Path | None = None  # take stats and classes from this store instead of the run directory's copies
     tta: bool = False  # average over the paper's ten views instead of the centre crop
@@ -105,7 +105,10 @@ def list_images(paths) -> list[Path]:
     """Files as given; folders expanded to their image files, sorted: the suffixes prepare reads, no dot
     files (macOS's ._ copies are not images)."""
     files: list[Path] = []
-    for p in map(Path, paths):
+    for given in paths:
+        if str(given) == "":  # Path("") is the current folder: an unset shell variable, most likely
+            raise AlexkitError("an image path is empty (an unset shell variable?); pass image files or folders")
+        p = _expanded(Path(given))
         if p.is_dir():
             found = sorted(f for f in p.iterdir()
                            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))  # fmt: skip
@@ -115,11 +118,19 @@ def list_images(paths) -> list[Path]:
                     hint = f"; its sub-folders are not searched: pass them in its place ({word(p)}/*)"
                 raise AlexkitError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
             files += found
-        elif p.is_file():
+        elif p.exists():  # a file, or a pipe: predict <(curl ...)
             files.append(p)
         else:
             raise AlexkitError(f"image {p} does not exist; pass image files or folders")
     return files
+
+
+def _expanded(path: Path) -> Path:
+    """`~` expanded, as the shell does (the CLI passes the paths as text); `~nosuchuser` left as it is."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path
 
 
 def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[np.ndarray, list[dict], str]:
@@ -141,14 +152,14 @@ def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[n
 
 def load_image(path: Path, size: int) -> np.ndarray:
     """The image as `alexkit prepare` stores it: shorter side to `size`, centred square; (S, S, 3) uint8."""
-    from alexkit.pipeline.imageops import decode_resized, skip_reason
+    from alexkit.pipeline.imageops import MAX_ASPECT, decode_resized, skip_reason
 
     data = None
     try:
         data = Path(path).read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's large-image and EXIF warnings: the image is read all the same
-            rgb = decode_resized(data, size)
+            rgb = decode_resized(data, size, MAX_ASPECT)  # as prepare: a 200000x1 image would need gigabytes
     except Exception as exc:
         why = re.sub(r" ?<[^>]* at 0x[0-9a-f]+>", "", skip_reason(exc, data))  # PIL names its in-memory file, not ours
         raise AlexkitError(f"{path}: {why}") from exc

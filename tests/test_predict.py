@@ -90,6 +90,10 @@ def test_bad_inputs(setup, tmp_path):
     _, _, ckpt, _ = setup
     with pytest.raises(AlexkitError, match="does not exist"):
         list_images([tmp_path / "missing.jpg"])
+    with pytest.raises(AlexkitError, match=r"^an image path is empty \(an unset shell variable\?\)"):
+        list_images([""])  # not the current folder, which Path("") is
+    os.mkfifo(tmp_path / "pipe.jpg")  # predict <(curl ...): a pipe is read like a file
+    assert list_images([tmp_path / "pipe.jpg"]) == [tmp_path / "pipe.jpg"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(AlexkitError, match=r"holds no image files \([^)]*\)$"):
         list_images([tmp_path / "empty"])
@@ -131,6 +135,9 @@ def test_an_image_pil_refuses_outright_costs_only_itself(setup, tmp_path, capsys
         predict(PredictConfig(images=(tmp_path / "bomb.png", folder / "val2.png"), checkpoint=ckpt, device="cpu"))
     out, err = capsys.readouterr()
     assert "val2.png" in out and f"skipped {tmp_path / 'bomb.png'}: too many pixels" in err
+    Image.new("RGB", (20000, 1)).save(tmp_path / "line.png")  # its resize would take 2 GB; prepare skips it too
+    with pytest.raises(AlexkitError, match=r"1 of 2 images could not be read \(first: .*line.png: a 20000x1 image: its sides"):
+        predict(PredictConfig(images=(tmp_path / "line.png", folder / "val2.png"), checkpoint=ckpt, device="cpu"))
 
 
 def test_cli_predict_tta(setup):

@@ -85,16 +85,20 @@ def draft_factor(width: int, height: int, size: int) -> int:
     return next((f for f in (8, 4, 2) if fits >= f), 1)
 
 
+class TooElongated(ValueError):
+    """An image whose sides are more than MAX_ASPECT times apart (prepare skips it, predict too)."""
+
+
 def decode_rgb(data: bytes, size: int, max_aspect: float | None = None) -> tuple[np.ndarray, float, tuple[int, int]]:
     """Decode an image file for a `size` store: ((h, w, 3) uint8 RGB, decoded pixels per source
-    pixel (1, 1/2, 1/4 or 1/8), the source's (width, height)). `max_aspect`: a ValueError, before
+    pixel (1, 1/2, 1/4 or 1/8), the source's (width, height)). `max_aspect`: TooElongated, before
     decoding, for an image whose sides are further apart."""
     import cv2
 
     img = Image.open(io.BytesIO(data))  # reads the header only
     width, height = img.size
     if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
-        raise ValueError(f"a {width}x{height} image: its sides are more than {max_aspect} times apart, and its centre "
+        raise TooElongated(f"a {width}x{height} image: its sides are more than {max_aspect} times apart, and its centre "
                          f"crop would hold under 1/{max_aspect} of it")  # fmt: skip
     if img.format == "JPEG":
         factor = draft_factor(width, height, size)
@@ -166,6 +170,8 @@ def skip_reason(exc: BaseException, data: bytes | None) -> str:
         return "empty file"
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not an image in any format PIL can read"
+    if isinstance(exc, TooElongated):
+        return str(exc)[:REASON_CHARS]
     if isinstance(exc, Image.DecompressionBombError):
         return f"too many pixels for a photo ({exc})"[:REASON_CHARS]
     text = str(exc).splitlines()[0] if str(exc) else ""
