@@ -662,6 +662,27 @@ def test_the_source_by_a_link_or_by_dot_dot_is_the_same_source(tmp_path, capsys)
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_a_finished_store_that_lost_a_file_is_mended_by_its_own_prepare_line(tmp_path, capsys):
+    """stats.npz or classes.json removed by hand: the reader's error gives the store's prepare line,
+    and that line (no --force) writes what is missing, keeping the splits that are whole, instead of
+    saying there is nothing to do."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    val_stat = (out / "val.beton").stat()
+    for lost in ("stats.npz", "classes.json"):
+        (out / lost).unlink()
+        with pytest.raises(AlexkitError, match=rf"^store {out} has no {lost}; write it again with `alexkit prepare {src} --out {out} --size {SIZE}` "):
+            Store(out)
+        capsys.readouterr()
+        _run(src, out)
+        assert f"has lost {lost}; writing what is missing" in capsys.readouterr().out
+        assert Store(out).check("train", "val").stats.mean_image.shape == (SIZE, SIZE, 3)
+    assert (out / "val.beton").stat().st_mtime_ns == val_stat.st_mtime_ns  # kept, not rebuilt
+    (out / "val.beton").unlink()
+    _run(src, out)
+    assert len(Store(out).split("val")) == 12 and "nothing to do" not in capsys.readouterr().out
+
+
 def test_too_little_free_space_is_a_warning_in_the_units_that_fit(tmp_path, capsys, monkeypatch):
     """A small store's need is said in MB (not "0.0 GB"); the run goes on (a rerun resumes)."""
     src = _sample_tree(tmp_path / "src", 2)

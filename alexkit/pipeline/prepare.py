@@ -49,7 +49,7 @@ from alexkit.paths import usable_cores, word
 from alexkit.pipeline import imageops
 from alexkit.pipeline.build import build, summary, warn
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE
-from alexkit.pipeline.store import LOCK, MANIFEST, STAGING
+from alexkit.pipeline.store import CLASSES, LOCK, MANIFEST, STAGING, STATS
 from alexkit.pipeline.storedir import PROBE, STORE_FILES, move_in, not_a_store, read_json, rebuild, rebuild_beside_readers
 from alexkit.pipeline.storedir import remove_if_only_lock
 
@@ -184,6 +184,11 @@ def _finished(out: Path, src: Path, settings: dict) -> bool:
             f"{_describe(finished.get('settings', {}))} (asked: {src}, {_describe(settings)}); "
             f"pass --force to replace it, or choose another --out"
         )
+    lost = [name for name in (STATS, CLASSES, *(f"{n}.beton" for n in finished.get("splits", {}))) if not (out / name).is_file()]
+    if lost:  # removed by hand since: written again, keeping the splits that are whole
+        print(f"{out} holds a finished store of {src} with these settings but has lost {', '.join(lost)}; writing "
+              "what is missing", flush=True)  # fmt: skip
+        return False
     print(f"{out} already holds a finished store of {src} with these settings; nothing to do (if {src} "
           "has changed since, --force rebuilds it)")  # the source is not scanned again
     return True

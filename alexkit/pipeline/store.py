@@ -142,6 +142,9 @@ class Store:
                 fix = (f"pass the store's folder instead: {word(holder)}" if (holder / MANIFEST).is_file()
                        else f"pass the store's folder instead (the --out of `alexkit prepare`, holding {STATS}, {CLASSES}, {MANIFEST})")  # fmt: skip
                 raise AlexkitError(f"store {self.path} {what}; {fix}")
+            if MANIFEST not in missing:  # a finished store that lost a file: its own prepare line writes it again
+                raise AlexkitError(f"store {self.path} {what}; write it again with `{prepare_line(self.path, self.path)}` "
+                                   "(which keeps the splits that are whole)")  # fmt: skip
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {word(self.path)}` first")
         manifest, fix = self.path / MANIFEST, rewrite(self.path)
         try:
