@@ -169,9 +169,10 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
     store = on_every_rank(open_store)
     same_store_everywhere(store)
     model = model.to(placement.device)
-    loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=cfg.batch_size, device=placement.device,
-                         rank=placement.rank, world_size=placement.world_size, drop_last=False)  # fmt: skip
     total = len(store.split("val"))
+    share = -(-total // placement.world_size)  # the most images a process reads: a larger batch would only take memory
+    loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=min(cfg.batch_size, share), device=placement.device,
+                         rank=placement.rank, world_size=placement.world_size, drop_last=False)  # fmt: skip
     parts: list[dict] = []
     start = time.perf_counter()
     done = 0
