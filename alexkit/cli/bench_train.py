@@ -16,7 +16,7 @@ def command(
     steps: int = typer.Option(50, "--steps", help="Steps per timed window."),
     repeats: int = typer.Option(3, "--repeats", help="Timed windows; the median is reported."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed steps first (compilation, cuDNN autotuning)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto (CUDA if present), cpu, cuda or cuda:N."),
     amp: str = AMP,
     channels_last: str = CHANNELS_LAST,
     compile: str = COMPILE,

@@ -13,8 +13,8 @@ def command(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="A .pt file or a run directory (its best.pt).", show_default="the latest run's best.pt"),
     data: Path = typer.Option(None, "--data", help="Store to evaluate on.", show_default="the checkpoint's store, else alexkit-store"),
     tta: bool = typer.Option(False, "--tta", help="The paper's ten views (4 corners + centre, each mirrored), softmax averaged."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Images per batch (ten-crop feeds 10 views each)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per batch and process (ten-crop feeds 10 views each)."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto (CUDA if present), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)."),
     json_path: Path = typer.Option(None, "--json", metavar="<path>", help="Write the results with per-class figures as JSON."),
     predictions: Path = typer.Option(None, "--predictions", metavar="<path>", help="Write a CSV: index, label, top1..top5, p1..p5 per val image."),
 ) -> None:

@@ -54,8 +54,8 @@ class _Flagged:
 def _home(value):
     """A path with its `~` expanded (lists and tuples of them too; anything else as it is). The shell
     leaves `~` alone in quotes and after `=` (`--data=~/store`), and the commands would take it as a
-    folder named ~. Typer has made a Path of every Path-typed value by now; prepare takes its paths
-    as text, and PrepareConfig expands them. `~nosuchuser` stays as it is, as in the shell."""
+    folder named ~. Typer has made a Path of every Path-typed value by now; prepare and predict take
+    their paths as text, and expand them themselves. `~nosuchuser` stays as it is, as in the shell."""
     if isinstance(value, (list, tuple)):
         return type(value)(map(_home, value))
     if not isinstance(value, Path):
@@ -67,7 +67,17 @@ def _home(value):
 
 
 class Command(_Flagged, TyperCommand):
-    pass
+    def collect_usage_pieces(self, ctx):
+        """`[OPTIONS] SRC`, `IMAGE...`, `[RUN...]`, as README.md writes them (recent typers write
+        a required argument as {SRC} and add a second ... to one that takes several values)."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces += param.get_usage_pieces(ctx)
+                continue
+            name = (param.metavar or param.name).upper() + ("..." if param.nargs != 1 else "")
+            pieces.append(name if param.required else f"[{name}]")
+        return pieces
 
 
 class Group(_Flagged, TyperGroup):

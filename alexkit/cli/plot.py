@@ -8,7 +8,7 @@ import typer
 
 
 def command(
-    runs: list[Path] = typer.Argument(None, metavar="RUN...", help="Run directories (or their metrics.jsonl).", show_default="the latest run"),
+    runs: list[Path] = typer.Argument(None, metavar="RUN", help="Run directories (or their metrics.jsonl).", show_default="the latest run"),
     out: Path = typer.Option(Path("alexkit-curves.png"), "--out", help="Picture to write: .png, .pdf or .svg."),
 ) -> None:
     """Plot loss, top-1/top-5 error and learning rate per epoch from metrics.jsonl; several runs share the axes."""

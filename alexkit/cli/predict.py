@@ -13,7 +13,7 @@ def command(
     data: Path = typer.Option(None, "--data", help="Take the mean image and class names from this store.", show_default="the run directory's copies"),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax over the paper's ten views."),
     top: int = typer.Option(5, "--top", help="How many classes to list per image."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto (CUDA if present), cpu, cuda or cuda:N."),
 ) -> None:
     """Classify images with the preprocessing of training: resize, centre crop, minus the mean image."""
     from alexkit.predict import PredictConfig, predict
