@@ -36,6 +36,7 @@ from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
 from alexkit.model.placement import setup, teardown
 from alexkit.paths import DEFAULT_STORE, word
+from alexkit.pipeline.constants import size_for_crop
 from alexkit.progress import Progress, Ticks, counted
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
@@ -249,7 +250,7 @@ def _usable_store(cfg: TrainConfig):
     store = Store(cfg.data).check("train", "val")  # before any file of the run is written
     if store.crop < MIN_INPUT_SIZE:
         raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
-                           f"prepare one with --size {-(-MIN_INPUT_SIZE * 8 // 7)} or more")  # fmt: skip
+                           f"prepare one with --size {size_for_crop(MIN_INPUT_SIZE)} or more")  # fmt: skip
     return store
 
 

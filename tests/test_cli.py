@@ -572,3 +572,19 @@ def test_out_of_range_values_name_the_flag_the_value_and_the_range(config, field
     module, name = config.split(":")
     with pytest.raises(AlexkitError, match=f"^{re.escape(said)}$"):
         getattr(importlib.import_module(module), name)(**fields)
+
+
+def test_a_pools_workers_end_quietly_on_its_terminate():
+    """The SIGTERM handler (SIGTERM taken as Ctrl-C) is inherited by forked workers: a multiprocessing
+    pool's exit terminate()s them, which printed a Terminated traceback per worker (bench prepare's
+    photo writer); in a child the handler ends the process as SIGTERM's default does."""
+    code = """if True:
+        import multiprocessing as mp
+        from alexkit.cli.main import _sigterm_as_ctrl_c
+        with _sigterm_as_ctrl_c():
+            for _ in range(3):
+                with mp.get_context("fork").Pool(2) as pool:
+                    assert pool.map(abs, range(-5, 5)) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -125,7 +125,7 @@ def make_store(src: Path, out: Path, fmt: str, workers: int) -> Path:
     """`alexkit prepare` the sources into a 256 store (JPEG q90 or raw); a finished one is reused."""
     from alexkit.pipeline.prepare import PrepareConfig, prepare
 
-    return prepare(PrepareConfig(src=src, out=out, format=fmt, quality=90, workers=workers))
+    return prepare(PrepareConfig(src=src, out=out, format=fmt, quality=90, workers=workers, for_training=False))
 
 
 # --- the three pipelines, each as a runner of whole epochs ---

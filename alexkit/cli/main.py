@@ -11,6 +11,7 @@ handling of EPIPE, which it keeps with standalone_mode=False too.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import signal
@@ -172,7 +173,13 @@ class Terminated(KeyboardInterrupt):
 def _sigterm_as_ctrl_c():
     """Raise Terminated in the main thread on SIGTERM while the block runs (its default would end the
     process at once, leaving temporary files and no word of how to go on)."""
+    owner = os.getpid()
+
     def terminate(signum, frame):
+        if os.getpid() != owner:  # a forked child (a pool's worker) inherits the handler: a pool's terminate()
+            signal.signal(signum, signal.SIG_DFL)  # would make it print a Terminated traceback; it ends quietly,
+            os.kill(os.getpid(), signum)  # as by default
+            return
         _TERMINATED.append(signum)  # typer may turn the exception into exit code 130 before main() sees it
         raise Terminated()
 

@@ -26,7 +26,7 @@ from alexkit.errors import AlexkitError, PathRefused
 from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
-from alexkit.pipeline.constants import STORE_FORMAT_VERSION
+from alexkit.pipeline.constants import STORE_FORMAT_VERSION, crop_size, size_for_crop
 from alexkit.pipeline.store import CLASSES, MANIFEST, SPLITS, STAGING, STATS, write_stats
 from alexkit.pipeline.storedir import clear, read_json, remove, write_json
 from alexkit.pipeline.workers import ConvertJob, Workers, chunks
@@ -43,6 +43,8 @@ def build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path 
     """Scan `src` and write the store into `out`, reusing (if `keep`) each split an earlier run finished
     there with these settings and sources; return its manifest, written last. `replacing`: the store a
     --force rebuild will replace, whose val split a source without one must not take away."""
+    from alexkit.model import MIN_INPUT_SIZE  # torch: the workers load it anyway
+
     settings = cfg.settings()
     started = time.perf_counter()
     print(f"scanning {src} ...", flush=True)
@@ -55,7 +57,10 @@ def build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path 
         raise AlexkitError(f"{src} has no val split (or no val images), so the rebuilt store would have none, and "
                            f"`alexkit train`, `eval` and `show-batch` need one; {replacing} keeps its own: add val images "
                            "in one of the layouts in README.md, or choose another --out")  # fmt: skip
-    if not ds.splits.get("val"):
+    if cfg.for_training and crop_size(cfg.size) < MIN_INPUT_SIZE:  # a store for the loader's tests or show-batch
+        warn(f"--size {cfg.size}: its {crop_size(cfg.size)} px crops are too small for AlexNet, so train, eval and "
+             f"predict will refuse this store (--size {size_for_crop(MIN_INPUT_SIZE)} or more for them)")  # fmt: skip
+    if not ds.splits.get("val") and cfg.for_training:
         warn(f"{src} has no val split (or no val images): `alexkit train`, `eval` and `show-batch` need one; add val "
              "images in one of the layouts in README.md and run again")  # fmt: skip
     counts = {name: len(samples) for name, samples in ds.splits.items()}

@@ -10,3 +10,8 @@ STORE_FORMAT_VERSION = 1  # bump when the store's files or their meaning change
 def crop_size(size: int) -> int:
     """The network's input side for a store of `size`: 7/8 of it (256 -> 224, 64 -> 56)."""
     return size * 7 // 8
+
+
+def size_for_crop(crop: int) -> int:
+    """The smallest store side whose crops are at least `crop` (36 -> 42)."""
+    return -(-crop * 8 // 7)

@@ -66,6 +66,7 @@ class PrepareConfig:
     quality: int = STORE_QUALITY  # JPEG quality, 1-100 (ignored for raw)
     workers: int = field(default_factory=usable_cores)
     force: bool = False  # rebuild a finished store
+    for_training: bool = True  # warn where train, eval or show-batch could not use the store (bench loader's is not)
 
     def __post_init__(self):
         if str(self.src) == "":  # Path("") would be the current folder
