@@ -30,10 +30,18 @@ class PlotConfig:
 def read_metrics(run: Path) -> list[dict]:
     """The per-epoch records of RUN/metrics.jsonl, in file order."""
     path = Path(run) / "metrics.jsonl"
+    if not Path(run).is_dir():
+        what = "is a file, not a run folder" if Path(run).exists() else "does not exist"
+        raise AlexkitError(f"{run} {what}; pass run folders written by `alexkit train` (or their metrics.jsonl)")
     if not path.is_file():
-        raise AlexkitError(f"{path} does not exist; pass run directories written by `alexkit train`")
+        raise AlexkitError(f"{path} does not exist; pass run folders written by `alexkit train`")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AlexkitError(f"{path} is not text (byte {exc.start} is no UTF-8); it is not the metrics.jsonl `alexkit train` "
+                           f"writes: `alexkit train --resume {word(run)}` rewrites it from last.pt") from exc  # fmt: skip
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 record = json.loads(line)
@@ -70,6 +78,9 @@ def curves(data: list[tuple[Path, list[dict]]]):
     from matplotlib.figure import Figure  # not pyplot: no display, no global figure to close
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+    names = [run.name for run, _ in data]
+    if len(set(names)) < len(names):  # A/run and B/run: the legend needs more of the path
+        names = [str(run) for run, _ in data]
     fig = Figure(figsize=(11, 7.5), constrained_layout=True)
     axes = fig.subplots(2, 2)
     for ax, (title, series, yscale) in zip(axes.flat, PANELS):
@@ -79,7 +90,7 @@ def curves(data: list[tuple[Path, list[dict]]]):
                 if pts:
                     x, y = zip(*pts)
                     ax.plot(x, y, style, color=f"C{colour}", marker="." if len(pts) < 30 else None,
-                            label=f"{run.name}{suffix}")  # fmt: skip
+                            label=f"{names[colour]}{suffix}")  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25

@@ -123,6 +123,11 @@ def test_plot_two_runs(tmp_path):
     for rgb in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
         assert (np.abs(px - rgb).sum(1) < 30).sum() > 200
     assert len(read_metrics(tmp_path / "a")) == 6
+    for parent in ("x", "y"):  # runs of one name in two folders: the legend tells them apart by their paths
+        write_run(tmp_path / parent / "run", 2, 0.9)
+    fig = curves([(tmp_path / p / "run", read_metrics(tmp_path / p / "run")) for p in ("x", "y")])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [str(tmp_path / "x" / "run"), str(tmp_path / "y" / "run")]
 
 
 def test_error_and_loss_axes_start_at_zero_even_when_every_value_is_zero(tmp_path):
@@ -164,6 +169,14 @@ def test_plot_errors(tmp_path, monkeypatch):
     (tmp_path / "odd" / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo')
     with pytest.raises(AlexkitError, match=r"line 2 is not JSON .*`alexkit train --resume .*odd` rewrites the file from last.pt"):
         read_metrics(tmp_path / "odd")
+    (tmp_path / "odd" / "metrics.jsonl").write_bytes(b'{"epoch": 1}\n\x00\xff\xfe')
+    with pytest.raises(AlexkitError, match=r"metrics.jsonl is not text \(byte 14 is no UTF-8\)"):
+        read_metrics(tmp_path / "odd")
+    with pytest.raises(AlexkitError, match=r"^\S*gone does not exist; pass run folders"):  # not ".../gone/metrics.jsonl"
+        read_metrics(tmp_path / "gone")
+    (tmp_path / "odd" / "config.json").write_text("{}")
+    with pytest.raises(AlexkitError, match=r"^\S*config.json is a file, not a run folder"):
+        read_metrics(tmp_path / "odd" / "config.json")
     write_run(tmp_path / "a", 2, 0.9)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     with pytest.raises(AlexkitError, match=r"alexkit\[plot\]"):
