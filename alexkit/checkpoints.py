@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import threading
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -77,7 +78,9 @@ def read_checkpoint(path: Path) -> dict:
         head, size = f.read(4), f.seek(0, 2)
         f.seek(0)
         try:
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns of a pickle that is no torch.save archive: the error below says it
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as exc:
             said = why(exc).split(". ")[0]  # torch goes on for lines about weights_only or its zip reader
             if head == ZIP_START[: len(head)] and not _another_zip(f):  # torch.save's zip, or its start: cut off or broken
@@ -85,7 +88,7 @@ def read_checkpoint(path: Path) -> dict:
                                    "where it was written, or pass another best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
             raise AlexkitError(f"cannot load checkpoint {path}: not a file torch.save wrote, or damaged from its start ({said}); "
                                "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
-        failed = failed_crc(f)
+        failed = failed_crc(f) if head == ZIP_START else None  # torch's legacy format has no CRCs (and is no alexkit file)
     if failed:
         raise AlexkitError(f"checkpoint {path} is damaged ({failed}); copy it again from where it was written, or pass "
                            "another best.pt/last.pt written by `alexkit train`")  # fmt: skip
@@ -163,6 +166,10 @@ def load_model(path: Path):
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:  # weights that do not fit their model_args
         raise AlexkitError(f"{path}: its weights do not fit its model_args ({misfit(exc)}); "
                            "pass a best.pt/last.pt written by `alexkit train`") from exc  # fmt: skip
+    broken = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
+    if broken is not None:  # training stops at a non-finite loss, so only a file changed since holds these
+        raise AlexkitError(f"{path}: its weights are not all finite ({broken} holds NaN or inf); pass another "
+                           "best.pt/last.pt written by `alexkit train`")  # fmt: skip
     return model.eval(), ckpt
 
 

@@ -326,6 +326,14 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(AlexkitError, match="not an alexkit checkpoint"):
         evaluate(EvalConfig(checkpoint=tmp_path / "plain.pt", data=store.path, device="cpu"))
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(AlexkitError, match="legacy.pt is not an alexkit checkpoint"):  # not "damaged (its zip directory ...)"
+        evaluate(EvalConfig(checkpoint=tmp_path / "legacy.pt", data=store.path, device="cpu"))
+    ckpt_dict = torch.load(ckpt, weights_only=True)
+    ckpt_dict["model"]["fc8.bias"][0] = float("nan")  # training stops at a non-finite loss: a file changed since
+    torch.save(ckpt_dict, tmp_path / "nan.pt")
+    with pytest.raises(AlexkitError, match=r"nan.pt: its weights are not all finite \(fc8.bias holds NaN or inf\)"):
+        evaluate(EvalConfig(checkpoint=tmp_path / "nan.pt", data=store.path, device="cpu"))
     other = make_store(tmp_path / "five", classes=5, val=2, train=2)
     with pytest.raises(AlexkitError, match="3 classes but store"):
         evaluate(EvalConfig(checkpoint=ckpt, data=other.path, device="cpu"))
