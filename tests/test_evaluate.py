@@ -404,7 +404,8 @@ def test_damaged_run_files_are_one_line_errors_naming_them(setup, tmp_path):
         evaluate(EvalConfig(checkpoint=run / "stats.npz", data=store.path, device="cpu"))  # a zip, but numpy's
     shutil.copyfile(ckpt, run / "best.pt")
     for name, damage in (("stats.npz", b""), ("stats.npz", (ckpt.parent / "stats.npz").read_bytes()[:100]),
-                         ("classes.json", b""), ("classes.json", b'[{"index": 1}]')):  # fmt: skip
+                         ("classes.json", b""), ("classes.json", b'[{"index": 1}]'),
+                         ("classes.json", json.dumps([{"index": i, "wnid": f"n{i}"} for i in range(3)]).encode())):  # fmt: skip
         (run / name).write_bytes(damage)
         with pytest.raises(AlexkitError, match=rf"{name} is not a {name} written by `alexkit prepare` .*; copy it again"):
             evaluate(EvalConfig(checkpoint=run, data=store.path, device="cpu"))

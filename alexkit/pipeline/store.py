@@ -81,6 +81,8 @@ def read_classes(path: Path) -> list[dict]:
         classes = json.loads(path.read_text())
         if not isinstance(classes, list) or [c.get("index") for c in classes] != list(range(len(classes))) or not classes:
             raise ValueError("not a list of classes indexed 0, 1, 2, ...")
+        if not all(isinstance(c.get("wnid"), str) and isinstance(c.get("name"), str) for c in classes):
+            raise ValueError("a class without its wnid or name")
     except (ValueError, AttributeError) as exc:  # an OSError names its path itself
         raise AlexkitError(f"{path} is not a classes.json written by `alexkit prepare` ({why(exc)}); {_fix(path)}") from exc
     return classes
