@@ -227,17 +227,20 @@ def report(results: dict, show_classes: int) -> list[str]:
     """Lines for people: errors with n, best and worst classes, throughput."""
     views = "ten-crop (10 views, softmax averaged)" if results["tta"] else "centre crop"
     epoch = f", epoch {results['epoch']}" if results.get("epoch") is not None else ""
+    classes = len(results["per_class"])
+    top5 = (f"top-5 error {100 * results['top5_err']:.2f}% (accuracy {100 * results['top5_acc']:.2f}%)" if classes > TOP_K
+            else f"top-5 error not meaningful with {classes} classes")  # fmt: skip
     lines = [
         f"checkpoint {results['checkpoint']}{epoch}; store {results['store']} val; {views}",
-        f"top-1 error {100 * results['top1_err']:.2f}% (accuracy {100 * results['top1_acc']:.2f}%)  "
-        f"top-5 error {100 * results['top5_err']:.2f}% (accuracy {100 * results['top5_acc']:.2f}%)  n={results['n']:,}",
+        f"top-1 error {100 * results['top1_err']:.2f}% (accuracy {100 * results['top1_acc']:.2f}%)  {top5}  n={results['n']:,}",
     ]
     if results["tta"] and results["n"] == ILSVRC2012_VAL and len(results["per_class"]) == 1000:
         lines.append("the paper, one network on ten views (its Table 2): top-1 error 40.7%, top-5 error 18.2%")
     seen = sorted((c for c in results["per_class"] if c["n"]), key=lambda c: (c["top1_err"], c["top5_err"], c["index"]))
     if show_classes and len(seen) > 1:
         k = min(show_classes, len(seen) // 2)
-        fmt = lambda c: f"  {100 * c['top1_err']:5.1f}% top-1, {100 * c['top5_err']:5.1f}% top-5  (n={c['n']})  {c['index']} {c['name']}"  # noqa: E731
+        top5_of = (lambda c: f", {100 * c['top5_err']:5.1f}% top-5") if classes > TOP_K else (lambda c: "")  # noqa: E731
+        fmt = lambda c: f"  {100 * c['top1_err']:5.1f}% top-1{top5_of(c)}  (n={c['n']})  {c['index']} {c['name']}"  # noqa: E731
         lines += ["best classes (top-1 error):"] + [fmt(c) for c in seen[:k]]
         worst = sorted(seen, key=lambda c: (-c["top1_err"], -c["top5_err"], c["index"]))  # ties in index order
         lines += ["worst classes:"] + [fmt(c) for c in worst[:k]]

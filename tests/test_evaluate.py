@@ -258,6 +258,8 @@ def test_errors_are_misses_over_n_exactly_and_tied_worst_classes_keep_index_orde
     results.update(tta=False, checkpoint="c.pt", store="s", epoch=1, seconds=1.0, images_per_s=63.0, processes=1, device="cpu")
     lines = report(results, show_classes=1)
     assert lines[lines.index("worst classes:") + 1].endswith(" 0 c0")
+    # 3 classes: every label is among the top 5, so no top-5 figure is shown as if it were a result
+    assert "top-5 error not meaningful with 3 classes  n=63" in lines[1] and "% top-5" not in "\n".join(lines)
     top[1] = [(label[1] + 1) % 3, label[1]]  # class 1's miss has its label second: the same top-1, a better top-5
     results.update(summarize({"label": label, "top": top}, [{"index": i, "name": f"c{i}"} for i in range(3)]))
     lines = report(results, show_classes=1)
