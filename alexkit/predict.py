@@ -26,7 +26,7 @@ from alexkit.ranges import AT_LEAST_1, check_ranges
 
 @dataclass(frozen=True)
 class PredictConfig:
-    images: tuple[str | Path, ...] = field(default_factory=tuple)  # files, or folders (their image files, sorted)
+    images: tuple[Path, ...] = field(default_factory=tuple)  # files, or folders (their image files, sorted); text as the CLI gives it
     checkpoint: Path | None = None  # a .pt file or a run directory; None: the latest run's best.pt
     data: Path | None = None  # take stats and classes from this store instead of the run directory's copies
     tta: bool = False  # average over the paper's ten views instead of the centre crop
@@ -37,6 +37,9 @@ class PredictConfig:
     def __post_init__(self):
         if not self.images:
             raise AlexkitError("no images given; pass image files or folders: alexkit predict IMAGE...")
+        if any(str(image) == "" for image in self.images):  # Path("") is the current folder: most likely an unset variable
+            raise AlexkitError("an image path is empty (an unset shell variable?); pass image files or folders")
+        object.__setattr__(self, "images", tuple(_expanded(Path(image)) for image in self.images))
         check_ranges(("--top", self.top_k, AT_LEAST_1), ("--batch-size", self.batch_size, AT_LEAST_1))
         from alexkit.model.placement import check_device
 
@@ -105,10 +108,7 @@ def list_images(paths) -> list[Path]:
     """Files as given; folders expanded to their image files, sorted: the suffixes prepare reads, no dot
     files (macOS's ._ copies are not images)."""
     files: list[Path] = []
-    for given in paths:
-        if str(given) == "":  # Path("") is the current folder: an unset shell variable, most likely
-            raise AlexkitError("an image path is empty (an unset shell variable?); pass image files or folders")
-        p = _expanded(Path(given))
+    for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.iterdir()
                            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))  # fmt: skip
@@ -126,7 +126,7 @@ def list_images(paths) -> list[Path]:
 
 
 def _expanded(path: Path) -> Path:
-    """`~` expanded, as the shell does (the CLI passes the paths as text); `~nosuchuser` left as it is."""
+    """`~` expanded, as the shell does (the CLI passes the images as text); `~nosuchuser` left as it is."""
     try:
         return path.expanduser()
     except RuntimeError:

@@ -46,7 +46,7 @@ USAGE_ERRORS = [  # (arguments, the command whose help the line points at, what 
     (["train", "--lr", ""], "alexkit train", "--lr '': input should be a valid number"),
     (["train", "--no-such-flag"], "alexkit train", "no such option: --no-such-flag"),
     (["train", "--epochs"], "alexkit train", "option '--epochs' requires an argument"),
-    (["predict"], "alexkit predict", "missing argument 'IMAGE...'"),
+    (["predict"], "alexkit predict", "missing argument 'IMAGE'"),
     (["eval", "--tta", "true"], "alexkit eval", "got unexpected extra argument(s) (true)"),
     (["prepare", "src", "-j", "two"], "alexkit prepare", "--workers 'two': input should be a valid integer"),
     (["no-such-command"], "alexkit", "no such command 'no-such-command'"),

@@ -91,7 +91,7 @@ def test_bad_inputs(setup, tmp_path):
     with pytest.raises(AlexkitError, match="does not exist"):
         list_images([tmp_path / "missing.jpg"])
     with pytest.raises(AlexkitError, match=r"^an image path is empty \(an unset shell variable\?\)"):
-        list_images([""])  # not the current folder, which Path("") is
+        PredictConfig(images=("",))  # not the current folder, which Path("") is
     os.mkfifo(tmp_path / "pipe.jpg")  # predict <(curl ...): a pipe is read like a file
     assert list_images([tmp_path / "pipe.jpg"]) == [tmp_path / "pipe.jpg"]
     (tmp_path / "empty").mkdir()

@@ -27,8 +27,8 @@ def ranged(default: float, flag: str, help: str, allowed: Range):
 
 # Options of `alexkit train` that `alexkit bench train` shares.
 DEVICE = typer.Option("auto", "--device", metavar="DEVICE", help="auto (CUDA if present), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")
-AMP = typer.Option("auto", "--amp", metavar="auto|on|off", help="bf16 autocast: auto (on for CUDA GPUs with bf16 tensor cores), on, off.")
-CHANNELS_LAST = typer.Option("auto", "--channels-last", metavar="auto|on|off", help="auto (on for CUDA), on, off.")
-COMPILE = typer.Option("auto", "--compile", metavar="auto|on|off", help="torch.compile: auto (on for CUDA), on, off.")
+AMP = typer.Option("auto", "--amp", metavar="MODE", help="bf16 autocast: auto (on for CUDA GPUs with bf16 tensor cores), on, off.")
+CHANNELS_LAST = typer.Option("auto", "--channels-last", metavar="MODE", help="auto (on for CUDA), on, off.")
+COMPILE = typer.Option("auto", "--compile", metavar="MODE", help="torch.compile: auto (on for CUDA), on, off.")
 WIDTH = ranged(1.0, "--width", "Scale every conv's channels (0.25 for a quick CPU run).", TRAIN["width"])
 FC_FEATURES = ranged(4096, "--fc-features", "Width of fc6 and fc7.", TRAIN["fc_features"])

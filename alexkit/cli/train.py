@@ -29,7 +29,7 @@ def command(
     momentum: float = ranged(0.9, "--momentum", "SGD momentum (the paper's 0.9).", TRAIN["momentum"]),
     weight_decay: float = ranged(5e-4, "--weight-decay", "SGD weight decay, on weights (the paper's 5e-4).", TRAIN["weight_decay"]),
     decay_biases: bool = typer.Option(False, "--decay-biases", help="Also decay biases (the paper's authors did not)."),
-    lr_scaling: str = typer.Option("none", "--lr-scaling", metavar="none|linear", help="none, or linear: lr * batch-size / 128."),
+    lr_scaling: str = typer.Option("none", "--lr-scaling", metavar="RULE", help="none, or linear: lr * batch-size / 128."),
     warmup_epochs: int = ranged(0, "--warmup-epochs", "Ramp the lr up linearly over these epochs.", TRAIN["warmup_epochs"]),
     patience: int = ranged(5, "--patience", "Epochs without a better val top-1 error before lr / 10.", TRAIN["patience"]),
     max_lr_drops: int = ranged(3, "--max-lr-drops", "lr drops before the next plateau ends training.", TRAIN["max_lr_drops"]),
@@ -44,7 +44,7 @@ def command(
     width: float = WIDTH,
     fc_features: int = FC_FEATURES,
     dropout: float = ranged(0.5, "--dropout", "Chance of zeroing each output of fc6 and fc7 in training.", TRAIN["dropout"]),
-    init: str = typer.Option("paper", "--init", metavar="paper|sturdy", help="paper, or sturdy (biases 0.1, gains kept at any width) when the paper's init stays at chance."),
+    init: str = typer.Option("paper", "--init", metavar="KIND", help="paper, or sturdy (biases 0.1, gains kept at any width) when the paper's init stays at chance."),
     progress: str = typer.Option("auto", "--progress", metavar="MODE", help="Progress bars: auto, rich, plain or none (rank 0 only; epoch summaries always print)."),
 ) -> None:
     """Train AlexNet (two columns) with SGD as in the paper; writes config, metrics and checkpoints to a run directory.
