@@ -1123,48 +1123,44 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_kill_9_mid_run_leaves_no_complete_store_and_rerun_succeeds(tmp_path):
-    src, out = _sample_tree(tmp_path / "src", 60), tmp_path / "store"  # 180 train images
-    cmd = [sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", "32", "--workers", "2"]
+def _kill_9_once_writing(cmd: list[str], partial: Path) -> list[int]:
+    """Start `cmd`, SIGKILL it once `partial` exists (the .beton being written); its workers' PIDs."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while not (out / "train.beton.partial").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "prepare finished before it could be killed: " + proc.stderr.read().decode()
     workers = _children(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_kill_9_mid_run_or_mid_force_rebuild_and_the_rerun_succeeds(tmp_path):
+    """Killed while writing its first store, prepare leaves none that looks complete, and its workers
+    die with it; killed while a --force rebuilds the store, it leaves the old one as it was. Each time
+    the same command run again finishes the job."""
+    src, out = _sample_tree(tmp_path / "src", 60), tmp_path / "store"  # 180 train images
+    cmd = [sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", "32", "--workers", "2"]
+    workers = _kill_9_once_writing(cmd, out / "train.beton.partial")
     assert not (out / "manifest.json").exists()
     assert pytest.raises(AlexkitError, Store, out)
     if (out / "train.beton").exists():  # only if the split had finished: then its record says so
         assert (out / "train.done.json").exists()
     time.sleep(0.5)
     assert all(not Path(f"/proc/{w}").exists() or "zombie" in Path(f"/proc/{w}/status").read_text() for w in workers)
-
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     store = Store(out)
     assert len(store.split("train")) == 180 and len(store.split("val")) == 12
     assert not list(out.glob("*.partial"))
 
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_kill_9_mid_force_rebuild_keeps_the_old_store_and_rerun_succeeds(tmp_path):
-    src, out = _sample_tree(tmp_path / "src", 60), tmp_path / "store"  # 180 train images
-    _run(src, out)
     before = _files(out)
-    cmd = [sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", "48", "--workers", "2", "--force"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not (out / ".prepare-new" / "train.beton.partial").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert proc.poll() is None, "prepare finished before it could be killed: " + proc.stderr.read().decode()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert _files(out) == before and Store(out).check("train", "val").size == SIZE
-
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    force = [*cmd[:-4], "--size", "48", "--workers", "2", "--force"]
+    _kill_9_once_writing(force, out / ".prepare-new" / "train.beton.partial")
+    assert _files(out) == before and Store(out).check("train", "val").size == 32
+    r = subprocess.run(force, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     store = Store(out).check("train", "val")
     assert store.size == 48 and len(store.split("train")) == 180 and len(store.split("val")) == 12
