@@ -943,6 +943,12 @@ def test_a_batch_that_does_not_split_over_the_processes_is_said_once_per_node(tm
     assert raised.value.everywhere and not (tmp_path / "run").exists()
 
 
+def _train_cli(store: Path, run: Path, epochs: int, fc: int = 128) -> list[str]:
+    """A real `alexkit train` of a tiny AlexNet, for the tests that signal it or close its stdout."""
+    return [sys.executable, "-m", "alexkit", "train", "--data", str(store), "--out", str(run), "--epochs", str(epochs),
+            "--batch-size", "16", "--width", "0.25", "--fc-features", str(fc), "--device", "cpu", "--progress", "none"]  # fmt: skip
+
+
 @pytest.mark.parametrize("sig, code, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
 def test_ctrl_c_or_sigterm_says_how_to_go_on_once_an_epoch_is_saved(store, tmp_path, sig, code, said):
     """SIGINT (Ctrl-C), or SIGTERM (kill, a batch system's time limit), to a real `alexkit train` after its
@@ -952,8 +958,7 @@ def test_ctrl_c_or_sigterm_says_how_to_go_on_once_an_epoch_is_saved(store, tmp_p
     import time
 
     run = tmp_path / "a run"
-    cmd = [sys.executable, "-m", "alexkit", "train", "--data", str(store), "--out", str(run), "--epochs", "200",
-           "--batch-size", "16", "--width", "0.25", "--fc-features", "128", "--device", "cpu", "--progress", "none"]  # fmt: skip
+    cmd = _train_cli(store, run, epochs=200)
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300  # a first epoch on a loaded 2-core machine (other tests alongside) can take minutes
     while not (run / "last.pt").is_file() and child.poll() is None and time.monotonic() < deadline:
@@ -990,8 +995,7 @@ def test_ctrl_c_in_the_first_epoch_says_to_run_again(store, tmp_path):
     from tests.test_pipeline import sigint_as_default
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "alexkit", "train", "--data", str(store), "--out", str(run), "--epochs", "1",
-           "--batch-size", "16", "--width", "0.25", "--fc-features", "128", "--device", "cpu", "--progress", "none"]  # fmt: skip
+    cmd = _train_cli(store, run, epochs=1)
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
     deadline = time.monotonic() + 300
     while not (run / "config.json").is_file() and child.poll() is None and time.monotonic() < deadline:
@@ -1011,8 +1015,7 @@ def test_a_closed_stdout_loses_no_epoch_and_says_how_to_go_on(store, tmp_path):
     import torch
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "alexkit", "train", "--data", str(store), "--out", str(run), "--epochs", "3",
-           "--batch-size", "16", "--width", "0.25", "--fc-features", "64", "--device", "cpu", "--progress", "none"]  # fmt: skip
+    cmd = _train_cli(store, run, epochs=3, fc=64)
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = [child.stdout.readline() for _ in range(2)]  # the run's line, then epoch 1's summary
     assert first[1].startswith("epoch 1:"), first
