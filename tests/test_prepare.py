@@ -805,15 +805,23 @@ def test_a_file_system_without_locks_is_one_line_and_leaves_no_folder(tmp_path, 
     assert failed.value.exit_code == 1 and not out.exists()
 
 
+def _writing_fails(monkeypatch, exc: BaseException, split: str | None = None) -> None:
+    """BetonWriter.add raises `exc`: in `split`'s .beton only (the splits before it written whole), or in any."""
+    real_add = BetonWriter.add
+
+    def add(self, *args, **kw):
+        if split is None or self.path.name == f"{split}.beton":
+            raise exc
+        return real_add(self, *args, **kw)
+
+    monkeypatch.setattr(BetonWriter, "add", add)
+
+
 def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
     import errno
 
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
-
-    def full(self, *args, **kw):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(BetonWriter, "add", full)
+    _writing_fails(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(AlexkitError, match="cannot write .*train.beton: No space left on device") as full_disk:
         _run(src, out)
     assert full_disk.value.exit_code == 1  # a path the system refuses
@@ -916,14 +924,7 @@ def test_a_force_rebuild_that_fails_leaves_the_old_store_whole(tmp_path, monkeyp
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
     _run(src, out)
     before = _files(out)
-    real_add = BetonWriter.add
-
-    def fails_in_val(self, *args, **kw):
-        if self.path.name == "val.beton":  # train is written by then: a rebuild that failed half-way
-            raise OSError(5, "Input/output error")
-        return real_add(self, *args, **kw)
-
-    monkeypatch.setattr(BetonWriter, "add", fails_in_val)
+    _writing_fails(monkeypatch, OSError(5, "Input/output error"), "val")  # train is written by then: failed half-way
     with pytest.raises(AlexkitError, match="Input/output error"):
         _run(src, out, size=48, force=True)
     assert _files(out) == before  # byte for byte
@@ -974,11 +975,7 @@ def test_a_force_rebuild_of_an_unfinished_store_keeps_its_files_until_the_end(tm
     _run(src, out)
     (out / "manifest.json").unlink()  # as if interrupted at the very end
     before = _files(out)
-
-    def ctrl_c(self, *args, **kw):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(BetonWriter, "add", ctrl_c)
+    _writing_fails(monkeypatch, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         _run(src, out, force=True)
     assert _files(out) == before  # its finished splits are still there for a plain rerun to keep
@@ -1055,14 +1052,7 @@ def test_an_interrupted_force_rebuild_resumes_and_the_old_store_stays_meanwhile(
     src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
     _run(src, out)
     before = _files(out)
-    real_add = BetonWriter.add
-
-    def ctrl_c_in_val(self, *args, **kw):
-        if self.path.name == "val.beton":
-            raise KeyboardInterrupt
-        return real_add(self, *args, **kw)
-
-    monkeypatch.setattr(BetonWriter, "add", ctrl_c_in_val)
+    _writing_fails(monkeypatch, KeyboardInterrupt(), "val")
     with pytest.raises(KeyboardInterrupt):
         _run(src, out, size=48, force=True)
     assert _files(out) == before and Store(out).check("train", "val").size == SIZE
