@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 import alexkit.model.placement as placement_module
 from alexkit.errors import AlexkitError
 from alexkit.model import AlexNet
-from alexkit.model.placement import ColumnAlexNet, Placement, alexnet_state_dict, load_alexnet_state_dict, place, setup
+from alexkit.model.columns import ColumnAlexNet
+from alexkit.model.placement import Placement, alexnet_state_dict, load_alexnet_state_dict, place, setup
 from alexkit.train import TrainConfig, make_optimizer, train_step
 
 
