@@ -152,17 +152,20 @@ def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[n
 
 def load_image(path: Path, size: int) -> np.ndarray:
     """The image as `alexkit prepare` stores it: shorter side to `size`, centred square; (S, S, 3) uint8."""
-    from alexkit.pipeline.imageops import MAX_ASPECT, decode_resized, skip_reason
+    from alexkit.pipeline.imageops import MAX_ASPECT, DecoderMessages, decode_resized, skip_reason
 
     data = None
     try:
         data = Path(path).read_bytes()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), DecoderMessages() as messages:
             warnings.simplefilter("ignore")  # PIL's large-image and EXIF warnings: the image is read all the same
             rgb = decode_resized(data, size, MAX_ASPECT)  # as prepare: a 200000x1 image would need gigabytes
+            said = messages.take()
     except Exception as exc:
         why = re.sub(r" ?<[^>]* at 0x[0-9a-f]+>", "", skip_reason(exc, data))  # PIL names its in-memory file, not ours
         raise AlexkitError(f"{path}: {why}") from exc
+    if said:  # libjpeg's "Corrupt JPEG data: ..." about a file it decoded all the same: named, as prepare does
+        print(f"note: {path}: {said}", file=sys.stderr, flush=True)
     return np.asarray(rgb)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -125,6 +126,20 @@ def test_an_unreadable_image_costs_only_itself(setup, tmp_path, capsys):
     assert out.count("val1.png") == 2 and f"skipped {tmp_path / 'bad.jpg'}: empty file" in err
     with pytest.raises(AlexkitError, match="no images"):
         PredictConfig(images=())
+
+
+def test_libjpegs_warning_about_a_file_it_decodes_is_named(setup, tmp_path, capfd):
+    """Stray bytes before a JPEG's end: libjpeg prints to fd 2 and decodes the image; predict
+    classifies it and names the file beside the warning, which never appears unnamed."""
+    _, _, ckpt, folder = setup
+    buf = io.BytesIO()
+    Image.open(folder / "val1.png").save(buf, "JPEG", quality=95)
+    photo = buf.getvalue()
+    (tmp_path / "stray.jpg").write_bytes(photo[:-2] + bytes(40) + photo[-2:])
+    [got] = predict(PredictConfig(images=(tmp_path / "stray.jpg",), checkpoint=ckpt, device="cpu"))
+    out, err = capfd.readouterr()
+    assert got["top"] and str(tmp_path / "stray.jpg") in out
+    assert err.count("Corrupt JPEG data") == 1 and f"note: {tmp_path / 'stray.jpg'}: Corrupt JPEG data: " in err, err
 
 
 def test_an_image_pil_refuses_outright_costs_only_itself(setup, tmp_path, capsys):

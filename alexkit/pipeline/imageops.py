@@ -47,6 +47,9 @@ levels; JPEG error is nearly zero-mean, while 4:2:0 subsampling removes some chr
 from __future__ import annotations
 
 import io
+import os
+import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -196,6 +199,38 @@ def quiet_worker() -> None:
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # EXIF, palette transparency and large-image warnings, per file
+
+
+class DecoderMessages:
+    """What native code prints to stderr while it decodes, caught per file.
+
+    libjpeg prints its warnings ("Corrupt JPEG data: 46 extraneous bytes before marker 0xd9") to
+    file descriptor 2 and decodes the image anyway; printed as they come, they would name no file
+    (and break the progress bar). While this is open, fd 2 is a temporary file: take() returns
+    what was written since the last take(), as one line (None for nothing), and empties it.
+    """
+
+    def __enter__(self) -> "DecoderMessages":
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile()
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def take(self) -> str | None:
+        written = os.lseek(2, 0, os.SEEK_CUR)
+        if written == 0:
+            return None
+        text = os.pread(2, written, 0).decode("utf-8", "replace")
+        os.ftruncate(2, 0)
+        os.lseek(2, 0, os.SEEK_SET)
+        return "; ".join(line.strip() for line in text.splitlines() if line.strip())[:REASON_CHARS] or None
+
+    def __exit__(self, *exc) -> None:
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.close()
 
 
 class PixelSums:

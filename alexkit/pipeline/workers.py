@@ -9,7 +9,6 @@ import multiprocessing as mp
 import os
 import signal
 import sys
-import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -48,7 +47,7 @@ def convert_chunk(chunk: list[tuple[int, Sample]], job: ConvertJob):
     """
     sums = imageops.PixelSums(job.size) if job.with_stats else None
     results = []
-    with DecoderMessages() as messages:
+    with imageops.DecoderMessages() as messages:
         for index, sample in chunk:
             data = _read(sample)
             try:
@@ -61,38 +60,6 @@ def convert_chunk(chunk: list[tuple[int, Sample]], job: ConvertJob):
                 sums.add(rgb)
             results.append((index, stored, messages.take()))
     return results, sums
-
-
-class DecoderMessages:
-    """What native code prints to stderr while it decodes, caught per file.
-
-    libjpeg prints its warnings ("Corrupt JPEG data: 46 extraneous bytes before marker 0xd9") to
-    file descriptor 2 and decodes the image anyway; printed as they come, they would name no file
-    (and break the progress bar). While this is open, fd 2 is a temporary file: take() returns
-    what was written since the last take(), as one line (None for nothing), and empties it.
-    """
-
-    def __enter__(self) -> "DecoderMessages":
-        sys.stderr.flush()
-        self.file = tempfile.TemporaryFile()
-        self.saved = os.dup(2)
-        os.dup2(self.file.fileno(), 2)
-        return self
-
-    def take(self) -> str | None:
-        written = os.lseek(2, 0, os.SEEK_CUR)
-        if written == 0:
-            return None
-        text = os.pread(2, written, 0).decode("utf-8", "replace")
-        os.ftruncate(2, 0)
-        os.lseek(2, 0, os.SEEK_SET)
-        return "; ".join(line.strip() for line in text.splitlines() if line.strip())[: imageops.REASON_CHARS] or None
-
-    def __exit__(self, *exc) -> None:
-        sys.stderr.flush()
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        self.file.close()
 
 
 def _read(sample: Sample) -> bytes:
