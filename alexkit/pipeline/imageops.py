@@ -208,11 +208,15 @@ class DecoderMessages:
     file descriptor 2 and decodes the image anyway; printed as they come, they would name no file
     (and break the progress bar). While this is open, fd 2 is a temporary file: take() returns
     what was written since the last take(), as one line (None for nothing), and empties it.
+    `into`: that file, by name, for a caller that reads what a process printed before it crashed.
     """
+
+    def __init__(self, into: str | None = None):
+        self.into = into
 
     def __enter__(self) -> "DecoderMessages":
         sys.stderr.flush()
-        self.file = tempfile.TemporaryFile()
+        self.file = open(self.into, "w+b") if self.into else tempfile.TemporaryFile()
         self.saved = os.dup(2)
         os.dup2(self.file.fileno(), 2)
         return self
@@ -221,16 +225,22 @@ class DecoderMessages:
         written = os.lseek(2, 0, os.SEEK_CUR)
         if written == 0:
             return None
-        text = os.pread(2, written, 0).decode("utf-8", "replace")
+        text = os.pread(2, written, 0)
         os.ftruncate(2, 0)
         os.lseek(2, 0, os.SEEK_SET)
-        return "; ".join(line.strip() for line in text.splitlines() if line.strip())[:REASON_CHARS] or None
+        return one_line(text)
 
     def __exit__(self, *exc) -> None:
         sys.stderr.flush()
         os.dup2(self.saved, 2)
         os.close(self.saved)
         self.file.close()
+
+
+def one_line(printed: bytes) -> str | None:
+    """What a decoder printed, as one short line; None for nothing."""
+    lines = [line.strip() for line in printed.decode("utf-8", "replace").splitlines() if line.strip()]
+    return "; ".join(lines)[:REASON_CHARS] or None
 
 
 class PixelSums:

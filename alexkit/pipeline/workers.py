@@ -9,10 +9,12 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import NamedTuple
 
 from alexkit.datasets import Sample, read_sample_bytes
@@ -38,16 +40,17 @@ def chunks(samples: tuple[Sample, ...], workers: int) -> Iterator[list[tuple[int
         yield list(enumerate(samples[start : start + step], start))
 
 
-def convert_chunk(chunk: list[tuple[int, Sample]], job: ConvertJob):
+def convert_chunk(chunk: list[tuple[int, Sample]], job: ConvertJob, messages_into: str | None = None):
     """In a worker: convert each sample; a failure of one file's bytes (undecodable, say) is caught and
-    becomes its skip reason, while a file that cannot be read stops the run (_read).
+    becomes its skip reason, while a file that cannot be read stops the run (_read). What the decoder
+    prints goes to `messages_into` (a file by name) or an anonymous one (imageops.DecoderMessages).
 
     Returns ([(index, stored bytes or RGB array, None or what the decoder printed about it) or
     (index, None, reason)], PixelSums or None).
     """
     sums = imageops.PixelSums(job.size) if job.with_stats else None
     results = []
-    with imageops.DecoderMessages() as messages:
+    with imageops.DecoderMessages(messages_into) as messages:
         for index, sample in chunk:
             data = _read(sample)
             try:
@@ -124,7 +127,7 @@ class Workers:
         # A worker died. The pool's own clean-up sends the others SIGTERM, which they ignore
         # (_init_worker), and waits for them: one blocked handing back a result too large for the
         # pipe, which the pool no longer reads, would be waited for for ever. SIGKILL ends them.
-        for worker in self.context.active_children():
+        for worker in list((getattr(self.pool, "_processes", None) or {}).values()):  # the pool's own, no other child
             worker.kill()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pool = self._start()
@@ -153,14 +156,19 @@ class Workers:
             yield result
 
     def _one_by_one(self, chunk: list, job: ConvertJob) -> tuple[list, imageops.PixelSums | None]:
+        """The chunk a worker died on, a file per task: only the culprit is skipped, its reason with
+        what the crash printed (glibc's "free(): invalid pointer", say), read from a file of our own."""
         results, sums = [], imageops.PixelSums(job.size) if job.with_stats else None
-        for item in chunk:
-            try:
-                part, part_sums = self.pool.submit(convert_chunk, [item], job).result()
-            except BrokenProcessPool:
-                self._restart()
-                part, part_sums = [(item[0], None, "the decoder crashed its worker process")], None
-            results += part
-            if sums is not None and part_sums is not None:
-                sums.merge(part_sums)
+        with tempfile.NamedTemporaryFile(prefix="alexkit-decoder-") as printed:
+            for item in chunk:
+                try:
+                    part, part_sums = self.pool.submit(convert_chunk, [item], job, printed.name).result()
+                except BrokenProcessPool:
+                    self._restart()
+                    said = imageops.one_line(Path(printed.name).read_bytes())
+                    reason = "the decoder crashed its worker process" + (f" ({said})" if said else "")
+                    part, part_sums = [(item[0], None, reason[: imageops.REASON_CHARS])], None
+                results += part
+                if sums is not None and part_sums is not None:
+                    sums.merge(part_sums)
         return results, sums
