@@ -367,7 +367,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                 optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
                 config=_config_dict(cfg), metrics=metrics, rng=rng_state(), world_size=world), is_best)  # fmt: skip
             write_metrics(run_dir, metrics)
-            say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1))
+            say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1, classes=model.args["num_classes"]))
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
 

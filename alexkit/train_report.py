@@ -68,16 +68,17 @@ def most_waited(clock: Rate, seconds: float, device: torch.device) -> float:
     return waits.item()
 
 
-def summary(row: dict, epochs_left: int) -> str:
+def summary(row: dict, epochs_left: int, classes: int) -> str:
     """One epoch's line; with epochs to go, how long they would take at this epoch's pace (at most:
-    the plateau schedule may stop the run earlier)."""
+    the plateau schedule may stop the run earlier). With 5 classes or fewer every label is among the
+    top 5: no top-5 error is shown."""
     left = ""
     if epochs_left > 0:
         left = f" | {epochs_left} epoch{'s' * (epochs_left != 1)} to go at most, {duration(row['seconds'] * epochs_left)}"
+    top5 = f" top-5 err {row['val_top5_err']:.1%}" if classes > 5 else ""
     return (f"epoch {row['epoch']}: lr {row['lr']:.2g} train loss {row['train_loss']:.3f} "
-            f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%} "
-            f"top-5 err {row['val_top5_err']:.1%} | {row['images_per_s']:,.0f} images/s, data wait {row['data_wait']:.0%}, "
-            f"{duration(row['seconds'])}{left}")  # fmt: skip
+            f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%}{top5} "
+            f"| {row['images_per_s']:,.0f} images/s, data wait {row['data_wait']:.0%}, {duration(row['seconds'])}{left}")  # fmt: skip
 
 
 def flags(amp: bool, channels_last: bool, compiled: bool) -> str:

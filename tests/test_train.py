@@ -663,13 +663,17 @@ def test_bad_values_are_one_line_errors():
 
 
 def test_epoch_lines_say_how_long_the_rest_would_take_at_most():
+    """...and show the top-5 error only where it can be above 0: with more than 5 classes."""
     from alexkit.train_report import summary as _summary
 
     row = dict(epoch=1, lr=0.01, train_loss=6.9, train_top1_err=0.999, val_top1_err=0.998, val_top5_err=0.99,
                images_per_s=3000.0, data_wait=0.021, seconds=427.0)  # fmt: skip
-    assert _summary(row, epochs_left=89).endswith("| 3,000 images/s, data wait 2%, 7m07s | 89 epochs to go at most, 10h33m23s")
-    assert _summary(dict(row, epoch=89), epochs_left=1).endswith("| 1 epoch to go at most, 7m07s")
-    assert _summary(dict(row, epoch=90), epochs_left=0).endswith("images/s, data wait 2%, 7m07s")
+    assert _summary(row, epochs_left=89, classes=1000) == (
+        "epoch 1: lr 0.01 train loss 6.900 top-1 err 99.9% | val top-1 err 99.8% top-5 err 99.0% | 3,000 images/s, "
+        "data wait 2%, 7m07s | 89 epochs to go at most, 10h33m23s")  # fmt: skip
+    assert _summary(dict(row, epoch=89), epochs_left=1, classes=1000).endswith("| 1 epoch to go at most, 7m07s")
+    assert _summary(dict(row, epoch=90), epochs_left=0, classes=1000).endswith("images/s, data wait 2%, 7m07s")
+    assert "val top-1 err 99.8% | 3,000 images/s" in _summary(row, epochs_left=0, classes=5)
 
 
 def test_cli_trains_and_resumes(store, tmp_path, capsys):
