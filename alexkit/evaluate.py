@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import check_output, write_atomic
+from alexkit.paths import check_output, write_output
 from alexkit.progress import Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
 from alexkit.launcher import launched
@@ -70,14 +70,16 @@ class EvalConfig:
 
     def check_spares(self, ckpt_path: Path, store_path: Path) -> None:
         """Refuse output files that would overwrite what eval reads or what `train` writes: a file in
-        the store's folder (or below it), the checkpoint, a run file's name beside it, or any other existing
-        checkpoint or store file."""
+        the store's folder (or below it) or another store's, the checkpoint, a run file's name beside it or
+        in another run, or any other existing checkpoint or store file."""
         for path, flag in ((self.json_path, "--json"), (self.predictions_path, "--predictions")):
             if path is None:
                 continue
             target = Path(path).resolve()
             if target.is_relative_to(store_path.resolve()):
                 what = f"is in the folder of the store {store_path}"
+            elif (target.parent / "manifest.json").is_file() and (target.parent / "classes.json").is_file():
+                what = f"is in the folder of the store {target.parent}"  # another store's: its files are prepare's
             elif target.parent == ckpt_path.resolve().parent and target.name in RUN_FILES:
                 what = f"would overwrite the {target.name} of the run {ckpt_path.parent}"
             elif target.name in RUN_FILES and target.is_file() and (target.parent / "config.json").is_file():
@@ -163,6 +165,9 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
 
     def open_store():
         store = Store(store_path).check("val")  # in every process, before the loader
+        if len(store.split("val")) == 0:  # every val file was skipped: nothing to score
+            raise AlexkitError(f"{store.path / 'val.beton'} holds no images; run `alexkit prepare` on a source with "
+                               "validation images")  # fmt: skip
         check_same_store(ckpt_path.parent, store, ckpt_path, model.args)  # against the run's copies, where it has them
         return store
 
@@ -197,7 +202,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
             if cfg.predictions_path is not None:
                 write_predictions(cfg.predictions_path, rows)
             if cfg.json_path is not None:
-                write_atomic(cfg.json_path, json.dumps(results, indent=1) + "\n")
+                write_output(cfg.json_path, json.dumps(results, indent=1) + "\n")
     return results
 
 
@@ -261,7 +266,7 @@ def write_predictions(path: Path, rows: dict) -> None:
     for i in range(len(rows["index"])):
         w.writerow([int(rows["index"][i]), int(rows["label"][i]), *rows["top"][i].tolist(),
                     *(f"{p:.6g}" for p in rows["p"][i].tolist())])  # fmt: skip
-    write_atomic(path, text.getvalue())
+    write_output(path, text.getvalue())
 
 
 def _concat(parts: list[dict]) -> dict:

@@ -156,14 +156,19 @@ def check_output(path: Path, flag: str) -> None:
     import tempfile
 
     path = Path(path)
+    if _stream_fd(path) is not None:  # write_output writes into the stream
+        try:
+            os.fstat(_stream_fd(path))
+        except OSError:
+            raise AlexkitError(f"{flag} {path}: that stream is not open in this process; choose a file") from None
+        return
+    path = _through_link(path, flag)  # written through (write_output): the file it leads to is replaced
     if path.is_dir():
         raise AlexkitError(f"{flag} {path} is a folder; give a file name")
-    if path.exists() and not path.is_file():  # a pipe or a device: written to as it is (write_atomic)
+    if path.exists() and not path.is_file():  # a pipe or a device: written to as it is (write_output)
         if not os.access(path, os.W_OK):
             raise PathRefused(f"{flag} {path}: cannot write to it (permission denied); choose another path")
         return
-    if path.is_symlink():  # written through: the file it leads to is replaced
-        path = path.resolve()
     if not path.parent.is_dir():
         what = "is a file" if path.parent.exists() else "does not exist"
         raise AlexkitError(f"{flag} {path}: its folder {path.parent} {what}; create it or choose another path")
@@ -198,24 +203,13 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     run interrupted at any moment) sees the old file or the new one, never half. Each writer has
     its own temporary (.NAME.HOST-PID-RANDOM.partial), so two processes writing one file at once
     leave one whole version of it, never a mix; those of writers killed on this host go first.
-
-    A link is written through: the file it leads to is the one replaced, and the link stays. A
-    path that is not a regular file (a pipe, /dev/stdout, /dev/null) is written to as it is, since
-    it cannot be replaced without destroying it."""
+    (A link at `path` is replaced, not written through: a run or store of links to another one's
+    files must not rewrite those. Files the user names go through write_output.)"""
     import os
     import secrets
     import socket
 
     path = Path(path)
-    if path.exists() and not path.is_file():  # through a link too: /dev/stdout leads to /proc/self/fd/1
-        with open(path, "w" if isinstance(data, str) else "wb") as f:
-            if callable(data):
-                _write_through(data, f)
-            else:
-                f.write(data)
-        return
-    if path.is_symlink():
-        path = path.resolve()
     _remove_dead_temporaries(path)
     tmp = path.with_name(f"{partial_prefix(path)}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
@@ -236,6 +230,48 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
         tmp.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)
+
+
+def write_output(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """Write a file the user named (--json, --predictions, plot's --out) as write_atomic does, except
+    that /dev/stdout, /dev/stderr and /dev/fd/N are written into the stream they stand for (after
+    what was printed, appending where the shell appends: reopening them would truncate a file they
+    were redirected to), a pipe or device as it is (replacing it would destroy it), and a link
+    through to its target, which is replaced while the link stays."""
+    import os
+    import sys
+
+    path = Path(path)
+    fd = _stream_fd(path)
+    if fd is not None or (path.exists() and not path.is_file()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with (os.fdopen(os.dup(fd), "wb") if fd is not None else open(path, "ab")) as f:
+            if callable(data):
+                _write_through(data, f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+        return
+    write_atomic(_through_link(path, "the file"), data)
+
+
+def _stream_fd(path: Path) -> int | None:
+    """The descriptor of this process that /dev/stdout, /dev/stderr, /dev/fd/N or /proc/self/fd/N names, else None."""
+    text = str(path)
+    if text in ("/dev/stdout", "/dev/stderr"):
+        return 1 if text == "/dev/stdout" else 2
+    named = re.fullmatch(r"/dev/fd/(\d+)|/proc/self/fd/(\d+)", text)
+    return int(named[1] or named[2]) if named else None
+
+
+def _through_link(path: Path, flag: str) -> Path:
+    """The file a link at `path` leads to (`path` itself if it is none); an error for a link loop."""
+    if not path.is_symlink():
+        return path
+    try:
+        return path.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:  # a loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
+        raise AlexkitError(f"{flag} {path} is a link that leads round in a loop; remove it or choose another path") from exc
 
 
 def fsync_folder(folder: Path) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexkit.errors import AlexkitError, require
-from alexkit.paths import DEFAULT_RUNS, check_output, latest_run, word, write_atomic
+from alexkit.paths import DEFAULT_RUNS, check_output, latest_run, word, write_output
 
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")
@@ -123,6 +123,6 @@ def plot(cfg: PlotConfig) -> Path:
     if not data:
         raise AlexkitError(f"none of {', '.join(map(str, runs))} has a finished epoch yet; plot after the first epoch ends")
     fig = curves(data)
-    write_atomic(cfg.out, lambda f: fig.savefig(f, format=Path(cfg.out).suffix[1:].lower(), dpi=100))
+    write_output(cfg.out, lambda f: fig.savefig(f, format=Path(cfg.out).suffix[1:].lower(), dpi=100))
     print(f"wrote {cfg.out}")
     return cfg.out

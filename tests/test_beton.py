@@ -191,25 +191,33 @@ def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_
     assert info.value.filename == str(tmp_path / "missing")  # an error about another file keeps its name
 
 
-def test_write_atomic_writes_through_links_and_into_pipes_without_replacing_them(tmp_path):
-    """A link's target is the file replaced (the link stays, a link to nothing makes its target); a
-    pipe, /dev/stdout or /dev/null is written to as it is: replaced by a file, it would be destroyed
-    (as root, /dev/null itself). check_output lets both through."""
+def test_outputs_the_user_names_are_written_through_links_and_into_pipes_and_streams(tmp_path):
+    """write_output (--json, --predictions, plot's --out): a link's target is the file replaced (the
+    link stays; a link to nothing makes its target); a pipe or /dev/null is written to as it is
+    (replaced by a file, it would be destroyed: as root, /dev/null itself). check_output lets both
+    through and refuses a link loop. write_atomic, for a run's and a store's own files, replaces a
+    link: a run made of links to another run's files must not rewrite that run."""
     import os
     import stat
     import threading
 
-    from alexkit.paths import check_output, write_atomic
+    from alexkit.errors import AlexkitError
+    from alexkit.paths import check_output, write_atomic, write_output
 
     target, link = tmp_path / "target.json", tmp_path / "link.json"
     target.write_text("old")
     link.symlink_to(target)
     check_output(link, "--json")
-    write_atomic(link, "new")
+    write_output(link, "new")
     assert link.is_symlink() and target.read_text() == "new"
     (tmp_path / "dangling.json").symlink_to(tmp_path / "made.json")
-    write_atomic(tmp_path / "dangling.json", b"made")
+    write_output(tmp_path / "dangling.json", b"made")
     assert (tmp_path / "dangling.json").is_symlink() and (tmp_path / "made.json").read_bytes() == b"made"
+    write_atomic(link, "a run's own file")
+    assert not link.is_symlink() and target.read_text() == "new"
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(AlexkitError, match=r"^--out .*loop.png is a link that leads round in a loop; remove it"):
+        check_output(tmp_path / "loop.png", "--out")
 
     fifo = tmp_path / "fifo.csv"
     os.mkfifo(fifo)
@@ -217,11 +225,31 @@ def test_write_atomic_writes_through_links_and_into_pipes_without_replacing_them
     received = []
     reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
     reader.start()
-    write_atomic(fifo, "a,b\n")
+    write_output(fifo, "a,b\n")
     reader.join(timeout=30)
     assert received == ["a,b\n"] and stat.S_ISFIFO(fifo.stat().st_mode)
-    write_atomic(pathlib.Path(os.devnull), lambda f: f.write(b"nothing"))
+    write_output(pathlib.Path(os.devnull), lambda f: f.write(b"nothing"))
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_dev_stdout_is_written_into_the_stream_keeping_what_the_shell_appended_to(tmp_path):
+    """`eval --json /dev/stdout >> all.log`: /dev/stdout leads to all.log itself, which a rename would
+    replace and a reopening would truncate; the JSON goes after what was printed and what was there."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "all.log"
+    log.write_text("kept\n")
+    code = """if True:
+        from alexkit.paths import check_output, write_output
+        check_output("/dev/stdout", "--json")
+        print("figures")
+        write_output("/dev/stdout", '{"n": 1}\\n')
+    """
+    with open(log, "ab") as out:
+        r = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text() == 'kept\nfigures\n{"n": 1}\n'
 
 
 def test_a_full_disk_under_torch_save_is_an_oserror_naming_the_file(tmp_path):

@@ -336,6 +336,9 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, monkeypatch):
     torch.save(ckpt_dict, tmp_path / "nan.pt")
     with pytest.raises(AlexkitError, match=r"nan.pt: its weights are not all finite \(fc8.bias holds NaN or inf\)"):
         evaluate(EvalConfig(checkpoint=tmp_path / "nan.pt", data=store.path, device="cpu"))
+    no_val = make_store(tmp_path / "no-val", val=0)  # every val file skipped: not a batch of 0 for DALI to refuse
+    with pytest.raises(AlexkitError, match=r"no-val/val.beton holds no images; run `alexkit prepare` on a source with validation"):
+        evaluate(EvalConfig(checkpoint=ckpt, data=no_val.path, device="cpu"))
     other = make_store(tmp_path / "five", classes=5, val=2, train=2)
     with pytest.raises(AlexkitError, match="3 classes but store"):
         evaluate(EvalConfig(checkpoint=ckpt, data=other.path, device="cpu"))
@@ -612,6 +615,12 @@ def test_eval_outputs_are_refused_only_where_they_would_overwrite(tmp_path, monk
     with pytest.raises(AlexkitError, match=r"--json .*metrics.jsonl would overwrite the metrics.jsonl of the run .*other-run"):
         EvalConfig(json_path=other_run / "metrics.jsonl").check_spares(ckpt, store)
     EvalConfig(json_path=other_run / "eval.json").check_spares(ckpt, store)  # a new file beside them: allowed
+    other_store = tmp_path / "other-store"
+    other_store.mkdir()
+    for name in ("manifest.json", "classes.json"):
+        (other_store / name).write_text("{}")
+    with pytest.raises(AlexkitError, match=r"--json .*manifest.json is in the folder of the store .*other-store; name another"):
+        EvalConfig(json_path=other_store / "manifest.json").check_spares(ckpt, store)
     monkeypatch.chdir(store)
     with pytest.raises(AlexkitError, match=r"--json e.json is in the folder of the store"):
         EvalConfig(json_path=Path("e.json")).check_spares(ckpt, store)

@@ -24,7 +24,7 @@ def command(
 ) -> None:
     """Print images/s of the train, center and tencrop graphs, side by side with the baselines, and memory per epoch."""
     from alexkit.bench.loader import BenchLoaderConfig, bench_loader
-    from alexkit.paths import check_folder, check_output, write_atomic
+    from alexkit.paths import check_folder, check_output, write_output
 
     if work is not None:
         check_folder(work, "--work")  # before the inputs are made
@@ -34,4 +34,4 @@ def command(
                                             epochs=epochs, threads=threads, prefetch=prefetch, baselines=baselines,
                                             memory_epochs=memory_epochs))  # fmt: skip
     if json_out is not None:
-        write_atomic(json_out, json.dumps(result, indent=1) + "\n")
+        write_output(json_out, json.dumps(result, indent=1) + "\n")
