@@ -173,13 +173,7 @@ class Terminated(KeyboardInterrupt):
 def _sigterm_as_ctrl_c():
     """Raise Terminated in the main thread on SIGTERM while the block runs (its default would end the
     process at once, leaving temporary files and no word of how to go on)."""
-    owner = os.getpid()
-
     def terminate(signum, frame):
-        if os.getpid() != owner:  # a forked child (a pool's worker) inherits the handler: a pool's terminate()
-            signal.signal(signum, signal.SIG_DFL)  # would make it print a Terminated traceback; it ends quietly,
-            os.kill(os.getpid(), signum)  # as by default
-            return
         _TERMINATED.append(signum)  # typer may turn the exception into exit code 130 before main() sees it
         raise Terminated()
 
@@ -187,10 +181,28 @@ def _sigterm_as_ctrl_c():
         yield
         return
     previous = signal.signal(signal.SIGTERM, terminate)
+    _HANDLING.append(True)
     try:
         yield
     finally:
+        _HANDLING.pop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_default_in_child() -> None:
+    """A forked child (a multiprocessing pool's worker) does not inherit the handler: a pool's exit
+    terminate()s its workers, which printed a Terminated traceback each, and a Python handler runs
+    later than the kernel's default, which a pool's clean-up can wait on for ever (seen 1 in 40)."""
+    if _HANDLING:
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:  # not the main thread: cannot be (a fork's child runs in its main thread)
+            pass
+
+
+_HANDLING: list[bool] = []  # the handler is set (this process's, not a child's)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_sigterm_default_in_child)
 
 
 _TERMINATED: list[int] = []  # SIGTERMs taken while main() ran
