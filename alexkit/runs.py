@@ -123,6 +123,13 @@ def _moved_on(run_dir: Path, ckpt: dict | None) -> str | None:
     if ckpt is None:
         if (run_dir / "last.pt").exists():
             return f"{run_dir} already holds a run; continue it with --resume {word(run_dir)} or pick another --out"
+        if (run_dir / "best.pt").exists():  # last.pt removed, or a best.pt copied in to branch off from
+            return (f"{run_dir} already holds a run's best.pt; go on from it with --resume {word(run_dir / 'best.pt')} "
+                    "or pick another --out")  # fmt: skip
+        epochs = _epochs_recorded(run_dir)
+        if epochs:  # its checkpoints removed: a new run would overwrite the only record of its epochs
+            return (f"{run_dir} holds the metrics.jsonl of a run of {counted(epochs, 'epoch')}, whose checkpoints are gone; "
+                    "pick another --out")  # fmt: skip
         return None
     stat = ckpt["path"].stat()
     if (stat.st_size, stat.st_mtime_ns) != ckpt["stat"]:
@@ -264,6 +271,10 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
                         f"{counted(epochs, 'epoch')})" if epochs
                    else f"run {path} has best.pt but no last.pt: it was stopped while saving its first epoch")  # fmt: skip
             raise AlexkitError(f"{how}; go on from best.pt: alexkit train --resume {word(path / 'best.pt')}")
+        if not found and (path / "config.json").is_file() and _epochs_recorded(path):
+            raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: its checkpoints are gone (its metrics.jsonl "
+                               f"records {counted(_epochs_recorded(path), 'epoch')}), so there is nothing to go on from; "
+                               "train anew with another --out")  # fmt: skip
         if not found and (path / "config.json").is_file():
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "
                                f"{_train_again(path)}")
@@ -294,8 +305,8 @@ def _train_again(run: Path) -> str:
     have named them relative to another working folder, or not at all); where config.json does not
     say, a line to complete."""
     argv, data = recorded(run, "argv"), recorded(run, "config", "data")
-    if not isinstance(argv, list) or "train" not in argv or data is None:
-        return f"train it again with `alexkit train --out {word(run)}` and the flags it had"
+    if not isinstance(argv, list) or "train" not in argv or data is None or any(str(a).startswith("--resume") for a in argv):
+        return f"train it again with `alexkit train --out {word(run)}` and the flags it had"  # (a resume's line has not them)
     args, ddp = [str(a) for a in argv[argv.index("train") + 1 :]], str(recorded(run, "config", "parallel")).startswith("ddp")
     kept, skip = [], False
     for a in args:  # all but --data and --out

@@ -125,6 +125,17 @@ def test_resume_refuses_a_changed_recipe(store, tmp_path):
     (run / "eval.json").write_text("{}")  # as `alexkit eval --json RUN/eval.json` leaves
     with pytest.raises(AlexkitError, match="already holds a run; continue it with --resume"):
         train(TrainConfig(data=store, out=run, epochs=1, **TINY))
+    (run / "eval.json").unlink()
+    (run / "last.pt").unlink()  # removed to save space: a new run must not overwrite best.pt and the metrics
+    with pytest.raises(AlexkitError, match=rf"already holds a run's best.pt; go on from it with --resume {run / 'best.pt'} or"):
+        train(TrainConfig(data=store, out=run, epochs=1, **TINY))
+    (run / "best.pt").unlink()
+    with pytest.raises(AlexkitError, match=r"holds the metrics.jsonl of a run of 1 epoch, whose checkpoints are gone; pick another"):
+        train(TrainConfig(data=store, out=run, epochs=1, **TINY))
+    with pytest.raises(AlexkitError, match=r"has no last.pt: its checkpoints are gone \(its metrics.jsonl records 1 epoch\), "
+                                           "so there is nothing to go on from"):  # not "stopped before its first epoch ended"
+        train(TrainConfig(resume=run, epochs=2))
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_a_new_run_goes_only_into_a_folder_of_no_other_files(store, tmp_path):
