@@ -37,9 +37,9 @@ def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
     """last.pt, and best.pt when is_best, each written atomically (write_atomic: fsync, rename);
     serialized once. best.pt first, last.pt a copy of it: a kill in between leaves last.pt one
     epoch behind, which the resume trains again, never a best.pt behind the best epoch. Ctrl-C and
-    SIGTERM wait for the end of the save (_held)."""
+    SIGTERM wait for the end of the save (held)."""
     first = path / ("best.pt" if is_best else "last.pt")
-    with _held(signal.SIGINT, signal.SIGTERM):
+    with held(signal.SIGINT, signal.SIGTERM):
         write_atomic(first, lambda f: torch.save(ckpt, f))
         if is_best:
             with open(first, "rb") as best:
@@ -47,11 +47,12 @@ def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
 
 
 @contextlib.contextmanager
-def _held(*signals: int):
+def held(*signals: int):
     """The block runs to its end, and `signals` that came meanwhile are raised after it. A
     KeyboardInterrupt inside torch.save leaves its zip writer half done, and torch then raises a
     RuntimeError of its own ("unexpected pos ...") in place of the interrupt: the run would stop with
-    that error, and without saying how to go on. Only the main thread can hold signals."""
+    that error, and without saying how to go on. Only the main thread can hold signals. Nested, the
+    inner block's signals are held on to the end of the outer one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

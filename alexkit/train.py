@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import math
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexkit import ranges
-from alexkit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
+from alexkit.checkpoints import CHECKPOINT_FORMAT, held, read_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
 from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
 from alexkit.launcher import launched, under_torchrun
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
@@ -362,11 +363,12 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         metrics.append(row)
         if placement.is_main:  # saved, then said: a summary that cannot be printed (a closed pipe) loses no epoch
             is_best = val_top1 <= min(m["val_top1_err"] for m in metrics)
-            save_checkpoint(run_dir, dict(
-                format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
-                optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
-                config=_config_dict(cfg), metrics=metrics, rng=rng_state(), world_size=world), is_best)  # fmt: skip
-            write_metrics(run_dir, metrics)
+            with held(signal.SIGINT, signal.SIGTERM):  # the checkpoint and its metrics line, never one without the other
+                save_checkpoint(run_dir, dict(
+                    format_version=CHECKPOINT_FORMAT, model=alexnet_state_dict(net), model_args=dict(model.args),
+                    optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
+                    config=_config_dict(cfg), metrics=metrics, rng=rng_state(), world_size=world), is_best)  # fmt: skip
+                write_metrics(run_dir, metrics)
             say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1, classes=model.args["num_classes"]))
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")

@@ -225,3 +225,11 @@ def test_ctrl_c_during_a_checkpoint_save_comes_after_it(tmp_path, monkeypatch):
     for name in ("best.pt", "last.pt"):  # both whole
         assert torch.equal(checkpoints.read_checkpoint(tmp_path / name)["w"], ckpt["w"])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # train holds the save and the epoch's metrics line together: a Ctrl-C in the save waits for both
+    monkeypatch.setattr(checkpoints.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoints.held(signal.SIGINT, signal.SIGTERM):
+            checkpoints.save_checkpoint(tmp_path, {**ckpt, "epoch": 2}, is_best=False)
+            runs.write_metrics(tmp_path, [{"epoch": 1}, {"epoch": 2}])
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
