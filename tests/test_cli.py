@@ -589,3 +589,16 @@ def test_a_pools_workers_end_quietly_on_its_terminate():
     """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("args", [["train", "--out", ""], ["train", "--data="], ["train", "--resume", "", "--epochs", "2"],
+                                  ["eval", "--checkpoint", ""], ["predict", "x.jpg", "--data", ""], ["plot", "--out", ""]])
+def test_an_empty_option_value_is_refused_not_taken_for_the_current_folder(args, tmp_path):
+    """Typer makes "" the current folder: `train --out $UNSET` would write a run among the working
+    folder's files, `--resume ''` resume whatever run is there."""
+    r = run(*args, cwd=tmp_path)
+    flag = next(a for a in args if a.startswith("--")).rstrip("=")
+    assert r.returncode == 2 and r.stderr == (f"error: {flag} '': an empty value (an unset shell variable?); give a value "
+                                              f"or drop the flag; see alexkit {args[0]} -h\n"), r.stderr
+    assert list(tmp_path.iterdir()) == []
+

@@ -1283,7 +1283,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
 def test_empty_paths_are_refused(tmp_path):
     """Typer makes "" the current folder: `--out ""` would scatter the store's files there."""
     src = _sample_tree(tmp_path / "src", 2)
-    for args, start in (([str(src), "--out", ""], 'error: --out "" names no folder'),
+    for args, start in (([str(src), "--out", ""], "error: --out '': an empty value (an unset shell variable?)"),
                         (["", "--out", str(tmp_path / "store")], 'error: SRC "" names no folder')):
         r = _cli(*args, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.startswith(start) and r.stderr.count("\n") == 1, r.stderr

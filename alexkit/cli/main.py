@@ -42,6 +42,7 @@ class _Flagged:
         return params
 
     def parse_args(self, ctx, args):
+        _refuse_empty_values(self.get_params(ctx), args, ctx.command_path)
         try:
             rest = super().parse_args(ctx, args)
         except typer.TyperException as exc:
@@ -50,6 +51,20 @@ class _Flagged:
             raise
         ctx.params = {name: _home(value) for name, value in ctx.params.items()}
         return rest
+
+
+def _refuse_empty_values(params, args: list[str], command: str) -> None:
+    """An option given an empty value (`--out ""`, `--data=$UNSET`) is refused: as a path, typer would
+    take it for the current folder, and a run, a store or an output would land there."""
+    takes_value = {opt for p in params if p.param_type_name == "option" and not getattr(p, "is_flag", False) for opt in p.opts}
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return
+        name, eq, value = arg.partition("=")
+        given = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+        if name in takes_value and given == "":
+            raise AlexkitError(f"{name} '': an empty value (an unset shell variable?); give a value or drop the flag; "
+                               f"see {command} -h")  # fmt: skip
 
 
 def _home(value):
