@@ -252,6 +252,10 @@ def _usable_store(cfg: TrainConfig):
     if store.crop < MIN_INPUT_SIZE:
         raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
                            f"prepare one with --size {size_for_crop(MIN_INPUT_SIZE)} or more")  # fmt: skip
+    out = Path(cfg.out).resolve() if cfg.out is not None else None
+    if out is not None and out != store.path.resolve() and out.is_relative_to(store.path.resolve()):
+        raise AlexkitError(f"--out {cfg.out} is inside the store {store.path}, which `alexkit prepare --force` replaces (and "
+                           "a store is removed whole to prepare it again): pick a folder outside it")  # fmt: skip
     return store
 
 

@@ -144,6 +144,8 @@ def test_a_new_run_goes_only_into_a_folder_of_no_other_files(store, tmp_path):
     before = sorted(p.name for p in store.iterdir())
     with pytest.raises(AlexkitError, match=rf"^--out {store} holds what is not a run's \(manifest.json, train.beton, train.done.json and \d+ others\); pick a new or empty folder$"):
         train(TrainConfig(data=store, out=store, epochs=1, **TINY))
+    with pytest.raises(AlexkitError, match=rf"^--out {store / 'runs' / 'r'} is inside the store {store}, which `alexkit prepare --force` replaces"):
+        train(TrainConfig(data=store, out=store / "runs" / "r", epochs=1, **TINY))
     assert sorted(p.name for p in store.iterdir()) == before
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("")
