@@ -352,7 +352,10 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         loss_sum, correct, seen_all = totals.tolist()
         train_loss, train_err = loss_sum / seen_all, error_rate(correct, seen_all)
         if not math.isfinite(train_loss):
-            raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr or use --init sturdy")
+            if epoch == 0:
+                raise AlexkitError(f"the training loss became {train_loss} in epoch 1; lower --lr or use --init sturdy")
+            raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; last.pt keeps epoch {epoch}, "
+                               "but a run goes on only with its own --lr: train anew with a lower --lr")  # fmt: skip
         with Ticks(mode=mode) as ticks:  # shown once validation lasts 2 s: ImageNet's on a CPU, not the demo's
             def validated(n: int) -> None:  # n: this process's images; all processes go at about the same pace
                 ticks(f"validation {epoch + 1}/{cfg.epochs}", min(n * world, val_n), val_n, "images")

@@ -1056,3 +1056,17 @@ def test_how_to_go_on_after_a_stop_names_torchrun_for_a_ddp_run(tmp_path):
     for parallel in ("ddp", "ddp-columns"):
         assert how_to_go_on(parallel, run) == ("continue with torchrun started as this job was, running "
                                                f"`-m alexkit train --resume '{run}'`")  # fmt: skip
+
+
+def test_a_diverging_run_stops_with_a_line_that_says_what_can_be_done(store, tmp_path):
+    """In epoch 1: a lower --lr or the sturdy init. Later (here a resumed run whose weights went NaN):
+    the run keeps its last epoch but cannot go on with another --lr, so the line says to train anew."""
+    with pytest.raises(AlexkitError, match=r"^the training loss became (nan|inf) in epoch 1; lower --lr or use --init sturdy$"):
+        train(TrainConfig(data=store, out=tmp_path / "a", epochs=1, **{**TINY, "lr": 1e6}))
+    run = train(TrainConfig(data=store, out=tmp_path / "b", epochs=1, **TINY))
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["model"]["fc8.weight"][0, 0] = float("nan")
+    torch.save(ckpt, run / "last.pt")
+    with pytest.raises(AlexkitError, match=r"in epoch 2; last.pt keeps epoch 1, but a run goes on only with its own --lr: "
+                                           "train anew with a lower --lr$"):  # fmt: skip
+        train(TrainConfig(resume=run, epochs=2))
