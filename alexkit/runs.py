@@ -149,7 +149,8 @@ def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
             versions[package] = None
     versions["torch"] = torch.__version__  # with its build tag (+cpu, +cu130): the metadata of PyPI's CUDA wheels has none
     versions["cuda"] = torch.version.cuda  # None for a CPU build
-    config = dict(config, versions=versions, python=sys.version.split()[0], git_commit=_git_commit(), argv=sys.argv)
+    config = dict(config, versions=versions, python=sys.version.split()[0], git_commit=_git_commit(), argv=sys.argv,
+                  store_settings=store.manifest.get("settings"))  # fmt: skip
     write_atomic(path / "config.json", json.dumps(config, indent=2) + "\n")
     for name in (STATS, CLASSES):  # a resumed run's were checked equal (check_same_store)
         write_atomic(path / name, (store.path / name).read_bytes())
@@ -204,6 +205,11 @@ def check_same_store(run: Path, store, ckpt_path: Path, model_args: dict) -> Non
         mean = Stats.load(run / STATS).mean_image
         if mean.shape != store.stats.mean_image.shape or np.abs(mean - store.stats.mean_image).max() > 0.01:
             raise AlexkitError(f"store {store.path} has another mean image than {run / STATS}; {fix}")
+    was, now = recorded(run, "store_settings"), store.manifest.get("settings")
+    if isinstance(was, dict) and isinstance(now, dict) and was != now and talks():  # same images, stored otherwise
+        changed = ", ".join(f"{k} {now.get(k)} where the run's had {was.get(k)}" for k in sorted({*was, *now}) if was.get(k) != now.get(k))
+        print(f"note: store {store.path} holds the run's images stored otherwise ({changed}): what follows sees other "
+              "pixels than the run has so far", file=sys.stderr)  # fmt: skip
 
 
 def moved_store(named: str, run: Path) -> Path | None:

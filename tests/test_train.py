@@ -1070,3 +1070,19 @@ def test_a_diverging_run_stops_with_a_line_that_says_what_can_be_done(store, tmp
     with pytest.raises(AlexkitError, match=r"in epoch 2; last.pt keeps epoch 1, but a run goes on only with its own --lr: "
                                            "train anew with a lower --lr$"):  # fmt: skip
         train(TrainConfig(resume=run, epochs=2))
+
+
+def test_a_resume_on_the_store_prepared_otherwise_says_so(store, tmp_path, capsys):
+    """Same images, mean and classes, but another --quality or --format: the resume goes on (it is
+    the run's data), with a note that its epochs now see other pixels."""
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    assert json.loads((run / "config.json").read_text())["store_settings"]["quality"] == 90
+    other = tmp_path / "store-q50"
+    shutil.copytree(store, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["settings"]["quality"] = 50  # as `alexkit prepare --quality 50` records it
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    train(TrainConfig(resume=run, data=other, epochs=2))
+    assert (f"note: store {other} holds the run's images stored otherwise (quality 50 where the run's had 90): what "
+            "follows sees other pixels than the run has so far") in capsys.readouterr().err
