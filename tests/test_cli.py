@@ -43,7 +43,7 @@ def test_unknown_command_and_option_exit_2():
 USAGE_ERRORS = [  # (arguments, the command whose help the line points at, what the line says)
     (["train", "--epochs", "abc"], "alexkit train", "--epochs 'abc': input should be a valid integer"),
     (["train", "--seed", "1.5"], "alexkit train", "--seed '1.5': input should be a valid integer"),
-    (["train", "--lr", ""], "alexkit train", "--lr '': input should be a valid number"),
+    (["train", "--lr", ""], "alexkit train", "--lr '': an empty value (an unset shell variable?)"),
     (["train", "--no-such-flag"], "alexkit train", "no such option: --no-such-flag"),
     (["train", "--epochs"], "alexkit train", "option '--epochs' requires an argument"),
     (["predict"], "alexkit predict", "missing argument 'IMAGE'"),
