@@ -92,6 +92,10 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
             except OSError as exc:  # --out under a file, a folder this user cannot write in; last.pt gone meanwhile
                 fix = "check it and resume again" if ckpt else "choose another --out"
                 error = refused(exc, fix, run_dir)
+            except BaseException:  # Ctrl-C or SIGTERM while claiming: a folder made for this run goes, as below
+                if fresh and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".train.lock"}:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
         agree(error)
         try:
             yield

@@ -70,6 +70,21 @@ def test_a_new_run_that_lost_the_race_for_an_empty_folder_leaves_the_winners_fol
     assert (run / "config.json").is_file()
 
 
+def test_a_ctrl_c_while_a_new_run_claims_its_folder_leaves_no_folder(tmp_path, monkeypatch):
+    """Between making the folder (and its lock file) and the first run file, a Ctrl-C used to leave a
+    folder of only .train.lock behind."""
+    run = tmp_path / "run"
+
+    def interrupted(run_dir):
+        raise KeyboardInterrupt  # as if Ctrl-C came while the folder was being claimed
+
+    monkeypatch.setattr(runs, "_mend", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with runs.claim_run(run, True, None):
+            pass
+    assert not run.exists()
+
+
 def test_a_checkpoint_of_another_format_version_is_refused_by_name(tmp_path):
     """A checkpoint of a later (or no) format_version, model_args and all, is one line naming the
     version found, not loaded as if its layout were this version's."""
