@@ -687,6 +687,11 @@ def test_a_finished_store_that_lost_a_file_is_mended_by_its_own_prepare_line(tmp
         assert Store(out).check("train", "val").stats.mean_image.shape == (SIZE, SIZE, 3)
     assert (out / "val.beton").stat().st_mtime_ns == val_stat.st_mtime_ns  # kept, not rebuilt
     (out / "val.beton").unlink()
+    from alexkit.pipeline.prepare import _finished
+
+    capsys.readouterr()  # a store that cannot be written (read-only): not finished, and no promise to write it
+    assert _finished(out, src.resolve(), PrepareConfig(src=src, out=out, size=SIZE).settings()) is False
+    assert capsys.readouterr().out == ""
     _run(src, out)
     assert len(Store(out).split("val")) == 12 and "nothing to do" not in capsys.readouterr().out
 

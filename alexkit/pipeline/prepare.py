@@ -172,9 +172,10 @@ def _finished_as_asked(cfg: PrepareConfig, out: Path, src: Path) -> bool:
         return False
 
 
-def _finished(out: Path, src: Path, settings: dict) -> bool:
+def _finished(out: Path, src: Path, settings: dict, writing: bool = False) -> bool:
     """True, and says so, where `out` holds a finished store of `src` with these settings; an error
-    where it holds a finished store of something else; False where it holds none (work to do)."""
+    where it holds a finished store of something else; False where it holds none (work to do), or
+    one that lost a file (said when `writing`: this run will write it again)."""
     finished = read_json(out / MANIFEST)
     if not isinstance(finished, dict):
         return False
@@ -186,9 +187,10 @@ def _finished(out: Path, src: Path, settings: dict) -> bool:
             f"pass --force to replace it, or choose another --out"
         )
     lost = [name for name in (STATS, CLASSES, *(f"{n}.beton" for n in finished.get("splits", {}))) if not (out / name).is_file()]
-    if lost:  # removed by hand since: written again, keeping the splits that are whole
+    if lost and writing:  # removed by hand since: written again, keeping the splits that are whole
         print(f"{out} holds a finished store of {src} with these settings but has lost {', '.join(lost)}; writing "
               "what is missing", flush=True)  # fmt: skip
+    if lost:
         return False
     print(f"{out} already holds a finished store of {src} with these settings; nothing to do (if {src} "
           "has changed since, --force rebuilds it)")  # the source is not scanned again
@@ -215,7 +217,7 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
     if not cfg.force and staging.is_dir():
         warn(f"{staging} holds an `alexkit prepare --force` rebuild that has not replaced the store; run that command "
              "again to finish it, or remove the folder to free its space")  # fmt: skip
-    if not cfg.force and _finished(out, src, settings):
+    if not cfg.force and _finished(out, src, settings, writing=True):
         return out
     if cfg.force and (staging.is_dir() or any((out / name).exists() for name in STORE_FILES)):
         return _rebuild(cfg, src, out, lock)
