@@ -51,6 +51,9 @@ def _show_batch(cfg: ShowBatchConfig) -> list[Path]:
     names = [c["name"] for c in store.classes]
     store.check("train", "val")
     _check_val_index(store, cfg.val_index)  # before the first picture is written
+    if Path(cfg.out).resolve().is_relative_to(store.path.resolve()):  # as eval's outputs and train's --out
+        raise AlexkitError(f"--out {cfg.out} is in the folder of the store {store.path}, whose files are prepare's; "
+                           "name a folder outside it")  # fmt: skip
     made = not cfg.out.exists()
     cfg.out.mkdir(parents=True, exist_ok=True)
     try:

@@ -87,6 +87,9 @@ def test_show_batch_bad_index(store, tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(AlexkitError, match="is a file; name a folder"):
         ShowBatchConfig(out=tmp_path / "a-file")
+    with pytest.raises(AlexkitError, match=r"--out .*pictures is in the folder of the store .*; name a folder outside it"):
+        show_batch(ShowBatchConfig(data=store.path, out=store.path / "pictures"))
+    assert not (store.path / "pictures").exists()
 
 
 def test_show_batch_that_cannot_write_leaves_no_folder(store, tmp_path, monkeypatch):
