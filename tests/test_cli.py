@@ -602,3 +602,29 @@ def test_an_empty_option_value_is_refused_not_taken_for_the_current_folder(args,
                                               f"or drop the flag; see alexkit {args[0]} -h\n"), r.stderr
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_an_error_after_a_ctrl_c_is_the_ctrl_cs_doing(monkeypatch, capsys):
+    """A Ctrl-C inside an import (numba importing scipy, say) can leave a module half made; what uses
+    it next fails in its own way (numpy raised RecursionError: 'error: RecursionError', exit 1). Once a
+    Ctrl-C has come, any such error ends the command as the Ctrl-C does: "interrupted", exit 130."""
+    import signal
+
+    import alexkit.cli.main as cli
+
+    def half_imported(**kw):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C, taken by the handler main() sets...
+
+    def app(**kw):
+        try:
+            half_imported()
+        except KeyboardInterrupt:  # ...swallowed inside the import, as happens there
+            pass
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli, "_INTERRUPTED", [])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train"])
+    assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

@@ -192,16 +192,23 @@ def _sigterm_as_ctrl_c():
         _TERMINATED.append(signum)  # typer may turn the exception into exit code 130 before main() sees it
         raise Terminated()
 
+    def interrupt(signum, frame):  # Python's own, remembered: see _main's last handler
+        _INTERRUPTED.append(signum)
+        raise KeyboardInterrupt
+
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
     previous = signal.signal(signal.SIGTERM, terminate)
+    previous_int = signal.signal(signal.SIGINT, interrupt) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
     _HANDLING.append(True)
     try:
         yield
     finally:
         _HANDLING.pop()
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _sigterm_default_in_child() -> None:
@@ -221,6 +228,7 @@ if hasattr(os, "register_at_fork"):
 
 
 _TERMINATED: list[int] = []  # SIGTERMs taken while main() ran
+_INTERRUPTED: list[int] = []  # Ctrl-Cs taken while main() ran
 
 
 def _stopped(exc: BaseException | None) -> int:
@@ -264,6 +272,8 @@ def _main(argv: list[str] | None) -> None:
         print(f"error: {said}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
+        if _INTERRUPTED or _TERMINATED:  # a Ctrl-C inside an import can leave a module half made, and what uses
+            sys.exit(_stopped(None))  # it then fails in its own way (numpy: a RecursionError): the Ctrl-C's doing
         if debug:
             raise
         if isinstance(exc, typer.Abort) and exc.__cause__ is not None:  # click's wrapping of an EOFError
