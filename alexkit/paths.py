@@ -149,6 +149,15 @@ def shared_reader(lock: Path, busy: str, wait_s: float = 5.0):
         yield f
 
 
+def expand_home(path: str | Path) -> Path:
+    """`path` with a leading `~` or `~user` expanded, as the shell does; `~nosuchuser` (or no home)
+    left as it is, as the shell leaves it, for the error about a missing path to name."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory"
+        return Path(path)
+
+
 def check_output(path: Path, flag: str) -> None:
     """A file that `flag` names, to be written later: refused now, before any work, if it is a folder,
     or its folder does not exist or cannot be written (permissions, a read-only file system)."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from alexkit.datasets.layouts import IMAGE_EXTENSIONS
 from alexkit.errors import AlexkitError
-from alexkit.paths import word
+from alexkit.paths import expand_home, word
 from alexkit.ranges import AT_LEAST_1, check_ranges
 
 
@@ -39,7 +39,7 @@ class PredictConfig:
             raise AlexkitError("no images given; pass image files or folders: alexkit predict IMAGE...")
         if any(str(image) == "" for image in self.images):  # Path("") is the current folder: most likely an unset variable
             raise AlexkitError("an image path is empty (an unset shell variable?); pass image files or folders")
-        object.__setattr__(self, "images", tuple(_expanded(Path(image)) for image in self.images))
+        object.__setattr__(self, "images", tuple(expand_home(image) for image in self.images))
         check_ranges(("--top", self.top_k, AT_LEAST_1), ("--batch-size", self.batch_size, AT_LEAST_1))
         from alexkit.model.placement import check_device
 
@@ -123,14 +123,6 @@ def list_images(paths) -> list[Path]:
         else:
             raise AlexkitError(f"image {p} does not exist; pass image files or folders")
     return files
-
-
-def _expanded(path: Path) -> Path:
-    """`~` expanded, as the shell does (the CLI passes the images as text); `~nosuchuser` left as it is."""
-    try:
-        return path.expanduser()
-    except RuntimeError:
-        return path
 
 
 def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[np.ndarray, list[dict], str]:

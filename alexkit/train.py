@@ -36,7 +36,7 @@ from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
 from alexkit.model.placement import setup, teardown
-from alexkit.paths import DEFAULT_STORE, word
+from alexkit.paths import DEFAULT_STORE, expand_home, word
 from alexkit.pipeline.constants import size_for_crop
 from alexkit.progress import Progress, Ticks, counted
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
@@ -80,7 +80,7 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("data", "out", "resume"):
             if getattr(self, name) is not None:
-                object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
+                object.__setattr__(self, name, expand_home(getattr(self, name)))
         object.__setattr__(self, "data", self.data.resolve())  # so that eval finds it from anywhere
         ranges.check_ranges(*((f"--{name.replace('_', '-')}", getattr(self, name), allowed)
                                for name, allowed in ranges.TRAIN.items()))  # fmt: skip

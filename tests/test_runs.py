@@ -204,6 +204,14 @@ def test_home_leaves_an_unknown_user_alone():
 
     assert _home(Path("~no_such_user_x/a")) == Path("~no_such_user_x/a")
     assert _home([Path("~/a"), "text"]) == [Path("~/a").expanduser(), "text"]
+    # the configs that expand paths given as text, or from Python, do the same (they raised RuntimeError)
+    from alexkit.pipeline.prepare import PrepareConfig
+    from alexkit.predict import PredictConfig
+    from alexkit.train import TrainConfig
+
+    assert PrepareConfig(src="~no_such_user_x/src", out="~no_such_user_x/o").src == Path("~no_such_user_x/src")
+    assert TrainConfig(data=Path("~no_such_user_x/s"), device="cpu").data == Path("~no_such_user_x/s").absolute()
+    assert PredictConfig(images=("~no_such_user_x/i.jpg",), device="cpu").images == (Path("~no_such_user_x/i.jpg"),)
 
 
 def test_only_rank_0_talks(monkeypatch):

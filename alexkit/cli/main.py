@@ -24,6 +24,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from alexkit.errors import AlexkitError, alike, refused
+from alexkit.paths import expand_home
 from alexkit.launcher import first_on_node, started
 
 MIN_COLUMNS = 80  # narrower, rich would cut words in help and tables to a letter or two: the terminal wraps lines instead
@@ -74,12 +75,7 @@ def _home(value):
     their paths as text, and expand them themselves. `~nosuchuser` stays as it is, as in the shell."""
     if isinstance(value, (list, tuple)):
         return type(value)(map(_home, value))
-    if not isinstance(value, Path):
-        return value
-    try:
-        return value.expanduser()
-    except RuntimeError:  # no such user, or no home
-        return value
+    return expand_home(value) if isinstance(value, Path) else value
 
 
 class Command(_Flagged, TyperCommand):

@@ -30,7 +30,7 @@ from pathlib import Path
 from alexkit.datasets import devkit as dk
 from alexkit.datasets.tars import Tick, index_class_tars, index_flat_tar
 from alexkit.errors import AlexkitError
-from alexkit.paths import word
+from alexkit.paths import expand_home, word
 from alexkit.progress import counted
 
 LAYOUTS = ("class-folders", "official-extracted", "official-tars", "kaggle")
@@ -102,7 +102,7 @@ def _quiet(what: str, done: int, total: int, unit: str) -> None:
 def find_dataset(src: Path, tick: Tick = _quiet) -> Dataset:
     """Detect the layout of `src` and list its images, labels and classes. `tick(what, done, total,
     unit)` hears of the long parts as they go (class folders listed; megabytes of a tar indexed)."""
-    src = Path(src).expanduser().absolute()
+    src = expand_home(src).absolute()
     if not src.exists():
         raise AlexkitError(
             f"{src} does not exist; pass the folder that holds your ImageNet (or run `alexkit sample DIR`)"

@@ -45,7 +45,7 @@ from typing import Literal
 
 from alexkit.errors import AlexkitError, PathRefused, refused
 from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, check_folder, held_by_another, only_writer
-from alexkit.paths import usable_cores, word
+from alexkit.paths import expand_home, usable_cores, word
 from alexkit.pipeline import imageops
 from alexkit.pipeline.build import build, summary, warn
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE
@@ -75,8 +75,8 @@ class PrepareConfig:
         if str(self.out) == "":
             raise AlexkitError(f'--out "" names no folder (it would be the current one); pass the store\'s folder, e.g. '
                                f"--out {DEFAULT_STORE}")  # fmt: skip
-        object.__setattr__(self, "src", Path(self.src).expanduser())
-        object.__setattr__(self, "out", Path(self.out).expanduser())
+        object.__setattr__(self, "src", expand_home(self.src))
+        object.__setattr__(self, "out", expand_home(self.out))
         if self.format not in FORMATS:
             raise AlexkitError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
         if not MIN_SIZE <= self.size <= MAX_SIZE:
