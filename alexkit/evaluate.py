@@ -165,9 +165,6 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
 
     def open_store():
         store = Store(store_path).check("val")  # in every process, before the loader
-        if len(store.split("val")) == 0:  # every val file was skipped: nothing to score
-            raise AlexkitError(f"{store.path / 'val.beton'} holds no images; run `alexkit prepare` on a source with "
-                               "validation images")  # fmt: skip
         check_same_store(ckpt_path.parent, store, ckpt_path, model.args)  # against the run's copies, where it has them
         return store
 

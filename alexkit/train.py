@@ -292,8 +292,6 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                   dtype=torch.bfloat16 if amp else torch.float32, channels_last=channels_last)  # fmt: skip
     train_loader = make_loader(store, "train", mode="train", batch_size=per_rank, drop_last=True, **common)
     val_loader = make_loader(store, "val", mode="center", batch_size=per_rank, drop_last=False, **common)
-    if len(val_loader.reader) == 0:  # found now, not after a whole epoch
-        raise AlexkitError(f"{val_loader.reader.path} holds no images; run `alexkit prepare` on a source with validation images")
     mode = cfg.progress if placement.is_main else "none"  # rank 0 alone talks to the terminal; "none": no bars
 
     def say(text: str) -> None:

@@ -189,9 +189,11 @@ class Store:
         return self._splits[name]
 
     def check(self, *splits: str) -> "Store":
-        """Read now what a stage will read (statistics, classes, these splits): a damaged or missing
-        part is said before any work."""
+        """Read now what a stage will read (statistics, classes, these splits): a damaged, missing or
+        empty part (every file of a split skipped) is said before any work."""
         self.stats, self.classes
         for name in splits:
-            self.split(name)
+            if len(self.split(name)) == 0:
+                images = "validation" if name == "val" else "training"
+                raise AlexkitError(f"{self.split(name).path} holds no images; run `alexkit prepare` on a source with {images} images")
         return self
