@@ -31,6 +31,7 @@ from torch import nn
 from alexkit import ranges
 from alexkit.checkpoints import CHECKPOINT_FORMAT, held, read_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
 from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
+from alexkit.evaluate import TOP_K
 from alexkit.launcher import launched, under_torchrun
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
@@ -403,7 +404,7 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device,
     for images, labels, _ in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(images)  # (N, num_classes)
-        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]  # (N, 5)
+        hits = logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices == labels[:, None]  # (N, 5)
         counts += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(labels.numel(), device=device)])
         done += labels.numel()
         if seen is not None:

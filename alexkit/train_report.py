@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from alexkit.evaluate import TOP_K
 from alexkit.model.placement import Placement
 from alexkit.progress import duration
 
@@ -75,7 +76,7 @@ def summary(row: dict, epochs_left: int, classes: int) -> str:
     left = ""
     if epochs_left > 0:
         left = f" | {epochs_left} epoch{'s' * (epochs_left != 1)} to go at most, {duration(row['seconds'] * epochs_left)}"
-    top5 = f" top-5 err {row['val_top5_err']:.1%}" if classes > 5 else ""
+    top5 = f" top-5 err {row['val_top5_err']:.1%}" if classes > TOP_K else ""  # as eval's report
     return (f"epoch {row['epoch']}: lr {row['lr']:.2g} train loss {row['train_loss']:.3f} "
             f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%}{top5} "
             f"| {row['images_per_s']:,.0f} images/s, data wait {row['data_wait']:.0%}, {duration(row['seconds'])}{left}")  # fmt: skip
