@@ -72,11 +72,13 @@ class EvalConfig:
         """Refuse output files that would overwrite what eval reads or what `train` writes: a file in
         the store's folder (or below it) or another store's, the checkpoint, a run file's name beside it or
         in another run, or any other existing checkpoint or store file."""
+        from alexkit.pipeline.store import in_store
+
         for path, flag in ((self.json_path, "--json"), (self.predictions_path, "--predictions")):
             if path is None:
                 continue
             target = Path(path).resolve()
-            if target.is_relative_to(store_path.resolve()):
+            if in_store(store_path, target):
                 what = f"is in the folder of the store {store_path}"
             elif (target.parent / "manifest.json").is_file() and (target.parent / "classes.json").is_file():
                 what = f"is in the folder of the store {target.parent}"  # another store's: its files are prepare's

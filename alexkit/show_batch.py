@@ -45,13 +45,13 @@ def show_batch(cfg: ShowBatchConfig) -> list[Path]:
 
 
 def _show_batch(cfg: ShowBatchConfig) -> list[Path]:
-    from alexkit.pipeline.store import Store
+    from alexkit.pipeline.store import Store, in_store
 
     store = Store(cfg.data)
     names = [c["name"] for c in store.classes]
     store.check("train", "val")
     _check_val_index(store, cfg.val_index)  # before the first picture is written
-    if Path(cfg.out).resolve().is_relative_to(store.path.resolve()):  # as eval's outputs and train's --out
+    if in_store(store.path, cfg.out):  # as eval's outputs and train's --out
         raise AlexkitError(f"--out {cfg.out} is in the folder of the store {store.path}, whose files are prepare's; "
                            "name a folder outside it")  # fmt: skip
     made = not cfg.out.exists()

@@ -244,7 +244,7 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
 
 
 def _usable_store(cfg: TrainConfig):
-    from alexkit.pipeline.store import Store
+    from alexkit.pipeline.store import Store, in_store
 
     if cfg.resume is not None and not Path(cfg.data).is_dir():
         raise AlexkitError(f"store {cfg.data} does not exist; pass --data with where the store that {cfg.resume} was "
@@ -253,9 +253,8 @@ def _usable_store(cfg: TrainConfig):
     if store.crop < MIN_INPUT_SIZE:
         raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
                            f"prepare one with --size {size_for_crop(MIN_INPUT_SIZE)} or more")  # fmt: skip
-    out = Path(cfg.out).resolve() if cfg.out is not None else None
-    if out is not None and out != store.path.resolve() and out.is_relative_to(store.path.resolve()):
-        raise AlexkitError(f"--out {cfg.out} is inside the store {store.path}, which `alexkit prepare --force` replaces (and "
+    if cfg.out is not None and in_store(store.path, cfg.out):
+        raise AlexkitError(f"--out {cfg.out} is in the folder of the store {store.path}, which `alexkit prepare --force` replaces (and "
                            "a store is removed whole to prepare it again): pick a folder outside it")  # fmt: skip
     return store
 

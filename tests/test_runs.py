@@ -130,6 +130,10 @@ def test_a_folder_a_run_left_before_its_first_epoch_ended_takes_a_new_run(tmp_pa
     (tmp_path / "todo.txt").write_text("")
     with pytest.raises(AlexkitError, match=r"holds what is not a run's \(todo.txt\); pick a new or empty folder"):
         _check_only_runs_files(tmp_path)
+    for name in ("a.txt", "b.txt", ".hidden"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(AlexkitError, match=r"holds what is not a run's \(a.txt, b.txt, todo.txt and 1 other\); pick"):
+        _check_only_runs_files(tmp_path)
 
 
 @pytest.mark.parametrize("argv, parallel, said", [

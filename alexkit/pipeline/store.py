@@ -119,6 +119,12 @@ def _fix(path: Path) -> str:
     return "copy it again from the store it came from (a run keeps copies of its store's files)"
 
 
+def in_store(store: Path, path) -> bool:
+    """Whether `path` is the folder of the store `store` or lies below it: a place for prepare's files
+    only (a --force rebuild replaces the folder whole), never for another command's outputs."""
+    return Path(path).resolve().is_relative_to(Path(store).resolve())
+
+
 def reading(path: Path):
     """Hold the store at `path` against `alexkit prepare` (a --force rebuild would replace its files
     under a days-long training) while the block runs; refused while a prepare writes it."""
