@@ -77,18 +77,22 @@ def test_help_and_doctor_stay_readable_in_a_narrow_terminal():
 
 def test_flags_show_no_metavar_and_choices_no_type_name():
     """`--tta true` is a usage error: the help must not show a flag taking a <bool>; an option of a few
-    words shows them or a name, not <str>; the usage line writes arguments as README.md does."""
+    words shows them or a name, not <str>; an argument's row says <path>, not <list[str]>; the usage
+    line writes arguments as README.md does."""
     usage = {"prepare": "[OPTIONS] SRC", "predict": "[OPTIONS] IMAGE...", "plot": "[OPTIONS] [RUN...]", "train": "[OPTIONS]"}
     for args in (["--help"], ["train", "-h"], ["eval", "-h"], ["predict", "-h"], ["prepare", "-h"], ["sample", "-h"],
                  ["plot", "-h"], ["bench", "-h"], ["bench", "loader", "-h"], ["bench", "train", "-h"]):  # fmt: skip
         r = run(*args)
         assert r.returncode == 0 and "--help" in r.stdout, r.stdout
-        assert not re.search(r"<bool>|--[a-z-]+ +<str>|\{[A-Z]+\}|\.\.\.\]?\.\.\.", r.stdout), r.stdout
+        assert not re.search(r"<bool>|<str>|<list\[|\{[A-Z]+\}|\.\.\.\]?\.\.\.", r.stdout), r.stdout
         if args[0] in usage:
             assert f"Usage: alexkit {args[0]} {usage[args[0]]}" in r.stdout
     out = run("eval", "-h").stdout
     assert re.search(r"--tta +The paper's ten views", out) and re.search(r"--batch-size +<int> +Images per batch and process", out), out
     assert re.search(r"--format +jpg\|raw ", run("prepare", "-h").stdout)
+    for command, row in (("prepare", r"\* +SRC +<path> +Dataset folder"), ("predict", r"\* +IMAGE +<path>\.\.\. +Image files"),
+                         ("plot", r"RUN +<path>\.\.\. +Run directories")):  # fmt: skip
+        assert re.search(row, run(command, "-h").stdout), command
 
 
 def test_every_option_says_what_it_does():

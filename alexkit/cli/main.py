@@ -11,6 +11,7 @@ handling of EPIPE, which it keeps with standalone_mode=False too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -32,14 +33,16 @@ MIN_COLUMNS = 80  # narrower, rich would cut words in help and tables to a lette
 
 class _Flagged:
     """What alexkit's commands and groups add to typer's: flags shown without a metavar (a flag takes
-    no value, and `--tta true` is an error), every usage error knowing its command, and a `~` at
-    the start of every path expanded, as the shell does (see _home)."""
+    no value, and `--tta true` is an error), arguments shown as the paths they are, every usage error
+    knowing its command, and a `~` at the start of every path expanded, as the shell does (see _home)."""
 
     def get_params(self, ctx):
         params = super().get_params(ctx)
         for param in params:
             if getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""  # typer would show <bool>
+            if param.param_type_name == "argument":
+                param.display_type_rich = functools.partial(_argument_type, param)
         return params
 
     def parse_args(self, ctx, args):
@@ -52,6 +55,12 @@ class _Flagged:
             raise
         ctx.params = {name: _home(value) for name, value in ctx.params.items()}
         return rest
+
+
+def _argument_type(param, ctx) -> str:
+    """<path> or <path>... in an argument's row of -h, where typer writes <str>, <list[str]> or
+    <list[Path]>: every argument of alexkit names files or folders (some are taken as text, see _home)."""
+    return "<path>..." if param.nargs != 1 else "<path>"
 
 
 def _refuse_empty_values(params, args: list[str], command: str) -> None:

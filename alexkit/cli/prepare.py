@@ -12,7 +12,7 @@ def command(
     src: str = typer.Argument(
         ..., metavar="SRC", help="Dataset folder: class folders, the official tars or extracted tree + devkit, or Kaggle's download."
     ),
-    out: str = typer.Option(DEFAULT_STORE, "--out", "-o", metavar="OUT",
+    out: str = typer.Option(DEFAULT_STORE, "--out", "-o", metavar="<path>",
                             help="Store folder to write (train/eval read it): a new or empty folder, or a store."),
     size: int = typer.Option(256, "--size", help="Stored side: shorter side resized to it, centre crop (256: the paper). Range: 16 to 1,024; train needs 42 or more."),
     format: str = typer.Option("jpg", "--format", metavar="jpg|raw", help="jpg (~31 KB per 256 px image: ~40 GB for ImageNet) or raw (192 KB: ~260 GB, no decoding)."),
