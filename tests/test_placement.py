@@ -62,6 +62,21 @@ def test_columns_compute_the_grouped_models_function_and_gradients(kwargs):
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_columns_take_the_models_lrn_settings():
+    """A model whose LRN was changed (the paper's alpha read literally, say) keeps its function in
+    the column layout: the columns copy its settings, not the defaults."""
+    from alexkit.model.lrn import LocalResponseNorm
+
+    torch.manual_seed(0)
+    model = AlexNet(10, **DDP_NET)  # sturdy init: the LRN's settings show in the logits
+    x = torch.randn(2, 3, 63, 63) * 60
+    default = model(x)
+    model.lrn = LocalResponseNorm(size=3, alpha=5e-3, beta=0.5, k=1.0, groups=2)
+    changed = model(x)
+    assert (changed - default).abs().max() > 100 * (changed.abs().max() * 1e-4 + 1e-5)  # far outside the tolerance below
+    torch.testing.assert_close(ColumnAlexNet(model, CPU2)(x), changed, rtol=1e-4, atol=1e-5)
+
+
 def test_the_models_hold_no_buffers():
     """DDP then runs no collective in a forward pass, which lets validation give ranks different
     numbers of batches (place() relies on it)."""

@@ -52,7 +52,8 @@ class ColumnAlexNet(nn.Module):
         self.args, self.pad1, self.devices = dict(model.args), model.pad1, devices
         self.columns = nn.ModuleList(_Column(model, i, devices[i]) for i in range(COLUMNS))
         self.fc8 = _copy(model.fc8, devices[0])
-        self.lrn = LocalResponseNorm(groups=1)  # each column normalises its own channels
+        lrn = model.lrn  # its settings, whatever they are; each column normalises its own channels
+        self.lrn = LocalResponseNorm(lrn.size, lrn.alpha, lrn.beta, lrn.k, groups=1)
         self.pool = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         self.dropout = nn.Dropout(model.args["dropout"])
 
