@@ -3,6 +3,8 @@
     SGD, global batch 128, momentum 0.9, weight decay 5e-4 on weights only (as the authors' code),
     lr 0.01 divided by 10 when validation top-1 error stops improving for `patience` epochs, at most
     3 times, then stop; at most 90 epochs. Optional linear lr scaling (lr * batch / 128) with warm-up.
+    The paper's section 5 writes the update as v <- 0.9 v - 0.0005 lr w - lr dL/dw, w <- w + v;
+    README.md ("Where the paper leaves a choice") says where alexkit's differs and why.
 
 What a run directory holds: alexkit/runs.py; how checkpoints are written and read:
 alexkit/checkpoints.py. Resuming is exact at epoch boundaries with the same number of processes: the
@@ -45,7 +47,7 @@ from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
 from alexkit.resume import check_resumable, flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, world_size_of
 from alexkit.runs import check_same_store, claim_run, find_checkpoint
 from alexkit.runs import run_dir as make_run_dir, write_metrics, write_run_files
-from alexkit.train_report import Rate, flags, most_waited, start_line, summary, timed
+from alexkit.train_report import Rate, flags, most_waited, stall_note, start_line, summary, timed
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
 Auto = Literal["auto", "on", "off"]
@@ -375,6 +377,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                     config=_config_dict(cfg), metrics=metrics, rng=rng_state(), world_size=world), is_best)  # fmt: skip
                 write_metrics(run_dir, metrics)
             say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1, classes=model.args["num_classes"]))
+            stalled = stall_note(train_loss, model.args["num_classes"], cfg.init) if epoch == 0 else None
+            if stalled is not None:
+                say(stalled)
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
 

@@ -3,6 +3,7 @@ the run's first line and each epoch's line (rank 0 prints them; alexkit/train.py
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,6 +81,17 @@ def summary(row: dict, epochs_left: int, classes: int) -> str:
     return (f"epoch {row['epoch']}: lr {row['lr']:.2g} train loss {row['train_loss']:.3f} "
             f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%}{top5} "
             f"| {row['images_per_s']:,.0f} images/s, data wait {row['data_wait']:.0%}, {duration(row['seconds'])}{left}")  # fmt: skip
+
+
+def stall_note(train_loss: float, classes: int, init: str) -> str | None:
+    """After a run's first epoch: a training loss still at chance, ln(classes) or within 1% of it, with
+    the paper's init is the stall that --init sturdy is for (README.md, "The network and the trainer")."""
+    chance = math.log(classes) if classes > 1 else 0.0
+    if init != "paper" or classes < 2 or train_loss < 0.99 * chance:
+        return None
+    return (f"note: the training loss ({train_loss:.3f}) is no better than chance, ln({classes}) = {chance:.3f}, after epoch 1: the paper's "
+            "init leaves narrow nets (--width, --fc-features) there, and the full net with some seeds; if it stays, "
+            "train anew with --init sturdy")  # fmt: skip
 
 
 def flags(amp: bool, channels_last: bool, compiled: bool) -> str:

@@ -87,7 +87,7 @@ def test_width_keeps_both_columns_even():
 
 
 @pytest.mark.parametrize("columns", [1, 2])
-def test_lrn_matches_the_papers_formula(columns):
+def test_lrn_is_the_papers_formula_with_alpha_over_n(columns):
     torch.manual_seed(0)
     a = _activations(torch.randn(3, 12, 5, 4))
     got = local_response_norm(a, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=columns)

@@ -332,12 +332,13 @@ def test_linear_lr_scaling_is_lr_times_batch_over_128(store, tmp_path):
     assert _metrics(run)[0]["lr"] == pytest.approx(0.01 * 32 / 128)
 
 
-def test_best_pt_holds_the_latest_of_equal_epochs(store, tmp_path, monkeypatch):
+def test_best_pt_holds_the_epoch_of_lowest_val_error_the_latest_of_equals(store, tmp_path, monkeypatch):
     import alexkit.train as train_module
 
-    monkeypatch.setattr(train_module, "validate", lambda *args: (0.5, 0.25))  # every epoch ties
-    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=3, patience=10, **TINY))
-    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 3
+    errors = iter([0.6, 0.4, 0.5, 0.4, 0.45])  # top-1 error per epoch: epochs 2 and 4 tie for the lowest
+    monkeypatch.setattr(train_module, "validate", lambda *args: (next(errors), 0.25))
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=5, patience=10, **TINY))
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 4
 
 
 def test_resuming_on_another_number_of_processes_says_it_is_no_longer_exact(store, tmp_path, capsys):
@@ -686,6 +687,21 @@ def test_epoch_lines_say_how_long_the_rest_would_take_at_most():
     assert _summary(dict(row, epoch=89), epochs_left=1, classes=1000).endswith("| 1 epoch to go at most, 7m07s")
     assert _summary(dict(row, epoch=90), epochs_left=0, classes=1000).endswith("images/s, data wait 2%, 7m07s")
     assert "val top-1 err 99.8% | 3,000 images/s" in _summary(row, epochs_left=0, classes=5)
+
+
+def test_a_first_epoch_at_chance_with_the_papers_init_points_to_sturdy(store, tmp_path, capsys):
+    """The paper's init leaves a narrow net's loss at ln(classes): after epoch 1 the run says which
+    flag trains it; a loss below chance, another init, or a later epoch says nothing."""
+    from alexkit.train_report import stall_note
+
+    assert stall_note(6.88, 1000, "paper").startswith("note: the training loss (6.880) is no better than chance, "
+                                                      "ln(1000) = 6.908, after epoch 1")  # fmt: skip
+    assert stall_note(6.80, 1000, "paper") is None and stall_note(6.9, 1000, "sturdy") is None
+    assert stall_note(0.0, 1, "paper") is None  # one class: no chance to compare with
+    train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **dict(TINY, init="paper")))
+    assert "train anew with --init sturdy" in capsys.readouterr().out
+    train(TrainConfig(resume=tmp_path / "run", epochs=2))
+    assert "--init sturdy" not in capsys.readouterr().out
 
 
 def test_cli_trains_and_resumes(store, tmp_path, capsys):

@@ -1,5 +1,8 @@
 """AlexNet as in Krizhevsky, Sutskever & Hinton (2012): two columns, on one device.
 
+Paper sections: 3.5 and Figure 2 (the architecture), 3.1 (ReLU), 3.2 (the two columns), 3.3 (LRN,
+lrn.py), 3.4 (overlapping pooling: 3x3 windows at stride 2), 4.2 (dropout), 5 (initialisation).
+
 The two GPU columns of the paper become groups=2 convolutions (group 0 = column 0's channels
 first) on conv2, conv4 and conv5; conv3, fc6, fc7 and fc8 see both columns; LRN normalises within
 each column. `alexkit.model.placement` puts the columns on two devices instead.
@@ -111,7 +114,7 @@ class AlexNet(nn.Module):
 
 
 def init_weights(model: AlexNet, init: Init) -> None:
-    """'paper': weights N(0, 0.01), bias 1 on conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
+    """'paper' (section 5): weights N(0, 0.01), bias 1 on conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
 
     'sturdy': bias 0.1 instead of 1 (the change Caffe users made when the paper's init left the
     loss flat), and weights N(0, 0.01 * sqrt(paper fan-in / fan-in)): the paper's 0.01 at full
@@ -119,8 +122,8 @@ def init_weights(model: AlexNet, init: Init) -> None:
     the paper's init stalls: the loss sits at ln(num_classes) for thousands of steps. That is the
     rule for narrow nets (width < 1, small fc) and small inputs, where N(0, 0.01) shrinks the
     signal ~10x per layer; on the full net it happens with some seeds and batch sizes.
-    (He-style init is no option with 0-255 inputs and SGD at lr 0.01: conv1's updates, which grow
-    with the pixel scale, then swamp its weights and training diverges within an epoch.)
+    (He-style init is not offered: its scale assumes inputs of about unit spread, and alexkit feeds
+    0-255 pixels minus the mean, as the paper does.)
     """
     bias_one = ("conv2", "conv4", "conv5", "fc6", "fc7")
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):

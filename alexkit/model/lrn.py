@@ -84,7 +84,8 @@ def local_response_norm(
 
 
 class LocalResponseNorm(nn.Module):
-    """The paper's LRN (k=2, n=5, alpha=1e-4 divided by n, beta=0.75), per column."""
+    """LRN with the paper's constants (k=2, n=5, alpha=1e-4, beta=0.75), per column; alpha is divided
+    by n, as in the authors' code (the paper's formula does not divide: see the module docstring)."""
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 2):
         super().__init__()

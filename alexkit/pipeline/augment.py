@@ -31,7 +31,7 @@ TEN_VIEWS = (
 
 
 def train_params(rng: np.random.Generator, n: int, size: int, crop: int):
-    """Draw n training augmentations: crop corners x, y in [0, size - crop], flip with p = 0.5,
+    """Draw n training augmentations (paper section 4.1): crop corners x, y in [0, size - crop], flip with p = 0.5,
     lighting alpha normal with std LIGHTING_STD per principal component. Returns (x, y, flip, alpha):
     int64 (n,), int64 (n,), bool (n,), float64 (n, 3).
 
@@ -51,6 +51,10 @@ def lighting_offsets(alpha: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray) 
     sqrt(eigval) are standard deviations and, with alpha normal with std 0.1, the shifts have covariance
     eigvec @ diag(0.01 * eigval) @ eigvec.T: a tenth of the pixel spread along each axis.
     alpha (n, 3) -> (n, 3) float32.
+
+    Section 4.1 of the paper writes alpha * eigval; the authors' code, and alexkit, scale by
+    sqrt(eigval). On 0-255 pixels the paper's formula read literally would shift by hundreds of
+    levels (README.md, "PCA lighting scale").
     """
     return ((np.asarray(alpha) * np.sqrt(eigval)) @ np.asarray(eigvec).T).astype(np.float32)
 

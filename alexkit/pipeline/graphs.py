@@ -8,6 +8,9 @@ with fused, each graph does its float work in one Numba-compiled operator, see b
   tencrop  the four corners and the centre, then the same five windows
            mirrored (augment.TEN_VIEWS), each minus its mean window     -> (N, 10, 3, C, C)
 With channels_last the channel axis comes last instead: (N, C, C, 3) and (N, 10, C, C, 3).
+What every graph computes is defined in a few lines of NumPy, augment.reference_crop (one view);
+the tests compare each graph and each of its code paths with it. Read that first: the rest of this
+file is about speed.
 
 The graphs draw no random numbers. Their inputs come from one `fn.external_source` per batch:
 the stored bytes, and for train the crop corners, flips and lighting offsets drawn in
