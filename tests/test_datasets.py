@@ -428,6 +428,99 @@ def test_extracted_train_beside_the_val_tar_reads_the_tar(tmp_path):
     assert {s.path for s in ds.splits["val"]} == {str(tmp_path / "ILSVRC2012_img_val.tar")}
 
 
+def write_kaggle_csv(src: Path) -> None:
+    wnid_of = {i: w for i, w, _ in LEAVES}
+    rows = [f"{val_name(i)[:-5]},{wnid_of[VAL_IDS[i - 1]]} 10 20 30 40" for i in (4, 2, 5, 1, 3)]
+    (src / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+
+
+def test_kaggles_train_and_val_moved_up_beside_its_csv_are_read(tmp_path):
+    """Many move Kaggle's train/ and val/ out of ILSVRC/Data/CLS-LOC: the flat val images are then
+    labelled by the LOC_val_solution.csv beside them."""
+    write_official_extracted(tmp_path)
+    write_kaggle_csv(tmp_path)
+    (tmp_path / "LOC_synset_mapping.txt").write_text("".join(f"{w} {NAMES[w]}\n" for w in SORTED_WNIDS))
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "kaggle"
+    assert_official_labels(ds)
+    (tmp_path / "LOC_val_solution.csv").unlink()
+    with pytest.raises(AlexkitError, match=rf"^{tmp_path / 'val'} holds 5 images but no ground truth: put "
+                                           rf"ILSVRC2012_devkit_t12/ .* or Kaggle's LOC_val_solution.csv in {tmp_path}$"):
+        find_dataset(tmp_path)
+
+
+def test_the_train_tar_beside_an_extracted_val_folder_reads_that_folder(tmp_path):
+    """The val tar extracted (flat, with the devkit; or into class folders) beside the train tar."""
+    write_official_tars(tmp_path)
+    (tmp_path / "ILSVRC2012_img_val.tar").unlink()
+    for i in range(1, 6):
+        write(tmp_path / "val" / val_name(i))
+    ds = find_dataset(tmp_path)
+    assert ds.layout == "official-tars"
+    assert_official_labels(ds)
+    assert ds.splits["val"][0].path == str(tmp_path / "val" / val_name(1))
+    shutil.rmtree(tmp_path / "val")
+    for i, label in enumerate(VAL_LABELS, start=1):
+        write(tmp_path / "val" / SORTED_WNIDS[label] / val_name(i))
+    val = find_dataset(tmp_path).splits["val"]
+    assert {s.name.rsplit("/", 1)[-1]: s.label for s in val} == {val_name(i): VAL_LABELS[i - 1] for i in range(1, 6)}
+
+
+def test_val_images_in_no_class_of_train_are_an_error_not_an_empty_split(tmp_path):
+    """val/ILSVRC2012_img_val/*.JPEG (one level too deep) would be one class unknown to train: every
+    val image left out, and training refused after the whole prepare."""
+    write_official_extracted(tmp_path)
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data")
+    (tmp_path / "val").rename(tmp_path / "ILSVRC2012_img_val")
+    (tmp_path / "val").mkdir()
+    (tmp_path / "ILSVRC2012_img_val").rename(tmp_path / "val" / "ILSVRC2012_img_val")
+    with pytest.raises(AlexkitError, match=rf"^none of the 5 images in {tmp_path / 'val'} is in a class folder named as "
+                                           r"one of train's \(its folders: ILSVRC2012_img_val/; train's: e.g. n01000001/\); "
+                                           rf"put val's class folders, or its flat ILSVRC2012_val_\* images, directly in {tmp_path / 'val'}$"):
+        find_dataset(tmp_path)
+    for wnid in SORTED_WNIDS:
+        shutil.rmtree(tmp_path / "train" / wnid)
+        write(tmp_path / "train" / wnid.upper() / "x.JPEG")  # no class of the devkit's
+    shutil.rmtree(tmp_path / "val")
+    for i in range(1, 6):
+        write(tmp_path / "val" / val_name(i))
+    with pytest.raises(AlexkitError, match=r"^none of the 5 val images in .* is of a class of train \(e.g. N01000001\)"):
+        find_dataset(tmp_path)
+
+
+def test_val_class_folders_that_disagree_with_the_ground_truth_warn(tmp_path):
+    """A valprep script with a wrong mapping: the devkit beside the folders says so."""
+    write_official_extracted(tmp_path)
+    write_devkit_folder(tmp_path / "ILSVRC2012_devkit_t12" / "data")
+    shutil.rmtree(tmp_path / "val")
+    for i, label in enumerate(VAL_LABELS, start=1):
+        write(tmp_path / "val" / SORTED_WNIDS[label] / val_name(i))
+    assert not [w for w in find_dataset(tmp_path).warnings if "valprep" in w]
+    (tmp_path / "val" / SORTED_WNIDS[2] / val_name(1)).rename(tmp_path / "val" / SORTED_WNIDS[0] / val_name(1))
+    ds = find_dataset(tmp_path)
+    assert [w for w in ds.warnings if "valprep" in w] == [
+        f"WARNING: 1 of 5 val images in class folders are in another class than {tmp_path / 'ILSVRC2012_devkit_t12' / 'data'} gives "
+        f"(e.g. val/{SORTED_WNIDS[0]}/{val_name(1)}: {SORTED_WNIDS[2]}); a wrong valprep mapping? Labels come from the "
+        "folders: move the images, or remove the class folders and put the images flat in val/"]
+    assert [s.label for s in ds.splits["val"] if s.name.endswith(val_name(1))] == [0]  # the folder's
+
+
+def test_a_class_folder_linked_to_nothing_is_an_error_not_a_missing_class(tmp_path):
+    """A class folder linked to a disk that is not mounted: without it the later classes' labels
+    would shift by one, silently. SRC/train itself linked to nothing is named too."""
+    write_official_extracted(tmp_path / "data")
+    (tmp_path / "data" / "train" / SORTED_WNIDS[0]).rename(tmp_path / "moved")
+    (tmp_path / "data" / "train" / SORTED_WNIDS[0]).symlink_to(tmp_path / "nowhere" / SORTED_WNIDS[0])
+    with pytest.raises(AlexkitError, match=rf"^{tmp_path / 'data' / 'train' / SORTED_WNIDS[0]} is a link to "
+                                           rf"{tmp_path / 'nowhere' / SORTED_WNIDS[0]}, which does not exist \(a disk not "
+                                           r"mounted\?\); make its target available, or remove the link$"):  # fmt: skip
+        find_dataset(tmp_path / "data")
+    (tmp_path / "data" / "train").rename(tmp_path / "old-train")
+    (tmp_path / "data" / "train").symlink_to(tmp_path / "nowhere" / "train")
+    with pytest.raises(AlexkitError, match=rf"^{tmp_path / 'data' / 'train'} is a link to .*, which does not exist"):
+        find_dataset(tmp_path / "data")
+
+
 def test_kaggle_val_in_class_folders(tmp_path):
     data = tmp_path / "ILSVRC" / "Data" / "CLS-LOC"
     for wnid in SORTED_WNIDS:
@@ -592,7 +685,7 @@ def listings(data: bytes, start: int = 0, end: int | None = None):
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(tars, "_plain_listing", lambda *args: None)
-            by_tarfile = tars._listing(io.BytesIO(data), start, end, "t.tar", "t.tar")
+            by_tarfile = tars._listing(io.BytesIO(data), start, end, "t.tar", "t.tar", lambda name: True)
     except (AlexkitError, tarfile.TarError) as exc:
         by_tarfile = exc
     return plain, by_tarfile
@@ -645,7 +738,7 @@ def test_a_tar_from_gnu_tar_is_listed_without_tarfile(tmp_path):
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tars_with_other_headers_are_listed_by_tarfile(tmp_path, fmt):
     """A link, and in GNU and pax tars a long name and one that is not ASCII: their headers are not
-    plain file headers, so tarfile lists the tar."""
+    plain file headers, so tarfile lists the tar. The link is listed with its target's bytes."""
     path = tmp_path / "other.tar"
     names = ["n01000001_" + "x" * 150 + ".JPEG", "n01000001_\u00e9.JPEG"] if fmt != tarfile.USTAR_FORMAT else []
     with tarfile.open(path, "w", format=fmt) as tar:
@@ -657,7 +750,35 @@ def test_tars_with_other_headers_are_listed_by_tarfile(tmp_path, fmt):
         add_member(tar, "n01000001_9.JPEG", b"b" * 513)
     plain, by_tarfile = listings(path.read_bytes())
     assert plain is None
-    assert by_tarfile == tarfile_listing(path) and [name for name, _, _ in by_tarfile] == [*names, "n01000001_9.JPEG"]
+    files = tarfile_listing(path)
+    assert [name for name, _, _ in files] == [*names, "n01000001_9.JPEG"]
+    assert by_tarfile == [*files, ("n01000001_link.JPEG", *files[-1][1:])]
+
+
+def test_links_in_a_val_tar_read_their_targets_bytes(tmp_path):
+    """A tar made from a tree of hard links (`cp -al`, a valprep with `ln`) holds link members: each is
+    an image, read from its target's bytes. A link to what the tar does not hold is an error."""
+    from alexkit.datasets.tars import index_flat_tar
+
+    path = tmp_path / "ILSVRC2012_img_val.tar"
+    with tarfile.open(path, "w") as tar:
+        add_member(tar, "val/" + val_name(1), b"one" * 300)
+        for kind, name, target in ((tarfile.LNKTYPE, val_name(2), "val/" + val_name(1)),
+                                   (tarfile.SYMTYPE, val_name(3), val_name(1))):  # fmt: skip
+            link = tarfile.TarInfo("val/" + name)
+            link.type, link.linkname = kind, target
+            tar.addfile(link)
+    entries = index_flat_tar(path, lambda name: name.endswith(".JPEG"))
+    data = path.read_bytes()
+    assert [name for name, _, _ in entries] == [val_name(i) for i in (1, 2, 3)]
+    assert {data[offset : offset + size] for _, offset, size in entries} == {b"one" * 300}
+    with tarfile.open(path, "a") as tar:
+        link = tarfile.TarInfo("val/" + val_name(4))
+        link.type, link.linkname = tarfile.LNKTYPE, "elsewhere/" + val_name(1)
+        tar.addfile(link)
+    with pytest.raises(AlexkitError, match=rf"^{path}: val/{val_name(4)} is a link to elsewhere/{val_name(1)}, which the "
+                                           r"tar does not hold; make the tar again with the files themselves"):  # fmt: skip
+        index_flat_tar(path, lambda name: name.endswith(".JPEG"))
 
 
 # --- edges that once went unchecked ---
@@ -724,6 +845,7 @@ def test_warnings_count_empty_classes_and_the_images_left_out(tmp_path):
     (tmp_path / "train" / "b").mkdir()
     for name in ("2.jpg", "3.jpg"):
         write(tmp_path / "val" / "c" / name)  # a class absent from train
+    write(tmp_path / "val" / "a" / "4.jpg")
     warnings = find_dataset(tmp_path).warnings
     assert f"1 class of 2 in {tmp_path / 'train'} without images (e.g. b); each keeps its label" in warnings, warnings
     assert any(w.startswith("2 images in") and "of classes with no train/ folder; left out" in w for w in warnings), warnings

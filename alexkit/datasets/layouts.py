@@ -4,7 +4,8 @@
 it with the rank of its class name in sorted order (for ImageNet: 0 = n01440764). Layouts:
 
   kaggle              src/ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/ (flat, or val/<wnid>/)},
-                      src/LOC_val_solution.csv, src/LOC_synset_mapping.txt
+                      src/LOC_val_solution.csv, src/LOC_synset_mapping.txt; or train/ and a flat
+                      val/ moved up into src beside the csv
   class-folders       src/train/<class>/*, optional src/val/<class>/* (torchvision's ImageFolder
                       layout; any classes, not only ImageNet's)
   official-extracted  src/train/<wnid>/*, flat src/val/ILSVRC2012_val_*.JPEG (or src/ILSVRC2012_img_val.tar,
@@ -12,7 +13,8 @@ it with the rank of its class name in sorted order (for ImageNet: 0 = n01440764)
                       truth, up to 3 levels under src outside the image folders; or
                       ILSVRC2012_devkit_t12.tar[.gz] in src)
   official-tars       src/ILSVRC2012_img_train.tar (a tar of per-class tars), optional
-                      src/ILSVRC2012_img_val.tar + the devkit; read in place, never extracted
+                      src/ILSVRC2012_img_val.tar (or its files extracted into src/val/) + the
+                      devkit; read in place, never extracted
 
 Classes are the folders (or per-class tars) of the train split; val images of other classes are
 left out with a warning. Train samples are ordered by class, then file name (from the official
@@ -31,7 +33,7 @@ from alexkit.datasets import devkit as dk
 from alexkit.datasets.tars import Tick, index_class_tars, index_flat_tar
 from alexkit.errors import AlexkitError
 from alexkit.paths import expand_home, word
-from alexkit.progress import counted
+from alexkit.progress import counted, some
 
 LAYOUTS = ("class-folders", "official-extracted", "official-tars", "kaggle")
 IMAGE_EXTENSIONS = frozenset(
@@ -111,6 +113,8 @@ def find_dataset(src: Path, tick: Tick = _quiet) -> Dataset:
         hint = f"; pass its folder {src.parent}" if src.name in (TRAIN_TAR, VAL_TAR) else ""
         raise AlexkitError(f"{src} is not a folder{hint}; {_SUPPORTED}")
     found = _visible(src)
+    for name in found:  # SRC/train linked to a disk that is not mounted, say
+        _check_not_dangling(src / name)
     if not found:
         raise AlexkitError(f"{src} is empty; put a dataset there (or run `alexkit sample {word(src)}`); {_SUPPORTED}")
     if (src / KAGGLE_DATA / "train").is_dir():
@@ -140,27 +144,17 @@ def _folders(src: Path, tick: Tick) -> Dataset:
     """class-folders (val/<class>/) or official-extracted (flat val/ + devkit)."""
     notes: list[str] = []
     wnids, train = _class_folder_split(src, "train", notes, tick)
-    val_dir = src / "val"
-    flat, subdirs = _scan_top(val_dir) if val_dir.is_dir() else ([], [])
-    _check_one_val_layout(val_dir, flat, subdirs)
     kit = dk.find_devkit(src)
-    layout = "official-extracted" if flat or (src / VAL_TAR).is_file() else "class-folders"
     splits = {"train": train}
-    if not flat and not subdirs and (src / VAL_TAR).is_file():  # train extracted, val still in its tar
+    val, flat = _val_folder(src, "val", wnids, kit, notes, tick)
+    if val is not None:
+        splits["val"] = val
+    elif (src / VAL_TAR).is_file():  # train extracted, val still in its tar
         splits["val"] = _val_tar_split(src, wnids, kit, notes)
-    elif flat:
-        if kit is None:
-            raise AlexkitError(
-                f"{val_dir} holds {len(flat)} images but no ground truth: put {dk.DEVKIT_NAME}/ (with data/"
-                f"{dk.META_FILE} and data/{dk.GROUND_TRUTH_FILE}) or {dk.DEVKIT_TARS[0]} in {src} (for Kaggle's "
-                f"download, pass the folder that holds {dk.KAGGLE_SOLUTION})"
-            )
-        paths = [os.path.join(src, "val", f) for f in flat]
-        rows = [("val/" + f, kit.val_wnid(f, where=path), path, 0, -1) for f, path in zip(flat, paths)]  # whole files
-        splits["val"] = _labelled(rows, wnids, f"{val_dir} (labels from {kit.source})", notes)
-        _compare_with_devkit(wnids, kit, notes)
-    elif subdirs:
-        splits["val"] = _class_folder_split(src, "val", notes, tick, expected=wnids)[1]
+    if flat and kit is None:  # Kaggle's train/ and val/ moved up beside its CSV
+        layout = "kaggle"
+    else:
+        layout = "official-extracted" if flat or (src / VAL_TAR).is_file() else "class-folders"
     names = kit.names() if kit is not None else _kaggle_names(src)
     return _dataset(src, layout, wnids, names, splits, notes)
 
@@ -169,25 +163,9 @@ def _kaggle(src: Path, tick: Tick) -> Dataset:
     notes: list[str] = []
     wnids, train = _class_folder_split(src, KAGGLE_DATA + "/train", notes, tick)
     splits = {"train": train}
-    val_dir = src / KAGGLE_DATA / "val"
-    flat, subdirs = _scan_top(val_dir) if val_dir.is_dir() else ([], [])
-    _check_one_val_layout(val_dir, flat, subdirs)
-    if subdirs:  # val moved into class folders (a common valprep step)
-        splits["val"] = _class_folder_split(src, KAGGLE_DATA + "/val", notes, tick, expected=wnids)[1]
-    elif flat:
-        csv_path = src / dk.KAGGLE_SOLUTION
-        if not csv_path.is_file():
-            raise AlexkitError(
-                f"{val_dir} holds {len(flat)} images but {csv_path} is missing; download it from the Kaggle competition"
-            )
-        solution = dk.read_kaggle_solution(csv_path)
-        rows = []
-        for f in flat:
-            wnid = solution.get(os.path.splitext(f)[0])
-            if wnid is None:
-                raise AlexkitError(f"{val_dir / f} has no row in {csv_path}; download {dk.KAGGLE_SOLUTION} again")
-            rows.append((f"{KAGGLE_DATA}/val/{f}", wnid, os.path.join(src, KAGGLE_DATA, "val", f), 0, -1))  # a whole file
-        splits["val"] = _labelled(rows, wnids, f"{val_dir} (labels from {csv_path})", notes)
+    val = _val_folder(src, KAGGLE_DATA + "/val", wnids, None, notes, tick)[0]
+    if val is not None:
+        splits["val"] = val
     return _dataset(src, "kaggle", wnids, _kaggle_names(src), splits, notes)
 
 
@@ -198,7 +176,7 @@ def _tars(src: Path, tick: Tick) -> Dataset:
     if not per_class:
         raise AlexkitError(f"{src / TRAIN_TAR} holds no per-class tars (<wnid>.tar); use the official {TRAIN_TAR}")
     if ignored:
-        notes.append(f"{ignored} members of {src / TRAIN_TAR} are not per-class .tar files and were ignored")
+        notes.append(f"{counted(ignored, 'member')} of {src / TRAIN_TAR} not per-class .tar files, ignored")
     wnids = sorted(per_class)
     path = str(src / TRAIN_TAR)
     train = []
@@ -208,9 +186,84 @@ def _tars(src: Path, tick: Tick) -> Dataset:
     _check_empty_classes(wnids, train, f"{src / TRAIN_TAR}", ("per-class tar", f"use the official {TRAIN_TAR}"), notes)
     splits = {"train": tuple(train)}
     kit = dk.find_devkit(src)
-    if (src / VAL_TAR).is_file():
+    val = _val_folder(src, "val", wnids, kit, notes, tick)[0]  # the val tar extracted beside the train tar
+    if val is not None:
+        splits["val"] = val
+    elif (src / VAL_TAR).is_file():
         splits["val"] = _val_tar_split(src, wnids, kit, notes)
     return _dataset(src, "official-tars", wnids, kit.names() if kit else {}, splits, notes)
+
+
+def _val_folder(src: Path, rel: str, wnids: list[str], kit: dk.Devkit | None, notes: list[str],
+                tick: Tick) -> tuple[tuple[Sample, ...] | None, bool]:  # fmt: skip
+    """(the val split in src/rel, whether its images lie flat there): class folders, or flat
+    ILSVRC2012_val_* files labelled by the devkit or, without one, Kaggle's CSV in src. (None, False)
+    where the folder is absent or holds no images (a val tar may then hold them)."""
+    val_dir = src / rel
+    flat, subdirs = _scan_top(val_dir) if val_dir.is_dir() else ([], [])
+    _check_one_val_layout(val_dir, flat, subdirs)
+    if subdirs:  # torchvision's layout, or the official val moved into class folders (valprep)
+        samples = _class_folder_split(src, rel, notes, tick, expected=wnids)[1]
+        _check_folders_against_truth(samples, wnids, kit, src / dk.KAGGLE_SOLUTION, notes)
+        return samples, False
+    if not flat:
+        return None, False
+    csv_path = src / dk.KAGGLE_SOLUTION
+    if kit is None and not csv_path.is_file():
+        kaggle = rel.startswith(KAGGLE_DATA)
+        raise AlexkitError(
+            f"{val_dir} holds {len(flat)} images but {csv_path} is missing; download it from the Kaggle competition"
+            if kaggle else f"{val_dir} holds {len(flat)} images but no ground truth: put {dk.DEVKIT_NAME}/ (with data/"
+            f"{dk.META_FILE} and data/{dk.GROUND_TRUTH_FILE}), {dk.DEVKIT_TARS[0]} or Kaggle's {dk.KAGGLE_SOLUTION} in {src}"
+        )  # fmt: skip
+    truth = kit.source if kit is not None else csv_path
+    wnid_of = _truth(kit, csv_path)
+    rows = []
+    for f in flat:
+        path = os.path.join(val_dir, f)
+        rows.append((f"{rel}/{f}", wnid_of(f, path), path, 0, -1))  # whole files
+    if kit is not None:
+        _compare_with_devkit(wnids, kit, notes)
+    return _labelled(rows, wnids, f"{val_dir} (labels from {truth})", notes), True
+
+
+def _truth(kit: dk.Devkit | None, csv_path: Path):
+    """wnid_of(file name, path for errors) of a val image: from the devkit, else Kaggle's CSV."""
+    if kit is not None:
+        return lambda name, path: kit.val_wnid(name, where=path)
+    solution = dk.read_kaggle_solution(csv_path)
+
+    def wnid_of(name: str, path: str) -> str:
+        wnid = solution.get(os.path.splitext(name)[0])
+        if wnid is None:
+            raise AlexkitError(f"{path} has no row in {csv_path}; download {dk.KAGGLE_SOLUTION} again")
+        return wnid
+
+    return wnid_of
+
+
+def _check_folders_against_truth(samples, wnids: list[str], kit: dk.Devkit | None, csv_path: Path, notes: list[str]) -> None:
+    """Val images in class folders that keep their official names (ILSVRC2012_val_N) are checked
+    against the ground truth lying beside them: a valprep script with a wrong mapping gives chance-level
+    validation after days of training. Labels still come from the folders."""
+    official = [s for s in samples if dk.val_number(os.path.basename(s.name)) is not None]
+    if not official or (kit is None and not csv_path.is_file()):
+        return
+    wnid_of = _truth(kit, csv_path)
+    wrong = []
+    for s in official:
+        try:
+            truth = wnid_of(os.path.basename(s.name), s.name)
+        except AlexkitError:  # a number past the ground truth's lines: not ILSVRC-2012's val image
+            continue
+        if truth != wnids[s.label]:
+            wrong.append((s.name, truth))
+    if wrong:
+        name, truth = wrong[0]
+        source = kit.source if kit is not None else csv_path
+        notes.append(f"WARNING: {len(wrong):,} of {len(official):,} val images in class folders are in another class than "
+                     f"{source} gives (e.g. {name}: {truth}); a wrong valprep mapping? Labels come from the folders: "
+                     "move the images, or remove the class folders and put the images flat in val/")  # fmt: skip
 
 
 def _val_tar_split(src: Path, wnids: list[str], kit: dk.Devkit | None, notes: list[str]) -> tuple[Sample, ...]:
@@ -270,6 +323,10 @@ def _class_folder_split(src: Path, split: str, notes: list[str], tick: Tick, exp
     others += [f"{split}/{name}" for name in sorted(loose) if not name.endswith(".tar")]
     if expected is not None:
         samples.sort(key=lambda s: s.name)
+        if skipped and not samples:  # val/ILSVRC2012_img_val/*.JPEG, say: one level too deep, no class of train's
+            raise AlexkitError(f"none of the {counted(skipped, 'image')} in {top} is in a class folder named as one of "
+                               f"train's (its folders: {some([w + '/' for w in wnids])}; train's: e.g. {classes[0]}/); "
+                               f"put val's class folders, or its flat ILSVRC2012_val_* images, directly in {top}")  # fmt: skip
         if skipped:
             notes.append(f"{counted(skipped, 'image')} in {top} of classes with no train/ folder; left out")
     else:
@@ -313,6 +370,7 @@ def _list_images(folder: Path, prefix: str, others: list[str], above: frozenset 
             elif _image_file(e):
                 found.append(f"{prefix}/{e.name}")
             else:
+                _check_not_dangling(e)
                 others.append(f"{prefix}/{e.name}")
     found.sort()
     return found
@@ -338,9 +396,20 @@ def _scan_top(folder: Path, others: list[str] | None = None) -> tuple[list[str],
                 dirs.append(e.name)
             elif _image_file(e):
                 files.append(e.name)
-            elif others is not None:
-                others.append(e.name)
+            else:
+                _check_not_dangling(e)
+                if others is not None:
+                    others.append(e.name)
     return sorted(files), sorted(dirs)
+
+
+def _check_not_dangling(entry: os.DirEntry | Path) -> None:
+    """A link to nothing among the folders is an error: a class folder linked to a disk that is not
+    mounted would otherwise drop its class, and shift the labels of every class after it."""
+    path = Path(entry.path if isinstance(entry, os.DirEntry) else entry)
+    if path.is_symlink() and not path.exists():
+        raise AlexkitError(f"{path} is a link to {os.readlink(path)}, which does not exist (a disk not mounted?); "
+                           "make its target available, or remove the link")  # fmt: skip
 
 
 # --- labels, names, checks ---
@@ -356,6 +425,9 @@ def _labelled(rows, wnids: list[str], where: str, notes: list[str]) -> tuple[Sam
             skipped += 1
         else:
             samples.append(Sample(path, label, offset, size, name))
+    if skipped and not samples:
+        raise AlexkitError(f"none of the {counted(skipped, 'val image')} in {where} is of a class of train (e.g. "
+                           f"{wnids[0]}): are train's folders named by wnid, and is the ground truth ImageNet's?")  # fmt: skip
     if skipped:
         notes.append(f"{counted(skipped, 'val image')} in {where} of classes absent from train; left out")
     samples.sort(key=lambda s: s.name)

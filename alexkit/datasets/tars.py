@@ -19,6 +19,7 @@ entry for entry wherever the plain reader answers (tests/test_datasets.py).
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import tarfile
 from collections.abc import Callable
@@ -47,7 +48,7 @@ def index_class_tars(path: Path, keep: Callable[[str], bool], tick: Tick) -> tup
                     ignored += member.isfile()
                     continue
                 end = member.offset_data + member.size
-                listing = _listing(raw, member.offset_data, end, f"{path}: {member.name}", path.name)
+                listing = _listing(raw, member.offset_data, end, f"{path}: {member.name}", path.name, keep)
                 per_class.setdefault(stem, []).extend(_kept(listing, keep))
                 tick(f"indexing {path.name}", min(end // 1_000_000, total_mb), total_mb, "MB")
             _check_end(outer, raw, os.path.getsize(path), str(path), path.name)
@@ -60,7 +61,7 @@ def index_flat_tar(path: Path, keep: Callable[[str], bool]) -> list[Entry]:
     """Sorted entries of the members kept, from a flat tar (ILSVRC2012_img_val.tar)."""
     try:
         with open(path, "rb") as raw:
-            found = _kept(_listing(raw, 0, os.path.getsize(path), str(path), path.name), keep)
+            found = _kept(_listing(raw, 0, os.path.getsize(path), str(path), path.name, keep), keep)
     except (tarfile.TarError, EOFError) as exc:
         raise _damaged(path, exc) from exc
     return sorted(found)
@@ -71,14 +72,14 @@ def _kept(listing: list[Entry], keep: Callable[[str], bool]) -> list[Entry]:
     return [(os.path.basename(name), offset, size) for name, offset, size in listing if keep(name)]
 
 
-def _listing(raw, start: int, end: int, what: str, download: str) -> list[Entry]:
+def _listing(raw, start: int, end: int, what: str, download: str, keep: Callable[[str], bool]) -> list[Entry]:
     """(name, data offset, size) of each regular file of the tar that fills bytes [start, end) of
     `raw`, checked to be whole. Offsets are from the start of `raw`."""
     found = _plain_listing(raw, start, end)
     if found is not None:
         return found
     raw.seek(start)  # a TarFile started there reports offsets from the start of `raw`
-    found = []
+    found, links = [], []
     with tarfile.open(fileobj=_Bounded(raw, end), mode="r:") as tar:  # which sees nothing past `end`
         for m in tar:
             if m.size < 0:  # tarfile takes "-1000" for a size, and would go back and forth
@@ -88,8 +89,27 @@ def _listing(raw, start: int, end: int, what: str, download: str) -> list[Entry]
                                    f"download {download} again")  # fmt: skip
             if m.isfile():
                 found.append((m.name, m.offset_data, m.size))
+            elif m.islnk() or m.issym():
+                links.append(m)
         _check_end(tar, raw, end, what, download)
-    return found
+    return found + _followed(links, found, what, keep)
+
+
+def _followed(links: list[tarfile.TarInfo], found: list[Entry], what: str, keep: Callable[[str], bool]) -> list[Entry]:
+    """Entries for the tar's links to its own files (hard links, as a tar of a tree made with
+    `cp -al` or `ln` holds; symbolic ones), with their target's bytes. A link to what the tar does
+    not hold is an error if `keep` takes its name (an image's: listed, it would read no image)."""
+    files = {posixpath.normpath(name): (offset, size) for name, offset, size in found}
+    entries = []
+    for m in links:
+        target = m.linkname if m.islnk() else posixpath.join(posixpath.dirname(m.name), m.linkname)
+        hit = files.get(posixpath.normpath(target))
+        if hit is not None:
+            entries.append((m.name, *hit))
+        elif keep(m.name):
+            raise AlexkitError(f"{what}: {m.name} is a link to {m.linkname}, which the tar does not hold; make the tar "
+                               "again with the files themselves (tar --dereference)")  # fmt: skip
+    return entries
 
 
 class _Bounded:
