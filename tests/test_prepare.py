@@ -730,6 +730,24 @@ def test_a_source_file_replaced_under_the_same_name_makes_its_split_redone(tmp_p
     _run(src, out)
     printed = capsys.readouterr().out
     assert "train: kept from an earlier run" not in printed and "val: kept from an earlier run" in printed
+    assert ("train: the one an earlier run finished here was made from other files (names, labels, sizes or "
+            "modification times differ); converting it again") in printed
+
+
+def test_an_interrupted_store_keeps_its_finished_split_from_a_copy_of_the_source(tmp_path, capsys):
+    """A cluster job copies ImageNet to node-local disk and is stopped; the next job copies it to
+    another path and runs again: a copy that keeps names, sizes and times is the same source."""
+    src, out = _sample_tree(tmp_path / "job1" / "src", 2), tmp_path / "store"
+    _run(src, out)
+    train_stat = (out / "train.beton").stat()
+    for name in ("manifest.json", "val.beton", "val.done.json"):  # as if stopped while writing val
+        (out / name).unlink()
+    copy = shutil.copytree(src, tmp_path / "job2" / "src")  # copy2: sizes and modification times kept
+    capsys.readouterr()
+    _run(copy, out)
+    assert "train: kept from an earlier run" in capsys.readouterr().out
+    assert (out / "train.beton").stat().st_mtime_ns == train_stat.st_mtime_ns
+    assert Store(out).manifest["source"]["path"] == str(copy)
 
 
 def test_a_second_prepare_on_the_same_out_is_refused(tmp_path):
@@ -1338,10 +1356,31 @@ def test_an_empty_or_unfinished_store_folder_is_written(tmp_path, left):
     assert len(Store(out).check("train", "val").split("train")) == 6
 
 
-def test_a_source_without_val_is_prepared_with_a_warning(tmp_path, capsys):
-    _class_folder_tree(tmp_path / "src", val_per_class=0)
-    _run(tmp_path / "src", tmp_path / "store")
+def test_a_source_without_val_is_prepared_with_a_warning_and_a_rerun_adds_val_later(tmp_path, capsys):
+    """The warning says to add val images and run again: the rerun then writes val and keeps train
+    (no --force, no train converted again); all of val undecodable is an error, not an empty split."""
+    ids = _class_folder_tree(tmp_path / "src", val_per_class=0)
+    out = tmp_path / "store"
+    _run(tmp_path / "src", out)
     assert "has no val split (or no val images): `alexkit train`, `eval` and `show-batch` need one" in capsys.readouterr().err
+    _run(tmp_path / "src", out)  # still none: looked for, and the warning again
+    said = capsys.readouterr()
+    assert "without val images; looking for them in" in said.out and "has no val split" in said.err
+    for wnid in WNIDS:
+        (tmp_path / "src" / "val" / wnid).mkdir(parents=True, exist_ok=True)  # (the tree has empty val folders)
+        (tmp_path / "src" / "val" / wnid / "v.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(AlexkitError, match=r"^none of the val split's 3 images in .*src could be decoded \(first: .*\); "
+                                           r"check the source files \(finished splits are kept\)$"):  # fmt: skip
+        _run(tmp_path / "src", out)
+    for k, wnid in enumerate(WNIDS):
+        (tmp_path / "src" / "val" / wnid / "v.JPEG").write_bytes(_coded(len(ids) + k, 30, 30))
+    capsys.readouterr()
+    _run(tmp_path / "src", out)
+    said = capsys.readouterr().out
+    assert "train: kept from an earlier run" in said and "val: 3 images written" in said, said
+    assert len(Store(out).check("train", "val").split("val")) == 3
+    _run(tmp_path / "src", out)
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_cli_unwritable_out_exits_1(tmp_path):

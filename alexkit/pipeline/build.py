@@ -125,10 +125,10 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
                     sums.merge(chunk_sums)
                 converted += len(results)
                 progress.update(converted, skipped=len(skipped))
-        if with_stats and sums.images == 0:  # there were some: find_dataset refuses a train split of no files
+        if samples and not any(per_class):  # a val split of them all would pass for a store, and be refused by train
             first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
-            raise AlexkitError(f"none of the train split's {counted(len(samples), 'image')} in {ds.root} could be "
-                               f"decoded{first}; check the source files")  # fmt: skip
+            raise AlexkitError(f"none of the {name} split's {counted(len(samples), 'image')} in {ds.root} could be "
+                               f"decoded{first}; check the source files (finished splits are kept)")  # fmt: skip
         count = writer.close()
     except BaseException as exc:  # Ctrl-C included: leave no partial file behind
         if writer is not None:
@@ -162,20 +162,27 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
 
 
 def _completed_split(out: Path, name: str, fingerprint: dict) -> dict | None:
-    """The done-record of a split finished earlier with the same settings and samples, else None."""
+    """The done-record of a split finished earlier with the same settings and samples, else None
+    (and where there was one, why it is not kept)."""
     record = read_json(out / f"{name}.done.json")
-    if record is None or not (out / f"{name}.beton").is_file():
+    if not isinstance(record, dict) or not (out / f"{name}.beton").is_file():
         return None
     if name == "train" and not (out / STATS).is_file():
         return None
-    if any(record.get(k) != v for k, v in fingerprint.items()):
+    differs = [k for k, v in fingerprint.items() if record.get(k) != v]
+    if differs:
+        why = ("other settings" if "settings" in differs else f"another layout ({record.get('layout')})" if "layout" in differs
+               else "other files (names, labels, sizes or modification times differ)")  # fmt: skip
+        print(f"{name}: the one an earlier run finished here was made from {why}; converting it again", flush=True)
         return None
     return record
 
 
 def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
-    """What a finished split depends on: settings, source, and a digest of its sample list, with each
-    file's size and modification time (a file replaced under the same name makes the split redone)."""
+    """What a finished split depends on: settings, layout, and a digest of its sample list (names
+    relative to the source), with each file's size and modification time (a file replaced under the
+    same name makes the split redone). Not the source's path: a copy that keeps names and times (`cp
+    -a`, `rsync -a`, a job's copy to node-local disk) keeps the split an interrupted run finished."""
     digest, stats = hashlib.sha256(), {}
     samples = ds.splits[name]
     with Ticks() as ticks:
@@ -189,7 +196,6 @@ def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
     return {
         "split": name,
         "settings": settings,
-        "source": str(ds.root),
         "layout": ds.layout,
         "samples": len(ds.splits[name]),
         "digest": digest.hexdigest(),

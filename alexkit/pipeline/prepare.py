@@ -175,7 +175,8 @@ def _finished_as_asked(cfg: PrepareConfig, out: Path, src: Path) -> bool:
 def _finished(out: Path, src: Path, settings: dict, writing: bool = False) -> bool:
     """True, and says so, where `out` holds a finished store of `src` with these settings; an error
     where it holds a finished store of something else; False where it holds none (work to do), or
-    one that lost a file (said when `writing`: this run will write it again)."""
+    one that lost a file, or (when `writing`) one without val images: the source may have them now
+    (said when `writing`: this run writes what is missing)."""
     finished = read_json(out / MANIFEST)
     if not isinstance(finished, dict):
         return False
@@ -191,6 +192,10 @@ def _finished(out: Path, src: Path, settings: dict, writing: bool = False) -> bo
         print(f"{out} holds a finished store of {src} with these settings but has lost {', '.join(lost)}; writing "
               "what is missing", flush=True)  # fmt: skip
     if lost:
+        return False
+    if writing and not finished.get("splits", {}).get("val", {}).get("images"):  # val added since the warning said to
+        print(f"{out} holds a finished store of {src} without val images; looking for them in {src} again "
+              "(the train split is kept)", flush=True)  # fmt: skip
         return False
     print(f"{out} already holds a finished store of {src} with these settings; nothing to do (if {src} "
           "has changed since, --force rebuilds it)")  # the source is not scanned again
