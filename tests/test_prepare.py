@@ -926,12 +926,12 @@ def test_a_train_split_of_which_no_image_decodes_is_one_error(tmp_path):
 def test_a_train_split_of_empty_class_folders_says_no_images_were_found(tmp_path):
     """0 files is not "none could be decoded": the error names the folder and the names looked for."""
     (tmp_path / "src" / "train" / WNIDS[0]).mkdir(parents=True)
-    r = _cli(str(tmp_path / "src"), "--out", str(tmp_path / "store"))
+    r = _cli(str(tmp_path / "src"), "--out", str(tmp_path / "deep" / "deeper" / "store"))
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(f"error: no images in {tmp_path / 'src' / 'train'}: its 1 class folder ({WNIDS[0]}) holds "
                                "no file ending in one of .bmp ")  # fmt: skip
     assert r.stderr.count("\n") == 1 and "decoded" not in r.stderr
-    assert not (tmp_path / "store").exists()
+    assert not (tmp_path / "deep").exists()  # nor the folders made for it
 
 
 def test_counts_of_one_are_singular(tmp_path, capsys):

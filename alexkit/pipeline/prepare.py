@@ -114,11 +114,11 @@ def prepare(cfg: PrepareConfig) -> Path:
                     return _prepare(cfg, src, out, lock)
             except BaseException:
                 if made:  # a run that failed before writing anything (an empty source, say) leaves no folder
-                    remove_if_only_lock(out)  # while the lock is held: no other prepare is in it
+                    _unmake(made)  # while the lock is held: no other prepare is in it
                 raise
     except NoLocks:  # taking the lock failed: nor can any other prepare hold one there, so the folder is ours
         if made:
-            remove_if_only_lock(out)
+            _unmake(made)
         raise
     except BeingRead as being_read:  # a training or evaluation reads the store (or a --force rebuilds it, as they do)
         return _while_read(cfg, src, out, being_read)
@@ -249,9 +249,19 @@ def _describe(settings: dict) -> str:
 # --- files ---
 
 
-def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
-    """(resolved src, out, whether this call made out) after the checks that need no scan;
-    AlexkitError on unusable paths."""
+def _unmake(made: list[Path]) -> None:
+    """Remove the folders this call made (OUT, then the parents it made for it) where nothing is in them."""
+    remove_if_only_lock(made[0])
+    for folder in made[1:]:
+        try:
+            folder.rmdir()
+        except OSError:  # something was put there meanwhile: not ours alone
+            return
+
+
+def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, list[Path]]:
+    """(resolved src, out, the folders this call made: out, then its parents it made) after the
+    checks that need no scan; AlexkitError on unusable paths."""
     src, out = cfg.src.absolute(), cfg.out
     if not src.exists():
         gone = f"is a link to {os.readlink(src)}, which does not exist" if src.is_symlink() else "does not exist"
@@ -267,11 +277,12 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, bool]:
         raise AlexkitError(f"--out {out} is a folder that holds no store but other files ({others}); pass a new or "
                            f"empty folder, e.g. --out {word(out / DEFAULT_STORE.name)}")  # fmt: skip
     try:
+        absent = [p for p in (out, *out.parents) if not os.path.lexists(p)]
         try:
             out.mkdir(parents=True)
-            made = True
+            made = absent
         except FileExistsError:  # there already, or made by another process just now: not ours to remove
-            made = False
+            made = []
         probe = out / f"{PROBE}{os.getpid()}"  # per process: two runs must not delete each other's
         probe.write_bytes(b"")
         probe.unlink(missing_ok=True)  # (a prepare holding the lock clears any it finds, a killed one's)
