@@ -31,7 +31,7 @@ from alexkit.progress import Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
 from alexkit.launcher import launched
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
-from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
+from alexkit.ranks import same_checkpoint_everywhere, same_flags_everywhere, same_store_everywhere
 from alexkit.runs import RUN_FILES, check_same_store, find_checkpoint, store_of
 
 TOP_K = 5
@@ -142,6 +142,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
     placement = setup("ddp" if world > 1 else "none", cfg.device, error)
     try:
+        same_flags_everywhere(cfg, own=("device", "checkpoint", "data", "json_path", "predictions_path", "show_classes"))
         on_every_rank(lambda: cfg.check_outputs() if placement.is_main and world > 1 else None)  # rank 0 writes them
         same_checkpoint_everywhere(ckpt, ckpt_path, "--checkpoint")
         store_path = on_every_rank(lambda: store_of(ckpt, ckpt_path, cfg.data))

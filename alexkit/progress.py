@@ -34,7 +34,7 @@ class Progress:
 
     `done` and `total` count whatever the stage counts (images, steps); each of them is `per_done`
     `unit`s (a step of 128 images: 128). `rate` is in `unit`/s and defaults to done * per_done /
-    elapsed seconds. Fields keep their last value, so a costly one (a loss that
+    elapsed seconds; the plain lines' ETA is at that rate. Fields keep their last value, so a costly one (a loss that
     waits for the GPU) need not be passed every time. `mode`: "auto" (rich on a terminal, else plain), "rich",
     "plain" or "none".
     """
@@ -79,7 +79,7 @@ class Progress:
         elif self.mode == "plain" and (done >= self.next_line or done == self.total or now - self.last_line >= self.PLAIN_EVERY_S):
             self.next_line = done + self.total / 10
             self.last_line = now
-            eta = (now - self.started) * (self.total - done) / max(done, 1)
+            eta = (self.total - done) * self.per_done / max(rate, 1e-9)  # at the rate shown: a start-up left out
             extra = "".join(f", {name} {value}" for name, value in self.values.items())
             try:
                 print(f"{self.title}: {done:,}/{self.total:,} ({100 * done / max(self.total, 1):.0f}%) {rate:,.0f} {self.unit}/s, "

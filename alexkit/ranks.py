@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -30,6 +31,7 @@ from torch.distributed.constants import default_pg_nccl_timeout, default_pg_time
 
 from alexkit.errors import AlexkitError, alike, refused, why
 from alexkit.launcher import launched
+from alexkit.progress import counted
 
 T = TypeVar("T")
 
@@ -262,6 +264,36 @@ def same_checkpoint_everywhere(ckpt: dict, path: Path, flag: str) -> None:
     _differ(_gather((mine, f"{_where(path)} at epoch {epoch}")), "checkpoints",
             f"a training replaced it while they started, or the nodes see different files there: pass an absolute "
             f"{flag} on a file system all nodes share, and run again")  # fmt: skip
+
+
+def same_flags_everywhere(cfg, own: tuple[str, ...]) -> None:
+    """Every process was given the same flags, but for the fields in `own` (the device, paths that
+    other checks compare by what they hold). Nodes started by scripts of their own could otherwise
+    train with different lrs or seeds without a word (only rank 0's weights are saved), or hang in a
+    collective when their epochs differ."""
+    if not _together():
+        return
+    mine = {k: v for k, v in asdict(cfg).items() if k not in own}
+    given = _gather(mine)
+    differ = [k for k in mine if len({json.dumps(g.get(k), default=str) for g in given}) > 1]
+    if not differ:
+        return
+    name = differ[0]
+    groups: dict[str, list[int]] = {}
+    for rank, g in enumerate(given):
+        groups.setdefault(json.dumps(g.get(name), default=str), []).append(rank)
+    listed = "; ".join(f"{value} on {_processes(ranks)}" for value, ranks in groups.items())
+    more = f" (and {counted(len(differ) - 1, 'other flag')})" if len(differ) > 1 else ""
+    raise _everywhere(f"the processes were given different --{name.replace('_', '-')}: {listed}{more}; start every "
+                      "process with the same command line")  # fmt: skip
+
+
+def _processes(ranks: list[int]) -> str:
+    """"process 1", "processes 0, 2, 4 and 5 others"."""
+    if len(ranks) == 1:
+        return f"process {ranks[0]}"
+    shown = ", ".join(map(str, ranks[:3]))
+    return f"processes {shown} and {counted(len(ranks) - 3, 'other')}" if len(ranks) > 3 else f"processes {shown}"
 
 
 def same_store_everywhere(store) -> None:

@@ -43,7 +43,7 @@ from alexkit.paths import DEFAULT_STORE, expand_home, word
 from alexkit.pipeline.constants import size_for_crop
 from alexkit.progress import Progress, Ticks, counted
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
-from alexkit.ranks import same_checkpoint_everywhere, same_store_everywhere
+from alexkit.ranks import same_checkpoint_everywhere, same_flags_everywhere, same_store_everywhere
 from alexkit.resume import check_resumable, flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, world_size_of
 from alexkit.runs import check_same_store, claim_run, find_checkpoint
 from alexkit.runs import run_dir as make_run_dir, write_metrics, write_run_files
@@ -179,6 +179,7 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
     ckpt, cfg = found if error is None else (None, cfg)
     placement = setup(cfg.parallel if error is None else "ddp", cfg.device, error)
     try:
+        same_flags_everywhere(cfg, own=("device", "progress", "data", "out", "resume"))  # those: per process, or checked below
         with contextlib.ExitStack() as held:
 
             def open_store():
@@ -266,7 +267,13 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
 
     world, dev = placement.world_size, placement.device
     if cfg.batch_size % world:
-        raise alike(AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"))
+        if ckpt is None:
+            raise alike(AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"))
+        counts = [n for n in range(1, min(cfg.batch_size, 1024) + 1) if cfg.batch_size % n == 0]
+        listed = ", ".join(map(str, counts[:6])) + (", ..." if len(counts) > 6 else "")
+        raise alike(AlexkitError(f"the run's global batch, --batch-size {cfg.batch_size}, does not split evenly over {world} "
+                                 f"processes (a resumed run keeps its batch); resume it on a number of processes that "
+                                 f"divides {cfg.batch_size} ({listed})"))  # fmt: skip
     on_cuda = dev.type == "cuda"
     amp, channels_last, compiled = resolve_auto(cfg.amp, cfg.channels_last, cfg.compile, dev)
     base_lr = cfg.lr * (cfg.batch_size / PAPER_BATCH if cfg.lr_scaling == "linear" else 1.0)
@@ -376,7 +383,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                     optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), epoch=epoch + 1,
                     config=_config_dict(cfg), metrics=metrics, rng=rng_state(), world_size=world), is_best)  # fmt: skip
                 write_metrics(run_dir, metrics)
-            say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1, classes=model.args["num_classes"]))
+            say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1, classes=model.args["num_classes"],
+                        start_up=clock.start_up(started)))  # fmt: skip
             stalled = stall_note(train_loss, model.args["num_classes"], cfg.init) if epoch == 0 else None
             if stalled is not None:
                 say(stalled)

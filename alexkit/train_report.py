@@ -46,6 +46,13 @@ class Rate:
     def wait_share(self) -> float | None:
         return self.waited / (self.now - self.since) if self.steps else None
 
+    def start_up(self, started: float) -> float:
+        """Seconds the first step (begun at `started`) took beyond a steady one: the loader's start,
+        torch.compile; a once-per-run cost that an estimate of the epochs to come leaves out."""
+        if not self.steps:
+            return 0.0
+        return max(0.0, (self.since - started) - (self.now - self.since) / self.steps)
+
 
 def timed(batches):
     """(batch, seconds the caller waited for it), batch after batch. The whole iterable is consumed
@@ -70,13 +77,14 @@ def most_waited(clock: Rate, seconds: float, device: torch.device) -> float:
     return waits.item()
 
 
-def summary(row: dict, epochs_left: int, classes: int) -> str:
-    """One epoch's line; with epochs to go, how long they would take at this epoch's pace (at most:
-    the plateau schedule may stop the run earlier). With 5 classes or fewer every label is among the
-    top 5: no top-5 error is shown."""
+def summary(row: dict, epochs_left: int, classes: int, start_up: float = 0.0) -> str:
+    """One epoch's line; with epochs to go, how long they would take at this epoch's pace without its
+    `start_up` seconds (at most: the plateau schedule may stop the run earlier). With 5 classes or
+    fewer every label is among the top 5: no top-5 error is shown."""
     left = ""
     if epochs_left > 0:
-        left = f" | {epochs_left} epoch{'s' * (epochs_left != 1)} to go at most, {duration(row['seconds'] * epochs_left)}"
+        each = max(row["seconds"] - start_up, 0.0)
+        left = f" | {epochs_left} epoch{'s' * (epochs_left != 1)} to go at most, {duration(each * epochs_left)}"
     top5 = f" top-5 err {row['val_top5_err']:.1%}" if classes > TOP_K else ""  # as eval's report
     return (f"epoch {row['epoch']}: lr {row['lr']:.2g} train loss {row['train_loss']:.3f} "
             f"top-1 err {row['train_top1_err']:.1%} | val top-1 err {row['val_top1_err']:.1%}{top5} "

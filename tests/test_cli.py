@@ -632,3 +632,7 @@ def test_an_error_after_a_ctrl_c_is_the_ctrl_cs_doing(monkeypatch, capsys):
         cli.main(["train"])
     assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun every process stops: the node's first alone says so
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train"])
+    assert stopped.value.code == 130 and capsys.readouterr().err == ""

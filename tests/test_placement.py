@@ -213,7 +213,7 @@ def _agreeing_worker(rank: int, out: str) -> None:
 
     import numpy as np
 
-    from alexkit.ranks import agree, on_every_rank, same_checkpoint_everywhere, same_store_everywhere
+    from alexkit.ranks import agree, on_every_rank, same_checkpoint_everywhere, same_flags_everywhere, same_store_everywhere
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
     said = []
@@ -250,6 +250,9 @@ def _agreeing_worker(rank: int, out: str) -> None:
         history = [{"epoch": e, "val_top1_err": 0.5 + 0.1 * rank * (e == 3)} for e in (1, 2, 3)]  # one epoch, two runs
         ckpt = dict(epoch=3, metrics=history, config={"lr": 0.01})
         say(lambda: same_checkpoint_everywhere(ckpt, Path(out, "run", "last.pt"), "--resume"))
+        own = ("device", "progress", "data", "out", "resume")
+        for cfg in (TrainConfig(device=f"cuda:{rank}", data=Path(f"store{rank}")), TrainConfig(lr=(0.01, 0.5)[rank], epochs=2 + rank)):
+            say(lambda: same_flags_everywhere(cfg, own))  # a device and a path of their own; then another lr and epochs
         Path(out, f"rank{rank}.txt").write_text("\n".join(said))
     finally:
         torch.distributed.destroy_process_group()
@@ -282,6 +285,8 @@ def test_the_processes_of_a_job_raise_one_error_together(tmp_path):
         assert s[6] == (f"2 the processes read different stores ({host}:{tmp_path / 'store'}; {host}:{tmp_path / 'store'}); "
                         "pass --data a store on a file system all nodes share, or the same copy on every node")
         assert s[7].startswith(f"2 the processes read different checkpoints ({ckpt} at epoch 3; {ckpt} at epoch 3); ")
+        assert s[8:] == ["fine", "2 the processes were given different --epochs: 2 on process 0; 3 on process 1 (and 1 other "
+                                 "flag); start every process with the same command line"]  # fmt: skip
 
 
 def test_placement_on_cpu_without_ddp():

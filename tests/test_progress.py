@@ -74,3 +74,15 @@ def test_plain_lines_come_at_each_tenth_with_the_rate_and_eta_of_the_work(monkey
     lines = capsys.readouterr().out.splitlines()
     assert [int(re.match(r"epoch 1/1: (\d+)/25", line)[1]) for line in lines] == [3, 6, 9, 12, 15, 18, 21, 24, 25]
     assert lines[3] == "epoch 1/1: 12/25 (48%) 8 images/s, ETA 13s"
+
+
+def test_the_plain_eta_is_at_the_rate_shown_which_may_leave_a_start_up_out(monkeypatch, capsys):
+    """A training passes the rate of its steady steps (the first step carries the loader's start and
+    torch.compile): the ETA beside it is at that rate, not at the average since the start."""
+    from alexkit import progress
+
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: 30.0)  # 30 s since the start, most of it start-up
+    with Progress("epoch 1/90", 100, per_done=10, mode="plain") as bar:
+        monkeypatch.setattr(progress.time, "perf_counter", lambda: 60.0)
+        bar.update(10, rate=50.0)  # 90 steps of 10 images left at 50 images/s
+    assert capsys.readouterr().out == "epoch 1/90: 10/100 (10%) 50 images/s, ETA 18s\n"

@@ -383,6 +383,7 @@ def test_images_per_s_leave_out_the_first_step(monkeypatch):
     assert rate.step(waited=0.1) == pytest.approx(64 / 0.5) and rate.step(waited=0.2) == pytest.approx(2 * 64 / 1.0)
     assert rate.wait_share() == pytest.approx(0.3 / 1.0)  # the first step's wait (the start-up) left out
     assert rate.waited_all == pytest.approx(3.3)
+    assert rate.start_up(started=0.0) == pytest.approx(10.0 - 0.5)  # the first step, less a steady step's 0.5 s
 
 
 def test_data_wait_is_the_time_spent_asking_for_batches(monkeypatch):
@@ -684,6 +685,7 @@ def test_epoch_lines_say_how_long_the_rest_would_take_at_most():
     assert _summary(row, epochs_left=89, classes=1000) == (
         "epoch 1: lr 0.01 train loss 6.900 top-1 err 99.9% | val top-1 err 99.8% top-5 err 99.0% | 3,000 images/s, "
         "data wait 2%, 7m07s | 89 epochs to go at most, 10h33m23s")  # fmt: skip
+    assert _summary(row, epochs_left=89, classes=1000, start_up=27.0).endswith("| 89 epochs to go at most, 9h53m20s")  # 400 s each
     assert _summary(dict(row, epoch=89), epochs_left=1, classes=1000).endswith("| 1 epoch to go at most, 7m07s")
     assert _summary(dict(row, epoch=90), epochs_left=0, classes=1000).endswith("images/s, data wait 2%, 7m07s")
     assert "val top-1 err 99.8% | 3,000 images/s" in _summary(row, epochs_left=0, classes=5)
@@ -973,6 +975,10 @@ def test_a_batch_that_does_not_split_over_the_processes_is_said_once_per_node(tm
     with pytest.raises(AlexkitError, match="--batch-size 15 does not split evenly over 2 processes") as raised:
         _train(TrainConfig(batch_size=15, device="cpu"), None, Placement("ddp", 1, 2, (cpu,)), None, tmp_path / "run")
     assert raised.value.everywhere and not (tmp_path / "run").exists()
+    with pytest.raises(AlexkitError, match=r"^the run's global batch, --batch-size 15, does not split evenly over 2 processes "
+                                           r"\(a resumed run keeps its batch\); resume it on a number of processes that "
+                                           r"divides 15 \(1, 3, 5, 15\)$"):  # a flag the resume was not given
+        _train(TrainConfig(batch_size=15, device="cpu"), {"epoch": 1}, Placement("ddp", 1, 2, (cpu,)), None, tmp_path / "run")
 
 
 def _train_cli(store: Path, run: Path, epochs: int, fc: int = 128) -> list[str]:

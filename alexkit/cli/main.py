@@ -237,9 +237,11 @@ _INTERRUPTED: list[int] = []  # Ctrl-Cs taken while main() ran
 
 
 def _stopped(exc: BaseException | None) -> int:
-    """Say why the command stopped early, "interrupted" (Ctrl-C) or "terminated" (SIGTERM); its exit code."""
+    """Say why the command stopped early, "interrupted" (Ctrl-C) or "terminated" (SIGTERM); its exit code.
+    Under torchrun every process is stopped: the first of each node alone says so."""
     term = isinstance(exc, Terminated) or bool(_TERMINATED)
-    print("terminated" if term else "interrupted", file=sys.stderr)
+    if first_on_node():
+        print("terminated" if term else "interrupted", file=sys.stderr)
     return 143 if term else 130
 
 
