@@ -982,9 +982,11 @@ def test_a_batch_that_does_not_split_over_the_processes_is_said_once_per_node(tm
 
 
 def _train_cli(store: Path, run: Path, epochs: int, fc: int = 128) -> list[str]:
-    """A real `alexkit train` of a tiny AlexNet, for the tests that signal it or close its stdout."""
+    """A real `alexkit train` of a tiny AlexNet, for the tests that signal it or close its stdout (the
+    sturdy init: with the paper's, epoch 1's line is followed by a note that the loss is at chance)."""
     return [sys.executable, "-m", "alexkit", "train", "--data", str(store), "--out", str(run), "--epochs", str(epochs),
-            "--batch-size", "16", "--width", "0.25", "--fc-features", str(fc), "--device", "cpu", "--progress", "none"]  # fmt: skip
+            "--batch-size", "16", "--width", "0.25", "--fc-features", str(fc), "--init", "sturdy", "--device", "cpu",
+            "--progress", "none"]  # fmt: skip
 
 
 @pytest.mark.parametrize("sig, code, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
