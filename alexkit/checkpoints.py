@@ -10,12 +10,10 @@ load_model builds the network a checkpoint describes, for eval and predict.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import re
 import shutil
 import signal
-import threading
 import warnings
 import zipfile
 import zlib
@@ -28,6 +26,7 @@ import torch
 from alexkit.errors import AlexkitError, refused, why
 from alexkit.paths import write_atomic
 from alexkit.progress import counted
+from alexkit.stops import held
 
 CHECKPOINT_FORMAT = 1
 ZIP_START = b"PK\x03\x04"  # the first bytes of every file torch.save writes (a zip archive)
@@ -44,27 +43,6 @@ def save_checkpoint(path: Path, ckpt: dict, is_best: bool) -> None:
         if is_best:
             with open(first, "rb") as best:
                 write_atomic(path / "last.pt", lambda f: shutil.copyfileobj(best, f))
-
-
-@contextlib.contextmanager
-def held(*signals: int):
-    """The block runs to its end, and `signals` that came meanwhile are raised after it. A
-    KeyboardInterrupt inside torch.save leaves its zip writer half done, and torch then raises a
-    RuntimeError of its own ("unexpected pos ...") in place of the interrupt: the run would stop with
-    that error, and without saying how to go on. Only the main thread can hold signals. Nested, the
-    inner block's signals are held on to the end of the outer one."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    came: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: came.append(signum)) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: one set outside Python
-        for sig in dict.fromkeys(came):  # each once, in the order they came, to the handlers now back
-            signal.raise_signal(sig)
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
+from alexkit import stops
+
 
 def duration(seconds: float) -> str:
     """1h02m03s, 4m05s or 6s."""
@@ -70,6 +72,7 @@ class Progress:
             self.bar = None
 
     def update(self, done: int, rate: float | None = None, **fields) -> None:
+        stops.check()  # a Ctrl-C that a native library dropped still stops the work
         now = time.perf_counter()
         self.values.update(fields)
         if rate is None:
@@ -99,6 +102,7 @@ class Ticks:
         self.what, self.bar = None, None
 
     def __call__(self, what: str, done: int, total: int, unit: str) -> None:
+        stops.check()
         if what != self.what:
             self.close()
             self.what, self.part_start = what, time.perf_counter()

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexkit import ranges
-from alexkit.checkpoints import CHECKPOINT_FORMAT, held, read_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
+from alexkit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
 from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
 from alexkit.evaluate import TOP_K
 from alexkit.launcher import launched, under_torchrun
@@ -47,6 +47,7 @@ from alexkit.ranks import same_checkpoint_everywhere, same_flags_everywhere, sam
 from alexkit.resume import check_resumable, flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, world_size_of
 from alexkit.runs import check_same_store, claim_run, find_checkpoint
 from alexkit.runs import run_dir as make_run_dir, write_metrics, write_run_files
+from alexkit.stops import held
 from alexkit.train_report import Rate, flags, most_waited, stall_note, start_line, summary, timed
 
 PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it

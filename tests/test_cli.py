@@ -627,7 +627,6 @@ def test_an_error_after_a_ctrl_c_is_the_ctrl_cs_doing(monkeypatch, capsys):
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr(cli, "app", app)
-    monkeypatch.setattr(cli, "_INTERRUPTED", [])
     with pytest.raises(SystemExit) as stopped:
         cli.main(["train"])
     assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
@@ -636,3 +635,44 @@ def test_an_error_after_a_ctrl_c_is_the_ctrl_cs_doing(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["train"])
     assert stopped.value.code == 130 and capsys.readouterr().err == ""
+
+
+def test_a_ctrl_c_dropped_by_a_native_library_still_stops_the_command(monkeypatch, capsys):
+    """llvmlite prints and drops a KeyboardInterrupt raised inside its callbacks (numba importing or
+    compiling): the next progress step raises it again; a command that has no step left to take
+    still ends as interrupted, exit 130, not 0. The next command in the process starts afresh."""
+    import signal
+
+    import alexkit.cli.main as cli
+    from alexkit import stops
+    from alexkit.progress import Progress
+
+    def dropped() -> None:
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:  # what the native library does with it
+            pass
+
+    steps = []
+
+    def app(**kw):
+        dropped()
+        with Progress("epoch 1/1", 3, mode="none") as bar:
+            for step in range(3):
+                bar.update(step + 1)
+                steps.append(step)
+        return 0
+
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train"])
+    assert stopped.value.code == 130 and steps == [] and capsys.readouterr().err == "interrupted\n"
+    monkeypatch.setattr(cli, "app", lambda **kw: dropped())  # no step: the command ends as if none had come...
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train"])
+    assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"  # ...but it did
+    assert stops.INTERRUPTED == [] and stops.TERMINATED == []
+    monkeypatch.setattr(cli, "app", lambda **kw: 0)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train"])
+    assert stopped.value.code == 0

@@ -11,6 +11,7 @@ import pytest
 
 from alexkit import checkpoints, runs
 from alexkit.errors import AlexkitError
+from alexkit.stops import held
 
 
 def test_a_finished_runs_metrics_are_left_as_they_are_when_they_already_say_so(tmp_path):
@@ -255,7 +256,7 @@ def test_ctrl_c_during_a_checkpoint_save_comes_after_it(tmp_path, monkeypatch):
     # train holds the save and the epoch's metrics line together: a Ctrl-C in the save waits for both
     monkeypatch.setattr(checkpoints.torch, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        with checkpoints.held(signal.SIGINT, signal.SIGTERM):
+        with held(signal.SIGINT, signal.SIGTERM):
             checkpoints.save_checkpoint(tmp_path, {**ckpt, "epoch": 2}, is_best=False)
             runs.write_metrics(tmp_path, [{"epoch": 1}, {"epoch": 2}])
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

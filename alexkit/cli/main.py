@@ -24,7 +24,9 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from alexkit import stops
 from alexkit.errors import AlexkitError, alike, refused
+from alexkit.stops import Terminated
 from alexkit.paths import expand_home
 from alexkit.launcher import first_on_node, started
 
@@ -184,21 +186,16 @@ def _wide_enough() -> None:
         rich_utils.MAX_WIDTH = MIN_COLUMNS
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, `docker stop`, a batch system's time limit), taken as Ctrl-C is: a command
-    removes what it had half written and says how to go on, then exits with 143 (128 + SIGTERM)."""
-
-
 @contextlib.contextmanager
 def _sigterm_as_ctrl_c():
     """Raise Terminated in the main thread on SIGTERM while the block runs (its default would end the
     process at once, leaving temporary files and no word of how to go on)."""
     def terminate(signum, frame):
-        _TERMINATED.append(signum)  # typer may turn the exception into exit code 130 before main() sees it
+        stops.TERMINATED.append(signum)  # typer may turn the exception into exit code 130 before main() sees it
         raise Terminated()
 
-    def interrupt(signum, frame):  # Python's own, remembered: see _main's last handler
-        _INTERRUPTED.append(signum)
+    def interrupt(signum, frame):  # Python's own, remembered (alexkit/stops.py)
+        stops.INTERRUPTED.append(signum)
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
@@ -210,6 +207,8 @@ def _sigterm_as_ctrl_c():
     try:
         yield
     finally:
+        stops.INTERRUPTED.clear()  # taken for this command: a next main() in this process (a test's) starts afresh
+        stops.TERMINATED.clear()
         _HANDLING.pop()
         signal.signal(signal.SIGTERM, previous)
         if previous_int is not None:
@@ -232,14 +231,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_sigterm_default_in_child)
 
 
-_TERMINATED: list[int] = []  # SIGTERMs taken while main() ran
-_INTERRUPTED: list[int] = []  # Ctrl-Cs taken while main() ran
-
 
 def _stopped(exc: BaseException | None) -> int:
     """Say why the command stopped early, "interrupted" (Ctrl-C) or "terminated" (SIGTERM); its exit code.
     Under torchrun every process is stopped: the first of each node alone says so."""
-    term = isinstance(exc, Terminated) or bool(_TERMINATED)
+    term = isinstance(exc, Terminated) or bool(stops.TERMINATED)
     if first_on_node():
         print("terminated" if term else "interrupted", file=sys.stderr)
     return 143 if term else 130
@@ -279,7 +275,7 @@ def _main(argv: list[str] | None) -> None:
         print(f"error: {said}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
-        if _INTERRUPTED or _TERMINATED:  # a Ctrl-C inside an import can leave a module half made, and what uses
+        if stops.INTERRUPTED or stops.TERMINATED:  # a Ctrl-C inside an import can leave a module half made, and what uses
             sys.exit(_stopped(None))  # it then fails in its own way (numpy: a RecursionError): the Ctrl-C's doing
         if debug:
             raise
@@ -287,6 +283,6 @@ def _main(argv: list[str] | None) -> None:
             exc = exc.__cause__
         print(f"error: {exc.__class__.__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
-    if code == 130:  # typer turns Ctrl-C into exit code 130 itself, before the handler above
-        code = _stopped(None)
+    if code == 130 or stops.INTERRUPTED or stops.TERMINATED:  # typer turns Ctrl-C into exit code 130 itself, before
+        code = _stopped(None)  # the handler above; a Ctrl-C dropped by a native library let the command run to its end
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit's code, or 0 after a command's end

@@ -10,11 +10,11 @@ graphs.py for why and for the figures).
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
 
 import numpy as np
+
+from alexkit.stops import held
 
 
 def _kernel_chw(out, mean_windows, data, corners, offset):
@@ -82,26 +82,8 @@ def one_pass_op(channels_last: bool):
             _COMPILED[channels_last] = None
         else:
             run, shape = (_kernel_hwc, _shape_hwc) if channels_last else (_kernel_chw, _shape_chw)
-            with _ctrl_c_after():
+            with held(signal.SIGINT):  # a Ctrl-C inside numba's compiler would be dropped: raised after it
                 _COMPILED[channels_last] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
                                                          in_types=[types.FLOAT, types.UINT8, types.INT32, types.FLOAT],
                                                          outs_ndim=[4], ins_ndim=[4, 3, 2, 1])  # fmt: skip
     return _COMPILED[channels_last]
-
-
-@contextlib.contextmanager
-def _ctrl_c_after():
-    """Hold a Ctrl-C until the block ends, then raise it. While Numba compiles, a KeyboardInterrupt
-    raised inside one of llvmlite's callbacks is printed and dropped, and the run went on as if
-    no Ctrl-C had come (about one try in eight, 2 s into a training)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    caught = []
-    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt

@@ -1,0 +1,51 @@
+"""How a command stops on Ctrl-C or SIGTERM: the handlers the command line sets (alexkit/cli/main.py)
+record each signal here and raise; long loops call `check`, and blocks that must not be cut hold them.
+
+A Ctrl-C raised while a native library runs Python code of its own (llvmlite's callbacks, while
+numba imports or compiles) is printed there and dropped: the command went on as if none had come.
+The record survives the drop, so the next `check` (each progress update) raises it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+INTERRUPTED: list[int] = []  # Ctrl-Cs the command line's handler took while a command ran
+TERMINATED: list[int] = []  # SIGTERMs, likewise
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `docker stop`, a batch system's time limit), taken as Ctrl-C is: a command
+    removes what it had half written and says how to go on, then exits with 143 (128 + SIGTERM)."""
+
+
+def check() -> None:
+    """Raise the stop that a Ctrl-C or SIGTERM asked for, if one came: a long loop's steps call this,
+    so that one dropped on its way (see the module docstring) still stops the command."""
+    if TERMINATED:
+        raise Terminated()
+    if INTERRUPTED:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def held(*signals: int):
+    """The block runs to its end, and `signals` that came meanwhile are raised after it, to the
+    handlers set outside it. A KeyboardInterrupt inside torch.save leaves its zip writer half done,
+    and torch then raises a RuntimeError of its own ("unexpected pos ...") in place of the interrupt;
+    one inside numba's compiler is dropped (see the module docstring). Only the main thread can hold
+    signals. Nested, the inner block's signals are held on to the end of the outer one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: came.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: one set outside Python
+        for sig in dict.fromkeys(came):  # each once, in the order they came, to the handlers now back
+            signal.raise_signal(sig)
