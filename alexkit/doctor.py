@@ -4,6 +4,8 @@ really works here: the checks behind `alexkit doctor`."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import itertools
 import platform
 import sys
 
@@ -22,6 +24,26 @@ def _version(module: str, dist: str | None = None) -> tuple[str | None, str]:
         return version(dist or module), ""
     except PackageNotFoundError:
         return getattr(mod, "__version__", "installed"), ""
+
+
+def _import_fix(dist: str, module: str, err: str) -> str:
+    """The line that says how to mend the package `dist` whose `module` does not import (`err`: why)."""
+    if "libGL" in err:  # opencv-python on a server without a display's libraries
+        return f"{dist} does not import ({err}): apt-get install libgl1 libglib2.0-0, then run alexkit doctor again"
+    missing = err.startswith("ModuleNotFoundError") and f"'{module.split('.')[0]}'" in err
+    return f"{dist} is missing: run `make setup` (or pip install -e .)" if missing else \
+        f"{dist} does not import ({err}): run `make setup` again (or reinstall {dist})"  # fmt: skip
+
+
+def _at_least(version: str, wanted: tuple[int, ...]) -> bool:
+    """Whether a version string ("2.11.0+cu130", "2.4.1") is at least `wanted` (its leading numbers)."""
+    numbers = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers) >= wanted
 
 
 def _dali_cpu_pipeline() -> str:
@@ -73,30 +95,42 @@ def checks() -> tuple[list[Row], list[str], int]:
     rows.append(("python", f"{sys.version.split()[0]} ({platform.machine()})", sys.version_info >= (3, 10)))
     if sys.version_info < (3, 10):
         problems.append("alexkit needs Python 3.10 or newer")
-    for name, module, dist in [("numpy", "numpy", "numpy"), ("pillow", "PIL", "pillow"), ("typer", "typer", "typer"), ("rich", "rich", "rich")]:
+    for name, module, dist in [("numpy", "numpy", "numpy"), ("pillow", "PIL", "pillow"), ("typer", "typer", "typer"),
+                               ("rich", "rich", "rich"), ("opencv", "cv2", "opencv-python"), ("scipy", "scipy.io", "scipy")]:  # fmt: skip
         ver, err = _version(module, dist)
         rows.append((name, ver or err, ver is not None))
         if ver is None:
-            problems.append(f"{dist} is missing: run `make setup` (or pip install -e .)")
+            problems.append(_import_fix(dist, module, err))
     torch_ver, err = _version("torch")
-    rows.append(("torch", torch_ver or err, torch_ver is not None))
+    rows.append(("torch", torch_ver or err, torch_ver is not None and _at_least(torch_ver, (2, 11))))
     if torch_ver is None:
-        problems.append("torch is missing: run `make setup` (or pip install torch>=2.11)")
+        problems.append(_import_fix("torch", "torch", err))
+    elif not _at_least(torch_ver, (2, 11)):
+        problems.append(f"torch {torch_ver} is older than 2.11, which alexkit needs: run `make setup` (or pip install torch>=2.11)")
 
     ffcv_ver, err = _version("ffcv")
     rows.append(("ffcv", ffcv_ver or err, ffcv_ver is not None))
-    native, err = _version("ffcv.libffcv", "ffcv")
-    rows.append(("ffcv native library", "loads" if native else err, native is not None))
-    if native is None:
-        problems.append("FFCV's native library does not load: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then `make setup`")
+    if ffcv_ver is None:  # its native library is not reached then: the import's own error is the one to fix
+        problems.append(_import_fix("ffcv", "ffcv", err))
+    else:
+        native, err = _version("ffcv.libffcv", "ffcv")
+        rows.append(("ffcv native library", "loads" if native else err, native is not None))
+        if native is None:
+            problems.append("FFCV's native library does not load: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then `make setup`")
 
-    numba_ver, _ = _version("numba")  # comes with FFCV; optional for alexkit's own graphs
-    rows.append(("numba (one-pass CPU kernels)", numba_ver or "not installed: CPU graphs run DALI's operators only (slower, see the README)", True))
+    numba_ver, err = _version("numba")  # comes with FFCV; optional for alexkit's own graphs
+    absent = importlib.util.find_spec("numba") is None
+    rows.append(("numba (one-pass CPU kernels)", numba_ver or (f"{'not installed' if absent else err}: CPU graphs run DALI's "
+                                                               "operators only (slower, see the README)"), True))  # fmt: skip
 
     dali_ver, err = _version("nvidia.dali", "nvidia-dali-cuda130")
-    rows.append(("nvidia-dali", dali_ver or err, dali_ver is not None))
+    dali_ok = dali_ver is not None and _at_least(dali_ver, (2, 4)) and not _at_least(dali_ver, (2, 5))
+    rows.append(("nvidia-dali", dali_ver or err, dali_ok))
     if dali_ver is None:
         problems.append("DALI is missing: pip install nvidia-dali-cuda130 (or `make setup`)")
+    elif not dali_ok:
+        problems.append(f"nvidia-dali {dali_ver} is not the 2.4 release alexkit uses: run `make setup` (or pip install "
+                        "'nvidia-dali-cuda130>=2.4,<2.5')")  # fmt: skip
     else:
         try:
             rows.append(("dali cpu pipeline", _dali_cpu_pipeline(), True))

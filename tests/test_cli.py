@@ -355,6 +355,29 @@ def test_doctor_marks_what_fails_and_only_that(monkeypatch):
     assert len(problems) == 1 and "FFCV's native library does not load" in problems[0]
 
 
+@pytest.mark.parametrize("module, row, fix", [
+    ("cv2", "opencv", "opencv-python does not import (ImportError: libGL.so.1: cannot open shared object file): apt-get "
+                      "install libgl1 libglib2.0-0, then run alexkit doctor again"),
+    ("scipy.io", "scipy", "scipy is missing: run `make setup` (or pip install -e .)"),
+    ("ffcv", "ffcv", "ffcv does not import (ModuleNotFoundError: import of cv2 halted; None in sys.modules): run `make "
+                     "setup` again (or reinstall ffcv)"),
+])
+def test_doctor_checks_every_package_prepare_imports_and_says_each_fix(monkeypatch, module, row, fix):
+    """OpenCV (prepare's decoder) and SciPy (the devkit's meta.mat) are checked too; a package that
+    does not import is a problem (exit 2), with the fix for why: ffcv failing to import (its own
+    error) was shown, yet doctor said that all was well."""
+    from alexkit import doctor
+
+    real = doctor._version
+    errors = {"cv2": "ImportError: libGL.so.1: cannot open shared object file", "scipy.io": "ModuleNotFoundError: No module named 'scipy'",
+              "ffcv": "ModuleNotFoundError: import of cv2 halted; None in sys.modules"}  # fmt: skip
+    monkeypatch.setattr(doctor, "_version", lambda m, d=None: (None, errors[m]) if m == module else real(m, d))
+    rows, problems, _ = doctor.checks()
+    assert [name for name, _, ok in rows if not ok] == [row] and problems == [fix]
+    assert doctor._at_least("2.11.0+cu130", (2, 11)) and not doctor._at_least("2.9.1", (2, 11))
+    assert doctor._at_least("2.4.0", (2, 4)) and not doctor._at_least("2.4.0", (2, 5)) and doctor._at_least("2.10", (2, 4))
+
+
 # --- in this process: flags reach the stages, errors reach the user ---
 
 
