@@ -109,9 +109,12 @@ def checks() -> tuple[list[Row], list[str], int]:
         problems.append(f"torch {torch_ver} is older than 2.11, which alexkit needs: run `make setup` (or pip install torch>=2.11)")
 
     ffcv_ver, err = _version("ffcv")
-    rows.append(("ffcv", ffcv_ver or err, ffcv_ver is not None))
+    rows.append(("ffcv", ffcv_ver or err, ffcv_ver == "1.0.2"))
     if ffcv_ver is None:  # its native library is not reached then: the import's own error is the one to fix
         problems.append(_import_fix("ffcv", "ffcv", err))
+    elif ffcv_ver != "1.0.2":  # alexkit reads and writes its .beton format itself
+        problems.append(f"ffcv {ffcv_ver} is not the 1.0.2 whose .beton format alexkit reads and writes: run `make setup` "
+                        "(or pip install ffcv==1.0.2)")  # fmt: skip
     else:
         native, err = _version("ffcv.libffcv", "ffcv")
         rows.append(("ffcv native library", "loads" if native else err, native is not None))

@@ -47,8 +47,9 @@ class Rate:
         return self.waited / (self.now - self.since) if self.steps else None
 
     def start_up(self, started: float) -> float:
-        """Seconds the first step (begun at `started`) took beyond a steady one: the loader's start,
-        torch.compile; a once-per-run cost that an estimate of the epochs to come leaves out."""
+        """Seconds the first step (begun at `started`) took beyond a steady one: the loader's start of
+        the epoch, and in a run's first epoch torch.compile; left out of the estimate of the epochs
+        to come (their own start-ups, a second or so each, are small beside an epoch)."""
         if not self.steps:
             return 0.0
         return max(0.0, (self.since - started) - (self.now - self.since) / self.steps)

@@ -466,6 +466,22 @@ def test_the_train_tar_beside_an_extracted_val_folder_reads_that_folder(tmp_path
     assert {s.name.rsplit("/", 1)[-1]: s.label for s in val} == {val_name(i): VAL_LABELS[i - 1] for i in range(1, 6)}
 
 
+def test_a_val_folder_beside_the_val_tar_is_said_and_an_empty_one_leaves_the_tar_read(tmp_path):
+    """valprep's first step makes empty class folders: the tar still holds the images. A val/ that
+    holds some is used, and said, since an extraction stopped halfway would be a smaller split."""
+    write_official_tars(tmp_path)
+    for wnid in SORTED_WNIDS:
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+    ds = find_dataset(tmp_path)
+    assert {s.path for s in ds.splits["val"]} == {str(tmp_path / "ILSVRC2012_img_val.tar")} and len(ds.splits["val"]) == 5
+    for i in (1, 2):
+        write(tmp_path / "val" / SORTED_WNIDS[VAL_LABELS[i - 1]] / val_name(i))
+    ds = find_dataset(tmp_path)
+    assert len(ds.splits["val"]) == 2
+    assert (f"{tmp_path / 'val'} holds 2 val images and ILSVRC2012_img_val.tar lies beside it: the folder's are used; "
+            f"if its extraction did not finish, remove {tmp_path / 'val'} to read the tar instead") in ds.warnings
+
+
 def test_val_images_in_no_class_of_train_are_an_error_not_an_empty_split(tmp_path):
     """val/ILSVRC2012_img_val/*.JPEG (one level too deep) would be one class unknown to train: every
     val image left out, and training refused after the whole prepare."""
@@ -509,12 +525,17 @@ def test_a_class_folder_linked_to_nothing_is_an_error_not_a_missing_class(tmp_pa
     """A class folder linked to a disk that is not mounted: without it the later classes' labels
     would shift by one, silently. SRC/train itself linked to nothing is named too."""
     write_official_extracted(tmp_path / "data")
+    write_devkit_folder(tmp_path / "data" / "ILSVRC2012_devkit_t12" / "data")
     (tmp_path / "data" / "train" / SORTED_WNIDS[0]).rename(tmp_path / "moved")
     (tmp_path / "data" / "train" / SORTED_WNIDS[0]).symlink_to(tmp_path / "nowhere" / SORTED_WNIDS[0])
     with pytest.raises(AlexkitError, match=rf"^{tmp_path / 'data' / 'train' / SORTED_WNIDS[0]} is a link to "
                                            rf"{tmp_path / 'nowhere' / SORTED_WNIDS[0]}, which does not exist \(a disk not "
                                            r"mounted\?\); make its target available, or remove the link$"):  # fmt: skip
         find_dataset(tmp_path / "data")
+    (tmp_path / "data" / "train" / SORTED_WNIDS[0]).unlink()
+    (tmp_path / "data" / "ILSVRC2012_img_test.tar").symlink_to(tmp_path / "nowhere" / "test.tar")  # not looked at
+    (tmp_path / "data" / "train" / SORTED_WNIDS[1] / "notes").symlink_to(tmp_path / "nowhere" / "notes")  # in a class
+    assert len(find_dataset(tmp_path / "data").classes) == 2
     (tmp_path / "data" / "train").rename(tmp_path / "old-train")
     (tmp_path / "data" / "train").symlink_to(tmp_path / "nowhere" / "train")
     with pytest.raises(AlexkitError, match=rf"^{tmp_path / 'data' / 'train'} is a link to .*, which does not exist"):

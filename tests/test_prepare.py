@@ -932,6 +932,8 @@ def test_a_train_split_of_empty_class_folders_says_no_images_were_found(tmp_path
                                "no file ending in one of .bmp ")  # fmt: skip
     assert r.stderr.count("\n") == 1 and "decoded" not in r.stderr
     assert not (tmp_path / "deep").exists()  # nor the folders made for it
+    r = _cli(str(tmp_path / "src"), "--out", f"{tmp_path}/p1/../p2/store")
+    assert r.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["src"], r.stderr
 
 
 def test_counts_of_one_are_singular(tmp_path, capsys):
@@ -1358,28 +1360,34 @@ def test_an_empty_or_unfinished_store_folder_is_written(tmp_path, left):
 
 def test_a_source_without_val_is_prepared_with_a_warning_and_a_rerun_adds_val_later(tmp_path, capsys):
     """The warning says to add val images and run again: the rerun then writes val and keeps train
-    (no --force, no train converted again); all of val undecodable is an error, not an empty split."""
-    ids = _class_folder_tree(tmp_path / "src", val_per_class=0)
-    out = tmp_path / "store"
-    _run(tmp_path / "src", out)
+    (no --force, no train converted again, though flat val images and a devkit beside train/ change
+    the layout's name); all of val undecodable is an error, not an empty split."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    for name in ("val", "ILSVRC2012_devkit_t12"):
+        (src / name).rename(tmp_path / name)
+    _run(src, out)
     assert "has no val split (or no val images): `alexkit train`, `eval` and `show-batch` need one" in capsys.readouterr().err
-    _run(tmp_path / "src", out)  # still none: looked for, and the warning again
+    assert Store(out).manifest["source"]["layout"] == "class-folders"
+    _run(src, out)  # still none: looked for, and the warning again
     said = capsys.readouterr()
     assert "without val images; looking for them in" in said.out and "has no val split" in said.err
-    for wnid in WNIDS:
-        (tmp_path / "src" / "val" / wnid).mkdir(parents=True, exist_ok=True)  # (the tree has empty val folders)
-        (tmp_path / "src" / "val" / wnid / "v.JPEG").write_bytes(b"not a jpeg")
+    wnids = sorted(p.name for p in (src / "train").iterdir())
+    for wnid in wnids:
+        (src / "val" / wnid).mkdir(parents=True)
+        (src / "val" / wnid / "v.JPEG").write_bytes(b"not a jpeg")
     with pytest.raises(AlexkitError, match=r"^none of the val split's 3 images in .*src could be decoded \(first: .*\); "
                                            r"check the source files \(finished splits are kept\)$"):  # fmt: skip
-        _run(tmp_path / "src", out)
-    for k, wnid in enumerate(WNIDS):
-        (tmp_path / "src" / "val" / wnid / "v.JPEG").write_bytes(_coded(len(ids) + k, 30, 30))
+        _run(src, out)
+    shutil.rmtree(src / "val")
+    for name in ("val", "ILSVRC2012_devkit_t12"):
+        (tmp_path / name).rename(src / name)
     capsys.readouterr()
-    _run(tmp_path / "src", out)
+    _run(src, out)
     said = capsys.readouterr().out
-    assert "train: kept from an earlier run" in said and "val: 3 images written" in said, said
-    assert len(Store(out).check("train", "val").split("val")) == 3
-    _run(tmp_path / "src", out)
+    assert "train: kept from an earlier run" in said and "val: 12 images written" in said, said
+    assert len(Store(out).check("train", "val").split("val")) == 12
+    assert Store(out).manifest["source"]["layout"] == "official-extracted"
+    _run(src, out)
     assert "nothing to do" in capsys.readouterr().out
 
 

@@ -48,9 +48,9 @@ FULL_IMAGENET = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 _SUPPORTED = (
     "supported layouts: class-folders (SRC/train/<class>/*, optional SRC/val/<class>/*); "
     "official-extracted (SRC/train/<wnid>/*, flat SRC/val/ILSVRC2012_val_*.JPEG, ILSVRC2012_devkit_t12 "
-    "folder or .tar.gz); official-tars (SRC/ILSVRC2012_img_train.tar, optional ILSVRC2012_img_val.tar + "
-    "ILSVRC2012_devkit_t12.tar.gz); kaggle (SRC/ILSVRC/Data/CLS-LOC/{train,val}, SRC/LOC_val_solution.csv, "
-    "SRC/LOC_synset_mapping.txt)"
+    "folder or .tar.gz); official-tars (SRC/ILSVRC2012_img_train.tar, optional ILSVRC2012_img_val.tar or its "
+    "images in SRC/val/, + ILSVRC2012_devkit_t12.tar.gz); kaggle (SRC/ILSVRC/Data/CLS-LOC/{train,val} or SRC/{train,val}, "
+    "SRC/LOC_val_solution.csv, SRC/LOC_synset_mapping.txt)"
 )
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -113,8 +113,8 @@ def find_dataset(src: Path, tick: Tick = _quiet) -> Dataset:
         hint = f"; pass its folder {src.parent}" if src.name in (TRAIN_TAR, VAL_TAR) else ""
         raise AlexkitError(f"{src} is not a folder{hint}; {_SUPPORTED}")
     found = _visible(src)
-    for name in found:  # SRC/train linked to a disk that is not mounted, say
-        _check_not_dangling(src / name)
+    for name in ("train", "val", "ILSVRC", TRAIN_TAR, VAL_TAR, dk.DEVKIT_NAME, *dk.DEVKIT_TARS, dk.KAGGLE_SOLUTION):
+        _check_not_dangling(src / name)  # SRC/train linked to a disk that is not mounted, say
     if not found:
         raise AlexkitError(f"{src} is empty; put a dataset there (or run `alexkit sample {word(src)}`); {_SUPPORTED}")
     if (src / KAGGLE_DATA / "train").is_dir():
@@ -204,7 +204,10 @@ def _val_folder(src: Path, rel: str, wnids: list[str], kit: dk.Devkit | None, no
     _check_one_val_layout(val_dir, flat, subdirs)
     if subdirs:  # torchvision's layout, or the official val moved into class folders (valprep)
         samples = _class_folder_split(src, rel, notes, tick, expected=wnids)[1]
+        if not samples:  # class folders made, nothing moved in yet: a val tar may hold the images
+            return None, False
         _check_folders_against_truth(samples, wnids, kit, src / dk.KAGGLE_SOLUTION, notes)
+        _note_unused_val_tar(src, rel, len(samples), notes)
         return samples, False
     if not flat:
         return None, False
@@ -224,7 +227,16 @@ def _val_folder(src: Path, rel: str, wnids: list[str], kit: dk.Devkit | None, no
         rows.append((f"{rel}/{f}", wnid_of(f, path), path, 0, -1))  # whole files
     if kit is not None:
         _compare_with_devkit(wnids, kit, notes)
+    _note_unused_val_tar(src, rel, len(rows), notes)
     return _labelled(rows, wnids, f"{val_dir} (labels from {truth})", notes), True
+
+
+def _note_unused_val_tar(src: Path, rel: str, images: int, notes: list[str]) -> None:
+    """The val folder's images are used where the val tar lies beside it too: say so (an extraction
+    stopped halfway would make a smaller val split without a word)."""
+    if (src / VAL_TAR).is_file():
+        notes.append(f"{src / rel} holds {counted(images, 'val image')} and {VAL_TAR} lies beside it: the folder's are "
+                     f"used; if its extraction did not finish, remove {src / rel} to read the tar instead")  # fmt: skip
 
 
 def _truth(kit: dk.Devkit | None, csv_path: Path):
@@ -247,8 +259,8 @@ def _check_folders_against_truth(samples, wnids: list[str], kit: dk.Devkit | Non
     against the ground truth lying beside them: a valprep script with a wrong mapping gives chance-level
     validation after days of training. Labels still come from the folders."""
     official = [s for s in samples if dk.val_number(os.path.basename(s.name)) is not None]
-    if not official or (kit is None and not csv_path.is_file()):
-        return
+    if not official or (kit is None and not csv_path.is_file()) or not all(_WNID.match(w) for w in wnids):
+        return  # classes named otherwise ("goldfish") cannot be compared with the ground truth's wnids
     wnid_of = _truth(kit, csv_path)
     wrong = []
     for s in official:
@@ -370,7 +382,6 @@ def _list_images(folder: Path, prefix: str, others: list[str], above: frozenset 
             elif _image_file(e):
                 found.append(f"{prefix}/{e.name}")
             else:
-                _check_not_dangling(e)
                 others.append(f"{prefix}/{e.name}")
     found.sort()
     return found

@@ -171,18 +171,19 @@ def _completed_split(out: Path, name: str, fingerprint: dict) -> dict | None:
         return None
     differs = [k for k, v in fingerprint.items() if record.get(k) != v]
     if differs:
-        why = ("other settings" if "settings" in differs else f"another layout ({record.get('layout')})" if "layout" in differs
-               else "other files (names, labels, sizes or modification times differ)")  # fmt: skip
+        why = "other settings" if "settings" in differs else "other files (names, labels, sizes or modification times differ)"
         print(f"{name}: the one an earlier run finished here was made from {why}; converting it again", flush=True)
         return None
     return record
 
 
 def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
-    """What a finished split depends on: settings, layout, and a digest of its sample list (names
-    relative to the source), with each file's size and modification time (a file replaced under the
-    same name makes the split redone). Not the source's path: a copy that keeps names and times (`cp
-    -a`, `rsync -a`, a job's copy to node-local disk) keeps the split an interrupted run finished."""
+    """What a finished split depends on: settings, and a digest of its sample list (names relative to
+    the source, labels), with each file's size and modification time (a file replaced under the same
+    name makes the split redone). Not the source's path: a copy that keeps names and times (`cp -a`,
+    `rsync -a`, a job's copy to node-local disk) keeps the split an interrupted run finished. Nor the
+    layout's name, which val images added beside train/ can change (class-folders to
+    official-extracted) while train's samples stay the same."""
     digest, stats = hashlib.sha256(), {}
     samples = ds.splits[name]
     with Ticks() as ticks:
@@ -196,7 +197,6 @@ def _fingerprint(name: str, ds: Dataset, settings: dict) -> dict:
     return {
         "split": name,
         "settings": settings,
-        "layout": ds.layout,
         "samples": len(ds.splits[name]),
         "digest": digest.hexdigest(),
     }

@@ -252,11 +252,11 @@ def _describe(settings: dict) -> str:
 def _unmake(made: list[Path]) -> None:
     """Remove the folders this call made (OUT, then the parents it made for it) where nothing is in them."""
     remove_if_only_lock(made[0])
-    for folder in made[1:]:
+    for folder in made[1:]:  # (a `..` among them is no folder of ours: rmdir fails there, and the next is tried)
         try:
             folder.rmdir()
-        except OSError:  # something was put there meanwhile: not ours alone
-            return
+        except OSError:  # not empty: something was put there meanwhile, not ours alone
+            continue
 
 
 def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, list[Path]]:
