@@ -36,6 +36,27 @@ def test_bad_settings_are_one_line_errors(tmp_path):
             BenchLoaderConfig(**kw)
 
 
+def test_json_in_a_stores_folder_is_refused_before_any_work(tmp_path, capsys):
+    """--json over a store's manifest once wrote there and exited 0: the --store, a store the bench
+    makes in --work (before it exists), and any other store, as eval refuses them."""
+    from alexkit.cli.main import main
+    from tests.test_evaluate import make_store
+
+    store, other = make_store(tmp_path / "store").path, make_store(tmp_path / "other").path
+    manifest = (store / "manifest.json").read_bytes()
+    work = tmp_path / "work"
+    for args, where in [(["--store", str(store), "--json", str(store / "manifest.json")], store),
+                        (["--store", str(store), "--json", str(store / "bench.json")], store),
+                        (["--store", str(store), "--json", str(other / "bench.json")], other),
+                        (["--work", str(work), "--images", "24", "--batch-size", "8", "--json", str(work / "store-raw-24" / "b.json")], work / "store-raw-24")]:  # fmt: skip
+        (work / "store-raw-24").mkdir(parents=True, exist_ok=True)  # its folder, as a first run that stopped leaves it
+        with pytest.raises(SystemExit) as done:
+            main(["bench", "loader", *args])
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and f"is in the folder of the store {where}" in err and err.count("\n") == 1, err
+    assert (store / "manifest.json").read_bytes() == manifest and not list(tmp_path.rglob("*bench.json"))
+
+
 # --- the figures: each from a measurement whose answer is known ---
 
 

@@ -81,6 +81,21 @@ class BenchLoaderConfig:
             what = "is not a folder" if self.store is not None else "goes with --store (without it the sources are made)"
             raise AlexkitError(f"--source {self.source} {what}; pass a folder of the store's source JPEGs, or leave --source out")
 
+    def check_json(self, path: Path) -> None:
+        """Refuse a --json file in a store's folder, as eval does: the --store, a store this bench makes
+        in --work, or any other (a folder holding manifest.json and classes.json, or one below it). A
+        store's files are prepare's, and a rebuild replaces the folder whole."""
+        from alexkit.pipeline.store import CLASSES, in_store
+
+        target = Path(path).resolve()
+        ours = [self.store] if self.store is not None else []
+        if self.store is None and self.work is not None:  # the stores made there, maybe not yet
+            ours = [Path(self.work) / f"store-{fmt}-{self.images}" for fmt in ("jpg", "raw")]
+        others = [p for p in target.parents if (p / MANIFEST).is_file() and (p / CLASSES).is_file()]
+        store = next((s for s in ours if in_store(s, target)), None) or next(iter(others), None)
+        if store is not None:
+            raise AlexkitError(f"--json {path} is in the folder of the store {store}; name another file")
+
 
 def bench_loader(cfg: BenchLoaderConfig) -> dict:
     """Measure, print and return {"settings", "rows": [...], "memory": {...}}.

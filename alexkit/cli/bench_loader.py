@@ -28,10 +28,11 @@ def command(
 
     if work is not None:
         check_folder(work, "--work")  # before the inputs are made
-    if json_out is not None:
-        check_output(json_out, "--json")  # before minutes of benchmark whose figures would be lost
-    result = bench_loader(BenchLoaderConfig(store=store, source=source, work=work, images=images, batch_size=batch_size,
-                                            epochs=epochs, threads=threads, prefetch=prefetch, baselines=baselines,
-                                            memory_epochs=memory_epochs))  # fmt: skip
+    cfg = BenchLoaderConfig(store=store, source=source, work=work, images=images, batch_size=batch_size, epochs=epochs,
+                            threads=threads, prefetch=prefetch, baselines=baselines, memory_epochs=memory_epochs)  # fmt: skip
+    if json_out is not None:  # before minutes of benchmark whose figures would be lost
+        check_output(json_out, "--json")
+        cfg.check_json(json_out)
+    result = bench_loader(cfg)
     if json_out is not None:
         write_output(json_out, json.dumps(result, indent=1) + "\n")
