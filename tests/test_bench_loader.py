@@ -146,6 +146,38 @@ def test_memory_mib_sees_an_allocation_in_anonymous_memory_and_the_peak():
     assert after["peak"] > after["rss"] + 150 and after["peak"] >= during["rss"] - 2  # the kernel updates the peak lazily
 
 
+def test_the_pil_baseline_reads_the_source_images_of_the_split_each_mode_reads(tmp_path, capsys):
+    """Baseline (a) once read every JPEG under --source (train and val, 13 here) in both its rows;
+    now the train row reads the store's train sources (7: the file prepare skipped left out) and
+    the centre row its val sources (4), in the store's order and labels. The legend gives the store's
+    size, and says when (a) is not run."""
+    import contextlib
+    import io
+
+    from alexkit.bench.loader import _legend, source_images, torchvision_style_runner
+    from alexkit.datasets import write_sample_dataset
+    from alexkit.errors import AlexkitError
+    from alexkit.pipeline.prepare import PrepareConfig, prepare
+    from alexkit.pipeline.store import Store
+
+    src = write_sample_dataset(tmp_path / "src", num_classes=2, train_per_class=4, val_per_class=2)
+    (src / "train" / "n99000001" / "n99000001_1.JPEG").write_bytes(b"not an image")  # skipped by prepare
+    with contextlib.redirect_stdout(io.StringIO()):
+        store = Store(prepare(PrepareConfig(src=src, out=tmp_path / "store", size=32, workers=1, for_training=False)))
+    sources = source_images(store, src, f"--source {src}")
+    for split, n in (("train", 7), ("val", 4)):
+        assert len(sources[split]) == len(store.split(split)) == n
+        assert [s.label for s in sources[split]] == list(store.split(split).labels)
+    cfg = BenchLoaderConfig(store=store.path, source=src, batch_size=2, threads=1)
+    center = torchvision_style_runner(sources, {"jpg": store}, "center", cfg, 1)
+    assert sum(len(labels) for _, labels in center.epoch(0)) == 4
+    assert "centre 32," in _legend(store.size, cfg)
+    assert "(a) PIL + DataLoader: not run: no --source" in _legend(store.size, BenchLoaderConfig(store=store.path))
+    other = write_sample_dataset(tmp_path / "other", num_classes=2, train_per_class=5, val_per_class=2)  # 10, less the name skipped
+    with pytest.raises(AlexkitError, match=r"has 9 train images .* holds 7; pass the dataset it was prepared from"):
+        source_images(store, other, f"--source {other}")
+
+
 def test_the_pil_baseline_cuts_the_centre_of_the_resized_image_and_subtracts_the_mean(tmp_path):
     """A 120x60 image, black in its left quarter: shorter side to 32 makes it 64x32, and the centre
     32x32 (then its centre 24) holds none of the black; 200 - a mean of 50 is 150."""
@@ -153,9 +185,10 @@ def test_the_pil_baseline_cuts_the_centre_of_the_resized_image_and_subtracts_the
     from PIL import Image
 
     from alexkit.bench.loader import _PilImages
+    from alexkit.datasets import Sample
 
     rgb = np.full((60, 120, 3), 200, np.uint8)
     rgb[:, :30] = 0
     Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
-    image, _ = _PilImages([tmp_path / "a.jpg"], np.full((32, 32, 3), 50, np.float32), 32, 24, train=False)[0]
+    image, _ = _PilImages([Sample(str(tmp_path / "a.jpg"), 0)], np.full((32, 32, 3), 50, np.float32), 32, 24, train=False)[0]
     assert tuple(image.shape) == (3, 24, 24) and 140 < float(image.min()) <= float(image.max()) < 160

@@ -4,9 +4,11 @@
            per-pixel mean subtraction, float32 NCHW output. A JPEG q90 store and a raw store.
            Each mode also runs a second time with DALI's own operators only (no one-pass
            kernel, see pipeline/graphs.py), to show what the kernels buy.
-  (a)      torchvision-style: PIL decodes each source JPEG, resizes the shorter side to 256, cuts
-           the centre 256 square, then the same crop / flip / mean subtraction in NumPy + torch,
-           in a torch DataLoader with one worker process per core (no lighting).
+  (a)      torchvision-style: PIL decodes each source image of the store's split (train for train,
+           the one the centre rows read for centre), resizes the shorter side to the store's size,
+           cuts the centre square, then the same crop / flip / mean subtraction in NumPy + torch,
+           in a torch DataLoader with one worker process per core (no lighting). With --store it
+           needs --source, the dataset the store was prepared from.
   (b)      FFCV's own Loader over the same store: its numba-compiled pipeline decodes with
            libjpeg-turbo and crops; train = RandomResizedCrop decoder pinned to a CxC window at
            scale (C/S)^2, ratio 1 (that is, a random crop) + RandomHorizontalFlip; eval = its
@@ -28,6 +30,7 @@ JPEG q90 store and a raw store.
 from __future__ import annotations
 
 import gc
+import io
 import os
 import statistics
 import tempfile
@@ -43,21 +46,16 @@ from alexkit.bench.prepare import cpu_name, write_photo_like
 from alexkit.errors import AlexkitError, require
 from alexkit.paths import usable_cores
 from alexkit.pipeline.loader import check_images, default_threads
-from alexkit.pipeline.store import MANIFEST
+from alexkit.pipeline.store import CLASSES, MANIFEST
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 
-CLASSES = 10  # the class folders of bench prepare's photo-like sources
 _KEEP: list = []
-LEGEND = """  alexkit DALI: decode, crop, flip, PCA lighting (train), per-pixel mean subtraction -> float32 NCHW
-  alexkit DALI ops only: the same outputs with DALI's own operators, without the one-pass kernels
-  (a) PIL + DataLoader: decode the source JPEG, resize, centre 256, crop, flip, mean subtraction -> float32
-  (b) FFCV Loader: decode + crop (+ flip for train) -> uint8 NHWC; no lighting, no mean, no float"""
 
 
 @dataclass(frozen=True)
 class BenchLoaderConfig:
     store: Path | None = None  # an existing store; None: synthetic inputs in `work`
-    source: Path | None = None  # JPEG files for baseline (a) when a store is given
+    source: Path | None = None  # the dataset the store was prepared from, for baseline (a) when a store is given
     work: Path | None = None  # where synthetic inputs are kept (reused next time); None: a temporary folder
     images: int = 1000  # synthetic images to make
     batch_size: int = 128
@@ -79,13 +77,13 @@ class BenchLoaderConfig:
             raise AlexkitError(f"--store {self.store} is not a finished store (no manifest.json); run `alexkit prepare` first")
         if self.source is not None and (self.store is None or not Path(self.source).is_dir()):
             what = "is not a folder" if self.store is not None else "goes with --store (without it the sources are made)"
-            raise AlexkitError(f"--source {self.source} {what}; pass a folder of the store's source JPEGs, or leave --source out")
+            raise AlexkitError(f"--source {self.source} {what}; pass the dataset the store was prepared from, or leave --source out")
 
     def check_json(self, path: Path) -> None:
         """Refuse a --json file in a store's folder, as eval does: the --store, a store this bench makes
         in --work, or any other (a folder holding manifest.json and classes.json, or one below it). A
         store's files are prepare's, and a rebuild replaces the folder whole."""
-        from alexkit.pipeline.store import CLASSES, in_store
+        from alexkit.pipeline.store import in_store
 
         target = Path(path).resolve()
         ours = [self.store] if self.store is not None else []
@@ -111,15 +109,16 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
         work = Path(cfg.work or tmp)
         if cfg.store is None:  # folders per count: a store is of every file in its source folder
             src = work / f"src-{cfg.images}"
-            sources = write_photo_like(src, cfg.images, workers=workers)  # `alexkit bench prepare`'s images
+            write_photo_like(src, cfg.images, workers=workers)  # `alexkit bench prepare`'s images
             stores = {fmt: Store(make_store(src, work / f"store-{fmt}-{cfg.images}", fmt, workers)) for fmt in ("jpg", "raw")}
+            sources = source_images(stores["jpg"], src, "the made sources")
         else:
             store = Store(cfg.store)
             stores = {"jpg" if check_images(store.split("train"), store) else "raw": store}
-            sources = sorted(p for p in Path(cfg.source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")) if cfg.source else []
+            sources = source_images(store, cfg.source, f"--source {cfg.source}") if cfg.source and cfg.baselines else {}
         settings = _settings(cfg, threads, workers, stores)
         print(settings["line"], flush=True)
-        print(LEGEND, flush=True)
+        print(_legend(next(iter(stores.values())).size, cfg), flush=True)
         memory = {fmt: memory_per_epoch(store, cfg, threads) for fmt, store in stores.items()}  # first: a clean process
         rows = []
         for mode in ("train", "center", "tencrop"):
@@ -141,6 +140,25 @@ def make_store(src: Path, out: Path, fmt: str, workers: int) -> Path:
     from alexkit.pipeline.prepare import PrepareConfig, prepare
 
     return prepare(PrepareConfig(src=src, out=out, format=fmt, quality=90, workers=workers, for_training=False))
+
+
+def source_images(store, src: Path, what: str) -> dict:
+    """Baseline (a)'s images: {split: the samples of `src` that the store's split holds}, for train
+    and the split the centre rows read; the files prepare skipped are left out, and the counts must
+    be the store's (the same images as the other rows)."""
+    from alexkit.datasets import find_dataset
+
+    splits = find_dataset(src).splits
+    skipped = {(s["split"], s["file"]) for s in store.manifest.get("skipped", [])}
+    sources = {}
+    for split in dict.fromkeys(("train", _eval_split(store))):
+        kept = tuple(s for s in splits.get(split, ()) if (split, s.name or s.path) not in skipped)
+        if len(kept) != len(store.split(split)):
+            made_from = store.manifest.get("source", {}).get("path", "SRC")
+            raise AlexkitError(f"{what} has {len(kept)} {split} images (less those prepare skipped), but store {store.path} "
+                               f"holds {len(store.split(split))}; pass the dataset it was prepared from ({made_from})")  # fmt: skip
+        sources[split] = kept
+    return sources
 
 
 # --- the three pipelines, each as a runner of whole epochs ---
@@ -192,12 +210,14 @@ def alexkit_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: 
     return Runner("alexkit DALI" if fused else "alexkit DALI ops only", fmt, mode, epoch)
 
 
-def torchvision_style_runner(sources: list[Path], stores: dict, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
-    """Baseline (a): PIL decode + resize + centre 256 + crop/flip/mean in a DataLoader."""
+def torchvision_style_runner(sources: dict, stores: dict, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
+    """Baseline (a): PIL decode + resize + centre square + crop/flip/mean in a DataLoader, over the
+    source images of the split the other rows of this mode read."""
     import torch
 
     store = next(iter(stores.values()))
-    data = _PilImages(sources, store.stats.mean_image, store.size, store.crop, train=mode == "train")
+    samples = sources["train" if mode == "train" else _eval_split(store)]
+    data = _PilImages(samples, store.stats.mean_image, store.size, store.crop, train=mode == "train")
     # Workers come from a fork server, not forked from this process: a fork makes every page this
     # process writes next (the other pipelines' buffers, hundreds of MB) a copy-on-write fault,
     # billed to whichever pipeline runs next (it halved alexkit's next epoch).
@@ -210,18 +230,20 @@ def torchvision_style_runner(sources: list[Path], stores: dict, mode: str, cfg: 
 class _PilImages:
     """A torchvision-style Dataset written with PIL + NumPy + torch (no torchvision here)."""
 
-    def __init__(self, files: list[Path], mean_image: np.ndarray, size: int, crop: int, train: bool):
-        self.files, self.mean, self.size, self.crop, self.train = files, mean_image, size, crop, train
+    def __init__(self, samples: tuple, mean_image: np.ndarray, size: int, crop: int, train: bool):
+        self.samples, self.mean, self.size, self.crop, self.train = samples, mean_image, size, crop, train
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.samples)
 
     def __getitem__(self, i: int):
         import torch
         from PIL import Image
 
+        from alexkit.datasets import read_sample_bytes
+
         S, C = self.size, self.crop
-        img = Image.open(self.files[i]).convert("RGB")
+        img = Image.open(io.BytesIO(read_sample_bytes(self.samples[i]))).convert("RGB")  # a file, or bytes in a tar
         scale = S / min(img.size)
         img = img.resize((max(S, round(img.width * scale)), max(S, round(img.height * scale))), Image.Resampling.BILINEAR)
         left, top = (img.width - S) // 2, (img.height - S) // 2
@@ -236,7 +258,7 @@ class _PilImages:
         if flip:
             view, mean = view[:, ::-1], mean[:, ::-1]
         image = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))).float()  # (3, C, C)
-        return image - torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1))), i % CLASSES
+        return image - torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1))), self.samples[i].label
 
 
 def ffcv_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
@@ -297,6 +319,18 @@ def memory_mib() -> dict:
             if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 fields[key] = int(value.split()[0]) / 1024
     return {"rss": fields.get("VmRSS"), "anon": fields.get("RssAnon"), "file": fields.get("RssFile"), "peak": fields.get("VmHWM")}
+
+
+def _legend(size: int, cfg: BenchLoaderConfig) -> str:
+    """What each row does; a baseline not run says why."""
+    lines = ["alexkit DALI: decode, crop, flip, PCA lighting (train), per-pixel mean subtraction -> float32 NCHW",
+             "alexkit DALI ops only: the same outputs with DALI's own operators, without the one-pass kernels"]  # fmt: skip
+    if cfg.baselines:
+        a = f"decode the source image, resize, centre {size}, crop, flip, mean subtraction -> float32"
+        if cfg.store is not None and cfg.source is None:
+            a = "not run: no --source (the dataset the store was prepared from)"
+        lines += [f"(a) PIL + DataLoader: {a}", "(b) FFCV Loader: decode + crop (+ flip for train) -> uint8 NHWC; no lighting, no mean, no float"]
+    return "\n".join("  " + line for line in lines)
 
 
 def _row(r: Runner) -> dict:

@@ -11,7 +11,7 @@ import typer
 
 def command(
     store: Optional[Path] = typer.Option(None, "--store", help="A (small) store to read whole epochs of. Default: make photo-like JPEGs, prepare JPEG and raw stores."),
-    source: Optional[Path] = typer.Option(None, "--source", help="With --store: a folder of the source JPEGs, for baseline (a)."),
+    source: Optional[Path] = typer.Option(None, "--source", help="With --store: the dataset the store was prepared from, for baseline (a) (without it, (a) is not run)."),
     work: Optional[Path] = typer.Option(None, "--work", help="Keep the made inputs here, reused next time (default: a temporary folder)."),
     images: int = typer.Option(1000, "--images", help="How many source images to make."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per batch."),
