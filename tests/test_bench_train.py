@@ -59,3 +59,33 @@ def test_a_row_is_the_median_of_its_windows_with_their_range():
     from alexkit.bench.train import row
 
     assert row("real pipeline", [900.0, 100.0, 200.0]) == dict(input="real pipeline", images_per_s=200.0, min=100.0, max=900.0)
+
+
+def test_without_data_and_no_store_here_only_the_synthetic_row_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no ./alexkit-store
+    r = bench_train(BenchTrainConfig(batch_size=2, steps=1, repeats=1, warmup=0, device="cpu", width=0.25, fc_features=16,
+                                     compile="off"))  # fmt: skip
+    assert [row["input"] for row in r["rows"]] == ["synthetic on-device"]
+    assert capsys.readouterr().out.splitlines()[-1] == "no --data, and no store at alexkit-store: real pipeline not measured"
+
+
+def test_a_data_path_that_is_not_a_usable_store_is_an_error_before_any_timing(tmp_path, monkeypatch):
+    """A raw dataset folder, a store's train.beton, a missing path, a 32 px store (28 px crops: no
+    pool5 output) and a --batch-size above the store's training images once printed a note and
+    exited 0, raised a bare ValueError, or failed only after the synthetic row had been timed."""
+    import pytest
+
+    import alexkit.bench.train as bench
+    from alexkit.errors import AlexkitError
+
+    timed = []
+    monkeypatch.setattr(bench, "_timed_windows", lambda *a: timed.append(1) or [1.0])
+    store, small = make_store(tmp_path / "store", size=64, train=12, val=2), make_store(tmp_path / "small", size=32)
+    (tmp_path / "raw" / "train").mkdir(parents=True)
+    for data, batch, said in [(tmp_path / "raw", 4, "has no stats.npz"), (store.path / "train.beton", 4, "pass the store's folder instead"),
+                              (tmp_path / "nowhere", 4, "does not exist"), (small.path, 4, r"\(28px crops\), too small for AlexNet; "
+                              "prepare one with --size 42 or more"), (store.path, 16, r"has 12 images, fewer than one --batch-size \(16\)")]:  # fmt: skip
+        with pytest.raises(AlexkitError, match=said):
+            bench_train(BenchTrainConfig(data=data, batch_size=batch, steps=1, repeats=1, warmup=0, device="cpu", width=0.25,
+                                         fc_features=16, compile="off"))  # fmt: skip
+    assert not timed

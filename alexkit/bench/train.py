@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 from alexkit.train import Auto, TrainConfig, fast_cuda, make_optimizer, resolve_auto, train_step
@@ -22,7 +23,7 @@ from alexkit.train import Auto, TrainConfig, fast_cuda, make_optimizer, resolve_
 
 @dataclass(frozen=True)
 class BenchTrainConfig:
-    data: Path = DEFAULT_STORE  # without a store, only the synthetic row (224 input, 1000 classes)
+    data: Path | None = None  # None: DEFAULT_STORE if it holds a store, else the synthetic row only (224, 1000 classes)
     batch_size: int = 128
     steps: int = 50  # per timed window
     repeats: int = 3
@@ -45,13 +46,12 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
     """Print and return {"device", "settings", "rows": [{"input", "images_per_s", "min", "max"}, ...]}."""
     from alexkit.model import AlexNet
     from alexkit.model.placement import setup
-    from alexkit.pipeline.store import MANIFEST, Store
 
+    store = _usable_store(cfg)  # before any timing
     dev = setup("none", cfg.device).device
     amp, channels_last, compiled = resolve_auto(cfg.amp, cfg.channels_last, cfg.compile, dev)
     if dev.type == "cuda":
         fast_cuda()
-    store = Store(cfg.data) if (Path(cfg.data) / MANIFEST).is_file() else None
     size, classes = (store.crop, store.num_classes) if store else (224, 1000)
 
     torch.manual_seed(0)
@@ -89,9 +89,30 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
     settings = (f"batch {cfg.batch_size}, {size}x{size}, width {cfg.width}, {'bf16 autocast' if amp else 'fp32'}"
                 f"{', channels-last' if channels_last else ''}{', compiled' if compiled else ''}; "
                 f"median of {cfg.repeats} x {cfg.steps} steps after {cfg.warmup} warm-up")  # fmt: skip
-    missing = f"{cfg.data} is not a finished store (no manifest.json)" if Path(cfg.data).exists() else f"no store at {cfg.data}"
+    missing = f"{DEFAULT_STORE} is not a finished store (no manifest.json)" if DEFAULT_STORE.exists() else \
+        f"no --data, and no store at {DEFAULT_STORE}"  # fmt: skip
     _print(device_name, settings, rows, None if store else f"{missing}: real pipeline not measured")
     return dict(device=device_name, settings=settings, rows=rows)
+
+
+def _usable_store(cfg: BenchTrainConfig):
+    """The store of the real-pipeline row, or None (no --data, and no finished store at DEFAULT_STORE:
+    the synthetic row alone). A store named by --data that cannot give that row is an error, said
+    before any row is timed."""
+    from alexkit.model import MIN_INPUT_SIZE
+    from alexkit.pipeline.constants import size_for_crop
+    from alexkit.pipeline.store import MANIFEST, Store
+
+    if cfg.data is None and not (DEFAULT_STORE / MANIFEST).is_file():
+        return None
+    store = Store(cfg.data or DEFAULT_STORE).check("train")
+    if store.crop < MIN_INPUT_SIZE:  # as `alexkit train` says it
+        raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
+                           f"prepare one with --size {size_for_crop(MIN_INPUT_SIZE)} or more")  # fmt: skip
+    train = store.split("train")
+    if len(train) < cfg.batch_size:  # the real row drops the last partial batch: it would have none
+        raise AlexkitError(f"{train.path} has {len(train)} images, fewer than one --batch-size ({cfg.batch_size}); lower --batch-size")
+    return store
 
 
 def row(name: str, rates: list[float]) -> dict:

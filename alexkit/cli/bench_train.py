@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -11,7 +12,8 @@ from alexkit.paths import DEFAULT_STORE
 
 
 def command(
-    data: Path = typer.Option(DEFAULT_STORE, "--data", help="Store for the real-pipeline row (absent: synthetic only)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Store for the real-pipeline row.",
+                                        show_default=f"{DEFAULT_STORE} if it holds a store, else the synthetic row only"),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per step."),
     steps: int = typer.Option(50, "--steps", help="Steps per timed window."),
     repeats: int = typer.Option(3, "--repeats", help="Timed windows; the median is reported."),
