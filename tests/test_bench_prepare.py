@@ -38,3 +38,37 @@ def test_the_table_gives_medians_and_how_many_times_a_route_is_to_a_and_b(capsys
     rows = {line[:24].strip(): line[24:].split() for line in capsys.readouterr().out.splitlines()}
     assert rows["(c) alexkit prepare"] == ["8", "1-80", "4.00x", "2.00x", "1.00"]
     assert rows["(a) one process, PIL"] == ["2", "1-9", "1.00x", "0.50x", "3.00"]
+
+
+def test_ctrl_c_while_making_photo_like_jpegs_says_interrupted_once(tmp_path):
+    """Ctrl-C reaches the whole process group: each pool worker printed its KeyboardInterrupt
+    traceback before the parent's one word (most runs: the pool's exit may kill a worker first, so
+    the workers' ignored signals are read too)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_prepare import _children, _in_own_group_with_sigint_as_default
+
+    cmd = [sys.executable, "-m", "alexkit", "bench", "loader", "--work", str(tmp_path), "--images", "400", "--threads", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_in_own_group_with_sigint_as_default)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("src-400/train/*/*.JPEG"))) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the JPEGs were made before Ctrl-C: " + proc.stderr.read()
+    workers = _children(proc.pid)
+    assert len(workers) == 2 and all(signal.SIGINT in _ignored(w) for w in workers)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to the workers too
+    assert proc.wait(timeout=60) == 130
+    assert proc.stderr.read() == "interrupted\n"
+
+
+def _ignored(pid: int) -> set:
+    """The signals process `pid` ignores (SigIgn in /proc/PID/status: bit n-1 for signal n)."""
+    from pathlib import Path
+
+    mask = next(int(line.split()[1], 16) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigIgn:"))
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}

@@ -18,6 +18,7 @@ import io
 import multiprocessing as mp
 import os
 import platform
+import signal
 import statistics
 import tempfile
 import time
@@ -225,9 +226,26 @@ def write_photo_like(out: Path, n: int, *, seed: int = 0, workers: int = 1) -> l
     shapes, fine grain. Files already there are kept (they are the same for the same seed).
     Returns the files in the order prepare lists them."""
     jobs = [(out, i, seed) for i in range(n)]
-    with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
+    # Workers are born with Ctrl-C blocked and then ignore it (as prepare's, pipeline/workers.py): a
+    # Ctrl-C reaches the whole process group, and each worker printed a KeyboardInterrupt traceback.
+    # The parent takes it, and the pool's exit terminates them (SIGTERM, at its default in a child).
+    blocked = hasattr(signal, "pthread_sigmask")
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers, initializer=_ignore_ctrl_c)
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    with pool:
         files = pool.map(_write_one_photo, jobs, chunksize=8)
     return sorted(files, key=lambda p: (p.parent.name, p.name))
+
+
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by write_photo_like until now
 
 
 def _write_one_photo(job: tuple[Path, int, int]) -> Path:
