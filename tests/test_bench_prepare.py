@@ -72,3 +72,17 @@ def _ignored(pid: int) -> set:
 
     mask = next(int(line.split()[1], 16) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigIgn:"))
     return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def test_an_image_that_does_not_decode_is_named_as_the_users_file(tmp_path):
+    """The error named the bench's temporary copy (.../images/train/c000/img_000006.JPEG), deleted by then."""
+    import pytest
+
+    from alexkit.datasets import write_sample_dataset
+    from alexkit.errors import AlexkitError
+
+    src = write_sample_dataset(tmp_path / "src", num_classes=2, train_per_class=3, val_per_class=1)
+    bad = src / "train" / "n99000002" / "n99000002_2.JPEG"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(AlexkitError, match=f"^{bad}: not an image in any format PIL can read; .* remove or replace it in {src} "):
+        bench_prepare(BenchPrepareConfig(src=src, images=6, workers=1, size=32, repeats=1))

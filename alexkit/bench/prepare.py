@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.bench import cpu_seconds
+from alexkit.errors import AlexkitError, refused
 from alexkit.paths import usable_cores
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 
@@ -286,19 +287,44 @@ def photo_like(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 
 def _copy_from(src: Path, out: Path, n: int) -> list[Path]:
-    """n train images of a real dataset, evenly spread over it, copied as class folders."""
+    """n train images of a real dataset, evenly spread over it, copied as class folders. Each must
+    decode: the routes are timed on the same images, and an error about a temporary copy would name
+    a file that is gone, so the user's file is named here."""
     from alexkit.datasets import find_dataset, read_sample_bytes
 
     samples = find_dataset(src).splits["train"]
     picked = samples[:: max(1, len(samples) // n)][:n]
     files = []
     for i, s in enumerate(picked):
+        where = s.path if s.size < 0 else f"{s.name} in {s.path}"  # a file, or an image inside a tar
+        try:
+            data = read_sample_bytes(s)
+        except OSError as exc:
+            raise refused(exc, "make it readable, or pass another dataset", where) from None
+        why = _undecodable(data)
+        if why is not None:
+            raise AlexkitError(f"{where}: {why}; every route must read every image: remove or replace it in {src} "
+                               "(`alexkit prepare` skips such files), or pass another dataset")  # fmt: skip
         folder = out / "train" / f"c{s.label:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"img_{i:06d}{Path(s.name or s.path).suffix or '.JPEG'}"
-        path.write_bytes(read_sample_bytes(s))
+        path.write_bytes(data)
         files.append(path)
     return sorted(files, key=lambda p: (p.parent.name, p.name))
+
+
+def _undecodable(data: bytes) -> str | None:
+    """Why PIL cannot decode these bytes, as routes (a) and (b) decode them; None if it can."""
+    from PIL import Image
+
+    from alexkit.pipeline.imageops import skip_reason
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except Exception as exc:  # anything a file's bytes can do
+        return skip_reason(exc, data)
+    return None
 
 
 def _reap_children(timeout: float = 30.0) -> None:
