@@ -57,6 +57,33 @@ def test_json_in_a_stores_folder_is_refused_before_any_work(tmp_path, capsys):
     assert (store / "manifest.json").read_bytes() == manifest and not list(tmp_path.rglob("*bench.json"))
 
 
+def test_a_store_in_work_gets_advice_the_bench_can_follow(tmp_path, capsys):
+    """prepare's advice about a store already there (--force, --out) names flags the bench has not:
+    while another process reads the store (another bench on the same --work), and where it holds a
+    store of other settings (an earlier alexkit's), the bench says to remove its folder."""
+    import json
+
+    from alexkit.bench.loader import make_store
+    from alexkit.bench.prepare import write_photo_like
+    from alexkit.errors import AlexkitError
+    from alexkit.pipeline.store import reading
+
+    src, out = tmp_path / "src-2", tmp_path / "store-jpg-2"
+    write_photo_like(src, 2)
+    assert make_store(src, out, "jpg", 1) == out
+    capsys.readouterr()
+    with reading(out):
+        assert make_store(src, out, "jpg", 1) == out  # reused
+    said = capsys.readouterr().out
+    assert f"nothing to do (if {src} has changed since, remove {out} and the bench makes it again)" in said and "--force" not in said
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["settings"]["format_version"] = 0  # as an earlier alexkit wrote it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AlexkitError, match=f"; remove {out} and the bench makes it again$") as info:
+        make_store(src, out, "jpg", 1)
+    assert "--force" not in str(info.value) and "--out" not in str(info.value)
+
+
 # --- the figures: each from a measurement whose answer is known ---
 
 

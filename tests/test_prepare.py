@@ -690,7 +690,7 @@ def test_a_finished_store_that_lost_a_file_is_mended_by_its_own_prepare_line(tmp
     from alexkit.pipeline.prepare import _finished
 
     capsys.readouterr()  # a store that cannot be written (read-only): not finished, and no promise to write it
-    assert _finished(out, src.resolve(), PrepareConfig(src=src, out=out, size=SIZE).settings()) is False
+    assert _finished(out, src.resolve(), PrepareConfig(src=src, out=out, size=SIZE)) is False
     assert capsys.readouterr().out == ""
     _run(src, out)
     assert len(Store(out).split("val")) == 12 and "nothing to do" not in capsys.readouterr().out

@@ -136,10 +136,13 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
 
 
 def make_store(src: Path, out: Path, fmt: str, workers: int) -> Path:
-    """`alexkit prepare` the sources into a 256 store (JPEG q90 or raw); a finished one is reused."""
+    """`alexkit prepare` the sources into a 256 store (JPEG q90 or raw); a finished one is reused. What
+    prepare would advise for one already there (--force) the bench has not: remove the folder instead."""
+    from alexkit.paths import word
     from alexkit.pipeline.prepare import PrepareConfig, prepare
 
-    return prepare(PrepareConfig(src=src, out=out, format=fmt, quality=90, workers=workers, for_training=False))
+    return prepare(PrepareConfig(src=src, out=out, format=fmt, quality=90, workers=workers, for_training=False,
+                                 remake=f"remove {word(out)} and the bench makes it again"))  # fmt: skip
 
 
 def source_images(store, src: Path, what: str) -> dict:

@@ -67,6 +67,7 @@ class PrepareConfig:
     workers: int = field(default_factory=usable_cores)
     force: bool = False  # rebuild a finished store
     for_training: bool = True  # warn where train, eval or show-batch could not use the store (bench loader's is not)
+    remake: str | None = None  # how the caller has a finished store made again, said instead of "--force" (bench loader has none)
 
     def __post_init__(self):
         if str(self.src) == "":  # Path("") would be the current folder
@@ -135,7 +136,7 @@ def _while_read(cfg: PrepareConfig, src: Path, out: Path, being_read: BeingRead)
     rebuilding = held_by_another(out / STAGING / LOCK)
     if not cfg.force:
         try:
-            if _finished(out, src, cfg.settings()):  # nothing to write
+            if _finished(out, src, cfg):  # nothing to write
                 return out
         except AlexkitError:  # other settings: say first that a rebuild is under way, where one is
             if not rebuilding:
@@ -167,16 +168,17 @@ def _finished_as_asked(cfg: PrepareConfig, out: Path, src: Path) -> bool:
     if cfg.force:
         return False
     try:
-        return _finished(out, src, cfg.settings())
+        return _finished(out, src, cfg)
     except AlexkitError:  # a store of other settings: replacing it is what cannot be done
         return False
 
 
-def _finished(out: Path, src: Path, settings: dict, writing: bool = False) -> bool:
-    """True, and says so, where `out` holds a finished store of `src` with these settings; an error
+def _finished(out: Path, src: Path, cfg: PrepareConfig, writing: bool = False) -> bool:
+    """True, and says so, where `out` holds a finished store of `src` with cfg's settings; an error
     where it holds a finished store of something else; False where it holds none (work to do), or
     one that lost a file, or (when `writing`) one without val images: the source may have them now
     (said when `writing`: this run writes what is missing)."""
+    settings = cfg.settings()
     finished = read_json(out / MANIFEST)
     if not isinstance(finished, dict):
         return False
@@ -185,7 +187,7 @@ def _finished(out: Path, src: Path, settings: dict, writing: bool = False) -> bo
         raise AlexkitError(
             f"{out} holds a finished store of {recorded} made with "
             f"{_describe(finished.get('settings', {}))} (asked: {src}, {_describe(settings)}); "
-            f"pass --force to replace it, or choose another --out"
+            f"{cfg.remake or 'pass --force to replace it, or choose another --out'}"
         )
     lost = [name for name in (STATS, CLASSES, *(f"{n}.beton" for n in finished.get("splits", {}))) if not (out / name).is_file()]
     if lost and writing:  # removed by hand since: written again, keeping the splits that are whole
@@ -198,7 +200,7 @@ def _finished(out: Path, src: Path, settings: dict, writing: bool = False) -> bo
               "(the train split is kept)", flush=True)  # fmt: skip
         return False
     print(f"{out} already holds a finished store of {src} with these settings; nothing to do (if {src} "
-          "has changed since, --force rebuilds it)")  # the source is not scanned again
+          f"has changed since, {cfg.remake or '--force rebuilds it'})")  # the source is not scanned again
     return True
 
 
@@ -218,11 +220,10 @@ def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
         print(f"{out}: putting in place the store that an interrupted `prepare --force` finished in {staging}", flush=True)
         move_in(staging, out)  # first: until then OUT is a mix of old and new files
         shutil.rmtree(staging)
-    settings = cfg.settings()
     if not cfg.force and staging.is_dir():
         warn(f"{staging} holds an `alexkit prepare --force` rebuild that has not replaced the store; run that command "
              "again to finish it, or remove the folder to free its space")  # fmt: skip
-    if not cfg.force and _finished(out, src, settings, writing=True):
+    if not cfg.force and _finished(out, src, cfg, writing=True):
         return out
     if cfg.force and (staging.is_dir() or any((out / name).exists() for name in STORE_FILES)):
         return _rebuild(cfg, src, out, lock)
