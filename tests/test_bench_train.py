@@ -89,3 +89,26 @@ def test_a_data_path_that_is_not_a_usable_store_is_an_error_before_any_timing(tm
             bench_train(BenchTrainConfig(data=data, batch_size=batch, steps=1, repeats=1, warmup=0, device="cpu", width=0.25,
                                          fc_features=16, compile="off"))  # fmt: skip
     assert not timed
+
+
+def test_make_bench_gives_bench_train_the_demos_store_once_it_is_made(tmp_path):
+    """From the repository's root bench train's default store, ./alexkit-store, is not the demo's
+    (demo/alexkit-store): `make bench` never measured the real pipeline."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    shutil.copy(Path(__file__).parents[1] / "Makefile", tmp_path)
+
+    def bench_train_line() -> str:
+        r = subprocess.run(["make", "-n", "bench"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        return next(line for line in r.stdout.splitlines() if "bench train" in line).strip()
+
+    assert bench_train_line() == ".venv/bin/alexkit bench train"
+    (tmp_path / "demo" / "alexkit-store").mkdir(parents=True)
+    (tmp_path / "demo" / "alexkit-store" / "manifest.json").write_text("{}")
+    assert bench_train_line() == ".venv/bin/alexkit bench train --data demo/alexkit-store"
