@@ -254,13 +254,18 @@ def _usable_store(cfg: TrainConfig):
         raise AlexkitError(f"store {cfg.data} does not exist; pass --data with where the store that {cfg.resume} was "
                            "trained on is now")  # fmt: skip
     store = Store(cfg.data).check("train", "val")  # before any file of the run is written
-    if store.crop < MIN_INPUT_SIZE:
-        raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
-                           f"prepare one with --size {size_for_crop(MIN_INPUT_SIZE)} or more")  # fmt: skip
+    check_crop_fits(store)
     if cfg.out is not None and in_store(store.path, cfg.out):
         raise AlexkitError(f"--out {cfg.out} is in the folder of the store {store.path}, which `alexkit prepare --force` replaces (and "
                            "a store is removed whole to prepare it again): pick a folder outside it")  # fmt: skip
     return store
+
+
+def check_crop_fits(store) -> None:
+    """Refuse a store whose crops are smaller than AlexNet's smallest input (prepare warns of them)."""
+    if store.crop < MIN_INPUT_SIZE:
+        raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
+                           f"prepare one with --size {size_for_crop(MIN_INPUT_SIZE)} or more")  # fmt: skip
 
 
 def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
-from alexkit.train import Auto, TrainConfig, fast_cuda, make_optimizer, resolve_auto, train_step
+from alexkit.train import Auto, TrainConfig, check_crop_fits, fast_cuda, make_optimizer, resolve_auto, train_step
 
 
 @dataclass(frozen=True)
@@ -99,16 +99,12 @@ def _usable_store(cfg: BenchTrainConfig):
     """The store of the real-pipeline row, or None (no --data, and no finished store at DEFAULT_STORE:
     the synthetic row alone). A store named by --data that cannot give that row is an error, said
     before any row is timed."""
-    from alexkit.model import MIN_INPUT_SIZE
-    from alexkit.pipeline.constants import size_for_crop
     from alexkit.pipeline.store import MANIFEST, Store
 
     if cfg.data is None and not (DEFAULT_STORE / MANIFEST).is_file():
         return None
     store = Store(cfg.data or DEFAULT_STORE).check("train")
-    if store.crop < MIN_INPUT_SIZE:  # as `alexkit train` says it
-        raise AlexkitError(f"store {store.path} holds {store.size}px images ({store.crop}px crops), too small for AlexNet; "
-                           f"prepare one with --size {size_for_crop(MIN_INPUT_SIZE)} or more")  # fmt: skip
+    check_crop_fits(store)  # as `alexkit train` says it
     train = store.split("train")
     if len(train) < cfg.batch_size:  # the real row drops the last partial batch: it would have none
         raise AlexkitError(f"{train.path} has {len(train)} images, fewer than one --batch-size ({cfg.batch_size}); lower --batch-size")
