@@ -176,8 +176,8 @@ def _finished_as_asked(cfg: PrepareConfig, out: Path, src: Path) -> bool:
 def _finished(out: Path, src: Path, cfg: PrepareConfig, writing: bool = False) -> bool:
     """True, and says so, where `out` holds a finished store of `src` with cfg's settings; an error
     where it holds a finished store of something else; False where it holds none (work to do), or
-    one that lost a file, or (when `writing`) one without val images: the source may have them now
-    (said when `writing`: this run writes what is missing)."""
+    one that lost a file, or (when `writing`, for training) one without val images: the source may
+    have them now, as the warning asked (said when `writing`: this run writes what is missing)."""
     settings = cfg.settings()
     finished = read_json(out / MANIFEST)
     if not isinstance(finished, dict):
@@ -195,7 +195,7 @@ def _finished(out: Path, src: Path, cfg: PrepareConfig, writing: bool = False) -
               "what is missing", flush=True)  # fmt: skip
     if lost:
         return False
-    if writing and not finished.get("splits", {}).get("val", {}).get("images"):  # val added since the warning said to
+    if writing and cfg.for_training and not finished.get("splits", {}).get("val", {}).get("images"):  # val added since the warning said to
         print(f"{out} holds a finished store of {src} without val images; looking for them in {src} again "
               "(the train split is kept)", flush=True)  # fmt: skip
         return False
