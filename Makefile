@@ -12,7 +12,7 @@ demo: setup
 
 # bench train's real-pipeline row needs a store: the demo's once `make demo` has made it (from here,
 # bench train's own default is ./alexkit-store, else the synthetic row alone).
-BENCH_DATA := $(if $(wildcard demo/alexkit-store/manifest.json),--data demo/alexkit-store)
+BENCH_DATA = $(if $(wildcard demo/alexkit-store/manifest.json),--data demo/alexkit-store)
 
 bench: setup
 	.venv/bin/alexkit bench prepare

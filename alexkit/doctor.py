@@ -106,15 +106,16 @@ def checks() -> tuple[list[Row], list[str], int]:
     if torch_ver is None:
         problems.append(_import_fix("torch", "torch", err))
     elif not _at_least(torch_ver, (2, 11)):
-        problems.append(f"torch {torch_ver} is older than 2.11, which alexkit needs: run `make setup` (or pip install torch>=2.11)")
+        problems.append(f"torch {torch_ver} is older than 2.11, which alexkit needs: pip install 'torch>=2.11' (`make setup` "
+                        "keeps a torch that imports)")  # fmt: skip
 
     ffcv_ver, err = _version("ffcv")
     rows.append(("ffcv", ffcv_ver or err, ffcv_ver == "1.0.2"))
     if ffcv_ver is None:  # its native library is not reached then: the import's own error is the one to fix
         problems.append(_import_fix("ffcv", "ffcv", err))
     elif ffcv_ver != "1.0.2":  # alexkit reads and writes its .beton format itself
-        problems.append(f"ffcv {ffcv_ver} is not the 1.0.2 whose .beton format alexkit reads and writes: run `make setup` "
-                        "(or pip install ffcv==1.0.2)")  # fmt: skip
+        problems.append(f"ffcv {ffcv_ver} is not the 1.0.2 whose .beton format alexkit reads and writes: pip install "
+                        "ffcv==1.0.2 (`make setup` keeps an ffcv that imports)")  # fmt: skip
     else:
         native, err = _version("ffcv.libffcv", "ffcv")
         rows.append(("ffcv native library", "loads" if native else err, native is not None))
@@ -132,8 +133,8 @@ def checks() -> tuple[list[Row], list[str], int]:
     if dali_ver is None:
         problems.append("DALI is missing: pip install nvidia-dali-cuda130 (or `make setup`)")
     elif not dali_ok:
-        problems.append(f"nvidia-dali {dali_ver} is not the 2.4 release alexkit uses: run `make setup` (or pip install "
-                        "'nvidia-dali-cuda130>=2.4,<2.5')")  # fmt: skip
+        problems.append(f"nvidia-dali {dali_ver} is not the 2.4 release alexkit uses: pip install "
+                        "'nvidia-dali-cuda130>=2.4,<2.5' (`make setup` keeps a DALI that imports)")  # fmt: skip
     else:
         try:
             rows.append(("dali cpu pipeline", _dali_cpu_pipeline(), True))

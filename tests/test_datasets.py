@@ -519,6 +519,8 @@ def test_val_class_folders_that_disagree_with_the_ground_truth_warn(tmp_path):
         f"(e.g. val/{SORTED_WNIDS[0]}/{val_name(1)}: {SORTED_WNIDS[2]}); a wrong valprep mapping? Labels come from the "
         "folders: move the images, or remove the class folders and put the images flat in val/"]
     assert [s.label for s in ds.splits["val"] if s.name.endswith(val_name(1))] == [0]  # the folder's
+    write(tmp_path / "train" / "extra" / "x.JPEG")  # a stray class that is no wnid: the others are still compared
+    assert [w for w in find_dataset(tmp_path).warnings if "valprep" in w][0].startswith("WARNING: 1 of 5 val images")
 
 
 def test_a_class_folder_linked_to_nothing_is_an_error_not_a_missing_class(tmp_path):
@@ -534,6 +536,10 @@ def test_a_class_folder_linked_to_nothing_is_an_error_not_a_missing_class(tmp_pa
         find_dataset(tmp_path / "data")
     (tmp_path / "data" / "train" / SORTED_WNIDS[0]).unlink()
     (tmp_path / "data" / "ILSVRC2012_img_test.tar").symlink_to(tmp_path / "nowhere" / "test.tar")  # not looked at
+    (tmp_path / "data" / "LOC_synset_mapping.txt").symlink_to(tmp_path / "nowhere" / "names.txt")  # looked at
+    with pytest.raises(AlexkitError, match=r"LOC_synset_mapping.txt is a link to .*, which does not exist"):
+        find_dataset(tmp_path / "data")
+    (tmp_path / "data" / "LOC_synset_mapping.txt").unlink()
     (tmp_path / "data" / "train" / SORTED_WNIDS[1] / "notes").symlink_to(tmp_path / "nowhere" / "notes")  # in a class
     assert len(find_dataset(tmp_path / "data").classes) == 2
     (tmp_path / "data" / "train").rename(tmp_path / "old-train")

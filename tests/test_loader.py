@@ -410,6 +410,17 @@ def test_a_file_given_as_the_store_is_told_to_pass_a_folder(index_store, tmp_pat
                               f"which is a file; pass the store's folder instead: {index_store.path}")  # fmt: skip
 
 
+def test_a_dataset_given_as_the_store_is_told_to_prepare_it(tmp_path):
+    """`--data` naming the raw dataset (a common slip): prepare it into a store, not a store into it."""
+    (tmp_path / "imagenet" / "train" / "n01440764").mkdir(parents=True)
+    with pytest.raises(AlexkitError) as err:
+        Store(tmp_path / "imagenet")
+    assert str(err.value) == (f"store {tmp_path / 'imagenet'} has no stats.npz, classes.json, manifest.json: it looks like a "
+                              f"dataset, not a store; run `alexkit prepare {tmp_path / 'imagenet'} --out STORE` and pass that STORE")  # fmt: skip
+    with pytest.raises(AlexkitError, match=r"; run `alexkit prepare SRC --out .*empty` first$"):
+        Store(tmp_path / "empty")
+
+
 def test_a_damaged_jpeg_in_the_store_is_one_line_naming_the_file(tmp_path):
     rng = np.random.default_rng(3)
     store = write_store(tmp_path / "s", {"train": smooth_images(rng, 8, SIZE)}, fmt="jpg")

@@ -113,7 +113,7 @@ def find_dataset(src: Path, tick: Tick = _quiet) -> Dataset:
         hint = f"; pass its folder {src.parent}" if src.name in (TRAIN_TAR, VAL_TAR) else ""
         raise AlexkitError(f"{src} is not a folder{hint}; {_SUPPORTED}")
     found = _visible(src)
-    for name in ("train", "val", "ILSVRC", TRAIN_TAR, VAL_TAR, dk.DEVKIT_NAME, *dk.DEVKIT_TARS, dk.KAGGLE_SOLUTION):
+    for name in ("train", "val", "ILSVRC", TRAIN_TAR, VAL_TAR, dk.DEVKIT_NAME, *dk.DEVKIT_TARS, dk.KAGGLE_SOLUTION, dk.KAGGLE_SYNSETS):
         _check_not_dangling(src / name)  # SRC/train linked to a disk that is not mounted, say
     if not found:
         raise AlexkitError(f"{src} is empty; put a dataset there (or run `alexkit sample {word(src)}`); {_SUPPORTED}")
@@ -207,7 +207,8 @@ def _val_folder(src: Path, rel: str, wnids: list[str], kit: dk.Devkit | None, no
         if not samples:  # class folders made, nothing moved in yet: a val tar may hold the images
             return None, False
         _check_folders_against_truth(samples, wnids, kit, src / dk.KAGGLE_SOLUTION, notes)
-        _note_unused_val_tar(src, rel, len(samples), notes)
+        if rel == "val":  # (Kaggle's layout never reads the val tar)
+            _note_unused_val_tar(src, rel, len(samples), notes)
         return samples, False
     if not flat:
         return None, False
@@ -227,7 +228,8 @@ def _val_folder(src: Path, rel: str, wnids: list[str], kit: dk.Devkit | None, no
         rows.append((f"{rel}/{f}", wnid_of(f, path), path, 0, -1))  # whole files
     if kit is not None:
         _compare_with_devkit(wnids, kit, notes)
-    _note_unused_val_tar(src, rel, len(rows), notes)
+    if rel == "val":  # (Kaggle's layout never reads the val tar)
+        _note_unused_val_tar(src, rel, len(rows), notes)
     return _labelled(rows, wnids, f"{val_dir} (labels from {truth})", notes), True
 
 
@@ -258,9 +260,10 @@ def _check_folders_against_truth(samples, wnids: list[str], kit: dk.Devkit | Non
     """Val images in class folders that keep their official names (ILSVRC2012_val_N) are checked
     against the ground truth lying beside them: a valprep script with a wrong mapping gives chance-level
     validation after days of training. Labels still come from the folders."""
-    official = [s for s in samples if dk.val_number(os.path.basename(s.name)) is not None]
-    if not official or (kit is None and not csv_path.is_file()) or not all(_WNID.match(w) for w in wnids):
-        return  # classes named otherwise ("goldfish") cannot be compared with the ground truth's wnids
+    official = [s for s in samples if dk.val_number(os.path.basename(s.name)) is not None
+                and _WNID.match(wnids[s.label])]  # a class named otherwise ("goldfish") has no wnid to compare
+    if not official or (kit is None and not csv_path.is_file()):
+        return
     wnid_of = _truth(kit, csv_path)
     wrong = []
     for s in official:

@@ -153,6 +153,9 @@ class Store:
             if MANIFEST not in missing:  # a finished store that lost a file: its own prepare line writes it again
                 raise AlexkitError(f"store {self.path} {what}; write it again with `{prepare_line(self.path, self.path)}` "
                                    "(which keeps the splits that are whole)")  # fmt: skip
+            if (self.path / "train").is_dir() or (self.path / "ILSVRC2012_img_train.tar").is_file() or (self.path / "ILSVRC").is_dir():
+                raise AlexkitError(f"store {self.path} {what}: it looks like a dataset, not a store; run `alexkit prepare "
+                                   f"{word(self.path)} --out STORE` and pass that STORE")  # fmt: skip
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {word(self.path)}` first")
         manifest, fix = self.path / MANIFEST, rewrite(self.path)
         try:
