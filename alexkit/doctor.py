@@ -108,40 +108,12 @@ def checks() -> tuple[list[Row], list[str], int]:
     elif not _at_least(torch_ver, (2, 11)):
         problems.append(f"torch {torch_ver} is older than 2.11, which alexkit needs: pip install 'torch>=2.11' (`make setup` "
                         "keeps a torch that imports)")  # fmt: skip
-
-    ffcv_ver, err = _version("ffcv")
-    rows.append(("ffcv", ffcv_ver or err, ffcv_ver == "1.0.2"))
-    if ffcv_ver is None:  # its native library is not reached then: the import's own error is the one to fix
-        problems.append(_import_fix("ffcv", "ffcv", err))
-    elif ffcv_ver != "1.0.2":  # alexkit reads and writes its .beton format itself
-        problems.append(f"ffcv {ffcv_ver} is not the 1.0.2 whose .beton format alexkit reads and writes: pip install "
-                        "ffcv==1.0.2 (`make setup` keeps an ffcv that imports)")  # fmt: skip
-    else:
-        native, err = _version("ffcv.libffcv", "ffcv")
-        rows.append(("ffcv native library", "loads" if native else err, native is not None))
-        if native is None:
-            problems.append("FFCV's native library does not load: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then `make setup`")
-
+    _check_ffcv(rows, problems)
     numba_ver, err = _version("numba")  # comes with FFCV; optional for alexkit's own graphs
     absent = importlib.util.find_spec("numba") is None
     rows.append(("numba (one-pass CPU kernels)", numba_ver or (f"{'not installed' if absent else err}: CPU graphs run DALI's "
                                                                "operators only (slower, see the README)"), True))  # fmt: skip
-
-    dali_ver, err = _version("nvidia.dali", "nvidia-dali-cuda130")
-    dali_ok = dali_ver is not None and _at_least(dali_ver, (2, 4)) and not _at_least(dali_ver, (2, 5))
-    rows.append(("nvidia-dali", dali_ver or err, dali_ok))
-    if dali_ver is None:
-        problems.append("DALI is missing: pip install nvidia-dali-cuda130 (or `make setup`)")
-    elif not dali_ok:
-        problems.append(f"nvidia-dali {dali_ver} is not the 2.4 release alexkit uses: pip install "
-                        "'nvidia-dali-cuda130>=2.4,<2.5' (`make setup` keeps a DALI that imports)")  # fmt: skip
-    else:
-        try:
-            rows.append(("dali cpu pipeline", _dali_cpu_pipeline(), True))
-        except Exception as exc:
-            rows.append(("dali cpu pipeline", f"fails: {exc}", False))
-            problems.append(f"DALI cannot run a CPU pipeline ({exc}); reinstall nvidia-dali-cuda130")
-
+    dali_ver = _check_dali(rows, problems)
     n = 0  # CUDA GPUs
     if torch_ver is not None:
         import torch
@@ -157,3 +129,38 @@ def checks() -> tuple[list[Row], list[str], int]:
                 rows.append(("dali gpu pipeline", f"fails: {exc}", False))
                 problems.append(f"DALI's GPU pipeline fails ({exc}); install the nvidia-dali build matching your CUDA driver")
     return rows, problems, n
+
+
+def _check_ffcv(rows: list[Row], problems: list[str]) -> None:
+    """FFCV: the version whose .beton format alexkit reads and writes, and its native library."""
+    ffcv_ver, err = _version("ffcv")
+    rows.append(("ffcv", ffcv_ver or err, ffcv_ver == "1.0.2"))
+    if ffcv_ver is None:  # its native library is not reached then: the import's own error is the one to fix
+        problems.append(_import_fix("ffcv", "ffcv", err))
+    elif ffcv_ver != "1.0.2":  # alexkit reads and writes its .beton format itself
+        problems.append(f"ffcv {ffcv_ver} is not the 1.0.2 whose .beton format alexkit reads and writes: pip install "
+                        "ffcv==1.0.2 (`make setup` keeps an ffcv that imports)")  # fmt: skip
+    else:
+        native, err = _version("ffcv.libffcv", "ffcv")
+        rows.append(("ffcv native library", "loads" if native else err, native is not None))
+        if native is None:
+            problems.append("FFCV's native library does not load: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then `make setup`")
+
+
+def _check_dali(rows: list[Row], problems: list[str]) -> str | None:
+    """DALI: the 2.4 release, and a CPU pipeline that runs; its version, or None where it does not import."""
+    dali_ver, err = _version("nvidia.dali", "nvidia-dali-cuda130")
+    dali_ok = dali_ver is not None and _at_least(dali_ver, (2, 4)) and not _at_least(dali_ver, (2, 5))
+    rows.append(("nvidia-dali", dali_ver or err, dali_ok))
+    if dali_ver is None:
+        problems.append("DALI is missing: pip install nvidia-dali-cuda130 (or `make setup`)")
+    elif not dali_ok:
+        problems.append(f"nvidia-dali {dali_ver} is not the 2.4 release alexkit uses: pip install "
+                        "'nvidia-dali-cuda130>=2.4,<2.5' (`make setup` keeps a DALI that imports)")  # fmt: skip
+    else:
+        try:
+            rows.append(("dali cpu pipeline", _dali_cpu_pipeline(), True))
+        except Exception as exc:
+            rows.append(("dali cpu pipeline", f"fails: {exc}", False))
+            problems.append(f"DALI cannot run a CPU pipeline ({exc}); reinstall nvidia-dali-cuda130")
+    return dali_ver
