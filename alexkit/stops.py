@@ -1,5 +1,6 @@
 """How a command stops on Ctrl-C or SIGTERM: the handlers the command line sets (alexkit/cli/main.py)
-record each signal here and raise; long loops call `check`, and blocks that must not be cut hold them.
+record each signal here and raise; long loops call `check`, blocks that must not be cut hold them,
+and worker processes leave them to their parent (`blocked` while they start, then `ignored`).
 
 A Ctrl-C raised while a native library runs Python code of its own (llvmlite's callbacks, while
 numba imports or compiles) is printed there and dropped: the command went on as if none had come.
@@ -49,3 +50,27 @@ def held(*signals: int):
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: one set outside Python
         for sig in dict.fromkeys(came):  # each once, in the order they came, to the handlers now back
             signal.raise_signal(sig)
+
+
+@contextlib.contextmanager
+def blocked(*signals: int):
+    """`signals` blocked in this thread while the block runs: worker processes forked meanwhile are born
+    with them blocked, so that none dies of a Ctrl-C (sent to the whole process group) or prints its
+    traceback before its initializer ignores them (`ignored`). The mask is put back after."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def ignored(*signals: int) -> None:
+    """In a worker born inside `blocked`: ignore `signals` from now on (the parent handles them, and
+    ends its workers itself), and let them through the mask again."""
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signals))

@@ -31,6 +31,7 @@ from alexkit.bench import cpu_seconds
 from alexkit.errors import AlexkitError, refused
 from alexkit.paths import usable_cores
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
+from alexkit.stops import blocked, ignored
 
 # ImageNet-like (width, height) and how often each occurs: mostly Flickr's 500 px on the long
 # side, some larger photos, a few small ones. Mean ~500 x 420 pixels.
@@ -227,26 +228,14 @@ def write_photo_like(out: Path, n: int, *, seed: int = 0, workers: int = 1) -> l
     shapes, fine grain. Files already there are kept (they are the same for the same seed).
     Returns the files in the order prepare lists them."""
     jobs = [(out, i, seed) for i in range(n)]
-    # Workers are born with Ctrl-C blocked and then ignore it (as prepare's, pipeline/workers.py): a
-    # Ctrl-C reaches the whole process group, and each worker printed a KeyboardInterrupt traceback.
-    # The parent takes it, and the pool's exit terminates them (SIGTERM, at its default in a child).
-    blocked = hasattr(signal, "pthread_sigmask")
-    if blocked:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        pool = mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers, initializer=_ignore_ctrl_c)
-    finally:
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    # Workers ignore Ctrl-C, as prepare's do (pipeline/workers.py): each printed a KeyboardInterrupt
+    # traceback. The parent takes it, and the pool's exit terminates them (SIGTERM, at its default in a child).
+    with blocked(signal.SIGINT):
+        pool = mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers, initializer=ignored,
+                                                                               initargs=(signal.SIGINT,))  # fmt: skip
     with pool:
         files = pool.map(_write_one_photo, jobs, chunksize=8)
     return sorted(files, key=lambda p: (p.parent.name, p.name))
-
-
-def _ignore_ctrl_c() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by write_photo_like until now
 
 
 def _write_one_photo(job: tuple[Path, int, int]) -> Path:

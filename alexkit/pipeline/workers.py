@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from alexkit.datasets import Sample, read_sample_bytes
+from alexkit.stops import blocked, ignored
 from alexkit.errors import refused
 from alexkit.pipeline import imageops
 
@@ -77,10 +78,9 @@ def _read(sample: Sample) -> bytes:
 
 
 def _init_worker(parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, and SIGTERM (sent to every
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # process of a batch job): a worker it ended would count as a crash
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by _start until now
+    # Ctrl-C is the parent's to handle, and SIGTERM (sent to every process of a batch job): a worker it
+    # ended would count as a crash. Both were blocked by _start until now.
+    ignored(signal.SIGINT, signal.SIGTERM)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -109,18 +109,11 @@ class Workers:
         self.pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        # Workers are born with Ctrl-C and SIGTERM blocked, so none dies of them before _init_worker ignores them.
-        blocked = hasattr(signal, "pthread_sigmask")
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
+        with blocked(signal.SIGINT, signal.SIGTERM):  # until _init_worker ignores them
             pool = ProcessPoolExecutor(
                 self.workers, mp_context=self.context, initializer=_init_worker, initargs=(os.getpid(),)
             )
             pool.submit(int).result()  # start every worker now, before a progress thread exists
-        finally:
-            if blocked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         return pool
 
     def _restart(self) -> None:
