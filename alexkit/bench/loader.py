@@ -46,7 +46,7 @@ from alexkit.bench.prepare import cpu_name, write_photo_like
 from alexkit.errors import AlexkitError, require
 from alexkit.paths import usable_cores
 from alexkit.pipeline.loader import check_images, default_threads
-from alexkit.pipeline.store import CLASSES, MANIFEST
+from alexkit.pipeline.store import MANIFEST
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 
 _KEEP: list = []
@@ -83,14 +83,13 @@ class BenchLoaderConfig:
         """Refuse a --json file in a store's folder, as eval does: the --store, a store this bench makes
         in --work, or any other (a folder holding manifest.json and classes.json, or one below it). A
         store's files are prepare's, and a rebuild replaces the folder whole."""
-        from alexkit.pipeline.store import in_store
+        from alexkit.pipeline.store import in_store, store_holding
 
         target = Path(path).resolve()
         ours = [self.store] if self.store is not None else []
         if self.store is None and self.work is not None:  # the stores made there, maybe not yet
             ours = [Path(self.work) / f"store-{fmt}-{self.images}" for fmt in ("jpg", "raw")]
-        others = [p for p in target.parents if (p / MANIFEST).is_file() and (p / CLASSES).is_file()]
-        store = next((s for s in ours if in_store(s, target)), None) or next(iter(others), None)
+        store = next((s for s in ours if in_store(s, target)), None) or store_holding(target)
         if store is not None:
             raise AlexkitError(f"--json {path} is in the folder of the store {store}; name another file")
 

@@ -125,6 +125,12 @@ def in_store(store: Path, path) -> bool:
     return Path(path).resolve().is_relative_to(Path(store).resolve())
 
 
+def store_holding(path) -> Path | None:
+    """The store folder (one holding manifest.json and classes.json) that `path` lies in, at any depth,
+    or None: a file there is prepare's, for outputs of other commands to keep off."""
+    return next((p for p in Path(path).resolve().parents if (p / MANIFEST).is_file() and (p / CLASSES).is_file()), None)
+
+
 def reading(path: Path):
     """Hold the store at `path` against `alexkit prepare` (a --force rebuild would replace its files
     under a days-long training) while the block runs; refused while a prepare writes it."""
