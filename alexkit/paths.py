@@ -165,9 +165,10 @@ def check_output(path: Path, flag: str) -> None:
     import tempfile
 
     path = Path(path)
-    if _stream_fd(path) is not None:  # write_output writes into the stream
+    fd = _stream_fd(path)
+    if fd is not None:  # write_output writes into the stream
         try:
-            os.fstat(_stream_fd(path))
+            os.fstat(fd)
         except OSError:
             raise AlexkitError(f"{flag} {path}: that stream is not open in this process; choose a file") from None
         return

@@ -272,18 +272,18 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
     resuming = "best.pt" not in prefer
     if path.is_dir():
         found = [path / n for n in prefer if (path / n).is_file()]
+        epochs = 0 if found else _epochs_recorded(path)  # read once, for the messages below
         if not found:
             _said_if_training(path, prefer, resuming)
         if not found and resuming and (path / "best.pt").is_file():
-            epochs = _epochs_recorded(path)
             how = (f"{path} has best.pt but no last.pt (nor a run's config.json)" if not (path / "config.json").is_file()
                    else f"run {path} has best.pt but no last.pt, which is gone (its metrics.jsonl records "
                         f"{counted(epochs, 'epoch')})" if epochs
                    else f"run {path} has best.pt but no last.pt: it was stopped while saving its first epoch")  # fmt: skip
             raise AlexkitError(f"{how}; go on from best.pt: alexkit train --resume {word(path / 'best.pt')}")
-        if not found and (path / "config.json").is_file() and _epochs_recorded(path):
+        if not found and (path / "config.json").is_file() and epochs:
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: its checkpoints are gone (its metrics.jsonl "
-                               f"records {counted(_epochs_recorded(path), 'epoch')}), so there is nothing to go on from; "
+                               f"records {counted(epochs, 'epoch')}), so there is nothing to go on from; "
                                "train anew with another --out")  # fmt: skip
         if not found and (path / "config.json").is_file():
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "

@@ -181,10 +181,10 @@ def train(cfg: TrainConfig, given: Collection[str] | None = None) -> Path:
     placement = setup(cfg.parallel if error is None else "ddp", cfg.device, error)
     try:
         same_flags_everywhere(cfg, own=("device", "progress", "data", "out", "resume"))  # those: per process, or checked below
-        with contextlib.ExitStack() as held:
+        with contextlib.ExitStack() as store_held:
 
             def open_store():
-                held.enter_context(reading(cfg.data))  # no `prepare --force` replaces the store while it trains
+                store_held.enter_context(reading(cfg.data))  # no `prepare --force` replaces the store while it trains
                 return _usable_store(cfg)
 
             store = on_every_rank(open_store)

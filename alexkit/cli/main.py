@@ -26,9 +26,8 @@ from typer.core import TyperCommand, TyperGroup
 
 from alexkit import stops
 from alexkit.errors import AlexkitError, alike, refused
-from alexkit.stops import Terminated
-from alexkit.paths import expand_home
 from alexkit.launcher import first_on_node, started
+from alexkit.paths import expand_home
 
 MIN_COLUMNS = 80  # narrower, rich would cut words in help and tables to a letter or two: the terminal wraps lines instead
 
@@ -192,7 +191,7 @@ def _sigterm_as_ctrl_c():
     process at once, leaving temporary files and no word of how to go on)."""
     def terminate(signum, frame):
         stops.TERMINATED.append(signum)  # typer may turn the exception into exit code 130 before main() sees it
-        raise Terminated()
+        raise stops.Terminated()
 
     def interrupt(signum, frame):  # Python's own, remembered (alexkit/stops.py)
         stops.INTERRUPTED.append(signum)
@@ -235,7 +234,7 @@ if hasattr(os, "register_at_fork"):
 def _stopped(exc: BaseException | None) -> int:
     """Say why the command stopped early, "interrupted" (Ctrl-C) or "terminated" (SIGTERM); its exit code.
     Under torchrun every process is stopped: the first of each node alone says so."""
-    term = isinstance(exc, Terminated) or bool(stops.TERMINATED)
+    term = isinstance(exc, stops.Terminated) or bool(stops.TERMINATED)
     if first_on_node():
         print("terminated" if term else "interrupted", file=sys.stderr)
     return 143 if term else 130
