@@ -207,8 +207,7 @@ def _val_folder(src: Path, rel: str, wnids: list[str], kit: dk.Devkit | None, no
         if not samples:  # class folders made, nothing moved in yet: a val tar may hold the images
             return None, False
         _check_folders_against_truth(samples, wnids, kit, src / dk.KAGGLE_SOLUTION, notes)
-        if rel == "val":  # (Kaggle's layout never reads the val tar)
-            _note_unused_val_tar(src, rel, len(samples), notes)
+        _note_unused_val_tar(src, rel, len(samples), notes)
         return samples, False
     if not flat:
         return None, False
@@ -228,15 +227,15 @@ def _val_folder(src: Path, rel: str, wnids: list[str], kit: dk.Devkit | None, no
         rows.append((f"{rel}/{f}", wnid_of(f, path), path, 0, -1))  # whole files
     if kit is not None:
         _compare_with_devkit(wnids, kit, notes)
-    if rel == "val":  # (Kaggle's layout never reads the val tar)
-        _note_unused_val_tar(src, rel, len(rows), notes)
+    _note_unused_val_tar(src, rel, len(rows), notes)
     return _labelled(rows, wnids, f"{val_dir} (labels from {truth})", notes), True
 
 
 def _note_unused_val_tar(src: Path, rel: str, images: int, notes: list[str]) -> None:
     """The val folder's images are used where the val tar lies beside it too: say so (an extraction
-    stopped halfway would make a smaller val split without a word)."""
-    if (src / VAL_TAR).is_file():
+    stopped halfway would make a smaller val split without a word). Kaggle's val folder is not
+    meant: that layout never reads the tar."""
+    if rel == "val" and (src / VAL_TAR).is_file():
         notes.append(f"{src / rel} holds {counted(images, 'val image')} and {VAL_TAR} lies beside it: the folder's are "
                      f"used; if its extraction did not finish, remove {src / rel} to read the tar instead")  # fmt: skip
 
