@@ -11,15 +11,38 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
+import time
 
 INTERRUPTED: list[int] = []  # Ctrl-Cs the command line's handler took while a command ran
 TERMINATED: list[int] = []  # SIGTERMs, likewise
+_LAST: list[float] = []  # when the last of them came (time.monotonic())
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, `docker stop`, a batch system's time limit), taken as Ctrl-C is: a command
     removes what it had half written and says how to go on, then exits with 143 (128 + SIGTERM)."""
+
+
+def taken(record: list[int], signum: int) -> bool:
+    """Record a signal in INTERRUPTED or TERMINATED; whether to raise it. Not when this thread is
+    already stopping from a signal less than a second before, handling the exception it raised or
+    what that became (click's Abort, an exit): `timeout -s INT` sends its signal twice, to the command
+    and to its process group, and the second must not cut the first's clean-up short. A later one
+    (a clean-up that hangs) raises, and so does one after a Ctrl-C that a native library dropped."""
+    now = time.monotonic()
+    again = bool(_LAST) and now - _LAST[-1] < 1.0 and sys.exc_info()[1] is not None
+    record.append(signum)
+    _LAST[:] = [now]
+    return not again
+
+
+def forget() -> None:
+    """Clear the records: the command that took them has ended."""
+    INTERRUPTED.clear()
+    TERMINATED.clear()
+    _LAST.clear()
 
 
 def check() -> None:

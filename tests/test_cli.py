@@ -699,3 +699,49 @@ def test_a_ctrl_c_dropped_by_a_native_library_still_stops_the_command(monkeypatc
     with pytest.raises(SystemExit) as stopped:
         cli.main(["train"])
     assert stopped.value.code == 0
+
+
+def test_a_second_signal_a_moment_after_the_first_leaves_its_clean_up_whole(monkeypatch, capsys):
+    """`timeout -s INT` sends its signal twice, to the command and to its process group: the second,
+    raised inside the first's clean-up, cut that short, and one during the exit ended the process by
+    SIGINT (-2, not 130). It now counts (SIGTERM after Ctrl-C: exit 143) without raising; one that
+    comes later (a clean-up that hangs), or outside any clean-up, still raises."""
+    import signal
+
+    import alexkit.cli.main as cli
+    from alexkit import stops
+
+    cleaned = []
+    clock = [100.0]
+    monkeypatch.setattr(stops.time, "monotonic", lambda: clock[0])
+
+    def app(**kw):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            signal.raise_signal(signal.SIGINT)  # timeout's second, half a second on
+            clock[0] += 0.5
+            signal.raise_signal(signal.SIGTERM)
+            cleaned.append("whole")
+            raise
+
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train"])
+    assert stopped.value.code == 143 and cleaned == ["whole"] and capsys.readouterr().err == "terminated\n"
+
+    def hangs(**kw):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            clock[0] += 5  # the user waits, then presses Ctrl-C again
+            signal.raise_signal(signal.SIGINT)
+            cleaned.append("never")
+
+    monkeypatch.setattr(cli, "app", hangs)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train"])
+    assert stopped.value.code == 130 and cleaned == ["whole"] and capsys.readouterr().err == "interrupted\n"
+    assert stops.taken(stops.INTERRUPTED, signal.SIGINT)  # outside main(), at the same moment: swallowed,
+    assert stops.taken(stops.INTERRUPTED, signal.SIGINT)  # as a native library does, and no clean-up runs: raised
+    stops.forget()

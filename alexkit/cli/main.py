@@ -189,13 +189,13 @@ def _wide_enough() -> None:
 def _sigterm_as_ctrl_c():
     """Raise Terminated in the main thread on SIGTERM while the block runs (its default would end the
     process at once, leaving temporary files and no word of how to go on)."""
-    def terminate(signum, frame):
-        stops.TERMINATED.append(signum)  # typer may turn the exception into exit code 130 before main() sees it
-        raise stops.Terminated()
+    def terminate(signum, frame):  # recorded: typer may turn the exception into exit code 130 before main() sees it
+        if stops.taken(stops.TERMINATED, signum):
+            raise stops.Terminated()
 
     def interrupt(signum, frame):  # Python's own, remembered (alexkit/stops.py)
-        stops.INTERRUPTED.append(signum)
-        raise KeyboardInterrupt
+        if stops.taken(stops.INTERRUPTED, signum):
+            raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
@@ -206,8 +206,7 @@ def _sigterm_as_ctrl_c():
     try:
         yield
     finally:
-        stops.INTERRUPTED.clear()  # taken for this command: a next main() in this process (a test's) starts afresh
-        stops.TERMINATED.clear()
+        stops.forget()  # taken for this command: a next main() in this process (a test's) starts afresh
         _HANDLING.pop()
         signal.signal(signal.SIGTERM, previous)
         if previous_int is not None:
