@@ -3,7 +3,10 @@
 AlexNet is known to outrun its input pipelines (TensorFlow's benchmarks left out 8-GPU AlexNet on
 real data for that reason); the gap between the two rows is what the loader costs.
 Each row is the median of `repeats` timed windows of `steps` steps (after `warmup` steps), with
-the slowest and fastest window beside it.
+the slowest and fastest window beside it. The two rows' windows take turns (synthetic, real, then
+real, synthetic, ...), and "vs synthetic" is the median of each real window's ratio to the synthetic
+window beside it: a load that comes and goes on a shared machine weighs on both of a pair alike.
+Timed one row after the other, such a load could put the real row above the synthetic one.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class BenchTrainConfig:
 
 
 def bench_train(cfg: BenchTrainConfig) -> dict:
-    """Print and return {"device", "settings", "rows": [{"input", "images_per_s", "min", "max"}, ...]}."""
+    """Print and return {"device", "settings", "rows": [{"input", "images_per_s", "min", "max", "vs_synthetic"}, ...]}."""
     from alexkit.model import AlexNet
     from alexkit.model.placement import setup
 
@@ -81,14 +84,14 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
                 yield images, labels
             epoch += 1
 
-    rows = []
-    for name, batches in [("synthetic on-device", synthetic), ("real pipeline", real)][: 2 if store else 1]:
-        rates = _timed_windows(net, optimizer, batches(), cfg, amp, dev)
-        rows.append(row(name, rates))
+    inputs = [("synthetic on-device", synthetic()), ("real pipeline", real())][: 2 if store else 1]
+    rates = _timed_windows(net, optimizer, [batches for _, batches in inputs], cfg, amp, dev)
+    rows = [row(name, windows, rates[0]) for (name, _), windows in zip(inputs, rates)]
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     settings = (f"batch {cfg.batch_size}, {size}x{size}, width {cfg.width}, {'bf16 autocast' if amp else 'fp32'}"
                 f"{', channels-last' if channels_last else ''}{', compiled' if compiled else ''}; "
-                f"median of {cfg.repeats} x {cfg.steps} steps after {cfg.warmup} warm-up")  # fmt: skip
+                f"median of {cfg.repeats} x {cfg.steps} steps after {cfg.warmup} warm-up"
+                f"{', windows taking turns' if store else ''}")  # fmt: skip
     missing = f"{DEFAULT_STORE} is not a finished store (no manifest.json)" if DEFAULT_STORE.exists() else \
         f"no --data, and no store at {DEFAULT_STORE}"  # fmt: skip
     _print(device_name, settings, rows, None if store else f"{missing}: real pipeline not measured")
@@ -111,26 +114,39 @@ def _usable_store(cfg: BenchTrainConfig):
     return store
 
 
-def row(name: str, rates: list[float]) -> dict:
+def row(name: str, rates: list[float], synthetic: list[float]) -> dict:
     """A table row: the median of the windows' images/s (one slow window, a page fault or a
-    compile, moves a mean), with their range."""
-    return dict(input=name, images_per_s=statistics.median(rates), min=min(rates), max=max(rates))
+    compile, moves a mean), with their range, and the median of its windows' ratios to the synthetic
+    window timed next to each (a ratio of neighbours leaves out a load that changed meanwhile)."""
+    return dict(input=name, images_per_s=statistics.median(rates), min=min(rates), max=max(rates),
+                vs_synthetic=statistics.median(r / s for r, s in zip(rates, synthetic)))  # fmt: skip
 
 
-def _timed_windows(net, optimizer, batches, cfg: BenchTrainConfig, amp: bool, dev: torch.device) -> list[float]:
-    """images/s of each timed window; the clock stops only after the device has finished."""
+SETTLE = 3  # untimed steps before each window: the loader's batches fed ahead (prefetch 2, + 1) while the other row ran
+
+
+def _timed_windows(net, optimizer, inputs: list, cfg: BenchTrainConfig, amp: bool, dev: torch.device) -> list[list[float]]:
+    """images/s of each timed window, per input (iterators of (images, labels)), the inputs' windows
+    taking turns; the clock stops only after the device has finished."""
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     net.train()
-    for _ in range(cfg.warmup):
-        train_step(net, optimizer, *next(batches), amp)
-    rates = []
-    for _ in range(cfg.repeats):
-        sync()
-        start = time.perf_counter()
-        for _ in range(cfg.steps):
+
+    def steps(batches, n: int) -> None:
+        for _ in range(n):
             train_step(net, optimizer, *next(batches), amp)
-        sync()
-        rates.append(cfg.steps * cfg.batch_size / (time.perf_counter() - start))
+
+    for batches in inputs:
+        steps(batches, cfg.warmup)
+    rates: list[list[float]] = [[] for _ in inputs]
+    for repeat in range(cfg.repeats):
+        turn = range(len(inputs)) if repeat % 2 == 0 else reversed(range(len(inputs)))  # neither always goes first
+        for i in turn:
+            steps(inputs[i], SETTLE if len(inputs) > 1 else 0)
+            sync()
+            start = time.perf_counter()
+            steps(inputs[i], cfg.steps)
+            sync()
+            rates[i].append(cfg.steps * cfg.batch_size / (time.perf_counter() - start))
     return rates
 
 
@@ -138,7 +154,7 @@ def _print(device_name: str, settings: str, rows: list[dict], note: str | None) 
     print(f"train speed on {device_name}: {settings}")
     print(f"{'input':<22}{'images/s':>10}{'min-max':>18}{'vs synthetic':>14}")
     for row in rows:
-        ratio = row["images_per_s"] / rows[0]["images_per_s"]
+        ratio = row["vs_synthetic"]
         spread = f"{row['min']:,.0f}-{row['max']:,.0f}"
         print(f"{row['input']:<22}{row['images_per_s']:>10,.0f}{spread:>18}{ratio:>14.0%}")
     if note:
