@@ -27,7 +27,7 @@ import numpy as np
 
 from alexkit.errors import AlexkitError
 from alexkit.paths import check_output, write_output
-from alexkit.progress import Progress
+from alexkit.progress import PROGRESS_MODES, Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
 from alexkit.launcher import launched
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
@@ -48,6 +48,7 @@ class EvalConfig:
     json_path: Path | None = None  # write the results (with per-class figures) here
     predictions_path: Path | None = None  # write one CSV row per val image here
     show_classes: int = 5  # how many best and worst classes to print
+    progress: str = "auto"  # auto | rich | plain | none (alexkit/progress.py); rank 0 only
 
     def __post_init__(self):
         check_ranges(("--batch-size", self.batch_size, AT_LEAST_1))
@@ -56,6 +57,8 @@ class EvalConfig:
         check_device(self.device)
         if self.show_classes < 0:
             raise AlexkitError(f"show_classes {self.show_classes}: must be 0 or more")
+        if self.progress not in PROGRESS_MODES:
+            raise AlexkitError(f"--progress {self.progress!r} is not one of {', '.join(PROGRESS_MODES)}")
         if launched() == 1:  # under torchrun: evaluate() checks, once all have joined
             self.check_outputs()
         if self.json_path is not None and self.predictions_path is not None and \
@@ -142,7 +145,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     joined = dist.is_initialized()  # called from a process that already runs a group: leave it be
     placement = setup("ddp" if world > 1 else "none", cfg.device, error)
     try:
-        same_flags_everywhere(cfg, own=("device", "checkpoint", "data", "json_path", "predictions_path", "show_classes"))
+        same_flags_everywhere(cfg, own=("device", "checkpoint", "data", "json_path", "predictions_path", "show_classes", "progress"))
         on_every_rank(lambda: cfg.check_outputs() if placement.is_main and world > 1 else None)  # rank 0 writes them
         same_checkpoint_everywhere(ckpt, ckpt_path, "--checkpoint")
         store_path = on_every_rank(lambda: store_of(ckpt, ckpt_path, cfg.data))
@@ -181,7 +184,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
     parts: list[dict] = []
     start = time.perf_counter()
     done = 0
-    with torch.inference_mode(), Progress("eval", total, mode="auto" if placement.is_main else "none") as progress:
+    with torch.inference_mode(), Progress("eval", total, mode=cfg.progress if placement.is_main else "none") as progress:
         for images, labels, indices in loader:
             p, top = predict_top(model, images, TOP_K)  # (N, 5) each, best first
             parts.append({"index": indices.cpu().numpy(), "label": labels.cpu().numpy(),

@@ -11,6 +11,9 @@ import time
 from alexkit import stops
 
 
+PROGRESS_MODES = ("auto", "rich", "plain", "none")  # --progress of train and eval; see Progress
+
+
 def duration(seconds: float) -> str:
     """1h02m03s, 4m05s or 6s."""
     seconds = int(round(seconds))

@@ -556,6 +556,18 @@ def test_cli_eval_tta(setup, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["tta"] is True
 
 
+def test_progress_none_leaves_stdout_to_the_figures_and_a_bad_mode_is_refused(setup, capsys):
+    """`eval --predictions /dev/stdout | parser`: the progress lines came before the figures and the
+    CSV, with no way to leave them out; `--progress none` does, as for train."""
+    _, store, ckpt, _ = setup
+    for mode, lines in (("plain", True), ("none", False)):
+        evaluate(EvalConfig(checkpoint=ckpt, data=store.path, device="cpu", batch_size=2, progress=mode))
+        out = capsys.readouterr().out
+        assert any(line.startswith("eval: ") for line in out.splitlines()) is lines and "top-5 error" in out, out
+    with pytest.raises(AlexkitError, match=r"^--progress 'bars' is not one of auto, rich, plain, none$"):
+        EvalConfig(checkpoint=ckpt, data=store.path, progress="bars")
+
+
 def eval_on_two_processes(*args: str) -> subprocess.CompletedProcess:
     """`torchrun --nproc-per-node=2 -m alexkit eval ARGS --device cpu`: two gloo processes."""
     # --local-addr: a CI machine's hostname may not resolve, and --standalone hands it to the workers.

@@ -17,11 +17,12 @@ def command(
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto (CUDA if present), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)."),
     json_path: Path = typer.Option(None, "--json", metavar="<path>", help="Write the results with per-class figures as JSON."),
     predictions: Path = typer.Option(None, "--predictions", metavar="<path>", help="Write a CSV: index, label, top1..top5, p1..p5 per val image."),
+    progress: str = typer.Option("auto", "--progress", metavar="MODE", help="Progress bar: auto, rich, plain or none (rank 0 only; the figures always print)."),
 ) -> None:
     """Evaluate a checkpoint on the store's val split; every image counts once, also under torchrun."""
     from alexkit.evaluate import EvalConfig, evaluate
 
     with alike_everywhere():  # checks of the flags alone (files are checked later, under torchrun)
         cfg = EvalConfig(checkpoint=checkpoint, data=data, tta=tta, batch_size=batch_size, device=device,
-                         json_path=json_path, predictions_path=predictions)  # fmt: skip
+                         json_path=json_path, predictions_path=predictions, progress=progress)  # fmt: skip
     evaluate(cfg)
