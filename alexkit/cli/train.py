@@ -20,7 +20,7 @@ def command(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write: a new or empty one, or one a run left before its first epoch ended.",
                                          show_default=f"{DEFAULT_RUNS}/<YYYYmmdd-HHMMSS>"),  # fmt: skip
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run (its folder or a .pt) with its own "
-                                          "settings, --epochs included; only --epochs, --data, --device, --parallel and "
+                                          "settings, --epochs included; only --epochs, --data, --device, --parallel (within the run's column layout) and "
                                           "--progress may differ from the run's, and another flag that differs is refused."),  # fmt: skip  # resume.RESUME_MAY_CHANGE
     epochs: int = ranged(90, "--epochs", "Epochs at most; training also stops at the plateau after the last lr drop.", TRAIN["epochs"]),
     batch_size: int = ranged(128, "--batch-size", "Global batch, split over DDP processes.", TRAIN["batch_size"]),
