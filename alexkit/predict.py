@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.datasets.layouts import IMAGE_EXTENSIONS
+from alexkit.datasets.listing import IMAGE_EXTENSIONS
 from alexkit.errors import AlexkitError
 from alexkit.paths import expand_home, word
 from alexkit.ranges import AT_LEAST_1, check_ranges

@@ -30,15 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alexkit.datasets import devkit as dk
+from alexkit.datasets.listing import IMAGE_EXTENSIONS, check_not_dangling, is_image, list_images, scan_top, visible
 from alexkit.datasets.tars import Tick, index_class_tars, index_flat_tar
 from alexkit.errors import AlexkitError
 from alexkit.paths import expand_home, word
 from alexkit.progress import counted, some
 
 LAYOUTS = ("class-folders", "official-extracted", "official-tars", "kaggle")
-IMAGE_EXTENSIONS = frozenset(
-    ".jpeg .jpg .jpe .jfif .png .bmp .webp .gif .tif .tiff .ppm .pgm .pbm .pnm".split()
-)
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 TASK3_TAR = "ILSVRC2012_img_train_t3.tar"  # the dogs subset of another task, not the classification set
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -112,9 +110,9 @@ def find_dataset(src: Path, tick: Tick = _quiet) -> Dataset:
     if not src.is_dir():
         hint = f"; pass its folder {src.parent}" if src.name in (TRAIN_TAR, VAL_TAR) else ""
         raise AlexkitError(f"{src} is not a folder{hint}; {_SUPPORTED}")
-    found = _visible(src)
+    found = visible(src)
     for name in ("train", "val", "ILSVRC", TRAIN_TAR, VAL_TAR, dk.DEVKIT_NAME, *dk.DEVKIT_TARS, dk.KAGGLE_SOLUTION, dk.KAGGLE_SYNSETS):
-        _check_not_dangling(src / name)  # SRC/train linked to a disk that is not mounted, say
+        check_not_dangling(src / name)  # SRC/train linked to a disk that is not mounted, say
     if not found:
         raise AlexkitError(f"{src} is empty; put a dataset there (or run `alexkit sample {word(src)}`); {_SUPPORTED}")
     if (src / KAGGLE_DATA / "train").is_dir():
@@ -172,7 +170,7 @@ def _kaggle(src: Path, tick: Tick) -> Dataset:
 def _tars(src: Path, tick: Tick) -> Dataset:
     """The official tars, indexed in place: each image is (tar path, byte offset, size)."""
     notes: list[str] = []
-    per_class, ignored = index_class_tars(src / TRAIN_TAR, _is_image, tick)
+    per_class, ignored = index_class_tars(src / TRAIN_TAR, is_image, tick)
     if not per_class:
         raise AlexkitError(f"{src / TRAIN_TAR} holds no per-class tars (<wnid>.tar); use the official {TRAIN_TAR}")
     if ignored:
@@ -200,7 +198,7 @@ def _val_folder(src: Path, rel: str, wnids: list[str], kit: dk.Devkit | None, no
     ILSVRC2012_val_* files labelled by the devkit or, without one, Kaggle's CSV in src. (None, False)
     where the folder is absent or holds no images (a val tar may then hold them)."""
     val_dir = src / rel
-    flat, subdirs = _scan_top(val_dir) if val_dir.is_dir() else ([], [])
+    flat, subdirs = scan_top(val_dir) if val_dir.is_dir() else ([], [])
     _check_one_val_layout(val_dir, flat, subdirs)
     if subdirs:  # torchvision's layout, or the official val moved into class folders (valprep)
         samples = _class_folder_split(src, rel, notes, tick, expected=wnids)[1]
@@ -289,7 +287,7 @@ def _val_tar_split(src: Path, wnids: list[str], kit: dk.Devkit | None, notes: li
         )
     path = str(src / VAL_TAR)
     rows = [(f"{VAL_TAR}/{name}", kit.val_wnid(name, where=f"{name} in {path}"), path, offset, size)
-            for name, offset, size in index_flat_tar(src / VAL_TAR, _is_image)]  # fmt: skip
+            for name, offset, size in index_flat_tar(src / VAL_TAR, is_image)]  # fmt: skip
     _compare_with_devkit(wnids, kit, notes)
     return _labelled(rows, wnids, f"{src / VAL_TAR} (labels from {kit.source})", notes)
 
@@ -303,14 +301,14 @@ def _check_one_val_layout(val_dir: Path, flat: list[str], subdirs: list[str]) ->
         )
 
 
-# --- listing ---
+# --- class folders ---
 
 
 def _class_folder_split(src: Path, split: str, notes: list[str], tick: Tick, expected: list[str] | None = None):
     """(class names, samples) of src/<split>/<class>/**; with `expected`, classes come from train."""
     top = src / split
     loose: list[str] = []
-    images_here, wnids = _scan_top(top, loose)
+    images_here, wnids = scan_top(top, loose)
     if images_here:
         notes.append(f"{counted(len(images_here), 'image file')} directly in {top}, in no class folder (e.g. "
                      f"{images_here[0]}), left out; put each in {top}/<class>/")  # fmt: skip
@@ -325,7 +323,7 @@ def _class_folder_split(src: Path, split: str, notes: list[str], tick: Tick, exp
     index = {wnid: label for label, wnid in enumerate(classes)}
     samples, skipped, others = [], 0, []
     for done, wnid in enumerate(wnids, 1):
-        names = _list_images(top / wnid, f"{split}/{wnid}", others)
+        names = list_images(top / wnid, f"{split}/{wnid}", others)
         tick(f"listing {split}/", done, len(wnids), "classes")
         if wnid not in index:
             skipped += len(names)
@@ -362,67 +360,6 @@ def _warn_unextracted_tars(top: Path, classes: list[str], notes: list[str]) -> N
             f"WARNING: {counted(len(missing), 'per-class tar')} in {top} without a class folder (e.g. {missing[0]}): their classes "
             f"are absent and later classes' labels shift; extract each into {top}/<wnid>/ and run again"
         )
-
-
-def _list_images(folder: Path, prefix: str, others: list[str], above: frozenset = frozenset()) -> list[str]:
-    """Sorted names "<prefix>/<file>" of the image files under `folder` (recursive, hidden skipped;
-    what is not a regular file, a FIFO say, is one of the `others`). `above`: the (device, inode) of
-    the folders that hold this one, so that a link back up to one of them is an error, not a loop."""
-    st = os.stat(folder)
-    if (st.st_dev, st.st_ino) in above:
-        link = next((p for p in (folder, *folder.parents) if p.is_symlink()), folder)  # the one that leads back
-        raise AlexkitError(f"{link} is a link to {os.path.realpath(link)}, which holds it, so the images under it would be "
-                           "listed without end; remove that link")  # fmt: skip
-    above = above | {(st.st_dev, st.st_ino)}
-    found = []
-    with os.scandir(folder) as entries:
-        for e in entries:
-            if _hidden(e.name):
-                continue
-            if e.is_dir():
-                found += _list_images(Path(e.path), f"{prefix}/{e.name}", others, above)
-            elif _image_file(e):
-                found.append(f"{prefix}/{e.name}")
-            else:
-                others.append(f"{prefix}/{e.name}")
-    found.sort()
-    return found
-
-
-def _image_file(entry: os.DirEntry) -> bool:
-    """A file with an image extension: a regular one, or a link to a file that is gone (prepare then
-    stops, naming it). A FIFO under an image name would block its reader for ever."""
-    if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
-        return False
-    return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
-
-
-def _scan_top(folder: Path, others: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """(sorted image file names, sorted sub-folder names) directly in `folder`, hidden skipped; the
-    names of its other files are added to `others` where given."""
-    files, dirs = [], []
-    with os.scandir(folder) as entries:
-        for e in entries:
-            if _hidden(e.name):
-                continue
-            if e.is_dir():
-                dirs.append(e.name)
-            elif _image_file(e):
-                files.append(e.name)
-            else:
-                _check_not_dangling(e)
-                if others is not None:
-                    others.append(e.name)
-    return sorted(files), sorted(dirs)
-
-
-def _check_not_dangling(entry: os.DirEntry | Path) -> None:
-    """A link to nothing among the folders is an error: a class folder linked to a disk that is not
-    mounted would otherwise drop its class, and shift the labels of every class after it."""
-    path = Path(entry.path if isinstance(entry, os.DirEntry) else entry)
-    if path.is_symlink() and not path.exists():
-        raise AlexkitError(f"{path} is a link to {os.readlink(path)}, which does not exist (a disk not mounted?); "
-                           "make its target available, or remove the link")  # fmt: skip
 
 
 # --- labels, names, checks ---
@@ -509,17 +446,3 @@ def _full_imagenet_checks(wnids: list[str], splits: dict[str, tuple[Sample, ...]
                 f"not {want:,}: an incomplete download or extraction? Results will not match the paper's"
             )
     return notes
-
-
-def _is_image(name: str) -> bool:
-    base = os.path.basename(name)
-    return not _hidden(base) and "__MACOSX/" not in name and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _hidden(name: str) -> bool:
-    """Dot files (.DS_Store, macOS's ._ copies) and the __MACOSX folder a Mac's zip adds: never data."""
-    return name.startswith(".") or name == "__MACOSX"
-
-
-def _visible(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if not _hidden(e.name))
