@@ -334,41 +334,11 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
                         devices=[str(d) for d in placement.devices])  # fmt: skip
         write_run_files(run_dir, dict(config=_config_dict(cfg), resolved=resolved, model_args=model.args), store, metrics)
-    steps = len(train_loader)
 
     for epoch in range(len(metrics), cfg.epochs):
         if schedule.stopped:
             break
-        train_loader.set_epoch(epoch)
-        torch.manual_seed(dropout_seed(cfg.seed, epoch, placement.rank))
-        net.train()
-        sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
-        started = time.perf_counter()
-        clock = Rate(per_rank * world)  # after the first step: not the start-up (graph build, compile)
-        with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, per_done=per_rank * world, fields=("loss", "lr"), mode=mode) as bar:
-            for step, ((images, labels, _), waited) in enumerate(timed(train_loader)):
-                lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss, logits = train_step(step_net, optimizer, images, labels, amp)
-                seen += labels.numel()
-                sums += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) == labels).sum().double()])
-                shown = dict(lr=f"{lr:.2g}")
-                if step % 10 == 0 or step + 1 == steps:  # .item() waits for the GPU: not every step
-                    shown["loss"] = f"{loss.item():.3f}"
-                bar.update(step + 1, rate=clock.step(waited), **shown)
-        trained = time.perf_counter()
-        data_wait = most_waited(clock, trained - started, dev)
-        totals = torch.cat([sums, torch.tensor([seen], dtype=torch.float64, device=dev)])
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        loss_sum, correct, seen_all = totals.tolist()
-        train_loss, train_err = loss_sum / seen_all, error_rate(correct, seen_all)
-        if not math.isfinite(train_loss):
-            if epoch == 0:
-                raise AlexkitError(f"the training loss became {train_loss} in epoch 1; lower --lr or use --init sturdy")
-            raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; last.pt keeps epoch {epoch}, "
-                               "but a run goes on only with its own --lr: train anew with a lower --lr")  # fmt: skip
+        trained, clock, started = _train_epoch(step_net, optimizer, schedule, train_loader, cfg, placement, epoch, amp, mode)
         with Ticks(mode=mode) as ticks:  # shown once validation lasts 2 s: ImageNet's on a CPU, not the demo's
             def validated(n: int) -> None:  # n: this process's images; all processes go at about the same pace
                 ticks(f"validation {epoch + 1}/{cfg.epochs}", min(n * world, val_n), val_n, "images")
@@ -376,10 +346,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
             val_top1, val_top5 = validate(step_net, val_loader, amp, dev, validated)
         if epoch + 1 > cfg.warmup_epochs:  # a warm-up epoch is no plateau: its lr is still rising
             schedule.step(val_top1)
-        row = dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_top1_err=train_err, val_top1_err=val_top1,
-                   val_top5_err=val_top5, images_per_s=clock.rate() or seen_all / (trained - started),
-                   data_wait=data_wait,
-                   seconds=time.perf_counter() - started)  # fmt: skip
+        row = dict(epoch=epoch + 1, lr=trained["lr"], train_loss=trained["train_loss"], train_top1_err=trained["train_top1_err"],
+                   val_top1_err=val_top1, val_top5_err=val_top5, images_per_s=trained["images_per_s"],
+                   data_wait=trained["data_wait"], seconds=time.perf_counter() - started)  # fmt: skip
         metrics.append(row)
         if placement.is_main:  # saved, then said: a summary that cannot be printed (a closed pipe) loses no epoch
             is_best = val_top1 <= min(m["val_top1_err"] for m in metrics)
@@ -391,11 +360,51 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
                 write_metrics(run_dir, metrics)
             say(summary(row, epochs_left=0 if schedule.stopped else cfg.epochs - epoch - 1, classes=model.args["num_classes"],
                         start_up=clock.start_up(started)))  # fmt: skip
-            stalled = stall_note(train_loss, model.args["num_classes"], cfg.init) if epoch == 0 else None
+            stalled = stall_note(row["train_loss"], model.args["num_classes"], cfg.init) if epoch == 0 else None
             if stalled is not None:
                 say(stalled)
     if schedule.stopped and placement.is_main:
         say(f"stopped: val top-1 error stopped improving after {schedule.drops} lr drops")
+
+
+def _train_epoch(step_net, optimizer, schedule: PlateauSchedule, train_loader, cfg: TrainConfig, placement: Placement,
+                 epoch: int, amp: bool, mode: str) -> tuple[dict, Rate, float]:
+    """One epoch's training steps: ({lr (the last step's), train_loss, train_top1_err, images_per_s,
+    data_wait}, all processes together; the epoch's Rate; when it started (time.perf_counter))."""
+    world, dev, per_rank = placement.world_size, placement.device, cfg.batch_size // placement.world_size
+    steps = len(train_loader)
+    train_loader.set_epoch(epoch)
+    torch.manual_seed(dropout_seed(cfg.seed, epoch, placement.rank))
+    step_net.train()
+    sums, seen = torch.zeros(2, dtype=torch.float64, device=dev), 0  # loss * n and correct top-1; n
+    started = time.perf_counter()
+    clock = Rate(per_rank * world)  # after the first step: not the start-up (graph build, compile)
+    with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, per_done=per_rank * world, fields=("loss", "lr"), mode=mode) as bar:
+        for step, ((images, labels, _), waited) in enumerate(timed(train_loader)):
+            lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, logits = train_step(step_net, optimizer, images, labels, amp)
+            seen += labels.numel()
+            sums += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) == labels).sum().double()])
+            shown = dict(lr=f"{lr:.2g}")
+            if step % 10 == 0 or step + 1 == steps:  # .item() waits for the GPU: not every step
+                shown["loss"] = f"{loss.item():.3f}"
+            bar.update(step + 1, rate=clock.step(waited), **shown)
+    trained = time.perf_counter()
+    data_wait = most_waited(clock, trained - started, dev)
+    totals = torch.cat([sums, torch.tensor([seen], dtype=torch.float64, device=dev)])
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    loss_sum, correct, seen_all = totals.tolist()
+    train_loss, train_err = loss_sum / seen_all, error_rate(correct, seen_all)
+    if not math.isfinite(train_loss):
+        if epoch == 0:
+            raise AlexkitError(f"the training loss became {train_loss} in epoch 1; lower --lr or use --init sturdy")
+        raise AlexkitError(f"the training loss became {train_loss} in epoch {epoch + 1}; last.pt keeps epoch {epoch}, "
+                           "but a run goes on only with its own --lr: train anew with a lower --lr")  # fmt: skip
+    return dict(lr=lr, train_loss=train_loss, train_top1_err=train_err, images_per_s=clock.rate() or seen_all / (trained - started),
+                data_wait=data_wait), clock, started  # fmt: skip
 
 
 def dropout_seed(seed: int, epoch: int, rank: int) -> int:
