@@ -78,9 +78,10 @@ def curves(data: list[tuple[Path, list[dict]]]):
     from matplotlib.figure import Figure  # not pyplot: no display, no global figure to close
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    names = [run.name for run, _ in data]
+    shown = [_named(run) for run, _ in data]
+    names = [run.name for run in shown]
     if len(set(names)) < len(names):  # A/run and B/run: the legend needs more of the path
-        names = [str(run) for run, _ in data]
+        names = [str(run) for run in shown]
     fig = Figure(figsize=(11, 7.5), constrained_layout=True)
     axes = fig.subplots(2, 2)
     for ax, (title, series, yscale) in zip(axes.flat, PANELS):
@@ -102,8 +103,14 @@ def curves(data: list[tuple[Path, list[dict]]]):
             ax.legend(fontsize=8)
         if "error" in title:
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    fig.suptitle(", ".join(str(r) for r, _ in data))
+    fig.suptitle(", ".join(map(str, shown)))
     return fig
+
+
+def _named(run: Path) -> Path:
+    """`run` as given, or resolved where it ends in no name of its own: `.` (plot . or plot
+    metrics.jsonl from inside the run) has the name "", and `..` the name ".."."""
+    return run.resolve() if run.name in ("", "..") else run
 
 
 def plot(cfg: PlotConfig) -> Path:

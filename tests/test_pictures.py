@@ -133,6 +133,20 @@ def test_plot_two_runs(tmp_path):
     assert labels == [str(tmp_path / "x" / "run"), str(tmp_path / "y" / "run")]
 
 
+def test_a_run_named_dot_is_labelled_with_its_folders_name(tmp_path, monkeypatch):
+    """`alexkit plot . ../runC` (or metrics.jsonl) from inside a run: "." has the name "", which gave
+    legend lines " val" and " train"; the folder's own name labels them, and the title."""
+    from pathlib import Path
+
+    write_run(tmp_path / "runB", 2, 0.9)
+    write_run(tmp_path / "runC", 2, 0.8)
+    monkeypatch.chdir(tmp_path / "runB")
+    fig = curves([(run, read_metrics(run)) for run in (Path("."), Path("../runC"))])
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert labels == ["runB val", "runB train", "runC val", "runC train"]
+    assert fig._suptitle.get_text() == f"{tmp_path / 'runB'}, ../runC"
+
+
 def test_error_and_loss_axes_start_at_zero_even_when_every_value_is_zero(tmp_path):
     """A top-5 error of 0 at every epoch (5 classes or fewer): 0% at the bottom, not -4%..4%."""
     write_run(tmp_path / "a", 3, 0.9)
