@@ -34,6 +34,13 @@ def read_metrics(run: Path) -> list[dict]:
         what = "is a file, not a run folder" if Path(run).exists() else "does not exist"
         raise AlexkitError(f"{run} {what}; pass run folders written by `alexkit train` (or their metrics.jsonl)")
     if not path.is_file():
+        ckpt = _checkpoint(run)
+        if ckpt is not None:  # a run that lost the file: its checkpoint records every epoch's line
+            again = word(run) if ckpt.name == "last.pt" else word(ckpt)  # only best.pt left: train goes on from it
+            raise AlexkitError(f"{path} does not exist; `alexkit train --resume {again}` writes it again from {ckpt.name} "
+                               "(add --epochs N, N the epochs done, to train no further)")  # fmt: skip
+        if (Path(run) / "config.json").is_file():
+            raise AlexkitError(f"{path} does not exist: run {run} has no finished epoch yet; plot after the first epoch ends")
         raise AlexkitError(f"{path} does not exist; pass run folders written by `alexkit train`")
     try:
         text = path.read_text(encoding="utf-8")
@@ -57,11 +64,17 @@ def read_metrics(run: Path) -> list[dict]:
 
 
 def _no_epoch_yet(run: Path) -> bool:
-    """A run folder whose training has not finished an epoch: no metrics.jsonl yet, or an empty one."""
+    """A run folder whose training has not finished an epoch: no metrics.jsonl yet, or an empty one
+    (one with a checkpoint but no metrics.jsonl lost it: read_metrics says how to write it again)."""
     metrics = run / "metrics.jsonl"
     if metrics.is_file():
         return not metrics.read_text().strip()
-    return (run / "config.json").is_file() or (run / ".train.lock").is_file()
+    return _checkpoint(run) is None and ((run / "config.json").is_file() or (run / ".train.lock").is_file())
+
+
+def _checkpoint(run: Path) -> Path | None:
+    """The run's last.pt, else its best.pt, else None."""
+    return next((Path(run) / n for n in ("last.pt", "best.pt") if (Path(run) / n).is_file()), None)
 
 
 PANELS = [  # (title, [(metrics key, line style, label suffix)], y scale)

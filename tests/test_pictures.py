@@ -172,6 +172,28 @@ def test_plot_passes_over_a_run_still_in_its_first_epoch(tmp_path, capsys):
         plot(PlotConfig(runs=(tmp_path / "live",), out=tmp_path / "d.png"))
 
 
+def test_a_run_that_lost_its_metrics_is_told_how_to_write_them_again(tmp_path, capsys):
+    """A run with a checkpoint but no metrics.jsonl is a run: `train --resume` writes the file again
+    from the checkpoint (from best.pt where last.pt is gone too); it is not passed over as new."""
+    write_run(tmp_path / "ok", 2, 0.9)
+    write_run(tmp_path / "lost", 2, 0.9)
+    (tmp_path / "lost" / "metrics.jsonl").unlink()
+    (tmp_path / "lost" / "best.pt").write_bytes(b"")  # only looked for, not read
+    with pytest.raises(AlexkitError, match=r"lost/metrics.jsonl does not exist; `alexkit train --resume \S*lost/best.pt` "
+                                           "writes it again from best.pt"):  # fmt: skip
+        plot(PlotConfig(runs=(tmp_path / "lost",), out=tmp_path / "c.png"))
+    (tmp_path / "lost" / "last.pt").write_bytes(b"")
+    for runs in ((tmp_path / "lost",), (tmp_path / "ok", tmp_path / "lost")):
+        with pytest.raises(AlexkitError, match=r"lost/metrics.jsonl does not exist; `alexkit train --resume \S*lost` writes it "
+                                               r"again from last.pt \(add --epochs N"):  # fmt: skip
+            plot(PlotConfig(runs=runs, out=tmp_path / "c.png"))
+    assert "skipped" not in capsys.readouterr().err
+    (tmp_path / "lost" / "last.pt").unlink()
+    (tmp_path / "lost" / "best.pt").unlink()  # config.json alone: a run still in its first epoch
+    with pytest.raises(AlexkitError, match="lost/metrics.jsonl does not exist: run .*lost has no finished epoch yet"):
+        plot(PlotConfig(runs=(tmp_path / "lost",), out=tmp_path / "c.png"))
+
+
 def test_plot_errors(tmp_path, monkeypatch):
     with pytest.raises(AlexkitError, match="metrics.jsonl does not exist"):
         plot(PlotConfig(runs=(tmp_path,), out=tmp_path / "x.png"))
