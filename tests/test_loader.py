@@ -421,6 +421,33 @@ def test_a_dataset_given_as_the_store_is_told_to_prepare_it(tmp_path):
         Store(tmp_path / "empty")
 
 
+def test_a_run_folder_or_a_folder_of_images_given_as_the_store_is_not_told_to_prepare_into_it(tmp_path):
+    """`prepare SRC --out` a folder that holds other files is refused, so that is no fix: a run folder is
+    sent to the store its config.json names, a folder of images to a store of prepare's."""
+    run, store = tmp_path / "run", tmp_path / "store"
+    run.mkdir()
+    store.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"data": str(store)}}))
+    (run / "last.pt").write_bytes(b"")
+    with pytest.raises(AlexkitError) as err:
+        Store(run)
+    assert str(err.value) == (f"store {run} is a run folder (of `alexkit train`), not a store; pass the store it was trained "
+                              f"on: {store} (its config.json names it)")  # fmt: skip
+    store.rmdir()
+    with pytest.raises(AlexkitError, match=rf"trained on \(its config.json names {store}, which is not there now\)$"):
+        Store(run)
+    (run / "config.json").unlink()  # checkpoints alone: a run all the same
+    with pytest.raises(AlexkitError, match=r"is a run folder .*; pass the store it was trained on \(the --out of `alexkit prepare`"):
+        Store(run)
+    (tmp_path / "photos").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "photos" / name).write_bytes(b"x")
+    with pytest.raises(AlexkitError) as err:
+        Store(tmp_path / "photos")
+    assert str(err.value) == (f"store {tmp_path / 'photos'} is a folder that holds no store but other files (a.jpg, b.jpg); pass the "
+                              "--out folder of `alexkit prepare`, or run `alexkit prepare SRC --out STORE` and pass that STORE")  # fmt: skip
+
+
 def test_a_damaged_jpeg_in_the_store_is_one_line_naming_the_file(tmp_path):
     rng = np.random.default_rng(3)
     store = write_store(tmp_path / "s", {"train": smooth_images(rng, 8, SIZE)}, fmt="jpg")

@@ -119,6 +119,19 @@ def _fix(path: Path) -> str:
     return "copy it again from the store it came from (a run keeps copies of its store's files)"
 
 
+def _trained_on(run: Path) -> str:
+    """Where to send a run folder passed in place of a store: to the store its config.json records."""
+    try:
+        named = json.loads((run / "config.json").read_text())["config"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        named = None
+    if not isinstance(named, str) or not named:
+        return f"pass the store it was trained on (the --out of `alexkit prepare`, holding {STATS}, {CLASSES}, {MANIFEST})"
+    if not Path(named).is_dir():
+        return f"pass the store it was trained on (its config.json names {word(named)}, which is not there now)"
+    return f"pass the store it was trained on: {word(named)} (its config.json names it)"
+
+
 def in_store(store: Path, path) -> bool:
     """Whether `path` is the folder of the store `store` or lies below it: a place for prepare's files
     only (a --force rebuild replaces the folder whole), never for another command's outputs."""
@@ -162,6 +175,15 @@ class Store:
             if (self.path / "train").is_dir() or (self.path / "ILSVRC2012_img_train.tar").is_file() or (self.path / "ILSVRC").is_dir():
                 raise AlexkitError(f"store {self.path} {what}: it looks like a dataset, not a store; run `alexkit prepare "
                                    f"{word(self.path)} --out STORE` and pass that STORE")  # fmt: skip
+            if any((self.path / n).is_file() for n in ("config.json", "metrics.jsonl")) or any(self.path.glob("*.pt")):
+                raise AlexkitError(f"store {self.path} is a run folder (of `alexkit train`), not a store; "
+                                   f"{_trained_on(self.path)}")  # fmt: skip
+            from alexkit.pipeline.storedir import not_a_store  # (storedir imports this module)
+
+            others = not_a_store(self.path)
+            if others:  # images, say: `prepare --out` there would be refused
+                raise AlexkitError(f"store {self.path} is a folder that holds no store but other files ({others}); pass the --out "
+                                   "folder of `alexkit prepare`, or run `alexkit prepare SRC --out STORE` and pass that STORE")  # fmt: skip
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {word(self.path)}` first")
         manifest, fix = self.path / MANIFEST, rewrite(self.path)
         try:
