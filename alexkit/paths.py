@@ -162,7 +162,6 @@ def check_output(path: Path, flag: str) -> None:
     """A file that `flag` names, to be written later: refused now, before any work, if it is a folder,
     or its folder does not exist or cannot be written (permissions, a read-only file system)."""
     import os
-    import tempfile
 
     path = Path(path)
     fd = _stream_fd(path)
@@ -182,17 +181,25 @@ def check_output(path: Path, flag: str) -> None:
     if not path.parent.is_dir():
         what = "is a file" if path.parent.exists() else "does not exist"
         raise AlexkitError(f"{flag} {path}: its folder {path.parent} {what}; create it or choose another path")
+    _check_writable(path.parent, flag, path)
+
+
+def _check_writable(folder: Path, flag: str, path: Path) -> None:
+    """Refuse `flag` `path` now if no file can be made in `folder` (permissions, a read-only file system)."""
+    import tempfile
+
     try:
-        with tempfile.TemporaryFile(dir=path.parent):  # what write_atomic will do there: create a file
+        with tempfile.TemporaryFile(dir=folder):  # what write_atomic will do there: create a file
             pass
     except OSError as exc:
-        raise PathRefused(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror or exc}); choose another path") from exc
+        raise PathRefused(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc}); choose another path") from exc
 
 
-def check_folder(path: Path, flag: str) -> None:
+def check_folder(path: Path, flag: str, *, writable: bool = False) -> None:
     """A folder that `flag` names, to be made or written in: refused now if it, or a folder above it,
     is a file (the system would say "Not a directory" once the work is done), or a link to nothing
-    (mkdir would say "File exists")."""
+    (mkdir would say "File exists"); with `writable`, also if no file can be made in it (or, where it
+    is still to be made, in the nearest folder above it that exists)."""
     import os
 
     for above in (Path(path), *Path(path).parents):
@@ -204,6 +211,8 @@ def check_folder(path: Path, flag: str) -> None:
             if not above.is_dir():
                 where = "is a file" if above == Path(path) else f"is under {above}, which is a file"
                 raise AlexkitError(f"{flag} {path} {where}; give a folder")
+            if writable:
+                _check_writable(above, flag, path)
             return
 
 

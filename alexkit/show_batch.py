@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE, write_atomic
+from alexkit.paths import DEFAULT_STORE, check_folder, write_atomic
 
 TILE_MIN = 160  # tiles are scaled up (nearest) to at least this many pixels so small crops stay visible
 
@@ -34,6 +34,7 @@ class ShowBatchConfig:
             raise AlexkitError(f"--val-index {self.val_index}: must be 0 or more")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise AlexkitError(f"--out {self.out} is a file; name a folder for the two PNGs")
+        check_folder(self.out, "--out", writable=True)  # before the store is read: not after the loader has run
 
 
 def show_batch(cfg: ShowBatchConfig) -> list[Path]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from alexkit.cli.options import ranged
-from alexkit.paths import DEFAULT_STORE, check_folder
+from alexkit.paths import DEFAULT_STORE
 from alexkit.ranges import SEED
 
 
@@ -21,5 +21,4 @@ def command(
     """Draw augmented training crops with class names, and the ten views of one val image."""
     from alexkit.show_batch import ShowBatchConfig, show_batch
 
-    check_folder(out, "--out")  # before the store is read
     show_batch(ShowBatchConfig(data=data, out=out, count=count, val_index=val_index, seed=seed))
