@@ -241,14 +241,21 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         if exc.filename not in (None, str(tmp)):  # about another file (one `data` reads, say)
             raise
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # the path asked for, not the temporary
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
     fsync_folder(path.parent)
+
+
+def _discard(tmp: Path) -> None:
+    """Remove write_atomic's temporary, made or not, keeping the error being raised: on a read-only
+    file system unlink fails (EROFS) even for a file that is not there, naming the temporary."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 def write_output(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:

@@ -367,6 +367,27 @@ def test_write_atomic_names_the_file_asked_for_when_the_rename_fails(tmp_path):
     assert info.value.filename == str(tmp_path / "x.json") and [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
+def test_write_atomic_names_the_file_asked_for_on_a_read_only_file_system(tmp_path):
+    """There unlink of the temporary that could not be made fails too (EROFS): that second error,
+    naming the temporary, must not take the place of the first."""
+    import shutil
+    import subprocess
+
+    from alexkit.paths import write_atomic
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(ro)]
+    if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("needs a read-only file system: mounting one is not allowed here")
+    try:
+        with pytest.raises(OSError, match="Read-only file system") as info:
+            write_atomic(ro / "x.png", b"data")
+        assert info.value.filename == str(ro / "x.png")
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
 def test_the_fix_for_a_damaged_store_is_the_line_that_writes_it_again(tmp_path):
     """From manifest.json: the source, and the settings that are not prepare's defaults (a raw store has
     no quality); SRC where the manifest cannot be read. Paths are quoted for the shell."""
