@@ -58,6 +58,8 @@ def predict(cfg: PredictConfig) -> list[dict]:
     files = list_images(cfg.images)
     ckpt_path = find_checkpoint(cfg.checkpoint)
     model, ckpt = load_model(ckpt_path)
+    epoch = f", epoch {ckpt['epoch']}" if ckpt.get("epoch") is not None else ""
+    print(f"checkpoint {ckpt_path.absolute()}{epoch}", file=sys.stderr, flush=True)  # as eval says it; stdout is the predictions'
     mean_image, classes, source = stats_and_classes(ckpt_path, ckpt, cfg.data)
     size, crop = mean_image.shape[0], model.args["input_size"]
     check_compatible(model.args, ckpt_path, size=size, num_classes=len(classes), source=source)

@@ -77,6 +77,20 @@ def test_run_directory_is_enough_without_the_store(setup, tmp_path, capsys):
     assert "val1.png" in capsys.readouterr().out
 
 
+def test_the_checkpoint_used_is_said_on_stderr(setup, tmp_path, monkeypatch, capsys):
+    """With no --checkpoint, the latest run's best.pt, or its last.pt where best.pt is gone: named
+    with its epoch as eval names it, on stderr (stdout holds only the predictions)."""
+    _, _, ckpt, folder = setup
+    run = tmp_path / "alexkit-runs" / "20260101-000000"
+    shutil.copytree(ckpt.parent, run)
+    (run / "best.pt").unlink()
+    monkeypatch.chdir(tmp_path)
+    predict(PredictConfig(images=(folder / "val1.png",), device="cpu"))
+    out, err = capsys.readouterr()
+    assert err == f"checkpoint {run.absolute() / 'last.pt'}, epoch 3\n"
+    assert "checkpoint" not in out and out.startswith(str(folder / "val1.png"))
+
+
 def test_a_run_whose_class_table_disagrees_with_its_checkpoint_is_refused(setup, tmp_path):
     _, _, ckpt, folder = setup
     run = tmp_path / "run"
