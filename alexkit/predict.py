@@ -10,6 +10,7 @@ them with a store's own.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -108,23 +109,31 @@ def _report(path: Path, probs: list[float], top: list[int], classes: list[dict])
 
 def list_images(paths) -> list[Path]:
     """Files as given; folders expanded to their image files, sorted: the suffixes prepare reads, no dot
-    files (macOS's ._ copies are not images)."""
+    files (macOS's ._ copies are not images). A path that is not there at all is an error now (a typo,
+    most likely); a link to nothing, given or in a folder, is listed, to be skipped with its reason
+    as an unreadable file is, not left out unsaid."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))  # fmt: skip
+                           if (f.is_file() or _dangling(f)) and f.suffix.lower() in IMAGE_EXTENSIONS
+                           and not f.name.startswith("."))  # fmt: skip
             if not found:
                 hint = ""
                 if any(f.is_dir() and not f.name.startswith(".") for f in p.iterdir()):  # a train/ folder, say
                     hint = f"; its sub-folders are not searched: pass them in its place ({word(p)}/*)"
                 raise AlexkitError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
             files += found
-        elif p.exists():  # a file, or a pipe: predict <(curl ...)
+        elif p.exists() or _dangling(p):  # a file, or a pipe: predict <(curl ...)
             files.append(p)
         else:
             raise AlexkitError(f"image {p} does not exist; pass image files or folders")
     return files
+
+
+def _dangling(path: Path) -> bool:
+    """A link to nothing."""
+    return path.is_symlink() and not path.exists()
 
 
 def stats_and_classes(ckpt_path: Path, ckpt: dict, data: Path | None) -> tuple[np.ndarray, list[dict], str]:
@@ -148,6 +157,8 @@ def load_image(path: Path, size: int) -> np.ndarray:
     """The image as `alexkit prepare` stores it: shorter side to `size`, centred square; (S, S, 3) uint8."""
     from alexkit.pipeline.imageops import MAX_ASPECT, DecoderMessages, decode_resized, skip_reason
 
+    if _dangling(Path(path)):  # read_bytes would say "No such file or directory" of a name that is there
+        raise AlexkitError(f"{path}: a link to {os.readlink(path)}, which does not exist")
     data = None
     try:
         data = Path(path).read_bytes()

@@ -142,6 +142,26 @@ def test_an_unreadable_image_costs_only_itself(setup, tmp_path, capsys):
         PredictConfig(images=())
 
 
+def test_a_path_not_there_is_an_error_and_a_link_to_nothing_is_skipped(setup, tmp_path, capsys):
+    """A name not there at all (a typo, most likely) stops predict before any image is read; a link
+    to nothing is there, given or in a folder: skipped with its reason, as an unreadable file."""
+    _, _, ckpt, folder = setup
+    with pytest.raises(AlexkitError, match=r"^image \S*missing.jpg does not exist; pass image files or folders$"):
+        predict(PredictConfig(images=(folder / "val1.png", tmp_path / "missing.jpg"), checkpoint=ckpt, device="cpu"))
+    assert capsys.readouterr() == ("", "")  # nothing predicted, no checkpoint even loaded
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copyfile(folder / "val1.png", photos / "a.png")
+    (photos / "b.png").symlink_to(tmp_path / "gone.png")
+    assert list_images([photos]) == [photos / "a.png", photos / "b.png"]
+    for images in ((photos,), (photos / "b.png", photos / "a.png")):
+        with pytest.raises(AlexkitError, match=r"1 of 2 images could not be read \(first: \S*b.png: a link to \S*gone.png, "
+                                               r"which does not exist\)"):  # fmt: skip
+            predict(PredictConfig(images=images, checkpoint=ckpt, device="cpu"))
+        out, err = capsys.readouterr()
+        assert out.startswith(str(photos / "a.png")) and f"skipped {photos / 'b.png'}: a link to {tmp_path / 'gone.png'}, " in err
+
+
 def test_libjpegs_warning_about_a_file_it_decodes_is_named(setup, tmp_path, capfd):
     """Stray bytes before a JPEG's end: libjpeg prints to fd 2 and decodes the image; predict
     classifies it and names the file beside the warning, which never appears unnamed."""
