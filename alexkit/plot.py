@@ -25,6 +25,11 @@ class PlotConfig:
         if Path(self.out).suffix.lower() not in PLOT_FORMATS:
             raise AlexkitError(f"--out {self.out}: name a {', '.join(PLOT_FORMATS)} file")
         check_output(self.out, "--out")
+        from alexkit.pipeline.store import store_holding
+
+        store = store_holding(self.out)  # as eval's outputs: a store's folder holds prepare's files only
+        if store is not None:
+            raise AlexkitError(f"--out {self.out} is in the folder of the store {store}; name another file")
 
 
 def read_metrics(run: Path) -> list[dict]:

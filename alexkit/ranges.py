@@ -44,6 +44,7 @@ def check_ranges(*checks: tuple[str, float, Range]) -> None:
 
 AT_LEAST_1 = Range(1)
 SEED = Range(0, 2**32 - 1)  # torch's and DALI's seeds are 32-bit
+SHOW_BATCH_COUNT = Range(1, 256)  # training crops in show-batch's grid: one batch, drawn whole
 MAX_FC_FEATURES = 4 * 4096  # fc6 and fc7 up to 4x the paper's (fc7 alone then holds 268M weights)
 
 # TrainConfig's numeric fields; `alexkit train` and `bench train` check their flags with these.

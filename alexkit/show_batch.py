@@ -15,6 +15,8 @@ import numpy as np
 
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE, check_folder, write_atomic
+from alexkit.progress import counted
+from alexkit.ranges import SHOW_BATCH_COUNT, check_ranges
 
 TILE_MIN = 160  # tiles are scaled up (nearest) to at least this many pixels so small crops stay visible
 
@@ -28,13 +30,19 @@ class ShowBatchConfig:
     seed: int = 0  # the loader's seed: same seed, same crops, flips and lighting
 
     def __post_init__(self):
-        if not 1 <= self.count <= 256:
-            raise AlexkitError(f"--count {self.count}: use 1 to 256 images")
+        check_ranges(("--count", self.count, SHOW_BATCH_COUNT))
         if self.val_index < 0:
             raise AlexkitError(f"--val-index {self.val_index}: must be 0 or more")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise AlexkitError(f"--out {self.out} is a file; name a folder for the two PNGs")
         check_folder(self.out, "--out", writable=True)  # before the store is read: not after the loader has run
+        from alexkit.pipeline.store import in_store, store_holding
+
+        # As eval's outputs: in the store read (even one half made) or in any other, the PNGs would lie among prepare's files.
+        store = Path(self.data) if in_store(self.data, self.out) else store_holding(Path(self.out) / "train-batch.png")
+        if store is not None:
+            raise AlexkitError(f"--out {self.out} is in the folder of the store {store}, whose files are prepare's; "
+                               "name a folder outside it")  # fmt: skip
 
 
 def show_batch(cfg: ShowBatchConfig) -> list[Path]:
@@ -46,21 +54,18 @@ def show_batch(cfg: ShowBatchConfig) -> list[Path]:
 
 
 def _show_batch(cfg: ShowBatchConfig) -> list[Path]:
-    from alexkit.pipeline.store import Store, in_store
+    from alexkit.pipeline.store import Store
 
     store = Store(cfg.data)
     names = [c["name"] for c in store.classes]
     store.check("train", "val")
     _check_val_index(store, cfg.val_index)  # before the first picture is written
-    if in_store(store.path, cfg.out):  # as eval's outputs and train's --out
-        raise AlexkitError(f"--out {cfg.out} is in the folder of the store {store.path}, whose files are prepare's; "
-                           "name a folder outside it")  # fmt: skip
     made = not cfg.out.exists()
     cfg.out.mkdir(parents=True, exist_ok=True)
     try:
         tiles, labels, _ = train_tiles(store, cfg.count, cfg.seed)
         captions = [f"{y} {names[y]}" for y in labels]
-        title = f"{store.path}: {len(tiles)} training crops as fed to the network (seed {cfg.seed})"
+        title = f"{store.path}: {counted(len(tiles), 'training crop')} as fed to the network (seed {cfg.seed})"
         written = [_save(grid(tiles, captions, title, columns=min(8, len(tiles))), cfg.out / "train-batch.png")]
         tiles, captions, label = val_view_tiles(store, cfg.val_index)
         title = f"{store.path} val #{cfg.val_index} ({label} {names[label]}): the ten test views"
@@ -138,12 +143,14 @@ def grid(tiles: list[np.ndarray], captions: list[str], title: str, *, columns: i
     h, w = tiles[0].shape[:2]
     scale = max(1, math.ceil(TILE_MIN / max(h, w)))
     th, tw = h * scale, w * scale
-    font = _font(13)
+    font, title_font = _font(13), _font(15)
     pad, caption_h, title_h = 6, 20, 28
     rows = math.ceil(len(tiles) / columns)
-    canvas = Image.new("RGB", (pad + columns * (tw + pad), title_h + rows * (th + caption_h + pad)), "white")
+    # As wide as the title where it is wider than the tiles (one or two of them: --count 1): never cut.
+    width = max(pad + columns * (tw + pad), pad + math.ceil(title_font.getlength(title)) + pad)
+    canvas = Image.new("RGB", (width, title_h + rows * (th + caption_h + pad)), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((pad, 7), title, fill="black", font=_font(15))
+    draw.text((pad, 7), title, fill="black", font=title_font)
     for i, (tile, caption) in enumerate(zip(tiles, captions)):
         x, y = pad + (i % columns) * (tw + pad), title_h + (i // columns) * (th + caption_h + pad)
         canvas.paste(Image.fromarray(tile).resize((tw, th), Image.NEAREST), (x, y))

@@ -71,6 +71,30 @@ def test_grid_geometry_and_captions():
     assert (px[28 + 186 + 80, 6 + 80] == 160).all()
 
 
+def test_grid_is_as_wide_as_a_title_wider_than_its_tiles():
+    """One 160px tile under a title of ~400px (show-batch --count 1): the canvas widens, the title is whole."""
+    from alexkit.show_batch import _font
+
+    title = "alexkit-store: 1 training crop as fed to the network (seed 0)"
+    img = grid([np.full((20, 20, 3), 80, np.uint8)], ["a"], title, columns=1)
+    assert img.size[0] == 6 + int(np.ceil(_font(15).getlength(title))) + 6 > 6 + 160 + 6
+    inked = np.flatnonzero((np.asarray(img)[:28] < 128).all(axis=2).any(axis=0))  # columns of the title's dark pixels
+    assert inked.max() < img.size[0] - 6 and inked.max() > 6 + 160 + 6  # the title ends inside, past the tile
+
+
+def test_show_batch_count_range_is_said_in_its_help_and_checked_alike():
+    import inspect
+
+    from alexkit.cli import show_batch as cli
+    from alexkit.ranges import SHOW_BATCH_COUNT
+
+    option = inspect.signature(cli.command).parameters["count"].default
+    assert option.callback.allowed is SHOW_BATCH_COUNT and option.help.endswith("Range: from 1 to 256.")
+    for count in (0, 257):
+        with pytest.raises(AlexkitError, match=f"^--count {count} is out of range: from 1 to 256$"):
+            ShowBatchConfig(count=count)
+
+
 def test_show_batch_writes_two_pngs(store, tmp_path):
     paths = show_batch(ShowBatchConfig(data=store.path, out=tmp_path / "pics", count=8, val_index=1))
     assert [p.name for p in paths] == ["train-batch.png", "val-views.png"]
@@ -90,6 +114,10 @@ def test_show_batch_bad_index(store, tmp_path):
     with pytest.raises(AlexkitError, match=r"--out .*pictures is in the folder of the store .*; name a folder outside it"):
         show_batch(ShowBatchConfig(data=store.path, out=store.path / "pictures"))
     assert not (store.path / "pictures").exists()
+    other = make_store(tmp_path / "other", train=2, val=1)  # another store than the one read: its folder is prepare's too
+    for out in (other.path, other.path / "pictures"):
+        with pytest.raises(AlexkitError, match=rf"^--out {out} is in the folder of the store {other.path}, whose files are "):
+            ShowBatchConfig(data=store.path, out=out)
 
 
 def test_show_batch_out_that_cannot_be_written_is_refused_before_the_store_is_read(tmp_path):
@@ -215,6 +243,12 @@ def test_plot_errors(tmp_path, monkeypatch):
         PlotConfig(out=tmp_path / "curves")
     with pytest.raises(AlexkitError, match="its folder .* does not exist"):
         PlotConfig(out=tmp_path / "nodir" / "c.png")
+    for name in ("manifest.json", "classes.json"):  # a store's folder (and those below it) holds prepare's files only
+        (tmp_path / "store" / "sub").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "store" / name).write_text("{}")
+    for out in (tmp_path / "store" / "c.png", tmp_path / "store" / "sub" / "c.png"):
+        with pytest.raises(AlexkitError, match=rf"^--out {out} is in the folder of the store {tmp_path / 'store'}; name another file$"):
+            PlotConfig(out=out)
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "metrics.jsonl").write_text('{"lr": 0.01}\n')
     with pytest.raises(AlexkitError, match="line 1 is not an epoch record"):

@@ -8,13 +8,13 @@ import typer
 
 from alexkit.cli.options import ranged
 from alexkit.paths import DEFAULT_STORE
-from alexkit.ranges import SEED
+from alexkit.ranges import SEED, SHOW_BATCH_COUNT
 
 
 def command(
     data: Path = typer.Option(DEFAULT_STORE, "--data", help="Store written by `alexkit prepare`."),
     out: Path = typer.Option(Path("alexkit-pictures"), "--out", help="Folder for train-batch.png and val-views.png."),
-    count: int = typer.Option(16, "--count", help="Training crops in the grid."),
+    count: int = ranged(16, "--count", "Training crops in the grid.", SHOW_BATCH_COUNT),
     val_index: int = typer.Option(0, "--val-index", help="Position in val.beton of the image whose ten views are drawn."),
     seed: int = ranged(0, "--seed", "Loader seed: the same seed draws the same crops, flips and lighting.", SEED),
 ) -> None:
