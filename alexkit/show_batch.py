@@ -33,9 +33,7 @@ class ShowBatchConfig:
         check_ranges(("--count", self.count, SHOW_BATCH_COUNT))
         if self.val_index < 0:
             raise AlexkitError(f"--val-index {self.val_index}: must be 0 or more")
-        if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise AlexkitError(f"--out {self.out} is a file; name a folder for the two PNGs")
-        check_folder(self.out, "--out", writable=True)  # before the store is read: not after the loader has run
+        check_folder(self.out, "--out", writable=True)  # a file, a link to nothing, read-only: said before the store is read
         from alexkit.pipeline.store import in_store, store_holding
 
         # As eval's outputs: in the store read (even one half made) or in any other, the PNGs would lie among prepare's files.

@@ -109,7 +109,7 @@ def test_show_batch_bad_index(store, tmp_path):
         show_batch(ShowBatchConfig(data=store.path, out=tmp_path / "pics", val_index=3))
     assert not (tmp_path / "pics").exists()  # checked before the first picture
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(AlexkitError, match="is a file; name a folder"):
+    with pytest.raises(AlexkitError, match="is a file; give a folder"):
         ShowBatchConfig(out=tmp_path / "a-file")
     with pytest.raises(AlexkitError, match=r"--out .*pictures is in the folder of the store .*; name a folder outside it"):
         show_batch(ShowBatchConfig(data=store.path, out=store.path / "pictures"))
