@@ -316,7 +316,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
     if schedule.stopped or len(metrics) >= cfg.epochs:  # a finished run: its files stay as they are...
         # ...except metrics.jsonl where a kill between the last checkpoint and its write left it behind
         if placement.is_main and write_metrics(run_dir, metrics, only_if_different=True):
-            say(f"note: {run_dir}/metrics.jsonl did not match last.pt (an epoch behind, or damaged); rewritten from it")
+            read = ckpt["path"].name if ckpt is not None else "last.pt"  # --resume RUN/best.pt: that one
+            say(f"note: {run_dir}/metrics.jsonl did not match {read} (an epoch behind, or damaged); rewritten from it")
         say(f"{run_dir} already ended after its last lr drop ({counted(len(metrics), 'epoch')})" if schedule.stopped else
             f"{run_dir} already has {counted(len(metrics), 'epoch')}; pass a larger --epochs to continue it")  # fmt: skip
         return

@@ -236,6 +236,12 @@ def test_a_full_disk_in_the_last_epoch_is_one_line_and_a_resume_mends_metrics(st
     train(TrainConfig(resume=run, epochs=2))
     assert [r["epoch"] for r in _metrics(run)] == [1, 2]
     assert "metrics.jsonl did not match last.pt (an epoch behind, or damaged); rewritten from it" in capsys.readouterr().out
+    branch = tmp_path / "branch"  # resumed from a best.pt copied out, the note names that file
+    branch.mkdir()
+    shutil.copy(run / "best.pt", branch / "best.pt")
+    best_epoch = torch.load(branch / "best.pt", weights_only=True)["epoch"]
+    train(TrainConfig(resume=branch / "best.pt", epochs=best_epoch))
+    assert f"{branch}/metrics.jsonl did not match best.pt (an epoch behind, or damaged); rewritten from it" in capsys.readouterr().out
 
 
 def test_running_out_of_gpu_memory_is_one_line_with_the_fix_and_the_resume(store, tmp_path, monkeypatch):
