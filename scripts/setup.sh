@@ -26,10 +26,30 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# 2. The virtual environment.
+# 2. The virtual environment, with Python >= 3.10 (alexkit's requires-python). A .venv is made anew when
+#    its python does not run or is older, or when it was made in another folder (the repo moved or was
+#    copied): its scripts start the python named by their first line, in that other .venv or nowhere.
 PYTHON="${PYTHON:-python3}"
-if ! .venv/bin/python -c "" >/dev/null 2>&1; then
-    say "creating .venv with $($PYTHON --version)"
+venv_problem() {  # why .venv cannot be kept, or nothing
+    .venv/bin/python -I -c "" >/dev/null 2>&1 || { echo "its python does not run"; return; }
+    .venv/bin/python -I -c "import sys; sys.exit(sys.version_info < (3, 10))" \
+        || { echo "it holds $(.venv/bin/python -V 2>&1), older than 3.10"; return; }
+    if [ -f .venv/bin/alexkit ]; then
+        made_in=$(head -n 1 .venv/bin/alexkit); made_in=${made_in#\#!}
+        # (pip writes a /bin/sh stub instead for a path too long for a #! line.)
+        [ "$made_in" = /bin/sh ] || [ "$(dirname -- "$made_in")" -ef .venv/bin ] \
+            || echo "it was made in $(dirname -- "$(dirname -- "$(dirname -- "$made_in")")")"
+    fi
+}
+problem=$(venv_problem)
+if [ -n "$problem" ]; then
+    if ! "$PYTHON" -c "import sys; sys.exit(sys.version_info < (3, 10))" >/dev/null 2>&1; then
+        found=$("$PYTHON" --version 2>&1 | head -n 1) && found="is $found" || found="is not found"
+        echo "[setup] error: alexkit needs Python >= 3.10, and $PYTHON $found; name one that is: PYTHON=python3.11 make setup" >&2
+        exit 1
+    fi
+    [ -e .venv ] && say "making .venv anew: $problem"
+    say "creating .venv with $("$PYTHON" --version)"
     rm -rf .venv
     "$PYTHON" -m venv .venv
 fi
@@ -38,8 +58,9 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # made without pip
     .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 fi
 PIP=(.venv/bin/python -m pip install -q)
-# Cheap presence checks (find_spec, no heavy imports), so a second run takes a couple of seconds.
-have() { .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" "$@" 2>/dev/null; }
+# Cheap presence checks (find_spec, no heavy imports), so a second run takes a couple of seconds; -I: not
+# from the current folder (the repo root, where ./alexkit is found whether or not it is installed).
+have() { .venv/bin/python -I -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" "$@" 2>/dev/null; }
 
 # 3. torch: a CPU build unless an NVIDIA GPU is present (never a multi-GB CUDA build on CPU machines).
 CUDA_WARNING='import torch
@@ -78,4 +99,10 @@ fi
 # FFCV's compiled extension must link against the system libraries (dlopen it, without importing ffcv).
 .venv/bin/python -c "import ctypes, glob, importlib.util as u; [d] = u.find_spec('ffcv').submodule_search_locations; [so] = glob.glob(d + '/_libffcv*.so'); ctypes.CDLL(so)" \
     || { echo "[setup] FFCV's native library does not load: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then rm .venv/.alexkit-installed and run make setup again" >&2; exit 1; }
+# The console script itself must start: a .venv whose #! lines name another folder's python passes the
+# checks above once alexkit is installed again, and `have` finds packages, not a command that runs.
+if ! err=$(.venv/bin/alexkit --help 2>&1 >/dev/null); then
+    echo "[setup] error: .venv/bin/alexkit does not start (${err##*$'\n'}); rm -rf .venv && make setup" >&2
+    exit 1
+fi
 say "ready: .venv/bin/alexkit (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"  # with +cpu/+cu130
