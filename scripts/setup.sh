@@ -63,17 +63,11 @@ PIP=(.venv/bin/python -m pip install -q)
 have() { .venv/bin/python -I -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" "$@" 2>/dev/null; }
 
 # 3. torch: a CPU build unless an NVIDIA GPU is present (never a multi-GB CUDA build on CPU machines).
-CUDA_WARNING='import torch
-if not torch.cuda.is_available():
-    print(f"[setup] warning: torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU here; the NVIDIA "
-          "driver may be older than that CUDA (nvidia-smi shows the CUDA the driver supports): install the torch "
-          "build for your driver (pytorch.org/get-started), or update the driver; until then alexkit runs on the CPU")'
+gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 if ! have torch; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    if gpu; then
         say "NVIDIA GPU found: installing torch with CUDA"
         "${PIP[@]}" "torch>=2.11"
-        # A driver older than the CUDA of that build leaves torch without the GPU: say so now, not at `train`.
-        .venv/bin/python -c "$CUDA_WARNING" >&2
     else
         say "no NVIDIA GPU: installing a CPU build of torch"
         # torch==2.13.0 where the package index offers its CPU wheel (a dry run lists what would come:
@@ -87,6 +81,19 @@ if ! have torch; then
         rm -f "$plan"
         .venv/bin/python -c "import torch; assert not torch.version.cuda, 'a CUDA build of torch was installed'"
     fi
+fi
+# With a GPU, torch must be able to use it, on every run (a .venv kept from before keeps its torch): a CPU
+# build (installed where no GPU was seen), or a driver older than the build's CUDA, is said now, not at `train`.
+GPU_CHECK='import torch
+if torch.version.cuda is None:
+    print(f"[setup] warning: an NVIDIA GPU is here but torch {torch.__version__} is a CPU build, so alexkit runs on the "
+          "CPU; for the CUDA build: .venv/bin/python -m pip uninstall -y torch && make setup")
+elif not torch.cuda.is_available():
+    print(f"[setup] warning: torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU here; the NVIDIA "
+          "driver may be older than that CUDA (nvidia-smi shows the CUDA the driver supports): install the torch "
+          "build for your driver (pytorch.org/get-started), or update the driver; until then alexkit runs on the CPU")'
+if gpu; then
+    .venv/bin/python -I -c "$GPU_CHECK" >&2
 fi
 
 # 4. alexkit itself (editable) with its test extras; FFCV builds from source here (~1 min, once).
