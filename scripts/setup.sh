@@ -70,13 +70,14 @@ if ! have torch; then
         "${PIP[@]}" "torch>=2.11"
     else
         say "no NVIDIA GPU: installing a CPU build of torch"
-        # torch==2.13.0 where the package index offers its CPU wheel (a dry run lists what would come:
-        # the CUDA build brings nvidia-* packages); else PyTorch's CPU index. Never a CUDA download.
+        # torch==2.13.0 (the README's figures) where the package index offers its CPU wheel (a dry run lists
+        # what would come: the CUDA build brings nvidia-* packages); else from PyTorch's CPU index, which
+        # has 2.13.0+cpu. Never a CUDA download.
         plan=$(mktemp)
         if "${PIP[@]}" --dry-run --report "$plan" "torch==2.13.0" 2>/dev/null && ! grep -q '"name": "nvidia-' "$plan"; then
             "${PIP[@]}" "torch==2.13.0"
         else
-            "${PIP[@]}" "torch>=2.11" --index-url https://download.pytorch.org/whl/cpu
+            "${PIP[@]}" "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
         fi
         rm -f "$plan"
         .venv/bin/python -c "import torch; assert not torch.version.cuda, 'a CUDA build of torch was installed'"
