@@ -11,7 +11,9 @@ step() { printf '\n== %s\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
 mkdir -p demo && cd demo
 rm -rf alexkit-store alexkit-runs
 start=$SECONDS
-step "environment" "$ALEXKIT" doctor || true
+# What doctor finds is not fatal (the steps below show what it means), but Ctrl-C or SIGTERM during it is:
+# alexkit exits 130 or 143 from its own handler, not killed by the signal, so bash alone would go on.
+step "environment" "$ALEXKIT" doctor || { code=$?; ((code < 128)) || exit "$code"; }
 [ -d imagenet ] || step "sample dataset (official ImageNet layout, 10 classes)" \
     "$ALEXKIT" sample imagenet --classes 10 --train-per-class 260 --val-per-class 30 --seed 0
 step "prepare: 64 px store (paper: 256)" "$ALEXKIT" prepare imagenet --size 64
