@@ -9,7 +9,7 @@ ALEXKIT="$ROOT/.venv/bin/alexkit"
 step() { printf '\n== %s\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
 
 mkdir -p demo && cd demo
-rm -rf alexkit-store alexkit-runs
+rm -rf alexkit-store alexkit-runs eval-centre.json eval-tta.json pictures curves.png  # a stopped run's would look current
 start=$SECONDS
 # What doctor finds is not fatal (the steps below show what it means), but Ctrl-C or SIGTERM during it is:
 # alexkit exits 130 or 143 from its own handler, not killed by the signal, so bash alone would go on.
