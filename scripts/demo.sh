@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole job on the built-in sample dataset, in ./demo: sample -> prepare -> train -> eval --tta -> pictures.
 # CPU-sized: 10 classes, images stored at 64 px (56 px crops) and a narrower AlexNet, because the paper's
-# network trains at ~38 images/s on 2 CPU cores. `alexkit train`'s defaults remain the paper's network.
+# network trains at ~18 images/s on 2 CPU cores. `alexkit train`'s defaults remain the paper's network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
