@@ -175,12 +175,25 @@ def write_metrics(path: Path, metrics: list[dict], *, only_if_different: bool = 
     return True
 
 
-def _git_commit() -> str | None:
+def _git_commit(package: Path = Path(__file__).resolve().parent) -> str | None:
+    """The commit of alexkit's own checkout (`package` is its alexkit/ folder), "<hash>-dirty" when its
+    tracked files differ from it; None without git or for an installed copy (one inside a .venv in the
+    user's own repo would name the user's commit)."""
+
+    def git(*args: str) -> str | None:
+        out = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        top = git("rev-parse", "--show-toplevel")
+        if not top or Path(top).resolve() / "alexkit" != package.resolve():
+            return None
+        head, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if not head or changes is None:
+        return None
+    return head + ("-dirty" if changes else "")
 
 
 def check_compatible(model_args: dict, ckpt_path: Path, *, size: int, num_classes: int, source: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -261,3 +263,30 @@ def test_ctrl_c_during_a_checkpoint_save_comes_after_it(tmp_path, monkeypatch):
             runs.write_metrics(tmp_path, [{"epoch": 1}, {"epoch": 2}])
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_git_commit_recorded_is_alexkits_own_checkouts_marked_dirty_when_changed(tmp_path):
+    """A checkout (REPO/alexkit/) gives its HEAD, with -dirty once a tracked file changes (an untracked one
+    does not count); a copy installed in a .venv inside another repo gives None, not that repo's commit."""
+
+    def git(repo, *args):
+        env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, env=env,
+                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+    checkout, project = tmp_path / "checkout", tmp_path / "project"  # alexkit's repo; a user's, alexkit installed in it
+    packages = {checkout: checkout / "alexkit", project: project / ".venv" / "lib" / "site-packages" / "alexkit"}
+    for repo, package in packages.items():
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "first"]):
+            git(repo, *args)
+    head = git(checkout, "rev-parse", "HEAD")
+    assert runs._git_commit(packages[checkout]) == head
+    (checkout / "alexkit" / "new.py").write_text("")
+    assert runs._git_commit(packages[checkout]) == head
+    (checkout / "alexkit" / "__init__.py").write_text("x = 1\n")
+    assert runs._git_commit(packages[checkout]) == f"{head}-dirty"
+    assert runs._git_commit(packages[project]) is None
