@@ -146,7 +146,8 @@ def write_run_files(path: Path, config: dict, store, metrics: list) -> None:
     metrics.jsonl as of the checkpoint resumed from."""
     path.mkdir(parents=True, exist_ok=True)
     versions = {}
-    for package in ("alexkit", "numpy", "ffcv", "nvidia-dali-cuda130"):
+    # Pillow and OpenCV decode, resize and encode the images: the demo's figures depend on their versions.
+    for package in ("alexkit", "numpy", "pillow", "opencv-python", "ffcv", "nvidia-dali-cuda130"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -73,6 +73,11 @@ def test_run_directory_and_checkpoints(learned_run, store):
     assert config["config"]["epochs"] == 6 and config["model_args"]["input_size"] == 56
     assert config["versions"]["torch"] == torch.__version__  # with the build tag, which CUDA wheels' metadata lacks
     assert config["versions"]["cuda"] == torch.version.cuda
+    import PIL  # their decoding and resizing make the demo's figures: recorded with the rest
+    from importlib import metadata
+
+    assert config["versions"]["pillow"] == PIL.__version__
+    assert config["versions"]["opencv-python"] == metadata.version("opencv-python")
     last = torch.load(learned_run / "last.pt", weights_only=True)
     assert {"format_version", "model", "model_args", "optimizer", "scheduler", "epoch", "config", "metrics", "rng"} <= set(last)
     assert last["epoch"] == 6 and last["metrics"] == _metrics(learned_run)
