@@ -92,7 +92,8 @@ PANELS = [  # (title, [(metrics key, line style, label suffix)], y scale)
 
 def curves(data: list[tuple[Path, list[dict]]]):
     """The matplotlib Figure that plot writes, of (run, its epoch records) pairs."""
-    require("matplotlib", fix="install it with `pip install 'alexkit[plot]'` (or `pip install matplotlib`)")
+    # (Not `pip install 'alexkit[plot]'`: that works only where alexkit was installed from the checkout.)
+    require("matplotlib", fix="install it with `pip install matplotlib` (in alexkit's checkout: `pip install -e '.[plot]'`)")
     from matplotlib.figure import Figure  # not pyplot: no display, no global figure to close
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 

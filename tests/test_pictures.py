@@ -266,5 +266,5 @@ def test_plot_errors(tmp_path, monkeypatch):
         read_metrics(tmp_path / "odd" / "config.json")
     write_run(tmp_path / "a", 2, 0.9)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
-    with pytest.raises(AlexkitError, match=r"alexkit\[plot\]"):
+    with pytest.raises(AlexkitError, match=r"`pip install matplotlib` \(in alexkit's checkout: `pip install -e '\.\[plot\]'`\)$"):
         plot(PlotConfig(runs=(tmp_path / "a",), out=tmp_path / "x.png"))
