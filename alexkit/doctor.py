@@ -127,7 +127,8 @@ def checks() -> tuple[list[Row], list[str], int]:
                 rows.append(("dali gpu pipeline", _dali_gpu_pipeline(), True))
             except Exception as exc:
                 rows.append(("dali gpu pipeline", f"fails: {exc}", False))
-                problems.append(f"DALI's GPU pipeline fails ({exc}); install the nvidia-dali build matching your CUDA driver")
+                problems.append(f"DALI's GPU pipeline fails ({exc}); nvidia-dali-cuda130 needs an NVIDIA driver for CUDA 13 (nvidia-smi "
+                                "shows the CUDA the driver supports): update the driver, or run with --device cpu until then")  # fmt: skip
     return rows, problems, n
 
 
