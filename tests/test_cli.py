@@ -630,6 +630,24 @@ def test_an_empty_option_value_is_refused_not_taken_for_the_current_folder(args,
     assert list(tmp_path.iterdir()) == []
 
 
+EMPTY_ARGUMENTS = [  # (arguments, the argument's name, the fix said)
+    (["sample", ""], "DIR", "give a path or leave it out"), (["sample", "--classes", "1", "--", ""], "DIR", "give a path or leave it out"),
+    (["plot", "run", ""], "RUN", "give a path or leave it out"), (["prepare", ""], "SRC", "give a path"),
+    (["predict", "x.jpg", ""], "IMAGE", "give a path"), (["bench", "prepare", "-n", "1", ""], "SRC", "give a path or leave it out"),
+]
+
+
+@pytest.mark.parametrize("args, name, fix", EMPTY_ARGUMENTS, ids=[" ".join(map(repr, a)) for a, _, _ in EMPTY_ARGUMENTS])
+def test_an_empty_path_argument_is_refused_not_taken_for_the_current_folder(args, name, fix, tmp_path):
+    """`alexkit sample $UNSET` wrote a dataset among the working folder's files, and `plot ''` read the
+    run in it: an empty argument is refused as an empty option value is."""
+    r = run(*args, cwd=tmp_path)
+    command = " ".join(args[:2] if args[0] == "bench" else args[:1])
+    assert r.returncode == 2 and r.stderr == (f"error: {name} '': an empty value (an unset shell variable?); {fix}; "
+                                              f"see alexkit {command} -h\n"), r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 
 def test_an_error_after_a_ctrl_c_is_the_ctrl_cs_doing(monkeypatch, capsys):
     """A Ctrl-C inside an import (numba importing scipy, say) can leave a module half made; what uses

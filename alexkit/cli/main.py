@@ -65,17 +65,42 @@ def _argument_type(param, ctx) -> str:
 
 
 def _refuse_empty_values(params, args: list[str], command: str) -> None:
-    """An option given an empty value (`--out ""`, `--data=$UNSET`) is refused: as a path, typer would
-    take it for the current folder, and a run, a store or an output would land there."""
+    """An empty value given to an option (`--out ""`, `--data=$UNSET`) or as an argument (`sample ""`,
+    `plot $UNSET`) is refused: as a path, typer would take it for the current folder, and a run, a
+    store, an output or a dataset would land there, or be read from there."""
     takes_value = {opt for p in params if p.param_type_name == "option" and not getattr(p, "is_flag", False) for opt in p.opts}
+    arguments = [p for p in params if p.param_type_name == "argument"]  # a group has none: its words name commands
+    positional, options_end, value_next = 0, False, False
     for i, arg in enumerate(args):
-        if arg == "--":
-            return
-        name, eq, value = arg.partition("=")
-        given = value if eq else (args[i + 1] if i + 1 < len(args) else None)
-        if name in takes_value and given == "":
-            raise AlexkitError(f"{name} '': an empty value (an unset shell variable?); give a value or drop the flag; "
-                               f"see {command} -h")  # fmt: skip
+        if value_next:  # an option's value, checked with its option
+            value_next = False
+            continue
+        if arg == "--" and not options_end:
+            options_end = True
+            continue
+        if arg.startswith("-") and arg != "-" and not options_end:
+            name, eq, value = arg.partition("=")
+            given = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+            if name in takes_value and given == "":
+                raise AlexkitError(f"{name} '': an empty value (an unset shell variable?); give a value or drop the flag; "
+                                   f"see {command} -h")  # fmt: skip
+            value_next = name in takes_value and not eq
+            continue
+        param = _argument_at(arguments, positional)
+        if arg == "" and param is not None:
+            fix = "give a path" if param.required else "give a path or leave it out"
+            raise AlexkitError(f"{(param.metavar or param.name).upper()} '': an empty value (an unset shell variable?); "
+                               f"{fix}; see {command} -h")  # fmt: skip
+        positional += 1
+
+
+def _argument_at(arguments, position: int):
+    """The argument that the positional word at `position` (from 0) goes to; None past the last one."""
+    for param in arguments:
+        if param.nargs < 0 or position < param.nargs:  # nargs -1: all the words left
+            return param
+        position -= param.nargs
+    return None
 
 
 def _home(value):
