@@ -153,11 +153,16 @@ def test_bad_arguments_and_destinations(tmp_path):
         write_sample_dataset(real, num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
     assert (real / "train" / "n01440764" / "n01440764_10026.JPEG").read_bytes() == b"a real photo"
     (tmp_path / "afile").write_text("")
-    with pytest.raises(AlexkitError, match="afile is a file"):
+    with pytest.raises(AlexkitError, match="afile, which is a file"):
         write_sample_dataset(tmp_path / "afile" / "x", num_classes=1)
     with pytest.raises(AlexkitError, match="--seed -1: must be 0 or more"):
         write_sample_dataset(tmp_path / "s", num_classes=1, seed=-1)
-    assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
+    assert not (tmp_path / "s").exists()
+    # `/` has no folder above it to look at: a one-line refusal, not StopIteration.
+    with pytest.raises(AlexkitError, match="^/ is not empty; choose another folder"):
+        write_sample_dataset(Path("/"), num_classes=1, train_per_class=1, val_per_class=0)
+    with pytest.raises(AlexkitError, match=r"^/ holds files other than a sample dataset \(.* and \d+ others\)"):
+        write_sample_dataset(Path("/"), num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
 
 
 def test_a_failed_write_leaves_no_partial_folder(tmp_path, monkeypatch):
@@ -183,10 +188,10 @@ def test_one_class_has_a_devkit_of_one_leaf(tmp_path):
 
 
 def test_overwrite_keeps_the_old_dataset_until_the_new_one_is_whole(tmp_path):
-    """Interrupted while writing, --overwrite leaves the earlier sample as it was; a run killed
-    between its two renames (old aside, new in) is tidied by the next run."""
+    """Interrupted while writing, --overwrite leaves the earlier sample as it was; a run killed while
+    moving the new one in (between a devkit's two renames, the worst place) is tidied by the next run."""
     out = write_sample_dataset(tmp_path / "s", num_classes=1, train_per_class=2, val_per_class=1)
-    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    before = files(out)
 
     def interrupt(done, total):
         if done == 2:
@@ -194,13 +199,69 @@ def test_overwrite_keeps_the_old_dataset_until_the_new_one_is_whole(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         write_sample_dataset(out, num_classes=2, train_per_class=2, val_per_class=1, overwrite=True, progress=interrupt)
-    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-    out.rename(tmp_path / "s.partial-old")  # as if killed after moving the old one aside
+    assert files(out) == before and sorted(p.name for p in out.iterdir()) == ["ILSVRC2012_devkit_t12", "train", "val"]
+    (out / ".sample-replaced").mkdir()  # as if killed after moving the old devkit aside
+    (out / "ILSVRC2012_devkit_t12").rename(out / ".sample-replaced" / "ILSVRC2012_devkit_t12")
+    (out / ".sample-partial" / "train" / "n99000002").mkdir(parents=True)  # and the new one's rest still staged
+    (out / ".sample-partial" / "train" / "n99000002" / "n99000002_1.JPEG").write_bytes(b"half")
     write_sample_dataset(out, num_classes=2, train_per_class=2, val_per_class=1, overwrite=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+    assert sorted(p.name for p in out.iterdir()) == ["ILSVRC2012_devkit_t12", "train", "val"]
     assert len(list((out / "train").iterdir())) == 2
     write_sample_dataset(out, num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # the old copy is gone once the new one is in
+    assert files(out) == files(write_sample_dataset(tmp_path / "fresh", num_classes=1, train_per_class=1, val_per_class=0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "s"]
+
+
+def test_the_dataset_is_written_into_dir_itself(tmp_path, monkeypatch):
+    """DIR is filled, never moved aside and replaced: `sample .` (the shell's folder stays the one
+    written), a link (the data lands where it leads), and an empty DIR that a stopped run leaves
+    empty, while a DIR the run made goes, with the folders it made above it."""
+    small = dict(num_classes=1, train_per_class=2, val_per_class=1)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    inode = here.stat().st_ino
+    write_sample_dataset(Path("."), **small)
+    assert here.stat().st_ino == inode and sorted(p.name for p in here.iterdir()) == ["ILSVRC2012_devkit_t12", "train", "val"]
+    assert write_sample_dataset(Path("."), **small, seed=1, overwrite=True) == here and here.stat().st_ino == inode
+
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "link").symlink_to("disk")
+    write_sample_dataset(tmp_path / "link", **small)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "disk" / "train" / "n99000001").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "here", "link"]
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "new" / "er"):
+        with pytest.raises(KeyboardInterrupt):
+            write_sample_dataset(folder, **small, progress=interrupt)
+    assert list((tmp_path / "empty").iterdir()) == [] and not (tmp_path / "new").exists()
+
+
+def test_its_staging_names_are_never_a_users_folder(tmp_path):
+    """DIR/.sample-partial and DIR/.sample-replaced are removed only when they hold what sample writes
+    (a stopped run's); one of the user's is named and kept, and so were DIR.partial and DIR.partial-old
+    beside DIR, which sample used to delete."""
+    beside = [tmp_path / "d.partial", tmp_path / "d.partial-old"]
+    for folder in beside:
+        folder.mkdir()
+        (folder / "thesis.tex").write_text("precious")
+    small = dict(num_classes=1, train_per_class=1, val_per_class=0)
+    out = write_sample_dataset(tmp_path / "d", **small)
+    assert all((folder / "thesis.tex").read_text() == "precious" for folder in beside)
+    (out / ".sample-partial").mkdir()
+    (out / ".sample-partial" / "thesis.tex").write_text("precious")
+    with pytest.raises(AlexkitError, match=r"\.sample-partial is a name `alexkit sample` keeps for its own files, but "
+                                           r".*\.sample-partial/thesis.tex is not a file sample writes; move that out of"):  # fmt: skip
+        write_sample_dataset(out, **small, overwrite=True)
+    (out / ".sample-partial" / "thesis.tex").unlink()
+    (out / ".sample-replaced").write_text("precious")
+    with pytest.raises(AlexkitError, match=r"\.sample-replaced is a name .* but it is not a folder sample made"):
+        write_sample_dataset(out, **small, overwrite=True)
+    assert (out / ".sample-replaced").read_text() == "precious"
 
 
 def test_cli(tmp_path, capsys):

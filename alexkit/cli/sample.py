@@ -13,7 +13,7 @@ from alexkit.progress import Progress, counted
 
 def command(
     out: Path = typer.Argument(
-        Path("alexkit-sample"), metavar="DIR", help="Folder to create; must be absent or empty."
+        Path("alexkit-sample"), metavar="DIR", help="Folder to write the dataset into (made if absent); must be empty."
     ),
     classes: int = typer.Option(10, "--classes", help="Number of classes (1-224)."),
     train_per_class: int = typer.Option(100, "--train-per-class", help="Train images per class."),

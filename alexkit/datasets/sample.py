@@ -24,6 +24,11 @@ shorter side); g = 1 is a CMYK JPEG, g = 2 a PNG named .JPEG, g = 11 a 40x30 thu
 g % 19 == 5 grayscale, g % 23 == 3 progressive, g % 211 == 7 over 1000 px on a side; val has
 grayscale (i % 13 == 4) and progressive (i % 17 == 6) files. The defaults (10 classes x (100 +
 20) images) take ~15 MB and ~8 s on 2 cores. The same arguments give the same bytes, file for file.
+
+The dataset is written into `out` itself (a link followed, `.` or a mount point too), staged in
+out/.sample-partial and its entries moved into place at the end, so that a stopped run leaves `out` as
+it was. An earlier sample dataset's entries (--overwrite) go to out/.sample-replaced as the new ones
+come in, and are removed last.
 """
 
 from __future__ import annotations
@@ -31,13 +36,18 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import re
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from alexkit import stops
 from alexkit.errors import AlexkitError
+from alexkit.paths import check_folder
+from alexkit.progress import some
 
 COLOURS = {  # saturated hues, far from the low-saturation backgrounds
     "red": (220, 35, 35),
@@ -69,6 +79,14 @@ DEVKIT_DATA = Path("ILSVRC2012_devkit_t12/data")
 META_FIELDS = (
     "ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height", "num_train_images",
 )
+ENTRIES = ("ILSVRC2012_devkit_t12", "train", "val")  # in the order they move in: the devkit's meta.mat marks a sample dataset
+STAGING = ".sample-partial"  # in DIR: the new dataset, written here whole before its entries move into DIR
+REPLACED = ".sample-replaced"  # in DIR: an earlier sample dataset's entries, moved here as the new ones come, then removed
+# Every path a sample dataset holds, relative to its folder: folders, files. A class folder's number
+# (k, from 1 to MAX_CLASSES) is checked apart.
+_FOLDERS = re.compile(r"train|val|ILSVRC2012_devkit_t12(/data)?|train/n99(?P<k>\d{6})")
+_FILES = re.compile(r"train/(n99(?P<k>\d{6}))/\1_[1-9]\d*\.JPEG|val/ILSVRC2012_val_\d{8}\.JPEG"
+                    r"|ILSVRC2012_devkit_t12/data/(meta\.mat|ILSVRC2012_validation_ground_truth\.txt)")
 
 
 def class_specs(num_classes: int) -> list[tuple[str, str, str]]:
@@ -95,11 +113,11 @@ def write_sample_dataset(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write the sample dataset to `out` (see the module docstring); return `out`.
+    """Write the sample dataset into `out` (see the module docstring); return `out`.
 
-    `out` must be absent or empty, or, with overwrite=True, an earlier sample dataset.
-    `progress(done, total)` is called after each image. Written under a temporary name, then
-    renamed, so `out` never holds half a dataset.
+    `out` must be absent or empty, or, with overwrite=True, hold an earlier sample dataset and nothing
+    else. `progress(done, total)` is called after each image. A run that stops leaves `out` as it was
+    (a folder it made itself removed), or, stopped while tidying, names what is left.
     """
     if not 1 <= num_classes <= MAX_CLASSES:
         raise AlexkitError(f"--classes {num_classes}: the sample dataset has 1 to {MAX_CLASSES} classes")
@@ -110,30 +128,60 @@ def write_sample_dataset(
         )
     if seed < 0:
         raise AlexkitError(f"--seed {seed}: must be 0 or more")
-    out = Path(out).absolute()  # "." has no name to put ".partial" after
-    _check_destination(out, overwrite)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+    out = Path(out).absolute()  # named in full in messages
+    leftovers = _check_destination(out, overwrite)
+    made = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # out and the folders above it this call makes
+    staging, staged, moved = out / STAGING, False, False
     try:
-        _write_tree(tmp, num_classes, train_per_class, val_per_class, seed, progress)
-    except OSError as exc:  # named by the folder asked for, not the temporary one
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+        out.mkdir(parents=True, exist_ok=True)
+        for leftover in leftovers:  # a stopped run's (checked above: sample's files alone)
+            _remove(leftover)
+        try:
+            staging.mkdir()  # fails where another run has made one since the check: not this run's to remove
+            staged = True
+            _write_tree(staging, num_classes, train_per_class, val_per_class, seed, progress)
+        except OSError as exc:  # named by the folder asked for, not the staging one
+            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+        with stops.held(signal.SIGINT, signal.SIGTERM):  # a few renames: a Ctrl-C waits for them
+            _move_in(staging, out)
+            moved = True
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not moved:  # out as it was: what this run staged goes, and the folders it made
+            if staged:
+                _remove(staging)
+            _unmake(made)
         raise
-
-    # The old dataset (empty, or an earlier sample: checked above) goes aside before the new one
-    # moves in, and is deleted only then: a run killed at any moment leaves the old dataset or the
-    # new one whole (between the two renames, the old one under NAME.partial-old), never a mix,
-    # and a rerun tidies up.
-    old = out.with_name(out.name + ".partial-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if moved:  # the new dataset is in place, stopped or not
+            _remove(out / REPLACED)
     return out
+
+
+def _move_in(staging: Path, out: Path) -> None:
+    """Move the complete dataset in `staging` into `out`, entry by entry, each entry of an earlier one
+    going to out/REPLACED just before: the devkit first, so that `out` holds a sample's meta.mat from
+    the first rename on (a run killed between two renames is a sample dataset a rerun can replace)."""
+    for name in ENTRIES:
+        if os.path.lexists(out / name):
+            (out / REPLACED).mkdir(exist_ok=True)
+            os.replace(out / name, out / REPLACED / name)
+        os.replace(staging / name, out / name)
+    staging.rmdir()
+
+
+def _unmake(made: list[Path]) -> None:
+    """Remove the folders a run made (out, then the folders above it) where nothing is in them."""
+    for folder in made:  # (a `..` among them is no folder of ours: rmdir fails there, and the next is tried)
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: not ours alone
+            continue
+
+
+def _remove(folder: Path) -> None:
+    """Remove `folder`, one of sample's own, if it is there."""
+    if os.path.lexists(folder):
+        shutil.rmtree(folder)
 
 
 def _write_tree(tmp: Path, num_classes: int, train_per_class: int, val_per_class: int, seed: int,
@@ -313,26 +361,57 @@ def _meta_mat(wnids: list[str], specs, ids: list[int], train_per_class: int) -> 
     return bytes(data)
 
 
-def _check_destination(out: Path, overwrite: bool) -> None:
-    above = next(p for p in out.parents if p.exists())
-    if not above.is_dir():
-        raise AlexkitError(f"{above} is a file; choose a folder for the sample dataset")
+def _check_destination(out: Path, overwrite: bool) -> list[Path]:
+    """Refuse `out` unless the dataset may be written into it. Returns a stopped run's staging or
+    replaced folders in it (to be removed first), checked by their names to hold sample's files alone."""
+    check_folder(out, "DIR")  # a file, a path under one, a link to nothing
     if not out.exists():
-        return
-    if not out.is_dir():
-        raise AlexkitError(f"{out} is a file; choose a folder for the sample dataset")
-    found = {p.name for p in out.iterdir()}
+        return []
+    leftovers = []
+    for leftover in (out / STAGING, out / REPLACED):
+        if not os.path.lexists(leftover):
+            continue
+        foreign = _not_sample(leftover)[0] if leftover.is_dir() and not leftover.is_symlink() else leftover
+        if foreign is not None:  # not a folder of sample's: not sample's to remove
+            what = "it is not a folder sample made" if foreign == leftover else f"{foreign} is not a file sample writes"
+            raise AlexkitError(f"{leftover} is a name `alexkit sample` keeps for its own files, but {what}; move that out of "
+                               f"{out}, or choose another folder")  # fmt: skip
+        leftovers.append(leftover)
+    found = sorted(p.name for p in out.iterdir() if p.name not in (STAGING, REPLACED))
     if not found:
-        return
+        return leftovers
     if not overwrite:
         raise AlexkitError(
             f"{out} is not empty; choose another folder, or pass --overwrite to replace an earlier sample dataset"
         )
-    if not found <= {"train", "val", "ILSVRC2012_devkit_t12"}:
+    if not set(found) <= set(ENTRIES):
         raise AlexkitError(
-            f"{out} holds files other than a sample dataset ({', '.join(sorted(found))}); choose another folder"
+            f"{out} holds files other than a sample dataset ({some(found)}); choose another folder"
         )
     meta = out / DEVKIT_DATA / "meta.mat"  # a real extracted ImageNet has these three names too
+    if not os.path.lexists(meta) and (out / REPLACED / DEVKIT_DATA / "meta.mat").is_file():
+        meta = out / REPLACED / DEVKIT_DATA / "meta.mat"  # a run killed between its devkits' two renames (_move_in)
     head = meta.open("rb").read(len(SAMPLE_MARK)) if meta.is_file() else b""
     if head != SAMPLE_MARK:
         raise AlexkitError(f"{out} is not a sample dataset ({meta} was not written by `alexkit sample`); choose another folder")
+    return leftovers
+
+
+def _not_sample(root: Path) -> tuple[Path | None, int]:
+    """(the first path under `root` that `alexkit sample` does not write, a link included, or None; how
+    many files root holds), by names alone."""
+    files, folders = 0, [""]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(root / folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                path = f"{folder}/{entry.name}".lstrip("/")
+                is_dir = entry.is_dir(follow_symlinks=False)
+                known = (_FOLDERS if is_dir else _FILES).fullmatch(path)
+                if entry.is_symlink() or not known or (known["k"] is not None and not 1 <= int(known["k"]) <= MAX_CLASSES):
+                    return root / path, files
+                if is_dir:
+                    folders.append(path)
+                else:
+                    files += 1
+    return None, files
