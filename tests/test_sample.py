@@ -241,6 +241,25 @@ def test_the_dataset_is_written_into_dir_itself(tmp_path, monkeypatch):
     assert list((tmp_path / "empty").iterdir()) == [] and not (tmp_path / "new").exists()
 
 
+def test_overwrite_deletes_nothing_sample_did_not_write(tmp_path):
+    """--overwrite checks every name under DIR, not only the top three: a file of one's own in a class
+    folder, or a folder of one's own in train/, is named and kept."""
+    out = write_sample_dataset(tmp_path / "d1", num_classes=2, train_per_class=2, val_per_class=1)
+    before, small = files(out), dict(num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
+    for own in (out / "train" / "n99000001" / "myown.jpg", out / "train" / "mine", out / "train" / "n99000999",
+                out / "val" / "n99000001_1.JPEG", out / "ILSVRC2012_devkit_t12" / "data" / "notes.txt"):  # fmt: skip
+        own.mkdir() if own.suffix == "" else own.write_bytes(b"mine")
+        with pytest.raises(AlexkitError, match=f"^{out} holds {own}, which `alexkit sample` does not write, and "
+                                               "--overwrite would delete it; move it out, or choose another folder$"):  # fmt: skip
+            write_sample_dataset(out, **small)
+        assert own.exists()
+        own.rmdir() if own.is_dir() else own.unlink()
+        assert files(out) == before
+    (out / "train" / "n99000002" / "n99000002_9.JPEG").symlink_to(tmp_path / "elsewhere")  # sample writes no links
+    with pytest.raises(AlexkitError, match="n99000002_9.JPEG, which `alexkit sample` does not write"):
+        write_sample_dataset(out, **small)
+
+
 def test_its_staging_names_are_never_a_users_folder(tmp_path):
     """DIR/.sample-partial and DIR/.sample-replaced are removed only when they hold what sample writes
     (a stopped run's); one of the user's is named and kept, and so were DIR.partial and DIR.partial-old

@@ -363,7 +363,8 @@ def _meta_mat(wnids: list[str], specs, ids: list[int], train_per_class: int) -> 
 
 def _check_destination(out: Path, overwrite: bool) -> list[Path]:
     """Refuse `out` unless the dataset may be written into it. Returns a stopped run's staging or
-    replaced folders in it (to be removed first), checked by their names to hold sample's files alone."""
+    replaced folders in it (to be removed first). Names are checked, not contents: all that `out`
+    holds must be paths sample writes, in those folders or not."""
     check_folder(out, "DIR")  # a file, a path under one, a link to nothing
     if not out.exists():
         return []
@@ -394,18 +395,24 @@ def _check_destination(out: Path, overwrite: bool) -> list[Path]:
     head = meta.open("rb").read(len(SAMPLE_MARK)) if meta.is_file() else b""
     if head != SAMPLE_MARK:
         raise AlexkitError(f"{out} is not a sample dataset ({meta} was not written by `alexkit sample`); choose another folder")
+    foreign = _not_sample(out, skip=(STAGING, REPLACED))[0]
+    if foreign is not None:
+        raise AlexkitError(f"{out} holds {foreign}, which `alexkit sample` does not write, and --overwrite would delete "
+                           "it; move it out, or choose another folder")  # fmt: skip
     return leftovers
 
 
-def _not_sample(root: Path) -> tuple[Path | None, int]:
+def _not_sample(root: Path, skip: tuple[str, ...] = ()) -> tuple[Path | None, int]:
     """(the first path under `root` that `alexkit sample` does not write, a link included, or None; how
-    many files root holds), by names alone."""
+    many files root holds), by names alone. `skip`: names at the top to leave out."""
     files, folders = 0, [""]
     while folders:
         folder = folders.pop()
         with os.scandir(root / folder) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 path = f"{folder}/{entry.name}".lstrip("/")
+                if path in skip:
+                    continue
                 is_dir = entry.is_dir(follow_symlinks=False)
                 known = (_FOLDERS if is_dir else _FILES).fullmatch(path)
                 if entry.is_symlink() or not known or (known["k"] is not None and not 1 <= int(known["k"]) <= MAX_CLASSES):
