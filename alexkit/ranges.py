@@ -43,6 +43,10 @@ def check_ranges(*checks: tuple[str, float, Range]) -> None:
 
 
 AT_LEAST_1 = Range(1)
+# `alexkit sample`'s images per class, up to the most an ImageNet class has (1,300 train images): more
+# synthetic images of one class teach nothing new, and a mistyped extra zero would write for hours.
+SAMPLE = {"train_per_class": Range(1, 1300, why="the most an ImageNet class has"),
+          "val_per_class": Range(0, 1300, why="the same bound as train")}  # fmt: skip
 SEED = Range(0, 2**32 - 1)  # torch's and DALI's seeds are 32-bit
 SHOW_BATCH_COUNT = Range(1, 256)  # training crops in show-batch's grid: one batch, drawn whole
 MAX_FC_FEATURES = 4 * 4096  # fc6 and fc7 up to 4x the paper's (fc7 alone then holds 268M weights)

@@ -283,6 +283,52 @@ def test_its_staging_names_are_never_a_users_folder(tmp_path):
     assert (out / ".sample-replaced").read_text() == "precious"
 
 
+def test_stopping_says_what_it_removes_and_what_is_left(tmp_path, monkeypatch, capsys):
+    """A long removal is said first; one that a second Ctrl-C cuts short names the folder left, and
+    the next run removes it."""
+    import shutil
+
+    import alexkit.datasets.sample as sample
+
+    def interrupt(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample, "SAY_REMOVING", 3)  # files: a removal of so many is said first
+    out, small = tmp_path / "d", dict(num_classes=1, train_per_class=4, val_per_class=0)
+    with pytest.raises(KeyboardInterrupt):
+        write_sample_dataset(out, **small, progress=interrupt)
+    assert capsys.readouterr().err == f"removing the partial dataset (3 files in {out}/.sample-partial) ...\n"
+    assert not out.exists()
+
+    rmtree = shutil.rmtree
+
+    def cut_short(path, *args, **kwargs):  # the second Ctrl-C, once one class folder is gone
+        rmtree(next(Path(path).glob("train/*")))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        write_sample_dataset(out, **small, progress=interrupt)
+    said = capsys.readouterr().err.splitlines()
+    assert said[1] == (f"{out}/.sample-partial is left, partly removed: remove it, or run `alexkit sample` into {out} "
+                       "again, which removes it first")  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [".sample-partial"]
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    write_sample_dataset(out, **small)
+    assert sorted(p.name for p in out.iterdir()) == ["ILSVRC2012_devkit_t12", "train", "val"]
+
+
+def test_images_per_class_are_bounded(tmp_path, capsys):
+    """At most as many per class as ImageNet's largest classes (1,300): a mistyped zero is refused."""
+    with pytest.raises(AlexkitError, match=r"^--train-per-class 13000 is out of range: from 1 to 1,300 "):
+        write_sample_dataset(tmp_path / "s", train_per_class=13000)
+    assert exit_of(["sample", str(tmp_path / "s"), "--val-per-class", "2000"]) == 2
+    assert capsys.readouterr().err == ("error: --val-per-class: 2000 is out of range: from 0 to 1,300 (the same bound as train); "
+                                       "see alexkit sample -h\n")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["sample", str(out), "--classes", "2", "--train-per-class", "3", "--val-per-class", "2", "--seed", "1"]

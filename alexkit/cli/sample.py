@@ -7,8 +7,10 @@ from pathlib import Path
 
 import typer
 
+from alexkit.cli.options import ranged
 from alexkit.paths import word
 from alexkit.progress import Progress, counted
+from alexkit.ranges import SAMPLE
 
 
 def command(
@@ -16,8 +18,8 @@ def command(
         Path("alexkit-sample"), metavar="DIR", help="Folder to write the dataset into (made if absent); must be empty."
     ),
     classes: int = typer.Option(10, "--classes", help="Number of classes (1-224)."),
-    train_per_class: int = typer.Option(100, "--train-per-class", help="Train images per class."),
-    val_per_class: int = typer.Option(20, "--val-per-class", help="Val images per class."),
+    train_per_class: int = ranged(100, "--train-per-class", "Train images per class.", SAMPLE["train_per_class"]),
+    val_per_class: int = ranged(20, "--val-per-class", "Val images per class.", SAMPLE["val_per_class"]),
     seed: int = typer.Option(0, "--seed", help="Same seed and sizes give the same bytes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier sample dataset in DIR."),
 ) -> None:

@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,8 +47,9 @@ import numpy as np
 
 from alexkit import stops
 from alexkit.errors import AlexkitError
-from alexkit.paths import check_folder
+from alexkit.paths import check_folder, word
 from alexkit.progress import some
+from alexkit.ranges import SAMPLE, check_ranges
 
 COLOURS = {  # saturated hues, far from the low-saturation backgrounds
     "red": (220, 35, 35),
@@ -82,6 +84,7 @@ META_FIELDS = (
 ENTRIES = ("ILSVRC2012_devkit_t12", "train", "val")  # in the order they move in: the devkit's meta.mat marks a sample dataset
 STAGING = ".sample-partial"  # in DIR: the new dataset, written here whole before its entries move into DIR
 REPLACED = ".sample-replaced"  # in DIR: an earlier sample dataset's entries, moved here as the new ones come, then removed
+SAY_REMOVING = 1000  # files: a removal of at least this many is said first (on a slow disk it takes a while)
 # Every path a sample dataset holds, relative to its folder: folders, files. A class folder's number
 # (k, from 1 to MAX_CLASSES) is checked apart.
 _FOLDERS = re.compile(r"train|val|ILSVRC2012_devkit_t12(/data)?|train/n99(?P<k>\d{6})")
@@ -121,25 +124,28 @@ def write_sample_dataset(
     """
     if not 1 <= num_classes <= MAX_CLASSES:
         raise AlexkitError(f"--classes {num_classes}: the sample dataset has 1 to {MAX_CLASSES} classes")
-    if train_per_class < 1 or val_per_class < 0:
-        raise AlexkitError(
-            f"--train-per-class {train_per_class} / --val-per-class {val_per_class}: "
-            "need >= 1 train and >= 0 val images per class"
-        )
+    check_ranges(("--train-per-class", train_per_class, SAMPLE["train_per_class"]),
+                 ("--val-per-class", val_per_class, SAMPLE["val_per_class"]))  # fmt: skip
     if seed < 0:
         raise AlexkitError(f"--seed {seed}: must be 0 or more")
     out = Path(out).absolute()  # named in full in messages
-    leftovers = _check_destination(out, overwrite)
+    replaced_files, leftovers = _check_destination(out, overwrite)
     made = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # out and the folders above it this call makes
-    staging, staged, moved = out / STAGING, False, False
+    staging, written, staged, moved = out / STAGING, [0], False, False
+
+    def step(done: int, total: int) -> None:
+        written[0] = done
+        if progress:
+            progress(done, total)
+
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for leftover in leftovers:  # a stopped run's (checked above: sample's files alone)
-            _remove(leftover)
+        for leftover, files in leftovers.items():  # a stopped run's (checked above: sample's files alone)
+            _remove(leftover, "a stopped run's files", out, files)
         try:
             staging.mkdir()  # fails where another run has made one since the check: not this run's to remove
             staged = True
-            _write_tree(staging, num_classes, train_per_class, val_per_class, seed, progress)
+            _write_tree(staging, num_classes, train_per_class, val_per_class, seed, step)
         except OSError as exc:  # named by the folder asked for, not the staging one
             raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
         with stops.held(signal.SIGINT, signal.SIGTERM):  # a few renames: a Ctrl-C waits for them
@@ -148,12 +154,12 @@ def write_sample_dataset(
     except BaseException:
         if not moved:  # out as it was: what this run staged goes, and the folders it made
             if staged:
-                _remove(staging)
+                _remove(staging, "the partial dataset", out, written[0])
             _unmake(made)
         raise
     finally:
         if moved:  # the new dataset is in place, stopped or not
-            _remove(out / REPLACED)
+            _remove(out / REPLACED, "the earlier sample dataset", out, replaced_files)
     return out
 
 
@@ -178,10 +184,20 @@ def _unmake(made: list[Path]) -> None:
             continue
 
 
-def _remove(folder: Path) -> None:
-    """Remove `folder`, one of sample's own, if it is there."""
-    if os.path.lexists(folder):
+def _remove(folder: Path, what: str, out: Path, files: int) -> None:
+    """Remove `folder`, one of sample's own in `out` (if there): said first when it holds many files,
+    and what is left named when a second Ctrl-C (or an error) cuts the removal short."""
+    if not os.path.lexists(folder):
+        return
+    if files >= SAY_REMOVING:
+        print(f"removing {what} ({files:,} files in {folder}) ...", file=sys.stderr, flush=True)
+    try:
         shutil.rmtree(folder)
+    except BaseException:
+        if os.path.lexists(folder):
+            print(f"{folder} is left, partly removed: remove it, or run `alexkit sample` into {word(out)} again, which "
+                  "removes it first", file=sys.stderr, flush=True)  # fmt: skip
+        raise
 
 
 def _write_tree(tmp: Path, num_classes: int, train_per_class: int, val_per_class: int, seed: int,
@@ -361,26 +377,26 @@ def _meta_mat(wnids: list[str], specs, ids: list[int], train_per_class: int) -> 
     return bytes(data)
 
 
-def _check_destination(out: Path, overwrite: bool) -> list[Path]:
-    """Refuse `out` unless the dataset may be written into it. Returns a stopped run's staging or
-    replaced folders in it (to be removed first). Names are checked, not contents: all that `out`
-    holds must be paths sample writes, in those folders or not."""
+def _check_destination(out: Path, overwrite: bool) -> tuple[int, dict[Path, int]]:
+    """Refuse `out` unless the dataset may be written into it. Returns how many files of an earlier
+    sample dataset it holds (to be replaced), and a stopped run's staging or replaced folders with how
+    many files each holds (to be removed first). Names are checked, not contents: all that `out` holds
+    must be paths sample writes, in those folders or not."""
     check_folder(out, "DIR")  # a file, a path under one, a link to nothing
     if not out.exists():
-        return []
-    leftovers = []
+        return 0, {}
+    leftovers = {}
     for leftover in (out / STAGING, out / REPLACED):
         if not os.path.lexists(leftover):
             continue
-        foreign = _not_sample(leftover)[0] if leftover.is_dir() and not leftover.is_symlink() else leftover
+        foreign, leftovers[leftover] = _not_sample(leftover) if leftover.is_dir() and not leftover.is_symlink() else (leftover, 0)
         if foreign is not None:  # not a folder of sample's: not sample's to remove
             what = "it is not a folder sample made" if foreign == leftover else f"{foreign} is not a file sample writes"
             raise AlexkitError(f"{leftover} is a name `alexkit sample` keeps for its own files, but {what}; move that out of "
                                f"{out}, or choose another folder")  # fmt: skip
-        leftovers.append(leftover)
     found = sorted(p.name for p in out.iterdir() if p.name not in (STAGING, REPLACED))
     if not found:
-        return leftovers
+        return 0, leftovers
     if not overwrite:
         raise AlexkitError(
             f"{out} is not empty; choose another folder, or pass --overwrite to replace an earlier sample dataset"
@@ -395,11 +411,11 @@ def _check_destination(out: Path, overwrite: bool) -> list[Path]:
     head = meta.open("rb").read(len(SAMPLE_MARK)) if meta.is_file() else b""
     if head != SAMPLE_MARK:
         raise AlexkitError(f"{out} is not a sample dataset ({meta} was not written by `alexkit sample`); choose another folder")
-    foreign = _not_sample(out, skip=(STAGING, REPLACED))[0]
+    foreign, files = _not_sample(out, skip=(STAGING, REPLACED))
     if foreign is not None:
         raise AlexkitError(f"{out} holds {foreign}, which `alexkit sample` does not write, and --overwrite would delete "
                            "it; move it out, or choose another folder")  # fmt: skip
-    return leftovers
+    return files, leftovers
 
 
 def _not_sample(root: Path, skip: tuple[str, ...] = ()) -> tuple[Path | None, int]:
