@@ -317,6 +317,15 @@ def test_stopping_says_what_it_removes_and_what_is_left(tmp_path, monkeypatch, c
     monkeypatch.setattr(shutil, "rmtree", rmtree)
     write_sample_dataset(out, **small)
     assert sorted(p.name for p in out.iterdir()) == ["ILSVRC2012_devkit_t12", "train", "val"]
+    monkeypatch.setattr(shutil, "rmtree", cut_short)  # the earlier dataset, moved aside by --overwrite: the new one is in
+    with pytest.raises(KeyboardInterrupt):
+        write_sample_dataset(out, **small, overwrite=True)
+    assert capsys.readouterr().err == (f"removing the earlier sample dataset (6 files in {out}/.sample-replaced) ...\n"
+                                       f"{out}/.sample-replaced is left, partly removed: remove it, or run `alexkit sample "
+                                       f"--overwrite` into {out} again, which removes it first\n")  # fmt: skip
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    write_sample_dataset(out, **small, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["ILSVRC2012_devkit_t12", "train", "val"]
 
 
 def test_images_per_class_are_bounded(tmp_path, capsys):

@@ -194,8 +194,9 @@ def _remove(folder: Path, what: str, out: Path, files: int) -> None:
     try:
         shutil.rmtree(folder)
     except BaseException:
-        if os.path.lexists(folder):
-            print(f"{folder} is left, partly removed: remove it, or run `alexkit sample` into {word(out)} again, which "
+        if os.path.lexists(folder):  # a rerun into a dataset (the earlier or the new one) needs --overwrite
+            again = "alexkit sample --overwrite" if any(os.path.lexists(out / name) for name in ENTRIES) else "alexkit sample"
+            print(f"{folder} is left, partly removed: remove it, or run `{again}` into {word(out)} again, which "
                   "removes it first", file=sys.stderr, flush=True)  # fmt: skip
         raise
 
