@@ -1309,9 +1309,11 @@ def test_empty_paths_are_refused(tmp_path):
     """Typer makes "" the current folder: `--out ""` would scatter the store's files there."""
     src = _sample_tree(tmp_path / "src", 2)
     for args, start in (([str(src), "--out", ""], "error: --out '': an empty value (an unset shell variable?)"),
-                        (["", "--out", str(tmp_path / "store")], 'error: SRC "" names no folder')):
+                        (["", "--out", str(tmp_path / "store")], "error: SRC '': an empty value (an unset shell variable?)")):
         r = _cli(*args, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.startswith(start) and r.stderr.count("\n") == 1, r.stderr
+    with pytest.raises(AlexkitError, match='^SRC "" names no folder'):  # from Python, where no command line checked it
+        PrepareConfig(src="", out=tmp_path / "store")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
