@@ -140,9 +140,21 @@ def test_bad_arguments_and_destinations(tmp_path):
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     with pytest.raises(AlexkitError, match="not empty"):
         write_sample_dataset(tmp_path / "mine", num_classes=1, train_per_class=1, val_per_class=0)
-    with pytest.raises(AlexkitError, match="other than a sample dataset"):
+    with pytest.raises(AlexkitError, match=r"other than a sample dataset \(thesis.tex\)"):
         write_sample_dataset(tmp_path / "mine", num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    # A folder not made yet, then `..`: checked as nothing there, the path led to `mine` once mkdir made
+    # the folder, and mine's files went with an --overwrite nobody gave.
+    (tmp_path / "mine" / "train" / "n01440764").mkdir(parents=True)
+    (tmp_path / "mine" / "train" / "n01440764" / "a.JPEG").write_bytes(b"a photo")
+    with pytest.raises(AlexkitError, match=f"^{tmp_path}/mine is not empty"):
+        write_sample_dataset(tmp_path / "build" / ".." / "mine", num_classes=1, train_per_class=1, val_per_class=0)
+    assert (tmp_path / "mine" / "train" / "n01440764" / "a.JPEG").read_bytes() == b"a photo"
+    assert not (tmp_path / "build").exists()
+    ours = write_sample_dataset(tmp_path / "ours", num_classes=1, train_per_class=1, val_per_class=0)
+    (ours / ".bashrc").write_text("")  # named alone, not among the dataset's own folders
+    with pytest.raises(AlexkitError, match=r"other than a sample dataset \(\.bashrc\); choose another folder$"):
+        write_sample_dataset(ours, num_classes=1, train_per_class=1, val_per_class=0, overwrite=True)
     # A real extracted ImageNet has the sample's three top-level names: its meta.mat tells them apart.
     real = tmp_path / "imagenet"
     (real / "train" / "n01440764").mkdir(parents=True)

@@ -129,6 +129,8 @@ def write_sample_dataset(
     if seed < 0:
         raise AlexkitError(f"--seed {seed}: must be 0 or more")
     out = Path(out).absolute()  # named in full in messages
+    if ".." in out.parts:  # build/../data with no build/ yet: checked as nothing there, it is ./data once mkdir makes build/
+        out = Path(os.path.realpath(out))
     replaced_files, leftovers = _check_destination(out, overwrite)
     made = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # out and the folders above it this call makes
     staging, written, staged, moved = out / STAGING, [0], False, False
@@ -402,9 +404,10 @@ def _check_destination(out: Path, overwrite: bool) -> tuple[int, dict[Path, int]
         raise AlexkitError(
             f"{out} is not empty; choose another folder, or pass --overwrite to replace an earlier sample dataset"
         )
-    if not set(found) <= set(ENTRIES):
+    foreign = [name for name in found if name not in ENTRIES]
+    if foreign:
         raise AlexkitError(
-            f"{out} holds files other than a sample dataset ({some(found)}); choose another folder"
+            f"{out} holds files other than a sample dataset ({some(foreign)}); choose another folder"
         )
     meta = out / DEVKIT_DATA / "meta.mat"  # a real extracted ImageNet has these three names too
     if not os.path.lexists(meta) and (out / REPLACED / DEVKIT_DATA / "meta.mat").is_file():
