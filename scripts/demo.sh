@@ -14,8 +14,12 @@ start=$SECONDS
 # What doctor finds is not fatal (the steps below show what it means), but Ctrl-C or SIGTERM during it is:
 # alexkit exits 130 or 143 from its own handler, not killed by the signal, so bash alone would go on.
 step "environment" "$ALEXKIT" doctor || { code=$?; ((code < 128)) || exit "$code"; }
-[ -d imagenet ] || step "sample dataset (official ImageNet layout, 10 classes)" \
-    "$ALEXKIT" sample imagenet --classes 10 --train-per-class 260 --val-per-class 30 --seed 0
+# The sample dataset is written once; a run of sample that was stopped (its staging folder left, or only
+# some of its entries moved in) is written again: --overwrite replaces nothing but a sample dataset's files.
+whole() { [ -f imagenet/ILSVRC2012_devkit_t12/data/meta.mat ] && [ -d imagenet/train ] && [ -d imagenet/val ] &&
+          [ ! -e imagenet/.sample-partial ] && [ ! -e imagenet/.sample-replaced ]; }
+whole || step "sample dataset (official ImageNet layout, 10 classes)" \
+    "$ALEXKIT" sample imagenet --classes 10 --train-per-class 260 --val-per-class 30 --seed 0 --overwrite
 step "prepare: 64 px store (paper: 256)" "$ALEXKIT" prepare imagenet --size 64
 step "train: AlexNet at width 1/4, fc 512, 56 px crops (paper: full width, 224)" \
     "$ALEXKIT" train --epochs 14 --batch-size 64 --lr 0.02 --width 0.25 --fc-features 512 --init sturdy --patience 2
