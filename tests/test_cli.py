@@ -763,3 +763,50 @@ def test_a_second_signal_a_moment_after_the_first_leaves_its_clean_up_whole(monk
     assert stops.taken(stops.INTERRUPTED, signal.SIGINT)  # outside main(), at the same moment: swallowed,
     assert stops.taken(stops.INTERRUPTED, signal.SIGINT)  # as a native library does, and no clean-up runs: raised
     stops.forget()
+
+
+def test_ctrl_c_pressed_again_and_again_still_exits_130(tmp_path):
+    """Ctrl-Cs that keep coming after the first (a user pressing on, torchrun passing the signal on)
+    came after main() had put Python's handler back, or while Python shut down, and ended the
+    process by SIGINT (-2 to a caller) instead of exit 130. Once a signal has stopped the command,
+    the console script ignores the ones after it."""
+    import signal
+    import time
+
+    out = tmp_path / "s"
+    p = subprocess.Popen([sys.executable, "-m", "alexkit", "sample", str(out), "--classes", "224", "--train-per-class", "1300"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / ".sample-partial").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    end = time.monotonic() + 1.5
+    while p.poll() is None and time.monotonic() < end:
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and err.endswith("interrupted\n"), (p.returncode, err)
+    assert not out.exists()
+
+
+def test_the_console_script_ignores_signals_once_one_has_stopped_it(monkeypatch, capsys):
+    """main() as the console script runs it (no argv): after a stop the signals stay ignored, to the
+    process's end; after a command that ran to its end, and in a test's main(argv), they are put back."""
+    import signal
+
+    import alexkit.cli.main as cli
+
+    monkeypatch.setattr(sys, "argv", ["alexkit", "train"])
+    monkeypatch.setattr(cli, "app", lambda **kw: signal.raise_signal(signal.SIGINT))
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.main()
+        assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    monkeypatch.setattr(cli, "app", lambda **kw: 0)
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

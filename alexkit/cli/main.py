@@ -211,9 +211,13 @@ def _wide_enough() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_ctrl_c():
+def _sigterm_as_ctrl_c(process_ends: bool = False):
     """Raise Terminated in the main thread on SIGTERM while the block runs (its default would end the
-    process at once, leaving temporary files and no word of how to go on)."""
+    process at once, leaving temporary files and no word of how to go on). `process_ends`: the process
+    exits after the block (the console script), so where a signal stopped the command, further ones
+    are ignored from then on: one coming a moment later (a second Ctrl-C, torchrun passing the signal
+    on), once the handlers were put back or while Python shuts down, ended the process by that signal
+    (-2 to a caller), its exit code lost."""
     def terminate(signum, frame):  # recorded: typer may turn the exception into exit code 130 before main() sees it
         if stops.taken(stops.TERMINATED, signum):
             raise stops.Terminated()
@@ -231,11 +235,16 @@ def _sigterm_as_ctrl_c():
     try:
         yield
     finally:
+        stopped = bool(stops.INTERRUPTED or stops.TERMINATED)
+        if process_ends and stopped:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIG_IGN, unlike a Python handler, outlives the shutdown
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stops.forget()  # taken for this command: a next main() in this process (a test's) starts afresh
         _HANDLING.pop()
-        signal.signal(signal.SIGTERM, previous)
-        if previous_int is not None:
-            signal.signal(signal.SIGINT, previous_int)
+        if not (process_ends and stopped):
+            signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
 
 
 def _sigterm_default_in_child() -> None:
@@ -266,7 +275,7 @@ def _stopped(exc: BaseException | None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: a usage error or an AlexkitError is one line and its exit code."""
-    with _sigterm_as_ctrl_c():
+    with _sigterm_as_ctrl_c(process_ends=argv is None):
         _main(argv)
 
 
