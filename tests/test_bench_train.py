@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import torch
 
 from alexkit.bench.train import BenchTrainConfig, _timed_windows, bench_train
@@ -87,6 +88,8 @@ def test_a_row_is_the_median_of_its_windows_with_their_range():
 
     assert row("real pipeline", [900.0, 100.0, 200.0], [900.0, 200.0, 400.0]) == dict(
         input="real pipeline", images_per_s=200.0, min=100.0, max=900.0, vs_synthetic=0.5)
+    # Two windows, one pair timed while something else ran: not their arithmetic mean (2.6).
+    assert row("real pipeline", [20.0, 500.0], [100.0, 100.0])["vs_synthetic"] == pytest.approx(1.0)
 
 
 def test_without_data_and_no_store_here_only_the_synthetic_row_runs(tmp_path, monkeypatch, capsys):
@@ -101,8 +104,6 @@ def test_a_data_path_that_is_not_a_usable_store_is_an_error_before_any_timing(tm
     """A raw dataset folder, a store's train.beton, a missing path, a 32 px store (28 px crops: no
     pool5 output) and a --batch-size above the store's training images once printed a note and
     exited 0, raised a bare ValueError, or failed only after the synthetic row had been timed."""
-    import pytest
-
     import alexkit.bench.train as bench
     from alexkit.errors import AlexkitError
 
@@ -125,8 +126,6 @@ def test_make_bench_gives_bench_train_the_demos_store_once_it_is_made(tmp_path):
     import shutil
     import subprocess
     from pathlib import Path
-
-    import pytest
 
     if shutil.which("make") is None:
         pytest.skip("no make")

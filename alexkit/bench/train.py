@@ -11,6 +11,7 @@ Timed one row after the other, such a load could put the real row above the synt
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -117,9 +118,12 @@ def _usable_store(cfg: BenchTrainConfig):
 def row(name: str, rates: list[float], synthetic: list[float]) -> dict:
     """A table row: the median of the windows' images/s (one slow window, a page fault or a
     compile, moves a mean), with their range, and the median of its windows' ratios to the synthetic
-    window timed next to each (a ratio of neighbours leaves out a load that changed meanwhile)."""
+    window timed next to each (a ratio of neighbours leaves out a load that changed meanwhile), taken
+    over their logarithms: of an even number, the geometric mean of the middle two, so that 0.2 and 5
+    make 1, not 2.6."""
+    ratios = [math.log(r / s) for r, s in zip(rates, synthetic)]
     return dict(input=name, images_per_s=statistics.median(rates), min=min(rates), max=max(rates),
-                vs_synthetic=statistics.median(r / s for r, s in zip(rates, synthetic)))  # fmt: skip
+                vs_synthetic=math.exp(statistics.median(ratios)))  # fmt: skip
 
 
 SETTLE = 3  # untimed steps before each window: the loader's batches fed ahead (prefetch 2, + 1) while the other row ran
