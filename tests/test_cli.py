@@ -648,6 +648,12 @@ def test_an_empty_path_argument_is_refused_not_taken_for_the_current_folder(args
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_mistyped_option_before_an_empty_word_is_named_as_the_mistake():
+    """`sample --outt ''`: the unknown option is the mistake, not an empty DIR (the word after an
+    option it does not know could be that option's value)."""
+    r = run("sample", "--outt", "")
+    assert r.returncode == 2 and r.stderr == "error: no such option: --outt; see alexkit sample -h\n", r.stderr
+
 
 def test_an_error_after_a_ctrl_c_is_the_ctrl_cs_doing(monkeypatch, capsys):
     """A Ctrl-C inside an import (numba importing scipy, say) can leave a module half made; what uses

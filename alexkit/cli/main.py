@@ -69,6 +69,7 @@ def _refuse_empty_values(params, args: list[str], command: str) -> None:
     `plot $UNSET`) is refused: as a path, typer would take it for the current folder, and a run, a
     store, an output or a dataset would land there, or be read from there."""
     takes_value = {opt for p in params if p.param_type_name == "option" and not getattr(p, "is_flag", False) for opt in p.opts}
+    known = {opt for p in params if p.param_type_name == "option" for opt in (*p.opts, *p.secondary_opts)} | {"-h", "--help"}
     arguments = [p for p in params if p.param_type_name == "argument"]  # a group has none: its words name commands
     positional, options_end, value_next = 0, False, False
     for i, arg in enumerate(args):
@@ -80,6 +81,8 @@ def _refuse_empty_values(params, args: list[str], command: str) -> None:
             continue
         if arg.startswith("-") and arg != "-" and not options_end:
             name, eq, value = arg.partition("=")
+            if name not in known:  # a mistyped option: click names it, and what follows it is no telling
+                return
             given = value if eq else (args[i + 1] if i + 1 < len(args) else None)
             if name in takes_value and given == "":
                 raise AlexkitError(f"{name} '': an empty value (an unset shell variable?); give a value or drop the flag; "
