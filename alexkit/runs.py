@@ -181,8 +181,8 @@ def _git_commit(package: Path = Path(__file__).resolve().parent) -> str | None:
     tracked files differ from it; None without git or for an installed copy (one inside a .venv in the
     user's own repo would name the user's commit)."""
 
-    def git(*args: str) -> str | None:
-        out = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=5)
+    def git(*args: str) -> str | None:  # --no-optional-locks: status takes no index.lock a git commit there would meet
+        out = subprocess.run(["git", "--no-optional-locks", *args], cwd=package, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() if out.returncode == 0 else None
 
     try:
