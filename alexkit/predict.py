@@ -10,6 +10,7 @@ them with a store's own.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -158,7 +159,12 @@ def load_image(path: Path, size: int) -> np.ndarray:
     from alexkit.pipeline.imageops import MAX_ASPECT, DecoderMessages, decode_resized, skip_reason
 
     if _dangling(Path(path)):  # read_bytes would say "No such file or directory" of a name that is there
-        raise AlexkitError(f"{path}: a link to {os.readlink(path)}, which does not exist")
+        try:
+            os.stat(path)
+            gone = "which does not exist"
+        except OSError as exc:  # a loop of links: "Too many levels of symbolic links"
+            gone = "which does not exist" if exc.errno == errno.ENOENT else f"which leads to no file ({exc.strerror})"
+        raise AlexkitError(f"{path}: a link to {os.readlink(path)}, {gone}")
     data = None
     try:
         data = Path(path).read_bytes()

@@ -160,6 +160,12 @@ def test_a_path_not_there_is_an_error_and_a_link_to_nothing_is_skipped(setup, tm
             predict(PredictConfig(images=images, checkpoint=ckpt, device="cpu"))
         out, err = capsys.readouterr()
         assert out.startswith(str(photos / "a.png")) and f"skipped {photos / 'b.png'}: a link to {tmp_path / 'gone.png'}, " in err
+    (photos / "b.png").unlink()  # two links to each other: both names are there, neither leads to a file
+    (photos / "b.png").symlink_to("c.png")
+    (photos / "c.png").symlink_to("b.png")
+    with pytest.raises(AlexkitError, match=r"2 of 3 images could not be read \(first: \S*b.png: a link to c.png, which leads "
+                                           r"to no file \(Too many levels of symbolic links\)\)"):  # fmt: skip
+        predict(PredictConfig(images=(photos,), checkpoint=ckpt, device="cpu"))
 
 
 def test_libjpegs_warning_about_a_file_it_decodes_is_named(setup, tmp_path, capfd):
