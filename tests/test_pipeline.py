@@ -138,6 +138,38 @@ def test_one_pass_kernels_equal_dalis_operators_bit_for_bit(mode, encoded, chann
         np.testing.assert_array_equal(one, two)
 
 
+def test_a_kernel_numba_cannot_compile_leaves_dalis_operators(monkeypatch):
+    """Where numba imports but cannot compile the kernel (a numba older than the numpy beside it),
+    the fused graphs run DALI's operators instead, with the references' outputs, as without numba."""
+    plugin = pytest.importorskip("nvidia.dali.plugin.numba")
+    from numba.core.errors import TypingError
+
+    from alexkit.pipeline import kernel
+    from alexkit.pipeline.graphs import _Graph
+
+    def does_not_compile(**kwargs):
+        raise TypingError("Failed in nopython mode pipeline (step: nopython frontend)")
+
+    monkeypatch.setattr(plugin, "NumbaFunction", does_not_compile)
+    monkeypatch.setattr(kernel, "_COMPILED", {})  # a process that has not compiled it yet
+    size, n = 35, 6
+    C, rng = crop_size(size), np.random.default_rng(3)
+    images = random_images(rng, n, size)
+    mean = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    center_cfg = GraphConfig("center", size, C, encoded=False, batch_size=n, fused=True)
+    assert _Graph(center_cfg, mean).kernel is None
+    center, _ = run_graph(center_cfg, mean, eval_inputs(images, np.arange(n)))
+    np.testing.assert_allclose(center, np.stack([reference_center(im, mean) for im in images]), atol=EXACT, rtol=0)
+    x, y, flip, _ = train_params(rng, n, size, C)
+    flip[:2] = [True, False]
+    offset = rng.normal(0, 8, (n, 3)).astype(np.float32)
+    train_cfg = GraphConfig("train", size, C, encoded=False, batch_size=n, fused=True)
+    views, _ = run_graph(train_cfg, mean, train_inputs(images, np.arange(n), x, y, flip, offset))
+    ref = np.stack([reference_train(images[i], mean, x[i], y[i], flip[i], offset[i]) for i in range(n)])
+    np.testing.assert_allclose(views, ref, atol=DALI_RAW_TRAIN, rtol=0)
+    assert kernel._COMPILED == {False: None}  # tried once: every later pipeline goes straight to DALI's operators
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_center_and_ten_crops_equal_numpy_crops(channels_last):
     size, n = 35, 5  # 35 -> 30: an odd margin, so the centre window rounds down to corner 2

@@ -72,18 +72,19 @@ def is_compiled(channels_last: bool) -> bool:
 
 def one_pass_op(channels_last: bool):
     """The kernel as a DALI operator, compiled on first use (about 2 s) and shared by every
-    pipeline of the process; None where numba is not installed (the graph then uses DALI's own
-    operators)."""
+    pipeline of the process; None where numba is not installed or cannot compile it (the graph then
+    uses DALI's own operators)."""
     if channels_last not in _COMPILED:
         try:
             import nvidia.dali.types as types
             from nvidia.dali.plugin.numba import NumbaFunction
-        except Exception:  # no numba, or one that cannot load here (its plugin imports numba.cuda too)
-            _COMPILED[channels_last] = None
-        else:
+
             run, shape = (_kernel_hwc, _shape_hwc) if channels_last else (_kernel_chw, _shape_chw)
             with held(signal.SIGINT):  # a Ctrl-C inside numba's compiler would be dropped: raised after it
-                _COMPILED[channels_last] = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
-                                                         in_types=[types.FLOAT, types.UINT8, types.INT32, types.FLOAT],
-                                                         outs_ndim=[4], ins_ndim=[4, 3, 2, 1])  # fmt: skip
+                op = NumbaFunction(run_fn=run, setup_fn=shape, device="cpu", out_types=[types.FLOAT],
+                                   in_types=[types.FLOAT, types.UINT8, types.INT32, types.FLOAT],
+                                   outs_ndim=[4], ins_ndim=[4, 3, 2, 1])  # fmt: skip
+        except Exception:  # no numba, one that cannot load here (its plugin imports numba.cuda too), or one that
+            op = None  # cannot compile the kernel (a numba older than the numpy beside it): DALI's operators then
+        _COMPILED[channels_last] = op
     return _COMPILED[channels_last]
