@@ -2,18 +2,21 @@
 
 Run from the repository root (on an offline GPU machine: after unpacking scripts/gpu/bundle_offline.sh's
 parts, with PYTHONPATH and CHECK_STORE set as scripts/gpu/README.md says):
-    OUT=/tmp/gpu-check python3 scripts/gpu/check.py
-Writes $OUT/check.log (every step's command, output, exit code and seconds) and $OUT/summary.json,
-and prints a summary. A failing step never stops the others; without CUDA the GPU steps are
-reported as "skipped: no CUDA". The whole run stays inside CHECK_BUDGET_S seconds (default 450).
-CHECK_STEPS=train,eval_tta (names, comma-separated) reruns only those steps.
-Two files only, so that the results are easy to copy back.
+    python3 scripts/gpu/check.py
+Writes $OUT/check.log (every step's command, output, exit code and seconds, as they run) and
+$OUT/summary.json (rewritten after each step), and prints a summary; $OUT defaults to /tmp/gpu-check.
+A failing step never stops the others; without CUDA the GPU steps are reported as "skipped: no CUDA".
+Where CHECK_STORE holds no store, the store step builds one (scripts/gpu/make_store.py). The whole
+run stays inside CHECK_BUDGET_S seconds (default 450). CHECK_STEPS=train,eval_tta (names,
+comma-separated) reruns only those steps. Two files only, so that the results are easy to copy back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,14 +41,23 @@ import importlib, importlib.metadata as md, os, sys
 print("python", sys.version.split()[0], sys.executable)
 print("PYTHONPATH", os.environ.get("PYTHONPATH"))
 for dist in ["nvidia-dali-cuda130", "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg", "nvidia-libnvcomp-cu13", "libcst",
-             "optree", "nvtx", "numpy", "torch", "typer", "rich", "pillow", "scipy", "opencv-python-headless", "pytest"]:
+             "optree", "nvtx", "numpy", "numba", "torch", "typer", "click", "pydantic", "rich", "shellingham",
+             "typing-extensions", "pillow", "scipy", "opencv-python-headless", "pytest"]:
     try:
         print(f"{dist:24s} {md.version(dist)}")
     except md.PackageNotFoundError:
         print(f"{dist:24s} not installed")
-import nvidia, nvidia.dali as dali
-print("nvidia.__path__", list(nvidia.__path__))
-print("nvidia.dali", dali.__version__, dali.__file__)
+try:  # alexkit's commands need typer.TyperException (typer >= 0.27.2)
+    import typer
+    print("typer", typer.__file__, "TyperException:", hasattr(typer, "TyperException"))
+except Exception as exc:
+    print(f"typer does not import: {exc.__class__.__name__}: {exc}")
+try:  # a DALI that does not import must not hide the torch lines below
+    import nvidia, nvidia.dali as dali
+    print("nvidia.__path__", list(nvidia.__path__))
+    print("nvidia.dali", dali.__version__, dali.__file__)
+except Exception as exc:
+    print(f"nvidia.dali does not import: {exc.__class__.__name__}: {exc}")
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 if torch.cuda.is_available():
@@ -62,7 +74,7 @@ if torch.cuda.is_available():
     except Exception as exc:  # the steps that compile then run with --compile off
         print(f"torch.compile on CUDA failed: {exc.__class__.__name__}: {str(exc)[:300]}")
 """
-COMPILE_OK = "torch.compile on CUDA: ok"  # what INSTALL prints where it compiles
+COMPILE_FAILED = "torch.compile on CUDA failed"  # what INSTALL prints where it does not compile
 COMPILING = ("bench_train", "train")  # steps that compile by default on CUDA: --compile off where INSTALL could not
 
 # alexkit's loader on the GPU: nvJPEG ("mixed") decode, bf16 channels-last output, as training uses it.
@@ -84,7 +96,7 @@ for mode in ("train", "center", "tencrop"):
         for images, labels, _ in loader:
             if n == 0:  # the first batch: the pipeline's fill, unless it was fed ahead (train)
                 torch.cuda.synchronize()
-                first, n_first = time.perf_counter(), len(labels)
+                first, n_first, shape = time.perf_counter(), len(labels), list(images.shape)  # a full batch
             n += len(labels)
         torch.cuda.synchronize()
         end = time.perf_counter()
@@ -93,7 +105,7 @@ for mode in ("train", "center", "tencrop"):
             whole.append(n / (end - start))
     steady.sort()
     row = dict(mode=mode, images_per_epoch=n, images_per_s=steady[len(steady) // 2], min=steady[0], max=steady[-1],
-               whole_epochs=sorted(whole)[len(whole) // 2], shape=list(images.shape), dtype=str(images.dtype))
+               whole_epochs=sorted(whole)[len(whole) // 2], shape=shape, dtype=str(images.dtype))
     print(f"gpu loader {mode:8s} {row['images_per_s']:9,.0f} images/s ({row['min']:,.0f}-{row['max']:,.0f}) after each "
           f"epoch's first batch, {row['whole_epochs']:,.0f} over whole epochs of {n}; batch {row['shape']} {row['dtype']}", flush=True)
     rows.append(row)
@@ -104,15 +116,26 @@ print("JSON " + json.dumps(rows))
 
 def steps() -> list[dict]:
     """(name, command, time limit in s, least time worth starting it with, needs CUDA). Ordered by how
-    much each result matters, the quicker of two alike first: the measurements the issues ask for,
-    the GPU == CPU tests, one run end to end and NCCL's join, then the slower tests of training."""
+    much each result matters, the quicker of two alike first: the store they all read, the
+    measurements the issues ask for, the GPU == CPU tests, NCCL's join (quick: nothing compiles), one
+    run end to end, then the slower tests of training."""
     alexkit = [PY, "-m", "alexkit"]
     pytest_gpu = [PY, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider"]
     return [
         dict(name="install", cmd=[PY, "-c", INSTALL], limit=90, least=10, gpu=False),
+        dict(name="store", cmd=[PY, "scripts/gpu/make_store.py", str(STORE)], limit=150, least=30, gpu=False,
+             note="1,000 train + 250 val photo-like JPEGs through `alexkit prepare` at 256 px, q90"),
         dict(name="nvidia_smi", cmd=["nvidia-smi"], limit=20, least=5, gpu=True),
         dict(name="gpu_loader", cmd=[PY, "-c", GPU_LOADER, str(STORE), "5"], limit=90, least=40, gpu=True),
         dict(name="pytest_gpu_pipeline", cmd=[*pytest_gpu, *PIPELINE_GPU_TESTS], limit=90, least=30, gpu=True),
+        # --local-addr: the address torchrun hands its workers as MASTER_ADDR, and binds its store to. Without
+        # it that is socket.getfqdn(), a name an offline machine may not resolve; --standalone only places
+        # the rendezvous at localhost.
+        dict(name="ddp_nccl", cmd=[PY, "-m", "torch.distributed.run", "--standalone", "--local-addr", "127.0.0.1",
+                                   "--nproc-per-node=1", "-m", "alexkit", "train", "--parallel", "ddp", "--data", str(STORE),
+                                   "--epochs", "1", "--batch-size", "125", "--compile", "off", "--out", f"{RUN_DIR}-ddp",
+                                   "--progress", "plain"],
+             limit=120, least=45, gpu=True, note="one process: the meeting in torchrun's store, then NCCL's join"),
         dict(name="bench_train", cmd=[*alexkit, "bench", "train", "--data", str(STORE), "--steps", "60", "--repeats", "3",
                                       "--warmup", "15"], limit=200, least=90, gpu=True,
              note="full width; bf16 (on GPUs with bf16 tensor cores), channels-last, torch.compile: auto on CUDA"),
@@ -122,14 +145,12 @@ def steps() -> list[dict]:
                                 "--out", str(RUN_DIR), "--progress", "plain"], limit=180, least=60, gpu=True),
         dict(name="eval_tta", cmd=[*alexkit, "eval", "--checkpoint", str(RUN_DIR), "--data", str(STORE), "--tta",
                                    "--json", str(RUN_DIR / "eval.json")], limit=90, least=30, gpu=True, after="train"),
-        dict(name="ddp_nccl", cmd=[PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m", "alexkit",
-                                   "train", "--parallel", "ddp", "--data", str(STORE), "--epochs", "1", "--batch-size", "125",
-                                   "--compile", "off", "--out", f"{RUN_DIR}-ddp", "--progress", "plain"],
-             limit=120, least=45, gpu=True, note="one process: the meeting in torchrun's store, then NCCL's join"),
         dict(name="pytest_gpu_train", cmd=[*pytest_gpu, *TRAIN_GPU_TESTS], limit=180, least=60, gpu=True,
              note="the two-GPU placement test skips on one GPU"),
-        dict(name="doctor", cmd=[*alexkit, "doctor"], limit=60, least=10, gpu=False, ok_rc=(0, 2),
-             note="where ffcv is not installed its two rows fail and doctor exits 2; the DALI rows are what count"),
+        # COLUMNS: rich's table as wide as its rows, so that each row is one line to read back.
+        dict(name="doctor", cmd=[*alexkit, "doctor"], limit=60, least=10, gpu=False, ok_rc=(0, 2), env=dict(COLUMNS="200"),
+             note="exits 2 where ffcv is not installed (its rows fail); failed where a DALI row fails, or on CUDA "
+                  "without the 'dali gpu pipeline' row running"),
         dict(name="bench_loader_cpu", cmd=[*alexkit, "bench", "loader", "--store", str(STORE), "--no-baselines",
                                            "--epochs", "4", "--json", str(LOADER_JSON)],
              limit=150, least=40, gpu=False, note="DALI CPU graphs on the machine's cores (the bench has no GPU mode)"),
@@ -137,14 +158,14 @@ def steps() -> list[dict]:
 
 
 def run_step(step: dict, deadline: float, log) -> dict:
-    """Run one step in its own process group; kill the group at its limit or at the deadline. Its
+    """Run one step in its own process group; stop it (stop()) at its limit or at the deadline. Its
     output goes straight into the log (so a whole call killed from outside still leaves it there)."""
     limit = min(step["limit"], deadline - time.monotonic())
     log.write(f"\n===== {step['name']}: {' '.join(step['cmd'])[:300]}\n===== limit {limit:.0f} s\n")
     log.flush()
     begin = log.tell()
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               TORCHINDUCTOR_CACHE_DIR=os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/alexkit-inductor"))  # fmt: skip
+               TORCHINDUCTOR_CACHE_DIR=os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/alexkit-inductor"), **step.get("env", {}))  # fmt: skip
     start = time.monotonic()
     try:
         proc = subprocess.Popen(step["cmd"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -154,8 +175,7 @@ def run_step(step: dict, deadline: float, log) -> dict:
         proc.wait(timeout=max(limit, 1))
         status = "ok" if proc.returncode in step.get("ok_rc", (0,)) else "failed"
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop(proc)
         status = "timeout"
     seconds = time.monotonic() - start
     with open(log.name, errors="replace") as f:  # what the step wrote
@@ -167,6 +187,63 @@ def run_step(step: dict, deadline: float, log) -> dict:
     return dict(status=status, rc=proc.returncode, seconds=round(seconds, 1), tail=lines[-25:], output=output)
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """End a step and every process under it. torchrun starts its workers in sessions of their own,
+    outside the step's process group: SIGTERM to the group first lets torchrun stop them; whatever
+    is left after 10 s gets SIGKILL, the group and each process found under the step before or after."""
+    below = descendants([proc.pid])  # before: once torchrun is gone its workers are no longer under it
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    below |= descendants([proc.pid, *below])
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def descendants(roots: list[int]) -> set[int]:
+    """The processes under `roots` (children, theirs, ...), from each process's parent in
+    /proc/PID/stat (/proc/PID/task/*/children needs a kernel option that not every kernel has)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # the name in parentheses may hold spaces: the parent is the second field after it
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    found, todo = set(), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def doctor_rows(output: str) -> dict[str, tuple[str, str]]:
+    """`alexkit doctor`'s table as {name: (detail, "ok" or "MISSING")}, each row's first line."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in re.split(r"[│|]", line)]  # rich draws ASCII bars where the output is not UTF-8
+        if len(cells) == 5 and cells[1] and cells[3] in ("ok", "MISSING"):
+            rows[cells[1]] = (cells[2], cells[3])
+    return rows
+
+
+def doctor_failure(output: str, cuda: bool) -> str | None:
+    """Why the doctor step failed although doctor exited 0 or 2 (2: ffcv, absent there, is expected)."""
+    rows = doctor_rows(output)
+    bad = [f"{name}: {detail}" for name, (detail, ok) in rows.items() if "dali" in name and (ok != "ok" or detail.startswith("fails"))]
+    if bad:
+        return "; ".join(bad)
+    if cuda and "dali gpu pipeline" not in rows:  # doctor tries it only where DALI imports
+        return "no 'dali gpu pipeline' row on a CUDA machine"
+    return None
+
+
 def figures(name: str, output: str) -> object:
     """The measured numbers a step printed, in a form the summary can hold."""
     if name == "gpu_loader":
@@ -176,7 +253,11 @@ def figures(name: str, output: str) -> object:
     if name == "eval_tta" and (RUN_DIR / "eval.json").is_file():
         result = json.loads((RUN_DIR / "eval.json").read_text())
         return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
-    if name in ("bench_train", "pytest_gpu_pipeline", "pytest_gpu_train", "train"):
+    if name == "doctor":
+        rows = doctor_rows(output)
+        errors = [line[:200] for line in output.splitlines() if line.startswith("error: ")]
+        return [f"{k}: {rows[k][0]} ({rows[k][1]})" for k in rows if "dali" in k or k in ("numba (one-pass CPU kernels)", "typer", "cuda")] + errors
+    if name in ("bench_train", "pytest_gpu_pipeline", "pytest_gpu_train", "train", "ddp_nccl"):
         keep = ("images/s", "passed", "skipped", "failed", "error", "synthetic", "real pipeline", "epoch")
         return [line for line in output.splitlines() if any(k in line for k in keep)][-12:]
     return None
@@ -207,6 +288,7 @@ def main() -> int:
     done: dict[str, str] = {}
     compile_off = False  # set where the install step found torch.compile failing on CUDA
     (OUT / "check.log").write_text("")
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1))  # there from the start, however the run ends
     with open(OUT / "check.log", "a") as log:  # appended to by the steps' processes too
         for step in steps():
             name = step["name"]
@@ -217,19 +299,25 @@ def main() -> int:
                             note=f"{step.get('note', '')}; --compile off: torch.compile failed in the install step")  # fmt: skip
             if step["gpu"] and not cuda:
                 result = dict(status="skipped", reason="skipped: no CUDA")
+            elif name == "store" and summary["store_ok"]:
+                result = dict(status="skipped", reason=f"skipped: {STORE} holds a store")
             elif step.get("after") and done.get(step["after"], "ok") != "ok":  # not run now (CHECK_STEPS): not waited for
                 result = dict(status="skipped", reason=f"skipped: {step['after']} did not succeed")
-            elif str(STORE) in step["cmd"] and not summary["store_ok"]:
-                result = dict(status="skipped", reason=f"skipped: no store at {STORE} (build one with scripts/gpu/bundle_offline.sh or `alexkit prepare`)")
+            elif name != "store" and str(STORE) in step["cmd"] and not summary["store_ok"]:
+                result = dict(status="skipped", reason=f"skipped: no store at {STORE} (the store step builds one)")
             elif deadline - time.monotonic() < step["least"]:
                 result = dict(status="skipped", reason=f"skipped: less than {step['least']} s left (CHECK_BUDGET_S)")
             else:
                 print(f"[{time.monotonic() - deadline + BUDGET_S:5.0f} s] {name} ...", flush=True)
                 result = run_step(step, deadline, log)
                 output = result.pop("output")
-                compile_off = compile_off or (name == "install" and cuda and COMPILE_OK not in output)
+                compile_off = compile_off or (name == "install" and COMPILE_FAILED in output)
+                if name == "store":
+                    summary["store_ok"] = (STORE / "manifest.json").is_file()
+                if name == "doctor" and result["status"] == "ok" and (why := doctor_failure(output, cuda)):
+                    result.update(status="failed", reason=f"failed: {why}")
                 try:  # figures of this run only, and never a reason to lose the summary
-                    result["figures"] = figures(name, output) if result["status"] == "ok" else None
+                    result["figures"] = figures(name, output) if result["status"] == "ok" or name == "doctor" else None
                 except Exception as exc:
                     result["figures"] = f"unreadable: {exc.__class__.__name__}: {exc}"
             if step.get("note"):
