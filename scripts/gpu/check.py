@@ -7,8 +7,9 @@ Writes $OUT/check.log (every step's command, output, exit code and seconds, as t
 $OUT/summary.json (rewritten after each step), and prints a summary; $OUT defaults to /tmp/gpu-check.
 A failing step never stops the others; without CUDA the GPU steps are reported as "skipped: no CUDA".
 Where CHECK_STORE holds no store, the store step builds one (scripts/gpu/make_store.py). The whole
-run stays inside CHECK_BUDGET_S seconds (default 450). CHECK_STEPS=train,eval_tta (names,
-comma-separated) reruns only those steps. Two files only, so that the results are easy to copy back.
+run stays inside CHECK_BUDGET_S seconds (default 450), plus 10 s where a step had to be stopped.
+CHECK_STEPS=train,eval_tta (names, comma-separated) reruns only those steps. Two files only, so that
+the results are easy to copy back.
 """
 
 from __future__ import annotations
