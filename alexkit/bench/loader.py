@@ -354,7 +354,8 @@ def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) 
     started = time.perf_counter()
     compiled = one_pass_op(False) is not None
     seconds = time.perf_counter() - started
-    kernel = f"one-pass kernel, compiled in {seconds:.1f} s" if compiled else "no numba: all rows run DALI's operators only"
+    kernel = f"one-pass kernel, compiled in {seconds:.1f} s" if compiled else \
+        "no one-pass kernel (no numba, or one that cannot compile it here): all rows run DALI's operators only"  # fmt: skip
     capped = cfg.baselines and compiled and _numba_threads() < workers  # FFCV's workers are numba threads
     ffcv = f" ({_numba_threads()} for FFCV: numba's threads)" if capped else ""
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
