@@ -300,6 +300,17 @@ def _through_link(path: Path, flag: str) -> Path:
         raise AlexkitError(f"{flag} {path} is a link that leads round in a loop; remove it or choose another path") from exc
 
 
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of `folders` (a command's own, made for its output: the deepest first) where it is
+    empty; one that is not holds something put there meanwhile, not the command's alone. A `..`
+    among them is no folder made: rmdir fails there, and the next is tried."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            continue
+
+
 def fsync_folder(folder: Path) -> None:
     """Make the renames into `folder` durable: until its entry is synced, a power cut can undo them."""
     import os

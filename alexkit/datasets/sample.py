@@ -47,7 +47,7 @@ import numpy as np
 
 from alexkit import stops
 from alexkit.errors import AlexkitError
-from alexkit.paths import check_folder, word
+from alexkit.paths import check_folder, remove_empty, word
 from alexkit.progress import some
 from alexkit.ranges import SAMPLE, check_ranges
 
@@ -157,7 +157,7 @@ def write_sample_dataset(
         if not moved:  # out as it was: what this run staged goes, and the folders it made
             if staged:
                 _remove(staging, "the partial dataset", out, written[0])
-            _unmake(made)
+            remove_empty(made)
         raise
     finally:
         if moved:  # the new dataset is in place, stopped or not
@@ -175,15 +175,6 @@ def _move_in(staging: Path, out: Path) -> None:
             os.replace(out / name, out / REPLACED / name)
         os.replace(staging / name, out / name)
     staging.rmdir()
-
-
-def _unmake(made: list[Path]) -> None:
-    """Remove the folders a run made (out, then the folders above it) where nothing is in them."""
-    for folder in made:  # (a `..` among them is no folder of ours: rmdir fails there, and the next is tried)
-        try:
-            folder.rmdir()
-        except OSError:  # not empty: not ours alone
-            continue
 
 
 def _remove(folder: Path, what: str, out: Path, files: int) -> None:

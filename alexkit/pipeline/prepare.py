@@ -45,7 +45,7 @@ from typing import Literal
 
 from alexkit.errors import AlexkitError, PathRefused, refused
 from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, check_folder, held_by_another, only_writer
-from alexkit.paths import expand_home, usable_cores, word
+from alexkit.paths import expand_home, remove_empty, usable_cores, word
 from alexkit.pipeline import imageops
 from alexkit.pipeline.build import build, summary, warn
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE
@@ -253,11 +253,7 @@ def _describe(settings: dict) -> str:
 def _unmake(made: list[Path]) -> None:
     """Remove the folders this call made (OUT, then the parents it made for it) where nothing is in them."""
     remove_if_only_lock(made[0])
-    for folder in made[1:]:  # (a `..` among them is no folder of ours: rmdir fails there, and the next is tried)
-        try:
-            folder.rmdir()
-        except OSError:  # not empty: something was put there meanwhile, not ours alone
-            continue
+    remove_empty(made[1:])
 
 
 def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, list[Path]]:
