@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.datasets.listing import IMAGE_EXTENSIONS
+from alexkit.datasets.listing import IMAGE_EXTENSIONS, hidden, image_file
 from alexkit.errors import AlexkitError
 from alexkit.paths import expand_home, word
 from alexkit.ranges import AT_LEAST_1, check_ranges
@@ -116,9 +116,8 @@ def list_images(paths) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir()
-                           if (f.is_file() or _dangling(f)) and f.suffix.lower() in IMAGE_EXTENSIONS
-                           and not f.name.startswith("."))  # fmt: skip
+            with os.scandir(p) as entries:  # a link to nothing too, as prepare lists one
+                found = sorted(Path(e.path) for e in entries if image_file(e) and not hidden(e.name))
             if not found:
                 hint = ""
                 if any(f.is_dir() and not f.name.startswith(".") for f in p.iterdir()):  # a train/ folder, say

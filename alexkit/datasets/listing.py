@@ -43,7 +43,10 @@ def image_file(entry: os.DirEntry) -> bool:
     stops, naming it). A FIFO under an image name would block its reader for ever."""
     if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
         return False
-    return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+    try:
+        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+    except OSError:  # a loop of links (ELOOP): a name that leads to no file, listed as a link to nothing is
+        return True
 
 
 def scan_top(folder: Path, others: list[str] | None = None) -> tuple[list[str], list[str]]:

@@ -121,10 +121,9 @@ def _fix(path: Path) -> str:
 
 def _trained_on(run: Path) -> str:
     """Where to send a run folder passed in place of a store: to the store its config.json records."""
-    try:
-        named = json.loads((run / "config.json").read_text())["config"]["data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        named = None
+    from alexkit.runs import recorded  # (runs imports this module)
+
+    named = recorded(run, "config", "data")
     if not isinstance(named, str) or not named:
         return f"pass the store it was trained on (the --out of `alexkit prepare`, holding {STATS}, {CLASSES}, {MANIFEST})"
     if not Path(named).is_dir():
