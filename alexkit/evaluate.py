@@ -75,16 +75,14 @@ class EvalConfig:
         """Refuse output files that would overwrite what eval reads or what `train` writes: a file in
         the store's folder (or below it) or another store's, the checkpoint, a run file's name beside it or
         in another run, or any other existing checkpoint or store file."""
-        from alexkit.pipeline.store import in_store, store_holding
+        from alexkit.pipeline.store import store_around
 
         for path, flag in ((self.json_path, "--json"), (self.predictions_path, "--predictions")):
             if path is None:
                 continue
             target = Path(path).resolve()
-            if in_store(store_path, target):
-                what = f"is in the folder of the store {store_path}"
-            elif (other := store_holding(target)) is not None:
-                what = f"is in the folder of the store {other}"  # another store's (or a folder in it): its files are prepare's
+            if (store := store_around(target, [store_path])) is not None:  # the one read, or another: its files are prepare's
+                what = f"is in the folder of the store {store}"
             elif target.parent == ckpt_path.resolve().parent and target.name in RUN_FILES:
                 what = f"would overwrite the {target.name} of the run {ckpt_path.parent}"
             elif target.name in RUN_FILES and target.is_file() and (target.parent / "config.json").is_file():

@@ -34,10 +34,10 @@ class ShowBatchConfig:
         if self.val_index < 0:
             raise AlexkitError(f"--val-index {self.val_index}: must be 0 or more")
         check_folder(self.out, "--out", writable=True)  # a file, a link to nothing, read-only: said before the store is read
-        from alexkit.pipeline.store import in_store, store_holding
+        from alexkit.pipeline.store import store_around
 
         # As eval's outputs: in the store read (even one half made) or in any other, the PNGs would lie among prepare's files.
-        store = Path(self.data) if in_store(self.data, self.out) else store_holding(Path(self.out) / "train-batch.png")
+        store = store_around(Path(self.out) / "train-batch.png", [self.data])
         if store is not None:
             raise AlexkitError(f"--out {self.out} is in the folder of the store {store}, whose files are prepare's; "
                                "name a folder outside it")  # fmt: skip

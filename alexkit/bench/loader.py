@@ -83,13 +83,12 @@ class BenchLoaderConfig:
         """Refuse a --json file in a store's folder, as eval does: the --store, a store this bench makes
         in --work, or any other (a folder holding manifest.json and classes.json, or one below it). A
         store's files are prepare's, and a rebuild replaces the folder whole."""
-        from alexkit.pipeline.store import in_store, store_holding
+        from alexkit.pipeline.store import store_around
 
-        target = Path(path).resolve()
         ours = [self.store] if self.store is not None else []
         if self.store is None and self.work is not None:  # the stores made there, maybe not yet
             ours = [Path(self.work) / f"store-{fmt}-{self.images}" for fmt in ("jpg", "raw")]
-        store = next((s for s in ours if in_store(s, target)), None) or store_holding(target)
+        store = store_around(Path(path).resolve(), ours)
         if store is not None:
             raise AlexkitError(f"--json {path} is in the folder of the store {store}; name another file")
 

@@ -143,6 +143,13 @@ def store_holding(path) -> Path | None:
     return next((p for p in Path(path).resolve().parents if (p / MANIFEST).is_file() and (p / CLASSES).is_file()), None)
 
 
+def store_around(path, ours=()) -> Path | None:
+    """The store whose folder `path` lies in: the first of `ours` (the stores a command reads or makes,
+    finished or not, as in_store tells), else any finished one (store_holding); None where none.
+    Where another command's output must not go."""
+    return next((Path(s) for s in ours if in_store(s, path)), None) or store_holding(path)
+
+
 def reading(path: Path):
     """Hold the store at `path` against `alexkit prepare` (a --force rebuild would replace its files
     under a days-long training) while the block runs; refused while a prepare writes it."""
