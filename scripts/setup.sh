@@ -30,9 +30,10 @@ fi
 #    its python does not run or is older, or when it was made in another folder (the repo moved or was
 #    copied): its scripts start the python named by their first line, in that other .venv or nowhere.
 PYTHON="${PYTHON:-python3}"
+new_enough() { "$1" -I -c "import sys; sys.exit(sys.version_info < (3, 10))" >/dev/null 2>&1; }
 venv_problem() {  # why .venv cannot be kept, or nothing
     .venv/bin/python -I -c "" >/dev/null 2>&1 || { echo "its python does not run"; return; }
-    .venv/bin/python -I -c "import sys; sys.exit(sys.version_info < (3, 10))" \
+    new_enough .venv/bin/python \
         || { echo "it holds $(.venv/bin/python -V 2>&1), older than 3.10"; return; }
     if [ -f .venv/bin/alexkit ]; then
         made_in=$(head -n 1 .venv/bin/alexkit); made_in=${made_in#\#!}
@@ -43,7 +44,7 @@ venv_problem() {  # why .venv cannot be kept, or nothing
 }
 problem=$(venv_problem)
 if [ -n "$problem" ]; then
-    if ! "$PYTHON" -c "import sys; sys.exit(sys.version_info < (3, 10))" >/dev/null 2>&1; then
+    if ! new_enough "$PYTHON"; then
         found=$("$PYTHON" --version 2>&1 | head -n 1) && found="is $found" || found="is not found"
         echo "[setup] error: alexkit needs Python >= 3.10, and $PYTHON $found; name one that is: PYTHON=python3.11 make setup" >&2
         exit 1
