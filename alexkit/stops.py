@@ -38,6 +38,11 @@ def taken(record: list[int], signum: int) -> bool:
     return not again
 
 
+def came() -> bool:
+    """Whether a Ctrl-C or SIGTERM has come while this command ran (raised, held or dropped)."""
+    return bool(INTERRUPTED or TERMINATED)
+
+
 def forget() -> None:
     """Clear the records: the command that took them has ended."""
     INTERRUPTED.clear()

@@ -238,7 +238,7 @@ def _sigterm_as_ctrl_c(process_ends: bool = False):
     try:
         yield
     finally:
-        stopped = bool(stops.INTERRUPTED or stops.TERMINATED)
+        stopped = stops.came()
         if process_ends and stopped:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIG_IGN, unlike a Python handler, outlives the shutdown
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -310,7 +310,7 @@ def _main(argv: list[str] | None) -> None:
         print(f"error: {said}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
-        if stops.INTERRUPTED or stops.TERMINATED:  # a Ctrl-C inside an import can leave a module half made, and what uses
+        if stops.came():  # a Ctrl-C inside an import can leave a module half made, and what uses
             sys.exit(_stopped(None))  # it then fails in its own way (numpy: a RecursionError): the Ctrl-C's doing
         if debug:
             raise
@@ -318,6 +318,6 @@ def _main(argv: list[str] | None) -> None:
             exc = exc.__cause__
         print(f"error: {exc.__class__.__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
-    if code == 130 or stops.INTERRUPTED or stops.TERMINATED:  # typer turns Ctrl-C into exit code 130 itself, before
+    if code == 130 or stops.came():  # typer turns Ctrl-C into exit code 130 itself, before
         code = _stopped(None)  # the handler above; a Ctrl-C dropped by a native library let the command run to its end
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit's code, or 0 after a command's end
