@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import check_output, write_output
+from alexkit.paths import check_output, is_run, write_output
 from alexkit.progress import PROGRESS_MODES, Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
 from alexkit.launcher import launched
@@ -85,7 +85,7 @@ class EvalConfig:
                 what = f"is in the folder of the store {store}"
             elif target.parent == ckpt_path.resolve().parent and target.name in RUN_FILES:
                 what = f"would overwrite the {target.name} of the run {ckpt_path.parent}"
-            elif target.name in RUN_FILES and target.is_file() and (target.parent / "config.json").is_file():
+            elif target.name in RUN_FILES and target.is_file() and is_run(target.parent):
                 what = f"would overwrite the {target.name} of the run {target.parent}"
             elif target.suffix in (".pt", ".beton", ".npz") and target.is_file():
                 what = f"would overwrite a {target.suffix} file"

@@ -1,7 +1,8 @@
 """Files and folders every stage uses: the default locations, and how files are written.
 
 The default locations are chosen so that `prepare` -> `train` -> `eval` chain with no flags; all are
-relative to the current directory: run the three commands from the same place. The rest: atomic
+relative to the current directory: run the three commands from the same place. What makes a folder
+a run folder (is_run), and the latest of them (latest_run). The rest: atomic
 writes (write_atomic and its temporaries), one writer per folder (only_writer), probing an output
 before the work (check_output, check_folder), how many cores this process may use, and a path as a word of a
 command printed for the user to copy (word).
@@ -26,12 +27,19 @@ def word(path) -> str:
     return shlex.quote("./" + text if text.startswith("-") else text)
 
 
+def is_run(folder: Path) -> bool:
+    """Whether `folder` is a run folder, one `alexkit train` took for a run: it holds the .train.lock train
+    makes there first (and leaves there), or the config.json it writes next. Checkpoints or a metrics.jsonl
+    alone (copies; another program's *.pt) make none, though eval and plot read them all the same."""
+    return (Path(folder) / ".train.lock").is_file() or (Path(folder) / "config.json").is_file()
+
+
 def latest_run(runs: Path = DEFAULT_RUNS, having: tuple[str, ...] = ("best.pt", "last.pt")) -> Path | None:
     """The most recently created run directory under `runs` (names sort by creation time) that holds
     one of the files `having`: a run stopped in its first epoch has no checkpoint yet and is passed over."""
     if not runs.is_dir():
         return None
-    candidates = [p for p in runs.iterdir() if (p / "config.json").is_file() and any((p / n).is_file() for n in having)]
+    candidates = [p for p in runs.iterdir() if is_run(p) and any((p / n).is_file() for n in having)]
     return max(candidates, key=_creation_order, default=None)
 
 

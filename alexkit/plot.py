@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexkit.errors import AlexkitError, require
-from alexkit.paths import DEFAULT_RUNS, check_output, latest_run, word, write_output
+from alexkit.paths import DEFAULT_RUNS, check_output, is_run, latest_run, word, write_output
 
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")
@@ -44,7 +44,7 @@ def read_metrics(run: Path) -> list[dict]:
             again = word(run) if ckpt.name == "last.pt" else word(ckpt)  # only best.pt left: train goes on from it
             raise AlexkitError(f"{path} does not exist; `alexkit train --resume {again}` writes it again from {ckpt.name} "
                                "(add --epochs N, N the epochs done, to train no further)")  # fmt: skip
-        if (Path(run) / "config.json").is_file():
+        if is_run(run):
             raise AlexkitError(f"{path} does not exist: run {run} has no finished epoch yet; plot after the first epoch ends")
         raise AlexkitError(f"{path} does not exist; pass run folders written by `alexkit train`")
     try:
@@ -74,7 +74,7 @@ def _no_epoch_yet(run: Path) -> bool:
     metrics = run / "metrics.jsonl"
     if metrics.is_file():
         return not metrics.read_text().strip()
-    return _checkpoint(run) is None and ((run / "config.json").is_file() or (run / ".train.lock").is_file())
+    return _checkpoint(run) is None and is_run(run)
 
 
 def _checkpoint(run: Path) -> Path | None:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, NoLocks, check_folder, held_by_another, latest_run, only_writer, temporaries, word, write_atomic
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, NoLocks, check_folder, held_by_another, is_run, latest_run, only_writer, temporaries, word, write_atomic
 from alexkit.launcher import talks
 from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
 from alexkit.pipeline.storedir import read_json
@@ -290,16 +290,16 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
         if not found:
             _said_if_training(path, prefer, resuming)
         if not found and resuming and (path / "best.pt").is_file():
-            how = (f"{path} has best.pt but no last.pt (nor a run's config.json)" if not (path / "config.json").is_file()
+            how = (f"{path} has best.pt but no last.pt (nor a run's config.json)" if not is_run(path)
                    else f"run {path} has best.pt but no last.pt, which is gone (its metrics.jsonl records "
                         f"{counted(epochs, 'epoch')})" if epochs
                    else f"run {path} has best.pt but no last.pt: it was stopped while saving its first epoch")  # fmt: skip
             raise AlexkitError(f"{how}; go on from best.pt: alexkit train --resume {word(path / 'best.pt')}")
-        if not found and (path / "config.json").is_file() and epochs:
+        if not found and is_run(path) and epochs:
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: its checkpoints are gone (its metrics.jsonl "
                                f"records {counted(epochs, 'epoch')}), so there is nothing to go on from; "
                                "train anew with another --out")  # fmt: skip
-        if not found and (path / "config.json").is_file():
+        if not found and is_run(path):
             raise AlexkitError(f"run {path} has no {' or '.join(prefer)}: it stopped before its first epoch ended; "
                                f"{_train_again(path)}")
         inner = latest_run(path, having=prefer) if not found else None

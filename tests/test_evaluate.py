@@ -627,6 +627,10 @@ def test_eval_outputs_are_refused_only_where_they_would_overwrite(tmp_path, monk
     with pytest.raises(AlexkitError, match=r"--json .*metrics.jsonl would overwrite the metrics.jsonl of the run .*other-run"):
         EvalConfig(json_path=other_run / "metrics.jsonl").check_spares(ckpt, store)
     EvalConfig(json_path=other_run / "eval.json").check_spares(ckpt, store)  # a new file beside them: allowed
+    (other_run / "config.json").unlink()  # its lock file left: still a run, whose curves are kept
+    (other_run / ".train.lock").write_bytes(b"")
+    with pytest.raises(AlexkitError, match=r"--json .*metrics.jsonl would overwrite the metrics.jsonl of the run .*other-run"):
+        EvalConfig(json_path=other_run / "metrics.jsonl").check_spares(ckpt, store)
     other_store = tmp_path / "other-store"
     other_store.mkdir()
     for name in ("manifest.json", "classes.json"):

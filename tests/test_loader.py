@@ -436,8 +436,12 @@ def test_a_run_folder_or_a_folder_of_images_given_as_the_store_is_not_told_to_pr
     store.rmdir()
     with pytest.raises(AlexkitError, match=rf"trained on \(its config.json names {store}, which is not there now\)$"):
         Store(run)
-    (run / "config.json").unlink()  # checkpoints alone: a run all the same
+    (run / "config.json").unlink()  # the lock train made there: a run all the same
+    (run / ".train.lock").write_bytes(b"")
     with pytest.raises(AlexkitError, match=r"is a run folder .*; pass the store it was trained on \(the --out of `alexkit prepare`"):
+        Store(run)
+    (run / ".train.lock").unlink()  # checkpoints alone (or another program's *.pt): no run of train's
+    with pytest.raises(AlexkitError, match=r"is a folder that holds no store but other files \(last.pt\); pass the --out"):
         Store(run)
     (tmp_path / "photos").mkdir()
     for name in ("a.jpg", "b.jpg"):

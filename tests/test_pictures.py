@@ -210,6 +210,8 @@ def test_plot_passes_over_a_run_still_in_its_first_epoch(tmp_path, capsys):
     err = capsys.readouterr().err
     assert out.is_file() and f"skipped {tmp_path / 'live'}: it has no finished epoch yet" in err
     assert f"skipped {tmp_path / 'starting'}:" in err
+    with pytest.raises(AlexkitError, match="starting/metrics.jsonl does not exist: run .*starting has no finished epoch yet"):
+        plot(PlotConfig(runs=(tmp_path / "starting",), out=tmp_path / "d.png"))  # alone: the same run, said as one
     with pytest.raises(AlexkitError, match="holds no epochs yet"):  # the only run asked for: an error, not a blank chart
         plot(PlotConfig(runs=(tmp_path / "live",), out=tmp_path / "d.png"))
 

@@ -122,6 +122,26 @@ def test_the_latest_run_is_a_run_folder_not_any_folder_holding_a_checkpoint(tmp_
     assert latest_run(tmp_path).name == "20261129-120000"
 
 
+def test_a_folder_train_took_is_a_run_by_its_lock_file_too(tmp_path):
+    """is_run: .train.lock (made first, and left) or config.json. A run that lost its config.json is still
+    the latest run; one killed before writing config.json is told it stopped, not to pass a .pt file."""
+    from alexkit.paths import is_run, latest_run
+
+    older, newer = tmp_path / "20261129-120000", tmp_path / "20261129-120001"
+    for run in (older, newer):
+        run.mkdir()
+        (run / "best.pt").write_bytes(b"")
+    (older / "config.json").write_text("{}")
+    (newer / ".train.lock").write_bytes(b"")  # its config.json gone
+    assert is_run(older) and is_run(newer) and latest_run(tmp_path) == newer
+    (newer / "best.pt").unlink()  # the lock alone: killed before config.json was written
+    with pytest.raises(AlexkitError, match=r"has no best.pt or last.pt: it stopped before its first epoch ended; train it"):
+        runs.find_checkpoint(newer)
+    (newer / ".train.lock").unlink()
+    (newer / "metrics.jsonl").write_text('{"epoch": 1}\n')  # a copy of a run's metrics alone: no run
+    assert not is_run(newer)
+
+
 def test_a_folder_a_run_left_before_its_first_epoch_ended_takes_a_new_run(tmp_path):
     """A run killed before its first last.pt leaves its lock file, some run files and write_atomic's
     temporaries: a new run may go there; a file of another kind refuses the folder."""

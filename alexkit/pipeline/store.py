@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, why
-from alexkit.paths import shared_reader, word, write_atomic
+from alexkit.paths import is_run, shared_reader, word, write_atomic
 from alexkit.pipeline.beton import BetonReader
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE, crop_size
 
@@ -181,7 +181,7 @@ class Store:
             if (self.path / "train").is_dir() or (self.path / "ILSVRC2012_img_train.tar").is_file() or (self.path / "ILSVRC").is_dir():
                 raise AlexkitError(f"store {self.path} {what}: it looks like a dataset, not a store; run `alexkit prepare "
                                    f"{word(self.path)} --out STORE` and pass that STORE")  # fmt: skip
-            if any((self.path / n).is_file() for n in ("config.json", "metrics.jsonl")) or any(self.path.glob("*.pt")):
+            if is_run(self.path):
                 raise AlexkitError(f"store {self.path} is a run folder (of `alexkit train`), not a store; "
                                    f"{_trained_on(self.path)}")  # fmt: skip
             from alexkit.pipeline.storedir import not_a_store  # (storedir imports this module)
