@@ -2,7 +2,7 @@
 
 The default locations are chosen so that `prepare` -> `train` -> `eval` chain with no flags; all are
 relative to the current directory: run the three commands from the same place. What makes a folder
-a run folder (is_run), and the latest of them (latest_run). The rest: atomic
+a run folder (is_run), its checkpoint (checkpoint_in), and the latest run (latest_run). The rest: atomic
 writes (write_atomic and its temporaries), one writer per folder (only_writer), probing an output
 before the work (check_output, check_folder), how many cores this process may use, and a path as a word of a
 command printed for the user to copy (word).
@@ -32,6 +32,11 @@ def is_run(folder: Path) -> bool:
     makes there first (and leaves there), or the config.json it writes next. Checkpoints or a metrics.jsonl
     alone (copies; another program's *.pt) make none, though eval and plot read them all the same."""
     return (Path(folder) / ".train.lock").is_file() or (Path(folder) / "config.json").is_file()
+
+
+def checkpoint_in(run: Path, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path | None:
+    """The run folder's first of the checkpoints `prefer` that is there, or None."""
+    return next((Path(run) / n for n in prefer if (Path(run) / n).is_file()), None)
 
 
 def latest_run(runs: Path = DEFAULT_RUNS, having: tuple[str, ...] = ("best.pt", "last.pt")) -> Path | None:

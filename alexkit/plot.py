@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexkit.errors import AlexkitError, require
-from alexkit.paths import DEFAULT_RUNS, check_output, is_run, latest_run, word, write_output
+from alexkit.paths import DEFAULT_RUNS, check_output, checkpoint_in, is_run, latest_run, word, write_output
 
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")
@@ -39,7 +39,7 @@ def read_metrics(run: Path) -> list[dict]:
         what = "is a file, not a run folder" if Path(run).exists() else "does not exist"
         raise AlexkitError(f"{run} {what}; pass run folders written by `alexkit train` (or their metrics.jsonl)")
     if not path.is_file():
-        ckpt = _checkpoint(run)
+        ckpt = checkpoint_in(run, ("last.pt", "best.pt"))  # last.pt first: train --resume goes on from it
         if ckpt is not None:  # a run that lost the file: its checkpoint records every epoch's line
             again = word(run) if ckpt.name == "last.pt" else word(ckpt)  # only best.pt left: train goes on from it
             raise AlexkitError(f"{path} does not exist; `alexkit train --resume {again}` writes it again from {ckpt.name} "
@@ -74,12 +74,7 @@ def _no_epoch_yet(run: Path) -> bool:
     metrics = run / "metrics.jsonl"
     if metrics.is_file():
         return not metrics.read_text().strip()
-    return _checkpoint(run) is None and is_run(run)
-
-
-def _checkpoint(run: Path) -> Path | None:
-    """The run's last.pt, else its best.pt, else None."""
-    return next((Path(run) / n for n in ("last.pt", "best.pt") if (Path(run) / n).is_file()), None)
+    return checkpoint_in(run) is None and is_run(run)
 
 
 PANELS = [  # (title, [(metrics key, line style, label suffix)], y scale)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, NoLocks, check_folder, held_by_another, is_run, latest_run, only_writer, temporaries, word, write_atomic
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, NoLocks, check_folder, checkpoint_in, held_by_another, is_run, latest_run, only_writer, temporaries, word, write_atomic
 from alexkit.launcher import talks
 from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
 from alexkit.pipeline.storedir import read_json
@@ -285,7 +285,7 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
     path = Path(path)
     resuming = "best.pt" not in prefer
     if path.is_dir():
-        found = [path / n for n in prefer if (path / n).is_file()]
+        found = checkpoint_in(path, prefer)
         epochs = 0 if found else _epochs_recorded(path)  # read once, for the messages below
         if not found:
             _said_if_training(path, prefer, resuming)
@@ -307,7 +307,7 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
             raise AlexkitError(f"{path} is a folder of runs, not a run; pass one of them, e.g. the latest: {inner}")
         if not found:
             raise AlexkitError(f"run directory {path} has no {' or '.join(prefer)}; pass a .pt file written by `alexkit train`")
-        path = found[0]
+        path = found
     if not path.is_file():
         if path.name in ("best.pt", "last.pt"):
             _said_if_training(path.parent, (path.name,), resuming)
