@@ -86,3 +86,20 @@ def test_an_image_that_does_not_decode_is_named_as_the_users_file(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(AlexkitError, match=f"^{bad}: not an image in any format PIL can read; .* remove or replace it in {src} "):
         bench_prepare(BenchPrepareConfig(src=src, images=6, workers=1, size=32, repeats=1))
+
+
+def test_an_image_prepare_skips_is_refused_before_any_route_runs(tmp_path):
+    """A 2000x10 image decodes in PIL but prepare skips it (sides over MAX_ASPECT apart): the bench took it,
+    (c) wrote one image fewer than (a), and the run ended in an IndexError after every route was timed."""
+    import pytest
+    from PIL import Image
+
+    from alexkit.datasets import write_sample_dataset
+    from alexkit.errors import AlexkitError
+
+    src = write_sample_dataset(tmp_path / "src", num_classes=2, train_per_class=3, val_per_class=1)
+    long = src / "train" / "n99000001" / "n99000001_1.JPEG"
+    Image.fromarray(np.full((10, 2000, 3), 128, np.uint8)).save(long)
+    with pytest.raises(AlexkitError, match=f"^{long}: a 2000x10 image: its sides are more than 100 times apart.*; "
+                                           f"every route must read every image: remove or replace it in {src} "):
+        bench_prepare(BenchPrepareConfig(src=src, images=6, workers=1, size=32, repeats=1))

@@ -69,7 +69,7 @@ def bench_prepare(cfg: BenchPrepareConfig) -> dict:
             files = write_photo_like(images, cfg.images, seed=cfg.seed, workers=cfg.workers)
             what = "generated photo-like JPEGs (1/f noise, colour, edges, grain; quality 90, 4:2:0)"
         else:
-            files = _copy_from(cfg.src, images, cfg.images)
+            files = _copy_from(cfg, images)
             what = f"images taken evenly across the train split of {cfg.src}"
         sizes = [os.path.getsize(f) for f in files]
         dims = [_dims(f) for f in files[:200]]
@@ -275,14 +275,16 @@ def photo_like(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _copy_from(src: Path, out: Path, n: int) -> list[Path]:
-    """n train images of a real dataset, evenly spread over it, copied as class folders. Each must
-    decode: the routes are timed on the same images, and an error about a temporary copy would name
-    a file that is gone, so the user's file is named here."""
+def _copy_from(cfg: BenchPrepareConfig, out: Path) -> list[Path]:
+    """cfg.images train images of the dataset cfg.src, evenly spread over it, copied as class folders. Each
+    must convert in every route: the routes are timed on the same images, and an error about a temporary
+    copy would name a file that is gone, so the user's file is named here."""
     from alexkit.datasets import find_dataset, read_sample_bytes
+    from alexkit.pipeline import imageops
 
-    samples = find_dataset(src).splits["train"]
-    picked = samples[:: max(1, len(samples) // n)][:n]
+    imageops.load_libraries()  # OpenCV single-threaded before _unconvertible uses it, as prepare's parent has it
+    samples = find_dataset(cfg.src).splits["train"]
+    picked = samples[:: max(1, len(samples) // cfg.images)][: cfg.images]
     files = []
     for i, s in enumerate(picked):
         where = s.path if s.size < 0 else f"{s.name} in {s.path}"  # a file, or an image inside a tar
@@ -290,9 +292,9 @@ def _copy_from(src: Path, out: Path, n: int) -> list[Path]:
             data = read_sample_bytes(s)
         except OSError as exc:
             raise refused(exc, "make it readable, or pass another dataset", where) from None
-        why = _undecodable(data)
+        why = _unconvertible(data, cfg)
         if why is not None:
-            raise AlexkitError(f"{where}: {why}; every route must read every image: remove or replace it in {src} "
+            raise AlexkitError(f"{where}: {why}; every route must read every image: remove or replace it in {cfg.src} "
                                "(`alexkit prepare` skips such files), or pass another dataset")  # fmt: skip
         folder = out / "train" / f"c{s.label:03d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -302,15 +304,17 @@ def _copy_from(src: Path, out: Path, n: int) -> list[Path]:
     return sorted(files, key=lambda p: (p.parent.name, p.name))
 
 
-def _undecodable(data: bytes) -> str | None:
-    """Why PIL cannot decode these bytes, as routes (a) and (b) decode them; None if it can."""
-    from PIL import Image
-
-    from alexkit.pipeline.imageops import skip_reason
+def _unconvertible(data: bytes, cfg: BenchPrepareConfig) -> str | None:
+    """Why some route cannot convert these bytes; None if every route can. Route (c) is checked with
+    the conversion prepare's workers run (OpenCV or PIL, and no image whose sides are more than
+    MAX_ASPECT apart): an image prepare skips left (c) one short, its images/s counted over an image
+    it never wrote and the (a)-(c) comparison indexing past its store. (a) and (b) with their own PIL one."""
+    from alexkit.pipeline.imageops import DecoderMessages, convert, skip_reason
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
+        with DecoderMessages():  # libjpeg's warnings on a file it decodes anyway: caught, as prepare's workers do
+            convert(data, cfg.size, "jpg", cfg.quality)
+        _preprocess_pil(io.BytesIO(data), cfg.size)
     except Exception as exc:  # anything a file's bytes can do
         return skip_reason(exc, data)
     return None
