@@ -211,8 +211,10 @@ def _check_writable(folder: Path, flag: str, path: Path) -> None:
 def check_folder(path: Path, flag: str, *, writable: bool = False) -> None:
     """A folder that `flag` names, to be made or written in: refused now if it, or a folder above it,
     is a file (the system would say "Not a directory" once the work is done), or a link to nothing
-    (mkdir would say "File exists"); with `writable`, also if no file can be made in it (or, where it
-    is still to be made, in the nearest folder above it that exists)."""
+    (mkdir would say "File exists"); where it is still to be made, also if no folder can be made in
+    the nearest folder above it that exists (/proc, /sys, a read-only file system, permissions: the
+    system's own words, /proc's "No such file or directory" say, would not name the flag or why);
+    with `writable`, also if no file can be made in it."""
     import os
 
     for above in (Path(path), *Path(path).parents):
@@ -224,9 +226,23 @@ def check_folder(path: Path, flag: str, *, writable: bool = False) -> None:
             if not above.is_dir():
                 where = "is a file" if above == Path(path) else f"is under {above}, which is a file"
                 raise AlexkitError(f"{flag} {path} {where}; give a folder")
-            if writable:
+            if above != Path(path):
+                _check_creatable(above, flag, path)
+            elif writable:
                 _check_writable(above, flag, path)
             return
+
+
+def _check_creatable(folder: Path, flag: str, path: Path) -> None:
+    """Refuse `flag` `path`, still to be made, now if no folder can be made in `folder`, the nearest that exists."""
+    import os
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".alexkit-check-", dir=folder))  # what mkdir(parents=True) will do there
+    except OSError as exc:
+        raise PathRefused(f"{flag} {path} cannot be created: no folder can be made in {folder} "
+                          f"({exc.strerror or exc}); choose another path") from exc  # fmt: skip
 
 
 def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:

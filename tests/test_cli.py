@@ -221,7 +221,27 @@ def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     r = run("sample", "/proc/alexkit-sample", "--classes", "1", "--train-per-class", "1", "--val-per-class", "0")
     assert r.returncode == 1, r.stderr
     [line] = [l for l in r.stderr.splitlines() if l.strip()]
-    assert line.startswith("error: /proc/alexkit-sample: ") and "choose another" in line, line
+    assert line.startswith("error: DIR /proc/alexkit-sample cannot be created: no folder can be made in /proc (") and \
+        line.endswith("); choose another path"), line
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, where no one can make a folder")
+@pytest.mark.parametrize("args, flag, path", [
+    (["sample", "/proc/alexkit-x/data"], "DIR", "/proc/alexkit-x/data"),
+    (["prepare", "src", "--out", "/proc/alexkit-x"], "--out", "/proc/alexkit-x"),
+    (["show-batch", "--out", "/proc/alexkit-x"], "--out", "/proc/alexkit-x"),
+    (["bench", "loader", "--work", "/proc/alexkit-x"], "--work", "/proc/alexkit-x"),
+])  # fmt: skip
+def test_a_folder_flag_under_a_folder_that_takes_no_folders_is_one_line_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                                       args, flag, path):  # fmt: skip
+    """/proc answers mkdir with "No such file or directory", which named neither the flag nor why."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
+    seen = stage_catcher(monkeypatch, "alexkit.bench.loader", "bench_loader")
+    assert exit_of(args) == 1 and seen == {}
+    assert capsys.readouterr().err == (f"error: {flag} {path} cannot be created: no folder can be made in /proc (No such "
+                                       "file or directory); choose another path\n")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path):

@@ -1401,7 +1401,8 @@ def test_cli_unwritable_out_exits_1(tmp_path):
     (tmp_path / "locked").mkdir(mode=0o555)
     r = _cli(str(tmp_path / "src"), "--out", str(tmp_path / "locked" / "store"), prefix=prefix)
     assert r.returncode == 1, r.stderr
-    assert r.stderr == f"error: cannot write to {tmp_path / 'locked' / 'store'} (Permission denied); choose an --out folder you can write to\n"
+    assert r.stderr == (f"error: --out {tmp_path / 'locked' / 'store'} cannot be created: no folder can be made in "
+                        f"{tmp_path / 'locked'} (Permission denied); choose another path\n")  # fmt: skip
 
 
 def test_a_rerun_on_a_finished_read_only_store_has_nothing_to_do(tmp_path):
