@@ -300,13 +300,13 @@ def test_stopping_says_what_it_removes_and_what_is_left(tmp_path, monkeypatch, c
     the next run removes it."""
     import shutil
 
-    import alexkit.datasets.sample as sample
+    import alexkit.datasets.sample_place as sample_place
 
     def interrupt(done, total):
         if done == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(sample, "SAY_REMOVING", 3)  # files: a removal of so many is said first
+    monkeypatch.setattr(sample_place, "SAY_REMOVING", 3)  # files: a removal of so many is said first
     out, small = tmp_path / "d", dict(num_classes=1, train_per_class=4, val_per_class=0)
     with pytest.raises(KeyboardInterrupt):
         write_sample_dataset(out, **small, progress=interrupt)

@@ -25,7 +25,7 @@ TINY = dict(batch_size=16, width=0.25, fc_features=128, init="sturdy", progress=
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
-    from alexkit.datasets.sample import write_sample_dataset
+    from alexkit.datasets import write_sample_dataset
     from alexkit.pipeline.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("train-store")

@@ -24,7 +24,8 @@ def command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier sample dataset in DIR."),
 ) -> None:
     """Write a small synthetic ImageNet look-alike (train/<wnid>/, flat val/, devkit) for demos and tests."""
-    from alexkit.datasets.sample import class_name, class_specs, write_sample_dataset
+    from alexkit.datasets.sample import class_name, class_specs
+    from alexkit.datasets.sample_place import write_sample_dataset
 
     start = time.perf_counter()
     total = classes * (train_per_class + val_per_class)

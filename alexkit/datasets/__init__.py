@@ -8,7 +8,7 @@ from alexkit.datasets.layouts import (
     find_dataset,
     read_sample_bytes,
 )
-from alexkit.datasets.sample import write_sample_dataset
+from alexkit.datasets.sample_place import write_sample_dataset
 
 __all__ = [
     "LAYOUTS",
