@@ -16,8 +16,11 @@ start=$SECONDS
 step "environment" "$ALEXKIT" doctor || { code=$?; ((code < 128)) || exit "$code"; }
 # The sample dataset is written once; a run of sample that was stopped (its staging folder left, or only
 # some of its entries moved in) is written again: --overwrite replaces nothing but a sample dataset's files.
+# The names of the folders a stopped sample leaves are sample's own, asked of it rather than copied here.
+left=$("$ROOT/.venv/bin/python" -c 'from alexkit.datasets.sample_place import REPLACED, STAGING; print(STAGING, REPLACED)')
+read -r staging replaced <<<"$left"
 whole() { [ -f imagenet/ILSVRC2012_devkit_t12/data/meta.mat ] && [ -d imagenet/train ] && [ -d imagenet/val ] &&
-          [ ! -e imagenet/.sample-partial ] && [ ! -e imagenet/.sample-replaced ]; }
+          [ ! -e "imagenet/$staging" ] && [ ! -e "imagenet/$replaced" ]; }
 whole || step "sample dataset (official ImageNet layout, 10 classes)" \
     "$ALEXKIT" sample imagenet --classes 10 --train-per-class 260 --val-per-class 30 --seed 0 --overwrite
 step "prepare: 64 px store (paper: 256)" "$ALEXKIT" prepare imagenet --size 64
