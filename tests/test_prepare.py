@@ -1497,6 +1497,39 @@ def test_an_out_folder_holding_only_a_killed_prepares_write_probe_is_written(tmp
     assert sorted(p.name for p in out.iterdir()) == sorted([".prepare.lock", *STORE_FILES])
 
 
+def test_a_finished_split_converted_again_stays_until_the_new_one_is_complete(tmp_path, monkeypatch, capsys):
+    """A finished train-only store, then val added and train's files touched (a copy that did not keep
+    their times): the rerun converts train again, as its files may have changed. Stopped while it
+    does, the finished store is left as it was, byte for byte, manifest.json included; so is one that
+    lost stats.npz, whose train split is converted again too."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    for name in ("val", "ILSVRC2012_devkit_t12"):
+        (src / name).rename(tmp_path / name)
+    _run(src, out)
+    for name in ("val", "ILSVRC2012_devkit_t12"):
+        (tmp_path / name).rename(src / name)
+    for f in (src / "train").rglob("*.JPEG"):
+        os.utime(f, (time.time() + 60, time.time() + 60))
+    before = _files(out)
+    _writing_fails(monkeypatch, OSError(5, "Input/output error"), "train")
+    capsys.readouterr()
+    with pytest.raises(AlexkitError, match="Input/output error"):
+        _run(src, out)
+    said = capsys.readouterr().out
+    assert "looking for them in" in said and "(the train split is kept if its files have not changed)" in said
+    assert "train: the one an earlier run finished here was made from other files" in said
+    assert _files(out) == before and len(Store(out).check("train").split("train")) == 6
+    monkeypatch.undo()
+    _run(src, out)
+    assert len(Store(out).check("train", "val").split("val")) == 12
+    before = _files(out)
+    (out / "stats.npz").unlink()
+    _writing_fails(monkeypatch, OSError(5, "Input/output error"), "train")
+    with pytest.raises(AlexkitError, match="Input/output error"):
+        _run(src, out)
+    assert _files(out) == {k: v for k, v in before.items() if k != "stats.npz"}
+
+
 def test_a_rerun_on_a_source_without_val_keeps_its_finished_train_split(tmp_path, capsys):
     """A source with no val split, interrupted after its train split: the rerun keeps train and its
     statistics (clearing the missing val split must not take stats.npz with it)."""

@@ -93,7 +93,14 @@ class BetonWriter:
         self.count += 1
 
     def close(self) -> int:
-        """Pad the last page, write metadata, allocation table and header, fsync, rename. Returns the count."""
+        """finish(), then move_in(). Returns the count."""
+        count = self.finish()
+        self.move_in()
+        return count
+
+    def finish(self) -> int:
+        """Pad the last page, write metadata, allocation table and header, fsync: the file is complete
+        under its temporary name. Returns the count."""
         used = (self.pos - self.page_start) % PAGE_SIZE
         if used:
             self.file.write(b"\0" * (PAGE_SIZE - used))
@@ -112,8 +119,11 @@ class BetonWriter:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        os.replace(self.tmp_path, self.path)
         return self.count
+
+    def move_in(self) -> None:
+        """Rename the finished file into place (over the old one, if any)."""
+        os.replace(self.tmp_path, self.path)
 
     def abort(self) -> None:
         """Close and delete the temporary file (the final path is never touched), also when

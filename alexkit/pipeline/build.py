@@ -68,10 +68,9 @@ def build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path 
     print(f"{ds.layout}: {counted(len(ds.classes), 'class', 'classes')}, {listed}", flush=True)
     _check_free_space(out, sum(counts.values()), cfg)
 
-    remove(out / MANIFEST)  # from here on the store is incomplete until manifest.json is back
-    clear(out, keep=tuple(ds.splits) if keep else ())
-
-    records = {}
+    if not keep:
+        clear(out, keep=())
+    records = {}  # (a finished store stays whole, manifest.json in, until a new split is complete: _write_split)
     with Workers(cfg.workers) as workers:
         for name in [n for n in SPLITS if n in ds.splits]:
             fingerprint = _fingerprint(name, ds, settings)  # 1.28M file sizes and times: seconds
@@ -82,6 +81,8 @@ def build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path 
                 record = _write_split(out, name, ds, cfg, fingerprint, workers)
             records[name] = record
 
+    remove(out / MANIFEST)  # (if no split was written) from here on the store is incomplete until manifest.json is back
+    clear(out, keep=tuple(ds.splits))  # the splits the source no longer has
     write_json(out / CLASSES, [{"index": c.index, "wnid": c.wnid, "name": c.name} for c in ds.classes])
     manifest = _manifest(src, ds, settings, records, scan_s, time.perf_counter() - started)
     write_json(out / MANIFEST, manifest)  # last: the store is now complete
@@ -92,14 +93,12 @@ def build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path 
 
 
 def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerprint: dict, workers: Workers) -> dict:
-    """Convert and write one split; its .beton, (for train) stats.npz, then its done-record."""
+    """Convert and write one split; its .beton, (for train) stats.npz, then its done-record. The
+    split's old files, and the store's manifest.json, stay until the new .beton is complete: a run
+    stopped while converting (hours for ImageNet's train) leaves an earlier store as it was."""
     samples = ds.splits[name]
     beton, done = out / f"{name}.beton", out / f"{name}.done.json"
     with_stats = name == "train"
-    remove(done)  # first: an old record must never vouch for the file written now
-    remove(beton)
-    if with_stats:
-        remove(out / STATS)
     mode = MODE_JPG if cfg.format == "jpg" else MODE_RAW
     sums = imageops.PixelSums(cfg.size)
     per_class = [0] * len(ds.classes)
@@ -129,7 +128,12 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
             first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
             raise AlexkitError(f"none of the {name} split's {counted(len(samples), 'image')} in {ds.root} could be "
                                f"decoded{first}; check the source files (finished splits are kept)")  # fmt: skip
-        count = writer.close()
+        count = writer.finish()
+        remove(out / MANIFEST)  # the store is incomplete from here until manifest.json is back
+        remove(done)  # an old record must never vouch for the file moved in now
+        if with_stats:
+            remove(out / STATS)  # nor old statistics for it
+        writer.move_in()
     except BaseException as exc:  # Ctrl-C included: leave no partial file behind
         if writer is not None:
             writer.abort()

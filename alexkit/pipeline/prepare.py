@@ -18,9 +18,11 @@ What DIR holds when it is finished (read through alexkit.pipeline.store.Store):
 The store keeps the mean image; the loader subtracts it (stored pixels stay uint8 and JPEG-able).
 
 Never a broken store: files are written under temporary names and renamed when complete, and
-manifest.json, the mark of a finished store, is written last and removed first. An interrupted
-run (Ctrl-C, kill -9, a full disk) leaves no manifest.json; running again keeps each split whose
-done-record matches the settings and sources, and redoes the rest. A finished store is left as
+manifest.json, the mark of a finished store, is written last and removed just before the first file
+it vouches for is replaced: a split converted again keeps its old files until its new .beton is
+complete, so a rerun stopped while converting leaves a finished store as it was. An interrupted
+run (Ctrl-C, kill -9, a full disk) never leaves a manifest.json of its own; running again keeps each
+split whose done-record matches the settings and sources, and redoes the rest. A finished store is left as
 it is unless `force` (a rerun that finds it writes nothing, so needs no write access to it). A file
 that cannot be decoded is skipped and listed with its reason; a worker process that dies (a crash
 in a native decoder) costs only the file that killed it.
@@ -197,7 +199,7 @@ def _finished(out: Path, src: Path, cfg: PrepareConfig, writing: bool = False) -
         return False
     if writing and cfg.for_training and not finished.get("splits", {}).get("val", {}).get("images"):  # val added since the warning said to
         print(f"{out} holds a finished store of {src} without val images; looking for them in {src} again "
-              "(the train split is kept)", flush=True)  # fmt: skip
+              "(the train split is kept if its files have not changed)", flush=True)  # fmt: skip
         return False
     print(f"{out} already holds a finished store of {src} with these settings; nothing to do (if {src} "
           f"has changed since, {cfg.remake or '--force rebuilds it'})")  # the source is not scanned again
