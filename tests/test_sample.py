@@ -340,6 +340,49 @@ def test_stopping_says_what_it_removes_and_what_is_left(tmp_path, monkeypatch, c
     assert sorted(p.name for p in out.iterdir()) == ["ILSVRC2012_devkit_t12", "train", "val"]
 
 
+# Run in a process of its own: `--overwrite` with the n-th os.replace turned into an exit without
+# clean-up, as a kill -9 or a power cut between two renames of its move-in leaves DIR.
+_KILLED_AT_RENAME = """
+import os, sys
+n, count, real = int(sys.argv[1]), [0], os.replace
+def replace(src, dst):
+    count[0] += 1
+    if count[0] == n:
+        os._exit(9)
+    real(src, dst)
+os.replace = replace
+from alexkit.datasets import write_sample_dataset
+write_sample_dataset(sys.argv[2], num_classes=2, train_per_class=2, val_per_class=1, seed=1, overwrite=True)
+"""
+
+
+def test_a_dataset_whose_overwrite_was_killed_between_renames_is_refused_until_sample_runs_again(tmp_path):
+    """Killed at any of the move-in's renames, DIR may hold the new devkit beside the old val images
+    (whose labels the devkit gives): find_dataset, and so prepare, refuses it while the staging or
+    replaced folder is there, saying to run sample again; the same run to its end is whole."""
+    import shutil
+    import subprocess
+    import sys
+
+    old = write_sample_dataset(tmp_path / "old", num_classes=2, train_per_class=2, val_per_class=1)
+    new = dict(num_classes=2, train_per_class=2, val_per_class=1, seed=1)
+    whole = files(write_sample_dataset(tmp_path / "new", **new))
+    for n in range(1, 8):  # 6 renames: each of the three entries moved aside, then the new one in
+        out = shutil.copytree(old, tmp_path / f"cut{n}")
+        r = subprocess.run([sys.executable, "-c", _KILLED_AT_RENAME, str(n), str(out)], capture_output=True, text=True, timeout=120)
+        if n == 7:  # no cut: the run's end
+            assert r.returncode == 0 and files(out) == whole, r.stderr
+            assert find_dataset(out).layout == "official-extracted"
+            break
+        assert r.returncode == 9, r.stderr
+        with pytest.raises(AlexkitError, match=rf"^{out} holds \.sample-(partial|replaced): an `alexkit sample` into it was "
+                                               rf"stopped, so its dataset may be part old, part new; run `alexkit sample {out} "
+                                               "--overwrite` again with the same flags, which writes it whole$"):  # fmt: skip
+            find_dataset(out)
+        write_sample_dataset(out, **new, overwrite=True)  # as the error says
+        assert files(out) == whole and find_dataset(out).layout == "official-extracted"
+
+
 def test_images_per_class_are_bounded(tmp_path, capsys):
     """At most as many per class as ImageNet's largest classes (1,300): a mistyped zero is refused."""
     with pytest.raises(AlexkitError, match=r"^--train-per-class 13000 is out of range: from 1 to 1,300 "):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alexkit.datasets import devkit as dk
+from alexkit.datasets import sample_place
 from alexkit.datasets.listing import IMAGE_EXTENSIONS, check_not_dangling, is_image, list_images, scan_top, visible
 from alexkit.datasets.tars import Tick, index_class_tars, index_flat_tar
 from alexkit.errors import AlexkitError
@@ -113,6 +114,11 @@ def find_dataset(src: Path, tick: Tick = _quiet) -> Dataset:
     found = visible(src)
     for name in ("train", "val", "ILSVRC", TRAIN_TAR, VAL_TAR, dk.DEVKIT_NAME, *dk.DEVKIT_TARS, dk.KAGGLE_SOLUTION, dk.KAGGLE_SYNSETS):
         check_not_dangling(src / name)  # SRC/train linked to a disk that is not mounted, say
+    stopped = [name for name in (sample_place.STAGING, sample_place.REPLACED) if os.path.lexists(src / name)]
+    if stopped:  # its entries move in one by one: a new devkit may already label the old val images
+        raise AlexkitError(f"{src} holds {stopped[0]}: an `alexkit sample` into it was stopped, so its dataset may be part "
+                           f"old, part new; run `alexkit sample {word(src)} --overwrite` again with the same flags, which "
+                           "writes it whole")  # fmt: skip
     if not found:
         raise AlexkitError(f"{src} is empty; put a dataset there (or run `alexkit sample {word(src)}`); {_SUPPORTED}")
     if (src / KAGGLE_DATA / "train").is_dir():

@@ -4,8 +4,10 @@ dataset drawn (sample.py) into a staging folder inside it, and moves its entries
 The dataset is written into `out` itself (a link followed, `.` or a mount point too), staged in
 out/.sample-partial and its entries moved into place at the end, so that a stopped run leaves `out` as
 it was. An earlier sample dataset's entries (--overwrite) go to out/.sample-replaced as the new ones
-come in, and are removed last. Only what sample writes is replaced or removed: `out` and a stopped
-run's folders are checked by the names they hold, an earlier dataset also by the mark in its meta.mat.
+come in, and are removed last. A run killed between those renames can leave the new devkit beside
+the old val images, so find_dataset refuses a DIR that still holds either folder. Only what sample
+writes is replaced or removed: `out` and a stopped run's folders are checked by the names they hold,
+an earlier dataset also by the mark in its meta.mat.
 """
 
 from __future__ import annotations
