@@ -646,6 +646,33 @@ def test_resume_keeps_a_finished_split(tmp_path):
     assert not list(out.glob("*.partial"))
 
 
+def test_a_store_whose_prepare_was_stopped_says_so_with_the_command_that_finishes_it(tmp_path):
+    """Killed while writing val, then while writing train: a reader names the stopped prepare and its
+    command, with the source and settings its done-record keeps (SRC where no split was done), or says
+    that a prepare is writing it now; that command finishes the store."""
+    from alexkit.pipeline.prepare import _only_writer
+
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    _run(src, out)
+    for name in ("manifest.json", "classes.json", "val.beton", "val.done.json"):  # as if killed while writing val
+        (out / name).unlink()
+    (out / "val.beton.partial").write_bytes(b"half a file")
+    stopped = f"^store {out} is unfinished: the last `alexkit prepare` into it was stopped; finish it with `alexkit prepare "
+    with pytest.raises(AlexkitError, match=stopped + f"{src} --out {out} --size {SIZE}` \\(which keeps its finished splits\\)$"):
+        Store(out)
+    with _only_writer(out), pytest.raises(AlexkitError, match=f"^store {out} is being written by `alexkit prepare`; wait"):
+        Store(out)
+    r = subprocess.run([sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", str(SIZE)],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and "train: kept from an earlier run" in r.stdout, r.stderr
+    assert len(Store(out).check("train", "val").split("val")) == 12
+    for name in ("manifest.json", "classes.json", "stats.npz", "train.beton", "train.done.json", "val.beton", "val.done.json"):
+        (out / name).unlink()  # as if killed while writing train: no split done, nothing to name the source
+    (out / "train.beton.partial").write_bytes(b"half a file")
+    with pytest.raises(AlexkitError, match=stopped + f"SRC --out {out}`, SRC being the source it was run on "):
+        Store(out)
+
+
 def test_the_source_by_a_link_or_by_dot_dot_is_the_same_source(tmp_path, capsys):
     """A finished store of it has nothing to do, and an interrupted one keeps its finished split."""
     src, out = _sample_tree(tmp_path / "src", 6), tmp_path / "store"

@@ -149,6 +149,7 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
         write_stats(out / STATS, sums)
     record = {
         **fingerprint,
+        "source": {"path": str(ds.root)},  # for the command that finishes an unfinished store (not compared: a copy is the same)
         "images": count,
         "skipped": skipped,
         "decoder_warnings": decoder_warnings,

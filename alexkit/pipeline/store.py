@@ -3,6 +3,7 @@ read back; and the writer of stats.npz, so that its format lives in this one fil
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, why
-from alexkit.paths import is_run, shared_reader, word, write_atomic
+from alexkit.paths import held_by_another, is_run, shared_reader, word, write_atomic
 from alexkit.pipeline.beton import BetonReader
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE, crop_size
 
@@ -95,21 +96,39 @@ def rewrite(store: Path) -> str:
 
 
 def prepare_line(built: Path, store: Path) -> str:
-    """`alexkit prepare SRC --out STORE` with the source and settings that the manifest.json in
-    `built` (the store, or the folder of its --force rebuild) records; SRC where it cannot be read."""
-    store = Path(store)
-    try:
-        manifest = json.loads((Path(built) / MANIFEST).read_text())
-        src, settings = manifest["source"]["path"], manifest["settings"]
-        defaults = {"size": STORE_SIZE, "format": STORE_FORMAT, "quality": STORE_QUALITY}  # PrepareConfig's
-        given = {k: settings[k] for k, default in defaults.items() if settings[k] != default}
-        if settings["format"] != "jpg":
-            given.pop("quality", None)  # a raw store has none
+    """`alexkit prepare SRC --out STORE` with the source and settings that `built` (the store, or the
+    folder of its --force rebuild) records in its manifest.json, or else (a store whose prepare did not
+    finish) in a split's done-record; SRC where none can be read or names its source."""
+    src, flags = _recorded(Path(built))
+    return f"alexkit prepare {'SRC' if src is None else word(src)} --out {word(store)}{flags}"
+
+
+def _recorded(built: Path) -> tuple[str | None, str]:
+    """(the source, or None; the flags of its settings that are not the defaults) as prepare_line says."""
+    src, flags = None, ""
+    for name in (MANIFEST, *(f"{n}.done.json" for n in SPLITS)):
+        try:
+            record = json.loads((Path(built) / name).read_text())
+            settings = record["settings"]
+            defaults = {"size": STORE_SIZE, "format": STORE_FORMAT, "quality": STORE_QUALITY}  # PrepareConfig's
+            given = {k: settings[k] for k, default in defaults.items() if settings[k] != default}
+            if settings["format"] != "jpg":
+                given.pop("quality", None)  # a raw store has none
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
         flags = "".join(f" --{k} {v}" for k, v in given.items())
-        src = word(src)
-    except (OSError, ValueError, KeyError, TypeError):
-        src, flags = "SRC", ""
-    return f"alexkit prepare {src} --out {word(store)}{flags}"
+        with contextlib.suppress(KeyError, TypeError):  # (a done-record of a version that did not name it)
+            src = str(record["source"]["path"])
+        break
+    return src, flags
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether `folder` is there and holds anything (dot files included)."""
+    try:
+        return next(folder.iterdir(), None) is not None
+    except OSError:  # none, or not listable
+        return False
 
 
 def _fix(path: Path) -> str:
@@ -190,6 +209,13 @@ class Store:
             if others:  # images, say: `prepare --out` there would be refused
                 raise AlexkitError(f"store {self.path} is a folder that holds no store but other files ({others}); pass the --out "
                                    "folder of `alexkit prepare`, or run `alexkit prepare SRC --out STORE` and pass that STORE")  # fmt: skip
+            if _holds_files(self.path):  # prepare's own files (its lock, a split, a temporary), no manifest.json: unfinished
+                if held_by_another(self.path / LOCK):
+                    raise AlexkitError(f"store {self.path} is being written by `alexkit prepare`; wait for it to end")
+                known = _recorded(self.path)[0] is not None  # a split's done-record names the source it was run on
+                raise AlexkitError(f"store {self.path} is unfinished: the last `alexkit prepare` into it was stopped; finish it "
+                                   f"with `{prepare_line(self.path, self.path)}`{'' if known else ', SRC being the source it was run on'} "
+                                   "(which keeps its finished splits)")  # fmt: skip
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {word(self.path)}` first")
         manifest, fix = self.path / MANIFEST, rewrite(self.path)
         try:
