@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import AlexkitError, PathRefused
 from alexkit.paths import check_output, is_run, write_output
 from alexkit.progress import PROGRESS_MODES, Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
@@ -200,11 +200,31 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
         try:
             print("\n".join(report(results, cfg.show_classes)))  # first: the figures are never lost to a failing write
         finally:  # nor the files to a failing print (stdout a pipe whose reader has gone)
-            if cfg.predictions_path is not None:
-                write_predictions(cfg.predictions_path, rows)
-            if cfg.json_path is not None:
-                write_output(cfg.json_path, json.dumps(results, indent=1) + "\n")
+            _write_files(cfg, rows, results)
     return results
+
+
+def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:
+    """--predictions and --json, each tried even where the other fails (a full disk, a folder removed
+    meanwhile), so that what can be written is; then one error naming each that failed, and the one written."""
+    writes = [(cfg.predictions_path, "--predictions", lambda path: write_predictions(path, rows)),
+              (cfg.json_path, "--json", lambda path: write_output(path, json.dumps(results, indent=1) + "\n"))]  # fmt: skip
+    failed, written = [], []
+    for path, flag, write in writes:
+        if path is None:
+            continue
+        try:
+            write(path)
+            written.append(f"{flag} {path}")
+        except (OSError, AlexkitError) as exc:
+            failed.append((f"{exc.filename or path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), exc))
+    if len(failed) == 1 and not written:
+        raise failed[0][1]  # as it came: the one file asked for
+    if failed:
+        said = "; ".join(text for text, _ in failed)
+        kept = f" ({written[0]} was written)" if written else ""
+        those = "those paths (their folders" if len(failed) > 1 else "that path (its folder"
+        raise PathRefused(f"{said}{kept}; check {those}, permissions, free space) or choose another") from failed[0][1]
 
 
 def summarize(rows: dict, classes: list[dict]) -> dict:

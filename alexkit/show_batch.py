@@ -64,16 +64,18 @@ def _show_batch(cfg: ShowBatchConfig) -> list[Path]:
         tiles, labels, _ = train_tiles(store, cfg.count, cfg.seed)
         captions = [f"{y} {names[y]}" for y in labels]
         title = f"{store.path}: {counted(len(tiles), 'training crop')} as fed to the network (seed {cfg.seed})"
+        # Each picture said as soon as it is written: where the second then fails, the first (which has
+        # replaced an earlier one, if any) is whole and kept, and the error comes after its line.
         written = [_save(grid(tiles, captions, title, columns=min(8, len(tiles))), cfg.out / "train-batch.png")]
+        print(f"wrote {written[-1]}", flush=True)
         tiles, captions, label = val_view_tiles(store, cfg.val_index)
         title = f"{store.path} val #{cfg.val_index} ({label} {names[label]}): the ten test views"
         written.append(_save(grid(tiles, captions, title, columns=5), cfg.out / "val-views.png"))
+        print(f"wrote {written[-1]}", flush=True)
     except BaseException:
         if made and not any(cfg.out.iterdir()):  # a folder it made for pictures it could not write
             cfg.out.rmdir()
         raise
-    for p in written:
-        print(f"wrote {p}")
     return written
 
 

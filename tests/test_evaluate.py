@@ -283,6 +283,26 @@ def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):
     assert re.search(r"throughput [\d,]+ images/s \([\d,]+ views/s\) on cpu x 1 process, ", text), text
 
 
+def test_a_file_that_cannot_be_written_leaves_the_other_written(setup, tmp_path):
+    """--predictions' folder removed while the evaluation ran: the --json file is still written, and the
+    one error (exit code 1) names the file that failed and the one written; both failing, it names both."""
+    _, store, ckpt, _ = setup
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    cfg = EvalConfig(checkpoint=ckpt, data=store.path, device="cpu", predictions_path=gone / "p.csv", json_path=tmp_path / "e.json")
+    gone.rmdir()  # after the flags' checks, as by another process meanwhile
+    with pytest.raises(AlexkitError, match=rf"^{gone}/p.csv: No such file or directory \(--json {tmp_path}/e.json was written\); "
+                                           "check that path ") as failed:  # fmt: skip
+        evaluate(cfg)
+    assert failed.value.exit_code == 1 and json.loads((tmp_path / "e.json").read_text())["n"] == 7
+    gone.mkdir()
+    cfg = EvalConfig(checkpoint=ckpt, data=store.path, device="cpu", predictions_path=gone / "p.csv", json_path=gone / "e.json")
+    gone.rmdir()
+    with pytest.raises(AlexkitError, match=rf"^{gone}/p.csv: No such file or directory; {gone}/e.json: No such file or "
+                                           "directory; check those paths "):  # fmt: skip
+        evaluate(cfg)
+
+
 def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, monkeypatch, capsys):
     """No flags: DEFAULT_RUNS' newest run's best.pt, evaluated on the store its config names; a newer
     run stopped before its first checkpoint is passed over."""

@@ -150,6 +150,17 @@ def test_show_batch_that_cannot_write_leaves_no_folder(store, tmp_path, monkeypa
     assert not (tmp_path / "pics").exists()
 
 
+def test_show_batch_says_the_picture_it_wrote_before_the_one_it_could_not(store, tmp_path, capsys):
+    """val-views.png a folder (a real obstacle, found only when written): train-batch.png is whole and
+    kept, and its 'wrote' line comes before the error about the second picture."""
+    out = tmp_path / "pics"
+    (out / "val-views.png" / "x").mkdir(parents=True)
+    with pytest.raises(OSError, match="Is a directory"):
+        show_batch(ShowBatchConfig(data=store.path, out=out, count=4))
+    assert capsys.readouterr().out == f"wrote {out / 'train-batch.png'}\n"
+    assert Image.open(out / "train-batch.png").size[0] > 0
+
+
 def write_run(run, epochs: int, start_err: float):
     run.mkdir(parents=True)
     rows = [dict(epoch=e, lr=0.01 if e <= epochs // 2 else 0.001, train_loss=2.0 / e, train_top1_err=start_err / e,
