@@ -2,6 +2,7 @@
 (a path the system refuses, an OSError, is one line too, exit code 1: see cli/main.py)."""
 
 import contextlib
+import errno
 
 
 class AlexkitError(Exception):
@@ -44,6 +45,22 @@ def refused(exc: OSError, fix: str, where: object = None) -> PathRefused:
     """An OSError about a file as a one-line error: the file (`where` if the OSError names none), what
     the system said, and the fix."""
     return PathRefused(f"{exc.filename or where}: {exc.strerror or exc}; {fix}")
+
+
+def too_large(exc: OSError) -> str | None:
+    """The fix for a write refused with EFBIG ("File too large"), or None for any other error. Free
+    space does not help there: the file outgrew the per-file size limit (`ulimit -f`, RLIMIT_FSIZE)
+    or the largest file its file system holds (4 GiB on FAT32)."""
+    if exc.errno != errno.EFBIG:
+        return None
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return ("write to a file system that holds files this large (FAT32 holds at most 4 GiB; the per-file size limit, "
+                "`ulimit -f`, is unlimited here)")  # fmt: skip
+    return (f"raise the per-file size limit (`ulimit -f`: {limit // 1024} KiB here) or write to a file system that "
+            "holds files this large")  # fmt: skip
 
 
 class OutOfMemory(AlexkitError):

@@ -32,7 +32,7 @@ from torch import nn
 
 from alexkit import ranges
 from alexkit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
-from alexkit.errors import AlexkitError, OutOfMemory, alike, refused
+from alexkit.errors import AlexkitError, OutOfMemory, alike, refused, too_large
 from alexkit.evaluate import TOP_K
 from alexkit.launcher import launched, under_torchrun
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
@@ -240,7 +240,7 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
     except OSError as exc:  # a full disk, say
         if not exc.filename:  # not about a file (a socket, say)
             raise
-        raise refused(exc, f"fix that (free space, permissions), then {then()}") from exc
+        raise refused(exc, f"{too_large(exc) or 'fix that (free space, permissions)'}, then {then()}") from exc
     except torch.OutOfMemoryError as exc:  # another job on the GPU, or a --batch-size too large for it
         said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
         raise OutOfMemory(f"{said} (at {cfg.batch_size // placement.world_size} images per process on {placement.device}); "

@@ -251,6 +251,22 @@ def test_a_run_that_lost_its_metrics_is_told_how_to_write_them_again(tmp_path, c
         plot(PlotConfig(runs=(tmp_path / "lost",), out=tmp_path / "c.png"))
 
 
+def test_a_picture_over_the_file_size_limit_names_the_limit_not_free_space(tmp_path):
+    """The command line's one line for an OSError names the per-file size limit for EFBIG, not free space."""
+    import os
+    import subprocess
+
+    from tests.test_prepare import file_size_limit
+
+    write_run(tmp_path / "a", 3, 0.9)
+    out = tmp_path / "c.png"
+    r = subprocess.run([sys.executable, "-m", "alexkit", "plot", str(tmp_path / "a"), "--out", str(out)], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "COLUMNS": "200"}, preexec_fn=file_size_limit(4096))  # fmt: skip
+    assert (r.returncode, r.stderr) == (1, f"error: {out}: File too large; raise the per-file size limit (`ulimit -f`: 4 KiB "
+                                           "here) or write to a file system that holds files this large\n")  # fmt: skip
+    assert not out.exists()
+
+
 def test_plot_errors(tmp_path, monkeypatch):
     with pytest.raises(AlexkitError, match="metrics.jsonl does not exist"):
         plot(PlotConfig(runs=(tmp_path,), out=tmp_path / "x.png"))

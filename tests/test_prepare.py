@@ -890,6 +890,31 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, mo
     assert sorted(p.name for p in out.iterdir()) == [".prepare.lock"]  # a folder it found stays
 
 
+def file_size_limit(limit: int):
+    """A child process's preexec_fn: its files stop at `limit` bytes with EFBIG ("File too large"), as
+    under `ulimit -f` (SIGXFSZ ignored, as Python ignores it, so the write fails instead of the process)."""
+
+    def limited():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return limited
+
+
+def test_a_file_over_the_size_limit_names_the_limit_not_free_space(tmp_path):
+    """EFBIG (`ulimit -f`, or FAT32's 4 GiB) is not a full disk: the fix is the limit or another file system."""
+    src, out = _sample_tree(tmp_path / "src", 2), tmp_path / "store"
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    r = subprocess.run([sys.executable, "-m", "alexkit", "prepare", str(src), "--out", str(out), "--size", str(SIZE)],
+                       capture_output=True, text=True, env=env, timeout=120, preexec_fn=file_size_limit(1 << 20))  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines()[-1] == (f"error: cannot write {out}/train.beton: File too large; raise the per-file size limit "
+                                         "(`ulimit -f`: 1024 KiB here) or write to a file system that holds files this large, "
+                                         "then run again (finished splits are kept)"), r.stderr  # fmt: skip
+
+
 def test_a_split_with_other_settings_is_redone(tmp_path):
     src, out = _sample_tree(tmp_path / "src", 4), tmp_path / "store"
     _run(src, out)

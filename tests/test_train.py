@@ -1001,6 +1001,19 @@ def _train_cli(store: Path, run: Path, epochs: int, fc: int = 128) -> list[str]:
             "--progress", "none"]  # fmt: skip
 
 
+def test_a_checkpoint_over_the_file_size_limit_names_the_limit_not_free_space(store, tmp_path):
+    """EFBIG (`ulimit -f`, or FAT32's 4 GiB) on best.pt: the fix is the limit or another file system."""
+    from tests.test_prepare import file_size_limit
+
+    run = tmp_path / "run"
+    r = subprocess.run(_train_cli(store, run, epochs=1, fc=64), capture_output=True, text=True, timeout=300,
+                       preexec_fn=file_size_limit(512 << 10))  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines()[-1] == (f"error: {run}/best.pt: File too large; raise the per-file size limit (`ulimit -f`: "
+                                         "512 KiB here) or write to a file system that holds files this large, then run "
+                                         "again"), r.stderr  # fmt: skip
+
+
 @pytest.mark.parametrize("sig, code, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
 def test_ctrl_c_or_sigterm_says_how_to_go_on_once_an_epoch_is_saved(store, tmp_path, sig, code, said):
     """SIGINT (Ctrl-C), or SIGTERM (kill, a batch system's time limit), to a real `alexkit train` after its

@@ -25,7 +25,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from alexkit import stops
-from alexkit.errors import AlexkitError, alike, refused
+from alexkit.errors import AlexkitError, alike, refused, too_large
 from alexkit.launcher import first_on_node, started
 from alexkit.paths import expand_home
 
@@ -305,7 +305,8 @@ def _main(argv: list[str] | None) -> None:
         if debug:
             traceback.print_exc()
             sys.exit(1)
-        said = refused(exc, "check that path (its folder, permissions, free space) or choose another") if exc.filename \
+        fix = too_large(exc) or "check that path (its folder, permissions, free space) or choose another"
+        said = refused(exc, fix) if exc.filename \
             else f"{exc.strerror or exc}; run again with --debug for the traceback"  # fmt: skip
         print(f"error: {said}", file=sys.stderr)
         sys.exit(1)

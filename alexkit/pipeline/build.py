@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alexkit.datasets import Dataset, find_dataset
-from alexkit.errors import AlexkitError, PathRefused
+from alexkit.errors import AlexkitError, PathRefused, too_large
 from alexkit.progress import Progress, Ticks, counted, duration
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
@@ -139,10 +139,8 @@ def _write_split(out: Path, name: str, ds: Dataset, cfg: PrepareConfig, fingerpr
             writer.abort()
         beton.with_name(beton.name + ".partial").unlink(missing_ok=True)  # a writer that failed while starting
         if isinstance(exc, OSError):
-            raise PathRefused(
-                f"cannot write {beton}: {exc.strerror or exc}; free space or fix permissions on {out} and run "
-                f"again (finished splits are kept)"
-            ) from exc
+            fix = too_large(exc) or f"free space or fix permissions on {out}"
+            raise PathRefused(f"cannot write {beton}: {exc.strerror or exc}; {fix}, then run again (finished splits are kept)") from exc
         raise
     seconds = time.perf_counter() - started
     if with_stats:
