@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import word
+from alexkit.paths import checkpoint_in, word
 from alexkit.progress import counted
 from alexkit.runs import moved_store, recorded
 
@@ -77,12 +77,16 @@ def resume_ddp_under_torchrun(parallel: str, run: Path, n: int | None, asked: Tr
 
 
 def how_to_go_on(parallel: str, run_dir: Path) -> str:
-    """After a run stopped: how to continue it from its last.pt, or "run again" before it has one."""
-    if not (run_dir / "last.pt").is_file():
+    """After a run stopped: how to continue it from its last.pt, or from its best.pt where epoch 1's
+    last.pt could not be written (a full disk: the same command again is refused, best.pt being there),
+    or "run again" before it has either."""
+    ckpt = checkpoint_in(run_dir, ("last.pt", "best.pt"))
+    if ckpt is None:
         return "run again"
+    resume = word(run_dir) if ckpt.name == "last.pt" else word(ckpt)
     if parallel.startswith("ddp"):  # one process alone would be refused (resume_ddp_under_torchrun)
-        return f"continue with torchrun started as this job was, running `-m alexkit train --resume {word(run_dir)}`"
-    return f"continue with `alexkit train --resume {word(run_dir)}`"
+        return f"continue with torchrun started as this job was, running `-m alexkit train --resume {resume}`"
+    return f"continue with `alexkit train --resume {resume}`"
 
 
 def world_size_of(ckpt: dict, run: Path) -> int | None:

@@ -204,6 +204,31 @@ def test_a_long_validation_shows_progress(store, tmp_path, monkeypatch, capsys):
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("validation")]
 
 
+def test_a_full_disk_on_epoch_1s_last_pt_says_to_go_on_from_best_pt(store, tmp_path, monkeypatch):
+    """best.pt saved, last.pt not (the disk filled between them): the same command again would be
+    refused (the folder holds a run's best.pt), so the one line names --resume RUN/best.pt, which goes on."""
+    import errno
+
+    from alexkit import checkpoints
+
+    real = checkpoints.write_atomic
+
+    def full_at_last_pt(path, data):
+        if path.name == "last.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(checkpoints, "write_atomic", full_at_last_pt)
+    run = tmp_path / "full"
+    with pytest.raises(AlexkitError, match=f"last.pt: No space left on device; fix that \\(free space, permissions\\), "
+                                           f"then continue with `alexkit train --resume {run / 'best.pt'}`$"):  # fmt: skip
+        train(TrainConfig(data=store, out=run, epochs=2, **TINY))
+    assert not (run / "last.pt").exists() and torch.load(run / "best.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(checkpoints, "write_atomic", real)
+    train(TrainConfig(resume=run / "best.pt", epochs=2))
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2] and torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+
 def test_resuming_a_finished_run_changes_none_of_its_files(learned_run, capsys):
     def files():  # the lock file is opened (so touched) by every training of the run
         return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in learned_run.iterdir() if p.name != ".train.lock"}
@@ -1099,6 +1124,8 @@ def test_how_to_go_on_after_a_stop_names_torchrun_for_a_ddp_run(tmp_path):
     run = tmp_path / "a run"
     run.mkdir()
     assert how_to_go_on("none", run) == "run again"  # no epoch saved yet
+    (run / "best.pt").write_bytes(b"")  # epoch 1's last.pt not written (a full disk): on from best.pt
+    assert how_to_go_on("none", run) == f"continue with `alexkit train --resume '{run}/best.pt'`"
     (run / "last.pt").write_bytes(b"")
     assert how_to_go_on("columns", run) == f"continue with `alexkit train --resume '{run}'`"
     for parallel in ("ddp", "ddp-columns"):
