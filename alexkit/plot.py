@@ -38,12 +38,10 @@ def read_metrics(run: Path) -> list[dict]:
     if not Path(run).is_dir():
         what = "is a file, not a run folder" if Path(run).exists() else "does not exist"
         raise AlexkitError(f"{run} {what}; pass run folders written by `alexkit train` (or their metrics.jsonl)")
+    ckpt = checkpoint_in(run, ("last.pt", "best.pt"))  # last.pt first: train --resume goes on from it
     if not path.is_file():
-        ckpt = checkpoint_in(run, ("last.pt", "best.pt"))  # last.pt first: train --resume goes on from it
         if ckpt is not None:  # a run that lost the file: its checkpoint records every epoch's line
-            again = word(run) if ckpt.name == "last.pt" else word(ckpt)  # only best.pt left: train goes on from it
-            raise AlexkitError(f"{path} does not exist; `alexkit train --resume {again}` writes it again from {ckpt.name} "
-                               "(add --epochs N, N the epochs done, to train no further)")  # fmt: skip
+            raise AlexkitError(f"{path} does not exist; {_written_again(run, ckpt)}")
         if is_run(run):
             raise AlexkitError(f"{path} does not exist: run {run} has no finished epoch yet; plot after the first epoch ends")
         raise AlexkitError(f"{path} does not exist; pass run folders written by `alexkit train`")
@@ -63,18 +61,30 @@ def read_metrics(run: Path) -> list[dict]:
             if not isinstance(record, dict) or "epoch" not in record:
                 raise AlexkitError(f"{path} line {n} is not an epoch record of `alexkit train` (no \"epoch\")")
             records.append(record)
+    if not records and ckpt is not None:  # an epoch was saved, and its line not written (a full disk)
+        raise AlexkitError(f"{path} holds no epochs, though {ckpt.name} does; {_written_again(run, ckpt)}")
     if not records:
         raise AlexkitError(f"{path} holds no epochs yet; plot after the first epoch ends")
     return records
 
 
+def _written_again(run: Path, ckpt: Path) -> str:
+    """How a run's metrics.jsonl is written again from its checkpoint, which records every epoch's line."""
+    again = word(run) if ckpt.name == "last.pt" else word(ckpt)  # only best.pt left: train goes on from it
+    return (f"`alexkit train --resume {again}` writes it again from {ckpt.name} (add --epochs N, N the epochs done, "
+            "to train no further)")  # fmt: skip
+
+
 def _no_epoch_yet(run: Path) -> bool:
     """A run folder whose training has not finished an epoch: no metrics.jsonl yet, or an empty one
-    (one with a checkpoint but no metrics.jsonl lost it: read_metrics says how to write it again)."""
+    (one with a checkpoint but a missing or empty metrics.jsonl lost its lines: read_metrics says how
+    to write them again)."""
+    if checkpoint_in(run) is not None:
+        return False
     metrics = run / "metrics.jsonl"
     if metrics.is_file():
         return not metrics.read_text().strip()
-    return checkpoint_in(run) is None and is_run(run)
+    return is_run(run)
 
 
 PANELS = [  # (title, [(metrics key, line style, label suffix)], y scale)

@@ -251,6 +251,23 @@ def test_a_run_that_lost_its_metrics_is_told_how_to_write_them_again(tmp_path, c
         plot(PlotConfig(runs=(tmp_path / "lost",), out=tmp_path / "c.png"))
 
 
+def test_a_run_whose_epoch_line_was_never_written_is_told_how_to_write_it(tmp_path, capsys):
+    """A full disk at metrics.jsonl after last.pt was saved leaves the file empty (as train made it at
+    the start): not "no epochs yet" but how `train --resume` writes it again; not skipped beside others."""
+    write_run(tmp_path / "ok", 2, 0.9)
+    write_run(tmp_path / "full", 0, 0.9)  # metrics.jsonl empty
+    (tmp_path / "full" / "best.pt").write_bytes(b"")  # only looked for, not read
+    with pytest.raises(AlexkitError, match=r"full/metrics.jsonl holds no epochs, though best.pt does; `alexkit train --resume "
+                                           r"\S*full/best.pt` writes it again from best.pt"):  # fmt: skip
+        plot(PlotConfig(runs=(tmp_path / "full",), out=tmp_path / "c.png"))
+    (tmp_path / "full" / "last.pt").write_bytes(b"")
+    for runs in ((tmp_path / "full",), (tmp_path / "ok", tmp_path / "full")):
+        with pytest.raises(AlexkitError, match=r"full/metrics.jsonl holds no epochs, though last.pt does; `alexkit train "
+                                               r"--resume \S*full` writes it again from last.pt \(add --epochs N"):  # fmt: skip
+            plot(PlotConfig(runs=runs, out=tmp_path / "c.png"))
+    assert "skipped" not in capsys.readouterr().err
+
+
 def test_a_picture_over_the_file_size_limit_names_the_limit_not_free_space(tmp_path):
     """The command line's one line for an OSError names the per-file size limit for EFBIG, not free space."""
     import os
