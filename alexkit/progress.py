@@ -34,6 +34,22 @@ def some(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (f" and {counted(more, 'other')}" if more > 0 else "")
 
 
+def amount(size: float) -> str:
+    """Bytes as 40.1 GB, or 33.6 MB below a gigabyte."""
+    return f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
+
+
+def warn(text: str) -> None:
+    """A warning line on stderr (yellow on a terminal)."""
+    line = text if text.upper().startswith("WARNING") else f"warning: {text}"
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold yellow]{line}[/]", markup=True, highlight=False)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 class Progress:
     """with Progress("train", total=steps, per_done=128, fields=("loss", "lr")) as p: p.update(done, rate=..., loss=...)
 

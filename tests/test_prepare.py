@@ -414,9 +414,9 @@ def test_an_image_file_that_is_a_link_to_nothing_stops_prepare_naming_it(tmp_pat
 
 
 def test_sizes_are_said_in_mb_below_a_gigabyte():
-    from alexkit.pipeline.build import _amount
+    from alexkit.progress import amount
 
-    assert (_amount(999e6), _amount(1e9), _amount(12.345e9)) == ("999.0 MB", "1.0 GB", "12.3 GB")
+    assert (amount(999e6), amount(1e9), amount(12.345e9)) == ("999.0 MB", "1.0 GB", "12.3 GB")
 
 
 def test_a_source_that_is_a_link_to_nothing_is_named_as_typed(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from alexkit.datasets import Dataset, find_dataset
 from alexkit.errors import AlexkitError, PathRefused, too_large
-from alexkit.progress import Progress, Ticks, counted, duration
+from alexkit.progress import Progress, Ticks, amount, counted, duration, warn
 from alexkit.pipeline import imageops
 from alexkit.pipeline.beton import MODE_JPG, MODE_RAW, PAGE_SIZE, BetonWriter
 from alexkit.pipeline.constants import STORE_FORMAT_VERSION, crop_size, size_for_crop
@@ -244,7 +243,7 @@ def summary(out: Path, manifest: dict) -> None:
     """The last line of a prepare: what the store holds, what was skipped, how long it took."""
     parts = [f"{name} {counted(s['images'], 'image')}" for name, s in manifest["splits"].items()]
     size = sum(s["bytes"] for s in manifest["splits"].values())  # for copies to other nodes, say
-    parts.append(_amount(size))
+    parts.append(amount(size))
     skipped = len(manifest["skipped"])
     files = "file" if skipped == 1 else "files"
     note = f"; {skipped} {files} skipped, listed with their reasons in {out / MANIFEST}" if skipped else "; no file skipped"
@@ -254,22 +253,6 @@ def summary(out: Path, manifest: dict) -> None:
     print(f"store ready: {out} ({', '.join(parts)}{note}; {duration(manifest['timings']['total_s'])} in all)")
 
 
-def _amount(size: float) -> str:
-    """Bytes as 40.1 GB, or 33.6 MB below a gigabyte."""
-    return f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
-
-
-def warn(text: str) -> None:
-    """A warning line on stderr (yellow on a terminal)."""
-    line = text if text.upper().startswith("WARNING") else f"warning: {text}"
-    if sys.stderr.isatty():
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold yellow]{line}[/]", markup=True, highlight=False)
-    else:
-        print(line, file=sys.stderr, flush=True)
-
-
 def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
     per_image = cfg.size * cfg.size * (3 if cfg.format == "raw" else JPEG_BYTES_PER_PIXEL)
     need = images * per_image * 1.05 + 2 * PAGE_SIZE
@@ -277,6 +260,6 @@ def _check_free_space(out: Path, images: int, cfg: PrepareConfig) -> None:
     if free < need:
         both = " (--force keeps the old store until the new one is complete: both need room)" if out.name == STAGING else ""
         warn(
-            f"{out} has {_amount(free)} free, the store needs about {_amount(need)}{both}; "
+            f"{out} has {amount(free)} free, the store needs about {amount(need)}{both}; "
             f"the run may stop on a full disk (rerun resumes)"
         )

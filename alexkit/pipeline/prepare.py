@@ -49,11 +49,12 @@ from alexkit.errors import AlexkitError, PathRefused, refused
 from alexkit.paths import DEFAULT_STORE, BeingRead, NoLocks, check_folder, held_by_another, only_writer
 from alexkit.paths import expand_home, remove_empty, usable_cores, word
 from alexkit.pipeline import imageops
-from alexkit.pipeline.build import build, summary, warn
+from alexkit.pipeline.build import build, summary
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE
 from alexkit.pipeline.store import CLASSES, LOCK, MANIFEST, STAGING, STATS
 from alexkit.pipeline.storedir import PROBE, STORE_FILES, move_in, not_a_store, read_json, rebuild, rebuild_beside_readers
 from alexkit.pipeline.storedir import remove_if_only_lock
+from alexkit.progress import warn
 
 FORMATS = ("jpg", "raw")
 MIN_SIZE, MAX_SIZE = 16, 1024  # 1024 px raw (3 MiB) still fits a .beton page
