@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexkit import ranges
-from alexkit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
+from alexkit.checkpoints import CHECKPOINT_FORMAT, checkpoint_bytes, read_checkpoint, room_warnings, rng_state, save_checkpoint
+from alexkit.checkpoints import seed_all, set_rng_state
 from alexkit.errors import AlexkitError, OutOfMemory, alike, refused, too_large
 from alexkit.evaluate import TOP_K
 from alexkit.launcher import launched, under_torchrun
@@ -41,7 +42,7 @@ from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, che
 from alexkit.model.placement import setup, teardown
 from alexkit.paths import DEFAULT_STORE, expand_home, word
 from alexkit.pipeline.constants import size_for_crop
-from alexkit.progress import Progress, Ticks, counted
+from alexkit.progress import Progress, Ticks, counted, warn
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_flags_everywhere, same_store_everywhere
 from alexkit.resume import check_resumable, flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, world_size_of
@@ -324,6 +325,10 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
     val_n = len(val_loader.reader)  # the whole split, all processes together
     say(start_line(run_dir, model, placement, flags(amp, channels_last, compiled), (len(train_loader.reader), val_n),
                     cfg, schedule.lr, len(metrics)))  # fmt: skip
+    if placement.is_main:  # the process that saves: said now, not after an epoch a full disk would lose
+        copies = 2 if not metrics and cfg.epochs == 1 else 3  # one epoch from nothing: best.pt, then last.pt beside it
+        for line in room_warnings(run_dir, checkpoint_bytes(model, cfg.momentum > 0), copies):
+            warn(line)
     before = world_size_of(ckpt, run_dir) if ckpt is not None else world
     idle = idle_gpus_note(placement, torch.cuda.device_count()) if on_cuda else None
     if idle is not None:

@@ -204,6 +204,30 @@ def test_a_long_validation_shows_progress(store, tmp_path, monkeypatch, capsys):
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("validation")]
 
 
+def test_too_little_free_space_for_the_checkpoints_is_a_warning_before_training(store, tmp_path, monkeypatch, capsys):
+    """Free space below the checkpoints' peak (two for a one-epoch run; three later: best.pt, last.pt and a
+    temporary), less a resumed run's own, is one warning line at the start, sizes said; the run goes on.
+    (A full disk cannot be made here: the free space the check reads is set.)"""
+    import re
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=store, out=tmp_path / "roomy", epochs=1, **TINY))
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
+    train(TrainConfig(data=store, out=run, epochs=1, **TINY))
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and said[0].startswith(f"warning: {run} has 1.0 MB free; its checkpoints (best.pt and last.pt, about "), said
+    each, need = map(float, re.search(r"about ([\d.]+) MB each\) need about ([\d.]+) MB: on a full disk", said[0]).groups())
+    assert abs(each - (run / "last.pt").stat().st_size / 1e6) < 0.1 and abs(need - 2 * each) <= 0.1, said
+    train(TrainConfig(resume=run, epochs=2))  # the next save may hold three at once, two of them there now
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and re.fullmatch(rf"warning: {run} has 1.0 MB free; its checkpoints \(best.pt, last.pt and the temporary "
+                                           r"of the one being written, about [\d.]+ MB each\) need about [\d.]+ MB beside the "
+                                           r"[\d.]+ MB there now: on a full disk the run stops as it saves an epoch, and loses "
+                                           r"that epoch", said[0]), said  # fmt: skip
+    assert len(_metrics(run)) == 2
+
+
 def test_a_full_disk_on_epoch_1s_last_pt_says_to_go_on_from_best_pt(store, tmp_path, monkeypatch):
     """best.pt saved, last.pt not (the disk filled between them): the same command again would be
     refused (the folder holds a run's best.pt), so the one line names --resume RUN/best.pt, which goes on."""
@@ -1027,13 +1051,18 @@ def _train_cli(store: Path, run: Path, epochs: int, fc: int = 128) -> list[str]:
 
 
 def test_a_checkpoint_over_the_file_size_limit_names_the_limit_not_free_space(store, tmp_path):
-    """EFBIG (`ulimit -f`, or FAT32's 4 GiB) on best.pt: the fix is the limit or another file system."""
+    """EFBIG (`ulimit -f`, or FAT32's 4 GiB) on best.pt: the fix is the limit or another file system; a
+    limit below a checkpoint's size is warned of at the start."""
+    import re
+
     from tests.test_prepare import file_size_limit
 
     run = tmp_path / "run"
     r = subprocess.run(_train_cli(store, run, epochs=1, fc=64), capture_output=True, text=True, timeout=300,
                        preexec_fn=file_size_limit(512 << 10))  # fmt: skip
     assert r.returncode == 1, r.stderr
+    assert re.search(r"^warning: the per-file size limit \(`ulimit -f`: 512 KiB\) is below a checkpoint's size \(about 1\.\d MB\): "
+                     "saving an epoch will fail, and lose it; raise the limit first$", r.stderr, re.M), r.stderr  # before training
     assert r.stderr.splitlines()[-1] == (f"error: {run}/best.pt: File too large; raise the per-file size limit (`ulimit -f`: "
                                          "512 KiB here) or write to a file system that holds files this large, then run "
                                          "again"), r.stderr  # fmt: skip
