@@ -125,6 +125,7 @@ def join(backend: str | None, rank: int, world_size: int, error: AlexkitError | 
 
 
 MEET_WAIT = timedelta(minutes=10)  # for every process to reach meet: they start together, then read a checkpoint
+POLL = 0.1  # s between looks at the store while waiting there: a check is one round trip to it
 
 
 def meet(store: dist.Store, rank: int, world_size: int, backend: str | None, error: AlexkitError | None,
@@ -179,21 +180,17 @@ def _wait_for_all(store: dist.Store, keys: list[str], zero_came: bool, wait: tim
     for all (`everywhere`) where it came: where it waits too, or where it came and its node then
     stopped with the store. `zero_came`: this is process 0."""
     deadline = time.monotonic() + wait.total_seconds()
-    failed: RuntimeError | None = None
     try:
-        while True:
+        while True:  # polled, not store.wait in slices: torch logs two lines to stderr for each wait that runs out
             zero_came = store.check(keys[:1]) or zero_came  # raises where the store is gone
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if store.check(keys):
+                return
+            if time.monotonic() >= deadline:
                 missing = [r for r, k in enumerate(keys) if not store.check([k])]
                 break
-            try:
-                store.wait(keys, timedelta(seconds=min(5.0, left)))  # in slices: see whether process 0 came
-                return
-            except RuntimeError as exc:  # the slice ran out, or the store is gone: the next check tells
-                failed = exc
+            time.sleep(POLL)
     except RuntimeError as exc:  # the store is gone with the process that held it
-        error = peer_lost(failed or exc, "run again")
+        error = peer_lost(exc, "run again")
         error.everywhere = zero_came
         raise error from exc
     if not missing:
@@ -203,7 +200,7 @@ def _wait_for_all(store: dist.Store, keys: list[str], zero_came: bool, wait: tim
     error = PeerLost(f"{which} of this job did not come within {wait.total_seconds():g} s (stopped before joining, or "
                      f"still starting); see {whose} own error, then run again")  # fmt: skip
     error.everywhere = zero_came
-    raise error from failed
+    raise error
 
 
 @contextlib.contextmanager

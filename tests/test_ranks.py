@@ -89,8 +89,9 @@ def test_a_process_on_the_cpu_among_processes_on_gpus_is_named(said, cuda, cpu, 
     assert [str(e) for e in raised] == [text] * len(said)
 
 
-def test_a_process_that_never_comes_is_named_after_the_wait():
-    """Said by process 0 for all the processes waiting, unless process 0 is the one missing."""
+def test_a_process_that_never_comes_is_named_after_the_wait(capfd):
+    """Said by process 0 for all the processes waiting, unless process 0 is the one missing; and only
+    that (torch logs two lines of its own on stderr for every store.wait that runs out)."""
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     with pytest.raises(PeerLost) as raised:
         meet(server, 0, 3, "gloo", None, wait=timedelta(seconds=1))
@@ -101,6 +102,29 @@ def test_a_process_that_never_comes_is_named_after_the_wait():
     with pytest.raises(PeerLost, match=r"^process 0 of this job did not come within 1 s .*; see its own error") as raised:
         meet(other, 1, 2, "gloo", None, wait=timedelta(seconds=1))
     assert not raised.value.everywhere  # process 0 is not there to say it
+    assert capfd.readouterr().err == ""
+
+
+QUIET = ("waitForInput", "timed out after")  # in the two lines torch logs for a store.wait that runs out
+
+
+@pytest.mark.slow
+def test_a_process_waiting_for_a_late_one_waits_quietly(capfd):
+    """Process 1 comes 6 s after process 0 (a slow node): process 0 waits for it without a line on
+    stderr, and both go on."""
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    raised: list = []
+
+    def process(rank: int) -> None:
+        store = server if rank == 0 else dist.TCPStore("127.0.0.1", server.port, is_master=False)
+        try:
+            meet(store, rank, 2, "gloo", None, wait=timedelta(seconds=30))
+        except AlexkitError as exc:
+            raised.append(exc)
+
+    together(functools.partial(process, 0), functools.partial(process, 1), apart=6, within=20)
+    assert raised == []
+    assert not [line for line in capfd.readouterr().err.splitlines() if any(w in line for w in QUIET)]
 
 
 WORKER = '''
