@@ -245,7 +245,19 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
     except torch.OutOfMemoryError as exc:  # another job on the GPU, or a --batch-size too large for it
         said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
         raise OutOfMemory(f"{said} (at {cfg.batch_size // placement.world_size} images per process on {placement.device}); "
-                          f"free the GPU (nvidia-smi lists what holds it) or lower --batch-size, then {then()}") from exc  # fmt: skip
+                          f"{_less_memory(cfg, run_dir, then())}") from exc  # fmt: skip
+
+
+def _less_memory(cfg: TrainConfig, run_dir: Path, then: str) -> str:
+    """What to do after running out of GPU memory: a run with a last.pt goes on only with its own
+    --batch-size (the global batch), so less memory per GPU means more processes, or a new run."""
+    if not (run_dir / "last.pt").is_file():
+        return f"free the GPU (nvidia-smi lists what holds it) or lower --batch-size, then {then}"
+    ddp = "ddp-columns" if cfg.parallel.endswith("columns") else "ddp"
+    more = "on more processes" if cfg.parallel.startswith("ddp") else f"under torchrun with --parallel {ddp} on more GPUs"
+    return (f"free the GPU (nvidia-smi lists what holds it), then {then}; a resumed run keeps its --batch-size "
+            f"{cfg.batch_size}, so for less memory per GPU resume it {more} (N processes take {cfg.batch_size} / N images "
+            "each), or start a new run with a lower --batch-size")  # fmt: skip
 
 
 def _usable_store(cfg: TrainConfig):

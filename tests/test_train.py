@@ -298,28 +298,41 @@ def test_a_full_disk_in_the_last_epoch_is_one_line_and_a_resume_mends_metrics(st
     assert f"{branch}/metrics.jsonl did not match best.pt (an epoch behind, or damaged); rewritten from it" in capsys.readouterr().out
 
 
-def test_running_out_of_gpu_memory_is_one_line_with_the_fix_and_the_resume(store, tmp_path, monkeypatch):
-    """torch's OutOfMemoryError in epoch 2 (raised here by hand: this machine has no GPU): what torch
-    said up to the free memory, the batch per process, the fix, and the resume; exit code 1."""
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_running_out_of_gpu_memory_is_one_line_with_the_fix_and_the_resume(store, tmp_path, monkeypatch, epoch):
+    """torch's OutOfMemoryError (raised here by hand: this machine has no GPU): what torch said up to
+    the free memory, the batch per process, the fix, and how to go on; exit code 1. In epoch 1 the
+    run starts again, with a lower --batch-size; once it has a last.pt it goes on only with its own
+    (a resume refuses another), so the way to less memory per GPU is more of them, or a new run."""
     from alexkit import train as train_module
 
     real, steps = train_module.train_step, []
 
-    def out_of_memory_in_epoch_2(*args):
+    def out_of_memory(*args):
         steps.append(1)
-        if len(steps) > 12:  # 192 images / 16: 12 steps an epoch
+        if len(steps) > 12 * (epoch - 1):  # 192 images / 16: 12 steps an epoch
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
                                          "79.19 GiB of which 1.06 GiB is free. Including non-PyTorch memory, ...")  # fmt: skip
         return real(*args)
 
-    monkeypatch.setattr(train_module, "train_step", out_of_memory_in_epoch_2)
+    monkeypatch.setattr(train_module, "train_step", out_of_memory)
     run = tmp_path / "run"
     with pytest.raises(AlexkitError) as failed:
         train(TrainConfig(data=store, out=run, epochs=2, **TINY))
-    assert str(failed.value) == ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
-                                 "of which 1.06 GiB is free (at 16 images per process on cpu); free the GPU (nvidia-smi "
-                                 f"lists what holds it) or lower --batch-size, then continue with `alexkit train --resume {run}`")  # fmt: skip
-    assert failed.value.exit_code == 1 and torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    said = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB is "
+            "free (at 16 images per process on cpu); free the GPU (nvidia-smi lists what holds it)")  # fmt: skip
+    assert failed.value.exit_code == 1
+    if epoch == 1:
+        assert str(failed.value) == f"{said} or lower --batch-size, then run again"
+        assert not (run / "last.pt").exists()
+        return
+    assert str(failed.value) == (f"{said}, then continue with `alexkit train --resume {run}`; a resumed run keeps its "
+                                 "--batch-size 16, so for less memory per GPU resume it under torchrun with --parallel ddp "
+                                 "on more GPUs (N processes take 16 / N images each), or start a new run with a lower "
+                                 "--batch-size")  # fmt: skip
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    with pytest.raises(AlexkitError, match="--batch-size 8 differs from the resumed run's 16"):  # what the advice steers clear of
+        train(TrainConfig(resume=run, epochs=2, batch_size=8))
 
 
 def test_resume_flags_that_cannot_apply_are_one_line_errors(store, tmp_path):
