@@ -219,7 +219,25 @@ def _resume_from(cfg: TrainConfig, given: Collection[str] | None) -> tuple[dict 
     if not cfg.parallel.startswith("ddp") and world > 1:
         raise AlexkitError(f"--parallel {cfg.parallel} under torchrun with {world} processes would run that many "
                            "copies of one training; pass --parallel ddp (or ddp-columns)")  # fmt: skip
+    _check_batch_splits(cfg.batch_size, world, resumed=ckpt is not None)
     return ckpt, cfg
+
+
+def _check_batch_splits(batch: int, world: int, resumed: bool) -> None:
+    """Refuse a global batch that `world` processes cannot share evenly: checked before they join, so
+    that it is said at once (not after the store is opened and the run folder claimed)."""
+    if batch % world == 0:
+        return
+    counts = [n for n in range(1, min(batch, 1024) + 1) if batch % n == 0]
+    listed = ", ".join(map(str, counts[:6])) + (", ..." if len(counts) > 6 else "")
+    if resumed:
+        raise alike(AlexkitError(f"the run's global batch, --batch-size {batch}, does not split evenly over {world} "
+                                 f"processes (a resumed run keeps its batch); resume it on a number of processes that "
+                                 f"divides {batch} ({listed})"))  # fmt: skip
+    near = " or ".join(str(b) for b in (batch - batch % world, batch - batch % world + world) if b > 0)
+    raise alike(AlexkitError(f"--batch-size {batch} (the global batch) does not split evenly over {world} processes; pass "
+                             f"a --batch-size divisible by {world} ({near}), or run a number of processes that divides "
+                             f"{batch} ({listed})"))  # fmt: skip
 
 
 def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:
@@ -284,15 +302,7 @@ def check_crop_fits(store) -> None:
 def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run_dir: Path) -> None:
     from alexkit.pipeline.loader import make_loader
 
-    world, dev = placement.world_size, placement.device
-    if cfg.batch_size % world:
-        if ckpt is None:
-            raise alike(AlexkitError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes"))
-        counts = [n for n in range(1, min(cfg.batch_size, 1024) + 1) if cfg.batch_size % n == 0]
-        listed = ", ".join(map(str, counts[:6])) + (", ..." if len(counts) > 6 else "")
-        raise alike(AlexkitError(f"the run's global batch, --batch-size {cfg.batch_size}, does not split evenly over {world} "
-                                 f"processes (a resumed run keeps its batch); resume it on a number of processes that "
-                                 f"divides {cfg.batch_size} ({listed})"))  # fmt: skip
+    world, dev = placement.world_size, placement.device  # the batch splits over them (_check_batch_splits)
     on_cuda = dev.type == "cuda"
     amp, channels_last, compiled = resolve_auto(cfg.amp, cfg.channels_last, cfg.compile, dev)
     base_lr = cfg.lr * (cfg.batch_size / PAPER_BATCH if cfg.lr_scaling == "linear" else 1.0)

@@ -1039,20 +1039,30 @@ def test_under_torchrun_the_data_wait_is_the_most_of_any_process(tmp_path):
     assert [float((tmp_path / f"rank{r}.txt").read_text()) for r in range(2)] == [0.4, 0.4]
 
 
-def test_a_batch_that_does_not_split_over_the_processes_is_said_once_per_node(tmp_path):
-    """Every process of the job meets it alike (the flags and the job's size decide), so it is marked
-    for each node's first process alone to print; nothing is written first."""
-    from alexkit.model.placement import Placement
-    from alexkit.train import _train
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_over_the_processes_is_said_before_they_join(store, tmp_path, monkeypatch):
+    """torchrun, two processes, --batch-size 15: said with its fix, once (each node's first process
+    alone prints it: every process meets it alike), before any process joins, opens the store (here
+    missing) or writes a file. A resumed run keeps its batch: the number of processes must change."""
+    from alexkit.train import _resume_from
 
-    cpu = torch.device("cpu")
-    with pytest.raises(AlexkitError, match="--batch-size 15 does not split evenly over 2 processes") as raised:
-        _train(TrainConfig(batch_size=15, device="cpu"), None, Placement("ddp", 1, 2, (cpu,)), None, tmp_path / "run")
-    assert raised.value.everywhere and not (tmp_path / "run").exists()
-    with pytest.raises(AlexkitError, match=r"^the run's global batch, --batch-size 15, does not split evenly over 2 processes "
+    out = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2",
+                "-m", "alexkit", "train", "--parallel", "ddp", "--batch-size", "15", "--data", str(tmp_path / "missing"),
+                "--out", str(out), "--device", "cpu"]  # fmt: skip
+    r = subprocess.run(torchrun, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0 and [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
+        "error: --batch-size 15 (the global batch) does not split evenly over 2 processes; pass a --batch-size divisible "
+        "by 2 (14 or 16), or run a number of processes that divides 15 (1, 3, 5, 15)"], r.stderr  # fmt: skip
+    assert not out.exists()
+    run = train(TrainConfig(data=store, out=tmp_path / "one", epochs=1, **TINY))  # batch 16
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun sets them: known before joining
+    with pytest.raises(AlexkitError, match=r"^the run's global batch, --batch-size 16, does not split evenly over 3 processes "
                                            r"\(a resumed run keeps its batch\); resume it on a number of processes that "
-                                           r"divides 15 \(1, 3, 5, 15\)$"):  # a flag the resume was not given
-        _train(TrainConfig(batch_size=15, device="cpu"), {"epoch": 1}, Placement("ddp", 1, 2, (cpu,)), None, tmp_path / "run")
+                                           r"divides 16 \(1, 2, 4, 8, 16\)$") as raised:  # fmt: skip
+        _resume_from(TrainConfig(resume=run, parallel="ddp"), {"resume", "parallel"})
+    assert raised.value.everywhere
 
 
 def _train_cli(store: Path, run: Path, epochs: int, fc: int = 128) -> list[str]:
