@@ -263,6 +263,19 @@ def same_checkpoint_everywhere(ckpt: dict, path: Path, flag: str) -> None:
             f"{flag} on a file system all nodes share, and run again")  # fmt: skip
 
 
+def same_folder_everywhere(folder: Path, flag: str) -> None:
+    """Every process sees the run folder that process 0 made or resumes. On a disk of process 0's node
+    alone, the others would train without a word, and a resume on another node would not find it."""
+    if not _together():
+        return
+    seen = _gather((os.path.isdir(folder), socket.gethostname()))
+    missing = [rank for rank, (there, _) in enumerate(seen) if not there]
+    if missing:
+        hosts = ", ".join(sorted({seen[rank][1] for rank in missing}))
+        raise _everywhere(f"the run folder {folder} of process 0 on {seen[0][1]} is not there for {_processes(missing)} "
+                          f"on {hosts}; pass {flag} a folder on a file system all nodes share")  # fmt: skip
+
+
 def same_flags_everywhere(cfg, own: tuple[str, ...]) -> None:
     """Every process was given the same flags, but for the fields in `own` (the device, paths that
     other checks compare by what they hold). Nodes started by scripts of their own could otherwise

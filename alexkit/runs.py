@@ -24,11 +24,11 @@ import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused
 from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, NoLocks, check_folder, checkpoint_in, held_by_another, is_run, latest_run, only_writer, temporaries, word, write_atomic
-from alexkit.launcher import talks
+from alexkit.launcher import started, talks
 from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
 from alexkit.pipeline.storedir import read_json
 from alexkit.progress import counted, some
-from alexkit.ranks import agree
+from alexkit.ranks import agree, same_folder_everywhere
 
 
 def run_dir(resume: Path | None, out: Path | None, is_main: bool) -> Path:
@@ -98,6 +98,7 @@ def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
                 raise
         agree(error)
         try:
+            same_folder_everywhere(run_dir, "--resume" if ckpt else "--out")  # not only process 0's disk
             yield
         except BaseException:
             if fresh and {p.name for p in run_dir.iterdir()} <= {".train.lock"}:
@@ -311,7 +312,8 @@ def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "la
     if not path.is_file():
         if path.name in ("best.pt", "last.pt"):
             _said_if_training(path.parent, (path.name,), resuming)
-        raise AlexkitError(f"checkpoint {path} does not exist; pass a run directory or a .pt file")
+        shared = "; under torchrun every node must see it: on a file system all nodes share" if started() > 1 else ""
+        raise AlexkitError(f"checkpoint {path} does not exist; pass a run directory or a .pt file{shared}")
     return path
 
 

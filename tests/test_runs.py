@@ -88,6 +88,19 @@ def test_a_ctrl_c_while_a_new_run_claims_its_folder_leaves_no_folder(tmp_path, m
     assert not run.exists()
 
 
+def test_a_checkpoint_missing_under_torchrun_says_every_node_must_see_it(tmp_path, monkeypatch):
+    """Each process finds the checkpoint itself: a node that does not see it says so (in every
+    process, after the others' error: ranks.agree), with the fix where the job has several."""
+    gone = tmp_path / "run" / "last.pt"
+    with pytest.raises(AlexkitError, match=r"^checkpoint .*last.pt does not exist; pass a run directory or a .pt file$"):
+        runs.find_checkpoint(gone)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(AlexkitError, match=r"^checkpoint .*last.pt does not exist; pass a run directory or a .pt file; under "
+                                           r"torchrun every node must see it: on a file system all nodes share$"):  # fmt: skip
+        runs.find_checkpoint(gone)
+
+
 def test_a_checkpoint_of_another_format_version_is_refused_by_name(tmp_path):
     """A checkpoint of a later (or no) format_version, model_args and all, is one line naming the
     version found, not loaded as if its layout were this version's."""

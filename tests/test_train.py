@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -850,6 +851,44 @@ def test_ddp_training_under_torchrun(store, tmp_path):
                                            r"\(torchrun -m alexkit train --resume .*columns --device cpu\), or in this one process with "
                                            r"--parallel columns$"):  # fmt: skip
         train(TrainConfig(resume=tmp_path / "columns", device="cpu"), {"resume", "device"})
+
+
+NODE_DISK = """if [ "$RANK" = 1 ]; then  # its own view of the files, $SHARED an empty folder in it, as on another node
+  exec unshare -m --propagation private sh -c 'mount --bind "$EMPTY" "$SHARED" && exec "$0" "$@"' "$@"
+fi
+exec "$@"
+"""
+
+
+def _own_mounts() -> bool:
+    """Whether a process here may have its own view of the files (root, unshare and mount at hand)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _own_mounts(), reason="needs root and unshare -m")
+def test_a_run_folder_that_not_every_process_sees_is_refused_at_the_start(store, tmp_path):
+    """torchrun, two processes; --out is on a disk process 1 does not see (its own mount of an empty
+    folder there, as a node's local disk would be): refused before any epoch, naming process 1,
+    and the folder process 0 made goes."""
+    shared, empty = tmp_path / "shared", tmp_path / "empty"
+    shared.mkdir()
+    empty.mkdir()
+    (tmp_path / "node.sh").write_text(NODE_DISK)
+    out = shared / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1", "--nproc-per-node=2",
+                "--no-python", "sh", str(tmp_path / "node.sh"), sys.executable, "-m", "alexkit", "train", "--parallel", "ddp",
+                "--data", str(store), "--out", str(out), "--epochs", "1", "--batch-size", "32", "--width", "0.25",
+                "--fc-features", "64", "--init", "sturdy", "--progress", "none", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SHARED": str(shared), "EMPTY": str(empty)}
+    r = subprocess.run(torchrun, capture_output=True, text=True, timeout=300, env=env)
+    host = socket.gethostname()
+    assert r.returncode != 0 and [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: the run folder {out} of process 0 on {host} is not there for process 1 on {host}; pass --out a folder on "
+        "a file system all nodes share"], r.stdout + r.stderr  # fmt: skip
+    assert not out.exists() and not any(empty.iterdir())
 
 
 def test_a_cpu_run_on_a_gpu_machine_leaves_cuda_alone(store, tmp_path):
