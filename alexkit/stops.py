@@ -18,6 +18,7 @@ import time
 INTERRUPTED: list[int] = []  # Ctrl-Cs the command line's handler took while a command ran
 TERMINATED: list[int] = []  # SIGTERMs, likewise
 _LAST: list[float] = []  # when the last of them came (time.monotonic())
+_ENDED: list[bool] = []  # the command has returned or raised (`ended`)
 
 
 class Terminated(KeyboardInterrupt):
@@ -30,12 +31,24 @@ def taken(record: list[int], signum: int) -> bool:
     already stopping from a signal less than a second before, handling the exception it raised or
     what that became (click's Abort, an exit): `timeout -s INT` sends its signal twice, to the command
     and to its process group, and the second must not cut the first's clean-up short. A later one
-    (a clean-up that hangs) raises, and so does one after a Ctrl-C that a native library dropped."""
+    (a clean-up that hangs) raises, and so does one after a Ctrl-C that a native library dropped.
+    Never once the command has ended (see `ended`)."""
     now = time.monotonic()
     again = bool(_LAST) and now - _LAST[-1] < 1.0 and sys.exc_info()[1] is not None
     record.append(signum)
     _LAST[:] = [now]
-    return not again
+    return not (again or _ENDED)
+
+
+def ended() -> None:
+    """The command has returned or raised: from now on a signal is recorded, not raised, and main()
+    ends as `came` says. Typer turns a command's KeyboardInterrupt into exit code 130 and returns it,
+    so no exception is being handled while that return frees the command's objects (DALI's pipelines
+    shut down in their __del__) and main() prints "interrupted": `timeout -s INT`'s second signal,
+    taken there, raised a KeyboardInterrupt that Python printed as "Exception ignored in ... __del__"
+    with its traceback, or that nothing caught, the process then dying by SIGINT (-2 to a caller)
+    instead of exiting 130."""
+    _ENDED[:] = [True]
 
 
 def came() -> bool:
@@ -48,6 +61,7 @@ def forget() -> None:
     INTERRUPTED.clear()
     TERMINATED.clear()
     _LAST.clear()
+    _ENDED.clear()
 
 
 def check() -> None:

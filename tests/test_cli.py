@@ -814,6 +814,40 @@ def test_ctrl_c_pressed_again_and_again_still_exits_130(tmp_path):
     assert not out.exists()
 
 
+SECOND_SIGNAL_AS_IT_ENDS = """
+import signal, sys
+import alexkit.cli.main as cli
+said = cli._stopped
+def late(exc):  # timeout's second signal, taken once typer has returned the first's exit code 130
+    signal.raise_signal(signal.SIGINT)
+    return said(exc)
+cli._stopped = late
+cli.main()
+"""
+
+
+def test_a_second_signal_as_the_stopped_command_ends_still_exits_130(tmp_path):
+    """`timeout -s INT` signals the command, then its process group: the second signal could be taken
+    after typer had turned the first's KeyboardInterrupt into exit code 130, while no exception was
+    being handled; it raised a KeyboardInterrupt that nothing caught, and the process died by SIGINT
+    (-2 to a caller) instead of exiting 130. Here it comes just then, every time."""
+    import signal
+    import time
+
+    from tests.test_pipeline import sigint_as_default
+
+    out = tmp_path / "s"
+    p = subprocess.Popen([sys.executable, "-c", SECOND_SIGNAL_AS_IT_ENDS, "sample", str(out), "--classes", "224", "--train-per-class",
+                          "1300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / ".sample-partial").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and err == "interrupted\n", (p.returncode, err)
+    assert not out.exists()
+
+
 def test_the_console_script_ignores_signals_once_one_has_stopped_it(monkeypatch, capsys):
     """main() as the console script runs it (no argv): after a stop the signals stay ignored, to the
     process's end; after a command that ran to its end, and in a test's main(argv), they are put back."""

@@ -131,7 +131,14 @@ class Command(_Flagged, TyperCommand):
 
 
 class Group(_Flagged, TyperGroup):
-    pass
+    def invoke(self, ctx):
+        """The command; once it has returned or raised, the signals main() handles no longer raise
+        (stops.ended), where main() set them (it forgets that when it puts them back)."""
+        try:
+            return super().invoke(ctx)
+        finally:
+            if _HANDLING:
+                stops.ended()
 
 
 app = typer.Typer(
