@@ -229,43 +229,34 @@ def test_plot_passes_over_a_run_still_in_its_first_epoch(tmp_path, capsys):
         plot(PlotConfig(runs=(tmp_path / "live",), out=tmp_path / "d.png"))
 
 
-def test_a_run_that_lost_its_metrics_is_told_how_to_write_them_again(tmp_path, capsys):
-    """A run with a checkpoint but no metrics.jsonl is a run: `train --resume` writes the file again
-    from the checkpoint (from best.pt where last.pt is gone too); it is not passed over as new."""
+@pytest.mark.parametrize("lost", [True, False], ids=["missing", "empty"])
+def test_a_run_that_lost_its_metrics_is_told_how_to_write_them_again(tmp_path, capsys, lost):
+    """A run with a checkpoint but no metrics.jsonl, or an empty one (a full disk at metrics.jsonl
+    after last.pt was saved leaves it as train made it at the start), is a run: `train --resume`
+    writes the file again from the checkpoint (from best.pt where last.pt is gone too); it is not
+    passed over as new, nor said to have no epochs yet."""
     write_run(tmp_path / "ok", 2, 0.9)
-    write_run(tmp_path / "lost", 2, 0.9)
-    (tmp_path / "lost" / "metrics.jsonl").unlink()
-    (tmp_path / "lost" / "best.pt").write_bytes(b"")  # only looked for, not read
-    with pytest.raises(AlexkitError, match=r"lost/metrics.jsonl does not exist; `alexkit train --resume \S*lost/best.pt` "
+    write_run(tmp_path / "r", 2, 0.9)
+    if lost:
+        (tmp_path / "r" / "metrics.jsonl").unlink()
+    else:
+        (tmp_path / "r" / "metrics.jsonl").write_text("")
+    said = "does not exist;" if lost else "holds no epochs, though {} does;"
+    (tmp_path / "r" / "best.pt").write_bytes(b"")  # only looked for, not read
+    with pytest.raises(AlexkitError, match=rf"r/metrics.jsonl {said.format('best.pt')} `alexkit train --resume \S*r/best.pt` "
                                            "writes it again from best.pt"):  # fmt: skip
-        plot(PlotConfig(runs=(tmp_path / "lost",), out=tmp_path / "c.png"))
-    (tmp_path / "lost" / "last.pt").write_bytes(b"")
-    for runs in ((tmp_path / "lost",), (tmp_path / "ok", tmp_path / "lost")):
-        with pytest.raises(AlexkitError, match=r"lost/metrics.jsonl does not exist; `alexkit train --resume \S*lost` writes it "
+        plot(PlotConfig(runs=(tmp_path / "r",), out=tmp_path / "c.png"))
+    (tmp_path / "r" / "last.pt").write_bytes(b"")
+    for runs in ((tmp_path / "r",), (tmp_path / "ok", tmp_path / "r")):
+        with pytest.raises(AlexkitError, match=rf"r/metrics.jsonl {said.format('last.pt')} `alexkit train --resume \S*r` writes it "
                                                r"again from last.pt \(add --epochs N"):  # fmt: skip
             plot(PlotConfig(runs=runs, out=tmp_path / "c.png"))
     assert "skipped" not in capsys.readouterr().err
-    (tmp_path / "lost" / "last.pt").unlink()
-    (tmp_path / "lost" / "best.pt").unlink()  # config.json alone: a run still in its first epoch
-    with pytest.raises(AlexkitError, match="lost/metrics.jsonl does not exist: run .*lost has no finished epoch yet"):
-        plot(PlotConfig(runs=(tmp_path / "lost",), out=tmp_path / "c.png"))
-
-
-def test_a_run_whose_epoch_line_was_never_written_is_told_how_to_write_it(tmp_path, capsys):
-    """A full disk at metrics.jsonl after last.pt was saved leaves the file empty (as train made it at
-    the start): not "no epochs yet" but how `train --resume` writes it again; not skipped beside others."""
-    write_run(tmp_path / "ok", 2, 0.9)
-    write_run(tmp_path / "full", 0, 0.9)  # metrics.jsonl empty
-    (tmp_path / "full" / "best.pt").write_bytes(b"")  # only looked for, not read
-    with pytest.raises(AlexkitError, match=r"full/metrics.jsonl holds no epochs, though best.pt does; `alexkit train --resume "
-                                           r"\S*full/best.pt` writes it again from best.pt"):  # fmt: skip
-        plot(PlotConfig(runs=(tmp_path / "full",), out=tmp_path / "c.png"))
-    (tmp_path / "full" / "last.pt").write_bytes(b"")
-    for runs in ((tmp_path / "full",), (tmp_path / "ok", tmp_path / "full")):
-        with pytest.raises(AlexkitError, match=r"full/metrics.jsonl holds no epochs, though last.pt does; `alexkit train "
-                                               r"--resume \S*full` writes it again from last.pt \(add --epochs N"):  # fmt: skip
-            plot(PlotConfig(runs=runs, out=tmp_path / "c.png"))
-    assert "skipped" not in capsys.readouterr().err
+    if lost:
+        (tmp_path / "r" / "last.pt").unlink()
+        (tmp_path / "r" / "best.pt").unlink()  # config.json alone: a run still in its first epoch
+        with pytest.raises(AlexkitError, match="r/metrics.jsonl does not exist: run .*r has no finished epoch yet"):
+            plot(PlotConfig(runs=(tmp_path / "r",), out=tmp_path / "c.png"))
 
 
 def test_a_picture_over_the_file_size_limit_names_the_limit_not_free_space(tmp_path):
