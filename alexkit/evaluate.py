@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.errors import AlexkitError, PathRefused
+from alexkit.errors import AlexkitError, PathRefused, too_large
 from alexkit.paths import check_output, is_run, write_output
 from alexkit.progress import PROGRESS_MODES, Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
@@ -224,7 +224,8 @@ def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:
         said = "; ".join(text for text, _ in failed)
         kept = f" ({written[0]} was written)" if written else ""
         those = "those paths (their folders" if len(failed) > 1 else "that path (its folder"
-        raise PathRefused(f"{said}{kept}; check {those}, permissions, free space) or choose another") from failed[0][1]
+        large = next((too_large(exc) for _, exc in failed if isinstance(exc, OSError) and too_large(exc)), None)
+        raise PathRefused(f"{said}{kept}; {large or f'check {those}, permissions, free space) or choose another'}") from failed[0][1]
 
 
 def summarize(rows: dict, classes: list[dict]) -> dict:

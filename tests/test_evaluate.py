@@ -303,6 +303,21 @@ def test_a_file_that_cannot_be_written_leaves_the_other_written(setup, tmp_path)
         evaluate(cfg)
 
 
+def test_both_files_over_the_file_size_limit_name_the_limit_not_free_space(setup, tmp_path):
+    """--predictions and --json both refused with EFBIG (`ulimit -f`): the one error names the limit."""
+    from tests.test_prepare import file_size_limit
+
+    _, store, ckpt, _ = setup
+    pred, out = tmp_path / "p.csv", tmp_path / "e.json"
+    r = subprocess.run([sys.executable, "-m", "alexkit", "eval", "--checkpoint", str(ckpt), "--data", str(store.path), "--device",
+                        "cpu", "--predictions", str(pred), "--json", str(out)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "COLUMNS": "200"}, preexec_fn=file_size_limit(64))  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines()[-1] == (f"error: {pred}: File too large; {out}: File too large; raise the per-file size limit "
+                                         "(`ulimit -f`: 0 KiB here) or write to a file system that holds files this large"), r.stderr  # fmt: skip
+    assert not pred.exists() and not out.exists()
+
+
 def test_default_checkpoint_and_store_come_from_the_latest_run(setup, tmp_path, monkeypatch, capsys):
     """No flags: DEFAULT_RUNS' newest run's best.pt, evaluated on the store its config names; a newer
     run stopped before its first checkpoint is passed over."""
