@@ -40,7 +40,7 @@ from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
 from alexkit.model.placement import setup, teardown
-from alexkit.paths import DEFAULT_STORE, expand_home, word
+from alexkit.paths import DEFAULT_STORE, checkpoint_in, expand_home, word
 from alexkit.pipeline.constants import size_for_crop
 from alexkit.progress import Progress, Ticks, counted, warn
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
@@ -249,7 +249,7 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
         with lost_peers_said(then):
             _train(cfg, ckpt, placement, store, run_dir)
     except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, SIGTERM, or the reader of stdout's pipe gone: say how to go on
-        if placement.is_main and (run_dir / "last.pt").is_file():
+        if placement.is_main and _resumable(run_dir):
             print(f"note: the run keeps its last whole epoch; {then()}", file=sys.stderr)
         elif placement.is_main:  # a folder without config.json goes with this run (claim_run)
             reuse = f" (--out {word(run_dir)} reuses this run's folder)" if (run_dir / "config.json").is_file() else ""
@@ -266,10 +266,16 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
                           f"{_less_memory(cfg, run_dir, then())}") from exc  # fmt: skip
 
 
+def _resumable(run_dir: Path) -> bool:
+    """Whether the run goes on with --resume (how_to_go_on says how): it has a last.pt, or a best.pt
+    alone (a copy to branch off from; an epoch-1 last.pt lost to a full disk)."""
+    return checkpoint_in(run_dir, ("last.pt", "best.pt")) is not None
+
+
 def _less_memory(cfg: TrainConfig, run_dir: Path, then: str) -> str:
-    """What to do after running out of GPU memory: a run with a last.pt goes on only with its own
+    """What to do after running out of GPU memory: a run with a checkpoint goes on only with its own
     --batch-size (the global batch), so less memory per GPU means more processes, or a new run."""
-    if not (run_dir / "last.pt").is_file():
+    if not _resumable(run_dir):
         return f"free the GPU (nvidia-smi lists what holds it) or lower --batch-size, then {then}"
     ddp = "ddp-columns" if cfg.parallel.endswith("columns") else "ddp"
     more = "on more processes" if cfg.parallel.startswith("ddp") else f"under torchrun with --parallel {ddp} on more GPUs"

@@ -336,6 +336,36 @@ def test_running_out_of_gpu_memory_is_one_line_with_the_fix_and_the_resume(store
         train(TrainConfig(resume=run, epochs=2, batch_size=8))
 
 
+@pytest.mark.parametrize("stop", ["memory", "ctrl_c"])
+def test_a_branch_of_best_pt_that_stops_is_told_to_go_on_from_best_pt(store, tmp_path, monkeypatch, capsys, stop):
+    """A run folder holding a best.pt alone (a branch copied off a run) is resumable: stopped before
+    it saves an epoch, it is told to go on with --resume NEW/best.pt (and, out of memory, that a resume
+    keeps its --batch-size), not to lower --batch-size or run the same command again, which are refused."""
+    from alexkit import train as train_module
+
+    run = train(TrainConfig(data=store, out=tmp_path / "run", epochs=1, **TINY))
+    branch = tmp_path / "branch"
+    branch.mkdir()
+    shutil.copy(run / "best.pt", branch / "best.pt")
+
+    def stopped(*args):
+        if stop == "memory":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_step", stopped)
+    go_on = f"continue with `alexkit train --resume {branch}/best.pt`"
+    if stop == "memory":
+        with pytest.raises(AlexkitError) as failed:
+            train(TrainConfig(resume=branch / "best.pt", epochs=2))
+        assert f"{go_on}; a resumed run keeps its --batch-size 16" in str(failed.value), failed.value
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(resume=branch / "best.pt", epochs=2))
+        assert f"note: the run keeps its last whole epoch; {go_on}" in capsys.readouterr().err
+    assert not (branch / "last.pt").exists()
+
+
 def test_resume_flags_that_cannot_apply_are_one_line_errors(store, tmp_path):
     moved = tmp_path / "store"
     shutil.copytree(store, moved)
