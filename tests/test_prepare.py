@@ -671,6 +671,10 @@ def test_a_store_whose_prepare_was_stopped_says_so_with_the_command_that_finishe
     (out / "train.beton.partial").write_bytes(b"half a file")
     with pytest.raises(AlexkitError, match=stopped + f"SRC --out {out}`, SRC being the source it was run on "):
         Store(out)
+    (out / "train.beton.partial").unlink()  # the lock alone: a prepare refused before it wrote (an empty SRC), not one stopped
+    assert [p.name for p in out.iterdir()] == [".prepare.lock"]
+    with pytest.raises(AlexkitError, match=f"^store {out} has no .*; run `alexkit prepare SRC --out {out}` first$"):
+        Store(out)
 
 
 def test_the_source_by_a_link_or_by_dot_dot_is_the_same_source(tmp_path, capsys):

@@ -124,9 +124,10 @@ def _recorded(built: Path) -> tuple[str | None, str]:
 
 
 def _holds_files(folder: Path) -> bool:
-    """Whether `folder` is there and holds anything (dot files included)."""
+    """Whether `folder` is there and holds anything (dot files included) but prepare's lock, which a
+    prepare refused before it wrote anything (an empty SRC, say) leaves in a folder it did not make."""
     try:
-        return next(folder.iterdir(), None) is not None
+        return any(p.name != LOCK for p in folder.iterdir())
     except OSError:  # none, or not listable
         return False
 
