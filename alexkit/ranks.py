@@ -268,12 +268,25 @@ def same_folder_everywhere(folder: Path, flag: str) -> None:
     alone, the others would train without a word, and a resume on another node would not find it."""
     if not _together():
         return
-    seen = _gather((os.path.isdir(folder), socket.gethostname()))
+    seen = _gather((_sees(Path(folder)), socket.gethostname()))
     missing = [rank for rank, (there, _) in enumerate(seen) if not there]
     if missing:
         hosts = ", ".join(sorted({seen[rank][1] for rank in missing}))
         raise _everywhere(f"the run folder {folder} of process 0 on {seen[0][1]} is not there for {_processes(missing)} "
                           f"on {hosts}; pass {flag} a folder on a file system all nodes share")  # fmt: skip
+
+
+def _sees(folder: Path, wait: float = 10.0) -> bool:
+    """Whether this process sees `folder`, looking again for up to `wait` seconds: an NFS client that
+    looked the path up before process 0 made it (every process resolves --out) may answer "no such
+    entry" from its cache for a while; listing the parent folder asks the server afresh."""
+    deadline = time.monotonic() + wait
+    while True:
+        with contextlib.suppress(OSError):
+            os.listdir(folder.parent)
+        if folder.is_dir() or time.monotonic() > deadline:
+            return folder.is_dir()
+        time.sleep(0.5)
 
 
 def same_flags_everywhere(cfg, own: tuple[str, ...]) -> None:

@@ -376,3 +376,16 @@ def test_after_the_meeting_the_store_gets_torchs_own_timeout_back(monkeypatch, b
     ranks.join(backend, 0, 1, None, "cpu")
     expected = (default_pg_nccl_timeout if backend == "nccl" else None) or default_pg_timeout
     assert joined[0].underlying_store.timeout == expected
+
+
+def test_the_run_folder_is_looked_for_again_before_a_process_is_said_not_to_see_it(tmp_path):
+    """A folder process 0 makes a moment after this process first looked (an NFS client may keep
+    answering "no such entry" for a while) is found by looking again; one never made is not."""
+    from alexkit.ranks import _sees
+
+    late = tmp_path / "late"
+    threading.Timer(0.8, late.mkdir).start()
+    assert _sees(late, wait=10.0)
+    started = time.monotonic()
+    assert not _sees(tmp_path / "never", wait=1.0)
+    assert 1.0 <= time.monotonic() - started < 5.0
