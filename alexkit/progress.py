@@ -45,7 +45,9 @@ def warn(text: str) -> None:
     if sys.stderr.isatty():
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold yellow]{line}[/]", markup=True, highlight=False)
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold yellow]{escape(line)}[/]", markup=True, highlight=False)  # a path's [1] stays
     else:
         print(line, file=sys.stderr, flush=True)
 

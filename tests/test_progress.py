@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import re
 
 from alexkit.progress import Progress, counted, duration
@@ -86,3 +87,20 @@ def test_the_plain_eta_is_at_the_rate_shown_which_may_leave_a_start_up_out(monke
         monkeypatch.setattr(progress.time, "perf_counter", lambda: 60.0)
         bar.update(10, rate=50.0)  # 90 steps of 10 images left at 50 images/s
     assert capsys.readouterr().out == "epoch 1/90: 10/100 (10%) 50 images/s, ETA 18s\n"
+
+
+def test_a_warning_on_a_terminal_keeps_its_square_brackets(monkeypatch):
+    """On a terminal a warning is printed through rich: a path's [exp 1] is text, not markup to drop."""
+    import io
+
+    from alexkit.progress import warn
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("COLUMNS", "200")
+    warn("/tmp/runs[exp 1]/x has 1.0 MB free")
+    assert "warning: /tmp/runs[exp 1]/x has 1.0 MB free" in err.getvalue(), repr(err.getvalue())
