@@ -76,17 +76,34 @@ def resume_ddp_under_torchrun(parallel: str, run: Path, n: int | None, asked: Tr
                         f"--parallel {'columns' if parallel == 'ddp-columns' else 'none'}")  # fmt: skip
 
 
+def go_on_from(run_dir: Path) -> Path | None:
+    """The checkpoint a stopped run goes on from: its last.pt, or its best.pt alone (where epoch 1's
+    last.pt could not be written, a full disk say, or a branch copied off a run); None before either."""
+    return checkpoint_in(run_dir, ("last.pt", "best.pt"))
+
+
 def how_to_go_on(parallel: str, run_dir: Path) -> str:
-    """After a run stopped: how to continue it from its last.pt, or from its best.pt where epoch 1's
-    last.pt could not be written (a full disk: the same command again is refused, best.pt being there),
-    or "run again" before it has either."""
-    ckpt = checkpoint_in(run_dir, ("last.pt", "best.pt"))
+    """After a run stopped: how to continue it from go_on_from's checkpoint (the same command again is
+    refused where a best.pt is there), or "run again" before it has one."""
+    ckpt = go_on_from(run_dir)
     if ckpt is None:
         return "run again"
     resume = word(run_dir) if ckpt.name == "last.pt" else word(ckpt)
     if parallel.startswith("ddp"):  # one process alone would be refused (resume_ddp_under_torchrun)
         return f"continue with torchrun started as this job was, running `-m alexkit train --resume {resume}`"
     return f"continue with `alexkit train --resume {resume}`"
+
+
+def less_memory(cfg: TrainConfig, run_dir: Path, then: str) -> str:
+    """What to do after running out of GPU memory: a run with a checkpoint goes on only with its own
+    --batch-size (the global batch), so less memory per GPU means more processes, or a new run."""
+    if go_on_from(run_dir) is None:
+        return f"free the GPU (nvidia-smi lists what holds it) or lower --batch-size, then {then}"
+    ddp = "ddp-columns" if cfg.parallel.endswith("columns") else "ddp"
+    more = "on more processes" if cfg.parallel.startswith("ddp") else f"under torchrun with --parallel {ddp} on more GPUs"
+    return (f"free the GPU (nvidia-smi lists what holds it), then {then}; a resumed run keeps its --batch-size "
+            f"{cfg.batch_size}, so for less memory per GPU resume it {more} (N processes take {cfg.batch_size} / N images "
+            "each), or start a new run with a lower --batch-size")  # fmt: skip
 
 
 def world_size_of(ckpt: dict, run: Path) -> int | None:

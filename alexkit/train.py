@@ -40,12 +40,13 @@ from alexkit.model import MIN_INPUT_SIZE, AlexNet
 from alexkit.model.alexnet import Init
 from alexkit.model.placement import Parallel, Placement, alexnet_state_dict, check_device, idle_gpus_note, place
 from alexkit.model.placement import setup, teardown
-from alexkit.paths import DEFAULT_STORE, checkpoint_in, expand_home, word
+from alexkit.paths import DEFAULT_STORE, expand_home, word
 from alexkit.pipeline.constants import size_for_crop
 from alexkit.progress import Progress, Ticks, counted, warn
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_flags_everywhere, same_store_everywhere
-from alexkit.resume import check_resumable, flags_given, how_to_go_on, resume_ddp_under_torchrun, resumed_config, world_size_of
+from alexkit.resume import check_resumable, flags_given, go_on_from, how_to_go_on, less_memory
+from alexkit.resume import resume_ddp_under_torchrun, resumed_config, world_size_of
 from alexkit.runs import check_same_store, claim_run, find_checkpoint
 from alexkit.runs import run_dir as make_run_dir, write_metrics, write_run_files
 from alexkit.stops import held
@@ -249,7 +250,7 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
         with lost_peers_said(then):
             _train(cfg, ckpt, placement, store, run_dir)
     except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, SIGTERM, or the reader of stdout's pipe gone: say how to go on
-        if placement.is_main and _resumable(run_dir):
+        if placement.is_main and go_on_from(run_dir) is not None:
             print(f"note: the run keeps its last whole epoch; {then()}", file=sys.stderr)
         elif placement.is_main:  # a folder without config.json goes with this run (claim_run)
             reuse = f" (--out {word(run_dir)} reuses this run's folder)" if (run_dir / "config.json").is_file() else ""
@@ -263,25 +264,7 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
     except torch.OutOfMemoryError as exc:  # another job on the GPU, or a --batch-size too large for it
         said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
         raise OutOfMemory(f"{said} (at {cfg.batch_size // placement.world_size} images per process on {placement.device}); "
-                          f"{_less_memory(cfg, run_dir, then())}") from exc  # fmt: skip
-
-
-def _resumable(run_dir: Path) -> bool:
-    """Whether the run goes on with --resume (how_to_go_on says how): it has a last.pt, or a best.pt
-    alone (a copy to branch off from; an epoch-1 last.pt lost to a full disk)."""
-    return checkpoint_in(run_dir, ("last.pt", "best.pt")) is not None
-
-
-def _less_memory(cfg: TrainConfig, run_dir: Path, then: str) -> str:
-    """What to do after running out of GPU memory: a run with a checkpoint goes on only with its own
-    --batch-size (the global batch), so less memory per GPU means more processes, or a new run."""
-    if not _resumable(run_dir):
-        return f"free the GPU (nvidia-smi lists what holds it) or lower --batch-size, then {then}"
-    ddp = "ddp-columns" if cfg.parallel.endswith("columns") else "ddp"
-    more = "on more processes" if cfg.parallel.startswith("ddp") else f"under torchrun with --parallel {ddp} on more GPUs"
-    return (f"free the GPU (nvidia-smi lists what holds it), then {then}; a resumed run keeps its --batch-size "
-            f"{cfg.batch_size}, so for less memory per GPU resume it {more} (N processes take {cfg.batch_size} / N images "
-            "each), or start a new run with a lower --batch-size")  # fmt: skip
+                          f"{less_memory(cfg, run_dir, then())}") from exc  # fmt: skip
 
 
 def _usable_store(cfg: TrainConfig):
