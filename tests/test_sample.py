@@ -383,6 +383,30 @@ def test_a_dataset_whose_overwrite_was_killed_between_renames_is_refused_until_s
         assert files(out) == whole and find_dataset(out).layout == "official-extracted"
 
 
+def test_a_second_run_into_the_same_dir_is_refused_and_touches_nothing(tmp_path):
+    """Two runs at once into one DIR would share its staging folder, each removing or moving the other's
+    files: while one holds the lock a second `alexkit sample` is refused at once, in one line, with or
+    without --overwrite, and what the first has written stays as it is. Once the lock is let go, the
+    staging folder is a stopped run's, and the next run removes it as before."""
+    from alexkit.datasets.sample_place import _only_writer
+    from tests.test_cli import run
+
+    out = write_sample_dataset(tmp_path / "d", num_classes=2, train_per_class=2, val_per_class=1)
+    (out / ".sample-partial" / "train" / "n99000001").mkdir(parents=True)  # the first run's, half-written
+    (out / ".sample-partial" / "train" / "n99000001" / "n99000001_1.JPEG").write_bytes(b"half")
+    before = files(out)
+    for overwrite in ([], ["--overwrite"]):
+        with _only_writer(out):
+            r = run("sample", str(out), "--classes", "2", "--train-per-class", "2", "--val-per-class", "1", *overwrite)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == (f"error: {out} is being written by another `alexkit sample`; wait for it to end, "
+                            "or choose another folder\n")  # fmt: skip
+        assert files(out) == before
+    write_sample_dataset(out, num_classes=2, train_per_class=2, val_per_class=1, seed=1, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["ILSVRC2012_devkit_t12", "train", "val"]
+    assert files(out) == files(write_sample_dataset(tmp_path / "new", num_classes=2, train_per_class=2, val_per_class=1, seed=1))
+
+
 def test_images_per_class_are_bounded(tmp_path, capsys):
     """At most as many per class as ImageNet's largest classes (1,300): a mistyped zero is refused."""
     with pytest.raises(AlexkitError, match=r"^--train-per-class 13000 is out of range: from 1 to 1,300 "):

@@ -5,13 +5,15 @@ The dataset is written into `out` itself (a link followed, `.` or a mount point 
 out/.sample-partial and its entries moved into place at the end, so that a stopped run leaves `out` as
 it was. An earlier sample dataset's entries (--overwrite) go to out/.sample-replaced as the new ones
 come in, and are removed last. A run killed between those renames can leave the new devkit beside
-the old val images, so find_dataset refuses a DIR that still holds either folder. Only what sample
+the old val images, so find_dataset refuses a DIR that still holds either folder. One run writes in
+DIR at a time (a lock on the folder itself, _only_writer): a second is refused. Only what sample
 writes is replaced or removed: `out` and a stopped run's folders are checked by the names they hold,
 an earlier dataset also by the mark in its meta.mat.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -63,9 +65,9 @@ def write_sample_dataset(
     out = Path(out).absolute()  # named in full in messages
     if ".." in out.parts:  # build/../data with no build/ yet: checked as nothing there, it is ./data once mkdir makes build/
         out = Path(os.path.realpath(out))
-    replaced_files, leftovers = _check_destination(out, overwrite)
+    check_folder(out, "DIR")  # refused before any folder is made (the rest is checked under the lock, below)
     made = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # out and the folders above it this call makes
-    staging, written, staged, moved = out / STAGING, [0], False, False
+    staging, written, staged, moved, replaced_files = out / STAGING, [0], False, False, 0
 
     def step(done: int, total: int) -> None:
         written[0] = done
@@ -74,27 +76,56 @@ def write_sample_dataset(
 
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for leftover, files in leftovers.items():  # a stopped run's (checked above: sample's files alone)
-            _remove(leftover, "a stopped run's files", out, files)
-        try:
-            staging.mkdir()  # fails where another run has made one since the check: not this run's to remove
-            staged = True
-            write_tree(staging, num_classes, train_per_class, val_per_class, seed, step)
-        except OSError as exc:  # named by the folder asked for, not the staging one
-            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
-        with stops.held(signal.SIGINT, signal.SIGTERM):  # a few renames: a Ctrl-C waits for them
-            _move_in(staging, out)
-            moved = True
     except BaseException:
-        if not moved:  # out as it was: what this run staged goes, and the folders it made
-            if staged:
-                _remove(staging, "the partial dataset", out, written[0])
-            remove_empty(made)
+        remove_empty(made)
         raise
-    finally:
-        if moved:  # the new dataset is in place, stopped or not
-            _remove(out / REPLACED, "the earlier sample dataset", out, replaced_files)
+    with _only_writer(out):  # refused before anything is removed: `out` may be the other run's, made just now
+        try:
+            replaced_files, leftovers = _check_destination(out, overwrite)
+            for leftover, files in leftovers.items():  # a stopped run's (checked above: sample's files alone)
+                _remove(leftover, "a stopped run's files", out, files)
+            try:
+                staging.mkdir()  # fails where another run has made one since the check: not this run's to remove
+                staged = True
+                write_tree(staging, num_classes, train_per_class, val_per_class, seed, step)
+            except OSError as exc:  # named by the folder asked for, not the staging one
+                raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+            with stops.held(signal.SIGINT, signal.SIGTERM):  # a few renames: a Ctrl-C waits for them
+                _move_in(staging, out)
+                moved = True
+        except BaseException:
+            if not moved:  # out as it was: what this run staged goes, and the folders it made
+                if staged:
+                    _remove(staging, "the partial dataset", out, written[0])
+                remove_empty(made)
+            raise
+        finally:
+            if moved:  # the new dataset is in place, stopped or not
+                _remove(out / REPLACED, "the earlier sample dataset", out, replaced_files)
     return out
+
+
+@contextlib.contextmanager
+def _only_writer(out: Path):
+    """Hold an exclusive flock on the folder `out` itself while the block runs: two runs staging in the
+    one out/STAGING would remove or move each other's files. The folder's own descriptor is locked, not
+    a file in it, so that `out` holds nothing but the dataset (find_dataset and --overwrite check it by
+    the names it holds) and a stopped run leaves nothing to tidy: the lock goes with the process. Where
+    the file system refuses a lock on a folder (NFS may), the block runs unlocked, as it did before."""
+    import fcntl
+
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlexkitError(f"{out} is being written by another `alexkit sample`; wait for it to end, "
+                               "or choose another folder") from None  # fmt: skip
+        except OSError:  # ENOLCK, EBADF, ENOSYS: no lock to be had, nor can another run hold one
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def _move_in(staging: Path, out: Path) -> None:
