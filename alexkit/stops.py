@@ -32,17 +32,19 @@ def taken(record: list[int], signum: int) -> bool:
     what that became (click's Abort, an exit): `timeout -s INT` sends its signal twice, to the command
     and to its process group, and the second must not cut the first's clean-up short. A later one
     (a clean-up that hangs) raises, and so does one after a Ctrl-C that a native library dropped.
-    Never once the command has ended (see `ended`)."""
+    Once the command has ended (see `ended`), the second of two signals less than a second apart
+    is recorded whether or not an exception is being handled."""
     now = time.monotonic()
-    again = bool(_LAST) and now - _LAST[-1] < 1.0 and sys.exc_info()[1] is not None
+    again = bool(_LAST) and now - _LAST[-1] < 1.0 and (sys.exc_info()[1] is not None or bool(_ENDED))
     record.append(signum)
     _LAST[:] = [now]
-    return not (again or _ENDED)
+    return not again
 
 
 def ended() -> None:
-    """The command has returned or raised: from now on a signal is recorded, not raised, and main()
-    ends as `came` says. Typer turns a command's KeyboardInterrupt into exit code 130 and returns it,
+    """The command has returned or raised: from now on a signal less than a second after the one before
+    is recorded, not raised, and main() ends as `came` says (a later one still raises: a clean-up that
+    hangs, a DALI pipeline's shutdown say, can be cut short). Typer turns a command's KeyboardInterrupt into exit code 130 and returns it,
     so no exception is being handled while that return frees the command's objects (DALI's pipelines
     shut down in their __del__) and main() prints "interrupted": `timeout -s INT`'s second signal,
     taken there, raised a KeyboardInterrupt that Python printed as "Exception ignored in ... __del__"

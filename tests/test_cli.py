@@ -848,6 +848,25 @@ def test_a_second_signal_as_the_stopped_command_ends_still_exits_130(tmp_path):
     assert not out.exists()
 
 
+def test_once_the_command_has_ended_a_signal_a_second_after_the_last_still_raises():
+    """After `ended`, the second of two signals less than a second apart is recorded, not raised; a later
+    one raises, so that a shutdown that hangs (a DALI pipeline's, say) can still be cut short."""
+    import signal
+
+    from alexkit import stops
+
+    stops.forget()
+    try:
+        stops.ended()
+        assert stops.taken(stops.INTERRUPTED, signal.SIGINT)  # the first: raised
+        assert not stops.taken(stops.INTERRUPTED, signal.SIGINT)  # timeout's second, microseconds later
+        stops._LAST[:] = [stops._LAST[-1] - 1.5]
+        assert stops.taken(stops.INTERRUPTED, signal.SIGINT)  # a clean-up that hangs: raised
+        assert stops.came()
+    finally:
+        stops.forget()
+
+
 def test_the_console_script_ignores_signals_once_one_has_stopped_it(monkeypatch, capsys):
     """main() as the console script runs it (no argv): after a stop the signals stay ignored, to the
     process's end; after a command that ran to its end, and in a test's main(argv), they are put back."""
