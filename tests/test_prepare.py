@@ -675,6 +675,8 @@ def test_a_store_whose_prepare_was_stopped_says_so_with_the_command_that_finishe
     assert [p.name for p in out.iterdir()] == [".prepare.lock"]
     with pytest.raises(AlexkitError, match=f"^store {out} has no .*; run `alexkit prepare SRC --out {out}` first$"):
         Store(out)
+    with _only_writer(out), pytest.raises(AlexkitError, match=f"^store {out} is being written by `alexkit prepare`; wait"):
+        Store(out)  # the lock alone, held: a prepare still scanning its SRC
 
 
 def test_the_source_by_a_link_or_by_dot_dot_is_the_same_source(tmp_path, capsys):

@@ -124,10 +124,11 @@ def _recorded(built: Path) -> tuple[str | None, str]:
 
 
 def _holds_files(folder: Path) -> bool:
-    """Whether `folder` is there and holds anything (dot files included) but prepare's lock, which a
-    prepare refused before it wrote anything (an empty SRC, say) leaves in a folder it did not make."""
+    """Whether `folder` is there and holds anything (dot files included) but a lock of prepare's that
+    no prepare holds, which one refused before it wrote anything (an empty SRC, say) leaves in a folder
+    it did not make (a held one is a prepare still scanning its SRC)."""
     try:
-        return any(p.name != LOCK for p in folder.iterdir())
+        return any(p.name != LOCK for p in folder.iterdir()) or held_by_another(folder / LOCK)
     except OSError:  # none, or not listable
         return False
 
