@@ -59,8 +59,8 @@ def too_large(exc: OSError) -> str | None:
     if limit == resource.RLIM_INFINITY:
         return ("write to a file system that holds files this large (FAT32 holds at most 4 GiB; the per-file size limit, "
                 "`ulimit -f`, is unlimited here)")  # fmt: skip
-    return (f"raise the per-file size limit (`ulimit -f`: {limit // 1024} KiB here) or write to a file system that "
-            "holds files this large")  # fmt: skip
+    here = f"{limit // 1024} KiB" if limit >= 1024 else f"{limit} bytes"  # (ulimit -f counts 1,024-byte blocks)
+    return f"raise the per-file size limit (`ulimit -f`: {here} here) or write to a file system that holds files this large"
 
 
 class OutOfMemory(AlexkitError):

@@ -224,8 +224,11 @@ def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:
         said = "; ".join(text for text, _ in failed)
         kept = f" ({written[0]} was written)" if written else ""
         those = "those paths (their folders" if len(failed) > 1 else "that path (its folder"
-        large = next((too_large(exc) for _, exc in failed if isinstance(exc, OSError) and too_large(exc)), None)
-        raise PathRefused(f"{said}{kept}; {large or f'check {those}, permissions, free space) or choose another'}") from failed[0][1]
+        large = [too_large(exc) for _, exc in failed if isinstance(exc, OSError) and too_large(exc)]
+        fixes = [large[0]] if large else []  # EFBIG: the size limit, which free space does not help
+        if len(large) < len(failed):
+            fixes.append(f"check {those}, permissions, free space) or choose another")
+        raise PathRefused(f"{said}{kept}; {'; '.join(fixes)}") from failed[0][1]
 
 
 def summarize(rows: dict, classes: list[dict]) -> dict:

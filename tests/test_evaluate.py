@@ -314,7 +314,7 @@ def test_both_files_over_the_file_size_limit_name_the_limit_not_free_space(setup
                        env={**os.environ, "COLUMNS": "200"}, preexec_fn=file_size_limit(64))  # fmt: skip
     assert r.returncode == 1, r.stderr
     assert r.stderr.splitlines()[-1] == (f"error: {pred}: File too large; {out}: File too large; raise the per-file size limit "
-                                         "(`ulimit -f`: 0 KiB here) or write to a file system that holds files this large"), r.stderr  # fmt: skip
+                                         "(`ulimit -f`: 64 bytes here) or write to a file system that holds files this large"), r.stderr  # fmt: skip
     assert not pred.exists() and not out.exists()
 
 
