@@ -389,3 +389,32 @@ def test_the_run_folder_is_looked_for_again_before_a_process_is_said_not_to_see_
     started = time.monotonic()
     assert not _sees(tmp_path / "never", wait=1.0)
     assert 1.0 <= time.monotonic() - started < 5.0
+
+
+RUN_FOLDER_LATE = """
+import os, sys, time
+from pathlib import Path
+import torch.distributed as dist
+from alexkit.ranks import same_folder_everywhere
+rank, folder = int(os.environ["RANK"]), Path(sys.argv[1])
+dist.init_process_group("gloo", rank=rank, world_size=2, init_method="tcp://127.0.0.1:" + sys.argv[2])
+if rank == 0:  # process 1 looks first, and finds nothing yet
+    time.sleep(1.5)
+    folder.mkdir()
+same_folder_everywhere(folder, "--out")
+print("seen")
+dist.destroy_process_group()
+"""
+
+
+def test_every_process_looks_again_for_a_run_folder_made_after_it_first_looked(tmp_path):
+    """Two processes: process 1 checks the run folder before process 0 has made it (as an NFS client's
+    cached "no such entry" would have it); it looks again, and the job goes on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    folder = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-c", RUN_FOLDER_LATE, str(folder), port], env={**os.environ, "RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]  # fmt: skip
+    said = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and [out for out, _ in said] == ["seen\n", "seen\n"], said
