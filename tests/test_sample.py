@@ -407,6 +407,28 @@ def test_a_second_run_into_the_same_dir_is_refused_and_touches_nothing(tmp_path)
     assert files(out) == files(write_sample_dataset(tmp_path / "new", num_classes=2, train_per_class=2, val_per_class=1, seed=1))
 
 
+def test_a_ctrl_c_as_the_lock_is_taken_leaves_no_folder_made(tmp_path, monkeypatch):
+    """A Ctrl-C between making DIR and holding its lock (raised here by flock, as if it came just then)
+    takes away the folders the run made, as one at any later point does; a run refused by another's
+    lock removes nothing (the empty DIR may be the other run's, made a moment before)."""
+    import fcntl
+
+    from alexkit.datasets.sample_place import _only_writer
+
+    def interrupted(fd, how):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fcntl, "flock", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            write_sample_dataset(tmp_path / "new" / "d", num_classes=2, train_per_class=2, val_per_class=1)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "other").mkdir()
+    with _only_writer(tmp_path / "other"), pytest.raises(AlexkitError, match="being written by another"):
+        write_sample_dataset(tmp_path / "other", num_classes=2, train_per_class=2, val_per_class=1)
+    assert (tmp_path / "other").is_dir()
+
+
 def test_images_per_class_are_bounded(tmp_path, capsys):
     """At most as many per class as ImageNet's largest classes (1,300): a mistyped zero is refused."""
     with pytest.raises(AlexkitError, match=r"^--train-per-class 13000 is out of range: from 1 to 1,300 "):

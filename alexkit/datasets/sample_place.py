@@ -76,33 +76,37 @@ def write_sample_dataset(
 
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except BaseException:
+        with _only_writer(out):
+            try:
+                replaced_files, leftovers = _check_destination(out, overwrite)
+                for leftover, files in leftovers.items():  # a stopped run's (checked above: sample's files alone)
+                    _remove(leftover, "a stopped run's files", out, files)
+                try:
+                    staging.mkdir()  # fails where another run has made one since the check: not this run's to remove
+                    staged = True
+                    write_tree(staging, num_classes, train_per_class, val_per_class, seed, step)
+                except OSError as exc:  # named by the folder asked for, not the staging one
+                    raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+                with stops.held(signal.SIGINT, signal.SIGTERM):  # a few renames: a Ctrl-C waits for them
+                    _move_in(staging, out)
+                    moved = True
+            except BaseException:
+                if staged and not moved:  # out as it was: what this run staged goes
+                    _remove(staging, "the partial dataset", out, written[0])
+                raise
+            finally:
+                if moved:  # the new dataset is in place, stopped or not
+                    _remove(out / REPLACED, "the earlier sample dataset", out, replaced_files)
+    except _Busy:  # refused before anything is removed: `out` may be the other run's, made just now
+        raise
+    except BaseException:  # the folders this run made, where they are empty (before the lock too: a Ctrl-C there)
         remove_empty(made)
         raise
-    with _only_writer(out):  # refused before anything is removed: `out` may be the other run's, made just now
-        try:
-            replaced_files, leftovers = _check_destination(out, overwrite)
-            for leftover, files in leftovers.items():  # a stopped run's (checked above: sample's files alone)
-                _remove(leftover, "a stopped run's files", out, files)
-            try:
-                staging.mkdir()  # fails where another run has made one since the check: not this run's to remove
-                staged = True
-                write_tree(staging, num_classes, train_per_class, val_per_class, seed, step)
-            except OSError as exc:  # named by the folder asked for, not the staging one
-                raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
-            with stops.held(signal.SIGINT, signal.SIGTERM):  # a few renames: a Ctrl-C waits for them
-                _move_in(staging, out)
-                moved = True
-        except BaseException:
-            if not moved:  # out as it was: what this run staged goes, and the folders it made
-                if staged:
-                    _remove(staging, "the partial dataset", out, written[0])
-                remove_empty(made)
-            raise
-        finally:
-            if moved:  # the new dataset is in place, stopped or not
-                _remove(out / REPLACED, "the earlier sample dataset", out, replaced_files)
     return out
+
+
+class _Busy(AlexkitError):
+    """Another `alexkit sample` holds DIR's lock."""
 
 
 @contextlib.contextmanager
@@ -119,7 +123,7 @@ def _only_writer(out: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise AlexkitError(f"{out} is being written by another `alexkit sample`; wait for it to end, "
+            raise _Busy(f"{out} is being written by another `alexkit sample`; wait for it to end, "
                                "or choose another folder") from None  # fmt: skip
         except OSError:  # ENOLCK, EBADF, ENOSYS: no lock to be had, nor can another run hold one
             pass
