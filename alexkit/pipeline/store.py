@@ -99,7 +99,10 @@ def prepare_line(built: Path, store: Path) -> str:
     """`alexkit prepare SRC --out STORE` with the source and settings that `built` (the store, or the
     folder of its --force rebuild) records in its manifest.json, or else (a store whose prepare did not
     finish) in a split's done-record; SRC where none can be read or names its source."""
-    src, flags = _recorded(Path(built))
+    return _prepare_line(*_recorded(Path(built)), store)
+
+
+def _prepare_line(src: str | None, flags: str, store: Path) -> str:
     return f"alexkit prepare {'SRC' if src is None else word(src)} --out {word(store)}{flags}"
 
 
@@ -124,11 +127,10 @@ def _recorded(built: Path) -> tuple[str | None, str]:
 
 
 def _holds_files(folder: Path) -> bool:
-    """Whether `folder` is there and holds anything (dot files included) but a lock of prepare's that
-    no prepare holds, which one refused before it wrote anything (an empty SRC, say) leaves in a folder
-    it did not make (a held one is a prepare still scanning its SRC)."""
+    """Whether `folder` is there and holds anything (dot files included) but prepare's lock, which a
+    prepare refused before it wrote anything (an empty SRC, say) leaves in a folder it did not make."""
     try:
-        return any(p.name != LOCK for p in folder.iterdir()) or held_by_another(folder / LOCK)
+        return any(p.name != LOCK for p in folder.iterdir())
     except OSError:  # none, or not listable
         return False
 
@@ -211,12 +213,13 @@ class Store:
             if others:  # images, say: `prepare --out` there would be refused
                 raise AlexkitError(f"store {self.path} is a folder that holds no store but other files ({others}); pass the --out "
                                    "folder of `alexkit prepare`, or run `alexkit prepare SRC --out STORE` and pass that STORE")  # fmt: skip
-            if _holds_files(self.path):  # prepare's own files (its lock, a split, a temporary), no manifest.json: unfinished
-                if held_by_another(self.path / LOCK):
-                    raise AlexkitError(f"store {self.path} is being written by `alexkit prepare`; wait for it to end")
-                known = _recorded(self.path)[0] is not None  # a split's done-record names the source it was run on
+            if held_by_another(self.path / LOCK):  # a prepare still scanning its SRC, or writing
+                raise AlexkitError(f"store {self.path} is being written by `alexkit prepare`; wait for it to end")
+            if _holds_files(self.path):  # prepare's own files (a split, a temporary), no manifest.json: unfinished
+                src, flags = _recorded(self.path)  # a split's done-record names the source it was run on
+                line = _prepare_line(src, flags, self.path)
                 raise AlexkitError(f"store {self.path} is unfinished: the last `alexkit prepare` into it was stopped; finish it "
-                                   f"with `{prepare_line(self.path, self.path)}`{'' if known else ', SRC being the source it was run on'} "
+                                   f"with `{line}`{', SRC being the source it was run on' if src is None else ''} "
                                    "(which keeps its finished splits)")  # fmt: skip
             raise AlexkitError(f"store {self.path} {what}; run `alexkit prepare SRC --out {word(self.path)}` first")
         manifest, fix = self.path / MANIFEST, rewrite(self.path)
