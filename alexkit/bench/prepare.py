@@ -306,14 +306,14 @@ def _copy_from(cfg: BenchPrepareConfig, out: Path) -> list[Path]:
 
 def _unconvertible(data: bytes, cfg: BenchPrepareConfig) -> str | None:
     """Why some route cannot convert these bytes; None if every route can. Route (c) is checked with
-    the conversion prepare's workers run (OpenCV or PIL, and no image whose sides are more than
+    the decoding prepare's workers run (OpenCV or PIL, and no image whose sides are more than
     MAX_ASPECT apart): an image prepare skips left (c) one short, its images/s counted over an image
     it never wrote and the (a)-(c) comparison indexing past its store. (a) and (b) with their own PIL one."""
-    from alexkit.pipeline.imageops import DecoderMessages, convert, skip_reason
+    from alexkit.pipeline.imageops import MAX_ASPECT, DecoderMessages, decode_resized, skip_reason
 
     try:
         with DecoderMessages():  # libjpeg's warnings on a file it decodes anyway: caught, as prepare's workers do
-            convert(data, cfg.size, "jpg", cfg.quality)
+            decode_resized(data, cfg.size, MAX_ASPECT)  # convert's decoding (its JPEG encoding cannot fail on a file's account)
         _preprocess_pil(io.BytesIO(data), cfg.size)
     except Exception as exc:  # anything a file's bytes can do
         return skip_reason(exc, data)
