@@ -182,7 +182,7 @@ def _wait_for_all(store: dist.Store, keys: list[str], zero_came: bool, wait: tim
     deadline = time.monotonic() + wait.total_seconds()
     try:
         while True:  # polled, not store.wait in slices: torch logs two lines to stderr for each wait that runs out
-            zero_came = store.check(keys[:1]) or zero_came  # raises where the store is gone
+            zero_came = zero_came or store.check(keys[:1])  # (the check below raises where the store is gone)
             if store.check(keys):
                 return
             if time.monotonic() >= deadline:
