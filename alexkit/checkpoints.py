@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from alexkit.errors import AlexkitError, refused, why
+from alexkit.errors import AlexkitError, file_size_limit, refused, why
 from alexkit.paths import write_atomic
 from alexkit.progress import amount, counted
 from alexkit.stops import held
@@ -62,8 +62,6 @@ def room_warnings(run_dir: Path, size: int, copies: int) -> list[str]:
     and write_atomic's temporary of the one being written), less the best.pt and last.pt there now (a
     resumed run's); a per-file size limit (`ulimit -f`) below one. Warnings, not errors: free space
     changes while a run lasts."""
-    import resource
-
     said = []
     there = sum((run_dir / name).stat().st_size for name in ("best.pt", "last.pt") if (run_dir / name).is_file())
     need, free = copies * size - there, shutil.disk_usage(run_dir).free
@@ -72,9 +70,9 @@ def room_warnings(run_dir: Path, size: int, copies: int) -> list[str]:
         beside = f" beside the {amount(there)} there now" if there else ""
         said.append(f"{run_dir} has {amount(free)} free; its checkpoints ({which}, about {amount(size)} each) need about "
                     f"{amount(need)}{beside}: on a full disk the run stops as it saves an epoch, and loses that epoch")  # fmt: skip
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY and limit < size:
-        said.append(f"the per-file size limit (`ulimit -f`: {limit // 1024} KiB) is below a checkpoint's size (about "
+    limit = file_size_limit()
+    if limit is not None and limit[0] < size:
+        said.append(f"the per-file size limit (`ulimit -f`: {limit[1]}) is below a checkpoint's size (about "
                     f"{amount(size)}): saving an epoch will fail, and lose it; raise the limit first")  # fmt: skip
     return said
 

@@ -53,14 +53,22 @@ def too_large(exc: OSError) -> str | None:
     or the largest file its file system holds (4 GiB on FAT32)."""
     if exc.errno != errno.EFBIG:
         return None
+    limit = file_size_limit()
+    if limit is None:
+        return ("write to a file system that holds files this large (FAT32 holds at most 4 GiB; the per-file size limit, "
+                "`ulimit -f`, is unlimited here)")  # fmt: skip
+    return f"raise the per-file size limit (`ulimit -f`: {limit[1]} here) or write to a file system that holds files this large"
+
+
+def file_size_limit() -> tuple[int, str] | None:
+    """This process's per-file size limit (`ulimit -f`, RLIMIT_FSIZE): (bytes, in words), or None
+    where there is none."""
     import resource
 
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit == resource.RLIM_INFINITY:
-        return ("write to a file system that holds files this large (FAT32 holds at most 4 GiB; the per-file size limit, "
-                "`ulimit -f`, is unlimited here)")  # fmt: skip
-    here = f"{limit // 1024} KiB" if limit >= 1024 else f"{limit} bytes"  # (ulimit -f counts 1,024-byte blocks)
-    return f"raise the per-file size limit (`ulimit -f`: {here} here) or write to a file system that holds files this large"
+        return None
+    return limit, (f"{limit // 1024} KiB" if limit >= 1024 else f"{limit} bytes")  # (ulimit -f counts 1,024-byte blocks)
 
 
 class OutOfMemory(AlexkitError):
