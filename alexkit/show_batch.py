@@ -30,7 +30,9 @@ class ShowBatchConfig:
     seed: int = 0  # the loader's seed: same seed, same crops, flips and lighting
 
     def __post_init__(self):
-        check_ranges(("--count", self.count, SHOW_BATCH_COUNT))
+        from alexkit.ranges import SEED
+
+        check_ranges(("--count", self.count, SHOW_BATCH_COUNT), ("--seed", self.seed, SEED))
         if self.val_index < 0:
             raise AlexkitError(f"--val-index {self.val_index}: must be 0 or more")
         check_folder(self.out, "--out", writable=True)  # a file, a link to nothing, read-only: said before the store is read

@@ -95,6 +95,19 @@ def test_show_batch_count_range_is_said_in_its_help_and_checked_alike():
             ShowBatchConfig(count=count)
 
 
+def test_show_batch_seed_range_is_said_in_its_help_and_checked_alike():
+    import inspect
+
+    from alexkit.cli import show_batch as cli
+    from alexkit.ranges import SEED
+
+    option = inspect.signature(cli.command).parameters["seed"].default
+    assert option.callback.allowed is SEED and option.help.endswith("Range: from 0 to 4,294,967,295.")
+    for seed in (-1, 2**32):
+        with pytest.raises(AlexkitError, match=f"^--seed {seed} is out of range: from 0 to 4,294,967,295$"):
+            ShowBatchConfig(seed=seed)
+
+
 def test_show_batch_writes_two_pngs(store, tmp_path):
     paths = show_batch(ShowBatchConfig(data=store.path, out=tmp_path / "pics", count=8, val_index=1))
     assert [p.name for p in paths] == ["train-batch.png", "val-views.png"]
