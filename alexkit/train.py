@@ -276,8 +276,9 @@ def _usable_store(cfg: TrainConfig):
     store = Store(cfg.data).check("train", "val")  # before any file of the run is written
     check_crop_fits(store)
     if cfg.out is not None and in_store(store.path, cfg.out):
-        raise AlexkitError(f"--out {cfg.out} is in the folder of the store {store.path}, which `alexkit prepare --force` replaces (and "
-                           "a store is removed whole to prepare it again): pick a folder outside it")  # fmt: skip
+        raise AlexkitError(f"--out {cfg.out} is in the folder of the store {store.path}, whose files are `alexkit prepare`'s (a --force "
+                           "rebuild renames new ones over them, and a store may be deleted whole to prepare it again): pick a folder "
+                           "outside it")  # fmt: skip
     return store
 
 

@@ -149,7 +149,8 @@ def test_a_new_run_goes_only_into_a_folder_of_no_other_files(store, tmp_path):
     theirs: refused, nothing written there (no lock file either); an empty folder is taken."""
     before = sorted(p.name for p in store.iterdir())
     for out in (store, store / "runs" / "r"):
-        with pytest.raises(AlexkitError, match=rf"^--out {out} is in the folder of the store {store}, which `alexkit prepare --force` replaces"):
+        with pytest.raises(AlexkitError, match=rf"^--out {out} is in the folder of the store {store}, whose files are `alexkit prepare`'s \(a --force rebuild renames new ones "
+                           r"over them, and a store may be deleted whole to prepare it again\): pick a folder outside it$"):
             train(TrainConfig(data=store, out=out, epochs=1, **TINY))
     assert sorted(p.name for p in store.iterdir()) == before
     (tmp_path / "notes").mkdir()

@@ -82,7 +82,7 @@ class BenchLoaderConfig:
     def check_json(self, path: Path) -> None:
         """Refuse a --json file in a store's folder, as eval does: the --store, a store this bench makes
         in --work, or any other (a folder holding manifest.json and classes.json, or one below it). A
-        store's files are prepare's, and a rebuild replaces the folder whole."""
+        store's files are prepare's, and its folder may be deleted whole to prepare it again."""
         from alexkit.pipeline.store import store_around
 
         ours = [self.store] if self.store is not None else []

@@ -156,7 +156,8 @@ def _trained_on(run: Path) -> str:
 
 def in_store(store: Path, path) -> bool:
     """Whether `path` is the folder of the store `store` or lies below it: a place for prepare's files
-    only (a --force rebuild replaces the folder whole), never for another command's outputs."""
+    only (a --force rebuild renames its new files over their namesakes, and a store may be deleted
+    whole to prepare it again), never for another command's outputs."""
     return Path(path).resolve().is_relative_to(Path(store).resolve())
 
 
