@@ -40,7 +40,7 @@ LOADER_MODE = {False: "center", True: "tencrop"}  # tta -> the val loader's mode
 
 @dataclass(frozen=True)
 class EvalConfig:
-    checkpoint: Path | None = None  # a .pt file or a run directory; None: the latest run's best.pt
+    checkpoint: Path | None = None  # a .pt file or a run directory; None: the latest run's best.pt, else its last.pt
     data: Path | None = None  # the store; None: the one the checkpoint's config names, else DEFAULT_STORE
     tta: bool = False  # average the softmax over the paper's ten views instead of the centre crop
     batch_size: int = 128  # images per batch (a ten-crop batch feeds 10x as many views)
@@ -184,7 +184,7 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
     done = 0
     with torch.inference_mode(), Progress("eval", total, mode=cfg.progress if placement.is_main else "none") as progress:
         for images, labels, indices in loader:
-            p, top = predict_top(model, images, TOP_K)  # (N, 5) each, best first
+            p, top = predict_top(model, images, TOP_K)  # (N, min(5, K)) each, best first
             parts.append({"index": indices.cpu().numpy(), "label": labels.cpu().numpy(),
                           "top": top.cpu().numpy(), "p": p.cpu().numpy()})  # fmt: skip
             done = min(done + len(indices) * placement.world_size, total)  # an estimate of all ranks' progress

@@ -29,7 +29,7 @@ from alexkit.ranges import AT_LEAST_1, check_ranges
 @dataclass(frozen=True)
 class PredictConfig:
     images: tuple[Path, ...] = field(default_factory=tuple)  # files, or folders (their image files, sorted); text as the CLI gives it
-    checkpoint: Path | None = None  # a .pt file or a run directory; None: the latest run's best.pt
+    checkpoint: Path | None = None  # a .pt file or a run directory; None: the latest run's best.pt, else its last.pt
     data: Path | None = None  # take stats and classes from this store instead of the run directory's copies
     tta: bool = False  # average over the paper's ten views instead of the centre crop
     top_k: int = 5

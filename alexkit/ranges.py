@@ -1,6 +1,7 @@
 """The allowed values of numeric flags, written once. The configs check them for callers from Python;
-the command line checks the same Range objects as it parses (cli/train.py), so that a value outside is
-a usage error naming the command. No torch here: `alexkit train --help` shows the ranges instantly."""
+the command line checks the same Range objects as it parses (cli/options.ranged: train, bench train,
+sample, show-batch), so that a value outside is a usage error naming the command. No torch here:
+`alexkit train --help` shows the ranges instantly."""
 
 from __future__ import annotations
 

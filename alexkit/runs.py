@@ -3,7 +3,8 @@ resumed: resume.py).
 
 A run directory holds config.json, metrics.jsonl (one line per epoch), last.pt and best.pt (the
 checkpoints: checkpoints.py), and copies of the store's stats.npz and classes.json, so a run can be
-used without its store. A new run goes into a new or empty folder.
+used without its store. A new run goes into a new or empty folder, or one a run left before its
+first epoch ended.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def _choose_run_dir(resume: Path | None, out: Path | None) -> Path:
 def claim_run(run_dir: Path, is_main: bool, ckpt: dict | None):
     """Rank 0 holds RUN/.train.lock while the run lasts (two trainings in one folder would mix their
     files) and, holding it, checks that the folder is as this run found it: no run in it yet, or
-    for a resumed run the same last.pt. Every rank learns the outcome, so none goes on into the
-    collectives alone. A folder that was empty and still holds nothing else is removed on failure.
+    for a resumed run the checkpoint it resumes from (last.pt, or the file --resume names, a lone
+    best.pt say) unchanged. Every rank learns the outcome, so none goes on into the collectives
+    alone. A folder that was empty and still holds nothing else is removed on failure.
     ckpt: the resumed checkpoint, with its "path" and "stat" (size, mtime_ns) when it was read."""
     with contextlib.ExitStack() as stack:
         fresh, error = False, None

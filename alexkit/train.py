@@ -449,7 +449,7 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device,
     for images, labels, _ in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(images)  # (N, num_classes)
-        hits = logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices == labels[:, None]  # (N, 5)
+        hits = logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices == labels[:, None]  # (N, min(5, K))
         counts += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(labels.numel(), device=device)])
         done += labels.numel()
         if seen is not None:

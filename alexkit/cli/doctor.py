@@ -6,7 +6,7 @@ import typer
 
 
 def command() -> None:
-    """Versions of Python, torch, DALI, FFCV, numpy, pillow; whether the native pieces work here."""
+    """Versions of Python, torch, DALI, FFCV, numba, numpy, pillow, OpenCV, SciPy, typer, rich; whether the native pieces work here."""
     from alexkit.cli.main import MIN_COLUMNS
     from alexkit.doctor import checks
 

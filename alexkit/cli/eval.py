@@ -10,7 +10,7 @@ from alexkit.errors import alike_everywhere
 
 
 def command(
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="A .pt file or a run directory (its best.pt).", show_default="the latest run's best.pt"),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="A .pt file or a run directory (its best.pt, else last.pt).", show_default="the latest run's best.pt or last.pt"),
     data: Path = typer.Option(None, "--data", help="Store to evaluate on.", show_default="the checkpoint's store, else alexkit-store"),
     tta: bool = typer.Option(False, "--tta", help="The paper's ten views (4 corners + centre, each mirrored), softmax averaged."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per batch and process (ten-crop feeds 10 views each)."),

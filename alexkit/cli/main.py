@@ -132,8 +132,9 @@ class Command(_Flagged, TyperCommand):
 
 class Group(_Flagged, TyperGroup):
     def invoke(self, ctx):
-        """The command; once it has returned or raised, the signals main() handles no longer raise
-        (stops.ended), where main() set them (it forgets that when it puts them back)."""
+        """The command; once it has returned or raised (stops.ended), a signal main() handles that
+        comes less than a second after the one before is recorded, not raised (a later one still
+        raises), where main() set the handlers (it forgets that when it puts them back)."""
         try:
             return super().invoke(ctx)
         finally:

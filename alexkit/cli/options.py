@@ -25,8 +25,10 @@ def ranged(default: float, flag: str, help: str, allowed: Range):
     return typer.Option(default, flag, help=f"{help} Range: {allowed}.", callback=check)
 
 
-# Options of `alexkit train` that `alexkit bench train` shares.
+# `alexkit train`'s --device; `alexkit bench train` has its own, whose help leaves out torchrun.
 DEVICE = typer.Option("auto", "--device", metavar="DEVICE", help="auto (CUDA if present), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")
+
+# Options of `alexkit train` that `alexkit bench train` shares.
 AMP = typer.Option("auto", "--amp", metavar="MODE", help="bf16 autocast: auto (on for CUDA GPUs with bf16 tensor cores), on, off.")
 CHANNELS_LAST = typer.Option("auto", "--channels-last", metavar="MODE", help="auto (on for CUDA), on, off.")
 COMPILE = typer.Option("auto", "--compile", metavar="MODE", help="torch.compile: auto (on for CUDA), on, off.")

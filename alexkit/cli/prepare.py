@@ -17,7 +17,7 @@ def command(
     size: int = typer.Option(256, "--size", help="Stored side: shorter side resized to it, centre crop (256: the paper). Range: 16 to 1,024; train needs 42 or more."),
     format: str = typer.Option("jpg", "--format", metavar="jpg|raw", help="jpg (~31 KB per 256 px image: ~40 GB for ImageNet) or raw (192 KB: ~260 GB, no decoding)."),
     quality: int = typer.Option(90, "--quality", help="JPEG quality, 1-100."),
-    workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Worker processes.", show_default="all cores"),
+    workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Worker processes.", show_default="all usable cores"),
     force: bool = typer.Option(False, "--force", help="Rebuild the store from the source, in OUT/.prepare-new; the old store stays "
                                "whole and readable until the new one replaces it (needs room for both)."),
 ) -> None:

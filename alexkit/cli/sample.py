@@ -15,7 +15,7 @@ from alexkit.ranges import SAMPLE
 
 def command(
     out: Path = typer.Argument(
-        Path("alexkit-sample"), metavar="DIR", help="Folder to write the dataset into (made if absent); must be empty."
+        Path("alexkit-sample"), metavar="DIR", help="Folder to write the dataset into (made if absent); must be empty, or hold an earlier sample dataset with --overwrite."
     ),
     classes: int = typer.Option(10, "--classes", help="Number of classes (1-224)."),
     train_per_class: int = ranged(100, "--train-per-class", "Train images per class.", SAMPLE["train_per_class"]),

@@ -232,7 +232,8 @@ SAMPLE_MARK = b"MATLAB 5.0 MAT-file, written by alexkit sample"  # meta.mat's he
 
 
 def _meta_mat(wnids: list[str], specs, ids: list[int], train_per_class: int) -> bytes:
-    """meta.mat bytes: leaves (num_children == 0) by ILSVRC2012_ID, then three non-leaf rows."""
+    """meta.mat bytes: leaves (num_children == 0) by ILSVRC2012_ID, then the non-leaf rows: a root
+    and its two halves (one half with a single class)."""
     import scipy.io
 
     n = len(wnids)

@@ -86,7 +86,7 @@ from alexkit.pipeline.loader import make_loader
 from alexkit.pipeline.store import Store
 store, epochs, rows = Store(sys.argv[1]), int(sys.argv[2]), []
 for mode in ("train", "center", "tencrop"):
-    # The train split for all three: the bundled val split is two batches, too few to time.
+    # The train split for all three: the val split make_store.py builds (250 images) is two batches, too few to time.
     loader = make_loader(store, "train", mode=mode, batch_size=128, device="cuda", decoder="mixed",
                          dtype=torch.bfloat16, channels_last=True, seed=0)
     steady, whole = [], []  # images/s after each epoch's first batch; and over the whole epoch

@@ -4,8 +4,8 @@
     python3 scripts/gpu/make_store.py STORE [TRAIN VAL]      (defaults 1000 250)
 
 Built where it is used (check.py's first step, where STORE holds no store): it needs only what
-prepare's write path needs (numpy, pillow, opencv, typer; not FFCV or numba), and the store itself
-does not travel. The sources go to STORE-src and are removed once the store is built.
+prepare's write path needs (numpy, pillow, opencv, torch, typer; not FFCV or numba), and the store
+itself does not travel. The sources go to STORE-src and are removed once the store is built.
 """
 
 from __future__ import annotations
