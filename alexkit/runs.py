@@ -24,8 +24,9 @@ import torch
 import torch.distributed as dist
 
 from alexkit.errors import AlexkitError, refused
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, NoLocks, check_folder, checkpoint_in, held_by_another, is_run, latest_run, only_writer, temporaries, word, write_atomic
 from alexkit.launcher import started, talks
+from alexkit.locks import NoLocks, held_by_another, only_writer
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, check_folder, checkpoint_in, is_run, latest_run, temporaries, word, write_atomic
 from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
 from alexkit.pipeline.storedir import read_json
 from alexkit.progress import counted, some

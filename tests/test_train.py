@@ -588,7 +588,7 @@ def test_stores_it_cannot_train_on_are_refused_before_training(tmp_path):
 
 def test_one_run_directory_one_writer(store, tmp_path, monkeypatch):
     from alexkit import runs
-    from alexkit.paths import only_writer
+    from alexkit.locks import only_writer
 
     run = tmp_path / "busy"
     run.mkdir()
@@ -606,12 +606,12 @@ def test_a_run_still_in_its_first_epoch_is_said_to_be_training_not_stopped(store
     """Another process holds the run's .train.lock (real flock, as `alexkit train` does) and no
     checkpoint is written yet: resume and eval say it is still training; once it lets go, stopped."""
     from alexkit.evaluate import EvalConfig, evaluate
-    from alexkit.paths import only_writer
+    from alexkit.locks import only_writer
 
     run = tmp_path / "young"
     run.mkdir()
     (run / "config.json").write_text("{}")
-    hold = "import sys; from alexkit.paths import only_writer\nwith only_writer(sys.argv[1], 'busy'): print('held', flush=True); sys.stdin.read()"
+    hold = "import sys; from alexkit.locks import only_writer\nwith only_writer(sys.argv[1], 'busy'): print('held', flush=True); sys.stdin.read()"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(run / ".train.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
@@ -690,7 +690,7 @@ def test_a_file_system_without_locks_is_one_line_and_leaves_no_run_folder(store,
 
 def test_a_file_system_without_locks_never_says_a_run_is_in_its_first_epoch(tmp_path, monkeypatch):
     """Where flock fails, no lock can be held: a run without a checkpoint is not "still training"."""
-    from alexkit.paths import held_by_another
+    from alexkit.locks import held_by_another
 
     (tmp_path / ".train.lock").touch()
     _no_locks(monkeypatch)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, why
-from alexkit.paths import held_by_another, is_run, shared_reader, word, write_atomic
+from alexkit.locks import held_by_another, shared_reader
+from alexkit.paths import is_run, word, write_atomic
 from alexkit.pipeline.beton import BetonReader
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE, crop_size
 

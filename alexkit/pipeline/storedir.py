@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alexkit.errors import AlexkitError, PathRefused
-from alexkit.paths import fsync_folder, only_writer, shared_reader, write_atomic
+from alexkit.locks import only_writer, shared_reader
+from alexkit.paths import fsync_folder, write_atomic
 from alexkit.pipeline.store import CLASSES, LOCK, MANIFEST, SPLITS, STAGING, STATS
 from alexkit.progress import some
 
