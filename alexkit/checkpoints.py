@@ -3,7 +3,7 @@
 A checkpoint is a dict of plain values and state_dicts, loadable with torch.load(..., weights_only=True):
 format_version, model (the unwrapped AlexNet's state_dict), model_args, optimizer, scheduler, epoch,
 config, metrics, rng (every generator's state, for an exact resume), world_size. It is written to a
-temporary name and renamed (paths.write_atomic). Reading one checks the CRC-32 of every record
+temporary name and renamed (outputs.write_atomic). Reading one checks the CRC-32 of every record
 torch.save stored (torch.load does not), so bytes changed inside the weights are refused as damage.
 load_model builds the network a checkpoint describes, for eval and predict.
 """
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from alexkit.errors import AlexkitError, file_size_limit, refused, why
-from alexkit.paths import write_atomic
+from alexkit.outputs import write_atomic
 from alexkit.progress import amount, counted
 from alexkit.stops import held
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, PathRefused, too_large
-from alexkit.paths import check_output, is_run, write_output
+from alexkit.outputs import check_output, write_output
+from alexkit.paths import is_run
 from alexkit.progress import PROGRESS_MODES, Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
 from alexkit.launcher import launched

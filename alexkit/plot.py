@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexkit.errors import AlexkitError, require
-from alexkit.paths import DEFAULT_RUNS, check_output, checkpoint_in, is_run, latest_run, word, write_output
+from alexkit.outputs import check_output, write_output
+from alexkit.paths import DEFAULT_RUNS, checkpoint_in, is_run, latest_run, word
 
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")

@@ -26,7 +26,8 @@ import torch.distributed as dist
 from alexkit.errors import AlexkitError, refused
 from alexkit.launcher import started, talks
 from alexkit.locks import NoLocks, held_by_another, only_writer
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, check_folder, checkpoint_in, is_run, latest_run, temporaries, word, write_atomic
+from alexkit.outputs import check_folder, temporaries, write_atomic
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, checkpoint_in, is_run, latest_run, word
 from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
 from alexkit.pipeline.storedir import read_json
 from alexkit.progress import counted, some

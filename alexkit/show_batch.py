@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError
-from alexkit.paths import DEFAULT_STORE, check_folder, write_atomic
+from alexkit.outputs import check_folder, write_atomic
+from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import counted
 from alexkit.ranges import SHOW_BATCH_COUNT, check_ranges
 

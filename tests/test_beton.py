@@ -169,7 +169,7 @@ def test_broken_files_are_one_line_errors_naming_the_file(tmp_path, keep):
 
 
 def test_write_atomic_leaves_the_old_file_and_no_partial_when_writing_fails(tmp_path):
-    from alexkit.paths import write_atomic
+    from alexkit.outputs import write_atomic
 
     target = tmp_path / "x.json"
     write_atomic(target, "old")
@@ -202,7 +202,7 @@ def test_outputs_the_user_names_are_written_through_links_and_into_pipes_and_str
     import threading
 
     from alexkit.errors import AlexkitError
-    from alexkit.paths import check_output, write_atomic, write_output
+    from alexkit.outputs import check_output, write_atomic, write_output
 
     target, link = tmp_path / "target.json", tmp_path / "link.json"
     target.write_text("old")
@@ -241,7 +241,7 @@ def test_dev_stdout_is_written_into_the_stream_keeping_what_the_shell_appended_t
     log = tmp_path / "all.log"
     log.write_text("kept\n")
     code = """if True:
-        from alexkit.paths import check_output, write_output
+        from alexkit.outputs import check_output, write_output
         check_output("/dev/stdout", "--json")
         print("figures")
         write_output("/dev/stdout", '{"n": 1}\\n')
@@ -261,7 +261,7 @@ def test_a_full_disk_under_torch_save_is_an_oserror_naming_the_file(tmp_path):
 
     code = """if True:
         import resource, signal, sys, torch
-        from alexkit.paths import write_atomic
+        from alexkit.outputs import write_atomic
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
         try:
@@ -278,7 +278,7 @@ def test_a_full_disk_under_torch_save_is_an_oserror_naming_the_file(tmp_path):
 def test_write_atomic_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
     import os
 
-    from alexkit.paths import write_atomic
+    from alexkit.outputs import write_atomic
 
     events, real_fsync, real_replace = [], os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
@@ -312,7 +312,7 @@ def test_write_atomic_removes_the_temporaries_of_killed_writers_of_this_host(tmp
     import subprocess
     import sys
 
-    from alexkit.paths import write_atomic
+    from alexkit.outputs import write_atomic
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host, dead, alive = socket.gethostname(), int(gone.stdout), os.getppid()
@@ -331,7 +331,7 @@ def test_write_atomic_removes_the_temporaries_of_killed_writers_of_this_host(tmp
 
 
 def _write_many(target, byte: bytes, start) -> None:
-    from alexkit.paths import write_atomic
+    from alexkit.outputs import write_atomic
 
     def slowly(f):  # in pieces, as torch.save and PNG writers do, so the two writers overlap
         for _ in range(100):
@@ -359,7 +359,7 @@ def test_abort_deletes_the_file_even_when_closing_fails(tmp_path):
 
 
 def test_write_atomic_names_the_file_asked_for_when_the_rename_fails(tmp_path):
-    from alexkit.paths import write_atomic
+    from alexkit.outputs import write_atomic
 
     (tmp_path / "x.json").mkdir()  # a folder in the way: the rename fails, and the error names x.json
     with pytest.raises(OSError) as info:
@@ -373,7 +373,7 @@ def test_write_atomic_names_the_file_asked_for_on_a_read_only_file_system(tmp_pa
     import shutil
     import subprocess
 
-    from alexkit.paths import write_atomic
+    from alexkit.outputs import write_atomic
 
     ro = tmp_path / "ro"
     ro.mkdir()

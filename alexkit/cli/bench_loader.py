@@ -24,7 +24,7 @@ def command(
 ) -> None:
     """Print images/s of the train, center and tencrop graphs, side by side with the baselines, and memory per epoch."""
     from alexkit.bench.loader import BenchLoaderConfig, bench_loader
-    from alexkit.paths import check_folder, check_output, write_output
+    from alexkit.outputs import check_folder, check_output, write_output
 
     if work is not None:
         check_folder(work, "--work")  # before the inputs are made

@@ -25,7 +25,8 @@ from pathlib import Path
 from alexkit import stops
 from alexkit.datasets.sample import DEVKIT_DATA, MAX_CLASSES, SAMPLE_MARK, write_tree
 from alexkit.errors import AlexkitError
-from alexkit.paths import check_folder, remove_empty, word
+from alexkit.outputs import check_folder, remove_empty
+from alexkit.paths import word
 from alexkit.progress import some
 from alexkit.ranges import SAMPLE, check_ranges
 

@@ -47,7 +47,8 @@ from typing import Literal
 
 from alexkit.errors import AlexkitError, PathRefused, refused
 from alexkit.locks import BeingRead, NoLocks, held_by_another, only_writer
-from alexkit.paths import DEFAULT_STORE, check_folder, expand_home, remove_empty, usable_cores, word
+from alexkit.outputs import check_folder, remove_empty
+from alexkit.paths import DEFAULT_STORE, expand_home, usable_cores, word
 from alexkit.pipeline import imageops
 from alexkit.pipeline.build import build, summary
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE

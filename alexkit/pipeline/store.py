@@ -15,7 +15,8 @@ import numpy as np
 
 from alexkit.errors import AlexkitError, why
 from alexkit.locks import held_by_another, shared_reader
-from alexkit.paths import is_run, word, write_atomic
+from alexkit.outputs import write_atomic
+from alexkit.paths import is_run, word
 from alexkit.pipeline.beton import BetonReader
 from alexkit.pipeline.constants import STORE_FORMAT, STORE_FORMAT_VERSION, STORE_QUALITY, STORE_SIZE, crop_size
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alexkit.errors import AlexkitError, PathRefused
 from alexkit.locks import only_writer, shared_reader
-from alexkit.paths import fsync_folder, write_atomic
+from alexkit.outputs import fsync_folder, write_atomic
 from alexkit.pipeline.store import CLASSES, LOCK, MANIFEST, SPLITS, STAGING, STATS
 from alexkit.progress import some
 
