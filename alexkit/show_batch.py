@@ -17,7 +17,7 @@ from alexkit.errors import AlexkitError
 from alexkit.outputs import check_folder, write_atomic
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import counted
-from alexkit.ranges import SHOW_BATCH_COUNT, check_ranges
+from alexkit.ranges import SEED, SHOW_BATCH_COUNT, check_ranges
 
 TILE_MIN = 160  # tiles are scaled up (nearest) to at least this many pixels so small crops stay visible
 
@@ -31,8 +31,6 @@ class ShowBatchConfig:
     seed: int = 0  # the loader's seed: same seed, same crops, flips and lighting
 
     def __post_init__(self):
-        from alexkit.ranges import SEED
-
         check_ranges(("--count", self.count, SHOW_BATCH_COUNT), ("--seed", self.seed, SEED))
         if self.val_index < 0:
             raise AlexkitError(f"--val-index {self.val_index}: must be 0 or more")
