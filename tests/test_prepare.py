@@ -212,7 +212,11 @@ def test_every_layout_round_trip(tmp_path, layout):
 
 
 @pytest.mark.parametrize(
-    "w,h,size", [(60, 40, 32), (40, 60, 32), (37, 37, 32), (20, 58, 32), (21, 30, 48), (300, 97, 64), (33, 32, 32)]
+    "w,h,size",
+    [(60, 40, 32), (40, 60, 32), (37, 37, 32), (20, 58, 32), (21, 30, 48), (300, 97, 64), (33, 32, 32)]
+    # upscaled, the longer side as long as the crop's far edge (torch copies an axis whose output
+    # length is its input length): 213x320 -> 256x385, its crop rows 64..319
+    + [(47, 48, 48), (60, 40, 48), (39, 175, 64), (66, 62, 64), (213, 320, 256), (355, 200, 256)],
 )
 def test_resize_and_crop_match_pil_reference(w, h, size):
     """torch's uint8 antialiased bilinear kernel, computing only up to the crop's far edge, equals
@@ -222,6 +226,21 @@ def test_resize_and_crop_match_pil_reference(w, h, size):
     ours = np.asarray(imageops.decode_resized(_png(img), size), dtype=int)
     assert ours.shape == (size, size, 3)
     diff = np.abs(ours - _reference(img, size))
+    assert diff.max() <= 1 and diff.mean() < 0.1
+
+
+@pytest.mark.parametrize("w,h", [(191, 300), (300, 191)])
+def test_resize_of_a_reduced_decode_matches_pil_at_the_true_scale(w, h):
+    """resize_crop on a 1/4-scale decode whose shorter side rounds up to exactly `size` (48 px for
+    47.75): still scaled by 48 / 47.75, as PIL resizes the source's extent in decoded pixels (box).
+    prepare's own reduced decodes keep twice `size`; resize_crop takes any scale."""
+    size, rng = 48, np.random.default_rng(w)
+    decoded = _photo(rng, -(-w // 4), -(-h // 4))  # (75, 48, 3) or (48, 75, 3)
+    rw, rh = imageops.resized_size(w, h, size)
+    x0, y0 = imageops.crop_origin((rw, rh), size)
+    resized = Image.fromarray(decoded).resize((rw, rh), imageops.FILTER, box=(0, 0, w / 4, h / 4))
+    reference = np.asarray(resized.crop((x0, y0, x0 + size, y0 + size)), dtype=int)
+    diff = np.abs(imageops.resize_crop(decoded, 1 / 4, (w, h), size).astype(int) - reference)
     assert diff.max() <= 1 and diff.mean() < 0.1
 
 

@@ -136,10 +136,15 @@ def resize_crop(rgb: np.ndarray, scale: float, source: tuple[int, int], size: in
     # The aten op takes the output size and the scale separately: the scale is the true one
     # (resized / source size), not (output / decoded size), which a reduced decode's rounded-up
     # size would skew; the output stops at the crop's far edge.
-    out = torch.ops.aten._upsample_bilinear2d_aa(
-        pixels, (y0 + size, x0 + size), False, rh / (height * scale), rw / (width * scale)
-    )
-    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy()[y0:, x0:])  # (size, size, 3)
+    scale_h, scale_w = rh / (height * scale), rw / (width * scale)
+    # But torch copies an axis whose output length equals its input length, whatever the scale:
+    # where that would happen at a scale other than 1 (an upscaled image whose longer side ends
+    # at the crop's far edge, or a reduced decode whose shorter side comes out at `size`), one
+    # more row or column is asked for and cut off; the kernel positions come from the scale alone.
+    out_h = y0 + size + (y0 + size == rgb.shape[0] and scale_h != 1)
+    out_w = x0 + size + (x0 + size == rgb.shape[1] and scale_w != 1)
+    out = torch.ops.aten._upsample_bilinear2d_aa(pixels, (out_h, out_w), False, scale_h, scale_w)
+    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy()[y0 : y0 + size, x0 : x0 + size])  # (size, size, 3)
 
 
 def decode_resized(data: bytes, size: int, max_aspect: float | None = None) -> np.ndarray:
