@@ -11,7 +11,8 @@ Why this one: area averaging (OpenCV's INTER_AREA, what FFCV resizes with) saves
 aliases visibly on a zone plate; bicubic and Lanczos cost more resize time. It runs as torch's
 uint8 kernel for this filter (vectorised, several times faster than PIL's on an ImageNet-sized
 photo), which computes the same weights as PIL and differs from PIL's "resize, then crop" only in
-rounding, by at most 1 grey level (tested: `test_prepare.py::test_resize_and_crop_match_pil_reference`). Alpha is dropped, as
+rounding: by at most 1 grey level at nearly every pixel, 2 at a few pixels of some images (tested:
+`test_prepare.py::test_resize_and_crop_match_pil_reference`). Alpha is dropped, as
 `Image.convert("RGB")` does in every common ImageNet loader; EXIF orientation is ignored, as PIL
 does.
 
