@@ -429,6 +429,55 @@ def test_a_ctrl_c_as_the_lock_is_taken_leaves_no_folder_made(tmp_path, monkeypat
     assert (tmp_path / "other").is_dir()
 
 
+def test_a_sample_into_a_dir_that_prepare_is_reading_is_refused(tmp_path, monkeypatch):
+    """prepare reads the val labels from the devkit at its scan and the images long after: a `sample
+    --overwrite` into its SRC meanwhile made a store of new images under old labels, and both exited 0.
+    prepare holds SRC's lock shared from the scan to its last split; a sample run is refused, said as
+    prepare's doing (not as another sample's), and the store is the dataset that was scanned."""
+    from alexkit.datasets.sample_place import reading
+    from alexkit.pipeline.beton import BetonWriter
+    from alexkit.pipeline.prepare import PrepareConfig, prepare
+    from alexkit.pipeline.store import Store
+    from tests.test_cli import run
+
+    src = write_sample_dataset(tmp_path / "d", num_classes=3, train_per_class=3, val_per_class=3)
+    before = files(src)
+    with reading(src):  # as `alexkit prepare` holds it
+        r = run("sample", str(src), "--classes", "3", "--train-per-class", "3", "--val-per-class", "3", "--seed", "1", "--overwrite")
+    assert (r.returncode, r.stderr) == (2, f"error: {src} is being read by `alexkit prepare`; wait for it to end, or choose "
+                                           "another folder\n")  # fmt: skip
+    assert files(src) == before
+
+    real_add, tried = BetonWriter.add, []
+
+    def add(self, *args, **kw):  # the real writer; at each split's first image, a sample run tries to replace SRC
+        if self.path.name not in tried:
+            tried.append(self.path.name)
+            with pytest.raises(AlexkitError, match="is being read by `alexkit prepare`"):
+                write_sample_dataset(src, num_classes=3, train_per_class=3, val_per_class=3, seed=1, overwrite=True)
+        return real_add(self, *args, **kw)
+
+    monkeypatch.setattr(BetonWriter, "add", add)
+    store = Store(prepare(PrepareConfig(src=src, out=tmp_path / "store", size=32, workers=1, for_training=False)))
+    assert tried == ["train.beton", "val.beton"] and files(src) == before
+    assert store.split("val").labels.tolist() == [s.label for s in find_dataset(src).splits["val"]]
+
+
+def test_prepare_of_a_dir_that_sample_is_writing_says_so(tmp_path):
+    """While `alexkit sample` writes DIR (its lock held, its staging folder there), prepare said that a
+    sample into it was stopped and to run it again, which would be refused: it says that DIR is being
+    written, and leaves no --out folder behind."""
+    from alexkit.datasets.sample_place import _only_writer
+    from tests.test_cli import run
+
+    src = write_sample_dataset(tmp_path / "d", num_classes=2, train_per_class=2, val_per_class=1)
+    (src / ".sample-partial" / "train").mkdir(parents=True)  # the running sample's, half-written
+    with _only_writer(src):  # as `alexkit sample` holds it
+        r = run("prepare", str(src), "--out", str(tmp_path / "store"), "--size", "32")
+    assert (r.returncode, r.stderr) == (2, f"error: {src} is being written by `alexkit sample`; wait for it to end\n")
+    assert not (tmp_path / "store").exists()
+
+
 def test_images_per_class_are_bounded(tmp_path, capsys):
     """At most as many per class as ImageNet's largest classes (1,300): a mistyped zero is refused."""
     with pytest.raises(AlexkitError, match=r"^--train-per-class 13000 is out of range: from 1 to 1,300 "):

@@ -6,7 +6,8 @@ out/.sample-partial and its entries moved into place at the end, so that a stopp
 it was. An earlier sample dataset's entries (--overwrite) go to out/.sample-replaced as the new ones
 come in, and are removed last. A run killed between those renames can leave the new devkit beside
 the old val images, so find_dataset refuses a DIR that still holds either folder. One run writes in
-DIR at a time (a lock on the folder itself, _only_writer): a second is refused. Only what sample
+DIR at a time (a lock on the folder itself, _only_writer): a second is refused, and so is a run into
+a DIR that `alexkit prepare` is reading (it holds the same lock shared, `reading`). Only what sample
 writes is replaced or removed: `out` and a stopped run's folders are checked by the names they hold,
 an earlier dataset also by the mark in its meta.mat.
 """
@@ -107,13 +108,14 @@ def write_sample_dataset(
 
 
 class _Busy(AlexkitError):
-    """Another `alexkit sample` holds DIR's lock."""
+    """Another `alexkit sample` holds DIR's lock, or an `alexkit prepare` reading DIR does."""
 
 
 @contextlib.contextmanager
 def _only_writer(out: Path):
     """Hold an exclusive flock on the folder `out` itself while the block runs: two runs staging in the
-    one out/STAGING would remove or move each other's files. The folder's own descriptor is locked, not
+    one out/STAGING would remove or move each other's files, and a prepare reading `out` (`reading`)
+    would store the new images under the old labels. The folder's own descriptor is locked, not
     a file in it, so that `out` holds nothing but the dataset (find_dataset and --overwrite check it by
     the names it holds) and a stopped run leaves nothing to tidy: the lock goes with the process. Where
     the file system refuses a lock on a folder (NFS may), the block runs unlocked, as it did before."""
@@ -124,9 +126,42 @@ def _only_writer(out: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _Busy(f"{out} is being written by another `alexkit sample`; wait for it to end, "
-                               "or choose another folder") from None  # fmt: skip
+            try:  # a shared lock is had where prepares alone hold it, not where another sample does
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                raise _Busy(f"{out} is being written by another `alexkit sample`; wait for it to end, "
+                                   "or choose another folder") from None  # fmt: skip
+            raise _Busy(f"{out} is being read by `alexkit prepare`; wait for it to end, or choose another folder") from None
         except OSError:  # ENOLCK, EBADF, ENOSYS: no lock to be had, nor can another run hold one
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def reading(src: Path):
+    """Hold a shared flock on the dataset folder `src` itself while the block runs (prepare, from its
+    scan to its last split): val labels are read from the devkit at the scan and the images long
+    after, so an `alexkit sample --overwrite` into `src` meanwhile (_only_writer) is refused rather
+    than mixing its images with the old ones and the old labels. AlexkitError where a sample run
+    holds it. Where the folder cannot be opened, or its file system refuses a lock on a folder, the
+    block runs unlocked, as sample does (read-only mounts still lock: the lock is the kernel's)."""
+    import fcntl
+
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # not a folder, or not readable: the scan says what is wrong
+        fd = None
+    if fd is None:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlexkitError(f"{src} is being written by `alexkit sample`; wait for it to end") from None
+        except OSError:  # ENOLCK, EBADF, ENOSYS
             pass
         yield
     finally:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alexkit.datasets import Dataset, find_dataset
+from alexkit.datasets import Dataset, find_dataset, sample_place
 from alexkit.errors import AlexkitError, PathRefused, too_large
 from alexkit.progress import Progress, Ticks, amount, counted, duration, warn
 from alexkit.pipeline import imageops
@@ -41,7 +41,13 @@ JPEG_BYTES_PER_PIXEL = 0.47
 def build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path | None = None) -> dict:
     """Scan `src` and write the store into `out`, reusing (if `keep`) each split an earlier run finished
     there with these settings and sources; return its manifest, written last. `replacing`: the store a
-    --force rebuild will replace, whose val split a source without one must not take away."""
+    --force rebuild will replace, whose val split a source without one must not take away. `src` is
+    held against `alexkit sample` throughout: the labels read at the scan must stay its images'."""
+    with sample_place.reading(src):
+        return _build(cfg, src, out, keep, replacing)
+
+
+def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path | None) -> dict:
     from alexkit.model import MIN_INPUT_SIZE  # torch: the workers load it anyway
 
     settings = cfg.settings()
