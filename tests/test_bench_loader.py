@@ -84,6 +84,33 @@ def test_a_store_in_work_gets_advice_the_bench_can_follow(tmp_path, capsys):
     assert "--force" not in str(info.value) and "--out" not in str(info.value)
 
 
+def test_the_store_is_held_against_prepare_while_the_bench_reads_it(tmp_path, monkeypatch):
+    """--store was read with no reader lock, so a `prepare --force` moved a new store in under the
+    bench. It holds the store's lock shared, as train and eval do: a prepare is refused while the rows
+    run, and a bench of a store that a prepare is writing waits for it, then says so."""
+    import alexkit.bench.loader as bench
+    from alexkit.errors import AlexkitError
+    from alexkit.locks import BeingRead
+    from alexkit.pipeline.prepare import _only_writer
+    from tests.test_evaluate import make_store
+
+    store = make_store(tmp_path / "store", train=8, val=4).path
+    real_interleaved, refused = bench.interleaved, []
+
+    def interleaved(runners, epochs):  # the real rows, each mode's after a prepare tried to take the store
+        with pytest.raises(BeingRead):
+            with _only_writer(store):
+                pass
+        refused.append(1)
+        return real_interleaved(runners, epochs)
+
+    monkeypatch.setattr(bench, "interleaved", interleaved)
+    cfg = BenchLoaderConfig(store=store, batch_size=4, epochs=2, threads=1, baselines=False, memory_epochs=1)
+    assert len(bench_loader(cfg)["rows"]) == 6 and len(refused) == 3  # 3 modes, fused or not
+    with _only_writer(store), pytest.raises(AlexkitError, match=f"^`alexkit prepare` is writing store {store}; wait for it to end$"):
+        bench_loader(cfg)
+
+
 # --- the figures: each from a measurement whose answer is known ---
 
 

@@ -120,6 +120,33 @@ def test_a_data_path_that_is_not_a_usable_store_is_an_error_before_any_timing(tm
     assert not timed
 
 
+def test_the_store_is_held_against_prepare_while_the_rows_are_timed(tmp_path, monkeypatch):
+    """--data was read with no reader lock, so a `prepare --force` moved a new store in under the
+    bench. It holds the store's lock shared, as train does: a prepare is refused while the rows are
+    timed, and a bench of a store that a prepare is writing waits for it, then says so."""
+    import alexkit.bench.train as bench
+    from alexkit.errors import AlexkitError
+    from alexkit.locks import BeingRead
+    from alexkit.pipeline.prepare import _only_writer
+
+    store = make_store(tmp_path / "store", size=64, train=12, val=2).path
+    real_windows, refused = bench._timed_windows, []
+
+    def timed_windows(*args):  # the real windows, after a prepare tried to take the store
+        with pytest.raises(BeingRead):
+            with _only_writer(store):
+                pass
+        refused.append(1)
+        return real_windows(*args)
+
+    monkeypatch.setattr(bench, "_timed_windows", timed_windows)
+    cfg = BenchTrainConfig(data=store, batch_size=4, steps=1, repeats=1, warmup=0, device="cpu", width=0.25, fc_features=16,
+                           compile="off")  # fmt: skip
+    assert [row["input"] for row in bench_train(cfg)["rows"]] == ["synthetic on-device", "real pipeline"] and refused == [1]
+    with _only_writer(store), pytest.raises(AlexkitError, match=f"^`alexkit prepare` is writing store {store}; wait for it to end$"):
+        bench_train(cfg)
+
+
 def test_make_bench_gives_bench_train_the_demos_store_once_it_is_made(tmp_path):
     """From the repository's root bench train's default store, ./alexkit-store, is not the demo's
     (demo/alexkit-store): `make bench` never measured the real pipeline."""

@@ -29,6 +29,7 @@ JPEG q90 store and a raw store.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import os
@@ -99,19 +100,24 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
     The pipelines of one mode run side by side, one epoch each in turn, so that other processes
     on the machine slow them alike.
     """
-    from alexkit.pipeline.store import Store
+    from alexkit.pipeline.store import Store, reading
 
     threads = cfg.threads or default_threads()  # alexkit's
     workers = cfg.threads or usable_cores()  # the baselines'
-    with tempfile.TemporaryDirectory(prefix="alexkit-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="alexkit-bench-") as tmp, contextlib.ExitStack() as held:
+
+        def read(path: Path) -> Store:  # as train and eval read it: no `prepare --force` moves a new store in meanwhile
+            held.enter_context(reading(path))
+            return Store(path)
+
         work = Path(cfg.work or tmp)
         if cfg.store is None:  # folders per count: a store is of every file in its source folder
             src = work / f"src-{cfg.images}"
             write_photo_like(src, cfg.images, workers=workers)  # `alexkit bench prepare`'s images
-            stores = {fmt: Store(make_store(src, work / f"store-{fmt}-{cfg.images}", fmt, workers)) for fmt in ("jpg", "raw")}
+            stores = {fmt: read(make_store(src, work / f"store-{fmt}-{cfg.images}", fmt, workers)) for fmt in ("jpg", "raw")}
             sources = source_images(stores["jpg"], src, "the made sources")
         else:
-            store = Store(cfg.store)
+            store = read(cfg.store)
             stores = {"jpg" if check_images(store.split("train"), store) else "raw": store}
             sources = source_images(store, cfg.source, f"--source {cfg.source}") if cfg.source and cfg.baselines else {}
         settings = _settings(cfg, threads, workers, stores)

@@ -11,6 +11,7 @@ Timed one row after the other, such a load could put the real row above the synt
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -48,10 +49,14 @@ class BenchTrainConfig:
 
 def bench_train(cfg: BenchTrainConfig) -> dict:
     """Print and return {"device", "settings", "rows": [{"input", "images_per_s", "min", "max", "vs_synthetic"}, ...]}."""
+    with contextlib.ExitStack() as held:  # the store's reader lock, while the rows run
+        return _bench_train(cfg, _usable_store(cfg, held))  # the store: before any timing
+
+
+def _bench_train(cfg: BenchTrainConfig, store) -> dict:
     from alexkit.model import AlexNet
     from alexkit.model.placement import setup
 
-    store = _usable_store(cfg)  # before any timing
     dev = setup("none", cfg.device).device
     amp, channels_last, compiled = resolve_auto(cfg.amp, cfg.channels_last, cfg.compile, dev)
     if dev.type == "cuda":
@@ -99,14 +104,16 @@ def bench_train(cfg: BenchTrainConfig) -> dict:
     return dict(device=device_name, settings=settings, rows=rows)
 
 
-def _usable_store(cfg: BenchTrainConfig):
+def _usable_store(cfg: BenchTrainConfig, held: contextlib.ExitStack):
     """The store of the real-pipeline row, or None (no --data, and no finished store at DEFAULT_STORE:
     the synthetic row alone). A store named by --data that cannot give that row is an error, said
-    before any row is timed."""
-    from alexkit.pipeline.store import MANIFEST, Store
+    before any row is timed. The store is read as train reads it, its lock shared in `held`: no
+    `prepare --force` moves a new store in meanwhile."""
+    from alexkit.pipeline.store import MANIFEST, Store, reading
 
     if cfg.data is None and not (DEFAULT_STORE / MANIFEST).is_file():
         return None
+    held.enter_context(reading(cfg.data or DEFAULT_STORE))
     store = Store(cfg.data or DEFAULT_STORE).check("train")
     check_crop_fits(store)  # as `alexkit train` says it
     train = store.split("train")
