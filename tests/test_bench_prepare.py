@@ -3,7 +3,7 @@ asserts a speed."""
 
 import numpy as np
 
-from alexkit.bench.prepare import BenchPrepareConfig, bench_prepare, photo_like
+from alexkit.bench.prepare import PHOTO_SIZES, BenchPrepareConfig, bench_prepare, photo_like
 from alexkit.paths import usable_cores
 
 
@@ -38,6 +38,33 @@ def test_the_table_gives_medians_and_how_many_times_a_route_is_to_a_and_b(capsys
     rows = {line[:24].strip(): line[24:].split() for line in capsys.readouterr().out.splitlines()}
     assert rows["(c) alexkit prepare"] == ["8", "1-80", "4.00x", "2.00x", "1.00"]
     assert rows["(a) one process, PIL"] == ["2", "1-9", "1.00x", "0.50x", "3.00"]
+
+
+def test_two_processes_writing_one_photo_like_jpeg_keep_their_own_temporaries(tmp_path, monkeypatch):
+    """Two `bench loader --work W` at once write the same sources: with one temporary name for every
+    process, the other's rename took this one's temporary away (`...JPEG.partial: No such file or
+    directory`). Here the other process writes the image whole just after this one has written its
+    temporary and before its rename; both end with the one JPEG, and no temporary is left."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from alexkit.bench.prepare import _write_one_photo
+
+    real_save, others = Image.Image.save, []
+
+    def save(self, *args, **kw):  # the real encoder; then another process writes the same image whole
+        real_save(self, *args, **kw)
+        others.append(subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from alexkit.bench.prepare "
+                                      "import _write_one_photo; _write_one_photo((Path(sys.argv[1]), 6, 0))", str(tmp_path)],
+                                     capture_output=True, text=True, timeout=120))  # fmt: skip
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    path = _write_one_photo((tmp_path, 6, 0))
+    assert [(r.returncode, r.stderr) for r in others] == [(0, "")]
+    assert path == tmp_path / "train" / "c006" / "img_000006.JPEG"
+    assert [p.name for p in path.parent.iterdir()] == [path.name] and Image.open(path).size in [size for size, _ in PHOTO_SIZES]
 
 
 def test_ctrl_c_while_making_photo_like_jpegs_says_interrupted_once(tmp_path):

@@ -29,6 +29,7 @@ import numpy as np
 
 from alexkit.bench import cpu_seconds
 from alexkit.errors import AlexkitError, refused
+from alexkit.outputs import write_atomic
 from alexkit.paths import usable_cores
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 from alexkit.stops import blocked, ignored
@@ -250,9 +251,10 @@ def _write_one_photo(job: tuple[Path, int, int]) -> Path:
     sizes, weights = zip(*PHOTO_SIZES)
     w, h = sizes[rng.choice(len(sizes), p=np.array(weights) / sum(weights))]
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")  # an interrupted run leaves no truncated JPEG to reuse
-    Image.fromarray(photo_like(rng, w, h)).save(tmp, "JPEG", quality=90)
-    os.replace(tmp, path)
+    image = Image.fromarray(photo_like(rng, w, h))
+    # All or nothing, through a temporary of this process's own: an interrupted run leaves no truncated
+    # JPEG to reuse, and two benches making one --work at once do not rename each other's away.
+    write_atomic(path, lambda f: image.save(f, "JPEG", quality=90))
     return path
 
 
