@@ -3,7 +3,7 @@ their checkpoints, and paths as the user types them and reads them.
 
 The default locations are chosen so that `prepare` -> `train` -> `eval` chain with no flags; all are
 relative to the current directory: run the three commands from the same place. What makes a folder
-a run folder (is_run), its checkpoint (checkpoint_in), and the latest run (latest_run); a path as a
+a run folder (is_run), its checkpoint (checkpoint_in), and the latest run (latest_run, latest_run_noted); a path as a
 word of a command printed for the user to copy (word), and one given with a `~` (expand_home); how
 many cores this process may use (usable_cores). Locks are in locks.py, writing files in outputs.py.
 """
@@ -42,6 +42,19 @@ def latest_run(runs: Path = DEFAULT_RUNS, having: tuple[str, ...] = ("best.pt", 
         return None
     candidates = [p for p in runs.iterdir() if is_run(p) and any((p / n).is_file() for n in having)]
     return max(candidates, key=_creation_order, default=None)
+
+
+def latest_run_noted(having: tuple[str, ...], lacking: str, say: bool = True) -> Path | None:
+    """latest_run under DEFAULT_RUNS, with a note on stderr (if `say`) where a newer run has none of
+    `having` yet (a training still in its first epoch, or stopped there): the run used is then not the
+    one just started, and the user should know. `lacking`: what that run has not, in the note's words."""
+    import sys
+
+    run = latest_run(having=having)
+    newest = latest_run(having=("config.json",))
+    if run is not None and newest != run and say:
+        print(f"note: {newest} has {lacking} yet; using {run}", file=sys.stderr)
+    return run
 
 
 def _creation_order(run: Path) -> tuple[str, int]:

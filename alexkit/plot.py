@@ -11,7 +11,7 @@ from pathlib import Path
 
 from alexkit.errors import AlexkitError, require
 from alexkit.outputs import check_output, write_output
-from alexkit.paths import DEFAULT_RUNS, checkpoint_in, is_run, latest_run, word
+from alexkit.paths import DEFAULT_RUNS, checkpoint_in, is_run, latest_run_noted, word
 
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")
@@ -142,7 +142,7 @@ def plot(cfg: PlotConfig) -> Path:
     """Write one picture (.png, .pdf or .svg) with four panels (loss, top-1, top-5, lr) against epoch; one colour per run."""
     runs = list(cfg.runs)
     if not runs:
-        run = latest_run()
+        run = latest_run_noted(("best.pt", "last.pt"), "no finished epoch")  # a new run in its first epoch: said, as eval says it
         if run is None:
             raise AlexkitError(f"no run with a finished epoch under {DEFAULT_RUNS}/; pass run directories: alexkit plot RUN...")
         runs = [run]

@@ -27,7 +27,7 @@ from alexkit.errors import AlexkitError, refused
 from alexkit.launcher import started, talks
 from alexkit.locks import NoLocks, held_by_another, only_writer
 from alexkit.outputs import check_folder, temporaries, write_atomic
-from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, checkpoint_in, is_run, latest_run, word
+from alexkit.paths import DEFAULT_RUNS, DEFAULT_STORE, checkpoint_in, is_run, latest_run, latest_run_noted, word
 from alexkit.pipeline.store import CLASSES, MANIFEST, STATS, Stats, read_classes
 from alexkit.pipeline.storedir import read_json
 from alexkit.progress import counted, some
@@ -279,13 +279,10 @@ def store_of(ckpt: dict, ckpt_path: Path, data: Path | None) -> Path:
 def find_checkpoint(path: Path | None, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:
     """The checkpoint file: `path` itself, a run directory's first of `prefer`, or the latest run's."""
     if path is None:
-        run = latest_run(having=prefer)
+        run = latest_run_noted(prefer, "no checkpoint", talks())
         if run is None:
             raise AlexkitError(f"no run with a checkpoint under {DEFAULT_RUNS}/; train one with `alexkit train` (a run "
                                "writes last.pt at the end of its first epoch) or pass --checkpoint PATH")  # fmt: skip
-        newest = latest_run(having=("config.json",))
-        if newest != run and talks():  # a training still in its first epoch, or stopped there
-            print(f"note: {newest} has no checkpoint yet; using {run}", file=sys.stderr)
         path = run
     path = Path(path)
     resuming = "best.pt" not in prefer

@@ -242,6 +242,21 @@ def test_plot_passes_over_a_run_still_in_its_first_epoch(tmp_path, capsys):
         plot(PlotConfig(runs=(tmp_path / "live",), out=tmp_path / "d.png"))
 
 
+def test_plot_of_the_latest_run_names_a_newer_one_still_in_its_first_epoch(tmp_path, monkeypatch, capsys):
+    """Without RUN, plot takes the latest run with a finished epoch: a newer run still in its first one
+    was passed over without a word, so the curves looked like the new run's. A note names both, as
+    eval's does."""
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "alexkit-runs" / "20261129-120000", 3, 0.9)
+    (tmp_path / "alexkit-runs" / "20261129-120000" / "last.pt").write_bytes(b"")  # only looked for, not read
+    out = plot(PlotConfig(out=tmp_path / "c.png"))
+    assert out.is_file() and capsys.readouterr().err == ""
+    write_run(tmp_path / "alexkit-runs" / "20261129-130000", 0, 0.9)  # started, no epoch yet
+    plot(PlotConfig(out=tmp_path / "c.png"))
+    assert capsys.readouterr().err == ("note: alexkit-runs/20261129-130000 has no finished epoch yet; using "
+                                       "alexkit-runs/20261129-120000\n")  # fmt: skip
+
+
 @pytest.mark.parametrize("lost", [True, False], ids=["missing", "empty"])
 def test_a_run_that_lost_its_metrics_is_told_how_to_write_them_again(tmp_path, capsys, lost):
     """A run with a checkpoint but no metrics.jsonl, or an empty one (a full disk at metrics.jsonl
