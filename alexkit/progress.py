@@ -1,7 +1,7 @@
 """Progress for people, one way for every stage: a rich bar (count, rate, ETA and the stage's own
-fields) when stdout is a terminal; otherwise a plain line at every tenth of the work, and at least
-every 30 s, so logs of long runs stay readable (a bar cannot be drawn into a pipe or a file, so
-"rich" is plain there too)."""
+fields) when stdout is a terminal that can redraw it; otherwise a plain line at every tenth of the
+work, and at least every 30 s, so logs of long runs stay readable (a bar cannot be drawn into a pipe,
+a file or a dumb terminal, so "rich" is plain there too)."""
 
 from __future__ import annotations
 
@@ -52,14 +52,26 @@ def warn(text: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def redraws() -> bool:
+    """Whether stdout is a terminal on which rich redraws a bar in place: not a pipe or a file (isatty,
+    whatever FORCE_COLOR says), and not a dumb terminal (TERM=dumb or unknown: Emacs' shell, some CI
+    consoles), where rich's bar shows nothing until it ends and then, transient, only an empty line
+    (rich's is_interactive, which TTY_INTERACTIVE=0 turns off too)."""
+    if not sys.stdout.isatty():
+        return False
+    from rich.console import Console
+
+    return Console().is_interactive
+
+
 class Progress:
     """with Progress("train", total=steps, per_done=128, fields=("loss", "lr")) as p: p.update(done, rate=..., loss=...)
 
     `done` and `total` count whatever the stage counts (images, steps); each of them is `per_done`
     `unit`s (a step of 128 images: 128). `rate` is in `unit`/s and defaults to done * per_done /
     elapsed seconds; the plain lines' ETA is at that rate. Fields keep their last value, so a costly one (a loss that
-    waits for the GPU) need not be passed every time. `mode`: "auto" (rich on a terminal, else plain), "rich",
-    "plain" or "none".
+    waits for the GPU) need not be passed every time. `mode`: "auto" (rich on a terminal that redraws, else plain),
+    "rich" (the same: plain where no bar can be drawn), "plain" or "none".
     """
 
     PLAIN_EVERY_S = 30.0
@@ -67,7 +79,7 @@ class Progress:
     def __init__(self, title: str, total: int, *, unit: str = "images", per_done: int = 1, fields: tuple[str, ...] = (),
                  mode: str = "auto"):  # fmt: skip
         if mode in ("auto", "rich"):
-            mode = "rich" if sys.stdout.isatty() else "plain"
+            mode = "rich" if redraws() else "plain"
         self.title, self.total, self.unit, self.fields, self.mode = title, total, unit, fields, mode
         self.per_done = per_done
         self.bar, self.values = None, {name: "-" for name in fields}
@@ -76,13 +88,15 @@ class Progress:
         self.started = self.last_line = time.perf_counter()
         self.next_line = self.total / 10
         if self.mode == "rich":
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as Bar
 
             extra = " ".join(f"{name} {{task.fields[{name}]}}" for name in self.fields)
+            # a Console of its own: the terminal as redraws() saw it (TERM, COLUMNS), not as rich's shared one first did
             self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                            TextColumn("{task.fields[rate]} " + extra), TextColumn("ETA"), TimeRemainingColumn(),
-                           transient=True)  # fmt: skip
+                           console=Console(), transient=True)  # fmt: skip
             self.task = self.bar.add_task(self.title, total=self.total, rate="", **self.values)
             self.bar.start()
         return self

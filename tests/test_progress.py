@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import itertools
-import sys
 import re
+import sys
 
 from alexkit.progress import Progress, counted, duration
 
@@ -29,6 +30,26 @@ def test_rich_into_a_pipe_is_plain_and_none_is_silent(capsys):
     with Progress("eval", 2, mode="none") as bar:
         bar.update(2)
     assert capsys.readouterr().out == ""
+
+
+class Terminal(io.StringIO):
+    """What a terminal is sent: rich sees a tty (and TERM, COLUMNS from the environment)."""
+
+    def isatty(self):
+        return True
+
+
+def test_a_dumb_terminal_gets_plain_lines_for_auto_and_rich(monkeypatch):
+    """TERM=dumb (Emacs' shell) cannot redraw a bar: rich's would show nothing and leave an empty line."""
+    monkeypatch.setenv("TERM", "dumb")
+    for mode in ("auto", "rich"):
+        out = Terminal()
+        monkeypatch.setattr(sys, "stdout", out)
+        with Progress("sample", 2, mode=mode) as bar:
+            bar.update(1)
+            bar.update(2)
+        assert out.getvalue().startswith("sample: 1/2 (50%)"), (mode, out.getvalue())
+        assert out.getvalue().splitlines()[-1].startswith("sample: 2/2 (100%)"), (mode, out.getvalue())
 
 
 def test_duration():
@@ -91,13 +112,7 @@ def test_the_plain_eta_is_at_the_rate_shown_which_may_leave_a_start_up_out(monke
 
 def test_a_warning_on_a_terminal_keeps_its_square_brackets(monkeypatch):
     """On a terminal a warning is printed through rich: a path's [exp 1] is text, not markup to drop."""
-    import io
-
     from alexkit.progress import warn
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
 
     err = Terminal()
     monkeypatch.setattr(sys, "stderr", err)
