@@ -68,10 +68,12 @@ class Progress:
     """with Progress("train", total=steps, per_done=128, fields=("loss", "lr")) as p: p.update(done, rate=..., loss=...)
 
     `done` and `total` count whatever the stage counts (images, steps); each of them is `per_done`
-    `unit`s (a step of 128 images: 128). `rate` is in `unit`/s and defaults to done * per_done /
-    elapsed seconds; the plain lines' ETA is at that rate. Fields keep their last value, so a costly one (a loss that
-    waits for the GPU) need not be passed every time. `mode`: "auto" (rich on a terminal that redraws, else plain),
-    "rich" (the same: plain where no bar can be drawn), "plain" or "none".
+    `unit`s (a step of 128 images: 128). `rate` is in `unit`/s and defaults to the pace since the first
+    update, which carries the stage's start-up (a loader's first batch, a worker pool's first chunk): no
+    rate, and no ETA, is shown until there is one. The ETA is at the rate shown. Fields keep their last
+    value, so a costly one (a loss that waits for the GPU) need not be passed every time. The bar says
+    its figures as the plain lines do (1,792/10,009, ETA 1m05s). `mode`: "auto" (rich on a terminal that
+    redraws, else plain), "rich" (the same: plain where no bar can be drawn), "plain" or "none".
     """
 
     PLAIN_EVERY_S = 30.0
@@ -85,19 +87,18 @@ class Progress:
         self.bar, self.values = None, {name: "-" for name in fields}
 
     def __enter__(self) -> "Progress":
-        self.started = self.last_line = time.perf_counter()
+        self.last_line = time.perf_counter()
+        self.origin: tuple[float, int] | None = None  # (time, done) at the first update: the default rate's start
         self.next_line = self.total / 10
         if self.mode == "rich":
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, TextColumn
             from rich.progress import Progress as Bar
 
-            extra = " ".join(f"{name} {{task.fields[{name}]}}" for name in self.fields)
             # a Console of its own: the terminal as redraws() saw it (TERM, COLUMNS), not as rich's shared one first did
-            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("{task.fields[rate]} " + extra), TextColumn("ETA"), TimeRemainingColumn(),
-                           console=Console(), transient=True)  # fmt: skip
-            self.task = self.bar.add_task(self.title, total=self.total, rate="", **self.values)
+            self.bar = Bar(TextColumn("{task.description}", markup=False), BarColumn(),
+                           TextColumn("{task.fields[figures]}", markup=False), console=Console(), transient=True)  # fmt: skip
+            self.task = self.bar.add_task(self.title, total=self.total, figures=self._figures(0, None, "-"))
             self.bar.start()
         return self
 
@@ -110,20 +111,31 @@ class Progress:
         stops.check()  # a Ctrl-C that a native library dropped still stops the work
         now = time.perf_counter()
         self.values.update(fields)
-        if rate is None:
-            rate = done * self.per_done / max(now - self.started, 1e-9)
+        if self.origin is None:
+            self.origin = (now, done)
+        elif rate is None and done > self.origin[1]:
+            rate = (done - self.origin[1]) * self.per_done / max(now - self.origin[0], 1e-9)
+        pace = f"{rate:,.0f} {self.unit}/s" if rate is not None else None
+        if done >= self.total:
+            left = duration(0)
+        else:  # at the rate shown: a start-up left out
+            left = "-" if rate is None else duration((self.total - done) * self.per_done / max(rate, 1e-9))
         if self.bar is not None:
-            self.bar.update(self.task, completed=done, rate=f"{rate:,.0f} {self.unit}/s", **fields)
+            self.bar.update(self.task, completed=done, figures=self._figures(done, pace, left))
         elif self.mode == "plain" and (done >= self.next_line or done == self.total or now - self.last_line >= self.PLAIN_EVERY_S):
             self.next_line = done + self.total / 10
             self.last_line = now
-            eta = (self.total - done) * self.per_done / max(rate, 1e-9)  # at the rate shown: a start-up left out
             extra = "".join(f", {name} {value}" for name, value in self.values.items())
             try:
-                print(f"{self.title}: {done:,}/{self.total:,} ({100 * done / max(self.total, 1):.0f}%) {rate:,.0f} {self.unit}/s, "
-                      f"ETA {duration(eta)}{extra}", flush=True)  # fmt: skip
+                print(f"{self.title}: {done:,}/{self.total:,} ({100 * done / max(self.total, 1):.0f}%) "
+                      f"{pace + ', ' if pace else ''}ETA {left}{extra}", flush=True)  # fmt: skip
             except BrokenPipeError:  # stdout's reader has gone (`| head`): the work goes on, unshown, to
                 self.mode = "none"  # what it saves before its own lines meet the closed pipe
+
+    def _figures(self, done: int, pace: str | None, left: str) -> str:
+        """What the bar says beside it: "1,792/10,009 1,234 images/s loss 2.301 lr 0.01 ETA 1m05s"."""
+        extra = [f"{name} {value}" for name, value in self.values.items()]
+        return " ".join([f"{done:,}/{self.total:,}", *([pace] if pace else []), *extra, f"ETA {left}"])
 
 
 class Ticks:
@@ -143,7 +155,7 @@ class Ticks:
             self.what, self.part_start = what, time.perf_counter()
         if self.bar is None and time.perf_counter() - self.start >= self.after_s:
             self.bar = Progress(what, total, unit=unit, mode=self.mode).__enter__()
-            self.bar.started = self.part_start  # rate and ETA over the whole part, not from now
+            self.bar.origin = (self.part_start, 0)  # rate and ETA over the whole part, not from now
         if self.bar is not None:
             self.bar.update(done)
 

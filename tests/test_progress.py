@@ -11,16 +11,19 @@ from alexkit.progress import Progress, counted, duration
 
 
 def test_plain_lines_count_rate_and_eta_in_the_unit_of_the_work(capsys):
-    """Steps counted, images reported: a step of 16 images done in about 0.01 s is ~1,600 images/s."""
+    """Steps counted, images reported: a step of 16 images done in about 0.01 s is ~1,600 images/s. The
+    first step carries the start-up: no rate and no ETA until the second."""
     with Progress("epoch 1/2", 4, per_done=16, fields=("loss",), mode="plain") as bar:
         bar.update(1, loss="2.300")
+        bar.update(2)
         bar.update(4, rate=1234.0)
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2
-    first = re.fullmatch(r"epoch 1/2: 1/4 \(25%\) ([\d,]+) images/s, ETA \d+s, loss 2\.300", lines[0])
-    assert first is not None, lines[0]
-    assert int(first.group(1).replace(",", "")) > 16  # images/s, not steps/s
-    assert lines[1].startswith("epoch 1/2: 4/4 (100%) 1,234 images/s, ETA 0s")
+    assert len(lines) == 3
+    assert lines[0] == "epoch 1/2: 1/4 (25%) ETA -, loss 2.300"
+    second = re.fullmatch(r"epoch 1/2: 2/4 \(50%\) ([\d,]+) images/s, ETA \d+s, loss 2\.300", lines[1])
+    assert second is not None, lines[1]
+    assert int(second.group(1).replace(",", "")) > 16  # images/s, not steps/s
+    assert lines[2].startswith("epoch 1/2: 4/4 (100%) 1,234 images/s, ETA 0s")
 
 
 def test_rich_into_a_pipe_is_plain_and_none_is_silent(capsys):
@@ -50,6 +53,34 @@ def test_a_dumb_terminal_gets_plain_lines_for_auto_and_rich(monkeypatch):
             bar.update(2)
         assert out.getvalue().startswith("sample: 1/2 (50%)"), (mode, out.getvalue())
         assert out.getvalue().splitlines()[-1].startswith("sample: 2/2 (100%)"), (mode, out.getvalue())
+
+
+def shown(out: Terminal) -> str:
+    """The last line a bar drew on the terminal before it went (a transient bar clears itself)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # styles
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "\r", text)  # cursor moves, line clears
+    return [frame for frame in re.split(r"[\r\n]", text) if frame.strip()][-1].rstrip()
+
+
+def test_the_bar_says_its_figures_as_the_plain_lines_do(monkeypatch):
+    """Thousands separated, the ETA as 18s, and at the first update, which carries the start-up (a
+    loader's first batch, torch.compile), no rate: it would be the start-up's (1 image/s)."""
+    from alexkit import progress
+
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "200")
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    for updates, expected in (([(1, 20.0)], "1/30,000 loss 6.908 ETA -"),
+                              ([(1, 20.0), (3001, 22.0)], "3,001/30,000 1,500 images/s loss 6.908 ETA 18s")):  # fmt: skip
+        out = Terminal()
+        monkeypatch.setattr(sys, "stdout", out)
+        now[0] = 0.0
+        with Progress("train", 30_000, fields=("loss",), mode="rich") as bar:
+            for done, t in updates:
+                now[0] = t
+                bar.update(done, loss="6.908")
+        assert re.fullmatch(r"train [━╸╺]+ " + re.escape(expected), shown(out)), shown(out)
 
 
 def test_duration():
