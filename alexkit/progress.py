@@ -95,10 +95,12 @@ class Progress:
             from rich.progress import BarColumn, TextColumn
             from rich.progress import Progress as Bar
 
+            self.columns = (TextColumn("{task.description}", markup=False), BarColumn(),
+                            TextColumn("{task.fields[figures]}", markup=False))  # fmt: skip
             # a Console of its own: the terminal as redraws() saw it (TERM, COLUMNS), not as rich's shared one first did
-            self.bar = Bar(TextColumn("{task.description}", markup=False), BarColumn(),
-                           TextColumn("{task.fields[figures]}", markup=False), console=Console(), transient=True)  # fmt: skip
-            self.task = self.bar.add_task(self.title, total=self.total, figures=self._figures(0, None, "-"))
+            self.bar = Bar(*self.columns, console=Console(), transient=True)
+            self.task = self.bar.add_task(self.title, total=self.total, figures="")
+            self._draw(0, None, "-")
             self.bar.start()
         return self
 
@@ -121,7 +123,7 @@ class Progress:
         else:  # at the rate shown: a start-up left out
             left = "-" if rate is None else duration((self.total - done) * self.per_done / max(rate, 1e-9))
         if self.bar is not None:
-            self.bar.update(self.task, completed=done, figures=self._figures(done, pace, left))
+            self._draw(done, pace, left)
         elif self.mode == "plain" and (done >= self.next_line or done == self.total or now - self.last_line >= self.PLAIN_EVERY_S):
             self.next_line = done + self.total / 10
             self.last_line = now
@@ -132,10 +134,22 @@ class Progress:
             except BrokenPipeError:  # stdout's reader has gone (`| head`): the work goes on, unshown, to
                 self.mode = "none"  # what it saves before its own lines meet the closed pipe
 
-    def _figures(self, done: int, pace: str | None, left: str) -> str:
-        """What the bar says beside it: "1,792/10,009 1,234 images/s loss 2.301 lr 0.01 ETA 1m05s"."""
+    def _draw(self, done: int, pace: str | None, left: str) -> None:
+        """The bar's line, fitted to the terminal's width now (a pane may be resized while it runs): the
+        title, count and ETA always; the rate and fields where the line has room for them too; then the
+        bar in what is left, up to 40 cells, or none where under 8 are left (a coarser bar tells less than
+        the count beside it). Narrower than title, count and ETA, rich cuts each short with an ellipsis."""
+        from rich.cells import cell_len
+
         extra = [f"{name} {value}" for name, value in self.values.items()]
-        return " ".join([f"{done:,}/{self.total:,}", *([pace] if pace else []), *extra, f"ETA {left}"])
+        figures = " ".join([f"{done:,}/{self.total:,}", *([pace] if pace else []), *extra, f"ETA {left}"])
+        width, title = self.bar.console.width, cell_len(self.title)
+        if title + 1 + cell_len(figures) > width:
+            figures = f"{done:,}/{self.total:,} ETA {left}"
+        room = width - title - cell_len(figures) - 2  # cells for the bar, less a space either side of it
+        self.columns[1].bar_width = min(room, 40)
+        self.bar.columns = self.columns if room >= 8 else (self.columns[0], self.columns[2])
+        self.bar.update(self.task, completed=done, figures=figures)
 
 
 class Ticks:

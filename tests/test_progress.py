@@ -55,8 +55,24 @@ def test_a_dumb_terminal_gets_plain_lines_for_auto_and_rich(monkeypatch):
         assert out.getvalue().splitlines()[-1].startswith("sample: 2/2 (100%)"), (mode, out.getvalue())
 
 
-def shown(out: Terminal) -> str:
-    """The last line a bar drew on the terminal before it went (a transient bar clears itself)."""
+FIELDS = {"loss": "4.321", "lr": "0.01", "skipped": "0"}  # what train and prepare pass
+
+
+def drawn(monkeypatch, columns: int, updates: list[tuple[int, float]], *args, **kwargs) -> str:
+    """The last line that Progress(*args, **kwargs) drew on a terminal `columns` wide before it went (a
+    transient bar clears itself), updated at (done, seconds since it began) each time."""
+    from alexkit import progress
+
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", str(columns))
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    out = Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    with Progress(*args, mode="rich", **kwargs) as bar:
+        for done, seconds in updates:
+            now[0] = seconds
+            bar.update(done, **{name: FIELDS[name] for name in kwargs.get("fields", ())})
     text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # styles
     text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "\r", text)  # cursor moves, line clears
     return [frame for frame in re.split(r"[\r\n]", text) if frame.strip()][-1].rstrip()
@@ -65,22 +81,26 @@ def shown(out: Terminal) -> str:
 def test_the_bar_says_its_figures_as_the_plain_lines_do(monkeypatch):
     """Thousands separated, the ETA as 18s, and at the first update, which carries the start-up (a
     loader's first batch, torch.compile), no rate: it would be the start-up's (1 image/s)."""
-    from alexkit import progress
+    for updates, expected in (([(1, 20.0)], "1/30,000 loss 4.321 ETA -"),
+                              ([(1, 20.0), (3001, 22.0)], "3,001/30,000 1,500 images/s loss 4.321 ETA 18s")):  # fmt: skip
+        line = drawn(monkeypatch, 200, updates, "train", 30_000, fields=("loss",))
+        assert re.fullmatch(r"train [━╸╺]+ " + re.escape(expected), line), line
 
-    monkeypatch.setenv("TERM", "xterm")
-    monkeypatch.setenv("COLUMNS", "200")
-    now = [0.0]
-    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
-    for updates, expected in (([(1, 20.0)], "1/30,000 loss 6.908 ETA -"),
-                              ([(1, 20.0), (3001, 22.0)], "3,001/30,000 1,500 images/s loss 6.908 ETA 18s")):  # fmt: skip
-        out = Terminal()
-        monkeypatch.setattr(sys, "stdout", out)
-        now[0] = 0.0
-        with Progress("train", 30_000, fields=("loss",), mode="rich") as bar:
-            for done, t in updates:
-                now[0] = t
-                bar.update(done, loss="6.908")
-        assert re.fullmatch(r"train [━╸╺]+ " + re.escape(expected), shown(out)), shown(out)
+
+def test_a_narrow_terminal_keeps_the_title_count_and_eta(monkeypatch):
+    """ImageNet's figures: train's step 1,792 of 10,009 at 3,000 images/s, prepare's image 1,055 of
+    1,281,167 at 1,000 images/s. At 40 columns the bar, rate and fields give way to the title, count
+    and ETA (rich had cut those: `epoch … 24 images/s loss 1.378 lr 0… E…`); at 80 and 100 all show."""
+    epoch = [(1, 30.0), (1792, 30.0 + 1791 * 128 / 3000)], "epoch 12/90", 10_009
+    images = [(1, 1.0), (1055, 2.054)], "train", 1_281_167
+    assert drawn(monkeypatch, 40, *epoch, per_done=128, fields=("loss", "lr")) == "epoch 12/90 1,792/10,009 ETA 5m51s"
+    assert drawn(monkeypatch, 40, *images, fields=("skipped",)) == "train 1,055/1,281,167 ETA 21m20s"
+    for columns in (80, 100):
+        line = drawn(monkeypatch, columns, *epoch, per_done=128, fields=("loss", "lr"))
+        assert re.fullmatch(r"epoch 12/90 [━╸╺]+ 1,792/10,009 3,000 images/s loss 4\.321 lr 0\.01 ETA 5m51s", line), line
+        assert len(line) <= columns
+        line = drawn(monkeypatch, columns, *images, fields=("skipped",))
+        assert re.fullmatch(r"train [━╸╺]+ 1,055/1,281,167 1,000 images/s skipped 0 ETA 21m20s", line), line
 
 
 def test_duration():
