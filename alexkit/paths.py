@@ -51,8 +51,8 @@ def latest_run_noted(having: tuple[str, ...], lacking: str, say: bool = True) ->
     import sys
 
     run = latest_run(having=having)
-    newest = latest_run(having=("config.json",))
-    if run is not None and newest != run and say:
+    newest = latest_run(having=(".train.lock", "config.json"))  # any run folder: is_run's own marks
+    if run is not None and newest is not None and _creation_order(newest) > _creation_order(run) and say:
         print(f"note: {newest} has {lacking} yet; using {run}", file=sys.stderr)
     return run
 

@@ -257,6 +257,21 @@ def test_plot_of_the_latest_run_names_a_newer_one_still_in_its_first_epoch(tmp_p
                                        "alexkit-runs/20261129-120000\n")  # fmt: skip
 
 
+def test_plot_notes_only_a_run_newer_than_the_one_it_plots(tmp_path, monkeypatch, capsys):
+    """The note names a newer run folder without a finished epoch: not an older one, nor none (a run
+    whose config.json is gone is still a run, by its .train.lock), which it had called "newer" or "None"."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "alexkit-runs"
+    write_run(runs / "20261129-120000", 3, 0.9)
+    (runs / "20261129-120000" / "last.pt").write_bytes(b"")  # only looked for, not read
+    (runs / "20261129-120000" / ".train.lock").write_bytes(b"")
+    (runs / "20261129-120000" / "config.json").unlink()
+    (runs / "20261128-120000").mkdir()
+    (runs / "20261128-120000" / "config.json").write_text("{}")  # older, no epoch
+    plot(PlotConfig(out=tmp_path / "c.png"))
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("lost", [True, False], ids=["missing", "empty"])
 def test_a_run_that_lost_its_metrics_is_told_how_to_write_them_again(tmp_path, capsys, lost):
     """A run with a checkpoint but no metrics.jsonl, or an empty one (a full disk at metrics.jsonl
