@@ -246,3 +246,14 @@ def test_the_pil_baseline_cuts_the_centre_of_the_resized_image_and_subtracts_the
     Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
     image, _ = _PilImages([Sample(str(tmp_path / "a.jpg"), 0)], np.full((32, 32, 3), 50, np.float32), 32, 24, train=False)[0]
     assert tuple(image.shape) == (3, 24, 24) and 140 < float(image.min()) <= float(image.max()) < 160
+
+
+def test_the_settings_line_says_one_thread_and_one_worker_in_the_singular(tmp_path):
+    """--threads 1 was said as "1 DALI threads, 1 baseline workers"."""
+    from alexkit.bench.loader import _settings
+    from alexkit.pipeline.store import Store
+    from tests.test_evaluate import make_store
+
+    store = Store(make_store(tmp_path / "store", train=4, val=2).path)
+    line = _settings(BenchLoaderConfig(store=store.path, threads=1), 1, 1, {"jpg": store})["line"]
+    assert ", 1 DALI thread, 1 baseline worker" in line and "threads" not in line and "workers" not in line, line

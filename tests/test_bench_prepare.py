@@ -35,9 +35,11 @@ def test_the_table_gives_medians_and_how_many_times_a_route_is_to_a_and_b(capsys
              cpu_ms_per_image={"(a) one process, PIL": [3.0, 5.0, 1.0], "(b) FFCV DatasetWriter": [1.0] * 3,
                                "(c) alexkit prepare": [1.0] * 3})  # fmt: skip
     _print_table(r)
-    rows = {line[:24].strip(): line[24:].split() for line in capsys.readouterr().out.splitlines()}
+    out = capsys.readouterr().out
+    rows = {line[:24].strip(): line[24:].split() for line in out.splitlines()}
     assert rows["(c) alexkit prepare"] == ["8", "1-80", "4.00x", "2.00x", "1.00"]
     assert rows["(a) one process, PIL"] == ["2", "1-9", "1.00x", "0.50x", "3.00"]
+    assert "-> 32 px JPEG q90, 1 worker, c\n" in out  # not "1 workers"
 
 
 def test_two_processes_writing_one_photo_like_jpeg_keep_their_own_temporaries(tmp_path, monkeypatch):

@@ -48,6 +48,7 @@ from alexkit.errors import AlexkitError, require
 from alexkit.paths import usable_cores
 from alexkit.pipeline.loader import check_images, default_threads
 from alexkit.pipeline.store import MANIFEST
+from alexkit.progress import counted
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 
 _KEEP: list = []
@@ -366,7 +367,7 @@ def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) 
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
     size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}
     line = (f"alexkit bench loader: {', '.join(f'{fmt} store {n[fmt]} images ({size[fmt] / 2**20:,.0f} MiB)' for fmt in stores)}; "
-            f"batch {cfg.batch_size}, {threads} DALI threads, {workers} baseline workers{ffcv}, on {os.cpu_count()} CPUs ({cpu_name()}), "
+            f"batch {cfg.batch_size}, {counted(threads, 'DALI thread')}, {counted(workers, 'baseline worker')}{ffcv}, on {os.cpu_count()} CPUs ({cpu_name()}), "
             f"DALI {nvidia.dali.__version__} CPU operators ({kernel}), prefetch {cfg.prefetch}; {cfg.epochs} epochs per row, "
             f"median (min-max) of the last {cfg.epochs - 1}")  # fmt: skip
     return {"line": line, "threads": threads, "workers": workers, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "images": n}

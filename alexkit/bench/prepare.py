@@ -31,6 +31,7 @@ from alexkit.bench import cpu_seconds
 from alexkit.errors import AlexkitError, refused
 from alexkit.outputs import write_atomic
 from alexkit.paths import usable_cores
+from alexkit.progress import counted
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 from alexkit.stops import blocked, ignored
 
@@ -350,7 +351,7 @@ def _print_table(r: dict) -> None:
     med = {name: statistics.median(v) for name, v in r["routes"].items()}
     a, b = med["(a) one process, PIL"], med["(b) FFCV DatasetWriter"]
     print(f"\nprepare, {r['images']} images ({r['mean_kb']:.0f} KB mean) -> {r['size']} px JPEG q{r['quality']}, "
-          f"{r['workers']} workers, {r['cpu']}")  # fmt: skip
+          f"{counted(r['workers'], 'worker')}, {r['cpu']}")  # fmt: skip
     print(f"{'route':24s} {'images/s (median)':>18s} {'range':>13s} {'vs (a)':>7s} {'vs (b)':>7s} {'CPU ms/image':>13s}")
     for name, v in r["routes"].items():
         cpu = statistics.median(r["cpu_ms_per_image"][name])
