@@ -27,7 +27,7 @@ def test_timed_windows_count_images_after_the_warm_up():
 
     cfg = BenchTrainConfig(batch_size=4, steps=2, repeats=3, warmup=2, device="cpu")
     start = time.perf_counter()
-    [rates] = _timed_windows(model, optimizer, [batches()], cfg, False, torch.device("cpu"))
+    [rates] = _timed_windows(model, optimizer, [("input", batches())], cfg, False, torch.device("cpu"))
     took = time.perf_counter() - start
     assert len(rates) == 3 and len(used) == 2 + 3 * 2
     timed = sum(2 * 4 / rate for rate in rates)
@@ -49,10 +49,35 @@ def test_the_two_rows_windows_take_turns_each_after_settling_steps():
             yield torch.randn(2, 3, 56, 56) * 60, torch.randint(0, 4, (2,))
 
     cfg = BenchTrainConfig(batch_size=2, steps=2, repeats=3, warmup=1, device="cpu")
-    rates = _timed_windows(model, optimizer, [batches("s"), batches("r")], cfg, False, torch.device("cpu"))
+    rates = _timed_windows(model, optimizer, [("s", batches("s")), ("r", batches("r"))], cfg, False, torch.device("cpu"))
     assert [len(r) for r in rates] == [3, 3]
     window = SETTLE + 2
     assert "".join(order) == "s" + "r" + ("s" * window + "r" * window) + ("r" * window + "s" * window) + ("s" * window + "r" * window)
+
+
+def test_a_line_as_each_warm_up_starts_and_each_window_ends(capsys):
+    """At its defaults on a CPU `bench train` runs about 19 minutes, and printed nothing before its
+    table. Each warm-up is said before its first step, each window's images/s before the next
+    window's first step: the steps below count the lines printed before them."""
+    from alexkit.bench.train import SETTLE
+
+    model = AlexNet(4, width=0.25, fc_features=16, input_size=56, init="sturdy")
+    optimizer, printed, seen = make_optimizer(model, TrainConfig(), lr=0.01), [], []
+
+    def batches():
+        while True:
+            printed.extend(capsys.readouterr().out.splitlines())
+            seen.append(len(printed))
+            yield torch.randn(2, 3, 56, 56) * 60, torch.randint(0, 4, (2,))
+
+    cfg = BenchTrainConfig(batch_size=2, steps=1, repeats=2, warmup=1, device="cpu")
+    rates = _timed_windows(model, optimizer, [("synthetic", batches()), ("real", batches())], cfg, False, torch.device("cpu"))
+    printed.extend(capsys.readouterr().out.splitlines())
+    window = SETTLE + 1
+    assert seen == [1, 2] + [2] * window + [3] * window + [4] * window + [5] * window  # the second round: real first
+    assert printed == ["  warm-up: synthetic: 1 step", "  warm-up: real: 1 step",
+                       f"  window 1/2: synthetic: {rates[0][0]:,.0f} images/s", f"  window 1/2: real: {rates[1][0]:,.0f} images/s",
+                       f"  window 2/2: real: {rates[1][1]:,.0f} images/s", f"  window 2/2: synthetic: {rates[0][1]:,.0f} images/s"]  # fmt: skip
 
 
 def test_bench_train_rows_and_the_ratio_to_synthetic(tmp_path, capsys):

@@ -22,6 +22,7 @@ import torch
 
 from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE
+from alexkit.progress import counted
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 from alexkit.train import Auto, TrainConfig, check_crop_fits, fast_cuda, make_optimizer, resolve_auto, train_step
 
@@ -91,7 +92,7 @@ def _bench_train(cfg: BenchTrainConfig, store) -> dict:
             epoch += 1
 
     inputs = [("synthetic on-device", synthetic()), ("real pipeline", real())][: 2 if store else 1]
-    rates = _timed_windows(net, optimizer, [batches for _, batches in inputs], cfg, amp, dev)
+    rates = _timed_windows(net, optimizer, inputs, cfg, amp, dev)
     rows = [row(name, windows, rates[0]) for (name, _), windows in zip(inputs, rates)]
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     settings = (f"batch {cfg.batch_size}, {size}x{size}, width {cfg.width}, {'bf16 autocast' if amp else 'fp32'}"
@@ -137,8 +138,10 @@ SETTLE = 3  # untimed steps before each window: the loader's batches fed ahead (
 
 
 def _timed_windows(net, optimizer, inputs: list, cfg: BenchTrainConfig, amp: bool, dev: torch.device) -> list[list[float]]:
-    """images/s of each timed window, per input (iterators of (images, labels)), the inputs' windows
-    taking turns; the clock stops only after the device has finished."""
+    """images/s of each timed window, per input ((name, iterator of (images, labels))), the inputs'
+    windows taking turns; the clock stops only after the device has finished. A line is printed as
+    each input's warm-up starts and as each window ends: at the defaults on a CPU a window lasts
+    minutes, and the table comes only at the end."""
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     net.train()
 
@@ -146,18 +149,21 @@ def _timed_windows(net, optimizer, inputs: list, cfg: BenchTrainConfig, amp: boo
         for _ in range(n):
             train_step(net, optimizer, *next(batches), amp)
 
-    for batches in inputs:
+    for name, batches in inputs:
+        print(f"  warm-up: {name}: {counted(cfg.warmup, 'step')}", flush=True)  # the real row's loader starts here
         steps(batches, cfg.warmup)
     rates: list[list[float]] = [[] for _ in inputs]
     for repeat in range(cfg.repeats):
         turn = range(len(inputs)) if repeat % 2 == 0 else reversed(range(len(inputs)))  # neither always goes first
         for i in turn:
-            steps(inputs[i], SETTLE if len(inputs) > 1 else 0)
+            name, batches = inputs[i]
+            steps(batches, SETTLE if len(inputs) > 1 else 0)
             sync()
             start = time.perf_counter()
-            steps(inputs[i], cfg.steps)
+            steps(batches, cfg.steps)
             sync()
             rates[i].append(cfg.steps * cfg.batch_size / (time.perf_counter() - start))
+            print(f"  window {repeat + 1}/{cfg.repeats}: {name}: {rates[i][-1]:,.0f} images/s", flush=True)  # after the clock
     return rates
 
 
