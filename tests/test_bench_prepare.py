@@ -13,6 +13,20 @@ def test_photo_like_images_have_photo_statistics():
     assert 20 < img.std() < 90  # neither flat nor saturated noise
 
 
+def test_making_photo_like_jpegs_says_how_many_where_then_its_progress(tmp_path, capsys):
+    """Making them (half a minute or more for the thousand of bench loader and bench prepare on two cores) printed nothing."""
+    from alexkit.bench.prepare import write_photo_like
+
+    files = write_photo_like(tmp_path, 3)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"making 3 photo-like JPEGs in {tmp_path}" and lines[-1].startswith("photo-like JPEGs: 3/3 (100%)"), lines
+    (files[0]).unlink()
+    assert write_photo_like(tmp_path, 3) == files
+    assert capsys.readouterr().out.splitlines()[0] == f"making 1 photo-like JPEG in {tmp_path} (2 there already)"
+    assert write_photo_like(tmp_path, 3) == files
+    assert capsys.readouterr().out == f"3 photo-like JPEGs already in {tmp_path}\n"
+
+
 def test_bench_runs_all_three_routes(capsys):
     r = bench_prepare(BenchPrepareConfig(images=6, workers=2, size=32, repeats=1))
     assert set(r["routes"]) == {"(a) one process, PIL", "(b) FFCV DatasetWriter", "(c) alexkit prepare"}

@@ -31,7 +31,7 @@ from alexkit.bench import cpu_seconds
 from alexkit.errors import AlexkitError, refused
 from alexkit.outputs import write_atomic
 from alexkit.paths import usable_cores
-from alexkit.progress import counted
+from alexkit.progress import Progress, counted
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
 from alexkit.stops import blocked, ignored
 
@@ -227,31 +227,44 @@ def _stats_agreement(store: Path) -> dict:
 def write_photo_like(out: Path, n: int, *, seed: int = 0, workers: int = 1) -> list[Path]:
     """n JPEGs (quality 90) in class folders out/train/c000../ with PHOTO_SIZES and ImageNet-like
     bytes per pixel (~110 KB at 500 x 375): 1/f noise in luminance and colour, a few hard-edged
-    shapes, fine grain. Files already there are kept (they are the same for the same seed).
+    shapes, fine grain. Files already there are kept (they are the same for the same seed). Says
+    how many it makes where, then its progress (a thousand take half a minute or more on two cores).
     Returns the files in the order prepare lists them."""
+    paths = [_photo_path(out, i) for i in range(n)]
+    there = sum(path.exists() for path in paths)
+    if there == n:
+        print(f"{counted(n, 'photo-like JPEG')} already in {out}", flush=True)
+        return sorted(paths, key=lambda p: (p.parent.name, p.name))
+    print(f"making {counted(n - there, 'photo-like JPEG')} in {out}" + (f" ({there:,} there already)" if there else ""), flush=True)
     jobs = [(out, i, seed) for i in range(n)]
     # Workers ignore Ctrl-C, as prepare's do (pipeline/workers.py): each printed a KeyboardInterrupt
     # traceback. The parent takes it, and the pool's exit terminates them (SIGTERM, at its default in a child).
     with blocked(signal.SIGINT):
         pool = mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers, initializer=ignored,
                                                                                initargs=(signal.SIGINT,))  # fmt: skip
-    with pool:
-        files = pool.map(_write_one_photo, jobs, chunksize=8)
+    files: list[Path] = []
+    with pool, Progress("photo-like JPEGs", n) as progress:
+        for path in pool.imap(_write_one_photo, jobs, chunksize=8):
+            files.append(path)
+            progress.update(len(files))
     return sorted(files, key=lambda p: (p.parent.name, p.name))
+
+
+def _photo_path(out: Path, i: int) -> Path:
+    return out / "train" / f"c{i % 10:03d}" / f"img_{i:06d}.JPEG"
 
 
 def _write_one_photo(job: tuple[Path, int, int]) -> Path:
     from PIL import Image
 
     out, i, seed = job
-    folder = out / "train" / f"c{i % 10:03d}"
-    path = folder / f"img_{i:06d}.JPEG"
+    path = _photo_path(out, i)
     if path.exists():
         return path
     rng = np.random.default_rng([seed, i])
     sizes, weights = zip(*PHOTO_SIZES)
     w, h = sizes[rng.choice(len(sizes), p=np.array(weights) / sum(weights))]
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(photo_like(rng, w, h))
     # All or nothing, through a temporary of this process's own: an interrupted run leaves no truncated
     # JPEG to reuse, and two benches making one --work at once do not rename each other's away.
