@@ -22,6 +22,14 @@ def test_bench_runs_every_pipeline_on_both_stores(tmp_path, capsys):
     assert all(len(epochs) == 10 for epochs in r["memory"].values())
     out, err = capsys.readouterr()
     assert "alexkit jpg train vs (a)" in out and "DALI ops only" in out
+    lines = out.splitlines()  # what is being done is said before it is done
+    assert lines[0] == f"making 24 photo-like JPEGs in {tmp_path / 'src-24'}"
+    assert [line.split(" (")[0] for line in lines if line.startswith("store ready")] == [f"store ready: {tmp_path}/store-{fmt}-24" for fmt in ("jpg", "raw")]
+    assert not [line for line in lines if line.startswith(("train: ", "scanning "))]  # prepare's own progress
+    memory = lines.index("memory: 10 training epochs of alexkit's loader alone on each store")
+    timing = lines.index("timing train: 7 rows, 2 epochs each in turn")
+    assert memory < timing < lines.index("timing center: 7 rows, 2 epochs each in turn") < lines.index("timing tencrop: 4 rows, 2 epochs each in turn")
+    assert lines[timing + 1].split()[:4] == ["alexkit", "DALI", "jpg", "train"]
     assert "warning" not in err  # its stores have no val split, and need none: no advice to add one
 
 
@@ -82,6 +90,42 @@ def test_a_store_in_work_gets_advice_the_bench_can_follow(tmp_path, capsys):
     with pytest.raises(AlexkitError, match=f"; remove {out} and the bench makes it again$") as info:
         make_store(src, out, "jpg", 1)
     assert "--force" not in str(info.value) and "--out" not in str(info.value)
+
+
+def test_each_store_made_is_said_in_one_line_not_prepares_transcript(tmp_path, capsys):
+    """prepare's lines (its scan, its progress per split, its last line) came twice inside the bench's
+    report; its last line alone says what a store holds, or that it was there already."""
+    from alexkit.bench.loader import make_store
+    from alexkit.bench.prepare import write_photo_like
+
+    src, out = tmp_path / "src-3", tmp_path / "store-raw-3"
+    write_photo_like(src, 3)
+    capsys.readouterr()
+    assert make_store(src, out, "raw", 1) == out
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"store ready: {out} (train 3 images, "), line
+    make_store(src, out, "raw", 1)
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{out} already holds a finished store of {src} with these settings; nothing to do"), line
+
+
+def test_each_row_is_given_as_its_last_epoch_ends():
+    """A mode's rows came only once every pipeline had run all its epochs (minutes at the defaults):
+    each runner now comes back as its own last epoch ends, before the next runner's last epoch."""
+    from alexkit.bench.loader import Runner, interleaved
+
+    ran = []
+
+    def runner(name):
+        def epoch(e):
+            ran.append(f"{name} epoch {e}")
+            return [([0, 1], None)]
+
+        return Runner(name, "s", "train", epoch)
+
+    for r in interleaved([runner("a"), runner("b")], 2):
+        ran.append(f"row {r.pipeline}")
+    assert ran == ["a epoch 0", "b epoch 0", "a epoch 1", "row a", "b epoch 1", "row b"]
 
 
 def test_the_store_is_held_against_prepare_while_the_bench_reads_it(tmp_path, monkeypatch):

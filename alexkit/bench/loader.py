@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -124,6 +124,7 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
         settings = _settings(cfg, threads, workers, stores)
         print(settings["line"], flush=True)
         print(_legend(next(iter(stores.values())).size, cfg), flush=True)
+        print(f"memory: {counted(cfg.memory_epochs, 'training epoch')} of alexkit's loader alone on each store", flush=True)
         memory = {fmt: memory_per_epoch(store, cfg, threads) for fmt, store in stores.items()}  # first: a clean process
         rows = []
         for mode in ("train", "center", "tencrop"):
@@ -131,7 +132,8 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
             if cfg.baselines and mode != "tencrop":
                 runners += [torchvision_style_runner(sources, stores, mode, cfg, workers)] if sources else []
                 runners += [ffcv_runner(store, fmt, mode, cfg, workers) for fmt, store in stores.items()]
-            rows += [_row(r) for r in interleaved(runners, cfg.epochs)]
+            print(f"timing {mode}: {counted(len(runners), 'row')}, {counted(cfg.epochs, 'epoch')} each in turn", flush=True)
+            rows += [_row(r) for r in interleaved(runners, cfg.epochs)]  # each row printed as its last epoch ends
             del runners  # stops DataLoader workers, frees DALI pipelines
         _print_summary(rows, memory)
     return {"settings": settings, "rows": rows, "memory": memory}
@@ -142,12 +144,18 @@ def bench_loader(cfg: BenchLoaderConfig) -> dict:
 
 def make_store(src: Path, out: Path, fmt: str, workers: int) -> Path:
     """`alexkit prepare` the sources into a 256 store (JPEG q90 or raw); a finished one is reused. What
-    prepare would advise for one already there (--force) the bench has not: remove the folder instead."""
+    prepare would advise for one already there (--force) the bench has not: remove the folder instead.
+    Of prepare's lines only the last is printed (the store ready, or there already): its whole
+    transcript, twice, buried the bench's own lines."""
     from alexkit.paths import word
     from alexkit.pipeline.prepare import PrepareConfig, prepare
 
-    return prepare(PrepareConfig(src=src, out=out, format=fmt, quality=90, workers=workers, for_training=False,
-                                 remake=f"remove {word(out)} and the bench makes it again"))  # fmt: skip
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):  # its warnings stay on stderr
+        made = prepare(PrepareConfig(src=src, out=out, format=fmt, quality=90, workers=workers, for_training=False,
+                                     remake=f"remove {word(out)} and the bench makes it again"))  # fmt: skip
+    print(said.getvalue().splitlines()[-1], flush=True)  # `store ready: ...`, or that it was there already
+    return made
 
 
 def source_images(store, src: Path, what: str) -> dict:
@@ -184,8 +192,9 @@ class Runner:
     cpu: list[float] = field(default_factory=list)  # CPU seconds per image, all threads and worker processes
 
 
-def interleaved(runners: list[Runner], epochs: int) -> list[Runner]:
-    """Run every runner for `epochs` epochs, one epoch each in turn."""
+def interleaved(runners: list[Runner], epochs: int) -> Iterator[Runner]:
+    """Run every runner for `epochs` epochs, one epoch each in turn; each runner is yielded as its
+    last epoch ends, so that its row can be printed before the next runner's last epoch."""
     for e in range(epochs):
         for r in runners:
             start, start_cpu, count = time.perf_counter(), cpu_seconds(), 0
@@ -195,7 +204,8 @@ def interleaved(runners: list[Runner], epochs: int) -> list[Runner]:
                 raise AlexkitError(f"{r.pipeline} on {r.store} ({r.mode}) gave no batch: fewer images than --batch-size; lower it")
             r.rates.append(count / (time.perf_counter() - start))
             r.cpu.append((cpu_seconds() - start_cpu) / count)
-    return runners
+            if e == epochs - 1:
+                yield r
 
 
 def _eval_split(store) -> str:
