@@ -68,12 +68,16 @@ def test_json_in_a_stores_folder_is_refused_before_any_work(tmp_path, capsys):
 def test_a_store_in_work_gets_advice_the_bench_can_follow(tmp_path, capsys):
     """prepare's advice about a store already there (--force, --out) names flags the bench has not:
     while another process reads the store (another bench on the same --work), and where it holds a
-    store of other settings (an earlier alexkit's), the bench says to remove its folder."""
+    store of other settings (an earlier alexkit's), the bench says to remove its folder; while another
+    bench on the same --work prepares it, to choose another --work."""
+    import re
+
     import json
 
     from alexkit.bench.loader import make_store
     from alexkit.bench.prepare import write_photo_like
     from alexkit.errors import AlexkitError
+    from alexkit.pipeline.prepare import _only_writer
     from alexkit.pipeline.store import reading
 
     src, out = tmp_path / "src-2", tmp_path / "store-jpg-2"
@@ -90,6 +94,9 @@ def test_a_store_in_work_gets_advice_the_bench_can_follow(tmp_path, capsys):
     with pytest.raises(AlexkitError, match=f"; remove {out} and the bench makes it again$") as info:
         make_store(src, out, "jpg", 1)
     assert "--force" not in str(info.value) and "--out" not in str(info.value)
+    with _only_writer(out), pytest.raises(AlexkitError, match=f"^another `alexkit prepare` is writing {re.escape(str(out))}; "
+                                                              "wait for it to end, or choose another --work$"):  # fmt: skip
+        make_store(src, out, "jpg", 1)
 
 
 def test_each_store_made_is_said_in_one_line_not_prepares_transcript(tmp_path, capsys):

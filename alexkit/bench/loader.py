@@ -153,7 +153,7 @@ def make_store(src: Path, out: Path, fmt: str, workers: int) -> Path:
     said = io.StringIO()
     with contextlib.redirect_stdout(said):  # its warnings stay on stderr
         made = prepare(PrepareConfig(src=src, out=out, format=fmt, quality=90, workers=workers, for_training=False,
-                                     remake=f"remove {word(out)} and the bench makes it again"))  # fmt: skip
+                                     remake=f"remove {word(out)} and the bench makes it again", out_flag="--work"))  # fmt: skip
     print(said.getvalue().splitlines()[-1], flush=True)  # `store ready: ...`, or that it was there already
     return made
 

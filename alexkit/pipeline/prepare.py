@@ -72,6 +72,7 @@ class PrepareConfig:
     force: bool = False  # rebuild a finished store
     for_training: bool = True  # warn where train, eval or show-batch could not use the store (bench loader's is not)
     remake: str | None = None  # how the caller has a finished store made again, said instead of "--force" (bench loader has none)
+    out_flag: str = "--out"  # the flag that chose `out`, in the advice to choose another (bench loader's is --work)
 
     def __post_init__(self):
         if str(self.src) == "":  # Path("") would be the current folder
@@ -113,7 +114,7 @@ def prepare(cfg: PrepareConfig) -> Path:
             return cfg.out
         raise
     try:
-        with _only_writer(out) as lock:
+        with _only_writer(out, cfg.out_flag) as lock:
             try:
                 with _writing(out):
                     return _prepare(cfg, src, out, lock)
@@ -147,7 +148,7 @@ def _while_read(cfg: PrepareConfig, src: Path, out: Path, being_read: BeingRead)
                 raise
     if rebuilding:
         raise AlexkitError(f"another `alexkit prepare --force` is rebuilding {out} (in {out / STAGING}); wait for it "
-                           "to end, or choose another --out") from None  # fmt: skip
+                           f"to end, or choose another {cfg.out_flag}") from None  # fmt: skip
     if cfg.force and (out / MANIFEST).is_file():  # a finished store: the new one can be built beside it meanwhile
         with _writing(out):
             return _rebuild(cfg, src, out)
@@ -208,11 +209,11 @@ def _finished(out: Path, src: Path, cfg: PrepareConfig, writing: bool = False) -
     return True
 
 
-def _only_writer(out: Path):
+def _only_writer(out: Path, out_flag: str = "--out"):
     """Hold out/.prepare.lock: two runs writing one store would rename each other's files."""
-    return only_writer(out / LOCK, f"another `alexkit prepare` is writing {out}; wait for it to end, or choose another --out",
+    return only_writer(out / LOCK, f"another `alexkit prepare` is writing {out}; wait for it to end, or choose another {out_flag}",
                        f"{out} is being read by `alexkit train` or `eval`, whose store it would change; wait for them to "
-                       "end, or choose another --out")  # fmt: skip
+                       f"end, or choose another {out_flag}")  # fmt: skip
 
 
 def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:
