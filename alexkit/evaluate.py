@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import AlexkitError, PathRefused, too_large
-from alexkit.outputs import check_output, write_output
+from alexkit.outputs import check_output, is_stream, write_output
 from alexkit.paths import is_run
 from alexkit.progress import PROGRESS_MODES, Progress
 from alexkit.ranges import AT_LEAST_1, check_ranges
@@ -207,7 +207,8 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
 
 def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:
     """--predictions and --json, each tried even where the other fails (a full disk, a folder removed
-    meanwhile), so that what can be written is; then one error naming each that failed, and the one written."""
+    meanwhile), so that what can be written is; then one error naming each that failed, and the one
+    written; else a `wrote PATH` line for each file (not for a stream: its reader has what was written)."""
     writes = [(cfg.predictions_path, "--predictions", lambda path: write_predictions(path, rows)),
               (cfg.json_path, "--json", lambda path: write_output(path, json.dumps(results, indent=1) + "\n"))]  # fmt: skip
     failed, written = [], []
@@ -216,20 +217,23 @@ def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:
             continue
         try:
             write(path)
-            written.append(f"{flag} {path}")
+            written.append((flag, path))
         except (OSError, AlexkitError) as exc:
             failed.append((f"{exc.filename or path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), exc))
     if len(failed) == 1 and not written:
         raise failed[0][1]  # as it came: the one file asked for
     if failed:
         said = "; ".join(text for text, _ in failed)
-        kept = f" ({written[0]} was written)" if written else ""
+        kept = f" ({written[0][0]} {written[0][1]} was written)" if written else ""
         those = "those paths (their folders" if len(failed) > 1 else "that path (its folder"
         large = [too_large(exc) for _, exc in failed if isinstance(exc, OSError) and too_large(exc)]
         fixes = [large[0]] if large else []  # EFBIG: the size limit, which free space does not help
         if len(large) < len(failed):
             fixes.append(f"check {those}, permissions, free space) or choose another")
         raise PathRefused(f"{said}{kept}; {'; '.join(fixes)}") from failed[0][1]
+    for _, path in written:  # once all are written: a print to a closed stdout (`| head`) stops no write
+        if not is_stream(path):
+            print(f"wrote {path}", flush=True)
 
 
 def summarize(rows: dict, classes: list[dict]) -> dict:

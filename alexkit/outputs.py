@@ -139,8 +139,8 @@ def write_output(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     import sys
 
     path = Path(path)
-    fd = _stream_fd(path)
-    if fd is not None or (path.exists() and not path.is_file()):
+    if is_stream(path):
+        fd = _stream_fd(path)
         sys.stdout.flush()
         sys.stderr.flush()
         with (os.fdopen(os.dup(fd), "wb") if fd is not None else open(path, "ab")) as f:
@@ -150,6 +150,13 @@ def write_output(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
                 f.write(data.encode() if isinstance(data, str) else data)
         return
     write_atomic(_through_link(path, "the file"), data)
+
+
+def is_stream(path: Path) -> bool:
+    """Whether write_output writes into `path` as it is (/dev/stdout, /dev/fd/N, a pipe, a device)
+    rather than replacing a file: no file to name in a `wrote` line."""
+    path = Path(path)
+    return _stream_fd(path) is not None or (path.exists() and not path.is_file())
 
 
 def _stream_fd(path: Path) -> int | None:

@@ -308,3 +308,19 @@ def test_the_settings_line_says_one_thread_and_one_worker_in_the_singular(tmp_pa
     store = Store(make_store(tmp_path / "store", train=4, val=2).path)
     line = _settings(BenchLoaderConfig(store=store.path, threads=1), 1, 1, {"jpg": store})["line"]
     assert ", 1 DALI thread, 1 baseline worker" in line and "threads" not in line and "workers" not in line, line
+
+
+def test_the_json_written_is_said(tmp_path, capsys):
+    """--json was written without a word, where show-batch, plot and sample say what they wrote."""
+    import json
+
+    from alexkit.cli.main import main
+    from tests.test_evaluate import make_store
+
+    store = make_store(tmp_path / "store", train=8, val=4).path
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "loader", "--store", str(store), "--no-baselines", "--batch-size", "4", "--epochs", "2", "--threads", "1",
+              "--memory-epochs", "1", "--json", str(tmp_path / "b.json")])  # fmt: skip
+    assert done.value.code in (0, None)
+    assert capsys.readouterr().out.endswith(f"\nwrote {tmp_path / 'b.json'}\n")
+    assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 6

@@ -283,6 +283,19 @@ def test_json_holds_totals_and_per_class(setup, tmp_path, capsys):
     assert re.search(r"throughput [\d,]+ images/s \([\d,]+ views/s\) on cpu x 1 process, ", text), text
 
 
+def test_each_file_written_is_said_and_a_stream_is_not(setup, tmp_path, capfd):
+    """eval ended with its throughput line, never saying which files it wrote (show-batch, plot and
+    sample say it). A stream is no file to name, and after `--predictions /dev/stdout` a `wrote` line
+    would be read as one more row."""
+    _, store, ckpt, _ = setup
+    evaluate(EvalConfig(checkpoint=ckpt, data=store.path, device="cpu", progress="none", json_path=tmp_path / "e.json",
+                        predictions_path=tmp_path / "p.csv"))  # fmt: skip
+    assert capfd.readouterr().out.splitlines()[-2:] == [f"wrote {tmp_path / 'p.csv'}", f"wrote {tmp_path / 'e.json'}"]
+    evaluate(EvalConfig(checkpoint=ckpt, data=store.path, device="cpu", progress="none", predictions_path=Path("/dev/stdout")))
+    out = capfd.readouterr().out
+    assert out.endswith((tmp_path / "p.csv").read_bytes().decode()) and "wrote" not in out, out
+
+
 def test_a_file_that_cannot_be_written_leaves_the_other_written(setup, tmp_path):
     """--predictions' folder removed while the evaluation ran: the --json file is still written, and the
     one error (exit code 1) names the file that failed and the one written; both failing, it names both."""
