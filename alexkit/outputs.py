@@ -2,15 +2,44 @@
 a file, check_folder for a folder), so that a bad one is refused before hours are spent rather than
 after, then written all or nothing (write_atomic; write_output for a file the user named), and the
 temporaries those writes leave (temporaries), and the folders made for them, removed where empty
-(remove_empty).
+(remove_empty). An output option given `-` writes to stdout, the command's own lines going to
+stderr meanwhile (output_path, lines_to_stderr).
 """
 
 import contextlib
 import re
+import sys
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from alexkit.errors import AlexkitError, PathRefused
+from alexkit.paths import expand_home
+
+STDOUT = "-"  # an output option's value (--json, --predictions) that writes to stdout
+
+
+def output_path(text: str | None) -> Path | None:
+    """The file an output option names: `-` is stdout, as /dev/stdout; any other text is a path with its
+    `~` expanded. ./- (which a Path shortens to -) is the file named - here, kept with its folder, so
+    that no message names it as the - of stdout."""
+    if text is None:
+        return None
+    if text == STDOUT:
+        return Path("/dev/stdout")
+    path = expand_home(text)
+    return path.absolute() if path == Path(STDOUT) else path
+
+
+@contextlib.contextmanager
+def lines_to_stderr(*texts: str | None):
+    """Where one of these output options is `-`, what the command prints for people (figures,
+    progress, `wrote` lines) goes to stderr while it runs: stdout then holds that output alone, for
+    a pipe (`alexkit eval --json - | jq`). write_output writes /dev/stdout into the real stdout."""
+    if STDOUT not in texts:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def check_output(path: Path, flag: str) -> None:
@@ -136,7 +165,6 @@ def write_output(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     were redirected to), a pipe or device as it is (replacing it would destroy it), and a link
     through to its target, which is replaced while the link stays."""
     import os
-    import sys
 
     path = Path(path)
     if is_stream(path):

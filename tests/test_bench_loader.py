@@ -324,3 +324,21 @@ def test_the_json_written_is_said(tmp_path, capsys):
     assert done.value.code in (0, None)
     assert capsys.readouterr().out.endswith(f"\nwrote {tmp_path / 'b.json'}\n")
     assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 6
+
+
+def test_json_dash_is_stdout_holding_the_json_alone_and_the_report_goes_to_stderr(tmp_path, capfd, monkeypatch):
+    """`bench loader --json -` wrote a file named - here; `--json /dev/stdout` came after the report."""
+    import json
+
+    from alexkit.cli.main import main
+    from tests.test_evaluate import make_store
+
+    monkeypatch.chdir(tmp_path)
+    store = make_store(tmp_path / "store", train=8, val=4).path
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "loader", "--store", str(store), "--no-baselines", "--batch-size", "4", "--epochs", "2", "--threads", "1",
+              "--memory-epochs", "1", "--json", "-"])  # fmt: skip
+    out, err = capfd.readouterr()
+    assert done.value.code in (0, None) and len(json.loads(out)["rows"]) == 6
+    assert err.startswith("alexkit bench loader: jpg store 8 images") and "timing train: 2 rows" in err, err
+    assert not (tmp_path / "-").exists()

@@ -593,6 +593,20 @@ def test_eval_writes_its_files_when_stdout_is_a_closed_pipe(setup, tmp_path):
     assert json.loads((tmp_path / "e.json").read_text())["n"] == len(read_predictions(tmp_path / "p.csv")) == len(store.split("val"))
 
 
+def test_dash_is_stdout_holding_the_output_alone_and_the_figures_go_to_stderr(setup, tmp_path):
+    """`eval --json -` wrote a file named - in the current folder, and `eval --json /dev/stdout | jq`
+    failed on the figures printed first. `-` is stdout, which then holds the JSON alone, the progress,
+    figures and `wrote` lines going to stderr; a file named - is still ./-."""
+    _, store, ckpt, _ = setup
+    cmd = [sys.executable, "-m", "alexkit", "eval", "--checkpoint", str(ckpt), "--data", str(store.path), "--device", "cpu",
+           "--progress", "plain", "--json", "-", "--predictions", "./-"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n"] == 7
+    assert "eval: 7/7 (100%)" in r.stderr and "top-1 error" in r.stderr and r.stderr.endswith(f"\nwrote {tmp_path}/-\n"), r.stderr
+    assert os.listdir(tmp_path) == ["-"] and len(read_predictions(tmp_path / "-")) == 7
+
+
 def test_cli_eval_tta(setup, tmp_path):
     _, store, ckpt, _ = setup
     env = {**os.environ, "COLUMNS": "200"}

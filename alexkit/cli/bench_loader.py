@@ -20,12 +20,13 @@ def command(
     prefetch: int = typer.Option(2, "--prefetch", help="Batches DALI prepares ahead."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also time (a) PIL + DataLoader and (b) FFCV's loader."),
     memory_epochs: int = typer.Option(10, "--memory-epochs", help="Epochs of alexkit's train loader alone, memory read after each."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    json_text: Optional[str] = typer.Option(None, "--json", metavar="<path>", help="Also write the figures to this JSON file; - writes them to stdout (the report then goes to stderr)."),  # text: a Path makes ./- into -
 ) -> None:
     """Print images/s of the train, center and tencrop graphs, side by side with the baselines, and memory per epoch."""
     from alexkit.bench.loader import BenchLoaderConfig, bench_loader
-    from alexkit.outputs import check_folder, check_output, is_stream, write_output
+    from alexkit.outputs import check_folder, check_output, is_stream, lines_to_stderr, output_path, write_output
 
+    json_out = output_path(json_text)
     if work is not None:
         check_folder(work, "--work")  # before the inputs are made
     cfg = BenchLoaderConfig(store=store, source=source, work=work, images=images, batch_size=batch_size, epochs=epochs,
@@ -33,7 +34,8 @@ def command(
     if json_out is not None:  # before minutes of benchmark whose figures would be lost
         check_output(json_out, "--json")
         cfg.check_json(json_out)
-    result = bench_loader(cfg)
+    with lines_to_stderr(json_text):
+        result = bench_loader(cfg)
     if json_out is not None:
         write_output(json_out, json.dumps(result, indent=1) + "\n")
         if not is_stream(json_out):
