@@ -69,14 +69,16 @@ class Progress:
 
     `done` and `total` count whatever the stage counts (images, steps); each of them is `per_done`
     `unit`s (a step of 128 images: 128). `rate` is in `unit`/s and defaults to the pace since the first
-    update, which carries the stage's start-up (a loader's first batch, a worker pool's first chunk): no
-    rate, and no ETA, is shown until there is one. The ETA is at the rate shown. Fields keep their last
+    update, which carries the stage's start-up (a loader's first batch, a worker pool's first chunk), and
+    over at least RATE_AFTER_S: no rate, and no ETA, is shown until there is one. The ETA is at the rate shown. Fields keep their last
     value, so a costly one (a loss that waits for the GPU) need not be passed every time. The bar says
     its figures as the plain lines do (1,792/10,009, ETA 1m05s). `mode`: "auto" (rich on a terminal that
     redraws, else plain), "rich" (the same: plain where no bar can be drawn), "plain" or "none".
     """
 
     PLAIN_EVERY_S = 30.0
+    RATE_AFTER_S = 1.0  # the default rate is shown once this long has passed since the first update: work that
+    # comes back in bursts (a worker pool's chunks of 8) would otherwise give the pace within one burst
 
     def __init__(self, title: str, total: int, *, unit: str = "images", per_done: int = 1, fields: tuple[str, ...] = (),
                  mode: str = "auto"):  # fmt: skip
@@ -115,7 +117,7 @@ class Progress:
         self.values.update(fields)
         if self.origin is None:
             self.origin = (now, done)
-        elif rate is None and done > self.origin[1]:
+        elif rate is None and done > self.origin[1] and now - self.origin[0] >= self.RATE_AFTER_S:
             rate = (done - self.origin[1]) * self.per_done / max(now - self.origin[0], 1e-9)
         pace = f"{rate:,.0f} {self.unit}/s" if rate is not None else None
         if done >= self.total:

@@ -6,13 +6,15 @@ import io
 import itertools
 import re
 import sys
+import time
 
 from alexkit.progress import Progress, counted, duration
 
 
-def test_plain_lines_count_rate_and_eta_in_the_unit_of_the_work(capsys):
+def test_plain_lines_count_rate_and_eta_in_the_unit_of_the_work(capsys, monkeypatch):
     """Steps counted, images reported: a step of 16 images done in about 0.01 s is ~1,600 images/s. The
     first step carries the start-up: no rate and no ETA until the second."""
+    monkeypatch.setattr(Progress, "RATE_AFTER_S", 0.0)  # a rate from the second update on
     with Progress("epoch 1/2", 4, per_done=16, fields=("loss",), mode="plain") as bar:
         bar.update(1, loss="2.300")
         bar.update(2)
@@ -24,6 +26,20 @@ def test_plain_lines_count_rate_and_eta_in_the_unit_of_the_work(capsys):
     assert second is not None, lines[1]
     assert int(second.group(1).replace(",", "")) > 16  # images/s, not steps/s
     assert lines[2].startswith("epoch 1/2: 4/4 (100%) 1,234 images/s, ETA 0s")
+
+
+def test_no_rate_from_a_burst_of_updates(capsys):
+    """Updates that come in a burst (a worker pool's chunk) give no rate: 6 images in a few microseconds
+    had been shown as tens of thousands of images/s, with an ETA of 0s. A second on, the pace is shown."""
+    with Progress("photo-like JPEGs", 16, mode="plain") as bar:
+        bar.update(2)
+        bar.update(8)
+        time.sleep(Progress.RATE_AFTER_S)
+        bar.update(10)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["photo-like JPEGs: 2/16 (12%) ETA -", "photo-like JPEGs: 8/16 (50%) ETA -"]
+    rate = re.fullmatch(r"photo-like JPEGs: 10/16 \(62%\) ([\d,]+) images/s, ETA \d+s", lines[2])
+    assert rate is not None and int(rate.group(1)) <= 8, lines[2]  # 8 images in just over a second
 
 
 def test_rich_into_a_pipe_is_plain_and_none_is_silent(capsys):
@@ -112,8 +128,10 @@ def test_counted():
     assert counted(1, "class", "classes") == "1 class" and counted(3, "class", "classes") == "3 classes"
 
 
-def test_ticks_show_a_long_part_and_keep_a_quick_scan_quiet(capsys):
+def test_ticks_show_a_long_part_and_keep_a_quick_scan_quiet(capsys, monkeypatch):
     from alexkit.progress import Ticks
+
+    monkeypatch.setattr(Progress, "RATE_AFTER_S", 0.0)  # the rate at once, as after a part's first second
 
     quick = Ticks()  # a small dataset's scan is over long before 2 s
     for done in range(1, 11):
