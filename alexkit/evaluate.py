@@ -220,6 +220,8 @@ def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:
             written.append((flag, path))
         except (OSError, AlexkitError) as exc:
             failed.append((f"{exc.filename or path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), exc))
+    if failed and all(isinstance(exc, BrokenPipeError) for _, exc in failed):
+        raise failed[0][1]  # `-` into a closed stdout (`| head`): the closed-stdout exit, what could be written written
     if len(failed) == 1 and not written:
         raise failed[0][1]  # as it came: the one file asked for
     if failed:

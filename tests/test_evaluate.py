@@ -607,6 +607,19 @@ def test_dash_is_stdout_holding_the_output_alone_and_the_figures_go_to_stderr(se
     assert os.listdir(tmp_path) == ["-"] and len(read_predictions(tmp_path / "-")) == 7
 
 
+def test_dash_into_a_closed_stdout_ends_as_a_closed_stdout_does_with_the_other_file_written(setup, tmp_path):
+    """`eval --json - --predictions p.csv | true`: the pipe's reader has gone. That is the closed-stdout
+    exit (1, no message), not a path to check for "permissions, free space"; p.csv is written."""
+    _, store, ckpt, _ = setup
+    cmd = [sys.executable, "-m", "alexkit", "eval", "--checkpoint", str(ckpt), "--data", str(store.path), "--device", "cpu",
+           "--progress", "none", "--json", "-", "--predictions", "p.csv"]  # fmt: skip
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    p.stdout.close()  # as `| true` leaves it
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 1 and "error:" not in err and "Broken pipe" not in err, err
+    assert len(read_predictions(tmp_path / "p.csv")) == 7
+
+
 def test_cli_eval_tta(setup, tmp_path):
     _, store, ckpt, _ = setup
     env = {**os.environ, "COLUMNS": "200"}
