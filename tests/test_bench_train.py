@@ -78,6 +78,10 @@ def test_a_line_as_each_warm_up_starts_and_each_window_ends(capsys):
     assert printed == ["  warm-up: synthetic: 1 step", "  warm-up: real: 1 step",
                        f"  window 1/2: synthetic: {rates[0][0]:,.0f} images/s", f"  window 1/2: real: {rates[1][0]:,.0f} images/s",
                        f"  window 2/2: real: {rates[1][1]:,.0f} images/s", f"  window 2/2: synthetic: {rates[0][1]:,.0f} images/s"]  # fmt: skip
+    cfg, before = BenchTrainConfig(batch_size=2, steps=1, repeats=1, warmup=0, device="cpu"), len(printed)  # no warm-up: none said
+    _timed_windows(model, optimizer, [("synthetic", batches())], cfg, False, torch.device("cpu"))
+    printed.extend(capsys.readouterr().out.splitlines())
+    assert len(printed) == before + 1 and printed[-1].startswith("  window 1/1: synthetic: "), printed[before:]
 
 
 def test_bench_train_rows_and_the_ratio_to_synthetic(tmp_path, capsys):

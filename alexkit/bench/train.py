@@ -150,7 +150,8 @@ def _timed_windows(net, optimizer, inputs: list, cfg: BenchTrainConfig, amp: boo
             train_step(net, optimizer, *next(batches), amp)
 
     for name, batches in inputs:
-        print(f"  warm-up: {name}: {counted(cfg.warmup, 'step')}", flush=True)  # the real row's loader starts here
+        if cfg.warmup:
+            print(f"  warm-up: {name}: {counted(cfg.warmup, 'step')}", flush=True)  # the real row's loader starts here
         steps(batches, cfg.warmup)
     rates: list[list[float]] = [[] for _ in inputs]
     for repeat in range(cfg.repeats):
