@@ -826,8 +826,8 @@ def test_a_store_being_read_is_rebuilt_beside_its_readers_and_moved_in_after_the
     _run(src, out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     with reading(out):  # as if `alexkit train` were reading it
-        with pytest.raises(AlexkitError, match=rf"^the new store is complete in {out}/.prepare-new, but {out} is being read by "
-                                               r"`alexkit train` or `eval`; run this command again once they end"):  # fmt: skip
+        with pytest.raises(AlexkitError, match=rf"^the new store is complete in {out}/.prepare-new, but {out} is being read \(by "
+                                               r"`alexkit train`, `eval`, `predict`, `show-batch` or a bench\); run this command again once they end"):  # fmt: skip
             _run(src, out, size=SIZE + 8, force=True)
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
         assert Store(out / ".prepare-new").size == SIZE + 8
@@ -1125,8 +1125,8 @@ def test_readers_see_the_old_store_while_a_force_rebuild_runs(tmp_path, monkeypa
             return real_write_split(*args, **kw)
 
         monkeypatch.setattr(stage, "_write_split", write_split_and_stay)
-        with pytest.raises(AlexkitError, match=r"the new store is complete in .*\.prepare-new, but .* is being read by "
-                                               r"`alexkit train` or `eval`; run this command again once they end"):  # fmt: skip
+        with pytest.raises(AlexkitError, match=r"the new store is complete in .*\.prepare-new, but .* is being read \(by "
+                                               r"`alexkit train`, `eval`, `predict`, `show-batch` or a bench\); run this command again once they end"):  # fmt: skip
             _run(src, out, size=40, force=True)
         assert _files(out) == before
         with pytest.raises(AlexkitError, match="being read"):  # still read: nothing moves

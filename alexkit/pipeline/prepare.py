@@ -212,8 +212,8 @@ def _finished(out: Path, src: Path, cfg: PrepareConfig, writing: bool = False) -
 def _only_writer(out: Path, out_flag: str = "--out"):
     """Hold out/.prepare.lock: two runs writing one store would rename each other's files."""
     return only_writer(out / LOCK, f"another `alexkit prepare` is writing {out}; wait for it to end, or choose another {out_flag}",
-                       f"{out} is being read by `alexkit train` or `eval`, whose store it would change; wait for them to "
-                       f"end, or choose another {out_flag}")  # fmt: skip
+                       f"{out} is being read (by `alexkit train`, `eval`, `predict`, `show-batch` or a bench), whose store it "
+                       f"would change; wait for them to end, or choose another {out_flag}")  # fmt: skip
 
 
 def _prepare(cfg: PrepareConfig, src: Path, out: Path, lock) -> Path:

@@ -63,8 +63,9 @@ def rebuild(out: Path, build: Callable[[Path], dict], lock) -> dict:
             manifest = build(staging)
             # (flock turns a shared lock exclusive by letting go first: a failure here leaves none, and the
             # process stops next; a probing prepare holding it for a moment can cause one, said as readers)
-            relock(lock, fcntl.LOCK_EX, f"the new store is complete in {staging}, but {out} is being read by `alexkit "
-                                         f"train` or `eval`; run this command again once they end to put it in place "
+            relock(lock, fcntl.LOCK_EX, f"the new store is complete in {staging}, but {out} is being read (by `alexkit "
+                                         f"train`, `eval`, `predict`, `show-batch` or a bench); run this command again "
+                                         "once they end to put it in place "
                                          "(nothing is converted again)")  # fmt: skip
             move_in(staging, out)
         except BaseException:
