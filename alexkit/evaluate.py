@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.errors import AlexkitError, PathRefused, too_large
+from alexkit.errors import AlexkitError, OutOfMemory, PathRefused, too_large
 from alexkit.outputs import check_output, is_stream, write_output
 from alexkit.paths import is_run
 from alexkit.progress import PROGRESS_MODES, Progress
@@ -178,14 +178,18 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
     model = model.to(placement.device)
     total = len(store.split("val"))
     share = -(-total // placement.world_size)  # the most images a process reads: a larger batch would only take memory
-    loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=min(cfg.batch_size, share), device=placement.device,
+    batch = min(cfg.batch_size, share)
+    loader = make_loader(store, "val", mode=LOADER_MODE[cfg.tta], batch_size=batch, device=placement.device,
                          rank=placement.rank, world_size=placement.world_size, drop_last=False)  # fmt: skip
     parts: list[dict] = []
     start = time.perf_counter()
     done = 0
     with torch.inference_mode(), Progress("eval", total, mode=cfg.progress if placement.is_main else "none") as progress:
         for images, labels, indices in loader:
-            p, top = predict_top(model, images, TOP_K)  # (N, min(5, K)) each, best first
+            try:
+                p, top = predict_top(model, images, TOP_K)  # (N, min(5, K)) each, best first
+            except torch.OutOfMemoryError as exc:  # another job on the GPU, or a batch too large for it
+                raise _out_of_memory(exc, batch, cfg.tta, placement.device) from exc
             parts.append({"index": indices.cpu().numpy(), "label": labels.cpu().numpy(),
                           "top": top.cpu().numpy(), "p": p.cpu().numpy()})  # fmt: skip
             done = min(done + len(indices) * placement.world_size, total)  # an estimate of all ranks' progress
@@ -203,6 +207,16 @@ def _evaluate(cfg: EvalConfig, model, ckpt: dict, ckpt_path: Path, store_path: P
         finally:  # nor the files to a failing print (stdout a pipe whose reader has gone)
             _write_files(cfg, rows, results)
     return results
+
+
+def _out_of_memory(exc: Exception, batch: int, tta: bool, device) -> OutOfMemory:
+    """torch's out-of-memory error as one line with the fix: eval's --batch-size is per process, and with
+    --tta each image is 10 views, so the paper's net at 128 images takes several GB (fp32: the
+    activations of 1,280 crops); half the batch takes about half of that."""
+    said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
+    views = " x 10 views" if tta else ""
+    return OutOfMemory(f"{said} (at {batch} images{views} per process on {device}); free the GPU (nvidia-smi lists what "
+                       f"holds it) or pass a lower --batch-size, e.g. --batch-size {max(1, batch // 2)}")  # fmt: skip
 
 
 def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:

@@ -715,3 +715,26 @@ def test_eval_outputs_are_refused_only_where_they_would_overwrite(tmp_path, monk
     monkeypatch.chdir(store)
     with pytest.raises(AlexkitError, match=r"--json e.json is in the folder of the store"):
         EvalConfig(json_path=Path("e.json")).check_spares(ckpt, store)
+
+
+@pytest.mark.parametrize("tta", [False, True], ids=["centre", "ten-views"])
+def test_running_out_of_gpu_memory_is_one_line_with_a_lower_batch_size(setup, monkeypatch, tta):
+    """torch's OutOfMemoryError (raised here by hand: this machine has no GPU) came out as the generic
+    `error: OutOfMemoryError: ...`, without --batch-size, though --tta's default batch of 128 images
+    is 1,280 crops. Now what torch said up to the free memory, the batch per process, and the fix;
+    exit code 1, as train's."""
+    from alexkit import evaluate as evaluate_module
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                     "79.19 GiB of which 1.06 GiB is free. Including non-PyTorch memory, ...")  # fmt: skip
+
+    monkeypatch.setattr(evaluate_module, "predict_top", out_of_memory)
+    _, store, ckpt, _ = setup
+    with pytest.raises(AlexkitError) as failed:
+        evaluate(EvalConfig(checkpoint=ckpt, data=store.path, device="cpu", batch_size=4, tta=tta, progress="none"))
+    views = " x 10 views" if tta else ""
+    assert failed.value.exit_code == 1
+    assert str(failed.value) == ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+                                 f"which 1.06 GiB is free (at 4 images{views} per process on cpu); free the GPU (nvidia-smi "
+                                 "lists what holds it) or pass a lower --batch-size, e.g. --batch-size 2")  # fmt: skip
