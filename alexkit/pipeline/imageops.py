@@ -264,7 +264,7 @@ class PixelSums:
         self.sum_outer = np.zeros((3, 3), np.float64)
 
     def add(self, rgb: np.ndarray) -> None:
-        """Add one contiguous (size, size, 3) uint8 image (OpenCV's SIMD kernels: ~0.13 ms at 256 px)."""
+        """Add one contiguous (size, size, 3) uint8 image (OpenCV's SIMD kernels: a fraction of a millisecond at 256 px)."""
         import cv2
 
         cv2.accumulate(rgb, self.sum_image)
