@@ -28,7 +28,7 @@ import numpy as np
 from alexkit.errors import AlexkitError, OutOfMemory, PathRefused, too_large
 from alexkit.outputs import check_output, is_stream, write_output
 from alexkit.paths import is_run
-from alexkit.progress import PROGRESS_MODES, Progress
+from alexkit.progress import PROGRESS_MODES, Progress, counted
 from alexkit.ranges import AT_LEAST_1, check_ranges
 from alexkit.launcher import launched
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
@@ -215,8 +215,9 @@ def _out_of_memory(exc: Exception, batch: int, tta: bool, device) -> OutOfMemory
     activations of 1,280 crops); half the batch takes about half of that."""
     said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
     views = " x 10 views" if tta else ""
-    return OutOfMemory(f"{said} (at {batch} images{views} per process on {device}); free the GPU (nvidia-smi lists what "
-                       f"holds it) or pass a lower --batch-size, e.g. --batch-size {max(1, batch // 2)}")  # fmt: skip
+    lower = f" or pass a lower --batch-size, e.g. --batch-size {batch // 2}" if batch > 1 else ""  # at 1: the GPU alone
+    return OutOfMemory(f"{said} (at {counted(batch, 'image')}{views} per process on {device}); free the GPU (nvidia-smi "
+                       f"lists what holds it){lower}")  # fmt: skip
 
 
 def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:

@@ -738,3 +738,6 @@ def test_running_out_of_gpu_memory_is_one_line_with_a_lower_batch_size(setup, mo
     assert str(failed.value) == ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of "
                                  f"which 1.06 GiB is free (at 4 images{views} per process on cpu); free the GPU (nvidia-smi "
                                  "lists what holds it) or pass a lower --batch-size, e.g. --batch-size 2")  # fmt: skip
+    with pytest.raises(AlexkitError) as failed:  # one image a batch: nothing lower to pass
+        evaluate(EvalConfig(checkpoint=ckpt, data=store.path, device="cpu", batch_size=1, tta=tta, progress="none"))
+    assert str(failed.value).endswith(f"(at 1 image{views} per process on cpu); free the GPU (nvidia-smi lists what holds it)")
