@@ -126,6 +126,7 @@ def test_without_data_and_no_store_here_only_the_synthetic_row_runs(tmp_path, mo
     r = bench_train(BenchTrainConfig(batch_size=2, steps=1, repeats=1, warmup=0, device="cpu", width=0.25, fc_features=16,
                                      compile="off"))  # fmt: skip
     assert [row["input"] for row in r["rows"]] == ["synthetic on-device"]
+    assert r["settings"].endswith("median of 1 x 1 steps, no warm-up")  # --warmup 0: not "after 0 warm-up"
     assert capsys.readouterr().out.splitlines()[-1] == "no --data, and no store at alexkit-store: real pipeline not measured"
 
 

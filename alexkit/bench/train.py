@@ -97,7 +97,7 @@ def _bench_train(cfg: BenchTrainConfig, store) -> dict:
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     settings = (f"batch {cfg.batch_size}, {size}x{size}, width {cfg.width}, {'bf16 autocast' if amp else 'fp32'}"
                 f"{', channels-last' if channels_last else ''}{', compiled' if compiled else ''}; "
-                f"median of {cfg.repeats} x {cfg.steps} steps after {cfg.warmup} warm-up"
+                f"median of {cfg.repeats} x {cfg.steps} steps{f' after {cfg.warmup} warm-up' if cfg.warmup else ', no warm-up'}"
                 f"{', windows taking turns' if store else ''}")  # fmt: skip
     missing = f"{DEFAULT_STORE} is not a finished store (no manifest.json)" if DEFAULT_STORE.exists() else \
         f"no --data, and no store at {DEFAULT_STORE}"  # fmt: skip
@@ -140,7 +140,7 @@ SETTLE = 3  # untimed steps before each window: the loader's batches fed ahead (
 def _timed_windows(net, optimizer, inputs: list, cfg: BenchTrainConfig, amp: bool, dev: torch.device) -> list[list[float]]:
     """images/s of each timed window, per input ((name, iterator of (images, labels))), the inputs'
     windows taking turns; the clock stops only after the device has finished. A line is printed as
-    each input's warm-up starts and as each window ends: at the defaults on a CPU a window lasts
+    each input's warm-up starts (where there is one) and as each window ends: at the defaults on a CPU a window lasts
     minutes, and the table comes only at the end."""
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     net.train()
