@@ -77,6 +77,16 @@ class OutOfMemory(AlexkitError):
     exit_code = 1
 
 
+FREE_GPU = "free the GPU (nvidia-smi lists what holds it)"  # the first fix for running out of its memory
+
+
+def out_of_memory(exc: Exception, at: str, fix: str) -> OutOfMemory:
+    """torch's out-of-memory error as one line: what torch said, up to the memory free; `at` (the batch
+    per process, the device), and `fix`."""
+    said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
+    return OutOfMemory(f"{said} (at {at}); {fix}")
+
+
 class MissingDependency(AlexkitError):
     """An optional native piece (FFCV, DALI, CUDA) is not importable."""
 

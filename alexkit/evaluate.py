@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexkit.errors import AlexkitError, OutOfMemory, PathRefused, too_large
+from alexkit.errors import FREE_GPU, AlexkitError, OutOfMemory, PathRefused, out_of_memory, too_large
 from alexkit.outputs import check_output, is_stream, write_output
 from alexkit.paths import is_run
 from alexkit.progress import PROGRESS_MODES, Progress, counted
@@ -213,11 +213,9 @@ def _out_of_memory(exc: Exception, batch: int, tta: bool, device) -> OutOfMemory
     """torch's out-of-memory error as one line with the fix: eval's --batch-size is per process, and with
     --tta each image is 10 views, so the paper's net at 128 images takes several GB (fp32: the
     activations of 1,280 crops); half the batch takes about half of that."""
-    said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
     views = " x 10 views" if tta else ""
     lower = f" or pass a lower --batch-size, e.g. --batch-size {batch // 2}" if batch > 1 else ""  # at 1: the GPU alone
-    return OutOfMemory(f"{said} (at {counted(batch, 'image')}{views} per process on {device}); free the GPU (nvidia-smi "
-                       f"lists what holds it){lower}")  # fmt: skip
+    return out_of_memory(exc, f"{counted(batch, 'image')}{views} per process on {device}", FREE_GPU + lower)
 
 
 def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:

@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alexkit.errors import AlexkitError
+from alexkit.errors import FREE_GPU, AlexkitError
 from alexkit.paths import checkpoint_in, word
 from alexkit.progress import counted
 from alexkit.runs import moved_store, recorded
@@ -98,10 +98,10 @@ def less_memory(cfg: TrainConfig, run_dir: Path, then: str) -> str:
     """What to do after running out of GPU memory: a run with a checkpoint goes on only with its own
     --batch-size (the global batch), so less memory per GPU means more processes, or a new run."""
     if go_on_from(run_dir) is None:
-        return f"free the GPU (nvidia-smi lists what holds it) or lower --batch-size, then {then}"
+        return f"{FREE_GPU} or lower --batch-size, then {then}"
     ddp = "ddp-columns" if cfg.parallel.endswith("columns") else "ddp"
     more = "on more processes" if cfg.parallel.startswith("ddp") else f"under torchrun with --parallel {ddp} on more GPUs"
-    return (f"free the GPU (nvidia-smi lists what holds it), then {then}; a resumed run keeps its --batch-size "
+    return (f"{FREE_GPU}, then {then}; a resumed run keeps its --batch-size "
             f"{cfg.batch_size}, so for less memory per GPU resume it {more} (N processes take {cfg.batch_size} / N images "
             "each), or start a new run with a lower --batch-size")  # fmt: skip
 

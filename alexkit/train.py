@@ -33,7 +33,7 @@ from torch import nn
 from alexkit import ranges
 from alexkit.checkpoints import CHECKPOINT_FORMAT, checkpoint_bytes, read_checkpoint, room_warnings, rng_state, save_checkpoint
 from alexkit.checkpoints import seed_all, set_rng_state
-from alexkit.errors import AlexkitError, OutOfMemory, alike, refused, too_large
+from alexkit.errors import AlexkitError, alike, out_of_memory, refused, too_large
 from alexkit.evaluate import TOP_K
 from alexkit.launcher import launched, under_torchrun
 from alexkit.model import MIN_INPUT_SIZE, AlexNet
@@ -262,9 +262,8 @@ def _train_or_say_how_to_resume(cfg: TrainConfig, ckpt: dict | None, placement: 
             raise
         raise refused(exc, f"{too_large(exc) or 'fix that (free space, permissions)'}, then {then()}") from exc
     except torch.OutOfMemoryError as exc:  # another job on the GPU, or a --batch-size too large for it
-        said = ". ".join(str(exc).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... of which ... is free"
-        raise OutOfMemory(f"{said} (at {cfg.batch_size // placement.world_size} images per process on {placement.device}); "
-                          f"{less_memory(cfg, run_dir, then())}") from exc  # fmt: skip
+        at = f"{counted(cfg.batch_size // placement.world_size, 'image')} per process on {placement.device}"
+        raise out_of_memory(exc, at, less_memory(cfg, run_dir, then())) from exc
 
 
 def _usable_store(cfg: TrainConfig):
