@@ -51,8 +51,10 @@ def latest_run_noted(having: tuple[str, ...], lacking: str, say: bool = True) ->
     import sys
 
     run = latest_run(having=having)
+    if run is None or not say:  # the runs folder listed a second time only for the note
+        return run
     newest = latest_run(having=(".train.lock", "config.json"))  # any run folder: is_run's own marks
-    if run is not None and newest is not None and _creation_order(newest) > _creation_order(run) and say:
+    if newest is not None and _creation_order(newest) > _creation_order(run):
         print(f"note: {newest} has {lacking} yet; using {run}", file=sys.stderr)
     return run
 
