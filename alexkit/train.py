@@ -1,10 +1,4 @@
-"""Training: the paper's recipe on one device, two columns, or DDP over torchrun processes.
-
-    SGD, global batch 128, momentum 0.9, weight decay 5e-4 on weights only (as the authors' code),
-    lr 0.01 divided by 10 when validation top-1 error stops improving for `patience` epochs, at most
-    3 times, then stop; at most 90 epochs. Optional linear lr scaling (lr * batch / 128) with warm-up.
-    The paper's section 5 writes the update as v <- 0.9 v - 0.0005 lr w - lr dL/dw, w <- w + v;
-    README.md ("Where the paper leaves a choice") says where alexkit's differs and why.
+"""Training: the paper's recipe (alexkit/recipe.py) on one device, two columns, or DDP over torchrun processes.
 
 What a run directory holds: alexkit/runs.py; how checkpoints are written and read:
 alexkit/checkpoints.py. Resuming is exact at epoch boundaries with the same number of processes: the
@@ -27,7 +21,6 @@ from typing import Callable, Collection, Literal, get_args, get_origin, get_type
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from alexkit import ranges
@@ -43,6 +36,7 @@ from alexkit.model.placement import setup, teardown
 from alexkit.paths import DEFAULT_STORE, expand_home, word
 from alexkit.pipeline.constants import size_for_crop
 from alexkit.progress import Progress, Ticks, counted, warn
+from alexkit.recipe import PlateauSchedule, base_lr, dropout_seed, make_optimizer, train_step, warmup_factor
 from alexkit.ranks import before_joining, lost_peers_said, on_every_rank
 from alexkit.ranks import same_checkpoint_everywhere, same_flags_everywhere, same_store_everywhere
 from alexkit.resume import check_resumable, flags_given, go_on_from, how_to_go_on, less_memory
@@ -52,7 +46,6 @@ from alexkit.runs import run_dir as make_run_dir, write_metrics, write_run_files
 from alexkit.stops import held
 from alexkit.train_report import Rate, flags, most_waited, stall_note, start_line, summary, timed
 
-PAPER_BATCH = 128  # the batch the paper's lr 0.01 goes with; linear scaling is relative to it
 Auto = Literal["auto", "on", "off"]
 
 
@@ -90,7 +83,7 @@ class TrainConfig:
         object.__setattr__(self, "data", self.data.resolve())  # so that eval finds it from anywhere
         ranges.check_ranges(*((f"--{name.replace('_', '-')}", getattr(self, name), allowed)
                                for name, allowed in ranges.TRAIN.items()))  # fmt: skip
-        if self.lr_scaling == "linear" and not self.lr * self.batch_size / PAPER_BATCH < math.inf:
+        if self.lr_scaling == "linear" and not base_lr(self) < math.inf:
             raise AlexkitError(f"--lr {self.lr} scaled linearly to --batch-size {self.batch_size} is not a finite number; "
                                "pass a smaller --lr")  # fmt: skip
         for name, allowed in _choices().items():
@@ -104,53 +97,6 @@ def _choices() -> dict[str, tuple[str, ...]]:
     """TrainConfig's modes and their allowed values, from the Literal types of its fields."""
     hints = get_type_hints(TrainConfig)
     return {name: get_args(hint) for name, hint in hints.items() if get_origin(hint) is Literal}
-
-
-class PlateauSchedule:
-    """lr / 10 after `patience` epochs without a lower val top-1 error; after `max_drops` drops, stop."""
-
-    def __init__(self, lr: float, patience: int, max_drops: int):
-        self.lr, self.patience, self.max_drops = lr, patience, max_drops
-        self.best, self.bad_epochs, self.drops, self.stopped = math.inf, 0, 0, False
-
-    def step(self, val_error: float) -> None:
-        if val_error < self.best:
-            self.best, self.bad_epochs = val_error, 0
-            return
-        self.bad_epochs += 1
-        if self.bad_epochs >= self.patience:
-            if self.drops == self.max_drops:
-                self.stopped = True
-            else:
-                self.lr, self.drops, self.bad_epochs = self.lr / 10, self.drops + 1, 0
-
-    def state_dict(self) -> dict:
-        return dict(lr=self.lr, best=self.best, bad_epochs=self.bad_epochs, drops=self.drops, stopped=self.stopped)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
-        self.drops, self.stopped = state["drops"], state["stopped"]
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.SGD:
-    """SGD with weight decay on weights (conv kernels, fc matrices) and, if asked, on biases."""
-    weights = [p for p in model.parameters() if p.ndim > 1]
-    biases = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [dict(params=weights, weight_decay=cfg.weight_decay),
-              dict(params=biases, weight_decay=cfg.weight_decay if cfg.decay_biases else 0.0)]  # fmt: skip
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-
-
-def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               amp: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One SGD step on a batch; returns the loss and the logits, detached."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = net(images)  # (N, num_classes)
-    loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), logits.detach()
 
 
 def compile_quietly(net: nn.Module) -> nn.Module:
@@ -294,7 +240,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
     world, dev = placement.world_size, placement.device  # the batch splits over them (_check_batch_splits)
     on_cuda = dev.type == "cuda"
     amp, channels_last, compiled = resolve_auto(cfg.amp, cfg.channels_last, cfg.compile, dev)
-    base_lr = cfg.lr * (cfg.batch_size / PAPER_BATCH if cfg.lr_scaling == "linear" else 1.0)
+    first_lr = base_lr(cfg)
     if on_cuda:
         fast_cuda()
 
@@ -304,8 +250,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     net = place(model, placement, channels_last)
-    optimizer = make_optimizer(net, cfg, base_lr)
-    schedule = PlateauSchedule(base_lr, cfg.patience, cfg.max_lr_drops)
+    optimizer = make_optimizer(net, cfg, first_lr)
+    schedule = PlateauSchedule(first_lr, cfg.patience, cfg.max_lr_drops)
     metrics: list[dict] = []
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -348,7 +294,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, placement: Placement, store, run
         say(f"note: {run_dir} ran on {before} process{'es' * (before != 1)} so far and goes on with {world}: it will "
             "not equal a run on one number of processes throughout (augmentation and dropout draw per process)")  # fmt: skip
     if placement.is_main:
-        resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=base_lr,
+        resolved = dict(amp=amp, channels_last=channels_last, compile=compiled, world_size=world, base_lr=first_lr,
                         devices=[str(d) for d in placement.devices])  # fmt: skip
         write_run_files(run_dir, dict(config=_config_dict(cfg), resolved=resolved, model_args=model.args), store, metrics)
 
@@ -398,7 +344,7 @@ def _train_epoch(step_net, optimizer, schedule: PlateauSchedule, train_loader, c
     clock = Rate(per_rank * world)  # after the first step: not the start-up (graph build, compile)
     with Progress(f"epoch {epoch + 1}/{cfg.epochs}", steps, per_done=per_rank * world, fields=("loss", "lr"), mode=mode) as bar:
         for step, ((images, labels, _), waited) in enumerate(timed(train_loader)):
-            lr = schedule.lr * _warmup_factor(epoch, step, steps, cfg.warmup_epochs)
+            lr = schedule.lr * warmup_factor(epoch, step, steps, cfg.warmup_epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss, logits = train_step(step_net, optimizer, images, labels, amp)
@@ -422,11 +368,6 @@ def _train_epoch(step_net, optimizer, schedule: PlateauSchedule, train_loader, c
                            "but a run goes on only with its own --lr: train anew with a lower --lr")  # fmt: skip
     return dict(lr=lr, train_loss=train_loss, train_top1_err=train_err, images_per_s=clock.rate() or seen_all / (trained - started),
                 data_wait=data_wait), clock, started  # fmt: skip
-
-
-def dropout_seed(seed: int, epoch: int, rank: int) -> int:
-    """Dropout's seed for one epoch of one process: ranks draw different masks, and a resumed epoch the same."""
-    return seed * 1_000_003 + epoch * 1009 + rank
 
 
 def error_rate(correct: float, n: float) -> float:
@@ -459,13 +400,6 @@ def validate(net: nn.Module, loader, amp: bool, device: torch.device,
     if n == 0:
         raise AlexkitError("the validation split is empty; run `alexkit prepare` on a source with validation images")
     return error_rate(top1, n), error_rate(top5, n)
-
-
-def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> float:
-    """Linear ramp from 1/(warmup steps) to 1 over the first `warmup_epochs` epochs."""
-    total = warmup_epochs * steps
-    done = epoch * steps + step + 1
-    return min(1.0, done / total) if total else 1.0
 
 
 def resolve_auto(amp: Auto, channels_last: Auto, compile: Auto, device: torch.device) -> tuple[bool, bool, bool]:

@@ -7,7 +7,8 @@ import torch
 
 from alexkit.bench.train import BenchTrainConfig, _timed_windows, bench_train
 from alexkit.model import AlexNet
-from alexkit.train import TrainConfig, make_optimizer
+from alexkit.recipe import make_optimizer
+from alexkit.train import TrainConfig
 from tests.test_evaluate import make_store
 
 

@@ -14,7 +14,8 @@ from alexkit.errors import AlexkitError
 from alexkit.model import AlexNet
 from alexkit.model.columns import ColumnAlexNet
 from alexkit.model.placement import Placement, alexnet_state_dict, load_alexnet_state_dict, place, setup
-from alexkit.train import TrainConfig, make_optimizer, train_step
+from alexkit.recipe import make_optimizer, train_step
+from alexkit.train import TrainConfig
 
 
 def test_ddp_ranks_are_global_never_local(monkeypatch):

@@ -17,7 +17,8 @@ import torch
 
 from alexkit.errors import AlexkitError
 from alexkit.model import AlexNet, build_from_checkpoint
-from alexkit.train import PlateauSchedule, TrainConfig, _warmup_factor, dropout_seed, make_optimizer, resolve_auto, train, validate
+from alexkit.recipe import PlateauSchedule, dropout_seed, make_optimizer, warmup_factor
+from alexkit.train import TrainConfig, resolve_auto, train, validate
 
 NUM_CLASSES = 4
 # The CPU demo's net at the store's 56 px crops: fast, and it learns the sample classes in seconds.
@@ -510,9 +511,9 @@ def test_data_wait_is_the_time_spent_asking_for_batches(monkeypatch):
 
 
 def test_warmup_is_linear_per_step():
-    assert [_warmup_factor(0, s, 4, 2) for s in range(4)] == [1 / 8, 2 / 8, 3 / 8, 4 / 8]
-    assert _warmup_factor(1, 3, 4, 2) == 1.0 and _warmup_factor(5, 0, 4, 2) == 1.0
-    assert _warmup_factor(0, 0, 4, 0) == 1.0
+    assert [warmup_factor(0, s, 4, 2) for s in range(4)] == [1 / 8, 2 / 8, 3 / 8, 4 / 8]
+    assert warmup_factor(1, 3, 4, 2) == 1.0 and warmup_factor(5, 0, 4, 2) == 1.0
+    assert warmup_factor(0, 0, 4, 0) == 1.0
 
 
 def test_weight_decay_skips_biases_unless_asked():

@@ -24,7 +24,8 @@ from alexkit.errors import AlexkitError
 from alexkit.paths import DEFAULT_STORE
 from alexkit.progress import counted
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
-from alexkit.train import Auto, TrainConfig, check_crop_fits, fast_cuda, make_optimizer, resolve_auto, train_step
+from alexkit.recipe import make_optimizer, train_step
+from alexkit.train import Auto, TrainConfig, check_crop_fits, fast_cuda, resolve_auto
 
 
 @dataclass(frozen=True)
