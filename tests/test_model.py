@@ -131,6 +131,17 @@ def test_lrn_gradient_is_exact_in_float64(beta):
     assert torch.autograd.gradcheck(lambda t: local_response_norm(t, 5, 1e-2, beta, 2.0, 2), (a,))
 
 
+def test_lrn_refuses_a_second_derivative_it_would_get_wrong():
+    """The hand-written backward is first-order: a gradient of its gradient (a gradient penalty)
+    raises instead of leaving out how the denominator depends on the input."""
+    a = torch.randn(1, 4, 3, 3, dtype=torch.float64) * 30
+    w = torch.randn(4, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    loss = local_response_norm(torch.nn.functional.conv2d(a, w), 5, 1e-2, 0.75, 2.0, 2).square().sum()
+    (g,) = torch.autograd.grad(loss, w, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.norm().backward()
+
+
 def test_lrn_keeps_dtype_and_memory_format():
     a = _activations(torch.randn(2, 8, 5, 5)).to(memory_format=torch.channels_last)
     out = local_response_norm(a.bfloat16(), groups=2)

@@ -11,7 +11,8 @@ what the authors computed; the paper's formula read literally (no division) equa
 here.
 
 `local_response_norm` gives the same outputs and gradients as `nn.LocalResponseNorm` applied to
-each column (tested), with a hand-written backward: no pow in the backward, no padded copies,
+each column (tested), with a hand-written backward (first derivatives only: asking for a second,
+as a gradient penalty or a Hessian-vector product does, raises an error rather than a wrong value): no pow in the backward, no padded copies,
 beta = 0.75 through rsqrt. On the CPU its forward + backward of conv1's output (32 x 96 x 55 x 55)
 is faster than `nn.LocalResponseNorm` per column, by the most on channels-last input
 (`scripts/lrn_speed.py` times both).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def _window_sum(t: Tensor, before: int, after: int) -> Tensor:
@@ -61,6 +63,7 @@ class _LRN(torch.autograd.Function):
         return (xf * scale).reshape(n, c, h, w).to(x.dtype)
 
     @staticmethod
+    @once_differentiable  # den and scale came from x with autograd off: a second derivative would miss their share
     def backward(ctx, grad: Tensor):
         # d out[j] / d x[i] = [i == j] scale[j] - (2 alpha beta / n) x[j] x[i] scale[j] / den[j]
         # for every j whose window holds i: the transposed window swaps `before` and `after`.
