@@ -90,6 +90,9 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise AlexkitError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         check_device(self.device)
+        if self.parallel in ("columns", "ddp-columns") and self.fc_features % 2:
+            raise AlexkitError(f"--fc-features {self.fc_features} cannot split fc6 and fc7 into --parallel {self.parallel}'s two "
+                               f"columns; pass an even number ({self.fc_features - 1} or {self.fc_features + 1})")  # fmt: skip
 
 
 @functools.cache

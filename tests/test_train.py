@@ -781,6 +781,11 @@ def test_bad_values_are_one_line_errors():
             TrainConfig(**{flag: value})
     with pytest.raises(AlexkitError, match=r"^--lr 1e\+308 scaled linearly to --batch-size 256 is not a finite number; pass a smaller --lr$"):
         TrainConfig(lr=1e308, lr_scaling="linear", batch_size=256)
+    for parallel in ("columns", "ddp-columns"):  # fc6 and fc7 split in halves, one per column
+        with pytest.raises(AlexkitError, match=f"^--fc-features 63 cannot split fc6 and fc7 into --parallel {parallel}'s two columns; "
+                                               r"pass an even number \(62 or 64\)$"):  # fmt: skip
+            TrainConfig(fc_features=63, parallel=parallel)
+    TrainConfig(fc_features=63)  # one device: any number
 
 
 def test_epoch_lines_say_how_long_the_rest_would_take_at_most():
