@@ -15,7 +15,7 @@ def command(
     out: str = typer.Option(DEFAULT_STORE, "--out", "-o", metavar="<path>",
                             help="Store folder to write (train/eval read it): a new or empty folder, or a store."),
     size: int = typer.Option(256, "--size", help="Stored side: shorter side resized to it, centre crop (256: the paper). Range: 16 to 1,024; train needs 42 or more."),
-    format: str = typer.Option("jpg", "--format", metavar="jpg|raw", help="jpg (~31 KB per 256 px image: ~40 GB for ImageNet) or raw (192 KB: ~260 GB, no decoding)."),
+    format: str = typer.Option("jpg", "--format", metavar="jpg|raw", help="jpg (~31 KB per 256 px image on bench loader's photo-like images: ~40 GB at ImageNet's count) or raw (192 KB: ~260 GB, no decoding)."),
     quality: int = typer.Option(90, "--quality", help="JPEG quality, 1-100."),
     workers: int = typer.Option(usable_cores(), "--workers", "-j", help="Worker processes.", show_default="all usable cores"),
     force: bool = typer.Option(False, "--force", help="Rebuild the store from the source, in OUT/.prepare-new; the old store stays "
