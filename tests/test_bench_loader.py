@@ -99,6 +99,41 @@ def test_a_store_in_work_gets_advice_the_bench_can_follow(tmp_path, capsys):
         make_store(src, out, "jpg", 1)
 
 
+def test_a_store_folder_in_work_that_cannot_be_used_is_said_of_work_not_out(tmp_path, capsys):
+    """prepare's refusals of the folder it writes named --out, a flag bench loader has not: a store's
+    folder in --work that is a file, holds other files, or cannot be written is said of --work."""
+    import subprocess
+    import sys
+
+    from alexkit.bench.loader import make_store
+    from alexkit.bench.prepare import write_photo_like
+    from alexkit.cli.main import main
+    from alexkit.errors import AlexkitError
+    from tests.test_prepare import _bound_by_permissions
+
+    work = tmp_path / "work"
+    write_photo_like(work / "src-16", 16)
+    (work / "store-jpg-16").write_text("mine")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "loader", "--work", str(work), "--images", "16", "--batch-size", "8", "--epochs", "2", "--threads", "1"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err == f"error: --work {work / 'store-jpg-16'} is a file; give a folder\n"
+    (work / "store-jpg-16").unlink()
+    (work / "store-jpg-16" / "notes.txt").parent.mkdir()
+    (work / "store-jpg-16" / "notes.txt").write_text("mine")
+    with pytest.raises(AlexkitError, match=r"^--work \S+/store-jpg-16 is a folder that holds no store but other files \(notes.txt\); "
+                                           "pass a new or empty folder$"):  # fmt: skip
+        make_store(work / "src-16", work / "store-jpg-16", "jpg", 1)
+    prefix = _bound_by_permissions(tmp_path)
+    (work / "store-jpg-16" / "notes.txt").unlink()
+    (work / "store-jpg-16").chmod(0o555)
+    r = subprocess.run([*prefix, sys.executable, "-m", "alexkit", "bench", "loader", "--work", str(work), "--images", "16",
+                        "--batch-size", "8", "--epochs", "2", "--threads", "1"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (r.returncode, r.stderr) == (1, f"error: cannot write to {work / 'store-jpg-16'} (Permission denied); choose a "
+                                           "folder you can write to for --work\n")  # fmt: skip
+
+
 def test_each_store_made_is_said_in_one_line_not_prepares_transcript(tmp_path, capsys):
     """prepare's lines (its scan, its progress per split, its last line) came twice inside the bench's
     report; its last line alone says what a store holds, or that it was there already."""

@@ -61,7 +61,7 @@ def _build(cfg: PrepareConfig, src: Path, out: Path, keep: bool, replacing: Path
     if not ds.splits.get("val") and replacing is not None and (replacing / "val.beton").is_file():
         raise AlexkitError(f"{src} has no val split (or no val images), so the rebuilt store would have none, and "
                            f"`alexkit train`, `eval` and `show-batch` need one; {replacing} keeps its own: add val images "
-                           "in one of the layouts in README.md, or choose another --out")  # fmt: skip
+                           f"in one of the layouts in README.md, or choose another {cfg.out_flag}")  # fmt: skip
     if cfg.for_training and crop_size(cfg.size) < MIN_INPUT_SIZE:  # a store for the loader's tests or show-batch
         warn(f"--size {cfg.size}: its {crop_size(cfg.size)} px crops are too small for AlexNet, so train, eval and "
              f"predict will refuse this store (--size {size_for_crop(MIN_INPUT_SIZE)} or more for them)")  # fmt: skip

@@ -192,7 +192,7 @@ def _finished(out: Path, src: Path, cfg: PrepareConfig, writing: bool = False) -
         raise AlexkitError(
             f"{out} holds a finished store of {recorded} made with "
             f"{_describe(finished.get('settings', {}))} (asked: {src}, {_describe(settings)}); "
-            f"{cfg.remake or 'pass --force to replace it, or choose another --out'}"
+            f"{cfg.remake or f'pass --force to replace it, or choose another {cfg.out_flag}'}"
         )
     lost = [name for name in (STATS, CLASSES, *(f"{n}.beton" for n in finished.get("splits", {}))) if not (out / name).is_file()]
     if lost and writing:  # removed by hand since: written again, keeping the splits that are whole
@@ -273,11 +273,13 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, list[Path]]:
     if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
         elsewhere = src.resolve().parent / "alexkit-store"
         raise AlexkitError(f"--out {out} is inside the source {src}; write the store elsewhere, e.g. --out {word(elsewhere)}")
-    check_folder(out, "--out")  # a file, a path under one, a link to nothing
+    flag = cfg.out_flag  # bench loader has no --out: its stores are folders it names in its --work
+    check_folder(out, flag)  # a file, a path under one, a link to nothing
     others = not_a_store(out)
     if others:  # `--out .`, `--out /`, a folder of runs: the store's files would be scattered among theirs
-        raise AlexkitError(f"--out {out} is a folder that holds no store but other files ({others}); pass a new or "
-                           f"empty folder, e.g. --out {word(out / DEFAULT_STORE.name)}")  # fmt: skip
+        example = f", e.g. --out {word(out / DEFAULT_STORE.name)}" if flag == "--out" else ""  # (no folder to suggest in --work)
+        raise AlexkitError(f"{flag} {out} is a folder that holds no store but other files ({others}); pass a new or "
+                           f"empty folder{example}")  # fmt: skip
     try:
         absent = [p for p in (out, *out.parents) if not os.path.lexists(p)]
         try:
@@ -290,5 +292,5 @@ def _check_paths(cfg: PrepareConfig) -> tuple[Path, Path, list[Path]]:
         probe.unlink(missing_ok=True)  # (a prepare holding the lock clears any it finds, a killed one's)
     except OSError as exc:
         why = exc.strerror or exc
-        raise PathRefused(f"cannot write to {out} ({why}); choose an --out folder you can write to") from exc
+        raise PathRefused(f"cannot write to {out} ({why}); choose a folder you can write to for {flag}") from exc
     return src, out, made
