@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import FREE_GPU, AlexkitError, OutOfMemory, PathRefused, out_of_memory, too_large
-from alexkit.outputs import check_output, is_stream, write_output
+from alexkit.outputs import check_output, is_stream, shown, write_output
 from alexkit.paths import is_run
 from alexkit.progress import PROGRESS_MODES, Progress, counted
 from alexkit.ranges import AT_LEAST_1, check_ranges
@@ -64,6 +64,9 @@ class EvalConfig:
             self.check_outputs()
         if self.json_path is not None and self.predictions_path is not None and \
                 Path(self.json_path).resolve() == Path(self.predictions_path).resolve():  # fmt: skip
+            if is_stream(self.json_path):  # `-` twice, say: the CSV and the JSON one after the other, which no parser reads
+                raise AlexkitError(f"--json and --predictions both write to {shown(self.json_path)}, where the CSV and the "
+                                   "JSON would run together; give one of them a file")  # fmt: skip
             raise AlexkitError(f"--json and --predictions both name {self.json_path}; give each its own file")
 
     def check_outputs(self) -> None:
@@ -92,7 +95,7 @@ class EvalConfig:
                 what = f"would overwrite a {target.suffix} file"
             else:
                 continue
-            raise AlexkitError(f"{flag} {path} {what}; name another file")
+            raise AlexkitError(f"{flag} {shown(path)} {what}; name another file")
 
 
 def predict_log_probs(model, images):
@@ -232,14 +235,14 @@ def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:
             write(path)
             written.append((flag, path))
         except (OSError, AlexkitError) as exc:
-            failed.append((f"{exc.filename or path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), exc))
+            failed.append((f"{exc.filename or shown(path)}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), exc))
     if failed and all(isinstance(exc, BrokenPipeError) for _, exc in failed):
         raise failed[0][1]  # `-` into a closed stdout (`| head`): the closed-stdout exit, what could be written written
     if len(failed) == 1 and not written:
         raise failed[0][1]  # as it came: the one file asked for
     if failed:
         said = "; ".join(text for text, _ in failed)
-        kept = f" ({written[0][0]} {written[0][1]} was written)" if written else ""
+        kept = f" ({written[0][0]} {shown(written[0][1])} was written)" if written else ""
         those = "those paths (their folders" if len(failed) > 1 else "that path (its folder"
         large = [too_large(exc) for _, exc in failed if isinstance(exc, OSError) and too_large(exc)]
         fixes = [large[0]] if large else []  # EFBIG: the size limit, which free space does not help

@@ -3,7 +3,7 @@ a file, check_folder for a folder), so that a bad one is refused before hours ar
 after, then written all or nothing (write_atomic; write_output for a file the user named), and the
 temporaries those writes leave (temporaries), and the folders made for them, removed where empty
 (remove_empty). An output option given `-` writes to stdout, the command's own lines going to
-stderr meanwhile (output_path, lines_to_stderr).
+stderr meanwhile (output_path, lines_to_stderr), and is named `- (stdout)` in messages (shown).
 """
 
 import contextlib
@@ -30,6 +30,12 @@ def output_path(text: str | None) -> Path | None:
     return path.absolute() if path == Path(STDOUT) else path
 
 
+def shown(path: Path) -> str:
+    """An output path as a message names it: /dev/stdout, which output_path makes of `-`, as the `-`
+    typed, with what it is (a /dev/stdout typed is the same stream, and said alike)."""
+    return "- (stdout)" if Path(path) == Path("/dev/stdout") else str(path)
+
+
 @contextlib.contextmanager
 def lines_to_stderr(*texts: str | None):
     """Where one of these output options is `-`, what the command prints for people (figures,
@@ -53,7 +59,7 @@ def check_output(path: Path, flag: str) -> None:
         try:
             os.fstat(fd)
         except OSError:
-            raise AlexkitError(f"{flag} {path}: that stream is not open in this process; choose a file") from None
+            raise AlexkitError(f"{flag} {shown(path)}: that stream is not open in this process; choose a file") from None
         return
     path = _through_link(path, flag)  # written through (write_output): the file it leads to is replaced
     if path.is_dir():

@@ -377,3 +377,20 @@ def test_json_dash_is_stdout_holding_the_json_alone_and_the_report_goes_to_stder
     assert done.value.code in (0, None) and len(json.loads(out)["rows"]) == 6
     assert err.startswith("alexkit bench loader: jpg store 8 images") and "timing train: 2 rows" in err, err
     assert not (tmp_path / "-").exists()
+
+
+def test_json_dash_is_named_as_typed_in_its_errors(tmp_path):
+    """`bench loader --json -` into a closed stdout, or a stdout redirected into a store's folder, was
+    refused as --json /dev/stdout, a path not typed: it is `- (stdout)`."""
+    import subprocess
+    import sys
+
+    from tests.test_evaluate import make_store
+
+    store = make_store(tmp_path / "store", train=8, val=4).path
+    cmd = [sys.executable, "-m", "alexkit", "bench", "loader", "--store", str(store), "--json", "-"]
+    r = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *cmd], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (2, "error: --json - (stdout): that stream is not open in this process; choose a file\n")
+    with open(store / "b.json", "w") as into_store:
+        r = subprocess.run(cmd, stdout=into_store, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (2, f"error: --json - (stdout) is in the folder of the store {store}; name another file\n")

@@ -620,6 +620,32 @@ def test_dash_into_a_closed_stdout_ends_as_a_closed_stdout_does_with_the_other_f
     assert len(read_predictions(tmp_path / "p.csv")) == 7
 
 
+def test_dash_is_named_as_typed_and_two_outputs_to_stdout_are_refused(setup, tmp_path, capfd):
+    """`eval --json - --predictions -` was refused as "both name /dev/stdout", a path not typed; the
+    messages about an output given as `-` name it `- (stdout)`: both to stdout, stdout into a store's
+    folder, and stdout full (the other file written)."""
+    from alexkit.cli.main import main
+
+    _, store, ckpt, _ = setup
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "--checkpoint", str(ckpt), "--data", str(store.path), "--json", "-", "--predictions", "-"])
+    assert done.value.code == 2
+    assert capfd.readouterr() == ("", "error: --json and --predictions both write to - (stdout), where the CSV and the "
+                                      "JSON would run together; give one of them a file\n")  # fmt: skip
+    other = make_store(tmp_path / "other").path
+    cmd = [sys.executable, "-m", "alexkit", "eval", "--checkpoint", str(ckpt), "--data", str(store.path), "--device", "cpu",
+           "--progress", "none", "--json", "-"]  # fmt: skip
+    with open(other / "e.json", "w") as into_store:
+        r = subprocess.run(cmd, stdout=into_store, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert (r.returncode, r.stderr) == (2, f"error: --json - (stdout) is in the folder of the store {other}; name another file\n")
+    if not os.path.exists("/dev/full"):
+        return
+    with open("/dev/full", "w") as full:  # every write fails: no space left on device
+        r = subprocess.run([*cmd, "--predictions", str(tmp_path / "p.csv")], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith(  # after the figures, on stderr
+        f"error: - (stdout): No space left on device (--predictions {tmp_path / 'p.csv'} was written); "), r.stderr
+
+
 def test_cli_eval_tta(setup, tmp_path):
     _, store, ckpt, _ = setup
     env = {**os.environ, "COLUMNS": "200"}

@@ -85,6 +85,7 @@ class BenchLoaderConfig:
         """Refuse a --json file in a store's folder, as eval does: the --store, a store this bench makes
         in --work, or any other (a folder holding manifest.json and classes.json, or one below it). A
         store's files are prepare's, and its folder may be deleted whole to prepare it again."""
+        from alexkit.outputs import shown
         from alexkit.pipeline.store import store_around
 
         ours = [self.store] if self.store is not None else []
@@ -92,7 +93,7 @@ class BenchLoaderConfig:
             ours = [Path(self.work) / f"store-{fmt}-{self.images}" for fmt in ("jpg", "raw")]
         store = store_around(Path(path).resolve(), ours)
         if store is not None:
-            raise AlexkitError(f"--json {path} is in the folder of the store {store}; name another file")
+            raise AlexkitError(f"--json {shown(path)} is in the folder of the store {store}; name another file")
 
 
 def bench_loader(cfg: BenchLoaderConfig) -> dict:
