@@ -231,23 +231,23 @@ def write_photo_like(out: Path, n: int, *, seed: int = 0, workers: int = 1) -> l
     how many it makes where, then its progress (a thousand take half a minute or more on two cores).
     Returns the files in the order prepare lists them."""
     paths = [_photo_path(out, i) for i in range(n)]
-    there = sum(path.exists() for path in paths)
-    if there == n:
+    missing = [i for i, path in enumerate(paths) if not path.exists()]  # each file looked at once: the pool makes these alone
+    listed = sorted(paths, key=lambda p: (p.parent.name, p.name))
+    if not missing:
         print(f"{counted(n, 'photo-like JPEG')} already in {out}", flush=True)
-        return sorted(paths, key=lambda p: (p.parent.name, p.name))
-    print(f"making {counted(n - there, 'photo-like JPEG')} in {out}" + (f" ({there:,} there already)" if there else ""), flush=True)
-    jobs = [(out, i, seed) for i in range(n)]
+        return listed
+    there = n - len(missing)
+    print(f"making {counted(len(missing), 'photo-like JPEG')} in {out}" + (f" ({there:,} there already)" if there else ""), flush=True)
+    jobs = [(out, i, seed) for i in missing]
     # Workers ignore Ctrl-C, as prepare's do (pipeline/workers.py): each printed a KeyboardInterrupt
     # traceback. The parent takes it, and the pool's exit terminates them (SIGTERM, at its default in a child).
     with blocked(signal.SIGINT):
         pool = mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers, initializer=ignored,
                                                                                initargs=(signal.SIGINT,))  # fmt: skip
-    files: list[Path] = []
-    with pool, Progress("photo-like JPEGs", n) as progress:
-        for path in pool.imap(_write_one_photo, jobs, chunksize=8):
-            files.append(path)
-            progress.update(len(files))
-    return sorted(files, key=lambda p: (p.parent.name, p.name))
+    with pool, Progress("photo-like JPEGs", len(jobs)) as progress:
+        for done, _ in enumerate(pool.imap(_write_one_photo, jobs, chunksize=8), 1):
+            progress.update(done)
+    return listed
 
 
 def _photo_path(out: Path, i: int) -> Path:
@@ -259,8 +259,6 @@ def _write_one_photo(job: tuple[Path, int, int]) -> Path:
 
     out, i, seed = job
     path = _photo_path(out, i)
-    if path.exists():
-        return path
     rng = np.random.default_rng([seed, i])
     sizes, weights = zip(*PHOTO_SIZES)
     w, h = sizes[rng.choice(len(sizes), p=np.array(weights) / sum(weights))]
