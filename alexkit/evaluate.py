@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from alexkit.errors import FREE_GPU, AlexkitError, OutOfMemory, PathRefused, out_of_memory, too_large
-from alexkit.outputs import check_output, is_stream, shown, write_output
+from alexkit.outputs import check_output, is_stream, say_written, shown, write_output
 from alexkit.paths import is_run
 from alexkit.progress import PROGRESS_MODES, Progress, counted
 from alexkit.ranges import AT_LEAST_1, check_ranges
@@ -250,8 +250,7 @@ def _write_files(cfg: EvalConfig, rows: dict, results: dict) -> None:
             fixes.append(f"check {those}, permissions, free space) or choose another")
         raise PathRefused(f"{said}{kept}; {'; '.join(fixes)}") from failed[0][1]
     for _, path in written:  # once all are written: a print to a closed stdout (`| head`) stops no write
-        if not is_stream(path):
-            print(f"wrote {path}", flush=True)
+        say_written(path)
 
 
 def summarize(rows: dict, classes: list[dict]) -> dict:

@@ -186,6 +186,13 @@ def write_output(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     write_atomic(_through_link(path, "the file"), data)
 
 
+def say_written(path: Path) -> None:
+    """The `wrote PATH` line for a file write_output wrote; none for a stream (is_stream): its reader
+    has what was written, and the line would follow it there (after the CSV, say)."""
+    if not is_stream(path):
+        print(f"wrote {path}", flush=True)
+
+
 def is_stream(path: Path) -> bool:
     """Whether write_output writes into `path` as it is (/dev/stdout, /dev/fd/N, a pipe, a device)
     rather than replacing a file: no file to name in a `wrote` line."""

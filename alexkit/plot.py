@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexkit.errors import AlexkitError, require
-from alexkit.outputs import check_output, write_output
+from alexkit.outputs import check_output, say_written, write_output
 from alexkit.paths import DEFAULT_RUNS, checkpoint_in, is_run, latest_run_noted, word
 
 
@@ -156,5 +156,5 @@ def plot(cfg: PlotConfig) -> Path:
         raise AlexkitError(f"none of {', '.join(map(str, runs))} has a finished epoch yet; plot after the first epoch ends")
     fig = curves(data)
     write_output(cfg.out, lambda f: fig.savefig(f, format=Path(cfg.out).suffix[1:].lower(), dpi=100))
-    print(f"wrote {cfg.out}")
+    say_written(cfg.out)
     return cfg.out

@@ -227,6 +227,25 @@ def test_error_and_loss_axes_start_at_zero_even_when_every_value_is_zero(tmp_pat
     assert limits["learning rate"][0] > 0, limits  # log scale
 
 
+def test_plot_into_a_pipe_says_no_wrote_line(tmp_path, capsys):
+    """`--out` a named pipe is written as it is (outputs.write_output), and is no file to name: plot
+    said `wrote PATH` after it, where eval and bench loader say nothing for a stream."""
+    import os
+    import threading
+
+    write_run(tmp_path / "a", 2, 0.9)
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()))
+    reader.start()
+    plot(PlotConfig(runs=(tmp_path / "a",), out=pipe))
+    reader.join(timeout=30)
+    assert received and received[0].startswith(b"\x89PNG") and capsys.readouterr().out == ""
+    plot(PlotConfig(runs=(tmp_path / "a",), out=tmp_path / "c.png"))
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'c.png'}\n"
+
+
 def test_plot_passes_over_a_run_still_in_its_first_epoch(tmp_path, capsys):
     write_run(tmp_path / "a", 3, 0.9)
     write_run(tmp_path / "live", 0, 0.9)  # metrics.jsonl exists, with no epoch yet

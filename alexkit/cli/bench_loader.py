@@ -24,7 +24,7 @@ def command(
 ) -> None:
     """Print images/s of the train, center and tencrop graphs, side by side with the baselines, and memory per epoch."""
     from alexkit.bench.loader import BenchLoaderConfig, bench_loader
-    from alexkit.outputs import check_folder, check_output, is_stream, lines_to_stderr, output_path, write_output
+    from alexkit.outputs import check_folder, check_output, lines_to_stderr, output_path, say_written, write_output
 
     json_out = output_path(json_text)
     if work is not None:
@@ -38,5 +38,4 @@ def command(
         result = bench_loader(cfg)
     if json_out is not None:
         write_output(json_out, json.dumps(result, indent=1) + "\n")
-        if not is_stream(json_out):
-            print(f"wrote {json_out}")
+        say_written(json_out)
