@@ -154,7 +154,7 @@ def test_each_store_made_is_said_in_one_line_not_prepares_transcript(tmp_path, c
 def test_each_row_is_given_as_its_last_epoch_ends():
     """A mode's rows came only once every pipeline had run all its epochs (minutes at the defaults):
     each runner now comes back as its own last epoch ends, before the next runner's last epoch."""
-    from alexkit.bench.loader import Runner, interleaved
+    from alexkit.bench import Runner, interleaved
 
     ran = []
 
@@ -214,7 +214,7 @@ def test_images_per_s_and_cpu_per_image_count_images_over_each_epoch():
     images/s (the sleeps alone), and 5 / 8 = 0.625 ms of CPU per image."""
     import time
 
-    from alexkit.bench.loader import Runner, interleaved
+    from alexkit.bench import Runner, interleaved
 
     def epoch(e):
         for _ in range(3):
@@ -229,7 +229,8 @@ def test_images_per_s_and_cpu_per_image_count_images_over_each_epoch():
 
 
 def test_a_row_is_the_median_of_the_epochs_after_the_warm_up_and_ratios_say_how_many_times(capsys):
-    from alexkit.bench.loader import Runner, _print_summary, _row
+    from alexkit.bench import Runner
+    from alexkit.bench.loader import _print_summary, _row
 
     row = _row(Runner("alexkit DALI", "jpg", "train", None, rates=[99.0, 10.0, 20.0, 30.0, 40.0], cpu=[9.0, 1e-3, 2e-3, 3e-3, 4e-3]))
     assert (row["images_per_s"], row["min"], row["max"], row["cpu_ms_per_image"]) == (25.0, 10.0, 40.0, pytest.approx(2.5))
@@ -294,7 +295,8 @@ def test_the_pil_baseline_reads_the_source_images_of_the_split_each_mode_reads(t
     import contextlib
     import io
 
-    from alexkit.bench.loader import _legend, source_images, torchvision_style_runner
+    from alexkit.bench.baselines import source_images, torchvision_style_runner
+    from alexkit.bench.loader import _legend
     from alexkit.datasets import write_sample_dataset
     from alexkit.errors import AlexkitError
     from alexkit.pipeline.prepare import PrepareConfig, prepare
@@ -324,7 +326,7 @@ def test_the_pil_baseline_cuts_the_centre_of_the_resized_image_and_subtracts_the
     import numpy as np
     from PIL import Image
 
-    from alexkit.bench.loader import _PilImages
+    from alexkit.bench.baselines import _PilImages
     from alexkit.datasets import Sample
 
     rgb = np.full((60, 120, 3), 200, np.uint8)

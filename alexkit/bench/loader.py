@@ -4,15 +4,7 @@
            per-pixel mean subtraction, float32 NCHW output. A JPEG q90 store and a raw store.
            Each mode also runs a second time with DALI's own operators only (no one-pass
            kernel, see pipeline/graphs.py), to show what the kernels buy.
-  (a)      torchvision-style: PIL decodes each source image of the store's split (train for train,
-           the one the centre rows read for centre), resizes the shorter side to the store's size,
-           cuts the centre square, then the same crop / flip / mean subtraction in NumPy + torch,
-           in a torch DataLoader with one worker process per core (no lighting). With --store it
-           needs --source, the dataset the store was prepared from.
-  (b)      FFCV's own Loader over the same store: its numba-compiled pipeline decodes with
-           libjpeg-turbo and crops; train = RandomResizedCrop decoder pinned to a CxC window at
-           scale (C/S)^2, ratio 1 (that is, a random crop) + RandomHorizontalFlip; eval = its
-           centre-crop decoder. Output uint8 NHWC: no float conversion, no lighting, no mean.
+  (a), (b) the baselines, torchvision-style and FFCV's own loader: alexkit/bench/baselines.py.
 The pipelines of one mode take turns, one whole epoch each, so that other processes on the
 machine slow them alike. The first epoch is a warm-up (graph build, numba compilation, worker
 start); the median of the others is printed with their min-max, and the CPU time per image (all
@@ -36,23 +28,18 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-import numpy as np
-
-from alexkit.bench import cpu_seconds
+from alexkit.bench import Runner, interleaved
+from alexkit.bench.baselines import eval_split, ffcv_runner, numba_threads, source_images, torchvision_style_runner
 from alexkit.bench.prepare import cpu_name, write_photo_like
-from alexkit.errors import AlexkitError, require
+from alexkit.errors import AlexkitError
 from alexkit.paths import usable_cores
 from alexkit.pipeline.loader import check_images, default_threads
 from alexkit.pipeline.store import MANIFEST
 from alexkit.progress import counted
 from alexkit.ranges import AT_LEAST_1, Range, check_ranges
-
-_KEEP: list = []
-
 
 @dataclass(frozen=True)
 class BenchLoaderConfig:
@@ -159,58 +146,7 @@ def make_store(src: Path, out: Path, fmt: str, workers: int) -> Path:
     return made
 
 
-def source_images(store, src: Path, what: str) -> dict:
-    """Baseline (a)'s images: {split: the samples of `src` that the store's split holds}, for train
-    and the split the centre rows read; the files prepare skipped are left out, and the counts must
-    be the store's (the same images as the other rows)."""
-    from alexkit.datasets import find_dataset
-
-    splits = find_dataset(src).splits
-    skipped = {(s["split"], s["file"]) for s in store.manifest.get("skipped", [])}
-    sources = {}
-    for split in dict.fromkeys(("train", _eval_split(store))):
-        kept = tuple(s for s in splits.get(split, ()) if (split, s.name or s.path) not in skipped)
-        if len(kept) != len(store.split(split)):
-            made_from = store.manifest.get("source", {}).get("path", "SRC")
-            raise AlexkitError(f"{what} has {len(kept)} {split} images (less those prepare skipped), but store {store.path} "
-                               f"holds {len(store.split(split))}; pass the dataset it was prepared from ({made_from})")  # fmt: skip
-        sources[split] = kept
-    return sources
-
-
-# --- the three pipelines, each as a runner of whole epochs ---
-
-
-@dataclass
-class Runner:
-    """One pipeline on one store: `epoch(e)` returns an iterable over that epoch's batches."""
-
-    pipeline: str
-    store: str
-    mode: str
-    epoch: Callable[[int], Iterable]
-    rates: list[float] = field(default_factory=list)  # images/s per epoch (wall clock)
-    cpu: list[float] = field(default_factory=list)  # CPU seconds per image, all threads and worker processes
-
-
-def interleaved(runners: list[Runner], epochs: int) -> Iterator[Runner]:
-    """Run every runner for `epochs` epochs, one epoch each in turn; each runner is yielded as its
-    last epoch ends, so that its row can be printed before the next runner's last epoch."""
-    for e in range(epochs):
-        for r in runners:
-            start, start_cpu, count = time.perf_counter(), cpu_seconds(), 0
-            for batch in r.epoch(e):
-                count += len(batch[0])
-            if not count:
-                raise AlexkitError(f"{r.pipeline} on {r.store} ({r.mode}) gave no batch: fewer images than --batch-size; lower it")
-            r.rates.append(count / (time.perf_counter() - start))
-            r.cpu.append((cpu_seconds() - start_cpu) / count)
-            if e == epochs - 1:
-                yield r
-
-
-def _eval_split(store) -> str:
-    return "val" if store.has_split("val") else "train"
+# --- alexkit's pipeline, as a runner of whole epochs (the baselines' are in baselines.py) ---
 
 
 def alexkit_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int, fused: bool = True) -> Runner:
@@ -218,7 +154,7 @@ def alexkit_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: 
     from alexkit.pipeline.loader import make_loader
 
     # feed_ahead=False: the runners' epochs take turns, and work fed ahead would run in the next one's.
-    loader = make_loader(store, "train" if mode == "train" else _eval_split(store), mode=mode, batch_size=cfg.batch_size,
+    loader = make_loader(store, "train" if mode == "train" else eval_split(store), mode=mode, batch_size=cfg.batch_size,
                          num_threads=threads, prefetch=cfg.prefetch, drop_last=mode == "train", seed=0, fused=fused,
                          feed_ahead=False)  # fmt: skip
 
@@ -227,87 +163,6 @@ def alexkit_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: 
         return loader
 
     return Runner("alexkit DALI" if fused else "alexkit DALI ops only", fmt, mode, epoch)
-
-
-def torchvision_style_runner(sources: dict, stores: dict, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
-    """Baseline (a): PIL decode + resize + centre square + crop/flip/mean in a DataLoader, over the
-    source images of the split the other rows of this mode read."""
-    import torch
-
-    store = next(iter(stores.values()))
-    samples = sources["train" if mode == "train" else _eval_split(store)]
-    data = _PilImages(samples, store.stats.mean_image, store.size, store.crop, train=mode == "train")
-    # Workers come from a fork server, not forked from this process: a fork makes every page this
-    # process writes next (the other pipelines' buffers, hundreds of MB) a copy-on-write fault,
-    # billed to whichever pipeline runs next (it halved alexkit's next epoch).
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=mode == "train", num_workers=threads,
-                                         persistent_workers=True, drop_last=mode == "train",
-                                         multiprocessing_context="forkserver")  # fmt: skip
-    return Runner("(a) PIL + DataLoader", "source JPEGs", mode, lambda e: loader)
-
-
-class _PilImages:
-    """A torchvision-style Dataset written with PIL + NumPy + torch (no torchvision here)."""
-
-    def __init__(self, samples: tuple, mean_image: np.ndarray, size: int, crop: int, train: bool):
-        self.samples, self.mean, self.size, self.crop, self.train = samples, mean_image, size, crop, train
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        import torch
-        from PIL import Image
-
-        from alexkit.datasets import read_sample_bytes
-
-        S, C = self.size, self.crop
-        img = Image.open(io.BytesIO(read_sample_bytes(self.samples[i]))).convert("RGB")  # a file, or bytes in a tar
-        scale = S / min(img.size)
-        img = img.resize((max(S, round(img.width * scale)), max(S, round(img.height * scale))), Image.Resampling.BILINEAR)
-        left, top = (img.width - S) // 2, (img.height - S) // 2
-        pixels = np.asarray(img.crop((left, top, left + S, top + S)))  # (S, S, 3) uint8
-        if self.train:
-            x, y = np.random.randint(0, S - C + 1, 2)
-            flip = np.random.rand() < 0.5
-        else:
-            x = y = (S - C) // 2
-            flip = False
-        view, mean = pixels[y : y + C, x : x + C], self.mean[y : y + C, x : x + C]
-        if flip:
-            view, mean = view[:, ::-1], mean[:, ::-1]
-        image = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))).float()  # (3, C, C)
-        return image - torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1))), self.samples[i].label
-
-
-def ffcv_runner(store, fmt: str, mode: str, cfg: BenchLoaderConfig, threads: int) -> Runner:
-    """Baseline (b): FFCV's Loader decoding and cropping the same .beton on the CPU."""
-    require("ffcv", fix="install FFCV 1.0.2 (see the README), or pass --no-baselines")
-    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import RandomHorizontalFlip, ToTensor
-
-    S, C = store.size, store.crop
-    threads = min(threads, _numba_threads())
-    if mode == "train":
-        area = (C / S) ** 2  # RandomResizedCrop pinned to a CxC window: a plain random crop
-        image = [RandomResizedCropRGBImageDecoder((C, C), scale=(area, area), ratio=(1.0, 1.0)), RandomHorizontalFlip(), ToTensor()]
-    else:
-        image = [CenterCropRGBImageDecoder((C, C), ratio=C / S), ToTensor()]
-    split = "train" if mode == "train" else _eval_split(store)
-    loader = Loader(str(store.path / f"{split}.beton"), batch_size=cfg.batch_size, num_workers=threads, os_cache=True,
-                    order=OrderOption.RANDOM if mode == "train" else OrderOption.SEQUENTIAL, drop_last=mode == "train",
-                    pipelines={"image": image, "label": [IntDecoder(), ToTensor()]}, seed=0)  # fmt: skip
-    _KEEP.append(loader)  # FFCV's numba finalisers print spurious errors when a Loader is collected early
-    return Runner("(b) FFCV Loader", fmt, mode, lambda e: loader)
-
-
-def _numba_threads() -> int:
-    """The most worker threads FFCV's loader can have: numba's thread count (the cores, unless
-    NUMBA_NUM_THREADS says otherwise)."""
-    import numba
-
-    return numba.config.NUMBA_NUM_THREADS
 
 
 def memory_per_epoch(store, cfg: BenchLoaderConfig, threads: int) -> list[dict]:
@@ -373,8 +228,8 @@ def _settings(cfg: BenchLoaderConfig, threads: int, workers: int, stores: dict) 
     seconds = time.perf_counter() - started
     kernel = f"one-pass kernel, compiled in {seconds:.1f} s" if compiled else \
         "no one-pass kernel (no numba, or one that cannot compile it here): all rows run DALI's operators only"  # fmt: skip
-    capped = cfg.baselines and compiled and _numba_threads() < workers  # FFCV's workers are numba threads
-    ffcv = f" ({_numba_threads()} for FFCV: numba's threads)" if capped else ""
+    capped = cfg.baselines and compiled and numba_threads() < workers  # FFCV's workers are numba threads
+    ffcv = f" ({numba_threads()} for FFCV: numba's threads)" if capped else ""
     n = {fmt: len(s.split("train")) for fmt, s in stores.items()}
     size = {fmt: sum(os.path.getsize(s.path / f"{sp}.beton") for sp in ("train", "val") if s.has_split(sp)) for fmt, s in stores.items()}
     line = (f"alexkit bench loader: {', '.join(f'{fmt} store {n[fmt]} images ({size[fmt] / 2**20:,.0f} MiB)' for fmt in stores)}; "
